@@ -1,0 +1,14 @@
+//! The engine: Stable Diffusion models written on candle, the DDIM scheduler, model loading
+//! and the editing methods. No UI code lives here.
+
+pub mod clip;
+pub mod device;
+pub mod error;
+pub mod loader;
+pub mod nn;
+pub mod scheduler;
+pub mod tokenizer;
+pub mod unet;
+pub mod vae;
+
+pub use error::{EngineError, Result};

@@ -1,0 +1,2 @@
+//! Mirror: zero-shot image translation with Stable Diffusion (MirrorDiffusion).
+pub mod engine;
