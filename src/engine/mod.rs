@@ -3,7 +3,9 @@
 
 pub mod clip;
 pub mod device;
+pub mod direction;
 pub mod error;
+pub mod imageio;
 pub mod loader;
 pub mod nn;
 pub mod scheduler;
