@@ -84,9 +84,19 @@ fn layout_problem(weights: &WeightFiles) -> Option<String> {
         return Some("its text encoder is OpenCLIP (`cond_stage_model.model.*`, SD 2.x); only SD 1.x CLIP checkpoints are supported as single files, use a diffusers folder".into());
     }
     if has("conditioner.embedders.") {
-        return Some("it is an SDXL checkpoint (`conditioner.embedders.*`), which is not supported".into());
+        return Some(
+            "it is an SDXL checkpoint (`conditioner.embedders.*`), which is not supported".into(),
+        );
     }
-    if ["down_blocks.", "encoder.down_blocks.", "text_model.", "mid_block."].iter().any(|p| has(p)) {
+    if [
+        "down_blocks.",
+        "encoder.down_blocks.",
+        "text_model.",
+        "mid_block.",
+    ]
+    .iter()
+    .any(|p| has(p))
+    {
         return Some("it holds a single diffusers component (diffusers tensor names); open the whole model folder instead".into());
     }
     let missing: Vec<String> = [UNET_PREFIX, VAE_PREFIX, CLIP_PREFIX]
@@ -142,17 +152,20 @@ impl SingleFileCheckpoint {
 
     /// UNet weights under diffusers names.
     pub fn unet_vb(&self, dtype: DType, device: &Device) -> VarBuilder<'static> {
-        self.weights.var_builder_mapped(self.maps.unet.clone(), dtype, device)
+        self.weights
+            .var_builder_mapped(self.maps.unet.clone(), dtype, device)
     }
 
     /// VAE weights under diffusers names (attention 1x1 convolutions served as linear weights).
     pub fn vae_vb(&self, dtype: DType, device: &Device) -> VarBuilder<'static> {
-        self.weights.var_builder_mapped(self.maps.vae.clone(), dtype, device)
+        self.weights
+            .var_builder_mapped(self.maps.vae.clone(), dtype, device)
     }
 
     /// CLIP text-encoder weights under transformers names (`text_model.*`).
     pub fn text_encoder_vb(&self, dtype: DType, device: &Device) -> VarBuilder<'static> {
-        self.weights.var_builder_mapped(self.maps.text_encoder.clone(), dtype, device)
+        self.weights
+            .var_builder_mapped(self.maps.text_encoder.clone(), dtype, device)
     }
 }
 
@@ -165,7 +178,9 @@ fn convert_component(
 ) -> Result<()> {
     for name in weights.tensor_names() {
         let resolved = map.resolve(&name);
-        let Some(stored) = resolved.candidates.first() else { continue };
+        let Some(stored) = resolved.candidates.first() else {
+            continue;
+        };
         let mut tensor = weights.load_stored(&name, &Device::Cpu)?;
         if resolved.unit_reshape && tensor.rank() == 2 && name.ends_with(".weight") {
             let (o, i) = tensor.dims2()?;
@@ -191,7 +206,11 @@ pub fn write_single_file(folder: &DiffusersFolder, out: &Path) -> Result<()> {
     let text = folder.text_encoder.open_weights()?;
     let mut text_map = NameMap::identity();
     let with_prefix = format!("{CLIP_PREFIX}.text_model");
-    if !text.tensor_names().iter().any(|n| n.starts_with("text_model.")) {
+    if !text
+        .tensor_names()
+        .iter()
+        .any(|n| n.starts_with("text_model."))
+    {
         text_map.rename("", &[&with_prefix]);
     } else {
         text_map.rename("text_model", &[&with_prefix]);

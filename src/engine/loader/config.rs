@@ -53,10 +53,9 @@ impl JsonConfig {
     pub fn opt_usize(&self, field: &str) -> Result<Option<usize>> {
         match self.get(field) {
             None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(|n| Some(n as usize))
-                .ok_or_else(|| self.error(field, format!("expected a non-negative integer, found {v}"))),
+            Some(v) => v.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {
+                self.error(field, format!("expected a non-negative integer, found {v}"))
+            }),
         }
     }
 
@@ -85,8 +84,15 @@ impl JsonConfig {
     }
 
     pub fn usize_list(&self, field: &str) -> Result<Vec<usize>> {
-        let v = self.get(field).ok_or_else(|| self.error(field, "missing"))?;
-        let err = || self.error(field, format!("expected a list of non-negative integers, found {v}"));
+        let v = self
+            .get(field)
+            .ok_or_else(|| self.error(field, "missing"))?;
+        let err = || {
+            self.error(
+                field,
+                format!("expected a list of non-negative integers, found {v}"),
+            )
+        };
         v.as_array()
             .ok_or_else(err)?
             .iter()
@@ -95,7 +101,9 @@ impl JsonConfig {
     }
 
     pub fn str_list(&self, field: &str) -> Result<Vec<String>> {
-        let v = self.get(field).ok_or_else(|| self.error(field, "missing"))?;
+        let v = self
+            .get(field)
+            .ok_or_else(|| self.error(field, "missing"))?;
         let err = || self.error(field, format!("expected a list of strings, found {v}"));
         v.as_array()
             .ok_or_else(err)?
@@ -111,7 +119,9 @@ impl JsonConfig {
             Some(Value::Array(_)) => {
                 let list = self.usize_list(field)?;
                 if list.len() != blocks {
-                    return Err(self.error(field, format!("{} entries for {blocks} blocks", list.len())));
+                    return Err(
+                        self.error(field, format!("{} entries for {blocks} blocks", list.len()))
+                    );
                 }
                 Ok(list)
             }
@@ -150,10 +160,15 @@ impl UnetLayout {
         let up = cfg.str_list("up_block_types")?;
         for (field, list) in [("down_block_types", &down), ("up_block_types", &up)] {
             if list.len() != n {
-                return Err(cfg.error(field, format!("{} entries for {n} block_out_channels", list.len())));
+                return Err(cfg.error(
+                    field,
+                    format!("{} entries for {n} block_out_channels", list.len()),
+                ));
             }
         }
-        let mid = cfg.opt_str("mid_block_type")?.unwrap_or_else(|| "UNetMidBlock2DCrossAttn".into());
+        let mid = cfg
+            .opt_str("mid_block_type")?
+            .unwrap_or_else(|| "UNetMidBlock2DCrossAttn".into());
         Ok(Self {
             layers_per_block: cfg.per_block("layers_per_block", n, 2)?,
             down_has_attention: down.iter().map(|t| t.contains("Attn")).collect(),

@@ -15,7 +15,11 @@ pub struct CachedModel {
 
 /// The hub cache folder: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`.
 pub fn hub_cache_dir() -> Option<PathBuf> {
-    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     var("HF_HUB_CACHE")
         .or_else(|| var("HF_HOME").map(|h| h.join("hub")))
         .or_else(|| {
@@ -50,8 +54,12 @@ fn sorted_entries(dir: &Path) -> Vec<PathBuf> {
 pub fn find_cached_models_in(hub: &Path) -> Vec<CachedModel> {
     let mut found = Vec::new();
     for repo in sorted_entries(hub) {
-        let Some(folder) = repo.file_name().and_then(|n| n.to_str()) else { continue };
-        let Some(id) = folder.strip_prefix("models--") else { continue };
+        let Some(folder) = repo.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let Some(id) = folder.strip_prefix("models--") else {
+            continue;
+        };
         let repo_id = id.replacen("--", "/", 1);
         for snapshot in sorted_entries(&repo.join("snapshots")) {
             if !snapshot.is_dir() || !looks_like_pipeline(&snapshot) {

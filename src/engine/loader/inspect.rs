@@ -44,21 +44,45 @@ pub struct ComponentReport {
 }
 
 const UNET_FIELDS: &[&str] = &[
-    "sample_size", "in_channels", "out_channels", "block_out_channels", "layers_per_block",
-    "down_block_types", "up_block_types", "attention_head_dim", "cross_attention_dim",
-    "norm_num_groups", "use_linear_projection",
+    "sample_size",
+    "in_channels",
+    "out_channels",
+    "block_out_channels",
+    "layers_per_block",
+    "down_block_types",
+    "up_block_types",
+    "attention_head_dim",
+    "cross_attention_dim",
+    "norm_num_groups",
+    "use_linear_projection",
 ];
 const VAE_FIELDS: &[&str] = &[
-    "sample_size", "in_channels", "latent_channels", "block_out_channels", "layers_per_block",
-    "norm_num_groups", "scaling_factor",
+    "sample_size",
+    "in_channels",
+    "latent_channels",
+    "block_out_channels",
+    "layers_per_block",
+    "norm_num_groups",
+    "scaling_factor",
 ];
 const TEXT_FIELDS: &[&str] = &[
-    "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
-    "max_position_embeddings", "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "max_position_embeddings",
+    "vocab_size",
 ];
 const SCHEDULER_FIELDS: &[&str] = &[
-    "num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type",
-    "steps_offset", "set_alpha_to_one", "clip_sample",
+    "num_train_timesteps",
+    "beta_schedule",
+    "beta_start",
+    "beta_end",
+    "prediction_type",
+    "steps_offset",
+    "set_alpha_to_one",
+    "clip_sample",
 ];
 
 fn summarize(cfg: &JsonConfig, fields: &[&str]) -> ConfigSummary {
@@ -74,7 +98,14 @@ fn summarize(cfg: &JsonConfig, fields: &[&str]) -> ConfigSummary {
 
 /// Checks the types of the key fields the engine reads (typed `Config` errors).
 fn check_text_config(cfg: &JsonConfig) -> Result<()> {
-    for f in ["hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "max_position_embeddings", "vocab_size"] {
+    for f in [
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "max_position_embeddings",
+        "vocab_size",
+    ] {
         cfg.opt_usize(f)?;
     }
     cfg.opt_str("hidden_act")?;
@@ -116,20 +147,31 @@ fn dtype_counts(shapes: &[(String, Vec<usize>, DType)]) -> Vec<(DType, usize)> {
     counts
 }
 
-fn component(name: &str, config: ConfigSummary, files: Vec<PathBuf>, shapes: &[(String, Vec<usize>, DType)]) -> ComponentReport {
+fn component(
+    name: &str,
+    config: ConfigSummary,
+    files: Vec<PathBuf>,
+    shapes: &[(String, Vec<usize>, DType)],
+) -> ComponentReport {
     ComponentReport {
         name: name.to_string(),
         config,
         weight_files: files,
         tensors: shapes.len(),
-        parameters: shapes.iter().map(|(_, s, _)| s.iter().product::<usize>()).sum(),
+        parameters: shapes
+            .iter()
+            .map(|(_, s, _)| s.iter().product::<usize>())
+            .sum(),
         dtypes: dtype_counts(shapes),
     }
 }
 
 fn file_bytes(files: &[PathBuf]) -> Result<u64> {
     files.iter().try_fold(0, |sum, f| {
-        let meta = std::fs::metadata(f).map_err(|source| EngineError::Io { path: f.clone(), source })?;
+        let meta = std::fs::metadata(f).map_err(|source| EngineError::Io {
+            path: f.clone(),
+            source,
+        })?;
         Ok(sum + meta.len())
     })
 }
@@ -155,7 +197,12 @@ pub fn inspect(path: &Path) -> Result<ModelReport> {
                 let weights = WeightFiles::open(&comp.weights)?;
                 total_bytes += file_bytes(&comp.weights)?;
                 let shapes = weights.shapes_and_dtypes();
-                components.push(component(name, summarize(cfg, fields), comp.weights.clone(), &shapes));
+                components.push(component(
+                    name,
+                    summarize(cfg, fields),
+                    comp.weights.clone(),
+                    &shapes,
+                ));
             }
             Ok(ModelReport {
                 path: path.to_path_buf(),
@@ -178,17 +225,36 @@ pub fn inspect(path: &Path) -> Result<ModelReport> {
             let all = checkpoint.weights().shapes_and_dtypes();
             let part = |prefix: &str| -> Vec<(String, Vec<usize>, DType)> {
                 let prefix = format!("{prefix}.");
-                all.iter().filter(|(n, _, _)| n.starts_with(&prefix)).cloned().collect()
+                all.iter()
+                    .filter(|(n, _, _)| n.starts_with(&prefix))
+                    .cloned()
+                    .collect()
             };
             let files = vec![file.clone()];
             let components = vec![
-                component("unet", summarize(&unet, UNET_FIELDS), files.clone(), &part(UNET_PREFIX)),
-                component("vae", summarize(&vae, VAE_FIELDS), files.clone(), &part(VAE_PREFIX)),
-                component("text_encoder", summarize(&text, TEXT_FIELDS), files.clone(), &part(CLIP_PREFIX)),
+                component(
+                    "unet",
+                    summarize(&unet, UNET_FIELDS),
+                    files.clone(),
+                    &part(UNET_PREFIX),
+                ),
+                component(
+                    "vae",
+                    summarize(&vae, VAE_FIELDS),
+                    files.clone(),
+                    &part(VAE_PREFIX),
+                ),
+                component(
+                    "text_encoder",
+                    summarize(&text, TEXT_FIELDS),
+                    files.clone(),
+                    &part(CLIP_PREFIX),
+                ),
             ];
             Ok(ModelReport {
                 path: path.to_path_buf(),
-                source_kind: "single-file checkpoint (original SD 1.x layout, bundled configs)".into(),
+                source_kind: "single-file checkpoint (original SD 1.x layout, bundled configs)"
+                    .into(),
                 components,
                 tokenizer_dir: configs.tokenizer_dir,
                 scheduler: summarize(&scheduler, SCHEDULER_FIELDS),
@@ -218,7 +284,12 @@ fn human_bytes(n: u64) -> String {
 
 impl fmt::Display for ConfigSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "    config: {} ({})", self.file.display(), self.class.as_deref().unwrap_or("no class name"))?;
+        writeln!(
+            f,
+            "    config: {} ({})",
+            self.file.display(),
+            self.class.as_deref().unwrap_or("no class name")
+        )?;
         for (k, v) in &self.fields {
             writeln!(f, "      {k} = {v}")?;
         }
@@ -237,7 +308,11 @@ impl fmt::Display for ModelReport {
             for w in &c.weight_files {
                 writeln!(f, "    weights: {}", w.display())?;
             }
-            let dtypes: Vec<String> = c.dtypes.iter().map(|(d, n)| format!("{d:?} ({})", human_count(*n))).collect();
+            let dtypes: Vec<String> = c
+                .dtypes
+                .iter()
+                .map(|(d, n)| format!("{d:?} ({})", human_count(*n)))
+                .collect();
             writeln!(
                 f,
                 "    {} tensors, {} parameters, stored as {}",

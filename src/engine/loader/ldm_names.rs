@@ -43,14 +43,24 @@ pub fn unet_map(layout: &UnetLayout) -> NameMap {
     let mut k = 1;
     for i in 0..n {
         for j in 0..layout.layers_per_block[i] {
-            unet_resnet(&mut map, &format!("down_blocks.{i}.resnets.{j}"), &p(format!("input_blocks.{k}.0")));
+            unet_resnet(
+                &mut map,
+                &format!("down_blocks.{i}.resnets.{j}"),
+                &p(format!("input_blocks.{k}.0")),
+            );
             if layout.down_has_attention[i] {
-                map.rename(&format!("down_blocks.{i}.attentions.{j}"), &[&p(format!("input_blocks.{k}.1"))]);
+                map.rename(
+                    &format!("down_blocks.{i}.attentions.{j}"),
+                    &[&p(format!("input_blocks.{k}.1"))],
+                );
             }
             k += 1;
         }
         if i + 1 < n {
-            map.rename(&format!("down_blocks.{i}.downsamplers.0.conv"), &[&p(format!("input_blocks.{k}.0.op"))]);
+            map.rename(
+                &format!("down_blocks.{i}.downsamplers.0.conv"),
+                &[&p(format!("input_blocks.{k}.0.op"))],
+            );
             k += 1;
         }
     }
@@ -69,13 +79,23 @@ pub fn unet_map(layout: &UnetLayout) -> NameMap {
     for i in 0..n {
         let layers = layout.layers_per_block[n - 1 - i] + 1;
         for j in 0..layers {
-            unet_resnet(&mut map, &format!("up_blocks.{i}.resnets.{j}"), &p(format!("output_blocks.{k}.0")));
+            unet_resnet(
+                &mut map,
+                &format!("up_blocks.{i}.resnets.{j}"),
+                &p(format!("output_blocks.{k}.0")),
+            );
             if layout.up_has_attention[i] {
-                map.rename(&format!("up_blocks.{i}.attentions.{j}"), &[&p(format!("output_blocks.{k}.1"))]);
+                map.rename(
+                    &format!("up_blocks.{i}.attentions.{j}"),
+                    &[&p(format!("output_blocks.{k}.1"))],
+                );
             }
             if j + 1 == layers && i + 1 < n {
                 let slot = if layout.up_has_attention[i] { 2 } else { 1 };
-                map.rename(&format!("up_blocks.{i}.upsamplers.0.conv"), &[&p(format!("output_blocks.{k}.{slot}.conv"))]);
+                map.rename(
+                    &format!("up_blocks.{i}.upsamplers.0.conv"),
+                    &[&p(format!("output_blocks.{k}.{slot}.conv"))],
+                );
             }
             k += 1;
         }
@@ -85,7 +105,10 @@ pub fn unet_map(layout: &UnetLayout) -> NameMap {
 
 fn vae_resnet(map: &mut NameMap, from: &str, to: &str) {
     map.rename(from, &[to]);
-    map.rename(&format!("{from}.conv_shortcut"), &[&format!("{to}.nin_shortcut")]);
+    map.rename(
+        &format!("{from}.conv_shortcut"),
+        &[&format!("{to}.nin_shortcut")],
+    );
 }
 
 /// VAE mid-block attention: today's (`to_q`...) and older (`query`...) diffusers names -> the
@@ -114,24 +137,53 @@ pub fn vae_map(layout: &VaeLayout) -> NameMap {
     map.rename("", &[VAE_PREFIX]);
     let n = layout.blocks;
     for part in ["encoder", "decoder"] {
-        vae_resnet(&mut map, &format!("{part}.mid_block.resnets.0"), &p(format!("{part}.mid.block_1")));
-        vae_resnet(&mut map, &format!("{part}.mid_block.resnets.1"), &p(format!("{part}.mid.block_2")));
-        vae_attention(&mut map, &format!("{part}.mid_block.attentions.0"), &p(format!("{part}.mid.attn_1")));
-        map.rename(&format!("{part}.conv_norm_out"), &[&p(format!("{part}.norm_out"))]);
+        vae_resnet(
+            &mut map,
+            &format!("{part}.mid_block.resnets.0"),
+            &p(format!("{part}.mid.block_1")),
+        );
+        vae_resnet(
+            &mut map,
+            &format!("{part}.mid_block.resnets.1"),
+            &p(format!("{part}.mid.block_2")),
+        );
+        vae_attention(
+            &mut map,
+            &format!("{part}.mid_block.attentions.0"),
+            &p(format!("{part}.mid.attn_1")),
+        );
+        map.rename(
+            &format!("{part}.conv_norm_out"),
+            &[&p(format!("{part}.norm_out"))],
+        );
     }
     for i in 0..n {
         for j in 0..layout.layers_per_block {
-            vae_resnet(&mut map, &format!("encoder.down_blocks.{i}.resnets.{j}"), &p(format!("encoder.down.{i}.block.{j}")));
+            vae_resnet(
+                &mut map,
+                &format!("encoder.down_blocks.{i}.resnets.{j}"),
+                &p(format!("encoder.down.{i}.block.{j}")),
+            );
         }
         if i + 1 < n {
-            map.rename(&format!("encoder.down_blocks.{i}.downsamplers.0.conv"), &[&p(format!("encoder.down.{i}.downsample.conv"))]);
+            map.rename(
+                &format!("encoder.down_blocks.{i}.downsamplers.0.conv"),
+                &[&p(format!("encoder.down.{i}.downsample.conv"))],
+            );
         }
         let level = n - 1 - i;
         for j in 0..layout.layers_per_block + 1 {
-            vae_resnet(&mut map, &format!("decoder.up_blocks.{i}.resnets.{j}"), &p(format!("decoder.up.{level}.block.{j}")));
+            vae_resnet(
+                &mut map,
+                &format!("decoder.up_blocks.{i}.resnets.{j}"),
+                &p(format!("decoder.up.{level}.block.{j}")),
+            );
         }
         if i + 1 < n {
-            map.rename(&format!("decoder.up_blocks.{i}.upsamplers.0.conv"), &[&p(format!("decoder.up.{level}.upsample.conv"))]);
+            map.rename(
+                &format!("decoder.up_blocks.{i}.upsamplers.0.conv"),
+                &[&p(format!("decoder.up.{level}.upsample.conv"))],
+            );
         }
     }
     map

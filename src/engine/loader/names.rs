@@ -116,7 +116,10 @@ mod tests {
         map.rename("", &["root"]);
         map.rename("a.b", &["x"]);
         map.rename("a.b.c", &["y", "z"]);
-        assert_eq!(map.resolve("a.b.c.weight").candidates, ["y.weight", "z.weight"]);
+        assert_eq!(
+            map.resolve("a.b.c.weight").candidates,
+            ["y.weight", "z.weight"]
+        );
         assert_eq!(map.resolve("a.b.d.weight").candidates, ["x.d.weight"]);
         assert_eq!(map.resolve("a.bc.weight").candidates, ["root.a.bc.weight"]);
         assert_eq!(map.resolve("a.b").candidates, ["x"]);

@@ -109,7 +109,11 @@ fn component_dir(root: &Path, component: &str) -> Result<PathBuf> {
     if dir.is_dir() {
         Ok(dir)
     } else {
-        Err(missing(root, component, format!("folder {} not found", dir.display())))
+        Err(missing(
+            root,
+            component,
+            format!("folder {} not found", dir.display()),
+        ))
     }
 }
 
@@ -119,7 +123,13 @@ fn find_file(root: &Path, component: &str, names: &[&str]) -> Result<PathBuf> {
         .iter()
         .map(|n| dir.join(n))
         .find(|p| p.is_file())
-        .ok_or_else(|| missing(root, component, format!("no {} in {}", names.join(" or "), dir.display())))
+        .ok_or_else(|| {
+            missing(
+                root,
+                component,
+                format!("no {} in {}", names.join(" or "), dir.display()),
+            )
+        })
 }
 
 fn find_tokenizer(root: &Path) -> Result<PathBuf> {
@@ -131,7 +141,10 @@ fn find_tokenizer(root: &Path) -> Result<PathBuf> {
         Err(missing(
             root,
             "tokenizer",
-            format!("no vocab.json + merges.txt (or tokenizer.json) in {}", dir.display()),
+            format!(
+                "no vocab.json + merges.txt (or tokenizer.json) in {}",
+                dir.display()
+            ),
         ))
     }
 }
@@ -142,7 +155,11 @@ pub fn find_component(root: &Path, component: &str) -> Result<Component> {
     let dir = config.parent().unwrap_or(root).to_path_buf();
     let weights = find_weights(&dir).map_err(|reason| missing(root, component, reason))?;
     let dtype = WeightFiles::open(&weights)?.stored_dtype();
-    Ok(Component { config, weights, dtype })
+    Ok(Component {
+        config,
+        weights,
+        dtype,
+    })
 }
 
 /// The safetensors file(s) in a component folder, full precision preferred over `fp16` variants.
@@ -161,7 +178,13 @@ fn find_weights(dir: &Path) -> std::result::Result<Vec<PathBuf>, String> {
     }
     let pickles: Vec<String> = STEMS
         .iter()
-        .flat_map(|s| [format!("{s}.bin"), format!("{s}.fp16.bin"), format!("{s}.bin.index.json")])
+        .flat_map(|s| {
+            [
+                format!("{s}.bin"),
+                format!("{s}.fp16.bin"),
+                format!("{s}.bin.index.json"),
+            ]
+        })
         .filter(|n| dir.join(n).is_file())
         .collect();
     let looked_for = STEMS
@@ -170,7 +193,10 @@ fn find_weights(dir: &Path) -> std::result::Result<Vec<PathBuf>, String> {
         .collect::<Vec<_>>()
         .join(" or ");
     if pickles.is_empty() {
-        Err(format!("no weights in {} (looked for {looked_for})", dir.display()))
+        Err(format!(
+            "no weights in {} (looked for {looked_for})",
+            dir.display()
+        ))
     } else {
         Err(format!(
             "only PyTorch pickle weights ({}) in {}: pickles are not supported (they can run \
@@ -192,9 +218,12 @@ fn shards_from_index(index: &Path) -> std::result::Result<Vec<PathBuf>, String> 
     let dir = index.parent().unwrap_or(Path::new("."));
     let mut files: Vec<PathBuf> = Vec::new();
     for value in map.values() {
-        let name = value
-            .as_str()
-            .ok_or_else(|| format!("{}: `weight_map` values must be file names", index.display()))?;
+        let name = value.as_str().ok_or_else(|| {
+            format!(
+                "{}: `weight_map` values must be file names",
+                index.display()
+            )
+        })?;
         let file = dir.join(name);
         if !files.contains(&file) {
             files.push(file);
@@ -205,7 +234,11 @@ fn shards_from_index(index: &Path) -> std::result::Result<Vec<PathBuf>, String> 
         return Err(format!("{}: empty `weight_map`", index.display()));
     }
     if let Some(absent) = files.iter().find(|f| !f.is_file()) {
-        return Err(format!("{}: shard {} not found", index.display(), absent.display()));
+        return Err(format!(
+            "{}: shard {} not found",
+            index.display(),
+            absent.display()
+        ));
     }
     Ok(files)
 }

@@ -49,18 +49,26 @@ impl WeightIssue {
     /// The typed engine error for this issue.
     pub fn to_engine_error(&self) -> EngineError {
         match self {
-            WeightIssue::Missing { file, name, looked_up } => EngineError::MissingTensor {
+            WeightIssue::Missing {
+                file,
+                name,
+                looked_up,
+            } => EngineError::MissingTensor {
                 file: file.clone(),
                 name: Self::described_name(name, looked_up),
             },
-            WeightIssue::Shape { file, name, stored_name, expected, found } => {
-                EngineError::ShapeMismatch {
-                    file: file.clone(),
-                    name: Self::described_name(name, std::slice::from_ref(stored_name)),
-                    expected: expected.clone(),
-                    found: found.clone(),
-                }
-            }
+            WeightIssue::Shape {
+                file,
+                name,
+                stored_name,
+                expected,
+                found,
+            } => EngineError::ShapeMismatch {
+                file: file.clone(),
+                name: Self::described_name(name, std::slice::from_ref(stored_name)),
+                expected: expected.clone(),
+                found: found.clone(),
+            },
         }
     }
 }
@@ -198,16 +206,24 @@ fn open_one(file: &Path) -> Result<MmapedSafetensors> {
         return Err(corrupt(file, "not a regular file"));
     }
     if meta.len() < 8 {
-        return Err(corrupt(file, format!("{} bytes, shorter than the 8-byte header size", meta.len())));
+        return Err(corrupt(
+            file,
+            format!("{} bytes, shorter than the 8-byte header size", meta.len()),
+        ));
     }
     std::fs::File::open(file).map_err(io)?;
     // SAFETY: the file is mapped read-only; like every mmap-based loader we rely on it not being
     // modified while the model is loaded. The header is parsed and checked against the file size here.
-    let map = unsafe { MmapedSafetensors::new(file) }.map_err(|e| corrupt(file, root_message(&e)))?;
+    let map =
+        unsafe { MmapedSafetensors::new(file) }.map_err(|e| corrupt(file, root_message(&e)))?;
     // Every tensor's dtype must be one candle can load.
     for (name, view) in map.tensors() {
-        DType::try_from(view.dtype())
-            .map_err(|_| corrupt(file, format!("tensor `{name}` has unsupported dtype {:?}", view.dtype())))?;
+        DType::try_from(view.dtype()).map_err(|_| {
+            corrupt(
+                file,
+                format!("tensor `{name}` has unsupported dtype {:?}", view.dtype()),
+            )
+        })?;
     }
     Ok(map)
 }
@@ -251,7 +267,12 @@ impl WeightFiles {
     }
 
     /// A `VarBuilder` whose requested names are renamed through `map`.
-    pub fn var_builder_mapped(&self, map: Arc<NameMap>, dtype: DType, device: &Device) -> VarBuilder<'static> {
+    pub fn var_builder_mapped(
+        &self,
+        map: Arc<NameMap>,
+        dtype: DType,
+        device: &Device,
+    ) -> VarBuilder<'static> {
         let backend = MappedBackend {
             inner: self.inner.clone(),
             map,
@@ -312,12 +333,18 @@ impl WeightFiles {
     /// Loads one stored tensor as stored (name, dtype and shape unchanged).
     pub fn load_stored(&self, name: &str, device: &Device) -> Result<Tensor> {
         let label = self.label().to_path_buf();
-        let &index = self.inner.routing.get(name).ok_or_else(|| EngineError::MissingTensor {
-            file: label,
-            name: name.to_string(),
-        })?;
+        let &index = self
+            .inner
+            .routing
+            .get(name)
+            .ok_or_else(|| EngineError::MissingTensor {
+                file: label,
+                name: name.to_string(),
+            })?;
         let file = &self.inner.files[index];
-        let view = self.inner.maps[index].get(name).map_err(|e| weight_error(file, e))?;
+        let view = self.inner.maps[index]
+            .get(name)
+            .map_err(|e| weight_error(file, e))?;
         view.load(device).map_err(|e| weight_error(file, e))
     }
 }
@@ -329,7 +356,13 @@ struct MappedBackend {
 }
 
 impl MappedBackend {
-    fn load(&self, expected: Option<&Shape>, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn load(
+        &self,
+        expected: Option<&Shape>,
+        name: &str,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         let resolved = self.map.resolve(name);
         let Some((index, stored)) = self.inner.find(&resolved.candidates) else {
             return Err(WeightIssue::Missing {
@@ -369,7 +402,14 @@ impl MappedBackend {
 }
 
 impl SimpleBackend for MappedBackend {
-    fn get(&self, s: Shape, name: &str, _init: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _init: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         self.load(Some(&s), name, dtype, dev)
     }
 
@@ -378,6 +418,8 @@ impl SimpleBackend for MappedBackend {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.inner.find(&self.map.resolve(name).candidates).is_some()
+        self.inner
+            .find(&self.map.resolve(name).candidates)
+            .is_some()
     }
 }
