@@ -1,1 +1,19 @@
-//! (in progress)
+//! Model loading: finding a model on disk (diffusers folder, single-file checkpoint, Hugging
+//! Face cache), memory-mapped weights as `VarBuilder`s with renaming and typed errors, the
+//! original-checkpoint name maps, and `inspect`.
+
+pub mod checkpoint;
+pub mod config;
+pub mod hf_cache;
+pub mod inspect;
+pub mod ldm_names;
+pub mod names;
+pub mod source;
+pub mod weights;
+
+pub use checkpoint::{CheckpointConfigs, LdmNameMaps, SingleFileCheckpoint, write_single_file};
+pub use hf_cache::{CachedModel, find_cached_models, find_cached_models_in};
+pub use inspect::{ModelReport, inspect};
+pub use names::NameMap;
+pub use source::{Component, DiffusersFolder, ModelSource, open_model_source};
+pub use weights::{WeightFiles, WeightIssue, weight_error};
