@@ -1,0 +1,182 @@
+//! Recording of cross-attention (`attn2`) probabilities, keys and values, and the map losses
+//! MirrorDiffusion / pix2pix-zero build from them.
+
+use candle_core::{Result, Tensor};
+
+/// What one UNet call should record from every `attn2` layer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CaptureRequest {
+    pub probs: bool,
+    pub keys_values: bool,
+}
+
+impl CaptureRequest {
+    pub fn any(&self) -> bool {
+        self.probs || self.keys_values
+    }
+}
+
+/// One `attn2` layer's recorded tensors, still attached to the autograd graph.
+/// probs `[batch*heads, query_len, key_len]`, keys/values `[batch*heads, key_len, head_dim]`,
+/// row `b*heads + h`.
+#[derive(Debug, Clone)]
+pub struct CapturedAttention {
+    pub name: String,
+    pub heads: usize,
+    /// Query grid (height, width).
+    pub spatial: (usize, usize),
+    pub probs: Option<Tensor>,
+    pub keys: Option<Tensor>,
+    pub values: Option<Tensor>,
+}
+
+/// Every `attn2` layer of one call, in `unet.named_modules()` order: down blocks, up blocks,
+/// then the mid block (the order MirrorDiffusion sums its losses in).
+#[derive(Debug, Clone, Default)]
+pub struct AttentionMaps {
+    pub layers: Vec<CapturedAttention>,
+}
+
+/// Where the attention layers of one call put their records (passed down explicitly).
+pub(crate) struct CaptureSink<'a> {
+    pub request: CaptureRequest,
+    pub layers: &'a mut Vec<CapturedAttention>,
+}
+
+/// Position of a layer name in `named_modules()` order (down < up < mid); the stable sort
+/// keeps execution order inside each group, which matches module order there.
+pub(crate) fn module_order_rank(name: &str) -> u8 {
+    if name.starts_with("down_blocks") {
+        0
+    } else if name.starts_with("up_blocks") {
+        1
+    } else {
+        2
+    }
+}
+
+/// Σ_layers weight · ((cur − ref)²).sum over the last two dims, mean over rows (batch·heads).
+/// `cur` and `reference` are per-layer tensors `[rows, a, b]` in the same layer order.
+pub fn map_loss(cur: &[&Tensor], reference: &[&Tensor], weight: f64) -> Result<Tensor> {
+    if cur.len() != reference.len() || cur.is_empty() {
+        candle_core::bail!(
+            "map loss: {} current layers vs {} reference layers",
+            cur.len(),
+            reference.len()
+        );
+    }
+    let mut total: Option<Tensor> = None;
+    for (c, r) in cur.iter().zip(reference) {
+        let term = (c.sub(r)?.sqr()?.sum((1, 2))?.mean(0)? * weight)?;
+        total = Some(match total {
+            None => term,
+            Some(t) => (t + term)?,
+        });
+    }
+    Ok(total.expect("at least one layer"))
+}
+
+fn select<'a>(
+    maps: &'a AttentionMaps,
+    what: &str,
+    pick: impl Fn(&'a CapturedAttention) -> Option<&'a Tensor>,
+) -> Result<Vec<&'a Tensor>> {
+    maps.layers
+        .iter()
+        .map(|l| {
+            pick(l)
+                .ok_or_else(|| candle_core::Error::Msg(format!("{}: no {what} captured", l.name)))
+        })
+        .collect()
+}
+
+fn check_same_layers(cur: &AttentionMaps, reference: &AttentionMaps) -> Result<()> {
+    let same = cur.layers.len() == reference.layers.len()
+        && cur
+            .layers
+            .iter()
+            .zip(&reference.layers)
+            .all(|(a, b)| a.name == b.name);
+    if !same {
+        candle_core::bail!("attention maps of different layers cannot be compared");
+    }
+    Ok(())
+}
+
+/// The reference maps of a batch-`n` call repeated `times` along the batch (rows b·heads + h),
+/// e.g. a batch-1 reconstruction pass used against a batch-2 guidance pass.
+pub fn repeat_batch(maps: &AttentionMaps, times: usize) -> Result<AttentionMaps> {
+    let rep = |t: &Option<Tensor>| -> Result<Option<Tensor>> {
+        t.as_ref()
+            .map(|t| Tensor::cat(&vec![t; times], 0))
+            .transpose()
+    };
+    let layers = maps
+        .layers
+        .iter()
+        .map(|l| {
+            Ok(CapturedAttention {
+                probs: rep(&l.probs)?,
+                keys: rep(&l.keys)?,
+                values: rep(&l.values)?,
+                ..l.clone()
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(AttentionMaps { layers })
+}
+
+/// Attention-probability guidance loss Σ_ℓ ((P_ℓ − R_ℓ)²).sum((1,2)).mean(0).
+/// Both must hold probabilities of the same layers with the same shapes (same batch).
+pub fn attention_map_loss(probs: &AttentionMaps, reference: &AttentionMaps) -> Result<Tensor> {
+    check_same_layers(probs, reference)?;
+    map_loss(
+        &select(probs, "probs", |l| l.probs.as_ref())?,
+        &select(reference, "probs", |l| l.probs.as_ref())?,
+        1.0,
+    )
+}
+
+/// MirrorDiffusion's key and value terms: (weight · Σ_ℓ mean_rows Σ (K − K_ref)²,
+/// weight · Σ_ℓ mean_rows Σ (V − V_ref)²). They depend on the text contexts only.
+pub fn key_value_losses(
+    cur: &AttentionMaps,
+    reference: &AttentionMaps,
+    weight: f64,
+) -> Result<(Tensor, Tensor)> {
+    check_same_layers(cur, reference)?;
+    let keys = map_loss(
+        &select(cur, "keys", |l| l.keys.as_ref())?,
+        &select(reference, "keys", |l| l.keys.as_ref())?,
+        weight,
+    )?;
+    let values = map_loss(
+        &select(cur, "values", |l| l.values.as_ref())?,
+        &select(reference, "values", |l| l.values.as_ref())?,
+        weight,
+    )?;
+    Ok((keys, values))
+}
+
+impl AttentionMaps {
+    /// A copy cut from the autograd graph (e.g. to keep as a reference).
+    pub fn detach(&self) -> AttentionMaps {
+        let d = |t: &Option<Tensor>| t.as_ref().map(|t| t.detach());
+        AttentionMaps {
+            layers: self
+                .layers
+                .iter()
+                .map(|l| CapturedAttention {
+                    probs: d(&l.probs),
+                    keys: d(&l.keys),
+                    values: d(&l.values),
+                    ..l.clone()
+                })
+                .collect(),
+        }
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.layers.iter().map(|l| l.name.clone()).collect()
+    }
+}
