@@ -47,6 +47,8 @@ impl FlagPerBlock {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct UNetConfig {
+    /// Latent side the model was trained at (64 for SD 1.x at 512 px).
+    pub sample_size: usize,
     pub in_channels: usize,
     pub out_channels: usize,
     pub center_input_sample: bool,
@@ -92,6 +94,7 @@ impl Default for UNetConfig {
     fn default() -> Self {
         let s = |v: &[&str]| v.iter().map(|t| t.to_string()).collect();
         Self {
+            sample_size: 64,
             in_channels: 4,
             out_channels: 4,
             center_input_sample: false,

@@ -1,0 +1,220 @@
+//! A whole Stable Diffusion pipeline (tokenizer, text encoder, UNet, VAE, DDIM scheduler)
+//! loaded from a diffusers folder or a single-file checkpoint.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use sha2::{Digest, Sha256};
+
+use crate::engine::clip::{ClipTextConfig, ClipTextTransformer};
+use crate::engine::loader::{
+    CheckpointConfigs, ModelSource, SingleFileCheckpoint, ldm_names, open_model_source,
+    weight_error,
+};
+use crate::engine::scheduler::DdimScheduler;
+use crate::engine::tokenizer::ClipTokenizer;
+use crate::engine::unet::{UNet2DConditionModel, UNetConfig};
+use crate::engine::vae::{AutoencoderKL, VaeConfig};
+use crate::engine::{EngineError, Result};
+
+/// What a loaded model is, for display, recipes and cache keys.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    /// Folder or file name.
+    pub name: String,
+    pub path: PathBuf,
+    /// "diffusers folder" or "single-file checkpoint".
+    pub kind: &'static str,
+    /// Fingerprint of the weight files (headers plus sampled bytes): cheap, stable, and
+    /// different for different weights in practice.
+    pub fingerprint: String,
+}
+
+pub struct StableDiffusion {
+    pub tokenizer: ClipTokenizer,
+    pub text_encoder: ClipTextTransformer,
+    pub unet: UNet2DConditionModel,
+    pub vae: AutoencoderKL,
+    pub scheduler: DdimScheduler,
+    pub device: Device,
+    pub info: ModelInfo,
+}
+
+impl StableDiffusion {
+    /// Loads a diffusers folder or an SD 1.x single-file checkpoint (with the bundled SD 1.x
+    /// configs) on `device`, in f32 (the methods differentiate through the UNet).
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        Self::load_with_configs(path, device, CheckpointConfigs::bundled_sd_v1())
+    }
+
+    /// As [`Self::load`]; `single_file_configs` describe the architecture of a single-file
+    /// checkpoint (ignored for diffusers folders, which carry their configs).
+    pub fn load_with_configs(
+        path: &Path,
+        device: &Device,
+        single_file_configs: CheckpointConfigs,
+    ) -> Result<Self> {
+        let dtype = DType::F32;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string());
+        match open_model_source(path)? {
+            ModelSource::Diffusers(folder) => {
+                let tokenizer = ClipTokenizer::from_dir(&folder.tokenizer_dir)?;
+                let text_cfg = ClipTextConfig::from_file(&folder.text_encoder.config)?;
+                let text_weights = folder.text_encoder.open_weights()?;
+                let text_vb = text_weights.var_builder_mapped(
+                    Arc::new(ldm_names::diffusers_text_encoder_map()),
+                    dtype,
+                    device,
+                );
+                let text_encoder = ClipTextTransformer::new(text_vb, &text_cfg)
+                    .map_err(|e| weight_error(text_weights.label(), e))?;
+                let unet_cfg = UNetConfig::from_file(&folder.unet.config)?;
+                let unet_weights = folder.unet.open_weights()?;
+                let unet = UNet2DConditionModel::new(unet_weights.var_builder(dtype, device), &unet_cfg)
+                    .map_err(|e| weight_error(unet_weights.label(), e))?;
+                let vae_cfg = VaeConfig::from_file(&folder.vae.config)?;
+                let vae_weights = folder.vae.open_weights()?;
+                let vae = AutoencoderKL::new(vae_weights.var_builder(dtype, device), &vae_cfg)
+                    .map_err(|e| weight_error(vae_weights.label(), e))?;
+                let scheduler = DdimScheduler::from_file(&folder.scheduler_config)?;
+                let mut files = text_weights.files().to_vec();
+                files.extend_from_slice(unet_weights.files());
+                files.extend_from_slice(vae_weights.files());
+                let tokenizer = tokenizer.with_max_length(text_cfg.max_position_embeddings)?;
+                Ok(Self {
+                    tokenizer,
+                    text_encoder,
+                    unet,
+                    vae,
+                    scheduler,
+                    device: device.clone(),
+                    info: ModelInfo {
+                        name,
+                        path: path.to_path_buf(),
+                        kind: "diffusers folder",
+                        fingerprint: fingerprint(&files)?,
+                    },
+                })
+            }
+            ModelSource::SingleFile(file) => {
+                let ckpt = SingleFileCheckpoint::open(&file, single_file_configs)?;
+                let cfg = ckpt.configs().clone();
+                let text_cfg = ClipTextConfig::from_file(&cfg.text_encoder_config)?;
+                let tokenizer = ClipTokenizer::from_dir(&cfg.tokenizer_dir)?
+                    .with_max_length(text_cfg.max_position_embeddings)?;
+                let text_encoder =
+                    ClipTextTransformer::new(ckpt.text_encoder_vb(dtype, device), &text_cfg)
+                        .map_err(|e| weight_error(&file, e))?;
+                let unet_cfg = UNetConfig::from_file(&cfg.unet_config)?;
+                let unet = UNet2DConditionModel::new(ckpt.unet_vb(dtype, device), &unet_cfg)
+                    .map_err(|e| weight_error(&file, e))?;
+                let vae_cfg = VaeConfig::from_file(&cfg.vae_config)?;
+                let vae = AutoencoderKL::new(ckpt.vae_vb(dtype, device), &vae_cfg)
+                    .map_err(|e| weight_error(&file, e))?;
+                let scheduler = DdimScheduler::from_file(&cfg.scheduler_config)?;
+                Ok(Self {
+                    tokenizer,
+                    text_encoder,
+                    unet,
+                    vae,
+                    scheduler,
+                    device: device.clone(),
+                    info: ModelInfo {
+                        name,
+                        path: path.to_path_buf(),
+                        kind: "single-file checkpoint",
+                        fingerprint: fingerprint(std::slice::from_ref(&file))?,
+                    },
+                })
+            }
+        }
+    }
+
+    /// Token ids of prompts, padded to the text encoder's length: [B, 77] u32.
+    pub fn tokenize(&self, prompts: &[&str]) -> Result<Tensor> {
+        let mut ids = Vec::with_capacity(prompts.len() * self.tokenizer.max_length());
+        for prompt in prompts {
+            ids.extend(self.tokenizer.encode(prompt)?);
+        }
+        Ok(Tensor::from_vec(
+            ids,
+            (prompts.len(), self.tokenizer.max_length()),
+            &self.device,
+        )?)
+    }
+
+    /// Text-encoder hidden states of prompts: [B, 77, D].
+    pub fn encode_prompts(&self, prompts: &[&str]) -> Result<Tensor> {
+        let ids = self.tokenize(prompts)?;
+        Ok(self.text_encoder.forward(&ids)?)
+    }
+
+    /// Text-encoder hidden states of one prompt: [1, 77, D].
+    pub fn encode_prompt(&self, prompt: &str) -> Result<Tensor> {
+        self.encode_prompts(&[prompt])
+    }
+
+    /// Pixels per latent cell (8 for SD, 4 for the tiny fixture model).
+    pub fn latent_factor(&self) -> usize {
+        self.vae.config().downsample_factor()
+    }
+
+    /// Image pixels must be a multiple of this for the whole pipeline (VAE × UNet factors).
+    pub fn size_multiple(&self) -> usize {
+        self.latent_factor() * self.unet.config().downsample_factor()
+    }
+
+    /// The square image side the model was trained at (UNet sample size × VAE factor).
+    pub fn default_image_side(&self) -> usize {
+        self.unet.config().sample_size * self.latent_factor()
+    }
+
+    /// Checks that an image of `width`×`height` pixels can go through VAE and UNet.
+    pub fn check_image_size(&self, width: usize, height: usize) -> Result<()> {
+        let multiple = self.size_multiple();
+        if width == 0 || height == 0 || width % multiple != 0 || height % multiple != 0 {
+            return Err(EngineError::InvalidInput(format!(
+                "image size {width}×{height} is not a multiple of {multiple} pixels, which this model needs"
+            )));
+        }
+        let factor = self.latent_factor();
+        self.unet.check_latent_size(height / factor, width / factor)
+    }
+}
+
+/// Hash of each file's safetensors header plus 64 KiB samples at 16 evenly spaced offsets:
+/// reading a few MiB instead of gigabytes, yet different whenever the weights differ.
+fn fingerprint(files: &[PathBuf]) -> Result<String> {
+    let mut hasher = Sha256::new();
+    for file in files {
+        let io = |source| EngineError::Io {
+            path: file.clone(),
+            source,
+        };
+        let mut f = std::fs::File::open(file).map_err(io)?;
+        let len = f.metadata().map_err(io)?.len();
+        hasher.update(len.to_le_bytes());
+        let mut header_len = [0u8; 8];
+        f.read_exact(&mut header_len).map_err(io)?;
+        let header_len = u64::from_le_bytes(header_len).min(len.saturating_sub(8));
+        let mut buf = vec![0u8; header_len as usize];
+        f.read_exact(&mut buf).map_err(io)?;
+        hasher.update(&buf);
+        let data_start = 8 + header_len;
+        let data_len = len - data_start;
+        let mut sample = vec![0u8; 65536];
+        for k in 0..16u64 {
+            let offset = data_start + data_len * k / 16;
+            f.seek(SeekFrom::Start(offset)).map_err(io)?;
+            let n = f.read(&mut sample).map_err(io)?;
+            hasher.update(&sample[..n]);
+        }
+    }
+    let digest = hasher.finalize();
+    Ok(digest.iter().take(8).map(|b| format!("{b:02x}")).collect())
+}

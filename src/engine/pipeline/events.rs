@@ -1,0 +1,136 @@
+//! Typed progress events every method emits as it runs.
+
+use candle_core::Tensor;
+
+use super::heatmap::TokenHeatmaps;
+
+/// Stages of a run, in the order they happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    Encode,
+    Invert,
+    Redescribe,
+    Translate,
+    Decode,
+}
+
+impl Phase {
+    pub fn label(self) -> &'static str {
+        match self {
+            Phase::Encode => "encode",
+            Phase::Invert => "invert",
+            Phase::Redescribe => "redescribe",
+            Phase::Translate => "translate",
+            Phase::Decode => "decode",
+        }
+    }
+}
+
+/// The denoising branches the methods run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Branch {
+    MirrorReconstruction,
+    MirrorTranslation,
+    DdimReconstruction,
+    DdimTranslation,
+    Pix2PixZeroReconstruction,
+    Pix2PixZeroTranslation,
+}
+
+impl Branch {
+    pub fn label(self) -> &'static str {
+        match self {
+            Branch::MirrorReconstruction => "Mirror reconstruction",
+            Branch::MirrorTranslation => "Mirror translation",
+            Branch::DdimReconstruction => "DDIM reconstruction",
+            Branch::DdimTranslation => "DDIM translation",
+            Branch::Pix2PixZeroReconstruction => "pix2pix-zero reconstruction",
+            Branch::Pix2PixZeroTranslation => "pix2pix-zero translation",
+        }
+    }
+
+    pub fn is_reconstruction(self) -> bool {
+        matches!(
+            self,
+            Branch::MirrorReconstruction
+                | Branch::DdimReconstruction
+                | Branch::Pix2PixZeroReconstruction
+        )
+    }
+}
+
+/// One branch after one denoising step.
+#[derive(Debug, Clone)]
+pub struct BranchStep {
+    pub branch: Branch,
+    /// The branch latent after the step, [1, 4, h, w].
+    pub latent: Tensor,
+    /// The DDIM prediction of the clean latent at this step, [1, 4, h, w].
+    pub predicted_x0: Tensor,
+    /// Mean squared difference between `latent` and the inversion trajectory latent it should
+    /// mirror (reconstruction branches; the translation branch relative to the same target).
+    pub mirror_error: Option<f64>,
+    /// Per-token cross-attention maps of this step's UNet pass, when asked for.
+    pub attention: Option<TokenHeatmaps>,
+    /// Full VAE decode of `predicted_x0`, [1, 3, H, W] in [-1, 1], every k steps when asked.
+    pub decoded: Option<Tensor>,
+}
+
+/// Prompt redescription at one step.
+#[derive(Debug, Clone)]
+pub struct RedescriptionReport {
+    /// Loss before each Adam update.
+    pub losses: Vec<f64>,
+    /// Which inversion latent was the target.
+    pub target_index: usize,
+    /// ‖C*_i − C*_{i−1}‖₂.
+    pub embedding_change: f64,
+}
+
+/// Attention guidance at one step.
+#[derive(Debug, Clone, Default)]
+pub struct GuidanceReport {
+    /// The main attention-map loss.
+    pub loss: f64,
+    /// The extra ("cycle") step's loss, on steps that have one.
+    pub extra_loss: Option<f64>,
+    /// Key/value terms (Preset F logs them; they do not move the latent).
+    pub key_value_loss: Option<f64>,
+    /// Norm of the accumulated latent gradient.
+    pub gradient_norm: f64,
+}
+
+/// One denoising step of one method.
+#[derive(Debug, Clone)]
+pub struct StepReport {
+    pub method: &'static str,
+    /// 0-based step index, 0 = noisiest.
+    pub step: usize,
+    pub total: usize,
+    pub timestep: usize,
+    pub branches: Vec<BranchStep>,
+    pub redescription: Option<RedescriptionReport>,
+    pub guidance: Option<GuidanceReport>,
+    /// Edit-direction scale used at this step.
+    pub edit_scale: Option<f64>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A phase begins; `steps` is its number of steps (0 when it has none).
+    Phase { phase: Phase, steps: usize },
+    /// One inversion step done.
+    Inversion {
+        step: usize,
+        total: usize,
+        timestep: usize,
+    },
+    /// Edit-direction sentences encoded so far.
+    Direction { done: usize, total: usize },
+    Step(Box<StepReport>),
+    /// A message worth showing (e.g. "re-using the cached inversion").
+    Note(String),
+}
+
+/// Where methods send their events.
+pub type EventSink<'a> = &'a mut dyn FnMut(Event);
