@@ -99,7 +99,10 @@ impl DdimConfig {
         };
         let t = self.num_train_timesteps;
         if t == 0 || t > 100_000 {
-            return Err(err("num_train_timesteps", format!("{t} is out of range 1..=100000")));
+            return Err(err(
+                "num_train_timesteps",
+                format!("{t} is out of range 1..=100000"),
+            ));
         }
         match &self.trained_betas {
             Some(betas) => {
@@ -115,8 +118,9 @@ impl DdimConfig {
             }
             None => match self.beta_schedule.as_str() {
                 "linear" | "scaled_linear" => {
-                    for (field, b) in [("beta_start", self.beta_start), ("beta_end", self.beta_end)] {
-                        if !(b >= 0.0 && b < 1.0) {
+                    for (field, b) in [("beta_start", self.beta_start), ("beta_end", self.beta_end)]
+                    {
+                        if !(0.0..1.0).contains(&b) {
                             return Err(err(field, format!("{b} is not in [0, 1)")));
                         }
                     }
@@ -125,19 +129,31 @@ impl DdimConfig {
                 other => {
                     return Err(err(
                         "beta_schedule",
-                        format!("`{other}` is not supported (linear, scaled_linear, squaredcos_cap_v2)"),
+                        format!(
+                            "`{other}` is not supported (linear, scaled_linear, squaredcos_cap_v2)"
+                        ),
                     ));
                 }
             },
         }
         if self.thresholding {
-            return Err(err("thresholding", "dynamic thresholding is not supported".into()));
+            return Err(err(
+                "thresholding",
+                "dynamic thresholding is not supported".into(),
+            ));
         }
         if self.rescale_betas_zero_snr {
-            return Err(err("rescale_betas_zero_snr", "zero-SNR rescaling is not supported".into()));
+            return Err(err(
+                "rescale_betas_zero_snr",
+                "zero-SNR rescaling is not supported".into(),
+            ));
         }
-        if self.clip_sample && !(self.clip_sample_range.is_finite() && self.clip_sample_range > 0.0) {
-            return Err(err("clip_sample_range", format!("{} is not positive", self.clip_sample_range)));
+        if self.clip_sample && !(self.clip_sample_range.is_finite() && self.clip_sample_range > 0.0)
+        {
+            return Err(err(
+                "clip_sample_range",
+                format!("{} is not positive", self.clip_sample_range),
+            ));
         }
         Ok(())
     }

@@ -43,11 +43,17 @@ pub fn kl_gradient(eps: &Tensor) -> Result<Tensor> {
         (mu, var as f32 as f64)
     };
     let (var_coef, mean_term) = if eps.dtype() == DType::F64 {
-        (2.0 / (n - 1) as f64 * (1.0 - 1.0 / (var + VAR_EPS)), 2.0 * mu / n as f64)
+        (
+            2.0 / (n - 1) as f64 * (1.0 - 1.0 / (var + VAR_EPS)),
+            2.0 * mu / n as f64,
+        )
     } else {
         let (mu, var) = (mu as f32, var as f32);
         let d_var = 1f32 - 1f32 / (var + VAR_EPS as f32);
-        ((((2.0 / (n - 1) as f64) as f32) * d_var) as f64, ((2f32 * mu) / n as f32) as f64)
+        (
+            (((2.0 / (n - 1) as f64) as f32) * d_var) as f64,
+            ((2f32 * mu) / n as f32) as f64,
+        )
     };
     let centred = eps.broadcast_sub(&typed_scalar(eps, mu)?)?;
     let var_part = centred.broadcast_mul(&typed_scalar(eps, var_coef)?)?;

@@ -51,7 +51,11 @@ impl DdimScheduler {
         let origin = Path::new("scheduler config");
         cfg.validate(origin)?;
         let alphas_cumprod = schedule::alphas_cumprod_f32(&cfg);
-        let final_alpha_cumprod = if cfg.set_alpha_to_one { 1.0 } else { alphas_cumprod[0] };
+        let final_alpha_cumprod = if cfg.set_alpha_to_one {
+            1.0
+        } else {
+            alphas_cumprod[0]
+        };
         Ok(Self {
             prediction: cfg.prediction(origin)?,
             spacing: cfg.spacing(origin)?,
@@ -94,7 +98,10 @@ impl DdimScheduler {
     }
 
     /// `num_inference_steps` must be in 1..=num_train_timesteps (diffusers refuses others).
-    pub fn check_num_inference_steps(&self, num_inference_steps: usize) -> crate::engine::Result<()> {
+    pub fn check_num_inference_steps(
+        &self,
+        num_inference_steps: usize,
+    ) -> crate::engine::Result<()> {
         let t = self.config.num_train_timesteps;
         if num_inference_steps == 0 || num_inference_steps > t {
             return Err(crate::engine::EngineError::InvalidInput(format!(
@@ -120,7 +127,10 @@ impl DdimScheduler {
         match self.spacing {
             TimestepSpacing::Leading => {
                 let ratio = t / n;
-                (0..n).rev().map(|i| i * ratio + self.config.steps_offset).collect()
+                (0..n)
+                    .rev()
+                    .map(|i| i * ratio + self.config.steps_offset)
+                    .collect()
             }
             TimestepSpacing::Trailing => {
                 // np.round(np.arange(T, 0, -T / N)) − 1
@@ -138,7 +148,11 @@ impl DdimScheduler {
                 (0..n)
                     .rev()
                     .map(|i| {
-                        let v = if n > 1 && i == n - 1 { last } else { i as f64 * step };
+                        let v = if n > 1 && i == n - 1 {
+                            last
+                        } else {
+                            i as f64 * step
+                        };
                         v.round_ties_even() as usize
                     })
                     .collect()
@@ -168,7 +182,13 @@ impl DdimScheduler {
 
     /// Forward (denoising) step x_t → x_{t−r}, η = 0, exactly diffusers' `DDIMScheduler.step`.
     /// `model_output` is ε (or v for v-prediction). Differentiable in both tensors.
-    pub fn step(&self, eps: &Tensor, t: usize, sample: &Tensor, num_inference_steps: usize) -> Result<DdimStepOutput> {
+    pub fn step(
+        &self,
+        eps: &Tensor,
+        t: usize,
+        sample: &Tensor,
+        num_inference_steps: usize,
+    ) -> Result<DdimStepOutput> {
         let ratio = self.checked_ratio(num_inference_steps)?;
         let a_t = self.alpha(t as isize)?;
         let a_prev = self.alpha(t as isize - ratio)?;
@@ -190,7 +210,8 @@ impl DdimScheduler {
         } else {
             x0
         };
-        let prev = (mul_scalar(&x0, a_prev.sqrt())? + mul_scalar(&pred_eps, (1f32 - a_prev).sqrt())?)?;
+        let prev =
+            (mul_scalar(&x0, a_prev.sqrt())? + mul_scalar(&pred_eps, (1f32 - a_prev).sqrt())?)?;
         Ok(DdimStepOutput {
             prev_sample: prev,
             pred_original_sample: x0,
@@ -200,13 +221,22 @@ impl DdimScheduler {
     /// Exact inverse of [`step`](Self::step) on the same grid (Preset R): moves `sample` from
     /// level ā[t−r] (the final alpha when t−r < 0) up to ā[t], with the model output
     /// evaluated for timestep t. (Sample clipping, if configured, is not inverted.)
-    pub fn inverse_step(&self, eps: &Tensor, t: usize, sample: &Tensor, num_inference_steps: usize) -> Result<Tensor> {
+    pub fn inverse_step(
+        &self,
+        eps: &Tensor,
+        t: usize,
+        sample: &Tensor,
+        num_inference_steps: usize,
+    ) -> Result<Tensor> {
         let ratio = self.checked_ratio(num_inference_steps)?;
         let a_from = self.alpha(t as isize - ratio)?;
         let a_to = self.alpha(t as isize)?;
         match self.prediction {
             PredictionType::Epsilon => {
-                let x0 = div_scalar(&(sample - mul_scalar(eps, (1f32 - a_from).sqrt())?)?, a_from.sqrt())?;
+                let x0 = div_scalar(
+                    &(sample - mul_scalar(eps, (1f32 - a_from).sqrt())?)?,
+                    a_from.sqrt(),
+                )?;
                 mul_scalar(&x0, a_to.sqrt())? + mul_scalar(eps, (1f32 - a_to).sqrt())?
             }
             PredictionType::VPrediction => {
@@ -222,7 +252,13 @@ impl DdimScheduler {
 
     /// The inverse step shipped with pix2pix-zero / MirrorDiffusion (`DDIMInverseScheduler`,
     /// Preset F): from ā[t−1] to ā[t−1+r], note the `− 1` in both indices. ε-prediction only.
-    pub fn authors_inverse_step(&self, eps: &Tensor, t: usize, sample: &Tensor, num_inference_steps: usize) -> Result<Tensor> {
+    pub fn authors_inverse_step(
+        &self,
+        eps: &Tensor,
+        t: usize,
+        sample: &Tensor,
+        num_inference_steps: usize,
+    ) -> Result<Tensor> {
         let ratio = self.checked_ratio(num_inference_steps)?;
         if self.prediction != PredictionType::Epsilon {
             candle_core::bail!("the authors' inverse DDIM step supports epsilon prediction only");
@@ -232,7 +268,10 @@ impl DdimScheduler {
         }
         let a_t = self.alpha(t as isize - 1)?;
         let a_next = self.alpha(t as isize + ratio - 1)?;
-        let x0 = div_scalar(&(sample - mul_scalar(eps, (1f32 - a_t).sqrt())?)?, a_t.sqrt())?;
+        let x0 = div_scalar(
+            &(sample - mul_scalar(eps, (1f32 - a_t).sqrt())?)?,
+            a_t.sqrt(),
+        )?;
         mul_scalar(&x0, a_next.sqrt())? + mul_scalar(eps, (1f32 - a_next).sqrt())?
     }
 

@@ -6,10 +6,9 @@ use super::config::DdimConfig;
 /// `torch.linspace(start, end, n, dtype=float32)` on the CPU, element for element.
 ///
 /// torch computes the step in f32 and fills the first half forwards from `start` and the
-/// second half backwards from `end`; its vectorised fill (contiguous output) takes the base
-/// of each `lanes`-wide vector from that rule and adds k·step (k·step rounded to f32) inside
-/// the vector. `lanes` = 0 gives the scalar rule.
-pub(crate) fn torch_linspace_f32(start: f64, end: f64, n: usize, lanes: usize) -> Vec<f32> {
+/// second half backwards from `end`. Its CPU build contracts `start + step * i` into a fused
+/// multiply-add (GCC's default), so that is done here too: with it, ā matches torch bit for bit.
+pub(crate) fn torch_linspace_f32(start: f64, end: f64, n: usize) -> Vec<f32> {
     if n == 0 {
         return Vec::new();
     }
@@ -19,29 +18,15 @@ pub(crate) fn torch_linspace_f32(start: f64, end: f64, n: usize, lanes: usize) -
     let (start, end) = (start as f32, end as f32);
     let step = (end - start) / (n - 1) as f32;
     let halfway = n / 2;
-    let scalar = |idx: usize| -> f32 {
-        if idx < halfway {
-            start + step * idx as f32
-        } else {
-            end - step * (n - idx - 1) as f32
-        }
-    };
-    if lanes == 0 {
-        return (0..n).map(scalar).collect();
-    }
-    // at::vec's loop handles 2 vectors per iteration, then finishes element by element.
-    let vectorised = (n / (2 * lanes)) * 2 * lanes;
-    let mut out = Vec::with_capacity(n);
-    for idx in 0..n {
-        if idx < vectorised {
-            let base_idx = idx - idx % lanes;
-            let k = (idx - base_idx) as f32;
-            out.push(scalar(base_idx) + k * step);
-        } else {
-            out.push(scalar(idx));
-        }
-    }
-    out
+    (0..n)
+        .map(|idx| {
+            if idx < halfway {
+                step.mul_add(idx as f32, start)
+            } else {
+                (-step).mul_add((n - idx - 1) as f32, end)
+            }
+        })
+        .collect()
 }
 
 /// `torch.linspace(..., dtype=float64)` (scalar rule; f64 needs no bit-exactness here).
@@ -52,13 +37,23 @@ fn linspace_f64(start: f64, end: f64, n: usize) -> Vec<f64> {
     let step = (end - start) / (n - 1) as f64;
     let halfway = n / 2;
     (0..n)
-        .map(|i| if i < halfway { start + step * i as f64 } else { end - step * (n - i - 1) as f64 })
+        .map(|i| {
+            if i < halfway {
+                start + step * i as f64
+            } else {
+                end - step * (n - i - 1) as f64
+            }
+        })
         .collect()
 }
 
 /// diffusers' `betas_for_alpha_bar` with the cosine ("squaredcos_cap_v2") alpha-bar, max β 0.999.
 fn cosine_betas(n: usize) -> Vec<f64> {
-    let alpha_bar = |t: f64| ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0).cos().powi(2);
+    let alpha_bar = |t: f64| {
+        ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0)
+            .cos()
+            .powi(2)
+    };
     (0..n)
         .map(|i| {
             let (t1, t2) = (i as f64 / n as f64, (i + 1) as f64 / n as f64);
@@ -67,9 +62,6 @@ fn cosine_betas(n: usize) -> Vec<f64> {
         .collect()
 }
 
-/// Lanes of torch's vectorised float32 linspace that reproduce the reference fixtures.
-const LINSPACE_LANES: usize = 8;
-
 /// ā as diffusers computes it: betas in f32, then `torch.cumprod` (which accumulates in f64 on
 /// the CPU and rounds each prefix to f32). The config must have been validated.
 pub(crate) fn alphas_cumprod_f32(cfg: &DdimConfig) -> Vec<f32> {
@@ -77,13 +69,13 @@ pub(crate) fn alphas_cumprod_f32(cfg: &DdimConfig) -> Vec<f32> {
     let betas: Vec<f32> = match (&cfg.trained_betas, cfg.beta_schedule.as_str()) {
         (Some(b), _) => b.iter().map(|&b| b as f32).collect(),
         (None, "scaled_linear") => {
-            torch_linspace_f32(cfg.beta_start.sqrt(), cfg.beta_end.sqrt(), n, LINSPACE_LANES)
+            torch_linspace_f32(cfg.beta_start.sqrt(), cfg.beta_end.sqrt(), n)
                 .into_iter()
                 .map(|x| x * x)
                 .collect()
         }
         (None, "squaredcos_cap_v2") => cosine_betas(n).into_iter().map(|b| b as f32).collect(),
-        (None, _) => torch_linspace_f32(cfg.beta_start, cfg.beta_end, n, LINSPACE_LANES),
+        (None, _) => torch_linspace_f32(cfg.beta_start, cfg.beta_end, n),
     };
     let mut acc = 1f64;
     betas
@@ -115,4 +107,42 @@ pub(crate) fn alphas_cumprod_f64(cfg: &DdimConfig) -> Vec<f64> {
             acc
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linspace_hits_both_ends_and_is_monotone() {
+        let v = torch_linspace_f32(0.1, 0.7, 7);
+        assert_eq!(v[0], 0.1f32);
+        assert_eq!(v[6], 0.7f32);
+        assert!(v.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(torch_linspace_f32(0.3, 0.9, 1), vec![0.3f32]);
+    }
+
+    #[test]
+    fn schedule_matches_algorithm_table() {
+        let cfg: DdimConfig = serde_json::from_str(
+            r#"{"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}"#,
+        )
+        .unwrap();
+        // algorithm.md §2.1 (f64 values, 6 decimals).
+        let a = alphas_cumprod_f64(&cfg);
+        for (j, expected) in [
+            (0, 0.999150),
+            (21, 0.980381),
+            (945, 0.008721),
+            (999, 0.004660),
+        ] {
+            assert!((a[j] - expected).abs() < 1e-6, "ā[{j}] = {}", a[j]);
+        }
+        let a32 = alphas_cumprod_f32(&cfg);
+        assert!(
+            a32.iter()
+                .zip(&a)
+                .all(|(x, y)| (*x as f64 - y).abs() < 2e-6)
+        );
+    }
 }

@@ -73,7 +73,11 @@ impl Module for VaeAttention {
         // diffusers upcasts the softmax of this block; do the whole product in f32.
         let dtype = q.dtype();
         let (q, k, v) = match dtype {
-            DType::F16 | DType::BF16 => (q.to_dtype(DType::F32)?, k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?),
+            DType::F16 | DType::BF16 => (
+                q.to_dtype(DType::F32)?,
+                k.to_dtype(DType::F32)?,
+                v.to_dtype(DType::F32)?,
+            ),
             _ => (q, k, v),
         };
         let scores = (q.matmul(&k.t()?)? * self.scale)?;
@@ -96,9 +100,18 @@ pub struct MidBlock {
 }
 
 impl MidBlock {
-    pub fn new(vb: VarBuilder, channels: usize, add_attention: bool, s: BlockSettings) -> Result<Self> {
+    pub fn new(
+        vb: VarBuilder,
+        channels: usize,
+        add_attention: bool,
+        s: BlockSettings,
+    ) -> Result<Self> {
         let attention = if add_attention {
-            Some(VaeAttention::new(vb.pp("attentions").pp(0), channels, s.groups)?)
+            Some(VaeAttention::new(
+                vb.pp("attentions").pp(0),
+                channels,
+                s.groups,
+            )?)
         } else {
             None
         };

@@ -38,7 +38,13 @@ impl Activation {
     }
 }
 
-fn conv3x3(vb: VarBuilder, in_c: usize, out_c: usize, stride: usize, padding: usize) -> Result<Conv2d> {
+fn conv3x3(
+    vb: VarBuilder,
+    in_c: usize,
+    out_c: usize,
+    stride: usize,
+    padding: usize,
+) -> Result<Conv2d> {
     let cfg = Conv2dConfig {
         padding,
         stride,
@@ -68,7 +74,13 @@ pub struct ResnetBlock2D {
 impl ResnetBlock2D {
     pub fn new(vb: VarBuilder, in_c: usize, out_c: usize, s: BlockSettings) -> Result<Self> {
         let conv_shortcut = if in_c != out_c {
-            Some(conv2d(in_c, out_c, 1, Default::default(), vb.pp("conv_shortcut"))?)
+            Some(conv2d(
+                in_c,
+                out_c,
+                1,
+                Default::default(),
+                vb.pp("conv_shortcut"),
+            )?)
         } else {
             None
         };
@@ -85,8 +97,12 @@ impl ResnetBlock2D {
 
 impl Module for ResnetBlock2D {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.act.apply(&self.norm1.forward(x)?)?)?;
-        let h = self.conv2.forward(&self.act.apply(&self.norm2.forward(&h)?)?)?;
+        let h = self
+            .conv1
+            .forward(&self.act.apply(&self.norm1.forward(x)?)?)?;
+        let h = self
+            .conv2
+            .forward(&self.act.apply(&self.norm2.forward(&h)?)?)?;
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(x)?,
             None => x.clone(),
@@ -112,7 +128,9 @@ impl Downsample2D {
 
 impl Module for Downsample2D {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = x.pad_with_zeros(D::Minus1, 0, 1)?.pad_with_zeros(D::Minus2, 0, 1)?;
+        let x = x
+            .pad_with_zeros(D::Minus1, 0, 1)?
+            .pad_with_zeros(D::Minus2, 0, 1)?;
         self.conv.forward(&x)
     }
 }
@@ -165,7 +183,10 @@ impl DownEncoderBlock2D {
         } else {
             None
         };
-        Ok(Self { resnets, downsampler })
+        Ok(Self {
+            resnets,
+            downsampler,
+        })
     }
 }
 

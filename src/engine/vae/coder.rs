@@ -4,7 +4,9 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, VarBuilder, conv2d};
 
 use super::attention::MidBlock;
-use super::blocks::{Activation, BlockSettings, DownEncoderBlock2D, UpDecoderBlock2D, VAE_NORM_EPS};
+use super::blocks::{
+    Activation, BlockSettings, DownEncoderBlock2D, UpDecoderBlock2D, VAE_NORM_EPS,
+};
 use super::config::VaeConfig;
 use crate::engine::nn::group_norm;
 
@@ -38,13 +40,22 @@ impl Encoder {
     pub fn new(vb: VarBuilder, cfg: &VaeConfig) -> Result<Self> {
         let s = settings(cfg)?;
         let channels = &cfg.block_out_channels;
-        let last = *channels.last().ok_or_else(|| candle_core::Error::Msg("VAE has no blocks".into()))?;
+        let last = *channels
+            .last()
+            .ok_or_else(|| candle_core::Error::Msg("VAE has no blocks".into()))?;
         let mut down_blocks = Vec::with_capacity(channels.len());
         let mut in_c = channels[0];
         for (i, &out_c) in channels.iter().enumerate() {
             let is_final = i + 1 == channels.len();
             let vb_i = vb.pp("down_blocks").pp(i);
-            down_blocks.push(DownEncoderBlock2D::new(vb_i, in_c, out_c, cfg.layers_per_block, !is_final, s)?);
+            down_blocks.push(DownEncoderBlock2D::new(
+                vb_i,
+                in_c,
+                out_c,
+                cfg.layers_per_block,
+                !is_final,
+                s,
+            )?);
             in_c = out_c;
         }
         Ok(Self {
@@ -85,13 +96,22 @@ impl Decoder {
     pub fn new(vb: VarBuilder, cfg: &VaeConfig) -> Result<Self> {
         let s = settings(cfg)?;
         let reversed: Vec<usize> = cfg.block_out_channels.iter().rev().copied().collect();
-        let first = *reversed.first().ok_or_else(|| candle_core::Error::Msg("VAE has no blocks".into()))?;
+        let first = *reversed
+            .first()
+            .ok_or_else(|| candle_core::Error::Msg("VAE has no blocks".into()))?;
         let mut up_blocks = Vec::with_capacity(reversed.len());
         let mut in_c = first;
         for (i, &out_c) in reversed.iter().enumerate() {
             let is_final = i + 1 == reversed.len();
             let vb_i = vb.pp("up_blocks").pp(i);
-            up_blocks.push(UpDecoderBlock2D::new(vb_i, in_c, out_c, cfg.layers_per_block + 1, !is_final, s)?);
+            up_blocks.push(UpDecoderBlock2D::new(
+                vb_i,
+                in_c,
+                out_c,
+                cfg.layers_per_block + 1,
+                !is_final,
+                s,
+            )?);
             in_c = out_c;
         }
         let out_c0 = cfg.block_out_channels[0];

@@ -119,7 +119,10 @@ impl VaeConfig {
             return Err(err("block_out_channels", "must not be empty".into()));
         }
         if n > 16 {
-            return Err(err("block_out_channels", format!("{n} blocks is not a plausible VAE")));
+            return Err(err(
+                "block_out_channels",
+                format!("{n} blocks is not a plausible VAE"),
+            ));
         }
         for (field, types, supported) in [
             ("down_block_types", &self.down_block_types, DOWN_BLOCK_TYPES),
@@ -149,7 +152,10 @@ impl VaeConfig {
         {
             return Err(err(
                 "block_out_channels",
-                format!("{c} channels is not a positive multiple of norm_num_groups {}", self.norm_num_groups),
+                format!(
+                    "{c} channels is not a positive multiple of norm_num_groups {}",
+                    self.norm_num_groups
+                ),
             ));
         }
         for (field, value) in [
@@ -165,12 +171,19 @@ impl VaeConfig {
         if !ACTIVATIONS.contains(&self.act_fn.as_str()) {
             return Err(err(
                 "act_fn",
-                format!("`{}` is not supported (supported: {})", self.act_fn, ACTIVATIONS.join(", ")),
+                format!(
+                    "`{}` is not supported (supported: {})",
+                    self.act_fn,
+                    ACTIVATIONS.join(", ")
+                ),
             ));
         }
         match self.scaling_factor {
             Some(s) if !(s.is_finite() && s > 0.0) => {
-                return Err(err("scaling_factor", format!("{s} is not a positive number")));
+                return Err(err(
+                    "scaling_factor",
+                    format!("{s} is not a positive number"),
+                ));
             }
             _ => {}
         }
@@ -188,19 +201,25 @@ pub(crate) fn read_json_config<T: DeserializeOwned>(path: &Path) -> Result<T> {
         path: path.to_path_buf(),
         source,
     })?;
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| EngineError::Config {
-        file: path.to_path_buf(),
-        field: "(file)".to_string(),
-        reason: format!("not valid JSON: {e}"),
-    })?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| EngineError::Config {
+            file: path.to_path_buf(),
+            field: "(file)".to_string(),
+            reason: format!("not valid JSON: {e}"),
+        })?;
     let serde_json::Value::Object(map) = &value else {
-        return Err(config_error(path, "(file)", "not a JSON object".to_string()));
+        return Err(config_error(
+            path,
+            "(file)",
+            "not a JSON object".to_string(),
+        ));
     };
     match serde_json::from_value::<T>(value.clone()) {
         Ok(cfg) => Ok(cfg),
         Err(whole) => {
             for (key, v) in map {
-                let single = serde_json::Value::Object([(key.clone(), v.clone())].into_iter().collect());
+                let single =
+                    serde_json::Value::Object([(key.clone(), v.clone())].into_iter().collect());
                 if let Err(e) = serde_json::from_value::<T>(single) {
                     return Err(config_error(path, key, e.to_string()));
                 }

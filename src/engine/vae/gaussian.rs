@@ -14,7 +14,9 @@ impl DiagonalGaussian {
     pub fn from_moments(moments: &Tensor) -> Result<Self> {
         let channels = moments.dim(1)? / 2;
         let mean = moments.narrow(1, 0, channels)?;
-        let logvar = moments.narrow(1, channels, channels)?.clamp(-30f32, 20f32)?;
+        let logvar = moments
+            .narrow(1, channels, channels)?
+            .clamp(-30f32, 20f32)?;
         Ok(Self { mean, logvar })
     }
 
@@ -81,6 +83,9 @@ mod tests {
         let n = a.len() as f64;
         let mean = a.iter().map(|&x| x as f64).sum::<f64>() / n;
         let var = a.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
-        assert!(mean.abs() < 0.03 && (var - 1.0).abs() < 0.05, "mean {mean} var {var}");
+        assert!(
+            mean.abs() < 0.03 && (var - 1.0).abs() < 0.05,
+            "mean {mean} var {var}"
+        );
     }
 }

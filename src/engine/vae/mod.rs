@@ -35,13 +35,25 @@ impl AutoencoderKL {
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let moments = 2 * cfg.latent_channels;
         let quant_conv = if cfg.use_quant_conv {
-            Some(conv2d(moments, moments, 1, Default::default(), vb.pp("quant_conv"))?)
+            Some(conv2d(
+                moments,
+                moments,
+                1,
+                Default::default(),
+                vb.pp("quant_conv"),
+            )?)
         } else {
             None
         };
         let post_quant_conv = if cfg.use_post_quant_conv {
             let c = cfg.latent_channels;
-            Some(conv2d(c, c, 1, Default::default(), vb.pp("post_quant_conv"))?)
+            Some(conv2d(
+                c,
+                c,
+                1,
+                Default::default(),
+                vb.pp("post_quant_conv"),
+            )?)
         } else {
             None
         };
@@ -62,7 +74,10 @@ impl AutoencoderKL {
     pub fn encode(&self, image: &Tensor) -> Result<DiagonalGaussian> {
         let (_, c, _, _) = image.dims4()?;
         if c != self.config.in_channels {
-            candle_core::bail!("VAE expects {} image channels, got {c}", self.config.in_channels);
+            candle_core::bail!(
+                "VAE expects {} image channels, got {c}",
+                self.config.in_channels
+            );
         }
         let moments = self.encoder.forward(image)?;
         let moments = match &self.quant_conv {
@@ -76,7 +91,10 @@ impl AutoencoderKL {
     pub fn decode(&self, z: &Tensor) -> Result<Tensor> {
         let (_, c, _, _) = z.dims4()?;
         if c != self.config.latent_channels {
-            candle_core::bail!("VAE expects {} latent channels, got {c}", self.config.latent_channels);
+            candle_core::bail!(
+                "VAE expects {} latent channels, got {c}",
+                self.config.latent_channels
+            );
         }
         let z = match &self.post_quant_conv {
             Some(conv) => conv.forward(z)?,
