@@ -2,7 +2,7 @@
 //! L_KL(e) = v + μ² − 1 − ln(v + 1e-7) with μ = mean(e), v = unbiased variance, and a few
 //! plain gradient steps e ← e − λ ∇L_KL with the closed-form gradient.
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 
 const VAR_EPS: f64 = 1e-7;
 
@@ -31,7 +31,12 @@ pub fn kl_gradient(eps: &Tensor) -> Result<Tensor> {
     if n < 2 {
         candle_core::bail!("KL regulariser needs at least 2 elements, got {n}");
     }
-    let values: Vec<f64> = eps.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
+    // Reduced on the CPU: some devices (Metal) have no f64.
+    let values: Vec<f64> = eps
+        .flatten_all()?
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F64)?
+        .to_vec1()?;
     let (mu, var) = if eps.dtype() == DType::F64 {
         let mu = values.iter().sum::<f64>() / n as f64;
         let var = values.iter().map(|x| (x - mu).powi(2)).sum::<f64>() / (n - 1) as f64;
