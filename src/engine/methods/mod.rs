@@ -1,0 +1,3 @@
+//! The editing methods, one module each, built from `pipeline::stages`.
+
+pub mod mirror;
