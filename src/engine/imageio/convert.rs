@@ -27,7 +27,9 @@ pub fn tensor_to_image(t: &Tensor) -> candle_core::Result<RgbImage> {
     let chw = match t.dims() {
         [1, 3, _, _] => t.squeeze(0)?,
         [3, _, _] => t.clone(),
-        dims => candle_core::bail!("tensor_to_image: expected [1, 3, H, W] or [3, H, W], got {dims:?}"),
+        dims => {
+            candle_core::bail!("tensor_to_image: expected [1, 3, H, W] or [3, H, W], got {dims:?}")
+        }
     };
     let (_, h, w) = chw.dims3()?;
     let values = chw
@@ -38,7 +40,11 @@ pub fn tensor_to_image(t: &Tensor) -> candle_core::Result<RgbImage> {
     let to_u8 = |v: f64| ((v / 2.0 + 0.5).clamp(0.0, 1.0) * 255.0).round_ties_even() as u8;
     Ok(RgbImage::from_fn(w as u32, h as u32, |x, y| {
         let i = y as usize * w + x as usize;
-        Rgb([to_u8(values[i]), to_u8(values[h * w + i]), to_u8(values[2 * h * w + i])])
+        Rgb([
+            to_u8(values[i]),
+            to_u8(values[h * w + i]),
+            to_u8(values[2 * h * w + i]),
+        ])
     }))
 }
 
@@ -79,7 +85,9 @@ pub fn latent_preview_with(
     let chw = match latent.dims() {
         [1, _, _, _] => latent.squeeze(0)?,
         [_, _, _] => latent.clone(),
-        dims => candle_core::bail!("latent_preview: expected [1, C, h, w] or [C, h, w], got {dims:?}"),
+        dims => {
+            candle_core::bail!("latent_preview: expected [1, C, h, w] or [C, h, w], got {dims:?}")
+        }
     };
     let (channels, h, w) = chw.dims3()?;
     if channels != map.factors.len() {
@@ -95,15 +103,19 @@ pub fn latent_preview_with(
         .to_vec1::<f32>()?;
     let scale = scale.max(1);
     let to_u8 = |v: f32| (((v + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0).round() as u8;
-    Ok(RgbImage::from_fn(w as u32 * scale, h as u32 * scale, |x, y| {
-        let i = (y / scale) as usize * w + (x / scale) as usize;
-        let mut rgb = map.bias;
-        for (c, factor) in map.factors.iter().enumerate() {
-            let v = values[c * h * w + i];
-            for k in 0..3 {
-                rgb[k] += v * factor[k];
+    Ok(RgbImage::from_fn(
+        w as u32 * scale,
+        h as u32 * scale,
+        |x, y| {
+            let i = (y / scale) as usize * w + (x / scale) as usize;
+            let mut rgb = map.bias;
+            for (c, factor) in map.factors.iter().enumerate() {
+                let v = values[c * h * w + i];
+                for k in 0..3 {
+                    rgb[k] += v * factor[k];
+                }
             }
-        }
-        Rgb(rgb.map(to_u8))
-    }))
+            Rgb(rgb.map(to_u8))
+        },
+    ))
 }

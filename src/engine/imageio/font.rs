@@ -107,7 +107,11 @@ const GLYPHS: [[u8; 7]; 95] = [
 
 /// Rows of the glyph for `c`; characters outside printable ASCII are drawn as `?`.
 pub fn glyph(c: char) -> [u8; 7] {
-    let index = if (' '..='~').contains(&c) { c as u8 - FIRST } else { b'?' - FIRST };
+    let index = if (' '..='~').contains(&c) {
+        c as u8 - FIRST
+    } else {
+        b'?' - FIRST
+    };
     GLYPHS[index as usize]
 }
 

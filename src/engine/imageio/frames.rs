@@ -17,7 +17,11 @@ pub fn encode_gif(frames: &[RgbImage], delay_ms: u32) -> Result<Vec<u8>> {
     let first = frames
         .first()
         .ok_or_else(|| EngineError::InvalidInput("animation has no frames".into()))?;
-    if let Some((i, odd)) = frames.iter().enumerate().find(|(_, f)| f.dimensions() != first.dimensions()) {
+    if let Some((i, odd)) = frames
+        .iter()
+        .enumerate()
+        .find(|(_, f)| f.dimensions() != first.dimensions())
+    {
         return Err(EngineError::InvalidInput(format!(
             "animation frame {i} is {}×{}, frame 0 is {}×{}",
             odd.width(),
@@ -26,7 +30,8 @@ pub fn encode_gif(frames: &[RgbImage], delay_ms: u32) -> Result<Vec<u8>> {
             first.height()
         )));
     }
-    let encode_error = |e: image::ImageError| EngineError::InvalidInput(format!("cannot encode GIF: {e}"));
+    let encode_error =
+        |e: image::ImageError| EngineError::InvalidInput(format!("cannot encode GIF: {e}"));
     let mut bytes = Vec::new();
     {
         let mut encoder = GifEncoder::new_with_speed(&mut bytes, GIF_SPEED);

@@ -63,7 +63,11 @@ pub fn load_image(path: &Path, limits: &ImageLimits) -> Result<LoadedImage> {
 }
 
 /// Loads an image from encoded bytes (paste, drag-and-drop). `label` names it in errors.
-pub fn load_image_from_memory(bytes: &[u8], label: &str, limits: &ImageLimits) -> Result<LoadedImage> {
+pub fn load_image_from_memory(
+    bytes: &[u8],
+    label: &str,
+    limits: &ImageLimits,
+) -> Result<LoadedImage> {
     let invalid = |reason: String| EngineError::InvalidInput(format!("{label}: {reason}"));
     if bytes.len() as u64 > limits.max_file_bytes {
         return Err(invalid(format!(

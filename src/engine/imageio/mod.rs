@@ -12,7 +12,9 @@ mod resize;
 mod sheet;
 
 pub use atomic::write_atomic;
-pub use convert::{LatentRgbMap, image_to_tensor, latent_preview, latent_preview_with, tensor_to_image};
+pub use convert::{
+    LatentRgbMap, image_to_tensor, latent_preview, latent_preview_with, tensor_to_image,
+};
 pub use frames::{encode_gif, save_animation};
 pub use load::{ImageLimits, LoadedImage, load_image, load_image_from_memory, pixel_hash};
 pub use recipe::{

@@ -66,7 +66,10 @@ impl Recipe {
             ("Mirror preset", self.preset.clone()),
             ("Edit strength", self.edit_strength.to_string()),
             ("Cross-attention guidance", self.xa_guidance.to_string()),
-            ("Redescription iterations", self.redescription_iterations.to_string()),
+            (
+                "Redescription iterations",
+                self.redescription_iterations.to_string(),
+            ),
             ("Redescription lr", self.redescription_lr.to_string()),
             ("Resize", self.resize.to_string()),
             ("Mirror version", env!("CARGO_PKG_VERSION").into()),
@@ -108,7 +111,10 @@ fn quote_a1111(value: &str) -> String {
 }
 
 /// Encodes `img` as PNG, with the recipe chunks when a recipe is given.
-pub fn encode_png_with_recipe(img: &RgbImage, recipe: Option<&Recipe>) -> std::result::Result<Vec<u8>, png::EncodingError> {
+pub fn encode_png_with_recipe(
+    img: &RgbImage,
+    recipe: Option<&Recipe>,
+) -> std::result::Result<Vec<u8>, png::EncodingError> {
     let mut bytes = Vec::new();
     {
         let mut encoder = png::Encoder::new(&mut bytes, img.width(), img.height());
@@ -162,7 +168,8 @@ pub fn read_recipe_from_memory(bytes: &[u8], label: &str) -> Result<Option<Recip
             "{label}: not a PNG (recipes are stored in Mirror's PNG outputs) or JSON recipe"
         )));
     }
-    let corrupt = |e: png::DecodingError| EngineError::InvalidInput(format!("{label}: cannot read PNG: {e}"));
+    let corrupt =
+        |e: png::DecodingError| EngineError::InvalidInput(format!("{label}: cannot read PNG: {e}"));
     let mut decoder = png::Decoder::new(Cursor::new(bytes));
     decoder.set_limits(png::Limits { bytes: usize::MAX });
     let mut reader = decoder.read_info().map_err(corrupt)?;
@@ -176,9 +183,15 @@ pub fn read_recipe_from_memory(bytes: &[u8], label: &str) -> Result<Option<Recip
 }
 
 fn recipe_text(info: &png::Info, label: &str) -> Result<Option<String>> {
-    if let Some(chunk) = info.utf8_text.iter().find(|c| c.keyword == RECIPE_CHUNK_KEYWORD) {
+    if let Some(chunk) = info
+        .utf8_text
+        .iter()
+        .find(|c| c.keyword == RECIPE_CHUNK_KEYWORD)
+    {
         return chunk.get_text().map(Some).map_err(|e| {
-            EngineError::InvalidInput(format!("{label}: unreadable `{RECIPE_CHUNK_KEYWORD}` chunk: {e}"))
+            EngineError::InvalidInput(format!(
+                "{label}: unreadable `{RECIPE_CHUNK_KEYWORD}` chunk: {e}"
+            ))
         });
     }
     let latin1 = info

@@ -26,7 +26,8 @@ pub enum ResizePolicy {
 }
 
 impl ResizePolicy {
-    pub const ALL: [ResizePolicy; 3] = [ResizePolicy::Crop, ResizePolicy::Stretch, ResizePolicy::Pad];
+    pub const ALL: [ResizePolicy; 3] =
+        [ResizePolicy::Crop, ResizePolicy::Stretch, ResizePolicy::Pad];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -79,9 +80,13 @@ pub fn plan_size(
         )));
     }
     let (width, height) = target.unwrap_or((default_side, default_side));
-    let fits = |side: u32| side > 0 && side % factor == 0;
+    let fits = |side: u32| side > 0 && side.is_multiple_of(factor);
     if !fits(width) || !fits(height) {
-        let what = if target.is_some() { "requested size" } else { "model default size" };
+        let what = if target.is_some() {
+            "requested size"
+        } else {
+            "model default size"
+        };
         return Err(EngineError::InvalidInput(format!(
             "{what} {width}×{height}: width and height must be positive multiples of {factor} \
              (the model's latent downsampling factor); nearest: {}×{}",
@@ -215,7 +220,10 @@ mod tests {
             describe_resize((1024, 768), (512, 512), ResizePolicy::Pad),
             "1024×768 → fit 512×384, pad grey → 512×512"
         );
-        assert_eq!(describe_resize((64, 64), (64, 64), ResizePolicy::Pad), "64×64 (no resize)");
+        assert_eq!(
+            describe_resize((64, 64), (64, 64), ResizePolicy::Pad),
+            "64×64 (no resize)"
+        );
     }
 
     #[test]

@@ -20,7 +20,8 @@ pub fn sheet_size(tile_sizes: &[(u32, u32)]) -> (u32, u32) {
     if tile_sizes.is_empty() {
         return (0, 0);
     }
-    let width = tile_sizes.iter().map(|s| s.0).sum::<u32>() + SHEET_GAP * (tile_sizes.len() as u32 - 1);
+    let width =
+        tile_sizes.iter().map(|s| s.0).sum::<u32>() + SHEET_GAP * (tile_sizes.len() as u32 - 1);
     let height = SHEET_LABEL_HEIGHT + tile_sizes.iter().map(|s| s.1).max().unwrap_or(0);
     (width, height)
 }
@@ -36,8 +37,20 @@ pub fn comparison_sheet(tiles: &[(String, RgbImage)]) -> RgbImage {
         let text_width = text_width(label, LABEL_SCALE);
         let text_x = x + tile.width().saturating_sub(text_width) / 2;
         let limit = x + tile.width();
-        draw_text_clipped(&mut sheet, label, (text_x, LABEL_PADDING), LABEL_SCALE, INK, limit);
-        imageops::replace(&mut sheet, tile, i64::from(x), i64::from(SHEET_LABEL_HEIGHT));
+        draw_text_clipped(
+            &mut sheet,
+            label,
+            (text_x, LABEL_PADDING),
+            LABEL_SCALE,
+            INK,
+            limit,
+        );
+        imageops::replace(
+            &mut sheet,
+            tile,
+            i64::from(x),
+            i64::from(SHEET_LABEL_HEIGHT),
+        );
         x += tile.width() + SHEET_GAP;
     }
     sheet
