@@ -522,6 +522,21 @@ fn comparison_sheet_layout_and_labels() {
     assert_eq!(ink_in(32, 32 + SHEET_GAP), 0);
     assert_eq!(comparison_sheet(&[]).dimensions(), (0, 0));
 
+    // A label too long for its tile shrinks (and is cut), staying inside its own columns.
+    let narrow = RgbImage::from_pixel(30, 10, Rgb([0, 255, 0]));
+    let long = comparison_sheet(&[
+        ("DDIM reconstruction".into(), narrow.clone()),
+        ("x".into(), narrow),
+    ]);
+    let ink = |x0: u32, x1: u32| {
+        (x0..x1)
+            .flat_map(|x| (0..SHEET_LABEL_HEIGHT).map(move |y| (x, y)))
+            .filter(|&(x, y)| *long.get_pixel(x, y) == Rgb([0, 0, 0]))
+            .count()
+    };
+    assert!(ink(0, 30) > 10);
+    assert_eq!(ink(30, 30 + SHEET_GAP), 0);
+
     // Glyphs really come from the font: "I" at scale 1 is a bar with serifs.
     let mut canvas = RgbImage::from_pixel(5, 7, Rgb([255, 255, 255]));
     draw_text(&mut canvas, "I", (0, 0), 1, Rgb([0, 0, 0]));

@@ -34,17 +34,13 @@ pub fn comparison_sheet(tiles: &[(String, RgbImage)]) -> RgbImage {
     let mut sheet = RgbImage::from_pixel(width, height, BACKGROUND);
     let mut x = 0;
     for (label, tile) in tiles {
-        let text_width = text_width(label, LABEL_SCALE);
+        let (text, scale) = fit_label(label, tile.width());
+        let text_width = text_width(&text, scale);
         let text_x = x + tile.width().saturating_sub(text_width) / 2;
+        // Smaller text sits vertically centred in the band.
+        let text_y = (SHEET_LABEL_HEIGHT - GLYPH_HEIGHT * scale) / 2;
         let limit = x + tile.width();
-        draw_text_clipped(
-            &mut sheet,
-            label,
-            (text_x, LABEL_PADDING),
-            LABEL_SCALE,
-            INK,
-            limit,
-        );
+        draw_text_clipped(&mut sheet, &text, (text_x, text_y), scale, INK, limit);
         imageops::replace(
             &mut sheet,
             tile,
@@ -54,6 +50,20 @@ pub fn comparison_sheet(tiles: &[(String, RgbImage)]) -> RgbImage {
         x += tile.width() + SHEET_GAP;
     }
     sheet
+}
+
+/// The label as drawn in `width` pixels: at full scale if it fits, else at scale 1, else
+/// cut to whole glyphs ending in "..".
+fn fit_label(label: &str, width: u32) -> (String, u32) {
+    if text_width(label, LABEL_SCALE) <= width {
+        return (label.to_string(), LABEL_SCALE);
+    }
+    if text_width(label, 1) <= width {
+        return (label.to_string(), 1);
+    }
+    let fitting = ((width + 1) / (GLYPH_WIDTH + 1)) as usize;
+    let kept: String = label.chars().take(fitting.saturating_sub(2)).collect();
+    (format!("{kept}.."), 1)
 }
 
 /// Width in pixels of `text` drawn at `scale` (one blank column between glyphs).
