@@ -1,1 +1,25 @@
-//! (in progress)
+//! Image input/output: loading user images (PNG, JPEG with EXIF orientation, WebP) under a
+//! pixel limit, the resize policy, conversion to and from model tensors, PNGs that carry their
+//! recipe, comparison sheets and per-step animations. All writes are atomic.
+
+mod atomic;
+mod convert;
+mod font;
+mod frames;
+mod load;
+mod recipe;
+mod resize;
+mod sheet;
+
+pub use atomic::write_atomic;
+pub use convert::{
+    LatentRgbMap, image_to_tensor, latent_preview, latent_preview_with, tensor_to_image,
+};
+pub use frames::{encode_gif, save_animation};
+pub use load::{ImageLimits, LoadedImage, load_image, load_image_from_memory, pixel_hash};
+pub use recipe::{
+    RECIPE_CHUNK_KEYWORD, RECIPE_VERSION, Recipe, encode_png_with_recipe, read_recipe,
+    read_recipe_from_memory, save_png_with_recipe,
+};
+pub use resize::{PAD_GREY, ResizePolicy, describe_resize, plan_size, resize};
+pub use sheet::{SHEET_GAP, SHEET_LABEL_HEIGHT, comparison_sheet, draw_text, sheet_size};
