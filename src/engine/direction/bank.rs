@@ -35,35 +35,100 @@ const FRAMINGS: &[&str] = &[
 
 /// Adjectives put in front of the phrase ("" = none).
 const ADJECTIVES: &[&str] = &[
-    "", "small", "large", "old", "young", "beautiful", "cute", "happy", "little", "big",
-    "lovely", "calm",
+    "",
+    "small",
+    "large",
+    "old",
+    "young",
+    "beautiful",
+    "cute",
+    "happy",
+    "little",
+    "big",
+    "lovely",
+    "calm",
 ];
 
 /// Settings appended after the phrase ("" = none).
 const SETTINGS: &[&str] = &[
-    "", "in a park", "on a sofa", "at the beach", "in the snow", "on the grass", "in a kitchen",
-    "next to a window", "in a forest", "on a city street", "in a garden", "on a wooden floor",
-    "in front of a house", "under a tree", "in the rain", "at night", "in a field", "by a lake",
-    "in a living room", "on a bed", "in the mountains", "on a table", "in a studio",
+    "",
+    "in a park",
+    "on a sofa",
+    "at the beach",
+    "in the snow",
+    "on the grass",
+    "in a kitchen",
+    "next to a window",
+    "in a forest",
+    "on a city street",
+    "in a garden",
+    "on a wooden floor",
+    "in front of a house",
+    "under a tree",
+    "in the rain",
+    "at night",
+    "in a field",
+    "by a lake",
+    "in a living room",
+    "on a bed",
+    "in the mountains",
+    "on a table",
+    "in a studio",
     "in the desert",
 ];
 
 /// Times and light, used when the edit itself is a setting or other trailing phrase.
 const CONDITIONS: &[&str] = &[
-    "", "at night", "in the morning", "on a sunny day", "in soft light", "at sunset",
-    "in winter", "in summer", "on a cloudy day", "in warm light", "at dawn", "in the evening",
+    "",
+    "at night",
+    "in the morning",
+    "on a sunny day",
+    "in soft light",
+    "at sunset",
+    "in winter",
+    "in summer",
+    "on a cloudy day",
+    "in warm light",
+    "at dawn",
+    "in the evening",
 ];
 
 /// Adjectives for a medium ("a detailed oil painting of …").
 const MEDIUM_ADJECTIVES: &[&str] = &[
-    "", "detailed", "simple", "beautiful", "small", "large", "old", "famous", "colorful", "quick",
+    "",
+    "detailed",
+    "simple",
+    "beautiful",
+    "small",
+    "large",
+    "old",
+    "famous",
+    "colorful",
+    "quick",
 ];
 
 /// Subjects for media and for trailing edits without a subject in the prompt.
 const SUBJECTS: &[&str] = &[
-    "a woman", "a man", "a street scene", "a house", "a cat", "a dog", "a mountain landscape",
-    "a city", "a bowl of fruit", "a tree", "a car", "a child", "an old man", "a bird",
-    "a flower", "a boat on a lake", "a horse", "a girl", "a village", "a forest",
+    "a woman",
+    "a man",
+    "a street scene",
+    "a house",
+    "a cat",
+    "a dog",
+    "a mountain landscape",
+    "a city",
+    "a bowl of fruit",
+    "a tree",
+    "a car",
+    "a child",
+    "an old man",
+    "a bird",
+    "a flower",
+    "a boat on a lake",
+    "a horse",
+    "a girl",
+    "a village",
+    "a forest",
 ];
 
 /// How the two phrases sit in a caption.
@@ -71,7 +136,10 @@ const SUBJECTS: &[&str] = &[
 enum Layout {
     /// The phrases are (or, with neighbouring words, become) the main noun phrase:
     /// "cat" → "dog", "cat" → "cat wearing glasses", "black cat" → "white cat".
-    Noun { source: Vec<String>, target: Vec<String> },
+    Noun {
+        source: Vec<String>,
+        target: Vec<String>,
+    },
     /// The phrases sit in a trailing phrase after the subject: "with a hat" → "with an
     /// umbrella", ", digital art" added, "in the style of monet" → "… of van gogh".
     Tail {
@@ -92,11 +160,11 @@ enum Layout {
 /// a few thousand pairs; `min_pairs` beyond it gets all of them.
 pub fn template_bank(phrase: &EditPhrase, min_pairs: usize) -> Vec<(String, String)> {
     let layout = layout(phrase);
-    let mut bank = Bank::default();
-    bank.push(phrase.source_words(), phrase.target_words());
-
     let axes = layout.axes();
     let total: usize = axes.iter().product();
+    let mut bank = Bank::default();
+    bank.pairs.reserve(min_pairs.min(total) + 1);
+    bank.push(phrase.source_words(), phrase.target_words());
     let stride = coprime_stride(total);
     for k in 0..total {
         if bank.pairs.len() >= min_pairs.max(1) {
@@ -153,15 +221,25 @@ fn words(text: &str) -> Vec<String> {
     split_words(text)
 }
 
-/// The axis values that don't repeat a word of either phrase ("old old woman").
+/// Adjectives that contradict each other: a phrase with one of them gets none of the others.
+const EXCLUSIVE_ADJECTIVES: &[&[&str]] = &[&["old", "young"], &["small", "large", "little", "big"]];
+
+/// The axis values that don't repeat or contradict a word of either phrase ("old old woman",
+/// "young old woman").
 fn usable<'a>(list: &[&'a str], phrases: &[&[String]]) -> Vec<&'a str> {
+    let in_phrases = |word: &str| {
+        phrases
+            .iter()
+            .any(|p| p.iter().any(|w| words_equal(w, word)))
+    };
     list.iter()
         .copied()
         .filter(|item| {
             item.is_empty()
-                || !phrases
-                    .iter()
-                    .any(|p| p.iter().any(|w| words_equal(w, item)))
+                || !(in_phrases(item)
+                    || EXCLUSIVE_ADJECTIVES
+                        .iter()
+                        .any(|group| group.contains(item) && group.iter().any(|g| in_phrases(g))))
         })
         .collect()
 }
@@ -282,10 +360,14 @@ fn layout(phrase: &EditPhrase) -> Layout {
     let tail_start = (1..start)
         .find(|&i| is_tail_preposition(&source[i]) || is_punctuation(&source[i]))
         .or_else(|| {
-            let changed_starts_tail = first_changed
-                .iter()
-                .zip([source_end, target_end])
-                .any(|(w, end)| start < end && w.is_some_and(|w| is_tail_preposition(w) || is_punctuation(w)));
+            let changed_starts_tail =
+                first_changed
+                    .iter()
+                    .zip([source_end, target_end])
+                    .any(|(w, end)| {
+                        start < end
+                            && w.is_some_and(|w| is_tail_preposition(w) || is_punctuation(w))
+                    });
             (start >= 1 && changed_starts_tail).then_some(start)
         });
     if let Some(tail_start) = tail_start {
@@ -299,6 +381,10 @@ fn layout(phrase: &EditPhrase) -> Layout {
     // Grow the changed words to the whole noun phrase they belong to.
     let mut left = start;
     while left > 0 && !bounds_phrase_left(&source[left - 1]) {
+        left -= 1;
+    }
+    // "two cats", "the cat": a determiner stays with its noun (an article is regenerated).
+    if left > 0 && is_determiner(&source[left - 1]) {
         left -= 1;
     }
     let mut grow_right = 0;
@@ -327,7 +413,10 @@ fn layout(phrase: &EditPhrase) -> Layout {
 /// The subject noun phrase of the words before a trailing phrase: from its last article or
 /// determiner on ("cat" in "a photo of a cat", "two cats").
 fn subject_of(words: &[String]) -> Option<Vec<String>> {
-    let np = match words.iter().rposition(|w| is_article(w) || is_determiner(w)) {
+    let np = match words
+        .iter()
+        .rposition(|w| is_article(w) || is_determiner(w))
+    {
         Some(d) if is_article(&words[d]) => &words[d + 1..],
         Some(d) => &words[d..],
         None => words,
@@ -368,27 +457,48 @@ mod tests {
     fn layouts() {
         assert_eq!(
             layout_of("a cat sitting on a sofa", "a dog sitting on a sofa"),
-            Layout::Noun { source: w("cat"), target: w("dog") }
+            Layout::Noun {
+                source: w("cat"),
+                target: w("dog")
+            }
         );
         assert_eq!(
             layout_of("a black cat", "a white cat"),
-            Layout::Noun { source: w("black cat"), target: w("white cat") }
+            Layout::Noun {
+                source: w("black cat"),
+                target: w("white cat")
+            }
         );
         assert_eq!(
             layout_of("a cat", "a cat wearing glasses"),
-            Layout::Noun { source: w("cat"), target: w("cat wearing glasses") }
+            Layout::Noun {
+                source: w("cat"),
+                target: w("cat wearing glasses")
+            }
         );
         assert_eq!(
             layout_of("a man with a hat", "a man with an umbrella"),
-            Layout::Tail { subject: Some(w("man")), source: w("with a hat"), target: w("with an umbrella") }
+            Layout::Tail {
+                subject: Some(w("man")),
+                source: w("with a hat"),
+                target: w("with an umbrella")
+            }
         );
         assert_eq!(
             layout_of("a photo of a cat", "an oil painting of a cat"),
-            Layout::Medium { source: w("photo"), target: w("oil painting"), subject: Some("a cat".into()) }
+            Layout::Medium {
+                source: w("photo"),
+                target: w("oil painting"),
+                subject: Some("a cat".into())
+            }
         );
         assert_eq!(
             layout_of("a cat", "a cat, digital art"),
-            Layout::Tail { subject: Some(w("cat")), source: vec![], target: w(", digital art") }
+            Layout::Tail {
+                subject: Some(w("cat")),
+                source: vec![],
+                target: w(", digital art")
+            }
         );
     }
 }

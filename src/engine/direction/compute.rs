@@ -120,7 +120,8 @@ pub fn compute_means(
     let target_ids = token_ids(tokenizer, target_sentences)?;
     let seq_len = tokenizer.max_length();
 
-    let (source_sum, hidden) = encoded_sum(encoder, device, &source_ids, seq_len, batch, cancelled)?;
+    let (source_sum, hidden) =
+        encoded_sum(encoder, device, &source_ids, seq_len, batch, cancelled)?;
     let (target_sum, _) = encoded_sum(encoder, device, &target_ids, seq_len, batch, cancelled)?;
 
     let mean = |sum: &[f64], n: usize| -> Vec<f64> { sum.iter().map(|s| s / n as f64).collect() };
@@ -245,7 +246,9 @@ pub fn build_direction(
             )
         }
     };
-    let means = compute_means(tokenizer, encoder, device, &source, &target, batch, cancelled)?;
+    let means = compute_means(
+        tokenizer, encoder, device, &source, &target, batch, cancelled,
+    )?;
     Ok(EditDirection {
         delta: means.delta,
         source_phrase: phrases.0,

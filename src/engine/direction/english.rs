@@ -17,27 +17,76 @@ const DETERMINERS: &[&str] = &[
 /// Prepositions that start a trailing phrase (a setting, an accessory, a style).
 /// "of" is left out: it belongs to framings such as "a photo of".
 pub const TAIL_PREPOSITIONS: &[&str] = &[
-    "in", "on", "at", "by", "with", "without", "under", "over", "near", "next", "behind",
-    "beside", "across", "through", "into", "onto", "from", "to", "for", "above", "below",
-    "inside", "outside", "around", "along", "against", "among", "between", "during", "like",
+    "in", "on", "at", "by", "with", "without", "under", "over", "near", "next", "behind", "beside",
+    "across", "through", "into", "onto", "from", "to", "for", "above", "below", "inside",
+    "outside", "around", "along", "against", "among", "between", "during", "like",
 ];
 
 const CONJUNCTIONS: &[&str] = &["and", "or", "but", "while"];
 
 /// Nouns that take no article in the singular.
 const MASS_NOUNS: &[&str] = &[
-    "water", "grass", "snow", "sand", "hair", "fur", "food", "fire", "smoke", "rain", "fog",
-    "art", "furniture", "traffic", "bread", "rice", "milk", "coffee", "tea", "wine", "beer",
-    "money", "jewelry", "clothing", "sunlight", "scenery", "foliage", "ice", "lava", "news",
+    "water",
+    "grass",
+    "snow",
+    "sand",
+    "hair",
+    "fur",
+    "food",
+    "fire",
+    "smoke",
+    "rain",
+    "fog",
+    "art",
+    "furniture",
+    "traffic",
+    "bread",
+    "rice",
+    "milk",
+    "coffee",
+    "tea",
+    "wine",
+    "beer",
+    "money",
+    "jewelry",
+    "clothing",
+    "sunlight",
+    "scenery",
+    "foliage",
+    "ice",
+    "lava",
+    "news",
 ];
 
 const IRREGULAR_PLURALS: &[&str] = &[
-    "people", "men", "women", "children", "mice", "geese", "feet", "teeth", "oxen", "police",
-    "cattle", "sunglasses", "glasses", "pants", "jeans", "scissors",
+    "people",
+    "men",
+    "women",
+    "children",
+    "mice",
+    "geese",
+    "feet",
+    "teeth",
+    "oxen",
+    "police",
+    "cattle",
+    "sunglasses",
+    "glasses",
+    "pants",
+    "jeans",
+    "scissors",
 ];
 
 /// Singular nouns ending in "s" that the plural rule would get wrong.
-const SINGULAR_ENDING_IN_S: &[&str] = &["bus", "lens", "canvas", "atlas", "gas", "chaos", "christmas"];
+const SINGULAR_ENDING_IN_S: &[&str] = &[
+    "bus",
+    "lens",
+    "canvas",
+    "atlas",
+    "gas",
+    "chaos",
+    "christmas",
+];
 
 fn lower(word: &str) -> String {
     word.to_lowercase()
@@ -132,7 +181,9 @@ fn is_participle(word: &str) -> bool {
 pub fn indefinite_article(next_word: &str) -> &'static str {
     let w = lower(next_word);
     const AN_EXCEPTIONS: &[&str] = &["hour", "honest", "honor", "honour", "heir", "herb"];
-    const A_EXCEPTIONS: &[&str] = &["uni", "use", "usu", "uti", "ure", "eu", "one", "once", "ewe"];
+    const A_EXCEPTIONS: &[&str] = &[
+        "uni", "use", "usu", "uti", "ure", "eu", "one", "once", "ewe",
+    ];
     if AN_EXCEPTIONS.iter().any(|p| w.starts_with(p)) {
         return "an";
     }
@@ -183,7 +234,11 @@ fn is_plural(noun: &str) -> bool {
     if is_in(&w, SINGULAR_ENDING_IN_S) {
         return false;
     }
-    w.len() > 3 && w.ends_with('s') && !w.ends_with("ss") && !w.ends_with("us") && !w.ends_with("is")
+    w.len() > 3
+        && w.ends_with('s')
+        && !w.ends_with("ss")
+        && !w.ends_with("us")
+        && !w.ends_with("is")
 }
 
 /// Whether a noun phrase needs "a" / "an" in front: not when it already starts with an
@@ -258,12 +313,21 @@ mod tests {
         assert_eq!(np("an apple", "small"), "a small apple");
         assert_eq!(np("Mona Lisa", ""), "Mona Lisa");
         assert_eq!(np("bus", ""), "a bus");
-        assert_eq!(np("cat wearing glasses", "old"), "an old cat wearing glasses");
+        assert_eq!(
+            np("cat wearing glasses", "old"),
+            "an old cat wearing glasses"
+        );
     }
 
     #[test]
     fn words_split_and_join() {
-        assert_eq!(split_words("a cat,  digital art."), ["a", "cat", ",", "digital", "art", "."]);
-        assert_eq!(join_words(&split_words("a cat,  digital art.")), "a cat, digital art.");
+        assert_eq!(
+            split_words("a cat,  digital art."),
+            ["a", "cat", ",", "digital", "art", "."]
+        );
+        assert_eq!(
+            join_words(&split_words("a cat,  digital art.")),
+            "a cat, digital art."
+        );
     }
 }

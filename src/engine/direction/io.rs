@@ -59,7 +59,9 @@ pub fn save_direction(
     metadata.insert("sentences".into(), dir.sentences.to_string());
 
     let to_cpu_f32 = |t: &Tensor| -> Result<Tensor> {
-        Ok(t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.contiguous()?)
+        Ok(t.to_device(&Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .contiguous()?)
     };
     let mut tensors = vec![(DELTA, to_cpu_f32(&dir.delta)?)];
     if let Some(mean) = &dir.mean_source {
@@ -158,9 +160,16 @@ pub fn load_direction(path: &Path, hidden_size: usize) -> Result<EditDirection> 
         }
         means.push(mean);
     }
-    for (name, tensor) in [(DELTA, Some(&delta)), (MEAN_SOURCE, means[0].as_ref()), (MEAN_TARGET, means[1].as_ref())] {
+    for (name, tensor) in [
+        (DELTA, Some(&delta)),
+        (MEAN_SOURCE, means[0].as_ref()),
+        (MEAN_TARGET, means[1].as_ref()),
+    ] {
         if let Some(t) = tensor
-            && t.flatten_all()?.to_vec1::<f32>()?.iter().any(|v| !v.is_finite())
+            && t.flatten_all()?
+                .to_vec1::<f32>()?
+                .iter()
+                .any(|v| !v.is_finite())
         {
             return Err(EngineError::NonFinite {
                 what: format!("{}: tensor `{name}`", file.display()),
@@ -182,10 +191,12 @@ pub fn load_direction(path: &Path, hidden_size: usize) -> Result<EditDirection> 
     let sentences = if sentences.is_empty() {
         0
     } else {
-        sentences.parse().map_err(|_| EngineError::CorruptSafetensors {
-            file: file.clone(),
-            reason: format!("metadata `sentences` is not a count: {sentences:?}"),
-        })?
+        sentences
+            .parse()
+            .map_err(|_| EngineError::CorruptSafetensors {
+                file: file.clone(),
+                reason: format!("metadata `sentences` is not a count: {sentences:?}"),
+            })?
     };
     let mut means = means.into_iter();
     Ok(EditDirection {
