@@ -1,1 +1,22 @@
-//! (in progress)
+//! The edit direction Δc of MirrorDiffusion / pix2pix-zero (algorithm.md §5): the mean CLIP
+//! text embedding of sentences about the target concept minus that of the source concept,
+//! all 77 rows, shape `[1, 77, D]`.
+//!
+//! - [`find_edit_phrase`]: what changed between the two prompts the user typed;
+//! - [`template_bank`]: paired template captions for both phrases (offline, deterministic);
+//! - [`compute_direction`] / [`build_direction`]: the text-encoder means and their difference;
+//! - [`read_sentence_file`], [`save_direction`], [`load_direction`]: custom sentences, files.
+
+mod bank;
+mod compute;
+mod english;
+mod io;
+mod phrase;
+
+pub use bank::template_bank;
+pub use compute::{
+    DirectionMeans, DirectionSource, EditDirection, build_direction, compute_direction,
+    compute_means,
+};
+pub use io::{load_direction, read_sentence_file, save_direction};
+pub use phrase::{EditPhrase, find_edit_phrase};
