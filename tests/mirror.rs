@@ -111,7 +111,7 @@ fn mirror_steps_match_reference_with_teacher_forcing() {
                 embedding: if i == 0 { c.emb_source.clone() } else { c.t["emb_opt"].i(i - 1).unwrap() },
                 extra_done: extra.iter().filter(|&&k| k < i).count(),
             };
-            let (next, rec) =
+            let (next, rec, _edit) =
                 mirror::step(&sd, &c.settings, &c.trajectory, &c.direction, &state, i, false, &CancelToken::new())
                     .unwrap();
             let label = format!("{name} step {i}");
@@ -140,46 +140,46 @@ fn mirror_end_to_end_matches_reference() {
         let (mut rec_l, mut edit_l, mut embs) = (vec![state.rec_latent.clone()], vec![state.edit_latent.clone()], vec![]);
         let mut records = Vec::new();
         for i in 0..n {
-            let (next, rec) =
+            let (next, rec, edit) =
                 mirror::step(&sd, &c.settings, &c.trajectory, &c.direction, &state, i, false, &CancelToken::new()).unwrap();
             rec_l.push(next.rec_latent.clone());
             edit_l.push(next.edit_latent.clone());
             embs.push(next.embedding.clone());
-            records.push(rec);
+            records.push((rec, edit));
             state = next;
         }
         fx.assert_close(&name, "rec_latents", &Tensor::stack(&rec_l, 0).unwrap());
         fx.assert_close(&name, "edit_latents", &Tensor::stack(&edit_l, 0).unwrap());
         fx.assert_close(&name, "emb_opt", &Tensor::stack(&embs, 0).unwrap());
-        let series = |f: &dyn Fn(&mirror::MirrorStepRecord) -> Option<f64>| -> Tensor {
+        let series = |f: &dyn Fn(&(mirror::ReconstructionStep, mirror::TranslationStep)) -> Option<f64>| -> Tensor {
             let v: Vec<f32> = records.iter().map(|r| f(r).map(|x| x as f32).unwrap_or(f32::NAN)).collect();
             Tensor::new(v, &Device::Cpu).unwrap()
         };
-        fx.assert_close(&name, "loss_probs", &series(&|r| Some(r.loss_probs)));
-        fx.assert_close(&name, "loss_total", &series(&|r| Some(r.loss_total)));
-        fx.assert_close(&name, "cycle_loss", &series(&|r| r.extra_loss));
-        fx.assert_close(&name, "xa_grad_norm", &series(&|r| Some(r.gradient_norm)));
-        fx.assert_close(&name, "emb_change_norm", &series(&|r| Some(r.embedding_change)));
+        fx.assert_close(&name, "loss_probs", &series(&|r| Some(r.1.loss_probs)));
+        fx.assert_close(&name, "loss_total", &series(&|r| Some(r.1.loss_total)));
+        fx.assert_close(&name, "cycle_loss", &series(&|r| r.1.extra_loss));
+        fx.assert_close(&name, "xa_grad_norm", &series(&|r| Some(r.1.gradient_norm)));
+        fx.assert_close(&name, "emb_change_norm", &series(&|r| Some(r.0.embedding_change)));
         if c.settings.preset == MirrorPreset::Authors {
-            fx.assert_close(&name, "loss_keys", &series(&|r| r.loss_keys));
-            fx.assert_close(&name, "loss_values", &series(&|r| r.loss_values));
+            fx.assert_close(&name, "loss_keys", &series(&|r| r.1.loss_keys));
+            fx.assert_close(&name, "loss_values", &series(&|r| r.1.loss_values));
         }
         let inner_w = fx.tensor(&name, "inner_losses").dim(D::Minus1).unwrap();
         let inner: Vec<f32> = records
             .iter()
-            .flat_map(|r| (0..inner_w).map(|k| r.inner_losses.get(k).map(|&x| x as f32).unwrap_or(f32::NAN)))
+            .flat_map(|r| (0..inner_w).map(|k| r.0.inner_losses.get(k).map(|&x| x as f32).unwrap_or(f32::NAN)))
             .collect();
         fx.assert_close(&name, "inner_losses", &Tensor::from_vec(inner, (n, inner_w), &Device::Cpu).unwrap());
-        let steps: Vec<i64> = records.iter().map(|r| r.inner_losses.len() as i64).collect();
+        let steps: Vec<i64> = records.iter().map(|r| r.0.inner_losses.len() as i64).collect();
         fx.assert_close(&name, "inner_steps", &Tensor::new(steps, &Device::Cpu).unwrap());
-        let targets: Vec<i64> = records.iter().map(|r| r.target_index as i64).collect();
+        let targets: Vec<i64> = records.iter().map(|r| r.0.target_index as i64).collect();
         fx.assert_close(&name, "target_index", &Tensor::new(targets, &Device::Cpu).unwrap());
-        let ts: Vec<i64> = records.iter().map(|r| r.timestep as i64).collect();
+        let ts: Vec<i64> = records.iter().map(|r| r.0.timestep as i64).collect();
         fx.assert_close(&name, "timesteps", &Tensor::new(ts, &Device::Cpu).unwrap());
         fx.assert_close(&name, "rec_decoded", &sd.vae.latent_to_image(&state.rec_latent).unwrap());
         fx.assert_close(&name, "edit_decoded", &sd.vae.latent_to_image(&state.edit_latent).unwrap());
         for (k, r) in records.iter().enumerate() {
-            check_scalar(&format!("{name} loss_probs {k}"), scalar_series(&c.t["loss_probs"], k), Some(r.loss_probs), fx.atol(&name, "loss_probs"));
+            check_scalar(&format!("{name} loss_probs {k}"), scalar_series(&c.t["loss_probs"], k), Some(r.1.loss_probs), fx.atol(&name, "loss_probs"));
         }
     }
 }

@@ -153,18 +153,29 @@ impl MirrorState {
     }
 }
 
-/// Everything one step computed (for events, dumps and parity tests).
+/// The reconstruction half of step i: redescription, then the reconstruction pass whose
+/// attention maps become the guidance reference.
 #[derive(Debug, Clone)]
-pub struct MirrorStepRecord {
+pub struct ReconstructionStep {
     pub timestep: usize,
     pub target_index: usize,
+    /// C*_i.
+    pub embedding: Tensor,
     pub inner_losses: Vec<f64>,
     pub embedding_change: f64,
     pub rec_eps: Tensor,
     pub rec_pred_x0: Tensor,
+    pub rec_latent: Tensor,
+    /// Detached maps of the reconstruction pass (Preset F: batch 2 with keys/values).
+    pub rec_maps: AttentionMaps,
+}
+
+/// The translation half of step i.
+#[derive(Debug, Clone)]
+pub struct TranslationStep {
     pub edit_eps: Tensor,
     pub edit_pred_x0: Tensor,
-    /// The latent pair after the guidance step(s) [2, 4, h, w].
+    pub edit_latent: Tensor,
     pub edit_guided: Tensor,
     pub edit_scale: f64,
     pub extra_weight: Option<f64>,
@@ -174,98 +185,133 @@ pub struct MirrorStepRecord {
     pub loss_values: Option<f64>,
     pub loss_total: f64,
     pub gradient_norm: f64,
-    /// The reconstruction pass's maps (the guidance reference), detached.
-    pub rec_maps: AttentionMaps,
-    /// The translation branch's maps of its final noise prediction, when asked for.
+    pub extra_done: usize,
     pub edit_maps: Option<AttentionMaps>,
 }
 
-/// One MirrorDiffusion step i (0 = noisiest) from `state`. `direction` is the edit direction
-/// already multiplied by the user's strength; `want_edit_maps` records the translation
-/// branch's attention for heat maps.
-#[allow(clippy::too_many_arguments)]
-pub fn step(
+fn timestep(sd: &StableDiffusion, n: usize, i: usize) -> Result<usize> {
+    sd.scheduler
+        .timesteps(n)
+        .get(i)
+        .copied()
+        .ok_or_else(|| EngineError::InvalidInput(format!("step {i} is outside the {n}-step schedule")))
+}
+
+/// Redescription at step i (from `rec_latent` and the previous embedding), then the
+/// reconstruction pass.
+pub fn reconstruct(
     sd: &StableDiffusion,
     settings: &MirrorSettings,
     trajectory: &Trajectory,
-    direction: &Tensor,
-    state: &MirrorState,
+    rec_latent: &Tensor,
+    previous_embedding: &Tensor,
     i: usize,
-    want_edit_maps: bool,
     cancel: &CancelToken,
-) -> Result<(MirrorState, MirrorStepRecord)> {
+) -> Result<ReconstructionStep> {
     let n = trajectory.steps;
-    let timesteps = sd.scheduler.timesteps(n);
-    let t = *timesteps
-        .get(i)
-        .ok_or_else(|| EngineError::InvalidInput(format!("step {i} is outside the {n}-step schedule")))?;
-    let authors = settings.preset == MirrorPreset::Authors;
-
-    // 1. Prompt redescription: one DDIM step from the reconstruction latent should land on
-    //    the stored inversion latent.
+    let t = timestep(sd, n, i)?;
+    // One DDIM step from the reconstruction latent should land on the stored inversion latent.
     let target_index = trajectory.target_index(i);
     let redescription = redescribe(
         sd,
-        &state.rec_latent,
+        rec_latent,
         t,
         n,
         &trajectory.latents[target_index],
-        &state.embedding,
+        previous_embedding,
         i,
         &settings.redescribe,
         cancel,
     )?;
     let emb = redescription.embedding;
-    let embedding_change = (&emb - &state.embedding)?.sqr()?.sum_all()?.to_scalar::<f32>()?.sqrt() as f64;
-
-    // 2. Reconstruction branch; its attention maps are the guidance reference.
+    let embedding_change =
+        (&emb - previous_embedding)?.sqr()?.sum_all()?.to_scalar::<f32>()?.sqrt() as f64;
     cancel.check()?;
-    let (rec_eps, rec_maps, reference) = if authors {
+    let (rec_eps, rec_maps) = reconstruction_pass(sd, settings, rec_latent, &emb, t)?;
+    let rec_step = sd.scheduler.step(&rec_eps, t, rec_latent, n)?;
+    check_finite(&rec_step.prev_sample, "the reconstruction latent")?;
+    Ok(ReconstructionStep {
+        timestep: t,
+        target_index,
+        embedding: emb,
+        inner_losses: redescription.losses,
+        embedding_change,
+        rec_eps,
+        rec_pred_x0: rec_step.pred_original_sample,
+        rec_latent: rec_step.prev_sample,
+        rec_maps,
+    })
+}
+
+/// The reconstruction branch's noise prediction at (`rec_latent`, C*_i) and its detached
+/// attention maps. Also how a cached reconstruction gets its reference maps back.
+pub fn reconstruction_pass(
+    sd: &StableDiffusion,
+    settings: &MirrorSettings,
+    rec_latent: &Tensor,
+    emb: &Tensor,
+    t: usize,
+) -> Result<(Tensor, AttentionMaps)> {
+    if settings.preset == MirrorPreset::Authors {
         // Released code: CFG with [C*, C*] at batch 2 (a no-op CFG), keys/values recorded.
         let request = CaptureRequest { probs: true, keys_values: true };
-        let pair = Tensor::cat(&[&emb, &emb], 0)?;
-        let x = Tensor::cat(&[&state.rec_latent, &state.rec_latent], 0)?;
+        let pair = Tensor::cat(&[emb, emb], 0)?;
+        let x = Tensor::cat(&[rec_latent, rec_latent], 0)?;
         let (e, maps) = sd.unet.forward_with_capture(&x, t as f64, &pair, request)?;
-        let maps = maps.detach();
-        (classifier_free_guidance(&e, settings.guidance_scale)?, maps.clone(), maps)
+        Ok((classifier_free_guidance(&e, settings.guidance_scale)?, maps.detach()))
     } else {
         let request = CaptureRequest { probs: true, keys_values: false };
-        let (e, maps) = sd.unet.forward_with_capture(&state.rec_latent, t as f64, &emb, request)?;
-        let maps = maps.detach();
-        let reference = repeat_batch(&maps, 2)?;
-        (e, maps, reference)
-    };
-    let rec_step = sd.scheduler.step(&rec_eps, t, &state.rec_latent, n)?;
-    check_finite(&rec_step.prev_sample, "the reconstruction latent")?;
+        let (e, maps) = sd.unet.forward_with_capture(rec_latent, t as f64, emb, request)?;
+        Ok((e, maps.detach()))
+    }
+}
 
-    // 3. Translation branch: contexts [C*, C* + s_i Δc].
+/// Attention guidance, CFG and the DDIM step of the translation branch at step i.
+/// `direction` is the edit direction already multiplied by the user's strength.
+#[allow(clippy::too_many_arguments)]
+pub fn translate(
+    sd: &StableDiffusion,
+    settings: &MirrorSettings,
+    n: usize,
+    i: usize,
+    emb: &Tensor,
+    rec_maps: &AttentionMaps,
+    direction: &Tensor,
+    edit_latent: &Tensor,
+    extra_done: usize,
+    want_edit_maps: bool,
+    cancel: &CancelToken,
+) -> Result<TranslationStep> {
+    let t = timestep(sd, n, i)?;
+    let authors = settings.preset == MirrorPreset::Authors;
+    let reference = if authors { rec_maps.clone() } else { repeat_batch(rec_maps, 2)? };
+    // Contexts [C*, C* + s_i Δc].
     let edit_scale = settings.edit_scale_at(i, n);
     let cond = if authors {
         // Two in-place adds in the released code.
-        let mut c = (&emb + (direction * settings.edit_scale)?)?;
+        let mut c = (emb + (direction * settings.edit_scale)?)?;
         if i < settings.ramp_until {
             c = (c + (direction * (settings.edit_ramp * i as f64))?)?;
         }
         c
     } else {
-        (&emb + (direction * edit_scale)?)?
+        (emb + (direction * edit_scale)?)?
     };
-    let context = Tensor::cat(&[&emb, &cond], 0)?;
-    let mut x = Tensor::cat(&[&state.edit_latent, &state.edit_latent], 0)?;
+    let mut context = Tensor::cat(&[emb, &cond], 0)?;
+    let mut x = Tensor::cat(&[edit_latent, edit_latent], 0)?;
     let mut extra_gradient: Option<Tensor> = None;
     let (mut extra_weight, mut extra_loss) = (None, None);
-    let mut extra_done = state.extra_done;
-    let mut main_context = context.clone();
+    let mut extra_done = extra_done;
     if settings.extra_steps(n).contains(&i) {
         cancel.check()?;
         let weight = settings.extra_weight * settings.extra_decay.powi(extra_done as i32);
         let cycle_cond = (&cond - direction)?;
-        let cycle_context = Tensor::cat(&[&emb, &cycle_cond], 0)?;
+        let cycle_context = Tensor::cat(&[emb, &cycle_cond], 0)?;
         let (g, loss) = guidance_gradient(sd, &x, t, &cycle_context, &reference, weight)?;
         x = (&x - (&g * settings.xa_guidance)?)?;
         if authors {
             // (K − Δc) + Δc, as released.
-            main_context = Tensor::cat(&[&emb, &(cycle_cond + direction)?], 0)?;
+            context = Tensor::cat(&[emb, &(cycle_cond + direction)?], 0)?;
         }
         extra_gradient = Some(g);
         extra_weight = Some(weight);
@@ -274,9 +320,9 @@ pub fn step(
     }
     cancel.check()?;
     let (g_main, loss_probs, loss_keys, loss_values) = if authors && i < settings.kv_until {
-        main_guidance_with_kv(sd, &x, t, &main_context, &reference, settings.kv_weight)?
+        main_guidance_with_kv(sd, &x, t, &context, &reference, settings.kv_weight)?
     } else {
-        let (g, l) = guidance_gradient(sd, &x, t, &main_context, &reference, 1.0)?;
+        let (g, l) = guidance_gradient(sd, &x, t, &context, &reference, 1.0)?;
         (g, l, None, None)
     };
     let total_gradient = match (&extra_gradient, settings.apply_extra_once) {
@@ -289,21 +335,14 @@ pub fn step(
     // Noise at the guided pair, CFG, DDIM step on the unconditional copy X[0].
     cancel.check()?;
     let request = CaptureRequest { probs: want_edit_maps, keys_values: false };
-    let (e, edit_maps) = sd.unet.forward_with_capture(&x, t as f64, &main_context, request)?;
+    let (e, edit_maps) = sd.unet.forward_with_capture(&x, t as f64, &context, request)?;
     let edit_eps = classifier_free_guidance(&e, settings.guidance_scale)?;
     let edit_step = sd.scheduler.step(&edit_eps, t, &x.narrow(0, 0, 1)?, n)?;
     check_finite(&edit_step.prev_sample, "the translation latent")?;
-
-    let loss_total = loss_probs + loss_keys.unwrap_or(0.0) + loss_values.unwrap_or(0.0);
-    let record = MirrorStepRecord {
-        timestep: t,
-        target_index,
-        inner_losses: redescription.losses,
-        embedding_change,
-        rec_eps,
-        rec_pred_x0: rec_step.pred_original_sample,
+    Ok(TranslationStep {
         edit_eps,
         edit_pred_x0: edit_step.pred_original_sample,
+        edit_latent: edit_step.prev_sample,
         edit_guided: x,
         edit_scale,
         extra_weight,
@@ -311,18 +350,46 @@ pub fn step(
         loss_probs,
         loss_keys,
         loss_values,
-        loss_total,
+        loss_total: loss_probs + loss_keys.unwrap_or(0.0) + loss_values.unwrap_or(0.0),
         gradient_norm,
-        rec_maps,
-        edit_maps: want_edit_maps.then_some(edit_maps),
-    };
-    let next = MirrorState {
-        rec_latent: rec_step.prev_sample,
-        edit_latent: edit_step.prev_sample,
-        embedding: emb,
         extra_done,
+        edit_maps: want_edit_maps.then_some(edit_maps),
+    })
+}
+
+/// One whole MirrorDiffusion step i (0 = noisiest) from `state`.
+#[allow(clippy::too_many_arguments)]
+pub fn step(
+    sd: &StableDiffusion,
+    settings: &MirrorSettings,
+    trajectory: &Trajectory,
+    direction: &Tensor,
+    state: &MirrorState,
+    i: usize,
+    want_edit_maps: bool,
+    cancel: &CancelToken,
+) -> Result<(MirrorState, ReconstructionStep, TranslationStep)> {
+    let rec = reconstruct(sd, settings, trajectory, &state.rec_latent, &state.embedding, i, cancel)?;
+    let edit = translate(
+        sd,
+        settings,
+        trajectory.steps,
+        i,
+        &rec.embedding,
+        &rec.rec_maps,
+        direction,
+        &state.edit_latent,
+        state.extra_done,
+        want_edit_maps,
+        cancel,
+    )?;
+    let next = MirrorState {
+        rec_latent: rec.rec_latent.clone(),
+        edit_latent: edit.edit_latent.clone(),
+        embedding: rec.embedding.clone(),
+        extra_done: edit.extra_done,
     };
-    Ok((next, record))
+    Ok((next, rec, edit))
 }
 
 /// Preset F's main guidance: probability loss plus the (latent-inert) key/value terms.

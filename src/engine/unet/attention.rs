@@ -1,7 +1,9 @@
 //! Multi-head attention (`attn1` self, `attn2` cross) and the GEGLU feed-forward.
 
 use candle_core::{D, Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder, linear, linear_no_bias};
+use candle_nn::VarBuilder;
+
+use crate::engine::nn::{Linear, linear, linear_no_bias};
 
 use super::capture::{CaptureSink, CapturedAttention};
 use crate::engine::nn::softmax_last_dim;

@@ -1,7 +1,9 @@
 //! Timestep embedding: diffusers' sinusoid (`Timesteps`) and its MLP (`TimestepEmbedding`).
 
 use candle_core::{Device, Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder, linear};
+use candle_nn::VarBuilder;
+
+use crate::engine::nn::{Linear, linear};
 
 /// diffusers' `get_timestep_embedding` for one timestep, repeated over the batch: `[batch, dim]`.
 ///

@@ -16,7 +16,9 @@ mod resnet;
 mod transformer;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, VarBuilder, conv2d};
+use candle_nn::{GroupNorm, VarBuilder};
+
+use crate::engine::nn::{Conv2d, conv2d};
 
 use crate::engine::EngineError;
 use crate::engine::nn::group_norm;
@@ -66,16 +68,7 @@ impl UNet2DConditionModel {
             context_dim: plan.cross_attention_dim[i],
         };
         let conv = |i: usize, o: usize, k: usize, vb: VarBuilder| {
-            conv2d(
-                i,
-                o,
-                k,
-                Conv2dConfig {
-                    padding: k / 2,
-                    ..Default::default()
-                },
-                vb,
-            )
+            conv2d(i, o, k, k / 2, 1, vb)
         };
 
         let mut attn2_names = Vec::new();

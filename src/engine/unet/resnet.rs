@@ -1,7 +1,9 @@
 //! ResnetBlock2D and the down/up samplers of the UNet.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder, conv2d, linear};
+use candle_nn::{GroupNorm, VarBuilder};
+
+use crate::engine::nn::{Conv2d, Linear, conv2d, linear};
 
 use crate::engine::nn::group_norm;
 
@@ -30,18 +32,14 @@ pub struct ResnetBlock2D {
 }
 
 fn conv3x3(in_c: usize, out_c: usize, vb: VarBuilder) -> Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding: 1,
-        ..Default::default()
-    };
-    conv2d(in_c, out_c, 3, cfg, vb)
+    conv2d(in_c, out_c, 3, 1, 1, vb)
 }
 
 impl ResnetBlock2D {
     pub fn new(vb: VarBuilder, cfg: &ResnetConfig) -> Result<Self> {
         let (i, o) = (cfg.in_channels, cfg.out_channels);
         let conv_shortcut = if i != o {
-            Some(conv2d(i, o, 1, Default::default(), vb.pp("conv_shortcut"))?)
+            Some(conv2d(i, o, 1, 0, 1, vb.pp("conv_shortcut"))?)
         } else {
             None
         };
@@ -88,13 +86,8 @@ pub struct Downsample2D {
 
 impl Downsample2D {
     pub fn new(vb: VarBuilder, channels: usize, padding: usize) -> Result<Self> {
-        let cfg = Conv2dConfig {
-            padding,
-            stride: 2,
-            ..Default::default()
-        };
         Ok(Self {
-            conv: conv2d(channels, channels, 3, cfg, vb.pp("conv"))?,
+            conv: conv2d(channels, channels, 3, padding, 2, vb.pp("conv"))?,
             pad_bottom_right: padding == 0,
         })
     }

@@ -1,7 +1,9 @@
 //! `Transformer2DModel` (continuous input) and its `BasicTransformerBlock`s.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, GroupNorm, Linear, VarBuilder, conv2d, linear};
+use candle_nn::{GroupNorm, VarBuilder};
+
+use crate::engine::nn::{Conv2d, Linear, conv2d, linear};
 
 use super::attention::{Attention, FeedForward};
 use super::capture::CaptureSink;
@@ -94,7 +96,7 @@ impl Transformer2DModel {
             Ok(if cfg.use_linear_projection {
                 Projection::Linear(linear(i, o, vb)?)
             } else {
-                Projection::Conv(conv2d(i, o, 1, Default::default(), vb)?)
+                Projection::Conv(conv2d(i, o, 1, 0, 1, vb)?)
             })
         };
         let blocks = (0..cfg.num_layers)

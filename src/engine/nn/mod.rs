@@ -7,6 +7,9 @@
 use candle_core::{D, DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+pub mod frozen;
+pub use frozen::{Conv2d, Linear, conv2d, linear, linear_no_bias};
+
 /// Softmax over the last dimension. The fused kernel is used only when the input is not
 /// part of an autograd graph; otherwise the composable form, which has a backward.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
