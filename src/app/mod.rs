@@ -1,0 +1,252 @@
+//! Mirror's desktop app (eframe). `state` is plain data, `ui/*` draws it, `actions` carries out
+//! what the user asked for, and the [`Worker`](crate::worker::Worker) runs the engine. Worker
+//! events are drained once per frame; the frame never waits for the engine.
+
+pub mod actions;
+pub mod download;
+pub mod export;
+pub mod options;
+pub mod presets;
+pub mod settings;
+pub mod state;
+pub mod textures;
+pub mod ui;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use options::AppOptions;
+
+use crate::worker::{Command, Worker, WorkerEvent};
+use settings::Settings;
+use state::AppState;
+use textures::Textures;
+
+/// The application id: the `.desktop` file, AppStream metainfo and the window's app id.
+pub const APP_ID: &str = "io.github.mirror_diffusion.Mirror";
+
+/// Something the user asked for; the UI collects these and the app carries them out after
+/// drawing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    OpenImageDialog,
+    LoadImage(PathBuf),
+    LoadImageBytes { bytes: Vec<u8>, name: String },
+    PasteImage,
+    OpenModelDialog { folder: bool },
+    LoadModel(PathBuf),
+    Download(&'static str),
+    Run,
+    Cancel,
+    Export,
+    SaveTranslationAs,
+    ChooseExportDir,
+    Tokenize,
+    ApplyPreset(usize),
+}
+
+pub struct MirrorApp {
+    pub state: AppState,
+    pub(crate) worker: Worker,
+    pub(crate) textures: Textures,
+    settings_dir: Option<PathBuf>,
+    saved: Settings,
+    last_save: Instant,
+    /// Start a run as soon as model and image are ready (scripts).
+    autorun: bool,
+    pending: Vec<Action>,
+}
+
+impl MirrorApp {
+    /// The app as `cargo run` starts it: options from the environment.
+    pub fn new(cc: &eframe::CreationContext<'_>) -> Self {
+        Self::new_with(cc, AppOptions::from_env())
+    }
+
+    pub fn new_with(cc: &eframe::CreationContext<'_>, options: AppOptions) -> Self {
+        egui_extras::install_image_loaders(&cc.egui_ctx);
+        ui::style::apply(&cc.egui_ctx);
+        let ctx = cc.egui_ctx.clone();
+        let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || ctx.request_repaint());
+        let worker = Worker::spawn(wake, options.inversion_cache_dir());
+        let settings_dir = options.settings_dir.clone().or_else(Settings::default_dir);
+        let mut state = AppState { print_events: options.print_events, ..Default::default() };
+        if let Some(dir) = &settings_dir {
+            let (settings, problem) = Settings::load(dir);
+            state.settings = settings;
+            if let Some(p) = problem {
+                state.note(p);
+            }
+        }
+        state.run = state.settings.run.clone();
+        state.resize = state.settings.resize;
+        state.source_prompt = state.settings.source_prompt.clone();
+        state.target_prompt = state.settings.target_prompt.clone();
+        state.export_dir = state
+            .settings
+            .export_dir
+            .clone()
+            .or_else(|| directories::UserDirs::new().and_then(|u| u.picture_dir().map(|p| p.join("Mirror"))))
+            .unwrap_or_else(|| PathBuf::from("mirror-exports"))
+            .display()
+            .to_string();
+        state.compare_split = 0.5;
+        options.apply(&mut state);
+        let mut app = Self {
+            saved: state.settings.clone(),
+            state,
+            worker,
+            textures: Textures::default(),
+            settings_dir,
+            last_save: Instant::now(),
+            autorun: options.autorun,
+            pending: Vec::new(),
+        };
+        if let Some(model) = options.model {
+            app.pending.push(Action::LoadModel(model));
+        }
+        if let Some(image) = options.image {
+            app.pending.push(Action::LoadImage(image));
+        }
+        app
+    }
+
+    /// Copies the editable fields into the persisted settings and writes them when changed
+    /// (at most every two seconds, and on exit).
+    fn persist(&mut self, force: bool) {
+        let s = &mut self.state.settings;
+        s.run = self.state.run.clone();
+        s.resize = self.state.resize;
+        s.source_prompt = self.state.source_prompt.clone();
+        s.target_prompt = self.state.target_prompt.clone();
+        s.export_dir = Some(PathBuf::from(&self.state.export_dir));
+        if *s == self.saved || (!force && self.last_save.elapsed() < Duration::from_secs(2)) {
+            return;
+        }
+        self.last_save = Instant::now();
+        if let Some(dir) = &self.settings_dir {
+            match self.state.settings.save(dir) {
+                Ok(()) => self.saved = self.state.settings.clone(),
+                Err(e) => {
+                    // Say it once; keep the in-memory settings.
+                    self.saved = self.state.settings.clone();
+                    self.state.note(format!("Could not save settings: {e}"));
+                }
+            }
+        }
+    }
+
+    fn drain_worker(&mut self, ctx: &egui::Context) {
+        let events = self.worker.drain();
+        if events.is_empty() {
+            return;
+        }
+        for event in events {
+            match &event {
+                WorkerEvent::ModelLoaded(_) => {
+                    self.state.frames.clear();
+                    self.state.result = None;
+                    self.textures.forget("");
+                    self.pending.push(Action::Tokenize);
+                }
+                WorkerEvent::Finished(_) => self.textures.forget("final/"),
+                WorkerEvent::DownloadFinished(path) => self.pending.push(Action::LoadModel(path.clone())),
+                _ => {}
+            }
+            self.state.apply_event(event);
+        }
+        ctx.request_repaint();
+    }
+
+    fn keyboard(&mut self, ctx: &egui::Context) {
+        use egui::{Key, KeyboardShortcut, Modifiers};
+        let shortcut = |m, k| KeyboardShortcut::new(m, k);
+        let (open, run, save, esc, dropped, paste) = ctx.input_mut(|i| {
+            (
+                i.consume_shortcut(&shortcut(Modifiers::COMMAND, Key::O)),
+                i.consume_shortcut(&shortcut(Modifiers::COMMAND, Key::Enter)),
+                i.consume_shortcut(&shortcut(Modifiers::COMMAND, Key::S)),
+                i.key_pressed(Key::Escape),
+                std::mem::take(&mut i.raw.dropped_files),
+                i.events.iter().find_map(|e| match e {
+                    egui::Event::Paste(t) => Some(t.clone()),
+                    _ => None,
+                }),
+            )
+        });
+        if open {
+            self.pending.push(Action::OpenImageDialog);
+        }
+        if run {
+            self.pending.push(Action::Run);
+        }
+        if save {
+            self.pending.push(Action::Export);
+        }
+        if esc && self.state.progress.running {
+            self.pending.push(Action::Cancel);
+        }
+        for file in dropped {
+            if let Some(path) = file.path {
+                self.pending.push(Action::LoadImage(path));
+            } else if let Some(bytes) = file.bytes {
+                self.pending.push(Action::LoadImageBytes { bytes: bytes.to_vec(), name: file.name });
+            }
+        }
+        // A paste outside a text field: a file path, or an image on the clipboard.
+        if let Some(text) = paste
+            && ctx.memory(|m| m.focused().is_none())
+        {
+            let path = PathBuf::from(text.trim());
+            if !text.trim().is_empty() && path.is_file() {
+                self.pending.push(Action::LoadImage(path));
+            } else {
+                self.pending.push(Action::PasteImage);
+            }
+        }
+    }
+}
+
+impl eframe::App for MirrorApp {
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        let started = Instant::now();
+        let ctx = ui.ctx().clone();
+        self.drain_worker(&ctx);
+        self.keyboard(&ctx);
+        let mut actions = std::mem::take(&mut self.pending);
+        ui::draw(ui, &mut self.state, &mut self.textures, &mut actions);
+        for action in actions {
+            self.perform(action, &ctx);
+        }
+        if self.autorun && self.state.model_ready().is_some() && self.state.image.is_some() {
+            self.autorun = false;
+            self.perform(Action::Run, &ctx);
+        }
+        self.persist(false);
+        if self.state.progress.running || self.state.download.is_some() {
+            // The ETA ticks even between engine events.
+            ctx.request_repaint_after(Duration::from_millis(250));
+        }
+        self.state.frame_stats.record(started.elapsed(), self.state.progress.running);
+    }
+
+    fn on_exit(&mut self) {
+        self.worker.cancel();
+        self.persist(true);
+    }
+}
+
+/// Opens the main window (`cargo run --release`).
+pub fn run_native() -> eframe::Result {
+    let viewport = egui::ViewportBuilder::default()
+        .with_title("Mirror")
+        .with_app_id(APP_ID)
+        .with_inner_size([1280.0, 800.0])
+        .with_min_inner_size([800.0, 560.0])
+        .with_position([0.0, 0.0])
+        .with_drag_and_drop(true)
+        .with_icon(ui::style::window_icon());
+    let options = eframe::NativeOptions { viewport, ..Default::default() };
+    eframe::run_native("Mirror", options, Box::new(|cc| Ok(Box::new(MirrorApp::new(cc)))))
+}

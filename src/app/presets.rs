@@ -1,0 +1,29 @@
+//! Ready-made edits that fill both prompts.
+
+pub struct Preset {
+    pub name: &'static str,
+    pub source: &'static str,
+    pub target: &'static str,
+}
+
+pub const PRESETS: [Preset; 7] = [
+    Preset { name: "cat → dog", source: "a photo of a cat", target: "a photo of a dog" },
+    Preset { name: "dog → cat", source: "a photo of a dog", target: "a photo of a cat" },
+    Preset { name: "horse → zebra", source: "a photo of a horse", target: "a photo of a zebra" },
+    Preset {
+        name: "add glasses",
+        source: "a photo of a person",
+        target: "a photo of a person wearing glasses",
+    },
+    Preset { name: "man → woman", source: "a photo of a man", target: "a photo of a woman" },
+    Preset {
+        name: "sketch → oil painting",
+        source: "a pencil sketch of a landscape",
+        target: "an oil painting of a landscape",
+    },
+    Preset {
+        name: "photo → watercolour",
+        source: "a photo of a landscape",
+        target: "a watercolour painting of a landscape",
+    },
+];

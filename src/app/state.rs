@@ -1,0 +1,320 @@
+//! The app's state as plain data: no drawing here. The UI modules read and change it; the
+//! worker's events update it in `apply_event`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use image::RgbImage;
+
+use crate::engine::imageio::{LoadedImage, Recipe, ResizePolicy};
+use crate::engine::pipeline::{Branch, Phase};
+use crate::engine::tokenizer::TokenWord;
+use crate::worker::{ModelSummary, RunSummary, StepFrame, WorkerEvent};
+
+use super::settings::{RunSettings, Settings};
+
+#[derive(Debug, Clone, Default)]
+pub enum ModelStatus {
+    #[default]
+    None,
+    Loading(PathBuf),
+    Ready(ModelSummary),
+    Failed { path: PathBuf, message: String },
+}
+
+/// The image being edited.
+#[derive(Debug, Clone)]
+pub struct SourceImage {
+    pub loaded: LoadedImage,
+    /// A short name for the UI ("cat.png", "pasted image").
+    pub name: String,
+}
+
+/// What the run in progress (or the last one) is doing.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    pub running: bool,
+    pub phase: Option<Phase>,
+    pub phase_step: usize,
+    pub phase_steps: usize,
+    /// 0..=1 over the whole run.
+    pub fraction: f32,
+    pub started: Option<Instant>,
+    pub cancel_requested: bool,
+    pub reuses_inversion: bool,
+}
+
+/// Which preview branches a step shows, in display order.
+pub const PREVIEW_BRANCHES: [Branch; 4] = [
+    Branch::MirrorReconstruction,
+    Branch::MirrorTranslation,
+    Branch::DdimReconstruction,
+    Branch::DdimTranslation,
+];
+
+/// The attention-map view's choices.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionView {
+    /// Token index (position in the source prompt's token sequence) and its word.
+    pub token: Option<(usize, String)>,
+    pub opacity: f32,
+    /// Average over all steps instead of the timeline's step.
+    pub averaged: bool,
+    /// `None` = all resolutions averaged.
+    pub resolution: Option<usize>,
+}
+
+impl Default for AttentionView {
+    fn default() -> Self {
+        Self { token: None, opacity: 0.6, averaged: false, resolution: None }
+    }
+}
+
+/// Frame-time bookkeeping (time spent inside `App::ui`).
+#[derive(Debug, Clone, Default)]
+pub struct FrameStats {
+    pub last: Duration,
+    pub run_frames: u32,
+    pub run_total: Duration,
+    pub run_max: Duration,
+}
+
+impl FrameStats {
+    pub fn record(&mut self, d: Duration, running: bool) {
+        self.last = d;
+        if running {
+            self.run_frames += 1;
+            self.run_total += d;
+            self.run_max = self.run_max.max(d);
+        }
+    }
+
+    pub fn run_mean_ms(&self) -> f64 {
+        if self.run_frames == 0 {
+            0.0
+        } else {
+            self.run_total.as_secs_f64() * 1000.0 / self.run_frames as f64
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum View {
+    #[default]
+    Steps,
+    Compare,
+    Attention,
+}
+
+#[derive(Default)]
+pub struct AppState {
+    pub settings: Settings,
+    pub model: ModelStatus,
+    pub image: Option<SourceImage>,
+    pub source_prompt: String,
+    pub target_prompt: String,
+    pub run: RunSettings,
+    pub resize: ResizePolicy,
+    pub progress: Progress,
+    /// Every step of the running or last run, by step index.
+    pub frames: Vec<StepFrame>,
+    /// The step the timeline shows; `None` follows the newest.
+    pub timeline: Option<usize>,
+    pub result: Option<RunSummary>,
+    /// Which request the result came from (for recipes and re-edit).
+    pub result_recipe: Option<Recipe>,
+    pub source_tokens: Vec<TokenWord>,
+    pub target_tokens: Vec<TokenWord>,
+    pub attention: AttentionView,
+    pub view: View,
+    pub compare_split: f32,
+    /// Messages shown in the status line (newest last).
+    pub notes: Vec<String>,
+    /// Errors waiting for the user to read them (a modal shows the first).
+    pub errors: Vec<String>,
+    pub frame_stats: FrameStats,
+    pub download: Option<(u64, u64, String)>,
+    /// Where Ctrl+S writes.
+    pub export_dir: String,
+    /// Print machine-checkable `EVENT …` lines on stdout (scripts, tests).
+    pub print_events: bool,
+    pub show_advanced: bool,
+}
+
+impl AppState {
+    pub fn note(&mut self, text: impl Into<String>) {
+        let text = text.into();
+        self.emit(&format!("note {text}"));
+        self.notes.push(text);
+        if self.notes.len() > 50 {
+            self.notes.remove(0);
+        }
+    }
+
+    pub fn error(&mut self, text: impl Into<String>) {
+        let text = text.into();
+        self.emit(&format!("error {text}"));
+        self.errors.push(text);
+    }
+
+    pub fn emit(&self, line: &str) {
+        if self.print_events {
+            println!("EVENT {line}");
+        }
+    }
+
+    pub fn model_ready(&self) -> Option<&ModelSummary> {
+        match &self.model {
+            ModelStatus::Ready(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// The step index the previews show.
+    pub fn shown_step(&self) -> Option<usize> {
+        let last = self.frames.len().checked_sub(1)?;
+        Some(self.timeline.map_or(last, |s| s.min(last)))
+    }
+
+    /// Seconds left, from the pace so far.
+    pub fn eta(&self) -> Option<f64> {
+        let started = self.progress.started?;
+        let f = self.progress.fraction as f64;
+        if !self.progress.running || f < 0.02 {
+            return None;
+        }
+        let spent = started.elapsed().as_secs_f64();
+        Some(spent * (1.0 - f) / f)
+    }
+
+    pub fn final_image(&self, branch: Branch) -> Option<&RgbImage> {
+        let images = &self.result.as_ref()?.images;
+        match branch {
+            Branch::MirrorTranslation | Branch::Pix2PixZeroTranslation => images.translation.as_ref(),
+            Branch::MirrorReconstruction | Branch::Pix2PixZeroReconstruction => images.reconstruction.as_ref(),
+            Branch::DdimReconstruction => images.ddim_reconstruction.as_ref(),
+            Branch::DdimTranslation => images.ddim_translation.as_ref(),
+        }
+    }
+
+    /// Applies one worker event. Returns true when the model changed (textures to drop).
+    pub fn apply_event(&mut self, event: WorkerEvent) {
+        match event {
+            WorkerEvent::ModelLoading(path) => {
+                self.emit(&format!("model_loading {}", path.display()));
+                self.model = ModelStatus::Loading(path);
+            }
+            WorkerEvent::ModelLoaded(m) => {
+                self.emit(&format!("model_loaded {} {:.2}s", m.name, m.seconds));
+                self.settings.remember_model(&m.path);
+                self.note(format!("Loaded {} ({}) in {:.1} s", m.name, m.kind, m.seconds));
+                self.model = ModelStatus::Ready(m);
+            }
+            WorkerEvent::ModelFailed { path, message } => {
+                self.error(format!("Could not load the model {}:\n{message}", path.display()));
+                self.model = ModelStatus::Failed { path, message };
+            }
+            WorkerEvent::Tokens { source, target } => {
+                self.source_tokens = source;
+                self.target_tokens = target;
+            }
+            WorkerEvent::RunStarted { reuses_inversion } => {
+                self.progress.reuses_inversion = reuses_inversion;
+                if reuses_inversion {
+                    self.note("Re-edit: reusing the cached inversion of this image (skips inversion).");
+                }
+                self.emit(&format!("run_started reuses_inversion={reuses_inversion}"));
+            }
+            WorkerEvent::Phase { phase, steps } => {
+                self.progress.phase = Some(phase);
+                self.progress.phase_step = 0;
+                self.progress.phase_steps = steps;
+                self.emit(&format!("phase {}", phase.label()));
+                self.update_fraction();
+            }
+            WorkerEvent::Inversion { step, total } => {
+                self.progress.phase_step = step + 1;
+                self.progress.phase_steps = total;
+                self.update_fraction();
+            }
+            WorkerEvent::Direction { done, total } => {
+                self.progress.phase_step = done;
+                self.progress.phase_steps = total;
+            }
+            WorkerEvent::Step(frame) => self.add_frame(*frame),
+            WorkerEvent::Note(n) => self.note(n),
+            WorkerEvent::Finished(summary) => self.finish(*summary),
+            WorkerEvent::RunFailed(message) => {
+                self.progress.running = false;
+                self.emit("run_failed");
+                self.error(format!("The run failed:\n{message}"));
+            }
+            WorkerEvent::Download { done, total, file } => self.download = Some((done, total, file)),
+            WorkerEvent::DownloadFinished(path) => {
+                self.download = None;
+                self.note(format!("Downloaded to {}", path.display()));
+            }
+            WorkerEvent::DownloadFailed(message) => {
+                self.download = None;
+                self.error(message);
+            }
+        }
+    }
+
+    fn add_frame(&mut self, frame: StepFrame) {
+        self.emit(&format!("step {}/{}", frame.step + 1, frame.total));
+        // Several methods (Mirror, the DDIM comparison) report the same step: merge them.
+        match self.frames.iter_mut().find(|f| f.step == frame.step) {
+            Some(existing) => {
+                for b in frame.branches {
+                    existing.branches.retain(|e| e.branch != b.branch);
+                    existing.branches.push(b);
+                }
+                existing.redescription.extend(frame.redescription);
+                existing.guidance_loss = existing.guidance_loss.or(frame.guidance_loss);
+            }
+            None => {
+                self.frames.push(frame);
+                self.frames.sort_by_key(|f| f.step);
+            }
+        }
+        if let Some(f) = self.frames.last() {
+            self.progress.phase_step = f.step + 1;
+            self.progress.phase_steps = f.total;
+        }
+        self.update_fraction();
+    }
+
+    fn finish(&mut self, summary: RunSummary) {
+        self.progress.running = false;
+        self.progress.fraction = if summary.cancelled { self.progress.fraction } else { 1.0 };
+        self.emit(&format!(
+            "finished cancelled={} steps={} reused_inversion={} seconds={:.2} frame_ms_mean={:.2} frame_ms_max={:.2}",
+            summary.cancelled,
+            summary.steps_done,
+            summary.reused_inversion,
+            summary.seconds,
+            self.frame_stats.run_mean_ms(),
+            self.frame_stats.run_max.as_secs_f64() * 1000.0
+        ));
+        if summary.cancelled {
+            self.note(format!("Cancelled after {} steps; the steps done so far stay viewable.", summary.steps_done));
+        } else {
+            self.note(format!("Finished in {:.1} s.", summary.seconds));
+        }
+        self.result = Some(summary);
+    }
+
+    /// Overall progress: encode+invert take the first third, sampling the rest.
+    fn update_fraction(&mut self) {
+        let p = &mut self.progress;
+        let within = if p.phase_steps == 0 { 0.0 } else { p.phase_step as f32 / p.phase_steps as f32 };
+        let (start, span) = match p.phase {
+            Some(Phase::Encode) | None => (0.0, 0.02),
+            Some(Phase::Invert) => if p.reuses_inversion { (0.02, 0.0) } else { (0.02, 0.3) },
+            Some(Phase::Redescribe) | Some(Phase::Translate) => (0.32, 0.66),
+            Some(Phase::Decode) => (0.98, 0.02),
+        };
+        p.fraction = p.fraction.max((start + span * within).min(1.0));
+    }
+}

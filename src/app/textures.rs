@@ -1,0 +1,77 @@
+//! Images on the GPU: a cache of egui textures by key, so each preview is uploaded once.
+
+use std::collections::HashMap;
+
+use egui::{ColorImage, TextureHandle, TextureOptions};
+use image::RgbImage;
+
+pub fn color_image(img: &RgbImage) -> ColorImage {
+    ColorImage::from_rgb([img.width() as usize, img.height() as usize], img.as_raw())
+}
+
+#[derive(Default)]
+pub struct Textures {
+    map: HashMap<String, TextureHandle>,
+}
+
+impl Textures {
+    /// The texture for `key`, uploading `make()` the first time.
+    pub fn get(
+        &mut self,
+        ctx: &egui::Context,
+        key: &str,
+        make: impl FnOnce() -> Option<ColorImage>,
+    ) -> Option<TextureHandle> {
+        if let Some(t) = self.map.get(key) {
+            return Some(t.clone());
+        }
+        let image = make()?;
+        let t = ctx.load_texture(key, image, TextureOptions::LINEAR);
+        self.map.insert(key.to_string(), t.clone());
+        Some(t)
+    }
+
+    pub fn rgb(&mut self, ctx: &egui::Context, key: &str, img: Option<&RgbImage>) -> Option<TextureHandle> {
+        self.get(ctx, key, || img.map(color_image))
+    }
+
+    /// Drops the textures whose key starts with `prefix`.
+    pub fn forget(&mut self, prefix: &str) {
+        self.map.retain(|k, _| !k.starts_with(prefix));
+    }
+}
+
+/// A heat map (any range) as colours over `base`, blended with `opacity`.
+pub fn overlay(base: &RgbImage, heat: &[f32], opacity: f32) -> RgbImage {
+    let max = heat.iter().cloned().fold(f32::MIN, f32::max);
+    let min = heat.iter().cloned().fold(f32::MAX, f32::min);
+    let span = (max - min).max(1e-12);
+    let mut out = base.clone();
+    for (i, px) in out.pixels_mut().enumerate() {
+        let v = heat.get(i).map_or(0.0, |h| (h - min) / span);
+        let c = inferno(v);
+        for k in 0..3 {
+            px.0[k] = (px.0[k] as f32 * (1.0 - opacity) + c[k] as f32 * opacity).round() as u8;
+        }
+    }
+    out
+}
+
+/// A compact approximation of the "inferno" colour map (dark purple → orange → pale yellow).
+pub fn inferno(v: f32) -> [u8; 3] {
+    const STOPS: [[f32; 3]; 5] = [
+        [0.0, 0.0, 4.0],
+        [87.0, 16.0, 110.0],
+        [188.0, 55.0, 84.0],
+        [249.0, 142.0, 9.0],
+        [252.0, 255.0, 164.0],
+    ];
+    let x = v.clamp(0.0, 1.0) * (STOPS.len() - 1) as f32;
+    let i = (x.floor() as usize).min(STOPS.len() - 2);
+    let t = x - i as f32;
+    let mut c = [0u8; 3];
+    for k in 0..3 {
+        c[k] = (STOPS[i][k] * (1.0 - t) + STOPS[i + 1][k] * t).round() as u8;
+    }
+    c
+}

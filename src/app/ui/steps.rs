@@ -1,0 +1,140 @@
+//! The mirror effect step by step: previews of every branch at the timeline's step, the
+//! timeline scrubber, and plots of the mirror error and the redescription loss.
+
+use egui::{RichText, Ui, Vec2};
+use egui_plot::{Legend, Line, Plot, PlotPoints};
+
+use crate::app::state::{AppState, PREVIEW_BRANCHES};
+use crate::app::textures::Textures;
+use crate::engine::pipeline::Branch;
+
+pub fn steps_view(ui: &mut Ui, state: &mut AppState, tex: &mut Textures) {
+    previews(ui, state, tex);
+    ui.add_space(6.0);
+    timeline(ui, state);
+    ui.add_space(6.0);
+    plots(ui, state);
+}
+
+fn previews(ui: &mut Ui, state: &AppState, tex: &mut Textures) {
+    let branches: Vec<Branch> =
+        PREVIEW_BRANCHES.into_iter().filter(|b| state.run.compare_ddim || !matches!(b, Branch::DdimReconstruction | Branch::DdimTranslation)).collect();
+    let n = branches.len() + 1;
+    let gap = ui.spacing().item_spacing.x;
+    let side = ((ui.available_width() - gap * (n as f32 - 1.0)) / n as f32).clamp(96.0, 320.0);
+    let size = Vec2::new(side, side);
+    let step = state.shown_step();
+    let last = state.frames.len().checked_sub(1);
+    let finished = state.result.is_some() && !state.progress.running && step == last;
+    ui.horizontal_top(|ui| {
+        let source_img = state.image.as_ref().map(|i| &i.loaded.rgb);
+        let t = tex.rgb(ui.ctx(), "source/full", source_img);
+        super::tile(ui, t.as_ref(), "Source", size);
+        for branch in branches {
+            // The finished run's full-quality image on the last step; else the step preview.
+            let (key, img) = match (finished, state.final_image(branch)) {
+                (true, Some(img)) => (format!("final/{branch:?}"), Some(img)),
+                _ => {
+                    let b = step.and_then(|s| state.frames.get(s)).and_then(|f| f.branches.iter().find(|b| b.branch == branch));
+                    (format!("step/{}/{branch:?}", step.unwrap_or(0)), b.map(|b| &b.preview))
+                }
+            };
+            let t = tex.rgb(ui.ctx(), &key, img);
+            let caption = caption(state, branch, step);
+            super::tile(ui, t.as_ref(), &caption, size);
+        }
+    });
+}
+
+fn caption(state: &AppState, branch: Branch, step: Option<usize>) -> String {
+    let err = step
+        .and_then(|s| state.frames.get(s))
+        .and_then(|f| f.branches.iter().find(|b| b.branch == branch))
+        .and_then(|b| b.mirror_error);
+    match err {
+        Some(e) if branch.is_reconstruction() => format!("{} · error {e:.2e}", branch.label()),
+        _ => branch.label().to_string(),
+    }
+}
+
+fn timeline(ui: &mut Ui, state: &mut AppState) {
+    let Some(last) = state.frames.len().checked_sub(1) else {
+        let text = if state.progress.running {
+            "Previews appear here as the steps run…"
+        } else {
+            "Run a translation to see the reconstruction mirror the inversion, step by step."
+        };
+        ui.label(RichText::new(text).weak());
+        return;
+    };
+    ui.horizontal(|ui| {
+        let mut step = state.shown_step().unwrap_or(0);
+        let frame = &state.frames[step];
+        let total = frame.total.max(last + 1);
+        ui.spacing_mut().slider_width = (ui.available_width() - 260.0).max(120.0);
+        let slider = egui::Slider::new(&mut step, 0..=last)
+            .text("Timeline step")
+            .custom_formatter(move |v, _| format!("{}/{total}", v as usize + 1))
+            .custom_parser(|s| s.split('/').next()?.trim().parse::<f64>().ok().map(|v| v - 1.0));
+        if ui.add(slider).changed() {
+            state.timeline = if step == last && state.progress.running { None } else { Some(step) };
+        }
+        let mut live = state.timeline.is_none();
+        if ui.checkbox(&mut live, "Follow live").changed() {
+            state.timeline = if live { None } else { Some(step) };
+        }
+        ui.label(RichText::new(format!("t = {}", state.frames[step.min(last)].timestep)).weak());
+    });
+}
+
+fn plots(ui: &mut Ui, state: &AppState) {
+    if state.frames.is_empty() {
+        return;
+    }
+    let height = (ui.available_height() - 24.0).clamp(120.0, 260.0);
+    let width = ui.available_width() / 2.0 - 8.0;
+    let shown = state.shown_step().unwrap_or(0) as f64 + 1.0;
+    ui.horizontal(|ui| {
+        ui.vertical(|ui| {
+            ui.label(RichText::new("Mirror error per step (reconstruction vs inversion latent, lower is better)").small());
+            Plot::new("mirror-error")
+                .legend(Legend::default())
+                .height(height)
+                .width(width)
+                .x_axis_label("step")
+                .allow_scroll(false)
+                .show(ui, |p| {
+                    for branch in PREVIEW_BRANCHES.into_iter().filter(|b| b.is_reconstruction()) {
+                        let pts: PlotPoints = state
+                            .frames
+                            .iter()
+                            .filter_map(|f| {
+                                let e = f.branches.iter().find(|b| b.branch == branch)?.mirror_error?;
+                                Some([f.step as f64 + 1.0, e])
+                            })
+                            .collect();
+                        p.line(Line::new(branch.label(), pts).color(super::style::branch_colour(branch)).width(2.0));
+                    }
+                    p.vline(egui_plot::VLine::new("shown step", shown).color(egui::Color32::from_gray(120)));
+                });
+        });
+        ui.vertical(|ui| {
+            ui.label(RichText::new("Redescription loss (last Adam iteration of each step)").small());
+            Plot::new("redescription-loss")
+                .legend(Legend::default())
+                .height(height)
+                .width(width)
+                .x_axis_label("step")
+                .allow_scroll(false)
+                .show(ui, |p| {
+                    let pts: PlotPoints = state
+                        .frames
+                        .iter()
+                        .filter_map(|f| Some([f.step as f64 + 1.0, *f.redescription.last()?]))
+                        .collect();
+                    p.line(Line::new("redescription loss", pts).color(super::style::ACCENT).width(2.0));
+                    p.vline(egui_plot::VLine::new("shown step", shown).color(egui::Color32::from_gray(120)));
+                });
+        });
+    });
+}

@@ -1,0 +1,328 @@
+//! The background worker: one thread owns the engine [`Session`]. Commands go in, events come
+//! out over crossbeam channels; the UI never waits on it. Tensors stay on this thread: step
+//! events are turned into preview images and plain numbers before they are sent.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use crossbeam_channel::{Receiver, Sender, unbounded};
+use image::RgbImage;
+
+use crate::engine::imageio::{latent_preview, tensor_to_image};
+use crate::engine::pipeline::{Branch, CancelToken, Event, Phase, StepReport, TokenHeatmaps};
+use crate::engine::session::{Session, TranslateRequest};
+use crate::engine::tokenizer::TokenWord;
+use crate::engine::EngineError;
+
+/// What the UI asks the worker to do.
+pub enum Command {
+    LoadModel(PathBuf),
+    Run(Box<TranslateRequest>),
+    /// Prompt tokens for the attention-word picker (answered with `WorkerEvent::Tokens`).
+    Tokenize { source: String, target: String },
+    Shutdown,
+}
+
+/// What a loaded model is, for the UI.
+#[derive(Debug, Clone)]
+pub struct ModelSummary {
+    pub name: String,
+    pub path: PathBuf,
+    pub kind: String,
+    pub fingerprint: String,
+    pub size_multiple: u32,
+    pub default_side: u32,
+    pub seconds: f64,
+}
+
+/// One branch of one step, ready to show.
+#[derive(Debug, Clone)]
+pub struct BranchFrame {
+    pub branch: Branch,
+    pub preview: RgbImage,
+    /// `true` when `preview` is a full VAE decode, `false` for the cheap latent preview.
+    pub decoded: bool,
+    pub mirror_error: Option<f64>,
+    pub attention: Option<Arc<TokenHeatmaps>>,
+}
+
+/// One denoising step, ready to show.
+#[derive(Debug, Clone)]
+pub struct StepFrame {
+    pub step: usize,
+    pub total: usize,
+    pub timestep: usize,
+    pub branches: Vec<BranchFrame>,
+    /// Redescription losses before each Adam update.
+    pub redescription: Vec<f64>,
+    pub guidance_loss: Option<f64>,
+}
+
+/// The final images of a run.
+#[derive(Debug, Clone, Default)]
+pub struct RunImages {
+    pub source: Option<RgbImage>,
+    pub translation: Option<RgbImage>,
+    pub reconstruction: Option<RgbImage>,
+    pub ddim_reconstruction: Option<RgbImage>,
+    pub ddim_translation: Option<RgbImage>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub images: RunImages,
+    pub cancelled: bool,
+    pub steps_done: usize,
+    pub reused_inversion: bool,
+    pub edit_phrase: Option<(String, String)>,
+    pub seconds: f64,
+}
+
+/// What the worker tells the UI.
+#[derive(Debug, Clone)]
+pub enum WorkerEvent {
+    ModelLoading(PathBuf),
+    ModelLoaded(ModelSummary),
+    ModelFailed { path: PathBuf, message: String },
+    Tokens { source: Vec<TokenWord>, target: Vec<TokenWord> },
+    RunStarted { reuses_inversion: bool },
+    Phase { phase: Phase, steps: usize },
+    Inversion { step: usize, total: usize },
+    Direction { done: usize, total: usize },
+    Step(Box<StepFrame>),
+    Note(String),
+    Finished(Box<RunSummary>),
+    RunFailed(String),
+    /// Hub download progress (bytes so far, total bytes, file name).
+    Download { done: u64, total: u64, file: String },
+    DownloadFinished(PathBuf),
+    DownloadFailed(String),
+}
+
+/// The UI's handle on the worker thread.
+pub struct Worker {
+    commands: Sender<Command>,
+    events: Receiver<WorkerEvent>,
+    event_sender: Sender<WorkerEvent>,
+    cancel: Arc<Mutex<CancelToken>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Starts the thread. `wake` is called after each event is sent (the UI asks for a
+    /// repaint there). `cache_dir`: where inversions are cached (None: memory only).
+    pub fn spawn(wake: Arc<dyn Fn() + Send + Sync>, cache_dir: Option<PathBuf>) -> Self {
+        let (commands, command_rx) = unbounded::<Command>();
+        let (event_sender, events) = unbounded::<WorkerEvent>();
+        let cancel = Arc::new(Mutex::new(CancelToken::new()));
+        let thread_cancel = cancel.clone();
+        let tx = event_sender.clone();
+        let thread = std::thread::Builder::new()
+            .name("mirror-engine".into())
+            .spawn(move || {
+                let send = |e: WorkerEvent| {
+                    let _ = tx.send(e);
+                    wake();
+                };
+                worker_loop(&command_rx, &send, &thread_cancel, cache_dir);
+            })
+            .ok();
+        Self { commands, events, event_sender, cancel, thread }
+    }
+
+    pub fn send(&self, command: Command) {
+        if let Command::Run(_) = command {
+            // A fresh token per run: an Esc from the last run must not cancel this one.
+            if let Ok(mut c) = self.cancel.lock() {
+                *c = CancelToken::new();
+            }
+        }
+        let _ = self.commands.send(command);
+    }
+
+    /// Cancels the run in progress (if any).
+    pub fn cancel(&self) {
+        if let Ok(c) = self.cancel.lock() {
+            c.cancel();
+        }
+    }
+
+    /// Every event that arrived since the last call; never blocks.
+    pub fn drain(&self) -> Vec<WorkerEvent> {
+        self.events.try_iter().collect()
+    }
+
+    /// A sender for helper threads (downloads) that report through the same channel.
+    pub fn event_sender(&self) -> Sender<WorkerEvent> {
+        self.event_sender.clone()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.cancel();
+        let _ = self.commands.send(Command::Shutdown);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn worker_loop(
+    commands: &Receiver<Command>,
+    send: &dyn Fn(WorkerEvent),
+    cancel: &Arc<Mutex<CancelToken>>,
+    cache_dir: Option<PathBuf>,
+) {
+    let mut session: Option<Session> = None;
+    while let Ok(command) = commands.recv() {
+        match command {
+            Command::Shutdown => break,
+            Command::LoadModel(path) => {
+                send(WorkerEvent::ModelLoading(path.clone()));
+                session = None; // free the old model's memory first
+                let started = Instant::now();
+                let loaded = catch(|| {
+                    crate::engine::model::StableDiffusion::load(&path, &Device::Cpu)
+                        .map(|sd| Session::new(sd, cache_dir.clone()))
+                });
+                match loaded {
+                    Ok(s) => {
+                        let sd = s.model();
+                        send(WorkerEvent::ModelLoaded(ModelSummary {
+                            name: sd.info.name.clone(),
+                            path: sd.info.path.clone(),
+                            kind: sd.info.kind.to_string(),
+                            fingerprint: sd.info.fingerprint.clone(),
+                            size_multiple: sd.size_multiple() as u32,
+                            default_side: sd.default_image_side() as u32,
+                            seconds: started.elapsed().as_secs_f64(),
+                        }));
+                        session = Some(s);
+                    }
+                    Err(message) => send(WorkerEvent::ModelFailed { path, message }),
+                }
+            }
+            Command::Tokenize { source, target } => {
+                if let Some(s) = &session {
+                    let tok = &s.model().tokenizer;
+                    send(WorkerEvent::Tokens {
+                        source: tok.token_words(&source).unwrap_or_default(),
+                        target: tok.token_words(&target).unwrap_or_default(),
+                    });
+                }
+            }
+            Command::Run(req) => {
+                let Some(s) = session.as_mut() else {
+                    send(WorkerEvent::RunFailed("No model is loaded yet.".into()));
+                    continue;
+                };
+                let token = cancel.lock().map(|c| c.clone()).unwrap_or_default();
+                run(s, &req, &token, send);
+            }
+        }
+    }
+}
+
+fn run(session: &mut Session, req: &TranslateRequest, cancel: &CancelToken, send: &dyn Fn(WorkerEvent)) {
+    let tok = &session.model().tokenizer;
+    send(WorkerEvent::Tokens {
+        source: tok.token_words(&req.source_prompt).unwrap_or_default(),
+        target: tok.token_words(&req.target_prompt).unwrap_or_default(),
+    });
+    send(WorkerEvent::RunStarted { reuses_inversion: session.has_cached_inversion(req) });
+    let mut on_event = |e: Event| forward(e, send);
+    let outcome = catch(|| session.translate(req, cancel, &mut on_event));
+    match outcome {
+        Ok(o) => {
+            let img = |t: &Option<Tensor>| t.as_ref().and_then(|t| tensor_to_image(t).ok());
+            send(WorkerEvent::Finished(Box::new(RunSummary {
+                images: RunImages {
+                    source: tensor_to_image(&o.source).ok(),
+                    translation: img(&o.images.translation),
+                    reconstruction: img(&o.images.reconstruction),
+                    ddim_reconstruction: img(&o.images.ddim_reconstruction),
+                    ddim_translation: img(&o.images.ddim_translation),
+                },
+                cancelled: o.cancelled,
+                steps_done: o.steps_done,
+                reused_inversion: o.reused_inversion,
+                edit_phrase: o.edit_phrase.clone(),
+                seconds: o.seconds,
+            })));
+        }
+        Err(message) => send(WorkerEvent::RunFailed(message)),
+    }
+}
+
+/// Runs engine code, turning errors and panics into readable messages.
+fn catch<T>(f: impl FnOnce() -> crate::engine::Result<T>) -> Result<T, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(describe_error(&e)),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(format!("The engine stopped unexpectedly: {what}"))
+        }
+    }
+}
+
+/// Engine errors in words an artist can act on.
+pub fn describe_error(e: &EngineError) -> String {
+    let text = e.to_string();
+    match e {
+        EngineError::NonFinite { .. } => format!(
+            "{text}. The run produced NaN values; try fewer guidance, a lower strength or another seed."
+        ),
+        EngineError::Candle(_) if text.to_lowercase().contains("out of memory") || text.contains("alloc") => {
+            format!("Out of memory: {text}. Try a smaller image or close other programs.")
+        }
+        _ => text,
+    }
+}
+
+fn forward(e: Event, send: &dyn Fn(WorkerEvent)) {
+    match e {
+        Event::Phase { phase, steps } => send(WorkerEvent::Phase { phase, steps }),
+        Event::Inversion { step, total, .. } => send(WorkerEvent::Inversion { step, total }),
+        Event::Direction { done, total } => send(WorkerEvent::Direction { done, total }),
+        Event::Note(n) => send(WorkerEvent::Note(n)),
+        Event::Step(report) => send(WorkerEvent::Step(Box::new(step_frame(&report)))),
+    }
+}
+
+fn step_frame(r: &StepReport) -> StepFrame {
+    let branches = r
+        .branches
+        .iter()
+        .filter_map(|b| {
+            let decoded = b.decoded.as_ref().and_then(|t| tensor_to_image(t).ok());
+            let (preview, is_decoded) = match decoded {
+                Some(img) => (img, true),
+                None => (latent_preview(&b.predicted_x0, 4).ok()?, false),
+            };
+            Some(BranchFrame {
+                branch: b.branch,
+                preview,
+                decoded: is_decoded,
+                mirror_error: b.mirror_error,
+                attention: b.attention.clone().map(Arc::new),
+            })
+        })
+        .collect();
+    StepFrame {
+        step: r.step,
+        total: r.total,
+        timestep: r.timestep,
+        branches,
+        redescription: r.redescription.as_ref().map(|d| d.losses.clone()).unwrap_or_default(),
+        guidance_loss: r.guidance.as_ref().map(|g| g.loss),
+    }
+}
