@@ -12,6 +12,7 @@ pub mod model;
 pub mod pipeline;
 pub mod nn;
 pub mod scheduler;
+pub mod session;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae;

@@ -1,0 +1,142 @@
+//! Inversion, reconstruction and pix2pix-zero parity with the PyTorch reference loops.
+
+mod common;
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use common::Fixtures;
+use mirror_diffusion::engine::methods::ddim::{self, DdimContexts};
+use mirror_diffusion::engine::methods::pix2pix_zero::{self, Pix2PixZeroSettings};
+use mirror_diffusion::engine::model::StableDiffusion;
+use mirror_diffusion::engine::pipeline::CancelToken;
+use mirror_diffusion::engine::pipeline::stages::{self, InversionGrid, KlRegularizer};
+
+fn load() -> (Fixtures, StableDiffusion) {
+    let fx = Fixtures::load();
+    let sd = StableDiffusion::load(&fx.model_dir(), &Device::Cpu).expect("fixture model loads");
+    (fx, sd)
+}
+
+fn steps(fx: &Fixtures, name: &str) -> usize {
+    fx.settings(name)["num_inference_steps"].as_u64().expect("num_inference_steps") as usize
+}
+
+fn kl(fx: &Fixtures, name: &str) -> KlRegularizer {
+    let s = fx.settings(name);
+    KlRegularizer {
+        lambda: s["lambda_kl"].as_f64().expect("lambda_kl"),
+        steps: s["num_reg_steps"].as_u64().expect("num_reg_steps") as usize,
+    }
+}
+
+fn i64s(v: &[usize]) -> Tensor {
+    Tensor::new(v.iter().map(|&x| x as i64).collect::<Vec<_>>(), &Device::Cpu).unwrap()
+}
+
+#[test]
+fn ddim_inversion_matches_reference() {
+    let (fx, sd) = load();
+    let name = "inversion";
+    let n = steps(&fx, name);
+    let z0 = fx.tensor(name, "z0");
+    let emb = fx.tensor(name, "encoder_hidden_states");
+    for (out, reg) in [("latents_noreg", None), ("latents_kl", Some(kl(&fx, name)))] {
+        let t = stages::invert(&sd, &z0, &emb, n, InversionGrid::Consistent, reg, &CancelToken::new(), &mut |_| {})
+            .unwrap();
+        assert_eq!(t.latents.len(), n + 1);
+        fx.assert_close(name, out, &Tensor::stack(&t.latents, 0).unwrap());
+        fx.assert_close(name, "timesteps", &i64s(&t.timesteps));
+    }
+}
+
+#[test]
+fn authors_inversion_matches_reference() {
+    let (fx, sd) = load();
+    let names: Vec<String> = fx.manifest["fixtures"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| k.starts_with("authors_inversion_"))
+        .cloned()
+        .collect();
+    assert!(!names.is_empty());
+    for name in names {
+        let n = steps(&fx, &name);
+        let t = stages::invert(
+            &sd,
+            &fx.tensor(&name, "z0"),
+            &fx.tensor(&name, "encoder_hidden_states"),
+            n,
+            InversionGrid::Authors,
+            Some(kl(&fx, &name)),
+            &CancelToken::new(),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(t.latents.len(), n - 1, "{name}: N - 1 latents");
+        fx.assert_close(&name, "latents", &Tensor::stack(&t.latents, 0).unwrap());
+        fx.assert_close(&name, "timesteps", &i64s(&t.timesteps));
+    }
+}
+
+#[test]
+fn ddim_reconstruction_matches_reference() {
+    let (fx, sd) = load();
+    let name = "reconstruction";
+    let n = steps(&fx, name);
+    // The reconstruction uses the caption embedding the inversion used.
+    let emb = fx.tensor("inversion", "encoder_hidden_states");
+    let contexts = DdimContexts { cond: emb, uncond: None };
+    for variant in ["noreg", "kl"] {
+        let latents = ddim::sample(&sd, &fx.tensor(name, &format!("zT_{variant}")), n, &contexts).unwrap();
+        fx.assert_close(name, &format!("latents_{variant}"), &Tensor::stack(&latents, 0).unwrap());
+        // Mismatch of sampling step i against the inversion latent it should land on.
+        let inversion = fx.tensor(name, &format!("inversion_{variant}"));
+        let (mut mse, mut maxabs) = (Vec::new(), Vec::new());
+        for i in 0..n {
+            let d = (&latents[i + 1] - inversion.i(n - 1 - i).unwrap()).unwrap();
+            mse.push(d.sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap());
+            maxabs.push(d.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap());
+        }
+        fx.assert_close(name, &format!("mismatch_mse_{variant}"), &Tensor::new(mse, &Device::Cpu).unwrap());
+        fx.assert_close(name, &format!("mismatch_maxabs_{variant}"), &Tensor::new(maxabs, &Device::Cpu).unwrap());
+        let decoded = stages::decode(&sd, &latents[n]).unwrap();
+        fx.assert_close(name, &format!("decoded_{variant}"), &decoded);
+    }
+}
+
+#[test]
+fn pix2pix_zero_matches_reference() {
+    let (fx, sd) = load();
+    let name = "pix2pix_zero_10";
+    let n = steps(&fx, name);
+    let s = fx.settings(name);
+    let settings = Pix2PixZeroSettings {
+        guidance_scale: s["guidance_scale"].as_f64().unwrap(),
+        xa_guidance: s["xa_guidance"].as_f64().unwrap(),
+    };
+    let caption = fx.tensor(name, "emb_source");
+    let direction = (fx.tensor(name, "edit_dir") * s["edit_scale"].as_f64().unwrap()).unwrap();
+    let start = fx.tensor(name, "xT");
+    let (mut rec, mut edit) = (vec![start.clone()], vec![start.clone()]);
+    let (mut losses, mut guided) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let out = pix2pix_zero::step(&sd, &settings, n, i, &caption, &direction, &rec[i], &edit[i], false).unwrap();
+        rec.push(out.rec_latent);
+        edit.push(out.edit_latent);
+        losses.push(out.loss as f32);
+        guided.push(out.edit_guided);
+    }
+    fx.assert_close(name, "rec_latents", &Tensor::stack(&rec, 0).unwrap());
+    fx.assert_close(name, "edit_latents", &Tensor::stack(&edit, 0).unwrap());
+    fx.assert_close(name, "edit_x_in_guided", &Tensor::stack(&guided, 0).unwrap());
+    fx.assert_close(name, "xa_loss", &Tensor::new(losses, &Device::Cpu).unwrap().to_dtype(DType::F32).unwrap());
+    fx.assert_close(name, "rec_decoded", &stages::decode(&sd, &rec[n]).unwrap());
+    fx.assert_close(name, "edit_decoded", &stages::decode(&sd, &edit[n]).unwrap());
+}
+
+#[test]
+fn vae_encode_stage_gives_the_fixture_latent() {
+    let (fx, sd) = load();
+    let latent = stages::encode_image(&sd, &fx.tensor("vae", "image"), stages::Posterior::Mean).unwrap();
+    fx.assert_close("vae", "latent", &latent);
+}
