@@ -112,6 +112,11 @@ impl MirrorApp {
         app
     }
 
+    /// Queues an action as if the user had asked for it (carried out on the next frame).
+    pub fn request(&mut self, action: Action) {
+        self.pending.push(action);
+    }
+
     /// Copies the editable fields into the persisted settings and writes them when changed
     /// (at most every two seconds, and on exit).
     fn persist(&mut self, force: bool) {

@@ -1,0 +1,252 @@
+//! The real app with the real engine on the tiny fixture model, driven through its accessible
+//! labels with egui_kittest (rendered on lavapipe / llvmpipe; no display needed).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use egui::{Key, Modifiers};
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+use mirror_diffusion::app::state::{AppState, ModelStatus, View};
+use mirror_diffusion::app::{AppOptions, MirrorApp};
+
+fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures").join(rel)
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mirror-app-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+fn options(name: &str, steps: usize) -> AppOptions {
+    let dir = temp_dir(name);
+    AppOptions {
+        model: Some(fixture("tiny-sd")),
+        image: Some(fixture("tiny-sd-ref/test_image.png")),
+        settings_dir: Some(dir.join("config")),
+        memory_only_cache: true,
+        source_prompt: Some(String::new()),
+        target_prompt: Some(String::new()),
+        steps: Some(steps),
+        decode_every: Some(1),
+        compare_ddim: Some(true),
+        export_dir: Some(dir.join("exports")),
+        autorun: false,
+        print_events: false,
+    }
+}
+
+fn harness(opts: AppOptions) -> Harness<'static, MirrorApp> {
+    Harness::builder()
+        .with_size(egui::vec2(1280.0, 800.0))
+        .with_max_steps(100_000)
+        .build_eframe(move |cc| MirrorApp::new_with(cc, opts))
+}
+
+/// Steps the app (the worker runs on its own thread) until `done`, failing after `secs`.
+fn step_until(h: &mut Harness<'static, MirrorApp>, what: &str, secs: u64, done: impl Fn(&AppState) -> bool) {
+    let start = Instant::now();
+    while !done(&h.state().state) {
+        assert!(start.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}");
+        assert!(h.state().state.errors.is_empty(), "error while waiting for {what}: {:?}", h.state().state.errors);
+        h.step();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    h.step();
+}
+
+fn ready(h: &mut Harness<'static, MirrorApp>) {
+    step_until(h, "the model and image", 120, |s| matches!(s.model, ModelStatus::Ready(_)) && s.image.is_some());
+}
+
+fn type_prompts(h: &mut Harness<'static, MirrorApp>, source: &str, target: &str) {
+    h.get_by_label("Source prompt").click();
+    h.step();
+    h.get_by_label("Source prompt").type_text(source);
+    h.step();
+    h.get_by_label("Target prompt").click();
+    h.step();
+    h.get_by_label("Target prompt").type_text(target);
+    h.step();
+    h.key_press(Key::Tab); // leave the field: the word picker is refreshed
+    h.step();
+}
+
+fn run_to_end(h: &mut Harness<'static, MirrorApp>) {
+    h.get_by_label("▶ Run").click();
+    step_until(h, "the run to start", 10, |s| s.progress.running);
+    step_until(h, "the run to finish", 300, |s| !s.progress.running);
+}
+
+#[test]
+fn run_scrub_attention_export_and_reedit() {
+    let opts = options("run", 4);
+    let exports = opts.export_dir.clone().expect("export dir");
+    let mut h = harness(opts);
+    ready(&mut h);
+    assert!(h.query_by_label("▶ Run").is_some(), "the editor shows once a model is loaded");
+    type_prompts(&mut h, "a photo of a cat", "a photo of a dog");
+    assert_eq!(h.state().state.target_prompt, "a photo of a dog");
+    run_to_end(&mut h);
+
+    let s = &h.state().state;
+    let result = s.result.as_ref().expect("a result");
+    assert!(!result.cancelled);
+    assert_eq!(s.frames.len(), 4, "one frame per step");
+    assert!(result.images.translation.is_some() && result.images.ddim_translation.is_some());
+    assert!(s.frames.iter().all(|f| f.branches.len() == 4), "mirror and DDIM branches in every step");
+    println!(
+        "frame time during the run: mean {:.2} ms, max {:.2} ms over {} frames",
+        s.frame_stats.run_mean_ms(),
+        s.frame_stats.run_max.as_secs_f64() * 1000.0,
+        s.frame_stats.run_frames
+    );
+
+    // Timeline scrubber: back to the first step.
+    h.get_by_label("Timeline step").set_value_accesskit(0.0);
+    h.step();
+    h.step();
+    assert_eq!(h.state().state.timeline, Some(0), "the timeline moved to step 1");
+
+    // Pick a word: its heat map appears over both branches.
+    h.get_by_label("Attention").click();
+    h.step();
+    h.get_by_label("source word cat").click();
+    h.run_steps(3);
+    let s = &h.state().state;
+    assert_eq!(s.view, View::Attention);
+    let (token, word) = s.attention.token.clone().expect("a word is selected");
+    assert_eq!((token, word.as_str()), (5, "cat"), "token 5 of <bos> a photo of a cat");
+    let maps = mirror_diffusion::app::export::attention_images(s);
+    assert_eq!(maps.len(), 2, "reconstruction and translation maps");
+    assert!(h.query_by_label("Mirror translation").is_some());
+
+    // Snapshot of the main window after a run (Steps view, last step).
+    h.get_by_label("Steps").click();
+    h.step();
+    h.state_mut().state.timeline = None;
+    h.run_steps(4);
+    h.snapshot("main_window_after_run");
+
+    // Ctrl+S exports everything; the PNG carries its recipe.
+    h.key_press_modifiers(Modifiers::COMMAND, Key::S);
+    h.run_steps(2);
+    assert!(h.state().state.errors.is_empty(), "{:?}", h.state().state.errors);
+    let files: Vec<String> = std::fs::read_dir(&exports)
+        .expect("exports")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    for suffix in ["-translation.png", "-sheet.png", "-steps.gif", "-attention-cat-translation.png"] {
+        assert!(files.iter().any(|f| f.ends_with(suffix)), "{suffix} missing from {files:?}");
+    }
+    let png = exports.join("test_image-to-a-photo-of-a-dog-translation.png");
+    let recipe = mirror_diffusion::engine::imageio::read_recipe(&png).expect("readable").expect("a recipe");
+    assert_eq!(recipe.target_prompt, "a photo of a dog");
+    assert_eq!(recipe.steps, 4);
+
+    // An unwritable export folder is an error dialog; the result stays.
+    h.state_mut().state.export_dir = "/proc/mirror-cannot-write-here".into();
+    h.key_press_modifiers(Modifiers::COMMAND, Key::S);
+    h.run_steps(2);
+    assert_eq!(h.state().state.errors.len(), 1, "one error dialog");
+    assert!(h.query_by_label("Something went wrong").is_some());
+    h.get_by_label("OK").click();
+    h.run_steps(2);
+    assert!(h.state().state.errors.is_empty());
+    assert!(h.state().state.result.is_some(), "the result is still on screen");
+
+    // Re-edit with a new target: the cached inversion is reused, and the app says so.
+    h.get_by_label("Target prompt").click();
+    h.step();
+    h.key_press_modifiers(Modifiers::COMMAND, Key::A);
+    h.get_by_label("Target prompt").type_text("a photo of a fox");
+    h.key_press(Key::Tab);
+    h.step();
+    run_to_end(&mut h);
+    let s = &h.state().state;
+    assert!(s.progress.reuses_inversion, "re-edit reuses the inversion");
+    assert!(s.result.as_ref().is_some_and(|r| r.reused_inversion && !r.cancelled));
+    assert!(s.notes.iter().any(|n| n.contains("reusing the cached inversion")));
+
+    // Opening a Mirror PNG (here by drop) restores its recipe.
+    h.input_mut().dropped_files.push(egui::DroppedFile { path: Some(png), ..Default::default() });
+    h.run_steps(2);
+    let s = &h.state().state;
+    assert_eq!(s.target_prompt, "a photo of a dog", "recipe restored");
+    assert!(s.notes.iter().any(|n| n.contains("recipe is restored")));
+}
+
+#[test]
+fn cancel_midway_keeps_the_steps_done() {
+    let mut h = harness(options("cancel", 30));
+    ready(&mut h);
+    type_prompts(&mut h, "a photo of a cat", "a photo of a dog");
+    h.get_by_label("▶ Run").click();
+    step_until(&mut h, "the first steps", 120, |s| s.frames.len() >= 2);
+    h.key_press(Key::Escape);
+    step_until(&mut h, "the run to stop", 60, |s| !s.progress.running);
+    let s = &h.state().state;
+    let result = s.result.as_ref().expect("a cancelled run still reports");
+    assert!(result.cancelled, "the run was cancelled");
+    assert!(s.frames.len() < 30, "stopped early ({} steps)", s.frames.len());
+    assert!(s.errors.is_empty(), "cancelling is not an error");
+    // The app stays usable: the Run button is enabled again.
+    assert!(h.query_by_label("▶ Run").is_some());
+}
+
+#[test]
+fn welcome_screen_without_a_model_and_readable_errors() {
+    let mut opts = options("welcome", 4);
+    opts.model = None;
+    let bad = temp_dir("bad-image").join("not-an-image.png");
+    std::fs::write(&bad, b"this is not a PNG").expect("write");
+    opts.image = Some(bad);
+    let mut h = harness(opts);
+    h.run_steps(3);
+    assert!(h.query_by_label("Open model folder…").is_some(), "the first screen says how to get a model");
+    assert!(h.query_by_label("Download Stable Diffusion 1.5").is_some());
+    let s = &h.state().state;
+    assert_eq!(s.errors.len(), 1, "a bad image is a readable error");
+    assert!(s.errors[0].contains("not-an-image.png"), "{}", s.errors[0]);
+    h.get_by_label("OK").click();
+    h.run_steps(2);
+    assert!(h.state().state.errors.is_empty());
+
+    // A broken model is an error too, and the app keeps running.
+    let broken = temp_dir("broken-model");
+    std::fs::write(broken.join("model_index.json"), "{}").expect("write");
+    h.state_mut().request(mirror_diffusion::app::Action::LoadModel(broken));
+    h.step();
+    step_until_error(&mut h);
+    assert!(matches!(h.state().state.model, ModelStatus::Failed { .. }));
+}
+
+fn step_until_error(h: &mut Harness<'static, MirrorApp>) {
+    let start = Instant::now();
+    while h.state().state.errors.is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(60), "no error reported");
+        h.step();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn settings_survive_a_restart_and_a_corrupt_file() {
+    use mirror_diffusion::app::settings::Settings;
+    let dir = temp_dir("settings");
+    let mut s = Settings::default();
+    s.source_prompt = "a photo of a horse".into();
+    s.remember_model(Path::new("/models/sd15"));
+    s.save(&dir).expect("save");
+    let (back, problem) = Settings::load(&dir);
+    assert!(problem.is_none());
+    assert_eq!(back, s);
+    assert!(std::fs::read_dir(&dir).expect("dir").count() == 1, "no temporary files left behind");
+    std::fs::write(dir.join("settings.json"), "{ half a fi").expect("write");
+    let (fallback, problem) = Settings::load(&dir);
+    assert_eq!(fallback, Settings::default());
+    assert!(problem.is_some(), "a corrupt file is reported, not fatal");
+}
