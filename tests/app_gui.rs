@@ -10,6 +10,19 @@ use egui_kittest::kittest::Queryable;
 use mirror_diffusion::app::state::{AppState, ModelStatus, View};
 use mirror_diffusion::app::{AppOptions, MirrorApp};
 
+/// A file dropped on the window (as winit delivers it).
+#[derive(Debug)]
+struct PathFile(PathBuf);
+
+impl egui::DroppedFile for PathFile {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+    fn bytes(&self) -> Result<Vec<u8>, String> {
+        std::fs::read(&self.0).map_err(|e| e.to_string())
+    }
+}
+
 fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures").join(rel)
 }
@@ -76,7 +89,7 @@ fn type_prompts(h: &mut Harness<'static, MirrorApp>, source: &str, target: &str)
 }
 
 fn run_to_end(h: &mut Harness<'static, MirrorApp>) {
-    h.get_by_label("▶ Run").click();
+    h.get_by_label("Run").click();
     step_until(h, "the run to start", 10, |s| s.progress.running);
     step_until(h, "the run to finish", 300, |s| !s.progress.running);
 }
@@ -87,7 +100,7 @@ fn run_scrub_attention_export_and_reedit() {
     let exports = opts.export_dir.clone().expect("export dir");
     let mut h = harness(opts);
     ready(&mut h);
-    assert!(h.query_by_label("▶ Run").is_some(), "the editor shows once a model is loaded");
+    assert!(h.query_by_label("Run").is_some(), "the editor shows once a model is loaded");
     type_prompts(&mut h, "a photo of a cat", "a photo of a dog");
     assert_eq!(h.state().state.target_prompt, "a photo of a dog");
     run_to_end(&mut h);
@@ -105,8 +118,11 @@ fn run_scrub_attention_export_and_reedit() {
         s.frame_stats.run_frames
     );
 
+    // Snapshots must not show the temporary folder's name.
+    let export_dir = std::mem::replace(&mut h.state_mut().state.export_dir, "~/Pictures/Mirror".into());
+
     // Timeline scrubber: back to the first step.
-    h.get_by_label("Timeline step").set_value_accesskit(0.0);
+    h.get_by_role_and_label(egui::Role::Slider, "Timeline step").set_value_accesskit(0.0);
     h.step();
     h.step();
     assert_eq!(h.state().state.timeline, Some(0), "the timeline moved to step 1");
@@ -123,13 +139,19 @@ fn run_scrub_attention_export_and_reedit() {
     let maps = mirror_diffusion::app::export::attention_images(s);
     assert_eq!(maps.len(), 2, "reconstruction and translation maps");
     assert!(h.query_by_label("Mirror translation").is_some());
+    h.run_steps(2);
+    h.mask(egui::Rect::from_min_max(egui::pos2(0.0, 768.0), egui::pos2(1280.0, 800.0)));
+    h.snapshot("attention_view");
 
     // Snapshot of the main window after a run (Steps view, last step).
     h.get_by_label("Steps").click();
     h.step();
     h.state_mut().state.timeline = None;
     h.run_steps(4);
+    // The status bar shows timings (frame time, run seconds): not part of the picture.
+    h.mask(egui::Rect::from_min_max(egui::pos2(0.0, 768.0), egui::pos2(1280.0, 800.0)));
     h.snapshot("main_window_after_run");
+    h.state_mut().state.export_dir = export_dir;
 
     // Ctrl+S exports everything; the PNG carries its recipe.
     h.key_press_modifiers(Modifiers::COMMAND, Key::S);
@@ -172,7 +194,7 @@ fn run_scrub_attention_export_and_reedit() {
     assert!(s.notes.iter().any(|n| n.contains("reusing the cached inversion")));
 
     // Opening a Mirror PNG (here by drop) restores its recipe.
-    h.input_mut().dropped_files.push(egui::DroppedFile { path: Some(png), ..Default::default() });
+    h.input_mut().dropped_files.push(std::sync::Arc::new(PathFile(png)));
     h.run_steps(2);
     let s = &h.state().state;
     assert_eq!(s.target_prompt, "a photo of a dog", "recipe restored");
@@ -184,7 +206,7 @@ fn cancel_midway_keeps_the_steps_done() {
     let mut h = harness(options("cancel", 30));
     ready(&mut h);
     type_prompts(&mut h, "a photo of a cat", "a photo of a dog");
-    h.get_by_label("▶ Run").click();
+    h.get_by_label("Run").click();
     step_until(&mut h, "the first steps", 120, |s| s.frames.len() >= 2);
     h.key_press(Key::Escape);
     step_until(&mut h, "the run to stop", 60, |s| !s.progress.running);
@@ -194,7 +216,7 @@ fn cancel_midway_keeps_the_steps_done() {
     assert!(s.frames.len() < 30, "stopped early ({} steps)", s.frames.len());
     assert!(s.errors.is_empty(), "cancelling is not an error");
     // The app stays usable: the Run button is enabled again.
-    assert!(h.query_by_label("▶ Run").is_some());
+    assert!(h.query_by_label("Run").is_some());
 }
 
 #[test]

@@ -102,7 +102,7 @@ impl MirrorApp {
         self.state.run.apply_recipe(r);
         self.state.resize = r.resize;
         self.state.note(format!(
-            "{name} was made by Mirror: its recipe is restored (\"{}\" → \"{}\", {} steps, seed {}).",
+            "{name} was made by Mirror: its recipe is restored (\"{}\" to \"{}\", {} steps, seed {}).",
             r.source_prompt, r.target_prompt, r.steps, r.seed
         ));
         self.state.emit("recipe_restored");

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 pub use options::AppOptions;
 
-use crate::worker::{Command, Worker, WorkerEvent};
+use crate::worker::{Worker, WorkerEvent};
 use settings::Settings;
 use state::AppState;
 use textures::Textures;
@@ -193,10 +193,15 @@ impl MirrorApp {
             self.pending.push(Action::Cancel);
         }
         for file in dropped {
-            if let Some(path) = file.path {
-                self.pending.push(Action::LoadImage(path));
-            } else if let Some(bytes) = file.bytes {
-                self.pending.push(Action::LoadImageBytes { bytes: bytes.to_vec(), name: file.name });
+            let path = file.path();
+            if path.is_file() {
+                self.pending.push(Action::LoadImage(path.to_path_buf()));
+            } else {
+                let name = path.file_name().map_or("dropped image".into(), |n| n.to_string_lossy().into_owned());
+                match file.bytes() {
+                    Ok(bytes) => self.pending.push(Action::LoadImageBytes { bytes, name }),
+                    Err(e) => self.state.error(format!("Could not read the dropped file {name}: {e}")),
+                }
             }
         }
         // A paste outside a text field: a file path, or an image on the clipboard.

@@ -76,7 +76,7 @@ fn word_row(ui: &mut Ui, title: &str, tokens: &[TokenWord], state: &mut AppState
             let selected = state.attention.token.as_ref().is_some_and(|(k, w)| *k == index && *w == t.text);
             let r = ui.selectable_label(selected, &t.text);
             let label = format!("{kind} word {}", t.text);
-            r.widget_info(|| egui::WidgetInfo::selected(egui::WidgetType::Button, true, selected, &label));
+            r.widget_info(|| egui::WidgetInfo::selected(egui::Role::Button, true, selected, &label));
             if r.clicked() {
                 state.attention.token = Some((index, t.text.clone()));
                 state.view = crate::app::state::View::Attention;

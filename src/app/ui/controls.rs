@@ -50,7 +50,7 @@ fn image_section(ui: &mut Ui, state: &mut AppState, tex: &mut Textures, actions:
     if let Some(m) = state.model_ready() {
         match plan_size((w, h), None, m.default_side, m.size_multiple) {
             Ok(target) => {
-                ui.label(RichText::new(describe_resize((w, h), target, state.resize)).weak());
+                ui.label(RichText::new(describe_resize((w, h), target, state.resize).replace(" → ", " -> ")).weak());
             }
             Err(e) => {
                 ui.label(RichText::new(e.to_string()).color(super::style::ERROR));
@@ -80,9 +80,9 @@ fn prompt_section(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) 
             ui.label(RichText::new("The prompts are the same: nothing to edit.").color(super::style::ERROR));
         }
         Ok(p) => {
-            let show = |s: &str| if s.is_empty() { "∅".to_string() } else { format!("“{s}”") };
+            let show = |s: &str| if s.is_empty() { "(nothing)".to_string() } else { format!("“{s}”") };
             ui.label(
-                RichText::new(format!("Edit: {} → {}", show(&p.source), show(&p.target))).color(super::style::ACCENT),
+                RichText::new(format!("Edit: {} into {}", show(&p.source), show(&p.target))).color(super::style::ACCENT),
             );
         }
         Err(_) => {
@@ -125,7 +125,7 @@ fn run_section(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) {
     let running = state.progress.running;
     ui.horizontal(|ui| {
         let can_run = !running && state.image.is_some();
-        let run = egui::Button::new(RichText::new("▶ Run").strong()).min_size(Vec2::new(90.0, 28.0));
+        let run = egui::Button::new(RichText::new("Run").strong()).min_size(Vec2::new(90.0, 28.0));
         if ui.add_enabled(can_run, run).on_hover_text("Ctrl+Enter").clicked() {
             actions.push(Action::Run);
         }

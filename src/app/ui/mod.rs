@@ -89,7 +89,7 @@ fn menu_bar(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) {
 fn error_modal(ctx: &egui::Context, state: &mut AppState) {
     let Some(message) = state.errors.first().cloned() else { return };
     let mut close = false;
-    egui::Modal::new(egui::Id::new("error")).show(ctx, |ui| {
+    egui::Modal::new(egui::Id::unique("mirror-error-dialog")).show(ctx, |ui| {
         ui.set_max_width(460.0);
         ui.heading(RichText::new("Something went wrong").color(style::ERROR));
         ui.add_space(6.0);

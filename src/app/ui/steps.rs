@@ -91,14 +91,14 @@ fn plots(ui: &mut Ui, state: &AppState) {
     if state.frames.is_empty() {
         return;
     }
-    let height = (ui.available_height() - 24.0).clamp(120.0, 260.0);
+    let height = (ui.available_height() - 40.0).clamp(120.0, 420.0);
     let width = ui.available_width() / 2.0 - 8.0;
     let shown = state.shown_step().unwrap_or(0) as f64 + 1.0;
     ui.horizontal(|ui| {
         ui.vertical(|ui| {
             ui.label(RichText::new("Mirror error per step (reconstruction vs inversion latent, lower is better)").small());
             Plot::new("mirror-error")
-                .legend(Legend::default())
+                .legend(Legend::default().position(egui_plot::Corner::LeftTop))
                 .height(height)
                 .width(width)
                 .x_axis_label("step")
@@ -115,13 +115,13 @@ fn plots(ui: &mut Ui, state: &AppState) {
                             .collect();
                         p.line(Line::new(branch.label(), pts).color(super::style::branch_colour(branch)).width(2.0));
                     }
-                    p.vline(egui_plot::VLine::new("shown step", shown).color(egui::Color32::from_gray(120)));
+                    p.vline(egui_plot::VLine::new("", shown).color(egui::Color32::from_gray(120)));
                 });
         });
         ui.vertical(|ui| {
             ui.label(RichText::new("Redescription loss (last Adam iteration of each step)").small());
             Plot::new("redescription-loss")
-                .legend(Legend::default())
+                .legend(Legend::default().position(egui_plot::Corner::LeftTop))
                 .height(height)
                 .width(width)
                 .x_axis_label("step")
@@ -133,7 +133,7 @@ fn plots(ui: &mut Ui, state: &AppState) {
                         .filter_map(|f| Some([f.step as f64 + 1.0, *f.redescription.last()?]))
                         .collect();
                     p.line(Line::new("redescription loss", pts).color(super::style::ACCENT).width(2.0));
-                    p.vline(egui_plot::VLine::new("shown step", shown).color(egui::Color32::from_gray(120)));
+                    p.vline(egui_plot::VLine::new("", shown).color(egui::Color32::from_gray(120)));
                 });
         });
     });
