@@ -235,8 +235,8 @@ impl eframe::App for MirrorApp {
         }
         self.persist(false);
         if self.state.progress.running || self.state.download.is_some() {
-            // The ETA ticks even between engine events.
-            ctx.request_repaint_after(Duration::from_millis(250));
+            // The ETA (and download progress, which comes without a wake-up) ticks between events.
+            ctx.request_repaint_after(Duration::from_secs(1));
         }
         self.state.frame_stats.record(started.elapsed(), self.state.progress.running);
     }

@@ -289,11 +289,12 @@ impl AppState {
         self.progress.running = false;
         self.progress.fraction = if summary.cancelled { self.progress.fraction } else { 1.0 };
         self.emit(&format!(
-            "finished cancelled={} steps={} reused_inversion={} seconds={:.2} frame_ms_mean={:.2} frame_ms_max={:.2}",
+            "finished cancelled={} steps={} reused_inversion={} seconds={:.2} frames={} frame_ms_mean={:.2} frame_ms_max={:.2}",
             summary.cancelled,
             summary.steps_done,
             summary.reused_inversion,
             summary.seconds,
+            self.frame_stats.run_frames,
             self.frame_stats.run_mean_ms(),
             self.frame_stats.run_max.as_secs_f64() * 1000.0
         ));

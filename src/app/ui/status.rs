@@ -12,7 +12,7 @@ pub fn status_bar(ui: &mut Ui, state: &AppState) {
             let eta = state.eta().map_or(String::new(), |s| format!(" · about {} left", fmt_secs(s)));
             let steps = if p.phase_steps > 0 { format!(" {}/{}", p.phase_step, p.phase_steps) } else { String::new() };
             let text = if p.cancel_requested { "cancelling…".to_string() } else { format!("{phase}{steps}{eta}") };
-            ui.add(egui::ProgressBar::new(p.fraction).desired_width(320.0).text(text).animate(true));
+            ui.add(egui::ProgressBar::new(p.fraction).desired_width(320.0).text(text));
         } else if let Some(note) = state.notes.last() {
             ui.label(RichText::new(note).weak());
         } else {
