@@ -7,6 +7,8 @@
 //! input gradient only, with a regular (fast) convolution. Without a gradient they are the
 //! plain candle ops.
 
+#[cfg(any(feature = "cuda", feature = "metal"))]
+use candle_core::backend::BackendStorage;
 use candle_core::op::BackpropOp;
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Result, Shape, Storage, Tensor};
 use candle_nn::VarBuilder;
