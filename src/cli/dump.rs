@@ -18,7 +18,7 @@ Dump (--dump RUN.safetensors), N = --steps; tensors present for the branches tha
   mirror.embeddings         [N, 1, 77, D]      redescribed caption C*_i per step
   mirror.rec_latents        [N, 1, 4, h, w]    reconstruction branch after each step
   mirror.edit_latents       [N, 1, 4, h, w]    translation branch after each step
-  mirror.edit_guided        [N, 1, 4, h, w]    translation latent after attention guidance
+  mirror.edit_guided        [N, 2, 4, h, w]    translation latent pair (uncond, cond) after attention guidance
   mirror.inner_losses       [N, K]             redescription loss per Adam iteration (NaN after early stop)
   mirror.guidance_loss      [N]                attention-guidance loss
   ddim.rec_latents          [N, 1, 4, h, w]    plain DDIM reconstruction

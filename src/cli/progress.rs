@@ -34,7 +34,8 @@ impl Progress {
                 if self.tty {
                     self.draw(0, steps, "");
                 } else if steps > 0 {
-                    eprintln!("{} ({steps} steps)", phase.label());
+                    let unit = if phase == Phase::Decode { "images" } else { "steps" };
+                    eprintln!("{} ({steps} {unit})", phase.label());
                 } else {
                     eprintln!("{}", phase.label());
                 }
