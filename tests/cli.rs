@@ -294,3 +294,45 @@ fn usage_errors_exit_non_zero() {
     assert_ok(&o);
     assert!(String::from_utf8_lossy(&o.stdout).contains(env!("CARGO_PKG_VERSION")));
 }
+
+/// Ctrl-C during the step loop: exit code 130, nothing written (not even a temp file).
+#[cfg(unix)]
+#[test]
+fn interrupt_cancels_and_writes_nothing() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let env = Env::new("interrupt");
+    let (model, image, source) = (env.model(), env.image(), env.source_prompt());
+    let (out, dump) = (env.path("out.png"), env.path("run.safetensors"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mirror-diffusion"))
+        .args([
+            "translate", "--model", s(&model), "--image", s(&image), "--source", &source,
+            "--target", "a photo of a dog", "--out", s(&out), "--dump", s(&dump),
+            "--steps", "40", "--no-cache",
+        ])
+        .env("RAYON_NUM_THREADS", "1")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    // Without a terminal, each phase prints one line; interrupt once the step loop starts.
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let started = line.starts_with("redescribe");
+        seen.push(line);
+        if started {
+            break;
+        }
+    }
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    seen.extend(lines.map(|l| l.unwrap()));
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "stderr:\n{}", seen.join("\n"));
+    assert!(seen.iter().any(|l| l.contains("cancelled")), "{}", seen.join("\n"));
+    let left: Vec<_> = std::fs::read_dir(&env.dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "files written: {left:?}");
+}
