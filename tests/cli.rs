@@ -106,6 +106,13 @@ fn pixels(path: &Path) -> image::RgbImage {
     image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).to_rgb8()
 }
 
+/// Tile size on the comparison sheet: small images are enlarged by an integer factor so that
+/// labels fit in 128 pixels.
+fn sheet_tile((w, h): (u32, u32)) -> (u32, u32) {
+    let k = if w < 128 { 128u32.div_ceil(w) } else { 1 };
+    (w * k, h * k)
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -142,7 +149,7 @@ fn translate_writes_outputs_with_recipe_and_replays_identically() {
     assert!(!recipe.model_hash.is_empty() && !recipe.image_hash.is_empty());
 
     // source | Mirror rec | Mirror edit | DDIM rec | DDIM edit, labelled.
-    let (w, h) = source.dimensions();
+    let (w, h) = sheet_tile(source.dimensions());
     assert_eq!(pixels(&sheet).dimensions(), (5 * w + 4 * SHEET_GAP, h + SHEET_LABEL_HEIGHT));
 
     let tensors = candle_core::safetensors::load(&dump, &Device::Cpu).unwrap();
@@ -176,7 +183,7 @@ fn ddim_method_sheet_has_only_its_tiles() {
     let (out, sheet) = (env.path("out.png"), env.path("sheet.png"));
     let o = env.translate(&out, &["--method", "ddim", "--comparison", s(&sheet), "--no-cache"]);
     assert_ok(&o);
-    let (w, h) = pixels(&env.image()).dimensions();
+    let (w, h) = sheet_tile(pixels(&env.image()).dimensions());
     assert_eq!(pixels(&sheet).dimensions(), (3 * w + 2 * SHEET_GAP, h + SHEET_LABEL_HEIGHT));
     assert_eq!(read_recipe(&out).unwrap().unwrap().method, "ddim");
 }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use candle_core::Tensor;
-use image::RgbImage;
+use image::{RgbImage, imageops};
 
 use crate::engine::imageio::{Recipe, comparison_sheet, save_png_with_recipe, tensor_to_image};
 use crate::engine::pipeline::Branch;
@@ -80,7 +80,29 @@ pub fn comparison_tiles(
     Ok(tiles)
 }
 
+/// Tiles narrower than this are enlarged (nearest neighbour, integer factor) so that the
+/// labels stay legible on small models' images.
+pub const MIN_TILE_WIDTH: u32 = 128;
+
+/// The integer enlargement applied to tiles of width `width`.
+pub fn tile_scale(width: u32) -> u32 {
+    if width == 0 || width >= MIN_TILE_WIDTH { 1 } else { MIN_TILE_WIDTH.div_ceil(width) }
+}
+
 pub fn save_comparison(tiles: &[(String, RgbImage)], recipe: &Recipe, path: &Path) -> Result<()> {
-    save_png_with_recipe(&comparison_sheet(tiles), Some(recipe), path)?;
+    let narrowest = tiles.iter().map(|(_, t)| t.width()).min().unwrap_or(0);
+    let k = tile_scale(narrowest);
+    let tiles: Vec<(String, RgbImage)> = tiles
+        .iter()
+        .map(|(label, t)| {
+            let t = if k == 1 {
+                t.clone()
+            } else {
+                imageops::resize(t, t.width() * k, t.height() * k, imageops::FilterType::Nearest)
+            };
+            (label.clone(), t)
+        })
+        .collect();
+    save_png_with_recipe(&comparison_sheet(&tiles), Some(recipe), path)?;
     Ok(())
 }

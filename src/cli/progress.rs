@@ -31,16 +31,18 @@ impl Progress {
                 self.end_line();
                 self.phase = Some(phase);
                 self.phase_started = Instant::now();
-                if self.tty {
+                // Decoding has no per-image events: a line, not a bar.
+                if self.tty && phase != Phase::Decode {
                     self.draw(0, steps, "");
                 } else if steps > 0 {
                     let unit = if phase == Phase::Decode { "images" } else { "steps" };
-                    eprintln!("{} ({steps} {unit})", phase.label());
+                    eprintln!("{:>10} ({steps} {unit})", phase.label());
                 } else {
-                    eprintln!("{}", phase.label());
+                    eprintln!("{:>10}", phase.label());
                 }
             }
-            Event::Inversion { step, total, .. } => self.draw(step + 1, total, ""),
+            // `step` counts the inversion steps done.
+            Event::Inversion { step, total, .. } => self.draw(step, total, ""),
             Event::Direction { done, total } => {
                 if self.tty {
                     self.end_line();
