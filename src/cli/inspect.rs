@@ -86,7 +86,7 @@ fn print_single_file(file: &Path, configs_dir: &Path) -> Result<()> {
                 None => dtypes.push((*dtype, count)),
             }
         }
-        dtypes.sort_by(|a, b| b.1.cmp(&a.1));
+        dtypes.sort_by_key(|d| std::cmp::Reverse(d.1));
         let dtypes: Vec<String> = dtypes.iter().map(|(d, n)| format!("{d:?} ({n})")).collect();
         println!("  {name}:");
         println!("    config: {}", config.display());

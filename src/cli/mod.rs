@@ -73,11 +73,11 @@ where
         }
     };
     // Before anything starts a thread pool: candle and rayon read it once.
-    if let Command::Translate(args) = &cli.command {
-        if let Some(threads) = args.threads {
-            // SAFETY: no other thread exists yet.
-            unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.max(1).to_string()) };
-        }
+    if let Command::Translate(args) = &cli.command
+        && let Some(threads) = args.threads
+    {
+        // SAFETY: no other thread exists yet.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.max(1).to_string()) };
     }
     init_logging();
     let result = match cli.command {

@@ -52,10 +52,8 @@ impl Progress {
             }
             Event::Step(report) => {
                 let mut detail = String::new();
-                if let Some(r) = &report.redescription {
-                    if let Some(loss) = r.losses.last() {
-                        detail.push_str(&format!("  redescribe loss {loss:.3e}"));
-                    }
+                if let Some(loss) = report.redescription.as_ref().and_then(|r| r.losses.last()) {
+                    detail.push_str(&format!("  redescribe loss {loss:.3e}"));
                 }
                 if let Some(g) = &report.guidance {
                     detail.push_str(&format!("  guidance loss {:.3e}", g.loss));
@@ -86,15 +84,15 @@ impl Progress {
             return;
         }
         let label = self.phase.map(|p| p.label()).unwrap_or("");
-        let line = if total == 0 {
-            format!("{label:>10}")
-        } else {
-            let filled = (done * BAR_WIDTH / total).min(BAR_WIDTH);
+        let line = if let Some(share) = (done * BAR_WIDTH).checked_div(total) {
+            let filled = share.min(BAR_WIDTH);
             let bar = format!("{}{}", "#".repeat(filled), "-".repeat(BAR_WIDTH - filled));
             let eta = eta(self.phase_started.elapsed(), done, total)
                 .map(|d| format!("  ETA {}", clock(d)))
                 .unwrap_or_default();
             format!("{label:>10} [{bar}] {done}/{total}{eta}{detail}")
+        } else {
+            format!("{label:>10}")
         };
         let _ = write!(std::io::stderr(), "\r\x1b[2K{line}");
         let _ = std::io::stderr().flush();
