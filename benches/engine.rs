@@ -2,7 +2,7 @@
 //! `../shared/tools/oracle/bench_torch.py` (SD 1.5-size UNet / VAE / CLIP with random weights
 //! made here, the tiny fixture UNet), plus whole translation runs.
 //!
-//!     cargo bench --bench engine -- [--quick] [--only unet_full,unet_tiny,vae_full,clip_full,translate] [--out FILE]
+//!     cargo bench --bench engine -- [--quick] [--only unet_full,unet_tiny,vae_full,clip_full,translate,translate_full] [--skip CASE,..] [--out FILE]
 //!
 //! Each case runs in its own process (`--case NAME`) so that its peak RSS is its own. Threads:
 //! `RAYON_NUM_THREADS` if set, else 2 (as the PyTorch side's `torch.set_num_threads(2)`).
@@ -282,10 +282,11 @@ fn main() {
         return;
     }
     let only = flag("--only").map(|s| s.split(',').map(String::from).collect());
+    let skip: Vec<String> = flag("--skip").map(|s| s.split(',').map(String::from).collect()).unwrap_or_default();
     let out = flag("--out").unwrap_or_else(|| "target/mirror-bench.json".into());
     let exe = std::env::current_exe().unwrap();
     let mut results = Vec::new();
-    for case in all_cases(&only) {
+    for case in all_cases(&only).into_iter().filter(|c| !skip.contains(c)) {
         let t0 = Instant::now();
         let mut cmd = Command::new(&exe);
         cmd.args(["--case", &case]);
