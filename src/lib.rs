@@ -2,3 +2,4 @@
 pub mod engine;
 pub mod app;
 pub mod worker;
+pub mod cli;

@@ -1,13 +1,18 @@
 //! `mirror-diffusion` opens the Mirror app; `mirror-diffusion <subcommand> …` runs the CLI.
 
-fn main() -> std::process::ExitCode {
-    // A subcommand (anything but an empty command line) goes to the CLI once it exists;
-    // until then the app starts.
-    match mirror_diffusion::app::run_native() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("mirror: could not open the window: {e}");
-            std::process::ExitCode::FAILURE
-        }
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    if args.is_empty() {
+        return match mirror_diffusion::app::run_native() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mirror: could not open the window: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
+    // Subcommands, --help/--version, and anything unknown (clap explains the usage error).
+    mirror_diffusion::cli::main()
 }

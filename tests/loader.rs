@@ -37,29 +37,11 @@ impl Drop for TempDir {
     }
 }
 
-/// Copies a folder tree, making the copies writable (the fixtures are read-only).
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-            let mut perms = std::fs::metadata(&target).unwrap().permissions();
-            #[allow(clippy::permissions_set_readonly_false)]
-            perms.set_readonly(false);
-            std::fs::set_permissions(&target, perms).unwrap();
-        }
-    }
-}
-
 fn fixture_copy(tag: &str) -> (TempDir, PathBuf) {
     let fx = common::Fixtures::load();
     let tmp = TempDir::new(tag);
     let model = tmp.0.join("model");
-    copy_tree(&fx.model_dir(), &model);
+    common::copy_tree(&fx.model_dir(), &model);
     (tmp, model)
 }
 

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 use common::Fixtures;
@@ -16,23 +16,6 @@ fn temp_dir(tag: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-            let mut perms = std::fs::metadata(&target).unwrap().permissions();
-            #[allow(clippy::permissions_set_readonly_false)]
-            perms.set_readonly(false);
-            std::fs::set_permissions(&target, perms).unwrap();
-        }
-    }
 }
 
 fn outputs(sd: &StableDiffusion, fx: &Fixtures) -> Vec<Tensor> {
@@ -73,7 +56,7 @@ fn single_file_checkpoint_gives_identical_outputs() {
 fn broken_models_give_typed_errors_naming_the_file() {
     let fx = Fixtures::load();
     let dir = temp_dir("broken");
-    copy_dir(&fx.model_dir(), &dir);
+    common::copy_tree(&fx.model_dir(), &dir);
     // Wrong type in the UNet config.
     let cfg_path = dir.join("unet/config.json");
     let text = std::fs::read_to_string(&cfg_path).unwrap();

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 use sha2::{Digest, Sha256};
 
 use crate::engine::clip::{ClipTextConfig, ClipTextTransformer};
@@ -61,78 +62,56 @@ impl StableDiffusion {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| path.display().to_string());
-        match open_model_source(path)? {
+        let (parts, kind, files) = match open_model_source(path)? {
             ModelSource::Diffusers(folder) => {
-                let tokenizer = ClipTokenizer::from_dir(&folder.tokenizer_dir)?;
-                let text_cfg = ClipTextConfig::from_file(&folder.text_encoder.config)?;
                 let text_weights = folder.text_encoder.open_weights()?;
-                let text_vb = text_weights.var_builder_mapped(
-                    Arc::new(ldm_names::diffusers_text_encoder_map()),
-                    dtype,
-                    device,
-                );
-                let text_encoder = ClipTextTransformer::new(text_vb, &text_cfg)
-                    .map_err(|e| weight_error(text_weights.label(), e))?;
-                let unet_cfg = UNetConfig::from_file(&folder.unet.config)?;
                 let unet_weights = folder.unet.open_weights()?;
-                let unet = UNet2DConditionModel::new(unet_weights.var_builder(dtype, device), &unet_cfg)
-                    .map_err(|e| weight_error(unet_weights.label(), e))?;
-                let vae_cfg = VaeConfig::from_file(&folder.vae.config)?;
                 let vae_weights = folder.vae.open_weights()?;
-                let vae = AutoencoderKL::new(vae_weights.var_builder(dtype, device), &vae_cfg)
-                    .map_err(|e| weight_error(vae_weights.label(), e))?;
-                let scheduler = DdimScheduler::from_file(&folder.scheduler_config)?;
+                let configs = CheckpointConfigs {
+                    unet_config: folder.unet.config.clone(),
+                    vae_config: folder.vae.config.clone(),
+                    text_encoder_config: folder.text_encoder.config.clone(),
+                    scheduler_config: folder.scheduler_config.clone(),
+                    tokenizer_dir: folder.tokenizer_dir.clone(),
+                };
+                let text_map = Arc::new(ldm_names::diffusers_text_encoder_map());
+                let parts = build(
+                    &configs,
+                    (text_weights.var_builder_mapped(text_map, dtype, device), text_weights.label()),
+                    (unet_weights.var_builder(dtype, device), unet_weights.label()),
+                    (vae_weights.var_builder(dtype, device), vae_weights.label()),
+                )?;
                 let mut files = text_weights.files().to_vec();
                 files.extend_from_slice(unet_weights.files());
                 files.extend_from_slice(vae_weights.files());
-                let tokenizer = tokenizer.with_max_length(text_cfg.max_position_embeddings)?;
-                Ok(Self {
-                    tokenizer,
-                    text_encoder,
-                    unet,
-                    vae,
-                    scheduler,
-                    device: device.clone(),
-                    info: ModelInfo {
-                        name,
-                        path: path.to_path_buf(),
-                        kind: "diffusers folder",
-                        fingerprint: fingerprint(&files)?,
-                    },
-                })
+                (parts, "diffusers folder", files)
             }
             ModelSource::SingleFile(file) => {
                 let ckpt = SingleFileCheckpoint::open(&file, single_file_configs)?;
-                let cfg = ckpt.configs().clone();
-                let text_cfg = ClipTextConfig::from_file(&cfg.text_encoder_config)?;
-                let tokenizer = ClipTokenizer::from_dir(&cfg.tokenizer_dir)?
-                    .with_max_length(text_cfg.max_position_embeddings)?;
-                let text_encoder =
-                    ClipTextTransformer::new(ckpt.text_encoder_vb(dtype, device), &text_cfg)
-                        .map_err(|e| weight_error(&file, e))?;
-                let unet_cfg = UNetConfig::from_file(&cfg.unet_config)?;
-                let unet = UNet2DConditionModel::new(ckpt.unet_vb(dtype, device), &unet_cfg)
-                    .map_err(|e| weight_error(&file, e))?;
-                let vae_cfg = VaeConfig::from_file(&cfg.vae_config)?;
-                let vae = AutoencoderKL::new(ckpt.vae_vb(dtype, device), &vae_cfg)
-                    .map_err(|e| weight_error(&file, e))?;
-                let scheduler = DdimScheduler::from_file(&cfg.scheduler_config)?;
-                Ok(Self {
-                    tokenizer,
-                    text_encoder,
-                    unet,
-                    vae,
-                    scheduler,
-                    device: device.clone(),
-                    info: ModelInfo {
-                        name,
-                        path: path.to_path_buf(),
-                        kind: "single-file checkpoint",
-                        fingerprint: fingerprint(std::slice::from_ref(&file))?,
-                    },
-                })
+                let parts = build(
+                    ckpt.configs(),
+                    (ckpt.text_encoder_vb(dtype, device), &file),
+                    (ckpt.unet_vb(dtype, device), &file),
+                    (ckpt.vae_vb(dtype, device), &file),
+                )?;
+                (parts, "single-file checkpoint", vec![file])
             }
-        }
+        };
+        let (tokenizer, text_encoder, unet, vae, scheduler) = parts;
+        Ok(Self {
+            tokenizer,
+            text_encoder,
+            unet,
+            vae,
+            scheduler,
+            device: device.clone(),
+            info: ModelInfo {
+                name,
+                path: path.to_path_buf(),
+                kind,
+                fingerprint: fingerprint(&files)?,
+            },
+        })
     }
 
     /// Token ids of prompts, padded to the text encoder's length: [B, 77] u32.
@@ -185,6 +164,27 @@ impl StableDiffusion {
         let factor = self.latent_factor();
         self.unet.check_latent_size(height / factor, width / factor)
     }
+}
+
+type Parts = (ClipTokenizer, ClipTextTransformer, UNet2DConditionModel, AutoencoderKL, DdimScheduler);
+
+/// Builds every component from its config and weights; weight errors name `file`.
+fn build(
+    configs: &CheckpointConfigs,
+    text: (VarBuilder, &Path),
+    unet: (VarBuilder, &Path),
+    vae: (VarBuilder, &Path),
+) -> Result<Parts> {
+    let text_cfg = ClipTextConfig::from_file(&configs.text_encoder_config)?;
+    let tokenizer = ClipTokenizer::from_dir(&configs.tokenizer_dir)?
+        .with_max_length(text_cfg.max_position_embeddings)?;
+    let text_encoder = ClipTextTransformer::new(text.0, &text_cfg).map_err(|e| weight_error(text.1, e))?;
+    let unet_cfg = UNetConfig::from_file(&configs.unet_config)?;
+    let unet_model = UNet2DConditionModel::new(unet.0, &unet_cfg).map_err(|e| weight_error(unet.1, e))?;
+    let vae_cfg = VaeConfig::from_file(&configs.vae_config)?;
+    let vae_model = AutoencoderKL::new(vae.0, &vae_cfg).map_err(|e| weight_error(vae.1, e))?;
+    let scheduler = DdimScheduler::from_file(&configs.scheduler_config)?;
+    Ok((tokenizer, text_encoder, unet_model, vae_model, scheduler))
 }
 
 /// Hash of each file's safetensors header plus 64 KiB samples at 16 evenly spaced offsets:

@@ -120,3 +120,21 @@ pub fn assert_tensor_close(label: &str, expected: &Tensor, actual: &Tensor, atol
     eprintln!("{label}: max abs error {max_err:.3e} (atol {limit:.3e})");
     max_err
 }
+
+/// Copies a folder tree, making the copies writable (the fixtures are read-only).
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+            let mut perms = std::fs::metadata(&target).unwrap().permissions();
+            #[allow(clippy::permissions_set_readonly_false)]
+            perms.set_readonly(false);
+            std::fs::set_permissions(&target, perms).unwrap();
+        }
+    }
+}

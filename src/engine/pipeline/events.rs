@@ -119,7 +119,7 @@ pub struct StepReport {
 pub enum Event {
     /// A phase begins; `steps` is its number of steps (0 when it has none).
     Phase { phase: Phase, steps: usize },
-    /// One inversion step done.
+    /// Inversion steps done so far (`step` counts from 1, unlike `StepReport::step`).
     Inversion {
         step: usize,
         total: usize,

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, IndexOp, Tensor};
 use sha2::{Digest, Sha256};
 
+use crate::engine::direction::EditDirection;
 use crate::engine::pipeline::stages::{InversionGrid, Trajectory};
 use crate::engine::{EngineError, Result};
 
@@ -61,15 +62,19 @@ pub struct InversionCache {
     clock: u64,
     capacity: usize,
     dir: Option<PathBuf>,
+    directions: HashMap<String, EditDirection>,
 }
 
 impl InversionCache {
     pub fn new(dir: Option<PathBuf>) -> Self {
-        Self { entries: HashMap::new(), clock: 0, capacity: 4, dir }
+        Self { entries: HashMap::new(), clock: 0, capacity: 4, dir, directions: HashMap::new() }
     }
 
-    /// The platform cache folder (`~/.cache/mirror` on Linux).
+    /// `$MIRROR_CACHE`, else the platform cache folder (`~/.cache/mirror` on Linux).
     pub fn default_dir() -> Option<PathBuf> {
+        if let Some(dir) = std::env::var_os("MIRROR_CACHE") {
+            return Some(PathBuf::from(dir));
+        }
         directories::ProjectDirs::from("io.github", "mirror_diffusion", "Mirror")
             .map(|d| d.cache_dir().join("inversions"))
     }
@@ -101,6 +106,28 @@ impl InversionCache {
         self.remember(key, entry.clone());
         match self.file(key) {
             Some(file) => write_entry(&file, &entry),
+            None => Ok(()),
+        }
+    }
+
+    /// A cached edit direction (unscaled), from memory or disk.
+    pub fn get_direction(&mut self, key: &str, hidden_size: usize) -> Option<EditDirection> {
+        if let Some(d) = self.directions.get(key) {
+            return Some(d.clone());
+        }
+        let file = self.dir.as_ref()?.join(format!("direction-{key}.safetensors"));
+        let d = crate::engine::direction::load_direction(&file, hidden_size).ok()?;
+        self.directions.insert(key.to_string(), d.clone());
+        Some(d)
+    }
+
+    pub fn put_direction(&mut self, key: &str, direction: &EditDirection) -> Result<()> {
+        self.directions.insert(key.to_string(), direction.clone());
+        match &self.dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|source| EngineError::Io { path: dir.clone(), source })?;
+                crate::engine::direction::save_direction(direction, &[], &dir.join(format!("direction-{key}.safetensors")))
+            }
             None => Ok(()),
         }
     }

@@ -2,7 +2,9 @@
 //! stride-2 `Downsample2D`, the nearest-neighbour `Upsample2D`, and the encoder/decoder blocks.
 
 use candle_core::{D, Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, VarBuilder, conv2d};
+use candle_nn::{GroupNorm, VarBuilder};
+
+use crate::engine::nn::{Conv2d, conv2d};
 
 use crate::engine::nn::group_norm;
 
@@ -45,12 +47,7 @@ fn conv3x3(
     stride: usize,
     padding: usize,
 ) -> Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding,
-        stride,
-        ..Default::default()
-    };
-    conv2d(in_c, out_c, 3, cfg, vb)
+    conv2d(in_c, out_c, 3, padding, stride, vb)
 }
 
 /// Settings shared by every block of one VAE.
@@ -74,13 +71,7 @@ pub struct ResnetBlock2D {
 impl ResnetBlock2D {
     pub fn new(vb: VarBuilder, in_c: usize, out_c: usize, s: BlockSettings) -> Result<Self> {
         let conv_shortcut = if in_c != out_c {
-            Some(conv2d(
-                in_c,
-                out_c,
-                1,
-                Default::default(),
-                vb.pp("conv_shortcut"),
-            )?)
+            Some(conv2d(in_c, out_c, 1, 0, 1, vb.pp("conv_shortcut"))?)
         } else {
             None
         };

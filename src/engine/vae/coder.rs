@@ -1,7 +1,9 @@
 //! diffusers `Encoder` and `Decoder` (norm_type "group", no time embedding).
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, VarBuilder, conv2d};
+use candle_nn::{GroupNorm, VarBuilder};
+
+use crate::engine::nn::{Conv2d, conv2d};
 
 use super::attention::MidBlock;
 use super::blocks::{
@@ -11,11 +13,7 @@ use super::config::VaeConfig;
 use crate::engine::nn::group_norm;
 
 fn conv3x3(vb: VarBuilder, in_c: usize, out_c: usize) -> Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding: 1,
-        ..Default::default()
-    };
-    conv2d(in_c, out_c, 3, cfg, vb)
+    conv2d(in_c, out_c, 3, 1, 1, vb)
 }
 
 fn settings(cfg: &VaeConfig) -> Result<BlockSettings> {

@@ -13,7 +13,9 @@ pub mod gaussian;
 use std::path::Path;
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, VarBuilder, conv2d};
+use candle_nn::VarBuilder;
+
+use crate::engine::nn::{Conv2d, conv2d};
 
 pub use coder::{Decoder, Encoder};
 pub use config::VaeConfig;
@@ -35,25 +37,13 @@ impl AutoencoderKL {
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let moments = 2 * cfg.latent_channels;
         let quant_conv = if cfg.use_quant_conv {
-            Some(conv2d(
-                moments,
-                moments,
-                1,
-                Default::default(),
-                vb.pp("quant_conv"),
-            )?)
+            Some(conv2d(moments, moments, 1, 0, 1, vb.pp("quant_conv"))?)
         } else {
             None
         };
         let post_quant_conv = if cfg.use_post_quant_conv {
             let c = cfg.latent_channels;
-            Some(conv2d(
-                c,
-                c,
-                1,
-                Default::default(),
-                vb.pp("post_quant_conv"),
-            )?)
+            Some(conv2d(c, c, 1, 0, 1, vb.pp("post_quant_conv"))?)
         } else {
             None
         };

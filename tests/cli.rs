@@ -1,0 +1,345 @@
+//! The `mirror-diffusion` binary on the tiny fixture model: translate (outputs, recipe,
+//! comparison sheet, dump), recipe replay, inspect, convert, and clear failures.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::Device;
+use mirror_diffusion::engine::imageio::{SHEET_GAP, SHEET_LABEL_HEIGHT, read_recipe};
+
+const STEPS: usize = 4;
+
+struct Env {
+    fx: common::Fixtures,
+    dir: PathBuf,
+}
+
+impl Env {
+    /// A fresh temp folder per test; the inversion cache lives inside it.
+    fn new(name: &str) -> Env {
+        let dir = std::env::temp_dir().join(format!("mirror-cli-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Env { fx: common::Fixtures::load(), dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn model(&self) -> PathBuf {
+        self.fx.model_dir()
+    }
+
+    fn image(&self) -> PathBuf {
+        let name = self.fx.fixture("vae")["png"]["test_image"].as_str().unwrap_or("test_image.png");
+        self.fx.root.join(name)
+    }
+
+    fn source_prompt(&self) -> String {
+        self.fx.settings("mirror_r_10")["source_prompt"]
+            .as_str()
+            .unwrap_or("a photo of a cat")
+            .to_string()
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_mirror-diffusion"))
+            .args(args)
+            .env("XDG_CACHE_HOME", self.path("cache"))
+            .env("RAYON_NUM_THREADS", "1")
+            .output()
+            .expect("the binary runs")
+    }
+
+    /// `translate` on the fixture model and image with `--steps 4`, plus `extra`.
+    fn translate(&self, out: &Path, extra: &[&str]) -> Output {
+        let (model, image, source) = (self.model(), self.image(), self.source_prompt());
+        let mut args = vec![
+            "translate",
+            "--model",
+            model.to_str().unwrap(),
+            "--image",
+            image.to_str().unwrap(),
+            "--source",
+            &source,
+            "--target",
+            "a photo of a dog",
+            "--out",
+            out.to_str().unwrap(),
+            "--steps",
+            "4",
+            "--threads",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        self.run(&args)
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn assert_ok(o: &Output) {
+    assert!(o.status.success(), "failed: {}\n{}", o.status, stderr(o));
+}
+
+/// Fails with exactly one `error: ` line that mentions `needle`.
+fn assert_fails_naming(o: &Output, needle: &str) {
+    assert!(!o.status.success(), "should have failed:\n{}", stderr(o));
+    let err = stderr(o);
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(lines.len(), 1, "one error line expected:\n{err}");
+    assert!(lines[0].contains(needle), "`{needle}` not in: {}", lines[0]);
+}
+
+fn pixels(path: &Path) -> image::RgbImage {
+    image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).to_rgb8()
+}
+
+/// Tile size on the comparison sheet: small images are enlarged by an integer factor so that
+/// labels fit in 128 pixels.
+fn sheet_tile((w, h): (u32, u32)) -> (u32, u32) {
+    let k = if w < 128 { 128u32.div_ceil(w) } else { 1 };
+    (w * k, h * k)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn translate_writes_outputs_with_recipe_and_replays_identically() {
+    let env = Env::new("translate");
+    let (out, rec, sheet, dump) =
+        (env.path("out.png"), env.path("rec.png"), env.path("sheet.png"), env.path("run.safetensors"));
+    let (ddim_rec, ddim_edit) = (env.path("ddim_rec.png"), env.path("ddim_edit.png"));
+    let o = env.translate(
+        &out,
+        &[
+            "--reconstruction", s(&rec), "--comparison", s(&sheet), "--dump", s(&dump),
+            "--ddim-out", s(&ddim_rec), s(&ddim_edit),
+        ],
+    );
+    assert_ok(&o);
+
+    let source = pixels(&env.image());
+    let translated = pixels(&out);
+    assert_eq!(translated.dimensions(), source.dimensions());
+    for p in [&rec, &ddim_rec, &ddim_edit] {
+        assert_eq!(pixels(p).dimensions(), source.dimensions(), "{}", p.display());
+    }
+
+    let recipe = read_recipe(&out).unwrap().expect("the output carries its recipe");
+    assert_eq!(recipe.method, "mirror");
+    assert_eq!(recipe.preset, "recommended");
+    assert_eq!(recipe.steps, STEPS);
+    assert_eq!(recipe.source_prompt, env.source_prompt());
+    assert_eq!(recipe.target_prompt, "a photo of a dog");
+    assert_eq!((recipe.width, recipe.height), source.dimensions());
+    assert!(!recipe.model_hash.is_empty() && !recipe.image_hash.is_empty());
+
+    // source | Mirror rec | Mirror edit | DDIM rec | DDIM edit, labelled.
+    let (w, h) = sheet_tile(source.dimensions());
+    assert_eq!(pixels(&sheet).dimensions(), (5 * w + 4 * SHEET_GAP, h + SHEET_LABEL_HEIGHT));
+
+    let tensors = candle_core::safetensors::load(&dump, &Device::Cpu).unwrap();
+    let first_dim = |name: &str| {
+        tensors.get(name).unwrap_or_else(|| panic!("dump lacks `{name}`")).dims()[0]
+    };
+    assert_eq!(first_dim("inversion.latents"), STEPS + 1);
+    for name in [
+        "mirror.embeddings", "mirror.rec_latents", "mirror.edit_latents", "mirror.edit_guided",
+        "mirror.inner_losses", "mirror.guidance_loss", "ddim.rec_latents", "ddim.edit_latents",
+    ] {
+        assert_eq!(first_dim(name), STEPS, "{name}");
+    }
+    assert!(tensors.contains_key("caption_embedding") && tensors.contains_key("edit_direction"));
+    assert_eq!(tensors["mirror.inner_losses"].dims()[1], 10);
+
+    // Replay from the PNG alone (prompts, steps, ... come from the recipe): same bytes.
+    let replay = env.path("replay.png");
+    let (model, image) = (env.model(), env.image());
+    let o = env.run(&[
+        "translate", "--model", s(&model), "--image", s(&image), "--recipe", s(&out),
+        "--out", s(&replay), "--no-cache",
+    ]);
+    assert_ok(&o);
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(&replay).unwrap(), "replay differs");
+}
+
+#[test]
+fn ddim_method_sheet_has_only_its_tiles() {
+    let env = Env::new("ddim");
+    let (out, sheet) = (env.path("out.png"), env.path("sheet.png"));
+    let o = env.translate(&out, &["--method", "ddim", "--comparison", s(&sheet), "--no-cache"]);
+    assert_ok(&o);
+    let (w, h) = sheet_tile(pixels(&env.image()).dimensions());
+    assert_eq!(pixels(&sheet).dimensions(), (3 * w + 2 * SHEET_GAP, h + SHEET_LABEL_HEIGHT));
+    assert_eq!(read_recipe(&out).unwrap().unwrap().method, "ddim");
+}
+
+#[test]
+fn inspect_prints_components_and_loads() {
+    let env = Env::new("inspect");
+    let o = env.run(&["inspect", s(&env.model())]);
+    assert_ok(&o);
+    let text = String::from_utf8_lossy(&o.stdout);
+    for needle in ["unet", "vae", "text_encoder", "tokenizer", "scheduler", "parameters", "loads: OK"] {
+        assert!(text.contains(needle), "`{needle}` missing:\n{text}");
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+fn unet_weights(model: &Path) -> PathBuf {
+    std::fs::read_dir(model.join("unet"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .expect("the fixture UNet has safetensors weights")
+}
+
+#[test]
+fn inspect_broken_model_fails_naming_the_file() {
+    let env = Env::new("broken");
+    let model = env.path("model");
+    copy_dir(&env.model(), &model);
+    let weights = unet_weights(&model);
+
+    // Truncated weights: the error names the file.
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    let o = env.run(&["inspect", s(&model)]);
+    assert_fails_naming(&o, &weights.file_name().unwrap().to_string_lossy());
+
+    // No weights at all: the error names the UNet folder.
+    std::fs::remove_file(&weights).unwrap();
+    let o = env.run(&["inspect", s(&model)]);
+    assert_fails_naming(&o, "unet");
+}
+
+#[test]
+fn unwritable_output_fails_before_loading() {
+    let env = Env::new("unwritable");
+    // A "folder" that is a file: nothing can be created under it.
+    let blocker = env.path("not-a-folder");
+    std::fs::write(&blocker, b"x").unwrap();
+    let out = blocker.join("out.png");
+    let o = env.translate(&out, &["--no-cache"]);
+    assert_fails_naming(&o, s(&out));
+    assert!(!stderr(&o).contains("model:"), "the model was loaded first:\n{}", stderr(&o));
+
+    // Same for a secondary output.
+    let o = env.translate(&env.path("ok.png"), &["--dump", s(&env.path("missing/run.safetensors"))]);
+    assert_fails_naming(&o, "missing");
+    assert!(!env.path("ok.png").exists());
+}
+
+#[test]
+fn missing_image_fails_clearly() {
+    let env = Env::new("missing");
+    let (model, image, out) = (env.model(), env.path("nope.png"), env.path("out.png"));
+    let o = env.run(&[
+        "translate", "--model", s(&model), "--image", s(&image), "--source", "a cat",
+        "--target", "a dog", "--out", s(&out),
+    ]);
+    assert_fails_naming(&o, s(&image));
+    assert!(!out.exists());
+}
+
+#[test]
+fn convert_then_translate_single_file_matches_folder() {
+    let env = Env::new("convert");
+    let ckpt = env.path("model.safetensors");
+    let model = env.model();
+    assert_ok(&env.run(&["convert", s(&model), s(&ckpt)]));
+    assert!(ckpt.is_file());
+
+    let o = env.run(&["inspect", s(&ckpt), "--configs", s(&model)]);
+    assert_ok(&o);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("loads: OK"));
+
+    let (from_folder, from_file) = (env.path("folder.png"), env.path("file.png"));
+    assert_ok(&env.translate(&from_folder, &["--no-cache", "--no-ddim"]));
+    let (image, source) = (env.image(), env.source_prompt());
+    let o = env.run(&[
+        "translate", "--model", s(&ckpt), "--configs", s(&model), "--image", s(&image),
+        "--source", &source, "--target", "a photo of a dog", "--out", s(&from_file),
+        "--steps", "4", "--no-cache", "--no-ddim",
+    ]);
+    assert_ok(&o);
+    assert_eq!(pixels(&from_folder), pixels(&from_file), "single file and folder differ");
+}
+
+#[test]
+fn usage_errors_exit_non_zero() {
+    let env = Env::new("usage");
+    let o = env.run(&["translate", "--model", "x"]);
+    assert!(!o.status.success());
+    let o = env.run(&["--version"]);
+    assert_ok(&o);
+    assert!(String::from_utf8_lossy(&o.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
+
+/// Ctrl-C during the step loop: exit code 130, nothing written (not even a temp file).
+#[cfg(unix)]
+#[test]
+fn interrupt_cancels_and_writes_nothing() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let env = Env::new("interrupt");
+    let (model, image, source) = (env.model(), env.image(), env.source_prompt());
+    let (out, dump) = (env.path("out.png"), env.path("run.safetensors"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mirror-diffusion"))
+        .args([
+            "translate", "--model", s(&model), "--image", s(&image), "--source", &source,
+            "--target", "a photo of a dog", "--out", s(&out), "--dump", s(&dump),
+            "--steps", "40", "--no-cache",
+        ])
+        .env("RAYON_NUM_THREADS", "1")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    // Without a terminal, each phase prints one line; interrupt once the step loop starts.
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let started = line.starts_with("redescribe");
+        seen.push(line);
+        if started {
+            break;
+        }
+    }
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    seen.extend(lines.map(|l| l.unwrap()));
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "stderr:\n{}", seen.join("\n"));
+    assert!(seen.iter().any(|l| l.contains("cancelled")), "{}", seen.join("\n"));
+    let left: Vec<_> = std::fs::read_dir(&env.dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "files written: {left:?}");
+}
