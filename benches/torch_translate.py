@@ -35,7 +35,7 @@ def tiny(steps):
     img = np.asarray(Image.open(os.path.join(model, "..", "tiny-sd-ref", "test_image.png")).convert("RGB"))
     x = torch.from_numpy(((img / 255.0 - 0.5) * 2).astype("float32")).permute(2, 0, 1)[None]
     times = []
-    for _ in range(2):
+    for _ in range(int(os.environ.get("RUNS", "1"))):
         t0 = time.perf_counter()
         with torch.no_grad():
             z0 = mr.vae_encode_mean(pipe.vae, x)[0] * mr.VAE_SCALE
