@@ -154,6 +154,22 @@ pub struct DownEncoderBlock2D {
     downsampler: Option<Downsample2D>,
 }
 
+/// `num_layers` resnets under `resnets.{j}`, the first taking `in_c` channels.
+fn resnet_stack(
+    vb: &VarBuilder,
+    in_c: usize,
+    out_c: usize,
+    num_layers: usize,
+    s: BlockSettings,
+) -> Result<Vec<ResnetBlock2D>> {
+    (0..num_layers)
+        .map(|j| {
+            let in_j = if j == 0 { in_c } else { out_c };
+            ResnetBlock2D::new(vb.pp("resnets").pp(j), in_j, out_c, s)
+        })
+        .collect()
+}
+
 impl DownEncoderBlock2D {
     pub fn new(
         vb: VarBuilder,
@@ -163,12 +179,7 @@ impl DownEncoderBlock2D {
         add_downsample: bool,
         s: BlockSettings,
     ) -> Result<Self> {
-        let resnets = (0..num_layers)
-            .map(|j| {
-                let in_j = if j == 0 { in_c } else { out_c };
-                ResnetBlock2D::new(vb.pp("resnets").pp(j), in_j, out_c, s)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let resnets = resnet_stack(&vb, in_c, out_c, num_layers, s)?;
         let downsampler = if add_downsample {
             Some(Downsample2D::new(vb.pp("downsamplers").pp(0), out_c)?)
         } else {
@@ -210,12 +221,7 @@ impl UpDecoderBlock2D {
         add_upsample: bool,
         s: BlockSettings,
     ) -> Result<Self> {
-        let resnets = (0..num_layers)
-            .map(|j| {
-                let in_j = if j == 0 { in_c } else { out_c };
-                ResnetBlock2D::new(vb.pp("resnets").pp(j), in_j, out_c, s)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let resnets = resnet_stack(&vb, in_c, out_c, num_layers, s)?;
         let upsampler = if add_upsample {
             Some(Upsample2D::new(vb.pp("upsamplers").pp(0), out_c)?)
         } else {
