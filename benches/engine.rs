@@ -14,7 +14,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use mirror_diffusion::engine::clip::{ClipTextConfig, ClipTextTransformer};
-use mirror_diffusion::engine::imageio::{ImageLimits, load_image, resize, ResizePolicy};
+use mirror_diffusion::engine::imageio::{ImageLimits, ResizePolicy, load_image, resize};
 use mirror_diffusion::engine::model::StableDiffusion;
 use mirror_diffusion::engine::pipeline::CancelToken;
 use mirror_diffusion::engine::session::{DirectionChoice, Session, TranslateRequest};
@@ -30,7 +30,11 @@ fn tiny_model() -> PathBuf {
 }
 
 fn sd_config(component: &str) -> PathBuf {
-    let file = if component == "scheduler" { "scheduler_config.json" } else { "config.json" };
+    let file = if component == "scheduler" {
+        "scheduler_config.json"
+    } else {
+        "config.json"
+    };
     root().join("assets/sd-v1").join(component).join(file)
 }
 
@@ -88,7 +92,11 @@ fn run_case(case: &str, quick: bool) -> serde_json::Value {
     let mut times = match kind {
         "unet_full" | "unet_tiny" => {
             let parts: Vec<&str> = rest.split(',').collect();
-            let (mode, hw, bs) = (parts[0], parts[1].parse::<usize>().unwrap(), parts[2].parse::<usize>().unwrap());
+            let (mode, hw, bs) = (
+                parts[0],
+                parts[1].parse::<usize>().unwrap(),
+                parts[2].parse::<usize>().unwrap(),
+            );
             let (_map, unet) = if kind == "unet_full" {
                 let cfg = UNetConfig::from_file(&sd_config("unet")).unwrap();
                 let (map, vb) = random_vb(0);
@@ -151,7 +159,11 @@ fn run_case(case: &str, quick: bool) -> serde_json::Value {
             let steps: usize = rest.parse().unwrap();
             let sd = StableDiffusion::load(&tiny_model(), &Device::Cpu).unwrap();
             let mut session = Session::new(sd, None);
-            let image = load_image(&root().join("../shared/fixtures/tiny-sd-ref/test_image.png"), &ImageLimits::default()).unwrap();
+            let image = load_image(
+                &root().join("../shared/fixtures/tiny-sd-ref/test_image.png"),
+                &ImageLimits::default(),
+            )
+            .unwrap();
             let mut req = TranslateRequest::new(image.rgb, "a photo of a cat", "a photo of a dog");
             req.steps = steps;
             req.compare_ddim = false;
@@ -196,13 +208,18 @@ fn run_case(case: &str, quick: bool) -> serde_json::Value {
 }
 
 /// Times inversion + K Mirror steps of an N-step run at SD 1.5 size (random weights).
-fn translate_full(n: usize, k: usize, extra: &mut serde_json::Map<String, serde_json::Value>) -> f64 {
+fn translate_full(
+    n: usize,
+    k: usize,
+    extra: &mut serde_json::Map<String, serde_json::Value>,
+) -> f64 {
     use mirror_diffusion::engine::methods::mirror::{self, MirrorSettings, MirrorState};
     use mirror_diffusion::engine::pipeline::stages::{self, InversionGrid, KlRegularizer};
     use mirror_diffusion::engine::scheduler::DdimScheduler;
     use mirror_diffusion::engine::tokenizer::ClipTokenizer;
     let (_m1, vb) = random_vb(0);
-    let unet = UNet2DConditionModel::new(vb, &UNetConfig::from_file(&sd_config("unet")).unwrap()).unwrap();
+    let unet =
+        UNet2DConditionModel::new(vb, &UNetConfig::from_file(&sd_config("unet")).unwrap()).unwrap();
     let (_m2, vb) = random_vb(1);
     let vae = AutoencoderKL::new(vb, &VaeConfig::from_file(&sd_config("vae")).unwrap()).unwrap();
     let (_m3, vb) = random_vb(2);
@@ -222,7 +239,11 @@ fn translate_full(n: usize, k: usize, extra: &mut serde_json::Map<String, serde_
             fingerprint: "random".into(),
         },
     };
-    let image = load_image(&root().join("../shared/fixtures/tiny-sd-ref/test_image.png"), &ImageLimits::default()).unwrap();
+    let image = load_image(
+        &root().join("../shared/fixtures/tiny-sd-ref/test_image.png"),
+        &ImageLimits::default(),
+    )
+    .unwrap();
     let image = resize(&image.rgb, (256, 256), ResizePolicy::Stretch);
     let t0 = Instant::now();
     let x = mirror_diffusion::engine::imageio::image_to_tensor(&image, &Device::Cpu).unwrap();
@@ -230,13 +251,24 @@ fn translate_full(n: usize, k: usize, extra: &mut serde_json::Map<String, serde_
     let caption = sd.encode_prompt("a photo of a cat").unwrap();
     let dir = (sd.encode_prompt("a photo of a dog").unwrap() - &caption).unwrap();
     let cancel = CancelToken::new();
-    let traj = stages::invert(&sd, &z0, &caption, n, InversionGrid::Consistent, Some(KlRegularizer::default()), &cancel, &mut |_| {}).unwrap();
+    let traj = stages::invert(
+        &sd,
+        &z0,
+        &caption,
+        n,
+        InversionGrid::Consistent,
+        Some(KlRegularizer::default()),
+        &cancel,
+        &mut |_| {},
+    )
+    .unwrap();
     let inversion_s = t0.elapsed().as_secs_f64();
     let settings = MirrorSettings::default();
     let mut state = MirrorState::start(&traj, &caption);
     let t1 = Instant::now();
     for i in 0..k {
-        let (next, _, _) = mirror::step(&sd, &settings, &traj, &dir, &state, i, false, &cancel).unwrap();
+        let (next, _, _) =
+            mirror::step(&sd, &settings, &traj, &dir, &state, i, false, &cancel).unwrap();
         state = next;
     }
     let per_step = t1.elapsed().as_secs_f64() / k as f64;
@@ -262,16 +294,34 @@ fn all_cases(only: &Option<Vec<String>>) -> Vec<String> {
         cases.push(format!("unet_tiny:fwd,16,{bs}"));
         cases.push(format!("unet_tiny:bwd,16,{bs}"));
     }
-    cases.extend(["vae_full:256", "vae_full:512", "clip_full:1", "clip_full:2", "translate:20", "translate_full:20,1"].map(String::from));
+    cases.extend(
+        [
+            "vae_full:256",
+            "vae_full:512",
+            "clip_full:1",
+            "clip_full:2",
+            "translate:20",
+            "translate_full:20,1",
+        ]
+        .map(String::from),
+    );
     match only {
-        Some(kinds) => cases.into_iter().filter(|c| kinds.iter().any(|k| c.split(':').next() == Some(k))).collect(),
+        Some(kinds) => cases
+            .into_iter()
+            .filter(|c| kinds.iter().any(|k| c.split(':').next() == Some(k)))
+            .collect(),
         None => cases,
     }
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     let quick = args.iter().any(|a| a == "--quick");
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         // SAFETY: set before any thread pool exists (single-threaded start of main).
@@ -282,7 +332,9 @@ fn main() {
         return;
     }
     let only = flag("--only").map(|s| s.split(',').map(String::from).collect());
-    let skip: Vec<String> = flag("--skip").map(|s| s.split(',').map(String::from).collect()).unwrap_or_default();
+    let skip: Vec<String> = flag("--skip")
+        .map(|s| s.split(',').map(String::from).collect())
+        .unwrap_or_default();
     let out = flag("--out").unwrap_or_else(|| "target/mirror-bench.json".into());
     let exe = std::env::current_exe().unwrap();
     let mut results = Vec::new();
@@ -296,7 +348,8 @@ fn main() {
         let output = cmd.output().expect("bench subprocess starts");
         let mut result: serde_json::Value = if output.status.success() {
             let text = String::from_utf8_lossy(&output.stdout);
-            serde_json::from_str(text.lines().last().unwrap_or("{}")).unwrap_or(serde_json::json!({"case": case}))
+            serde_json::from_str(text.lines().last().unwrap_or("{}"))
+                .unwrap_or(serde_json::json!({"case": case}))
         } else {
             let err = String::from_utf8_lossy(&output.stderr);
             serde_json::json!({"case": case, "error": err.lines().last().unwrap_or("failed")})

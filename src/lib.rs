@@ -1,5 +1,5 @@
 //! Mirror: zero-shot image translation with Stable Diffusion (MirrorDiffusion).
-pub mod engine;
 pub mod app;
-pub mod worker;
 pub mod cli;
+pub mod engine;
+pub mod worker;

@@ -11,18 +11,21 @@ use candle_core::{Device, Tensor};
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use image::RgbImage;
 
+use crate::engine::EngineError;
 use crate::engine::imageio::{latent_preview, tensor_to_image};
 use crate::engine::pipeline::{Branch, CancelToken, Event, Phase, StepReport, TokenHeatmaps};
 use crate::engine::session::{Session, TranslateRequest};
 use crate::engine::tokenizer::TokenWord;
-use crate::engine::EngineError;
 
 /// What the UI asks the worker to do.
 pub enum Command {
     LoadModel(PathBuf),
     Run(Box<TranslateRequest>),
     /// Prompt tokens for the attention-word picker (answered with `WorkerEvent::Tokens`).
-    Tokenize { source: String, target: String },
+    Tokenize {
+        source: String,
+        target: String,
+    },
     Shutdown,
 }
 
@@ -86,18 +89,39 @@ pub struct RunSummary {
 pub enum WorkerEvent {
     ModelLoading(PathBuf),
     ModelLoaded(ModelSummary),
-    ModelFailed { path: PathBuf, message: String },
-    Tokens { source: Vec<TokenWord>, target: Vec<TokenWord> },
-    RunStarted { reuses_inversion: bool },
-    Phase { phase: Phase, steps: usize },
-    Inversion { step: usize, total: usize },
-    Direction { done: usize, total: usize },
+    ModelFailed {
+        path: PathBuf,
+        message: String,
+    },
+    Tokens {
+        source: Vec<TokenWord>,
+        target: Vec<TokenWord>,
+    },
+    RunStarted {
+        reuses_inversion: bool,
+    },
+    Phase {
+        phase: Phase,
+        steps: usize,
+    },
+    Inversion {
+        step: usize,
+        total: usize,
+    },
+    Direction {
+        done: usize,
+        total: usize,
+    },
     Step(Box<StepFrame>),
     Note(String),
     Finished(Box<RunSummary>),
     RunFailed(String),
     /// Hub download progress (bytes so far, total bytes, file name).
-    Download { done: u64, total: u64, file: String },
+    Download {
+        done: u64,
+        total: u64,
+        file: String,
+    },
     DownloadFinished(PathBuf),
     DownloadFailed(String),
 }
@@ -130,7 +154,13 @@ impl Worker {
                 worker_loop(&command_rx, &send, &thread_cancel, cache_dir);
             })
             .ok();
-        Self { commands, events, event_sender, cancel, thread }
+        Self {
+            commands,
+            events,
+            event_sender,
+            cancel,
+            thread,
+        }
     }
 
     pub fn send(&self, command: Command) {
@@ -227,13 +257,20 @@ fn worker_loop(
     }
 }
 
-fn run(session: &mut Session, req: &TranslateRequest, cancel: &CancelToken, send: &dyn Fn(WorkerEvent)) {
+fn run(
+    session: &mut Session,
+    req: &TranslateRequest,
+    cancel: &CancelToken,
+    send: &dyn Fn(WorkerEvent),
+) {
     let tok = &session.model().tokenizer;
     send(WorkerEvent::Tokens {
         source: tok.token_words(&req.source_prompt).unwrap_or_default(),
         target: tok.token_words(&req.target_prompt).unwrap_or_default(),
     });
-    send(WorkerEvent::RunStarted { reuses_inversion: session.has_cached_inversion(req) });
+    send(WorkerEvent::RunStarted {
+        reuses_inversion: session.has_cached_inversion(req),
+    });
     let mut on_event = |e: Event| forward(e, send);
     let outcome = catch(|| session.translate(req, cancel, &mut on_event));
     match outcome {
@@ -281,7 +318,9 @@ pub fn describe_error(e: &EngineError) -> String {
         EngineError::NonFinite { .. } => format!(
             "{text}. The run produced NaN values; try fewer guidance, a lower strength or another seed."
         ),
-        EngineError::Candle(_) if text.to_lowercase().contains("out of memory") || text.contains("alloc") => {
+        EngineError::Candle(_)
+            if text.to_lowercase().contains("out of memory") || text.contains("alloc") =>
+        {
             format!("Out of memory: {text}. Try a smaller image or close other programs.")
         }
         _ => text,
@@ -322,7 +361,11 @@ fn step_frame(r: &StepReport) -> StepFrame {
         total: r.total,
         timestep: r.timestep,
         branches,
-        redescription: r.redescription.as_ref().map(|d| d.losses.clone()).unwrap_or_default(),
+        redescription: r
+            .redescription
+            .as_ref()
+            .map(|d| d.losses.clone())
+            .unwrap_or_default(),
         guidance_loss: r.guidance.as_ref().map(|g| g.loss),
     }
 }

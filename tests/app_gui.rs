@@ -24,7 +24,9 @@ impl egui::DroppedFile for PathFile {
 }
 
 fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures")
+        .join(rel)
 }
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -60,11 +62,23 @@ fn harness(opts: AppOptions) -> Harness<'static, MirrorApp> {
 }
 
 /// Steps the app (the worker runs on its own thread) until `done`, failing after `secs`.
-fn step_until(h: &mut Harness<'static, MirrorApp>, what: &str, secs: u64, done: impl Fn(&AppState) -> bool) {
+fn step_until(
+    h: &mut Harness<'static, MirrorApp>,
+    what: &str,
+    secs: u64,
+    done: impl Fn(&AppState) -> bool,
+) {
     let start = Instant::now();
     while !done(&h.state().state) {
-        assert!(start.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}");
-        assert!(h.state().state.errors.is_empty(), "error while waiting for {what}: {:?}", h.state().state.errors);
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
+        assert!(
+            h.state().state.errors.is_empty(),
+            "error while waiting for {what}: {:?}",
+            h.state().state.errors
+        );
         h.step();
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -72,7 +86,9 @@ fn step_until(h: &mut Harness<'static, MirrorApp>, what: &str, secs: u64, done: 
 }
 
 fn ready(h: &mut Harness<'static, MirrorApp>) {
-    step_until(h, "the model and image", 120, |s| matches!(s.model, ModelStatus::Ready(_)) && s.image.is_some());
+    step_until(h, "the model and image", 120, |s| {
+        matches!(s.model, ModelStatus::Ready(_)) && s.image.is_some()
+    });
 }
 
 fn type_prompts(h: &mut Harness<'static, MirrorApp>, source: &str, target: &str) {
@@ -100,7 +116,10 @@ fn run_scrub_attention_export_and_reedit() {
     let exports = opts.export_dir.clone().expect("export dir");
     let mut h = harness(opts);
     ready(&mut h);
-    assert!(h.query_by_label("Run").is_some(), "the editor shows once a model is loaded");
+    assert!(
+        h.query_by_label("Run").is_some(),
+        "the editor shows once a model is loaded"
+    );
     type_prompts(&mut h, "a photo of a cat", "a photo of a dog");
     assert_eq!(h.state().state.target_prompt, "a photo of a dog");
     run_to_end(&mut h);
@@ -110,7 +129,10 @@ fn run_scrub_attention_export_and_reedit() {
     assert!(!result.cancelled);
     assert_eq!(s.frames.len(), 4, "one frame per step");
     assert!(result.images.translation.is_some() && result.images.ddim_translation.is_some());
-    assert!(s.frames.iter().all(|f| f.branches.len() == 4), "mirror and DDIM branches in every step");
+    assert!(
+        s.frames.iter().all(|f| f.branches.len() == 4),
+        "mirror and DDIM branches in every step"
+    );
     println!(
         "frame time during the run: mean {:.2} ms, max {:.2} ms over {} frames",
         s.frame_stats.run_mean_ms(),
@@ -119,13 +141,21 @@ fn run_scrub_attention_export_and_reedit() {
     );
 
     // Snapshots must not show the temporary folder's name.
-    let export_dir = std::mem::replace(&mut h.state_mut().state.export_dir, "~/Pictures/Mirror".into());
+    let export_dir = std::mem::replace(
+        &mut h.state_mut().state.export_dir,
+        "~/Pictures/Mirror".into(),
+    );
 
     // Timeline scrubber: back to the first step.
-    h.get_by_role_and_label(egui::Role::Slider, "Timeline step").set_value_accesskit(0.0);
+    h.get_by_role_and_label(egui::Role::Slider, "Timeline step")
+        .set_value_accesskit(0.0);
     h.step();
     h.step();
-    assert_eq!(h.state().state.timeline, Some(0), "the timeline moved to step 1");
+    assert_eq!(
+        h.state().state.timeline,
+        Some(0),
+        "the timeline moved to step 1"
+    );
 
     // Pick a word: its heat map appears over both branches.
     h.get_by_label("Attention").click();
@@ -135,12 +165,19 @@ fn run_scrub_attention_export_and_reedit() {
     let s = &h.state().state;
     assert_eq!(s.view, View::Attention);
     let (token, word) = s.attention.token.clone().expect("a word is selected");
-    assert_eq!((token, word.as_str()), (5, "cat"), "token 5 of <bos> a photo of a cat");
+    assert_eq!(
+        (token, word.as_str()),
+        (5, "cat"),
+        "token 5 of <bos> a photo of a cat"
+    );
     let maps = mirror_diffusion::app::export::attention_images(s);
     assert_eq!(maps.len(), 2, "reconstruction and translation maps");
     assert!(h.query_by_label("Mirror translation").is_some());
     h.run_steps(2);
-    h.mask(egui::Rect::from_min_max(egui::pos2(0.0, 768.0), egui::pos2(1280.0, 800.0)));
+    h.mask(egui::Rect::from_min_max(
+        egui::pos2(0.0, 768.0),
+        egui::pos2(1280.0, 800.0),
+    ));
     h.snapshot("attention_view");
 
     // Snapshot of the main window after a run (Steps view, last step).
@@ -149,23 +186,40 @@ fn run_scrub_attention_export_and_reedit() {
     h.state_mut().state.timeline = None;
     h.run_steps(4);
     // The status bar shows timings (frame time, run seconds): not part of the picture.
-    h.mask(egui::Rect::from_min_max(egui::pos2(0.0, 768.0), egui::pos2(1280.0, 800.0)));
+    h.mask(egui::Rect::from_min_max(
+        egui::pos2(0.0, 768.0),
+        egui::pos2(1280.0, 800.0),
+    ));
     h.snapshot("main_window_after_run");
     h.state_mut().state.export_dir = export_dir;
 
     // Ctrl+S exports everything; the PNG carries its recipe.
     h.key_press_modifiers(Modifiers::COMMAND, Key::S);
     h.run_steps(2);
-    assert!(h.state().state.errors.is_empty(), "{:?}", h.state().state.errors);
+    assert!(
+        h.state().state.errors.is_empty(),
+        "{:?}",
+        h.state().state.errors
+    );
     let files: Vec<String> = std::fs::read_dir(&exports)
         .expect("exports")
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
         .collect();
-    for suffix in ["-translation.png", "-sheet.png", "-steps.gif", "-attention-cat-translation.png"] {
-        assert!(files.iter().any(|f| f.ends_with(suffix)), "{suffix} missing from {files:?}");
+    for suffix in [
+        "-translation.png",
+        "-sheet.png",
+        "-steps.gif",
+        "-attention-cat-translation.png",
+    ] {
+        assert!(
+            files.iter().any(|f| f.ends_with(suffix)),
+            "{suffix} missing from {files:?}"
+        );
     }
     let png = exports.join("test_image-to-a-photo-of-a-dog-translation.png");
-    let recipe = mirror_diffusion::engine::imageio::read_recipe(&png).expect("readable").expect("a recipe");
+    let recipe = mirror_diffusion::engine::imageio::read_recipe(&png)
+        .expect("readable")
+        .expect("a recipe");
     assert_eq!(recipe.target_prompt, "a photo of a dog");
     assert_eq!(recipe.steps, 4);
 
@@ -178,23 +232,37 @@ fn run_scrub_attention_export_and_reedit() {
     h.get_by_label("OK").click();
     h.run_steps(2);
     assert!(h.state().state.errors.is_empty());
-    assert!(h.state().state.result.is_some(), "the result is still on screen");
+    assert!(
+        h.state().state.result.is_some(),
+        "the result is still on screen"
+    );
 
     // Re-edit with a new target: the cached inversion is reused, and the app says so.
     h.get_by_label("Target prompt").click();
     h.step();
     h.key_press_modifiers(Modifiers::COMMAND, Key::A);
-    h.get_by_label("Target prompt").type_text("a photo of a fox");
+    h.get_by_label("Target prompt")
+        .type_text("a photo of a fox");
     h.key_press(Key::Tab);
     h.step();
     run_to_end(&mut h);
     let s = &h.state().state;
     assert!(s.progress.reuses_inversion, "re-edit reuses the inversion");
-    assert!(s.result.as_ref().is_some_and(|r| r.reused_inversion && !r.cancelled));
-    assert!(s.notes.iter().any(|n| n.contains("reusing the cached inversion")));
+    assert!(
+        s.result
+            .as_ref()
+            .is_some_and(|r| r.reused_inversion && !r.cancelled)
+    );
+    assert!(
+        s.notes
+            .iter()
+            .any(|n| n.contains("reusing the cached inversion"))
+    );
 
     // Opening a Mirror PNG (here by drop) restores its recipe.
-    h.input_mut().dropped_files.push(std::sync::Arc::new(PathFile(png)));
+    h.input_mut()
+        .dropped_files
+        .push(std::sync::Arc::new(PathFile(png)));
     h.run_steps(2);
     let s = &h.state().state;
     assert_eq!(s.target_prompt, "a photo of a dog", "recipe restored");
@@ -213,7 +281,11 @@ fn cancel_midway_keeps_the_steps_done() {
     let s = &h.state().state;
     let result = s.result.as_ref().expect("a cancelled run still reports");
     assert!(result.cancelled, "the run was cancelled");
-    assert!(s.frames.len() < 30, "stopped early ({} steps)", s.frames.len());
+    assert!(
+        s.frames.len() < 30,
+        "stopped early ({} steps)",
+        s.frames.len()
+    );
     assert!(s.errors.is_empty(), "cancelling is not an error");
     // The app stays usable: the Run button is enabled again.
     assert!(h.query_by_label("Run").is_some());
@@ -228,7 +300,10 @@ fn welcome_screen_without_a_model_and_readable_errors() {
     opts.image = Some(bad);
     let mut h = harness(opts);
     h.run_steps(3);
-    assert!(h.query_by_label("Open model folder…").is_some(), "the first screen says how to get a model");
+    assert!(
+        h.query_by_label("Open model folder…").is_some(),
+        "the first screen says how to get a model"
+    );
     assert!(h.query_by_label("Download Stable Diffusion 1.5").is_some());
     let s = &h.state().state;
     assert_eq!(s.errors.len(), 1, "a bad image is a readable error");
@@ -240,7 +315,8 @@ fn welcome_screen_without_a_model_and_readable_errors() {
     // A broken model is an error too, and the app keeps running.
     let broken = temp_dir("broken-model");
     std::fs::write(broken.join("model_index.json"), "{}").expect("write");
-    h.state_mut().request(mirror_diffusion::app::Action::LoadModel(broken));
+    h.state_mut()
+        .request(mirror_diffusion::app::Action::LoadModel(broken));
     h.step();
     step_until_error(&mut h);
     assert!(matches!(h.state().state.model, ModelStatus::Failed { .. }));
@@ -249,7 +325,10 @@ fn welcome_screen_without_a_model_and_readable_errors() {
 fn step_until_error(h: &mut Harness<'static, MirrorApp>) {
     let start = Instant::now();
     while h.state().state.errors.is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(60), "no error reported");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no error reported"
+        );
         h.step();
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -266,7 +345,10 @@ fn settings_survive_a_restart_and_a_corrupt_file() {
     let (back, problem) = Settings::load(&dir);
     assert!(problem.is_none());
     assert_eq!(back, s);
-    assert!(std::fs::read_dir(&dir).expect("dir").count() == 1, "no temporary files left behind");
+    assert!(
+        std::fs::read_dir(&dir).expect("dir").count() == 1,
+        "no temporary files left behind"
+    );
     std::fs::write(dir.join("settings.json"), "{ half a fi").expect("write");
     let (fallback, problem) = Settings::load(&dir);
     assert_eq!(fallback, Settings::default());

@@ -22,7 +22,10 @@ impl Env {
         let dir = std::env::temp_dir().join(format!("mirror-cli-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        Env { fx: common::Fixtures::load(), dir }
+        Env {
+            fx: common::Fixtures::load(),
+            dir,
+        }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -34,7 +37,9 @@ impl Env {
     }
 
     fn image(&self) -> PathBuf {
-        let name = self.fx.fixture("vae")["png"]["test_image"].as_str().unwrap_or("test_image.png");
+        let name = self.fx.fixture("vae")["png"]["test_image"]
+            .as_str()
+            .unwrap_or("test_image.png");
         self.fx.root.join(name)
     }
 
@@ -103,7 +108,9 @@ fn assert_fails_naming(o: &Output, needle: &str) {
 }
 
 fn pixels(path: &Path) -> image::RgbImage {
-    image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).to_rgb8()
+    image::open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .to_rgb8()
 }
 
 /// Tile size on the comparison sheet: small images are enlarged by an integer factor so that
@@ -120,14 +127,25 @@ fn s(p: &Path) -> &str {
 #[test]
 fn translate_writes_outputs_with_recipe_and_replays_identically() {
     let env = Env::new("translate");
-    let (out, rec, sheet, dump) =
-        (env.path("out.png"), env.path("rec.png"), env.path("sheet.png"), env.path("run.safetensors"));
+    let (out, rec, sheet, dump) = (
+        env.path("out.png"),
+        env.path("rec.png"),
+        env.path("sheet.png"),
+        env.path("run.safetensors"),
+    );
     let (ddim_rec, ddim_edit) = (env.path("ddim_rec.png"), env.path("ddim_edit.png"));
     let o = env.translate(
         &out,
         &[
-            "--reconstruction", s(&rec), "--comparison", s(&sheet), "--dump", s(&dump),
-            "--ddim-out", s(&ddim_rec), s(&ddim_edit),
+            "--reconstruction",
+            s(&rec),
+            "--comparison",
+            s(&sheet),
+            "--dump",
+            s(&dump),
+            "--ddim-out",
+            s(&ddim_rec),
+            s(&ddim_edit),
         ],
     );
     assert_ok(&o);
@@ -136,10 +154,17 @@ fn translate_writes_outputs_with_recipe_and_replays_identically() {
     let translated = pixels(&out);
     assert_eq!(translated.dimensions(), source.dimensions());
     for p in [&rec, &ddim_rec, &ddim_edit] {
-        assert_eq!(pixels(p).dimensions(), source.dimensions(), "{}", p.display());
+        assert_eq!(
+            pixels(p).dimensions(),
+            source.dimensions(),
+            "{}",
+            p.display()
+        );
     }
 
-    let recipe = read_recipe(&out).unwrap().expect("the output carries its recipe");
+    let recipe = read_recipe(&out)
+        .unwrap()
+        .expect("the output carries its recipe");
     assert_eq!(recipe.method, "mirror");
     assert_eq!(recipe.preset, "recommended");
     assert_eq!(recipe.steps, STEPS);
@@ -150,16 +175,28 @@ fn translate_writes_outputs_with_recipe_and_replays_identically() {
 
     // source | Mirror rec | Mirror edit | DDIM rec | DDIM edit, labelled.
     let (w, h) = sheet_tile(source.dimensions());
-    assert_eq!(pixels(&sheet).dimensions(), (5 * w + 4 * SHEET_GAP, h + SHEET_LABEL_HEIGHT));
+    assert_eq!(
+        pixels(&sheet).dimensions(),
+        (5 * w + 4 * SHEET_GAP, h + SHEET_LABEL_HEIGHT)
+    );
 
     let tensors = candle_core::safetensors::load(&dump, &Device::Cpu).unwrap();
     let first_dim = |name: &str| {
-        tensors.get(name).unwrap_or_else(|| panic!("dump lacks `{name}`")).dims()[0]
+        tensors
+            .get(name)
+            .unwrap_or_else(|| panic!("dump lacks `{name}`"))
+            .dims()[0]
     };
     assert_eq!(first_dim("inversion.latents"), STEPS + 1);
     for name in [
-        "mirror.embeddings", "mirror.rec_latents", "mirror.edit_latents", "mirror.edit_guided",
-        "mirror.inner_losses", "mirror.guidance_loss", "ddim.rec_latents", "ddim.edit_latents",
+        "mirror.embeddings",
+        "mirror.rec_latents",
+        "mirror.edit_latents",
+        "mirror.edit_guided",
+        "mirror.inner_losses",
+        "mirror.guidance_loss",
+        "ddim.rec_latents",
+        "ddim.edit_latents",
     ] {
         assert_eq!(first_dim(name), STEPS, "{name}");
     }
@@ -170,21 +207,38 @@ fn translate_writes_outputs_with_recipe_and_replays_identically() {
     let replay = env.path("replay.png");
     let (model, image) = (env.model(), env.image());
     let o = env.run(&[
-        "translate", "--model", s(&model), "--image", s(&image), "--recipe", s(&out),
-        "--out", s(&replay), "--no-cache",
+        "translate",
+        "--model",
+        s(&model),
+        "--image",
+        s(&image),
+        "--recipe",
+        s(&out),
+        "--out",
+        s(&replay),
+        "--no-cache",
     ]);
     assert_ok(&o);
-    assert!(std::fs::read(&out).unwrap() == std::fs::read(&replay).unwrap(), "replay differs");
+    assert!(
+        std::fs::read(&out).unwrap() == std::fs::read(&replay).unwrap(),
+        "replay differs"
+    );
 }
 
 #[test]
 fn ddim_method_sheet_has_only_its_tiles() {
     let env = Env::new("ddim");
     let (out, sheet) = (env.path("out.png"), env.path("sheet.png"));
-    let o = env.translate(&out, &["--method", "ddim", "--comparison", s(&sheet), "--no-cache"]);
+    let o = env.translate(
+        &out,
+        &["--method", "ddim", "--comparison", s(&sheet), "--no-cache"],
+    );
     assert_ok(&o);
     let (w, h) = sheet_tile(pixels(&env.image()).dimensions());
-    assert_eq!(pixels(&sheet).dimensions(), (3 * w + 2 * SHEET_GAP, h + SHEET_LABEL_HEIGHT));
+    assert_eq!(
+        pixels(&sheet).dimensions(),
+        (3 * w + 2 * SHEET_GAP, h + SHEET_LABEL_HEIGHT)
+    );
     assert_eq!(read_recipe(&out).unwrap().unwrap().method, "ddim");
 }
 
@@ -194,7 +248,15 @@ fn inspect_prints_components_and_loads() {
     let o = env.run(&["inspect", s(&env.model())]);
     assert_ok(&o);
     let text = String::from_utf8_lossy(&o.stdout);
-    for needle in ["unet", "vae", "text_encoder", "tokenizer", "scheduler", "parameters", "loads: OK"] {
+    for needle in [
+        "unet",
+        "vae",
+        "text_encoder",
+        "tokenizer",
+        "scheduler",
+        "parameters",
+        "loads: OK",
+    ] {
         assert!(text.contains(needle), "`{needle}` missing:\n{text}");
     }
 }
@@ -248,10 +310,17 @@ fn unwritable_output_fails_before_loading() {
     let out = blocker.join("out.png");
     let o = env.translate(&out, &["--no-cache"]);
     assert_fails_naming(&o, s(&out));
-    assert!(!stderr(&o).contains("model:"), "the model was loaded first:\n{}", stderr(&o));
+    assert!(
+        !stderr(&o).contains("model:"),
+        "the model was loaded first:\n{}",
+        stderr(&o)
+    );
 
     // Same for a secondary output.
-    let o = env.translate(&env.path("ok.png"), &["--dump", s(&env.path("missing/run.safetensors"))]);
+    let o = env.translate(
+        &env.path("ok.png"),
+        &["--dump", s(&env.path("missing/run.safetensors"))],
+    );
     assert_fails_naming(&o, "missing");
     assert!(!env.path("ok.png").exists());
 }
@@ -261,8 +330,17 @@ fn missing_image_fails_clearly() {
     let env = Env::new("missing");
     let (model, image, out) = (env.model(), env.path("nope.png"), env.path("out.png"));
     let o = env.run(&[
-        "translate", "--model", s(&model), "--image", s(&image), "--source", "a cat",
-        "--target", "a dog", "--out", s(&out),
+        "translate",
+        "--model",
+        s(&model),
+        "--image",
+        s(&image),
+        "--source",
+        "a cat",
+        "--target",
+        "a dog",
+        "--out",
+        s(&out),
     ]);
     assert_fails_naming(&o, s(&image));
     assert!(!out.exists());
@@ -284,12 +362,30 @@ fn convert_then_translate_single_file_matches_folder() {
     assert_ok(&env.translate(&from_folder, &["--no-cache", "--no-ddim"]));
     let (image, source) = (env.image(), env.source_prompt());
     let o = env.run(&[
-        "translate", "--model", s(&ckpt), "--configs", s(&model), "--image", s(&image),
-        "--source", &source, "--target", "a photo of a dog", "--out", s(&from_file),
-        "--steps", "4", "--no-cache", "--no-ddim",
+        "translate",
+        "--model",
+        s(&ckpt),
+        "--configs",
+        s(&model),
+        "--image",
+        s(&image),
+        "--source",
+        &source,
+        "--target",
+        "a photo of a dog",
+        "--out",
+        s(&from_file),
+        "--steps",
+        "4",
+        "--no-cache",
+        "--no-ddim",
     ]);
     assert_ok(&o);
-    assert_eq!(pixels(&from_folder), pixels(&from_file), "single file and folder differ");
+    assert_eq!(
+        pixels(&from_folder),
+        pixels(&from_file),
+        "single file and folder differ"
+    );
 }
 
 #[test]
@@ -314,9 +410,22 @@ fn interrupt_cancels_and_writes_nothing() {
     let (out, dump) = (env.path("out.png"), env.path("run.safetensors"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_mirror-diffusion"))
         .args([
-            "translate", "--model", s(&model), "--image", s(&image), "--source", &source,
-            "--target", "a photo of a dog", "--out", s(&out), "--dump", s(&dump),
-            "--steps", "40", "--no-cache",
+            "translate",
+            "--model",
+            s(&model),
+            "--image",
+            s(&image),
+            "--source",
+            &source,
+            "--target",
+            "a photo of a dog",
+            "--out",
+            s(&out),
+            "--dump",
+            s(&dump),
+            "--steps",
+            "40",
+            "--no-cache",
         ])
         .env("RAYON_NUM_THREADS", "1")
         .stderr(Stdio::piped())
@@ -339,7 +448,14 @@ fn interrupt_cancels_and_writes_nothing() {
     seen.extend(lines.map(|l| l.unwrap()));
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "stderr:\n{}", seen.join("\n"));
-    assert!(seen.iter().any(|l| l.contains("cancelled")), "{}", seen.join("\n"));
-    let left: Vec<_> = std::fs::read_dir(&env.dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(
+        seen.iter().any(|l| l.contains("cancelled")),
+        "{}",
+        seen.join("\n")
+    );
+    let left: Vec<_> = std::fs::read_dir(&env.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert!(left.is_empty(), "files written: {left:?}");
 }

@@ -32,7 +32,11 @@ struct Case {
 
 fn case(fx: &Fixtures, sd: &StableDiffusion, name: &str) -> Case {
     let s = fx.settings(name);
-    let preset = if s["preset"] == "R" { MirrorPreset::Recommended } else { MirrorPreset::Authors };
+    let preset = if s["preset"] == "R" {
+        MirrorPreset::Recommended
+    } else {
+        MirrorPreset::Authors
+    };
     let mut settings = MirrorSettings::with_preset(preset);
     settings.guidance_scale = s["guidance_scale"].as_f64().unwrap();
     settings.xa_guidance = s["xa_guidance"].as_f64().unwrap();
@@ -42,21 +46,40 @@ fn case(fx: &Fixtures, sd: &StableDiffusion, name: &str) -> Case {
     settings.redescribe.early_stop_slope = s["early_stop_slope"].as_f64().unwrap();
     let n = s["num_inference_steps"].as_u64().unwrap() as usize;
     if preset == MirrorPreset::Recommended {
-        let want: Vec<usize> = s["extra_steps"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        let want: Vec<usize> = s["extra_steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
         assert_eq!(settings.extra_steps(n), want, "{name}: extra steps");
         for (i, v) in s["edit_scale"].as_array().unwrap().iter().enumerate() {
-            assert!((settings.edit_scale_at(i, n) - v.as_f64().unwrap()).abs() < 1e-12, "{name}: edit scale {i}");
+            assert!(
+                (settings.edit_scale_at(i, n) - v.as_f64().unwrap()).abs() < 1e-12,
+                "{name}: edit scale {i}"
+            );
         }
     } else {
-        let want: Vec<usize> = s["cycle_steps"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        let want: Vec<usize> = s["cycle_steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
         assert_eq!(settings.extra_steps(n), want);
         settings.kv_until = s["kv_until"].as_u64().unwrap() as usize;
         settings.kv_weight = s["kv_weight"].as_f64().unwrap();
     }
     let t = fx.tensors(name);
     let inv = &t["inversion_latents"];
-    let latents: Vec<Tensor> = (0..inv.dim(0).unwrap()).map(|k| inv.i(k).unwrap()).collect();
-    let grid = if preset == MirrorPreset::Recommended { InversionGrid::Consistent } else { InversionGrid::Authors };
+    let latents: Vec<Tensor> = (0..inv.dim(0).unwrap())
+        .map(|k| inv.i(k).unwrap())
+        .collect();
+    let grid = if preset == MirrorPreset::Recommended {
+        InversionGrid::Consistent
+    } else {
+        InversionGrid::Authors
+    };
     let trajectory = Trajectory {
         latents,
         timesteps: Vec::new(),
@@ -74,13 +97,21 @@ fn case(fx: &Fixtures, sd: &StableDiffusion, name: &str) -> Case {
 }
 
 fn scalar_series(t: &Tensor, i: usize) -> f64 {
-    t.i(i).unwrap().to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+    t.i(i)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
 }
 
 fn check_scalar(label: &str, expected: f64, got: Option<f64>, atol: f64) {
     match got {
         None => assert!(expected.is_nan(), "{label}: expected {expected}, got none"),
-        Some(g) => assert!((g - expected).abs() <= atol, "{label}: expected {expected}, got {g} (atol {atol:e})"),
+        Some(g) => assert!(
+            (g - expected).abs() <= atol,
+            "{label}: expected {expected}, got {g} (atol {atol:e})"
+        ),
     }
 }
 
@@ -108,22 +139,67 @@ fn mirror_steps_match_reference_with_teacher_forcing() {
             let state = MirrorState {
                 rec_latent: c.t["rec_latents"].i(i).unwrap(),
                 edit_latent: c.t["edit_latents"].i(i).unwrap(),
-                embedding: if i == 0 { c.emb_source.clone() } else { c.t["emb_opt"].i(i - 1).unwrap() },
+                embedding: if i == 0 {
+                    c.emb_source.clone()
+                } else {
+                    c.t["emb_opt"].i(i - 1).unwrap()
+                },
                 extra_done: extra.iter().filter(|&&k| k < i).count(),
             };
-            let (next, rec, _edit) =
-                mirror::step(&sd, &c.settings, &c.trajectory, &c.direction, &state, i, false, &CancelToken::new())
-                    .unwrap();
+            let (next, rec, _edit) = mirror::step(
+                &sd,
+                &c.settings,
+                &c.trajectory,
+                &c.direction,
+                &state,
+                i,
+                false,
+                &CancelToken::new(),
+            )
+            .unwrap();
             let label = format!("{name} step {i}");
-            assert_eq!(rec.target_index as i64, c.t["target_index"].i(i).unwrap().to_scalar::<i64>().unwrap(), "{label}");
-            assert_tensor_close(&format!("{label} emb"), &c.t["emb_opt"].i(i).unwrap(), &next.embedding, atol_emb);
-            assert_tensor_close(&format!("{label} rec"), &c.t["rec_latents"].i(i + 1).unwrap(), &next.rec_latent, atol_rec);
-            assert_tensor_close(&format!("{label} edit"), &c.t["edit_latents"].i(i + 1).unwrap(), &next.edit_latent, atol_edit);
-            let inner = c.t["inner_losses"].i(i).unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+            assert_eq!(
+                rec.target_index as i64,
+                c.t["target_index"]
+                    .i(i)
+                    .unwrap()
+                    .to_scalar::<i64>()
+                    .unwrap(),
+                "{label}"
+            );
+            assert_tensor_close(
+                &format!("{label} emb"),
+                &c.t["emb_opt"].i(i).unwrap(),
+                &next.embedding,
+                atol_emb,
+            );
+            assert_tensor_close(
+                &format!("{label} rec"),
+                &c.t["rec_latents"].i(i + 1).unwrap(),
+                &next.rec_latent,
+                atol_rec,
+            );
+            assert_tensor_close(
+                &format!("{label} edit"),
+                &c.t["edit_latents"].i(i + 1).unwrap(),
+                &next.edit_latent,
+                atol_edit,
+            );
+            let inner = c.t["inner_losses"]
+                .i(i)
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
             let steps = c.t["inner_steps"].i(i).unwrap().to_scalar::<i64>().unwrap() as usize;
             assert_eq!(rec.inner_losses.len(), steps, "{label}: inner iterations");
             for (k, l) in rec.inner_losses.iter().enumerate() {
-                assert!((l - inner[k]).abs() <= 1e-5 * inner[k].abs().max(1e-3), "{label}: inner loss {k}: {l} vs {}", inner[k]);
+                assert!(
+                    (l - inner[k]).abs() <= 1e-5 * inner[k].abs().max(1e-3),
+                    "{label}: inner loss {k}: {l} vs {}",
+                    inner[k]
+                );
             }
         }
     }
@@ -137,11 +213,24 @@ fn mirror_end_to_end_matches_reference() {
         let c = case(&fx, &sd, &name);
         let n = c.trajectory.steps;
         let mut state = MirrorState::start(&c.trajectory, &c.emb_source);
-        let (mut rec_l, mut edit_l, mut embs) = (vec![state.rec_latent.clone()], vec![state.edit_latent.clone()], vec![]);
+        let (mut rec_l, mut edit_l, mut embs) = (
+            vec![state.rec_latent.clone()],
+            vec![state.edit_latent.clone()],
+            vec![],
+        );
         let mut records = Vec::new();
         for i in 0..n {
-            let (next, rec, edit) =
-                mirror::step(&sd, &c.settings, &c.trajectory, &c.direction, &state, i, false, &CancelToken::new()).unwrap();
+            let (next, rec, edit) = mirror::step(
+                &sd,
+                &c.settings,
+                &c.trajectory,
+                &c.direction,
+                &state,
+                i,
+                false,
+                &CancelToken::new(),
+            )
+            .unwrap();
             rec_l.push(next.rec_latent.clone());
             edit_l.push(next.edit_latent.clone());
             embs.push(next.embedding.clone());
@@ -151,15 +240,25 @@ fn mirror_end_to_end_matches_reference() {
         fx.assert_close(&name, "rec_latents", &Tensor::stack(&rec_l, 0).unwrap());
         fx.assert_close(&name, "edit_latents", &Tensor::stack(&edit_l, 0).unwrap());
         fx.assert_close(&name, "emb_opt", &Tensor::stack(&embs, 0).unwrap());
-        let series = |f: &dyn Fn(&(mirror::ReconstructionStep, mirror::TranslationStep)) -> Option<f64>| -> Tensor {
-            let v: Vec<f32> = records.iter().map(|r| f(r).map(|x| x as f32).unwrap_or(f32::NAN)).collect();
+        let series = |f: &dyn Fn(
+            &(mirror::ReconstructionStep, mirror::TranslationStep),
+        ) -> Option<f64>|
+         -> Tensor {
+            let v: Vec<f32> = records
+                .iter()
+                .map(|r| f(r).map(|x| x as f32).unwrap_or(f32::NAN))
+                .collect();
             Tensor::new(v, &Device::Cpu).unwrap()
         };
         fx.assert_close(&name, "loss_probs", &series(&|r| Some(r.1.loss_probs)));
         fx.assert_close(&name, "loss_total", &series(&|r| Some(r.1.loss_total)));
         fx.assert_close(&name, "cycle_loss", &series(&|r| r.1.extra_loss));
         fx.assert_close(&name, "xa_grad_norm", &series(&|r| Some(r.1.gradient_norm)));
-        fx.assert_close(&name, "emb_change_norm", &series(&|r| Some(r.0.embedding_change)));
+        fx.assert_close(
+            &name,
+            "emb_change_norm",
+            &series(&|r| Some(r.0.embedding_change)),
+        );
         if c.settings.preset == MirrorPreset::Authors {
             fx.assert_close(&name, "loss_keys", &series(&|r| r.1.loss_keys));
             fx.assert_close(&name, "loss_values", &series(&|r| r.1.loss_values));
@@ -167,19 +266,54 @@ fn mirror_end_to_end_matches_reference() {
         let inner_w = fx.tensor(&name, "inner_losses").dim(D::Minus1).unwrap();
         let inner: Vec<f32> = records
             .iter()
-            .flat_map(|r| (0..inner_w).map(|k| r.0.inner_losses.get(k).map(|&x| x as f32).unwrap_or(f32::NAN)))
+            .flat_map(|r| {
+                (0..inner_w).map(|k| {
+                    r.0.inner_losses
+                        .get(k)
+                        .map(|&x| x as f32)
+                        .unwrap_or(f32::NAN)
+                })
+            })
             .collect();
-        fx.assert_close(&name, "inner_losses", &Tensor::from_vec(inner, (n, inner_w), &Device::Cpu).unwrap());
-        let steps: Vec<i64> = records.iter().map(|r| r.0.inner_losses.len() as i64).collect();
-        fx.assert_close(&name, "inner_steps", &Tensor::new(steps, &Device::Cpu).unwrap());
+        fx.assert_close(
+            &name,
+            "inner_losses",
+            &Tensor::from_vec(inner, (n, inner_w), &Device::Cpu).unwrap(),
+        );
+        let steps: Vec<i64> = records
+            .iter()
+            .map(|r| r.0.inner_losses.len() as i64)
+            .collect();
+        fx.assert_close(
+            &name,
+            "inner_steps",
+            &Tensor::new(steps, &Device::Cpu).unwrap(),
+        );
         let targets: Vec<i64> = records.iter().map(|r| r.0.target_index as i64).collect();
-        fx.assert_close(&name, "target_index", &Tensor::new(targets, &Device::Cpu).unwrap());
+        fx.assert_close(
+            &name,
+            "target_index",
+            &Tensor::new(targets, &Device::Cpu).unwrap(),
+        );
         let ts: Vec<i64> = records.iter().map(|r| r.0.timestep as i64).collect();
         fx.assert_close(&name, "timesteps", &Tensor::new(ts, &Device::Cpu).unwrap());
-        fx.assert_close(&name, "rec_decoded", &sd.vae.latent_to_image(&state.rec_latent).unwrap());
-        fx.assert_close(&name, "edit_decoded", &sd.vae.latent_to_image(&state.edit_latent).unwrap());
+        fx.assert_close(
+            &name,
+            "rec_decoded",
+            &sd.vae.latent_to_image(&state.rec_latent).unwrap(),
+        );
+        fx.assert_close(
+            &name,
+            "edit_decoded",
+            &sd.vae.latent_to_image(&state.edit_latent).unwrap(),
+        );
         for (k, r) in records.iter().enumerate() {
-            check_scalar(&format!("{name} loss_probs {k}"), scalar_series(&c.t["loss_probs"], k), Some(r.1.loss_probs), fx.atol(&name, "loss_probs"));
+            check_scalar(
+                &format!("{name} loss_probs {k}"),
+                scalar_series(&c.t["loss_probs"], k),
+                Some(r.1.loss_probs),
+                fx.atol(&name, "loss_probs"),
+            );
         }
     }
 }

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use candle_core::{Device, Tensor};
 use common::Fixtures;
 use mirror_diffusion::engine::EngineError;
-use mirror_diffusion::engine::loader::{CheckpointConfigs, open_model_source, write_single_file, ModelSource};
+use mirror_diffusion::engine::loader::{
+    CheckpointConfigs, ModelSource, open_model_source, write_single_file,
+};
 use mirror_diffusion::engine::model::StableDiffusion;
 
 fn temp_dir(tag: &str) -> PathBuf {
@@ -38,16 +40,35 @@ fn single_file_checkpoint_gives_identical_outputs() {
     };
     write_single_file(&folder, &file).unwrap();
     let a = StableDiffusion::load(&fx.model_dir(), &Device::Cpu).unwrap();
-    let b = StableDiffusion::load_with_configs(&file, &Device::Cpu, CheckpointConfigs::from_diffusers_folder(&fx.model_dir()))
-        .unwrap();
+    let b = StableDiffusion::load_with_configs(
+        &file,
+        &Device::Cpu,
+        CheckpointConfigs::from_diffusers_folder(&fx.model_dir()),
+    )
+    .unwrap();
     assert_eq!(b.info.kind, "single-file checkpoint");
     for (x, y) in outputs(&a, &fx).iter().zip(outputs(&b, &fx)) {
-        let diff = (x - &y).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = (x - &y)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert_eq!(diff, 0.0, "single-file and folder outputs differ");
     }
     // With the bundled SD 1.x configs the tiny weights do not fit: a typed shape error.
-    let err = StableDiffusion::load(&file, &Device::Cpu).err().expect("SD 1.x configs cannot load tiny weights");
-    assert!(matches!(err, EngineError::ShapeMismatch { .. } | EngineError::MissingTensor { .. }), "{err}");
+    let err = StableDiffusion::load(&file, &Device::Cpu)
+        .err()
+        .expect("SD 1.x configs cannot load tiny weights");
+    assert!(
+        matches!(
+            err,
+            EngineError::ShapeMismatch { .. } | EngineError::MissingTensor { .. }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("tiny.safetensors"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -60,25 +81,51 @@ fn broken_models_give_typed_errors_naming_the_file() {
     // Wrong type in the UNet config.
     let cfg_path = dir.join("unet/config.json");
     let text = std::fs::read_to_string(&cfg_path).unwrap();
-    std::fs::write(&cfg_path, text.replace("\"layers_per_block\": 2", "\"layers_per_block\": \"two\"")).unwrap();
-    let err = StableDiffusion::load(&dir, &Device::Cpu).err().expect("bad config");
+    std::fs::write(
+        &cfg_path,
+        text.replace("\"layers_per_block\": 2", "\"layers_per_block\": \"two\""),
+    )
+    .unwrap();
+    let err = StableDiffusion::load(&dir, &Device::Cpu)
+        .err()
+        .expect("bad config");
     assert!(matches!(err, EngineError::Config { .. }), "{err}");
-    assert!(err.to_string().contains("config.json") && err.to_string().contains("layers_per_block"), "{err}");
-    std::fs::write(&cfg_path, text.replace("\"DownBlock2D\"", "\"FancyBlock2D\"")).unwrap();
-    let err = StableDiffusion::load(&dir, &Device::Cpu).err().expect("unknown block");
+    assert!(
+        err.to_string().contains("config.json") && err.to_string().contains("layers_per_block"),
+        "{err}"
+    );
+    std::fs::write(
+        &cfg_path,
+        text.replace("\"DownBlock2D\"", "\"FancyBlock2D\""),
+    )
+    .unwrap();
+    let err = StableDiffusion::load(&dir, &Device::Cpu)
+        .err()
+        .expect("unknown block");
     assert!(matches!(err, EngineError::UnknownBlockType { .. }), "{err}");
     std::fs::write(&cfg_path, &text).unwrap();
     // Truncated VAE weights.
     let vae = dir.join("vae/diffusion_pytorch_model.safetensors");
     let bytes = std::fs::read(&vae).unwrap();
     std::fs::write(&vae, &bytes[..bytes.len() / 2]).unwrap();
-    let err = StableDiffusion::load(&dir, &Device::Cpu).err().expect("truncated weights");
-    assert!(matches!(err, EngineError::CorruptSafetensors { .. }), "{err}");
-    assert!(err.to_string().contains("diffusion_pytorch_model.safetensors"), "{err}");
+    let err = StableDiffusion::load(&dir, &Device::Cpu)
+        .err()
+        .expect("truncated weights");
+    assert!(
+        matches!(err, EngineError::CorruptSafetensors { .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("diffusion_pytorch_model.safetensors"),
+        "{err}"
+    );
     // Missing text encoder.
     std::fs::write(&vae, &bytes).unwrap();
     std::fs::remove_dir_all(dir.join("text_encoder")).unwrap();
-    let err = StableDiffusion::load(&dir, &Device::Cpu).err().expect("missing component");
+    let err = StableDiffusion::load(&dir, &Device::Cpu)
+        .err()
+        .expect("missing component");
     assert!(matches!(err, EngineError::MissingComponent { .. }), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -88,10 +135,19 @@ fn image_sizes_the_model_cannot_take_are_refused() {
     let fx = Fixtures::load();
     let sd = StableDiffusion::load(&fx.model_dir(), &Device::Cpu).unwrap();
     let m = sd.size_multiple();
-    assert!(sd.check_image_size(4 * m, 6 * m).is_ok(), "non-square multiples work");
-    let err = sd.check_image_size(4 * m + 1, 4 * m).err().expect("not a multiple");
+    assert!(
+        sd.check_image_size(4 * m, 6 * m).is_ok(),
+        "non-square multiples work"
+    );
+    let err = sd
+        .check_image_size(4 * m + 1, 4 * m)
+        .err()
+        .expect("not a multiple");
     assert!(matches!(err, EngineError::InvalidInput(_)), "{err}");
     let err = sd.unet.check_latent_size(3, 5).err().expect("odd latent");
     assert!(matches!(err, EngineError::LatentSize { .. }), "{err}");
-    assert_eq!(sd.default_image_side(), fx.manifest["image_hw"][0].as_u64().unwrap() as usize);
+    assert_eq!(
+        sd.default_image_side(),
+        fx.manifest["image_hw"][0].as_u64().unwrap() as usize
+    );
 }

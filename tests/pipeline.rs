@@ -17,7 +17,9 @@ fn load() -> (Fixtures, StableDiffusion) {
 }
 
 fn steps(fx: &Fixtures, name: &str) -> usize {
-    fx.settings(name)["num_inference_steps"].as_u64().expect("num_inference_steps") as usize
+    fx.settings(name)["num_inference_steps"]
+        .as_u64()
+        .expect("num_inference_steps") as usize
 }
 
 fn kl(fx: &Fixtures, name: &str) -> KlRegularizer {
@@ -29,7 +31,11 @@ fn kl(fx: &Fixtures, name: &str) -> KlRegularizer {
 }
 
 fn i64s(v: &[usize]) -> Tensor {
-    Tensor::new(v.iter().map(|&x| x as i64).collect::<Vec<_>>(), &Device::Cpu).unwrap()
+    Tensor::new(
+        v.iter().map(|&x| x as i64).collect::<Vec<_>>(),
+        &Device::Cpu,
+    )
+    .unwrap()
 }
 
 #[test]
@@ -40,8 +46,17 @@ fn ddim_inversion_matches_reference() {
     let z0 = fx.tensor(name, "z0");
     let emb = fx.tensor(name, "encoder_hidden_states");
     for (out, reg) in [("latents_noreg", None), ("latents_kl", Some(kl(&fx, name)))] {
-        let t = stages::invert(&sd, &z0, &emb, n, InversionGrid::Consistent, reg, &CancelToken::new(), &mut |_| {})
-            .unwrap();
+        let t = stages::invert(
+            &sd,
+            &z0,
+            &emb,
+            n,
+            InversionGrid::Consistent,
+            reg,
+            &CancelToken::new(),
+            &mut |_| {},
+        )
+        .unwrap();
         assert_eq!(t.latents.len(), n + 1);
         fx.assert_close(name, out, &Tensor::stack(&t.latents, 0).unwrap());
         fx.assert_close(name, "timesteps", &i64s(&t.timesteps));
@@ -85,20 +100,55 @@ fn ddim_reconstruction_matches_reference() {
     let n = steps(&fx, name);
     // The reconstruction uses the caption embedding the inversion used.
     let emb = fx.tensor("inversion", "encoder_hidden_states");
-    let contexts = DdimContexts { cond: emb, uncond: None };
+    let contexts = DdimContexts {
+        cond: emb,
+        uncond: None,
+    };
     for variant in ["noreg", "kl"] {
-        let latents = ddim::sample(&sd, &fx.tensor(name, &format!("zT_{variant}")), n, &contexts).unwrap();
-        fx.assert_close(name, &format!("latents_{variant}"), &Tensor::stack(&latents, 0).unwrap());
+        let latents = ddim::sample(
+            &sd,
+            &fx.tensor(name, &format!("zT_{variant}")),
+            n,
+            &contexts,
+        )
+        .unwrap();
+        fx.assert_close(
+            name,
+            &format!("latents_{variant}"),
+            &Tensor::stack(&latents, 0).unwrap(),
+        );
         // Mismatch of sampling step i against the inversion latent it should land on.
         let inversion = fx.tensor(name, &format!("inversion_{variant}"));
         let (mut mse, mut maxabs) = (Vec::new(), Vec::new());
         for i in 0..n {
             let d = (&latents[i + 1] - inversion.i(n - 1 - i).unwrap()).unwrap();
-            mse.push(d.sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap());
-            maxabs.push(d.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap());
+            mse.push(
+                d.sqr()
+                    .unwrap()
+                    .mean_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap(),
+            );
+            maxabs.push(
+                d.abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap(),
+            );
         }
-        fx.assert_close(name, &format!("mismatch_mse_{variant}"), &Tensor::new(mse, &Device::Cpu).unwrap());
-        fx.assert_close(name, &format!("mismatch_maxabs_{variant}"), &Tensor::new(maxabs, &Device::Cpu).unwrap());
+        fx.assert_close(
+            name,
+            &format!("mismatch_mse_{variant}"),
+            &Tensor::new(mse, &Device::Cpu).unwrap(),
+        );
+        fx.assert_close(
+            name,
+            &format!("mismatch_maxabs_{variant}"),
+            &Tensor::new(maxabs, &Device::Cpu).unwrap(),
+        );
         let decoded = stages::decode(&sd, &latents[n]).unwrap();
         fx.assert_close(name, &format!("decoded_{variant}"), &decoded);
     }
@@ -120,7 +170,10 @@ fn pix2pix_zero_matches_reference() {
     let (mut rec, mut edit) = (vec![start.clone()], vec![start.clone()]);
     let (mut losses, mut guided) = (Vec::new(), Vec::new());
     for i in 0..n {
-        let out = pix2pix_zero::step(&sd, &settings, n, i, &caption, &direction, &rec[i], &edit[i], false).unwrap();
+        let out = pix2pix_zero::step(
+            &sd, &settings, n, i, &caption, &direction, &rec[i], &edit[i], false,
+        )
+        .unwrap();
         rec.push(out.rec_latent);
         edit.push(out.edit_latent);
         losses.push(out.loss as f32);
@@ -128,15 +181,31 @@ fn pix2pix_zero_matches_reference() {
     }
     fx.assert_close(name, "rec_latents", &Tensor::stack(&rec, 0).unwrap());
     fx.assert_close(name, "edit_latents", &Tensor::stack(&edit, 0).unwrap());
-    fx.assert_close(name, "edit_x_in_guided", &Tensor::stack(&guided, 0).unwrap());
-    fx.assert_close(name, "xa_loss", &Tensor::new(losses, &Device::Cpu).unwrap().to_dtype(DType::F32).unwrap());
+    fx.assert_close(
+        name,
+        "edit_x_in_guided",
+        &Tensor::stack(&guided, 0).unwrap(),
+    );
+    fx.assert_close(
+        name,
+        "xa_loss",
+        &Tensor::new(losses, &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap(),
+    );
     fx.assert_close(name, "rec_decoded", &stages::decode(&sd, &rec[n]).unwrap());
-    fx.assert_close(name, "edit_decoded", &stages::decode(&sd, &edit[n]).unwrap());
+    fx.assert_close(
+        name,
+        "edit_decoded",
+        &stages::decode(&sd, &edit[n]).unwrap(),
+    );
 }
 
 #[test]
 fn vae_encode_stage_gives_the_fixture_latent() {
     let (fx, sd) = load();
-    let latent = stages::encode_image(&sd, &fx.tensor("vae", "image"), stages::Posterior::Mean).unwrap();
+    let latent =
+        stages::encode_image(&sd, &fx.tensor("vae", "image"), stages::Posterior::Mean).unwrap();
     fx.assert_close("vae", "latent", &latent);
 }

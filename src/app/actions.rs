@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use crate::engine::direction::find_edit_phrase;
 use crate::engine::imageio::{
-    ImageLimits, LoadedImage, Recipe, load_image, load_image_from_memory, plan_size, read_recipe, resize,
+    ImageLimits, LoadedImage, Recipe, load_image, load_image_from_memory, plan_size, read_recipe,
+    resize,
 };
 use crate::worker::Command;
 
@@ -38,7 +39,9 @@ impl MirrorApp {
                 let picked = if folder {
                     dialog.pick_folder()
                 } else {
-                    dialog.add_filter("Checkpoints", &["safetensors", "ckpt"]).pick_file()
+                    dialog
+                        .add_filter("Checkpoints", &["safetensors", "ckpt"])
+                        .pick_file()
                 };
                 if let Some(path) = picked {
                     self.worker.send(Command::LoadModel(path));
@@ -46,12 +49,15 @@ impl MirrorApp {
             }
             Action::LoadModel(path) => {
                 if self.state.progress.running {
-                    self.state.error("Cancel the run before loading another model.");
+                    self.state
+                        .error("Cancel the run before loading another model.");
                 } else {
                     self.worker.send(Command::LoadModel(path));
                 }
             }
-            Action::Download(repo) => super::ui::welcome::start_download(&self.worker, &mut self.state, repo),
+            Action::Download(repo) => {
+                super::ui::welcome::start_download(&self.worker, &mut self.state, repo)
+            }
             Action::Run => self.run(),
             Action::Cancel => {
                 if self.state.progress.running {
@@ -63,7 +69,10 @@ impl MirrorApp {
             Action::Export => self.export_all(),
             Action::SaveTranslationAs => self.save_translation_as(),
             Action::ChooseExportDir => {
-                if let Some(dir) = rfd::FileDialog::new().set_title("Export folder").pick_folder() {
+                if let Some(dir) = rfd::FileDialog::new()
+                    .set_title("Export folder")
+                    .pick_folder()
+                {
                     self.state.export_dir = dir.display().to_string();
                 }
             }
@@ -84,7 +93,10 @@ impl MirrorApp {
     fn load_image(&mut self, path: &Path) {
         match load_image(path, &ImageLimits::default()) {
             Ok(img) => {
-                let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into());
+                let name = path.file_name().map_or_else(
+                    || path.display().to_string(),
+                    |n| n.to_string_lossy().into(),
+                );
                 self.state.settings.remember_image(path);
                 // A Mirror PNG carries the recipe that made it.
                 if let Ok(Some(recipe)) = read_recipe(path) {
@@ -106,11 +118,18 @@ impl MirrorApp {
             r.source_prompt, r.target_prompt, r.steps, r.seed
         ));
         self.state.emit("recipe_restored");
-        self.worker.send(Command::Tokenize { source: r.source_prompt.clone(), target: r.target_prompt.clone() });
+        self.worker.send(Command::Tokenize {
+            source: r.source_prompt.clone(),
+            target: r.target_prompt.clone(),
+        });
     }
 
     fn set_image(&mut self, loaded: LoadedImage, name: String) {
-        self.state.emit(&format!("image_loaded {}x{}", loaded.rgb.width(), loaded.rgb.height()));
+        self.state.emit(&format!(
+            "image_loaded {}x{}",
+            loaded.rgb.width(),
+            loaded.rgb.height()
+        ));
         self.textures.forget("source");
         self.state.image = Some(SourceImage { loaded, name });
     }
@@ -119,7 +138,11 @@ impl MirrorApp {
         let got = arboard::Clipboard::new().and_then(|mut c| c.get_image());
         match got {
             Ok(img) => {
-                let rgba = image::RgbaImage::from_raw(img.width as u32, img.height as u32, img.bytes.into_owned());
+                let rgba = image::RgbaImage::from_raw(
+                    img.width as u32,
+                    img.height as u32,
+                    img.bytes.into_owned(),
+                );
                 match rgba {
                     Some(rgba) => {
                         let mut png = Vec::new();
@@ -127,29 +150,44 @@ impl MirrorApp {
                             .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png);
                         match encoded {
                             Ok(()) => self.perform_bytes(png),
-                            Err(e) => self.state.error(format!("The pasted image could not be read: {e}")),
+                            Err(e) => self
+                                .state
+                                .error(format!("The pasted image could not be read: {e}")),
                         }
                     }
                     None => self.state.error("The pasted image has an unexpected size."),
                 }
             }
-            Err(_) => self.state.note("The clipboard holds no image (copy an image or a file path first)."),
+            Err(_) => self
+                .state
+                .note("The clipboard holds no image (copy an image or a file path first)."),
         }
     }
 
     fn perform_bytes(&mut self, png: Vec<u8>) {
         match load_image_from_memory(&png, "pasted image", &ImageLimits::default()) {
             Ok(img) => self.set_image(img, "pasted image".into()),
-            Err(e) => self.state.error(format!("Could not open the pasted image:\n{e}")),
+            Err(e) => self
+                .state
+                .error(format!("Could not open the pasted image:\n{e}")),
         }
     }
 
     /// The image at the size the model runs at, as the resize policy makes it.
     pub(crate) fn processing_image(&self) -> Result<image::RgbImage, String> {
         let model = self.state.model_ready().ok_or("Load a model first.")?;
-        let img = self.state.image.as_ref().ok_or("Open an image first (Ctrl+O, drop or paste).")?;
-        let size = plan_size(img.loaded.original_size, None, model.default_side, model.size_multiple)
-            .map_err(|e| e.to_string())?;
+        let img = self
+            .state
+            .image
+            .as_ref()
+            .ok_or("Open an image first (Ctrl+O, drop or paste).")?;
+        let size = plan_size(
+            img.loaded.original_size,
+            None,
+            model.default_side,
+            model.size_multiple,
+        )
+        .map_err(|e| e.to_string())?;
         Ok(resize(&img.loaded.rgb, size, self.state.resize))
     }
 
@@ -161,9 +199,14 @@ impl MirrorApp {
             Ok(i) => i,
             Err(e) => return self.state.error(e),
         };
-        let (source, target) = (self.state.source_prompt.trim().to_string(), self.state.target_prompt.trim().to_string());
+        let (source, target) = (
+            self.state.source_prompt.trim().to_string(),
+            self.state.target_prompt.trim().to_string(),
+        );
         if source.is_empty() || target.is_empty() {
-            return self.state.error("Type what the image shows (source) and what it should become (target).");
+            return self
+                .state
+                .error("Type what the image shows (source) and what it should become (target).");
         }
         if let Err(e) = find_edit_phrase(&source, &target) {
             return self.state.error(format!("The prompts give no edit: {e}"));
@@ -174,8 +217,13 @@ impl MirrorApp {
         self.state.timeline = None;
         self.state.frame_stats = Default::default();
         self.textures.forget("");
-        self.state.progress = Progress { running: true, started: Some(Instant::now()), ..Default::default() };
-        self.state.emit(&format!("run_requested steps={}", req.steps));
+        self.state.progress = Progress {
+            running: true,
+            started: Some(Instant::now()),
+            ..Default::default()
+        };
+        self.state
+            .emit(&format!("run_requested steps={}", req.steps));
         self.worker.send(Command::Run(Box::new(req)));
     }
 
@@ -206,15 +254,23 @@ impl MirrorApp {
 
     fn export_all(&mut self) {
         if self.state.result.is_none() && self.state.frames.is_empty() {
-            return self.state.error("Nothing to export yet: run a translation first.");
+            return self
+                .state
+                .error("Nothing to export yet: run a translation first.");
         }
         let dir = std::path::PathBuf::from(self.state.export_dir.trim());
         match export::export_all(&self.state, &dir) {
             Ok(files) => {
                 self.state.emit(&format!("exported {}", files.len()));
-                self.state.note(format!("Exported {} files to {}", files.len(), dir.display()));
+                self.state.note(format!(
+                    "Exported {} files to {}",
+                    files.len(),
+                    dir.display()
+                ));
             }
-            Err(e) => self.state.error(format!("Export failed (your result is still here):\n{e}")),
+            Err(e) => self
+                .state
+                .error(format!("Export failed (your result is still here):\n{e}")),
         }
     }
 
@@ -229,7 +285,9 @@ impl MirrorApp {
         };
         match export::save_translation(&self.state, &path) {
             Ok(()) => self.state.note(format!("Saved {}", path.display())),
-            Err(e) => self.state.error(format!("Could not save (your result is still here):\n{e}")),
+            Err(e) => self
+                .state
+                .error(format!("Could not save (your result is still here):\n{e}")),
         }
     }
 }

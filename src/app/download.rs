@@ -43,7 +43,11 @@ pub fn download(repo: &str, tx: &Sender<WorkerEvent>) -> Result<PathBuf, String>
             self.done += size as u64;
             // Every ~4 MB is plenty for a progress bar.
             if self.done % (4 << 20) < size as u64 || self.done == self.total {
-                let _ = self.tx.send(WorkerEvent::Download { done: self.done, total: self.total, file: self.file.clone() });
+                let _ = self.tx.send(WorkerEvent::Download {
+                    done: self.done,
+                    total: self.total,
+                    file: self.file.clone(),
+                });
             }
         }
         fn finish(&mut self) {}
@@ -55,12 +59,22 @@ pub fn download(repo: &str, tx: &Sender<WorkerEvent>) -> Result<PathBuf, String>
              ({e}). Open a model folder you already have instead."
         )
     };
-    let api = hf_hub::api::sync::ApiBuilder::from_env().with_progress(false).build().map_err(|e| offline(e.to_string()))?;
+    let api = hf_hub::api::sync::ApiBuilder::from_env()
+        .with_progress(false)
+        .build()
+        .map_err(|e| offline(e.to_string()))?;
     let model = api.model(repo.to_string());
     let mut last = None;
     for file in FILES.iter().chain(std::iter::once(&VAE_WEIGHTS)) {
-        let report = Report { tx, file: file.to_string(), total: 0, done: 0 };
-        let path = model.download_with_progress(file, report).map_err(|e| offline(e.to_string()))?;
+        let report = Report {
+            tx,
+            file: file.to_string(),
+            total: 0,
+            done: 0,
+        };
+        let path = model
+            .download_with_progress(file, report)
+            .map_err(|e| offline(e.to_string()))?;
         last = Some(path);
     }
     // …/snapshots/<rev>/vae/diffusion_pytorch_model.safetensors → …/snapshots/<rev>

@@ -71,7 +71,10 @@ impl MirrorApp {
         let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || ctx.request_repaint());
         let worker = Worker::spawn(wake, options.inversion_cache_dir());
         let settings_dir = options.settings_dir.clone().or_else(Settings::default_dir);
-        let mut state = AppState { print_events: options.print_events, ..Default::default() };
+        let mut state = AppState {
+            print_events: options.print_events,
+            ..Default::default()
+        };
         if let Some(dir) = &settings_dir {
             let (settings, problem) = Settings::load(dir);
             state.settings = settings;
@@ -87,7 +90,9 @@ impl MirrorApp {
             .settings
             .export_dir
             .clone()
-            .or_else(|| directories::UserDirs::new().and_then(|u| u.picture_dir().map(|p| p.join("Mirror"))))
+            .or_else(|| {
+                directories::UserDirs::new().and_then(|u| u.picture_dir().map(|p| p.join("Mirror")))
+            })
             .unwrap_or_else(|| PathBuf::from("mirror-exports"))
             .display()
             .to_string();
@@ -156,7 +161,9 @@ impl MirrorApp {
                     self.pending.push(Action::Tokenize);
                 }
                 WorkerEvent::Finished(_) => self.textures.forget("final/"),
-                WorkerEvent::DownloadFinished(path) => self.pending.push(Action::LoadModel(path.clone())),
+                WorkerEvent::DownloadFinished(path) => {
+                    self.pending.push(Action::LoadModel(path.clone()))
+                }
                 _ => {}
             }
             self.state.apply_event(event);
@@ -197,10 +204,14 @@ impl MirrorApp {
             if path.is_file() {
                 self.pending.push(Action::LoadImage(path.to_path_buf()));
             } else {
-                let name = path.file_name().map_or("dropped image".into(), |n| n.to_string_lossy().into_owned());
+                let name = path
+                    .file_name()
+                    .map_or("dropped image".into(), |n| n.to_string_lossy().into_owned());
                 match file.bytes() {
                     Ok(bytes) => self.pending.push(Action::LoadImageBytes { bytes, name }),
-                    Err(e) => self.state.error(format!("Could not read the dropped file {name}: {e}")),
+                    Err(e) => self
+                        .state
+                        .error(format!("Could not read the dropped file {name}: {e}")),
                 }
             }
         }
@@ -238,7 +249,9 @@ impl eframe::App for MirrorApp {
             // The ETA (and download progress, which comes without a wake-up) ticks between events.
             ctx.request_repaint_after(Duration::from_secs(1));
         }
-        self.state.frame_stats.record(started.elapsed(), self.state.progress.running);
+        self.state
+            .frame_stats
+            .record(started.elapsed(), self.state.progress.running);
     }
 
     fn on_exit(&mut self) {
@@ -257,6 +270,13 @@ pub fn run_native() -> eframe::Result {
         .with_position([0.0, 0.0])
         .with_drag_and_drop(true)
         .with_icon(ui::style::window_icon());
-    let options = eframe::NativeOptions { viewport, ..Default::default() };
-    eframe::run_native("Mirror", options, Box::new(|cc| Ok(Box::new(MirrorApp::new(cc)))))
+    let options = eframe::NativeOptions {
+        viewport,
+        ..Default::default()
+    };
+    eframe::run_native(
+        "Mirror",
+        options,
+        Box::new(|cc| Ok(Box::new(MirrorApp::new(cc)))),
+    )
 }

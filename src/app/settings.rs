@@ -62,11 +62,18 @@ impl RunSettings {
         req.attention_maps = true;
         req.decode_every = (self.decode_every > 0).then_some(self.decode_every);
         let lines = |s: &str| -> Vec<String> {
-            s.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()
+            s.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from)
+                .collect()
         };
         let (src, tgt) = (lines(&self.source_sentences), lines(&self.target_sentences));
         if !src.is_empty() && !tgt.is_empty() {
-            req.direction = DirectionChoice::Sentences { source: src, target: tgt };
+            req.direction = DirectionChoice::Sentences {
+                source: src,
+                target: tgt,
+            };
         }
         req
     }
@@ -135,7 +142,10 @@ impl Settings {
                 Ok(s) => (s, None),
                 Err(e) => (
                     Self::default(),
-                    Some(format!("Settings file {} was unreadable ({e}); using defaults.", path.display())),
+                    Some(format!(
+                        "Settings file {} was unreadable ({e}); using defaults.",
+                        path.display()
+                    )),
                 ),
             },
             Err(_) => (Self::default(), None),

@@ -19,7 +19,10 @@ pub enum ModelStatus {
     None,
     Loading(PathBuf),
     Ready(ModelSummary),
-    Failed { path: PathBuf, message: String },
+    Failed {
+        path: PathBuf,
+        message: String,
+    },
 }
 
 /// The image being edited.
@@ -66,7 +69,12 @@ pub struct AttentionView {
 
 impl Default for AttentionView {
     fn default() -> Self {
-        Self { token: None, opacity: 0.6, averaged: false, resolution: None }
+        Self {
+            token: None,
+            opacity: 0.6,
+            averaged: false,
+            resolution: None,
+        }
     }
 }
 
@@ -190,8 +198,12 @@ impl AppState {
     pub fn final_image(&self, branch: Branch) -> Option<&RgbImage> {
         let images = &self.result.as_ref()?.images;
         match branch {
-            Branch::MirrorTranslation | Branch::Pix2PixZeroTranslation => images.translation.as_ref(),
-            Branch::MirrorReconstruction | Branch::Pix2PixZeroReconstruction => images.reconstruction.as_ref(),
+            Branch::MirrorTranslation | Branch::Pix2PixZeroTranslation => {
+                images.translation.as_ref()
+            }
+            Branch::MirrorReconstruction | Branch::Pix2PixZeroReconstruction => {
+                images.reconstruction.as_ref()
+            }
             Branch::DdimReconstruction => images.ddim_reconstruction.as_ref(),
             Branch::DdimTranslation => images.ddim_translation.as_ref(),
         }
@@ -207,11 +219,17 @@ impl AppState {
             WorkerEvent::ModelLoaded(m) => {
                 self.emit(&format!("model_loaded {} {:.2}s", m.name, m.seconds));
                 self.settings.remember_model(&m.path);
-                self.note(format!("Loaded {} ({}) in {:.1} s", m.name, m.kind, m.seconds));
+                self.note(format!(
+                    "Loaded {} ({}) in {:.1} s",
+                    m.name, m.kind, m.seconds
+                ));
                 self.model = ModelStatus::Ready(m);
             }
             WorkerEvent::ModelFailed { path, message } => {
-                self.error(format!("Could not load the model {}:\n{message}", path.display()));
+                self.error(format!(
+                    "Could not load the model {}:\n{message}",
+                    path.display()
+                ));
                 self.model = ModelStatus::Failed { path, message };
             }
             WorkerEvent::Tokens { source, target } => {
@@ -221,7 +239,9 @@ impl AppState {
             WorkerEvent::RunStarted { reuses_inversion } => {
                 self.progress.reuses_inversion = reuses_inversion;
                 if reuses_inversion {
-                    self.note("Re-edit: reusing the cached inversion of this image (skips inversion).");
+                    self.note(
+                        "Re-edit: reusing the cached inversion of this image (skips inversion).",
+                    );
                 }
                 self.emit(&format!("run_started reuses_inversion={reuses_inversion}"));
             }
@@ -249,7 +269,9 @@ impl AppState {
                 self.emit("run_failed");
                 self.error(format!("The run failed:\n{message}"));
             }
-            WorkerEvent::Download { done, total, file } => self.download = Some((done, total, file)),
+            WorkerEvent::Download { done, total, file } => {
+                self.download = Some((done, total, file))
+            }
             WorkerEvent::DownloadFinished(path) => {
                 self.download = None;
                 self.note(format!("Downloaded to {}", path.display()));
@@ -287,7 +309,11 @@ impl AppState {
 
     fn finish(&mut self, summary: RunSummary) {
         self.progress.running = false;
-        self.progress.fraction = if summary.cancelled { self.progress.fraction } else { 1.0 };
+        self.progress.fraction = if summary.cancelled {
+            self.progress.fraction
+        } else {
+            1.0
+        };
         self.emit(&format!(
             "finished cancelled={} steps={} reused_inversion={} seconds={:.2} frames={} frame_ms_mean={:.2} frame_ms_max={:.2}",
             summary.cancelled,
@@ -299,7 +325,10 @@ impl AppState {
             self.frame_stats.run_max.as_secs_f64() * 1000.0
         ));
         if summary.cancelled {
-            self.note(format!("Cancelled after {} steps; the steps done so far stay viewable.", summary.steps_done));
+            self.note(format!(
+                "Cancelled after {} steps; the steps done so far stay viewable.",
+                summary.steps_done
+            ));
         } else {
             self.note(format!("Finished in {:.1} s.", summary.seconds));
         }
@@ -309,10 +338,20 @@ impl AppState {
     /// Overall progress: encode+invert take the first third, sampling the rest.
     fn update_fraction(&mut self) {
         let p = &mut self.progress;
-        let within = if p.phase_steps == 0 { 0.0 } else { p.phase_step as f32 / p.phase_steps as f32 };
+        let within = if p.phase_steps == 0 {
+            0.0
+        } else {
+            p.phase_step as f32 / p.phase_steps as f32
+        };
         let (start, span) = match p.phase {
             Some(Phase::Encode) | None => (0.0, 0.02),
-            Some(Phase::Invert) => if p.reuses_inversion { (0.02, 0.0) } else { (0.02, 0.3) },
+            Some(Phase::Invert) => {
+                if p.reuses_inversion {
+                    (0.02, 0.0)
+                } else {
+                    (0.02, 0.3)
+                }
+            }
             Some(Phase::Redescribe) | Some(Phase::Translate) => (0.32, 0.66),
             Some(Phase::Decode) => (0.98, 0.02),
         };

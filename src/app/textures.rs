@@ -31,7 +31,12 @@ impl Textures {
         Some(t)
     }
 
-    pub fn rgb(&mut self, ctx: &egui::Context, key: &str, img: Option<&RgbImage>) -> Option<TextureHandle> {
+    pub fn rgb(
+        &mut self,
+        ctx: &egui::Context,
+        key: &str,
+        img: Option<&RgbImage>,
+    ) -> Option<TextureHandle> {
         self.get(ctx, key, || img.map(color_image))
     }
 

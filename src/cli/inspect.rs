@@ -75,8 +75,14 @@ fn print_single_file(file: &Path, configs_dir: &Path) -> Result<()> {
         ("text_encoder", CLIP_PREFIX, &configs.text_encoder_config),
     ] {
         let prefix = format!("{prefix}.");
-        let part: Vec<_> = all.iter().filter(|(n, _, _)| n.starts_with(&prefix)).collect();
-        let parameters: usize = part.iter().map(|(_, s, _)| s.iter().product::<usize>()).sum();
+        let part: Vec<_> = all
+            .iter()
+            .filter(|(n, _, _)| n.starts_with(&prefix))
+            .collect();
+        let parameters: usize = part
+            .iter()
+            .map(|(_, s, _)| s.iter().product::<usize>())
+            .sum();
         total += parameters;
         let mut dtypes: Vec<(DType, usize)> = Vec::new();
         for (_, shape, dtype) in &part {
@@ -93,11 +99,18 @@ fn print_single_file(file: &Path, configs_dir: &Path) -> Result<()> {
         println!(
             "    {} tensors, {parameters} parameters, stored as {}",
             part.len(),
-            if dtypes.is_empty() { "-".to_string() } else { dtypes.join(", ") }
+            if dtypes.is_empty() {
+                "-".to_string()
+            } else {
+                dtypes.join(", ")
+            }
         );
     }
     println!("  tokenizer: {}", configs.tokenizer_dir.display());
     println!("  scheduler config: {}", configs.scheduler_config.display());
-    println!("  total: {} tensors, {total} parameters in the three components", all.len());
+    println!(
+        "  total: {} tensors, {total} parameters in the three components",
+        all.len()
+    );
     Ok(())
 }

@@ -16,7 +16,14 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 /// Subcommands (and flags) that mean "run the command line" rather than the desktop app.
 pub const CLI_WORDS: &[&str] = &[
-    "inspect", "convert", "translate", "help", "--help", "-h", "--version", "-V",
+    "inspect",
+    "convert",
+    "translate",
+    "help",
+    "--help",
+    "-h",
+    "--version",
+    "-V",
 ];
 
 #[derive(Parser, Debug)]

@@ -21,7 +21,11 @@ pub fn check_writable(path: &Path) -> Result<()> {
         _ => PathBuf::from("."),
     };
     if !folder.is_dir() {
-        bail!("{}: output folder {} does not exist", path.display(), folder.display());
+        bail!(
+            "{}: output folder {} does not exist",
+            path.display(),
+            folder.display()
+        );
     }
     let probe = temp_path_for(path);
     std::fs::OpenOptions::new()
@@ -35,7 +39,10 @@ pub fn check_writable(path: &Path) -> Result<()> {
 
 /// A hidden temporary name next to `path`, for write-then-rename.
 pub fn temp_path_for(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
 }
 
@@ -59,7 +66,10 @@ pub fn comparison_tiles(
     let images = &outcome.images;
     let (rec, edit) = match method {
         Method::Mirror => (Branch::MirrorReconstruction, Branch::MirrorTranslation),
-        Method::Pix2PixZero => (Branch::Pix2PixZeroReconstruction, Branch::Pix2PixZeroTranslation),
+        Method::Pix2PixZero => (
+            Branch::Pix2PixZeroReconstruction,
+            Branch::Pix2PixZeroTranslation,
+        ),
         Method::Ddim => (Branch::DdimReconstruction, Branch::DdimTranslation),
     };
     let mut tiles = vec![("source".to_string(), source.clone())];
@@ -69,7 +79,10 @@ pub fn comparison_tiles(
     ];
     // Plain DDIM's own images are the method's when the method is DDIM.
     if method != Method::Ddim {
-        candidates.push((Branch::DdimReconstruction, images.ddim_reconstruction.as_ref()));
+        candidates.push((
+            Branch::DdimReconstruction,
+            images.ddim_reconstruction.as_ref(),
+        ));
         candidates.push((Branch::DdimTranslation, images.ddim_translation.as_ref()));
     }
     for (branch, image) in candidates {
@@ -86,7 +99,11 @@ pub const MIN_TILE_WIDTH: u32 = 128;
 
 /// The integer enlargement applied to tiles of width `width`.
 pub fn tile_scale(width: u32) -> u32 {
-    if width == 0 || width >= MIN_TILE_WIDTH { 1 } else { MIN_TILE_WIDTH.div_ceil(width) }
+    if width == 0 || width >= MIN_TILE_WIDTH {
+        1
+    } else {
+        MIN_TILE_WIDTH.div_ceil(width)
+    }
 }
 
 pub fn save_comparison(tiles: &[(String, RgbImage)], recipe: &Recipe, path: &Path) -> Result<()> {
@@ -98,7 +115,12 @@ pub fn save_comparison(tiles: &[(String, RgbImage)], recipe: &Recipe, path: &Pat
             let t = if k == 1 {
                 t.clone()
             } else {
-                imageops::resize(t, t.width() * k, t.height() * k, imageops::FilterType::Nearest)
+                imageops::resize(
+                    t,
+                    t.width() * k,
+                    t.height() * k,
+                    imageops::FilterType::Nearest,
+                )
             };
             (label.clone(), t)
         })

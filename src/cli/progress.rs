@@ -22,7 +22,12 @@ impl Progress {
     }
 
     pub fn with_tty(tty: bool) -> Self {
-        Self { tty, phase: None, phase_started: Instant::now(), drawn: false }
+        Self {
+            tty,
+            phase: None,
+            phase_started: Instant::now(),
+            drawn: false,
+        }
     }
 
     pub fn handle(&mut self, event: Event) {
@@ -35,7 +40,11 @@ impl Progress {
                 if self.tty && phase != Phase::Decode {
                     self.draw(0, steps, "");
                 } else if steps > 0 {
-                    let unit = if phase == Phase::Decode { "images" } else { "steps" };
+                    let unit = if phase == Phase::Decode {
+                        "images"
+                    } else {
+                        "steps"
+                    };
                     eprintln!("{:>10} ({steps} {unit})", phase.label());
                 } else {
                     eprintln!("{:>10}", phase.label());
@@ -46,7 +55,10 @@ impl Progress {
             Event::Direction { done, total } => {
                 if self.tty {
                     self.end_line();
-                    let _ = write!(std::io::stderr(), "\r\x1b[2K  direction: {done}/{total} sentences");
+                    let _ = write!(
+                        std::io::stderr(),
+                        "\r\x1b[2K  direction: {done}/{total} sentences"
+                    );
                     self.drawn = true;
                 }
             }
@@ -130,7 +142,10 @@ mod tests {
 
     #[test]
     fn eta_scales_mean_step_time() {
-        assert_eq!(eta(Duration::from_secs(10), 2, 10), Some(Duration::from_secs(40)));
+        assert_eq!(
+            eta(Duration::from_secs(10), 2, 10),
+            Some(Duration::from_secs(40))
+        );
         assert_eq!(eta(Duration::from_secs(10), 0, 10), None);
         assert_eq!(eta(Duration::from_secs(10), 10, 10), Some(Duration::ZERO));
     }

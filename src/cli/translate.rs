@@ -21,9 +21,7 @@ use crate::engine::imageio::{
 use crate::engine::methods::mirror::{MirrorPreset, MirrorSettings};
 use crate::engine::model::StableDiffusion;
 use crate::engine::pipeline::CancelToken;
-use crate::engine::session::{
-    DirectionChoice, InversionCache, Method, Session, TranslateRequest,
-};
+use crate::engine::session::{DirectionChoice, InversionCache, Method, Session, TranslateRequest};
 
 const AFTER_HELP: &str = "\
 Threads: --threads T sets RAYON_NUM_THREADS before anything runs (candle reads it). On small
@@ -101,7 +99,10 @@ pub struct Size(pub u32, pub u32);
 fn parse_size(s: &str) -> std::result::Result<Size, String> {
     let bad = || format!("`{s}` is not a size like 512x512");
     let (w, h) = s.split_once(['x', 'X', '×']).ok_or_else(bad)?;
-    Ok(Size(w.trim().parse().map_err(|_| bad())?, h.trim().parse().map_err(|_| bad())?))
+    Ok(Size(
+        w.trim().parse().map_err(|_| bad())?,
+        h.trim().parse().map_err(|_| bad())?,
+    ))
 }
 
 #[derive(Args, Debug)]
@@ -164,7 +165,11 @@ pub struct TranslateArgs {
     pub no_ddim: bool,
     /// Edit direction: `templates` (sentences around the changed phrase), `prompt`
     /// (E(target) − E(source)), or a saved direction file [default: templates].
-    #[arg(long, value_name = "templates|prompt|FILE.safetensors", conflicts_with = "sentences")]
+    #[arg(
+        long,
+        value_name = "templates|prompt|FILE.safetensors",
+        conflicts_with = "sentences"
+    )]
     pub direction: Option<String>,
     /// Edit direction from your own sentence lists (one sentence a line).
     #[arg(long, num_args = 2, value_names = ["SRC.txt", "TGT.txt"])]
@@ -202,10 +207,15 @@ pub struct TranslateArgs {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(rename_all = "kebab-case")]
 enum DirectionRecipe {
-    Templates { pairs: usize },
+    Templates {
+        pairs: usize,
+    },
     Prompt,
     File(PathBuf),
-    Sentences { source: Vec<String>, target: Vec<String> },
+    Sentences {
+        source: Vec<String>,
+        target: Vec<String>,
+    },
 }
 
 impl DirectionRecipe {
@@ -214,9 +224,10 @@ impl DirectionRecipe {
             DirectionRecipe::Templates { pairs } => DirectionChoice::Templates { pairs: *pairs },
             DirectionRecipe::Prompt => DirectionChoice::PromptDifference,
             DirectionRecipe::File(p) => DirectionChoice::File(p.clone()),
-            DirectionRecipe::Sentences { source, target } => {
-                DirectionChoice::Sentences { source: source.clone(), target: target.clone() }
-            }
+            DirectionRecipe::Sentences { source, target } => DirectionChoice::Sentences {
+                source: source.clone(),
+                target: target.clone(),
+            },
         }
     }
 }
@@ -259,28 +270,46 @@ fn plan(args: &TranslateArgs) -> Result<Plan> {
     };
     let preset = match (args.preset, from_recipe_str(|r| &r.preset)) {
         (Some(p), _) => p.into(),
-        (None, Some(p)) => p.parse::<MirrorPreset>().map_err(|e| anyhow!("recipe: {e}"))?,
+        (None, Some(p)) => p
+            .parse::<MirrorPreset>()
+            .map_err(|e| anyhow!("recipe: {e}"))?,
         (None, None) => MirrorPreset::Recommended,
     };
-    let source = args.source.clone().or_else(|| from_recipe_str(|r| &r.source_prompt).map(String::from));
-    let target = args.target.clone().or_else(|| from_recipe_str(|r| &r.target_prompt).map(String::from));
+    let source = args
+        .source
+        .clone()
+        .or_else(|| from_recipe_str(|r| &r.source_prompt).map(String::from));
+    let target = args
+        .target
+        .clone()
+        .or_else(|| from_recipe_str(|r| &r.target_prompt).map(String::from));
     let source = source.ok_or_else(|| anyhow!("--source is required (what the image shows)"))?;
-    let target = target.ok_or_else(|| anyhow!("--target is required (what the image should become)"))?;
+    let target =
+        target.ok_or_else(|| anyhow!("--target is required (what the image should become)"))?;
     let defaults = MirrorSettings::with_preset(preset);
     let direction = match (&args.direction, &args.sentences) {
         (_, Some(files)) => {
-            let [src, tgt] = files.as_slice() else { bail!("--sentences takes two files") };
-            DirectionRecipe::Sentences { source: read_sentences(src)?, target: read_sentences(tgt)? }
+            let [src, tgt] = files.as_slice() else {
+                bail!("--sentences takes two files")
+            };
+            DirectionRecipe::Sentences {
+                source: read_sentences(src)?,
+                target: read_sentences(tgt)?,
+            }
         }
         (Some(d), None) => match d.as_str() {
-            "templates" => DirectionRecipe::Templates { pairs: default_pairs() },
+            "templates" => DirectionRecipe::Templates {
+                pairs: default_pairs(),
+            },
             "prompt" => DirectionRecipe::Prompt,
             file => DirectionRecipe::File(PathBuf::from(file)),
         },
         (None, None) => match r.and_then(|r| r.extra.get("direction")) {
             Some(v) => serde_json::from_value(v.clone())
                 .map_err(|e| anyhow!("recipe: field `extra.direction`: {e}"))?,
-            None => DirectionRecipe::Templates { pairs: default_pairs() },
+            None => DirectionRecipe::Templates {
+                pairs: default_pairs(),
+            },
         },
     };
     let wants_ddim_files = args.ddim_out.is_some()
@@ -303,11 +332,20 @@ fn plan(args: &TranslateArgs) -> Result<Plan> {
         preset,
         source,
         target,
-        steps: args.steps.or(r.map(|r| r.steps).filter(|&s| s > 0)).unwrap_or(50),
+        steps: args
+            .steps
+            .or(r.map(|r| r.steps).filter(|&s| s > 0))
+            .unwrap_or(50),
         seed: args.seed.or(r.map(|r| r.seed)).unwrap_or(0),
         strength: args.strength.or(r.map(|r| r.edit_strength)).unwrap_or(1.0),
-        guidance: args.guidance.or(r.map(|r| r.guidance_scale)).unwrap_or(defaults.guidance_scale),
-        xa_guidance: args.xa_guidance.or(r.map(|r| r.xa_guidance)).unwrap_or(defaults.xa_guidance),
+        guidance: args
+            .guidance
+            .or(r.map(|r| r.guidance_scale))
+            .unwrap_or(defaults.guidance_scale),
+        xa_guidance: args
+            .xa_guidance
+            .or(r.map(|r| r.xa_guidance))
+            .unwrap_or(defaults.xa_guidance),
         redescribe_iters: args
             .redescribe_iters
             .or(r.map(|r| r.redescription_iterations))
@@ -316,7 +354,11 @@ fn plan(args: &TranslateArgs) -> Result<Plan> {
             .redescribe_lr
             .or(r.map(|r| r.redescription_lr))
             .unwrap_or(defaults.redescribe.lr),
-        resize: args.resize.map(ResizePolicy::from).or(r.map(|r| r.resize)).unwrap_or_default(),
+        resize: args
+            .resize
+            .map(ResizePolicy::from)
+            .or(r.map(|r| r.resize))
+            .unwrap_or_default(),
         size,
         compare_ddim: !args.no_ddim && (recipe_ddim || wants_ddim_files),
         direction,
@@ -361,8 +403,14 @@ impl OutputPaths {
         Self {
             out: args.out.clone(),
             reconstruction: args.reconstruction.clone(),
-            ddim_reconstruction: ddim.first().cloned().or_else(|| args.ddim_reconstruction.clone()),
-            ddim_translation: ddim.get(1).cloned().or_else(|| args.ddim_translation.clone()),
+            ddim_reconstruction: ddim
+                .first()
+                .cloned()
+                .or_else(|| args.ddim_reconstruction.clone()),
+            ddim_translation: ddim
+                .get(1)
+                .cloned()
+                .or_else(|| args.ddim_translation.clone()),
             comparison: args.comparison.clone(),
             dump: args.dump.clone(),
         }
@@ -370,9 +418,15 @@ impl OutputPaths {
 
     fn all(&self) -> Vec<&Path> {
         let mut v = vec![self.out.as_path()];
-        for p in [&self.reconstruction, &self.ddim_reconstruction, &self.ddim_translation, &self.comparison, &self.dump]
-            .into_iter()
-            .flatten()
+        for p in [
+            &self.reconstruction,
+            &self.ddim_reconstruction,
+            &self.ddim_translation,
+            &self.comparison,
+            &self.dump,
+        ]
+        .into_iter()
+        .flatten()
         {
             v.push(p);
         }
@@ -389,8 +443,17 @@ pub fn run(args: &TranslateArgs) -> Result<()> {
     let loaded = load_image(&args.image, &ImageLimits::default())?;
 
     let device = device::best_device();
-    let sd = StableDiffusion::load_with_configs(&args.model, &device, checkpoint_configs(args.configs.as_deref()))?;
-    eprintln!("model: {} ({}, {})", sd.info.name, sd.info.kind, device::describe(&device));
+    let sd = StableDiffusion::load_with_configs(
+        &args.model,
+        &device,
+        checkpoint_configs(args.configs.as_deref()),
+    )?;
+    eprintln!(
+        "model: {} ({}, {})",
+        sd.info.name,
+        sd.info.kind,
+        device::describe(&device)
+    );
     if let Some(r) = &plan.recipe {
         if !r.model_hash.is_empty() && r.model_hash != sd.info.fingerprint {
             eprintln!("note: the recipe was made with another model ({})", r.model);
@@ -400,8 +463,16 @@ pub fn run(args: &TranslateArgs) -> Result<()> {
         }
     }
     let side = sd.default_image_side() as u32;
-    let size = plan_size(loaded.original_size, plan.size, side, sd.size_multiple() as u32)?;
-    eprintln!("image: {}", describe_resize(loaded.original_size, size, plan.resize));
+    let size = plan_size(
+        loaded.original_size,
+        plan.size,
+        side,
+        sd.size_multiple() as u32,
+    )?;
+    eprintln!(
+        "image: {}",
+        describe_resize(loaded.original_size, size, plan.resize)
+    );
     let image = resize(&loaded.rgb, size, plan.resize);
 
     let mut req = TranslateRequest::new(image.clone(), &plan.source, &plan.target);
@@ -418,7 +489,11 @@ pub fn run(args: &TranslateArgs) -> Result<()> {
     req.compare_ddim = plan.compare_ddim;
     req.use_cache = !args.no_cache;
     req.record_dump = outputs.dump.is_some();
-    let cache_dir = if args.no_cache { None } else { InversionCache::default_dir() };
+    let cache_dir = if args.no_cache {
+        None
+    } else {
+        InversionCache::default_dir()
+    };
     let model_name = sd.info.name.clone();
     let model_hash = sd.info.fingerprint.clone();
     let mut session = Session::new(sd, cache_dir);
@@ -472,22 +547,43 @@ pub fn run(args: &TranslateArgs) -> Result<()> {
         wrote.push(path.clone());
     }
     let named = [
-        (&outputs.reconstruction, &images.reconstruction, "reconstruction"),
-        (&outputs.ddim_reconstruction, &images.ddim_reconstruction, "DDIM reconstruction"),
-        (&outputs.ddim_translation, &images.ddim_translation, "DDIM translation"),
+        (
+            &outputs.reconstruction,
+            &images.reconstruction,
+            "reconstruction",
+        ),
+        (
+            &outputs.ddim_reconstruction,
+            &images.ddim_reconstruction,
+            "DDIM reconstruction",
+        ),
+        (
+            &outputs.ddim_translation,
+            &images.ddim_translation,
+            "DDIM translation",
+        ),
     ];
     for (path, image, what) in named {
         if let Some(path) = path {
-            let t = image.as_ref().ok_or_else(|| anyhow!("the run produced no {what}"))?;
+            let t = image
+                .as_ref()
+                .ok_or_else(|| anyhow!("the run produced no {what}"))?;
             save_tensor_png(t, &recipe, path)?;
             wrote.push(path.clone());
         }
     }
     if let Some(path) = &outputs.comparison {
-        save_comparison(&comparison_tiles(&image, plan.method, &outcome)?, &recipe, path)?;
+        save_comparison(
+            &comparison_tiles(&image, plan.method, &outcome)?,
+            &recipe,
+            path,
+        )?;
         wrote.push(path.clone());
     }
-    let translation = images.translation.as_ref().ok_or_else(|| anyhow!("the run produced no translation"))?;
+    let translation = images
+        .translation
+        .as_ref()
+        .ok_or_else(|| anyhow!("the run produced no translation"))?;
     save_tensor_png(translation, &recipe, &outputs.out)?;
     wrote.push(outputs.out.clone());
 
@@ -496,8 +592,15 @@ pub fn run(args: &TranslateArgs) -> Result<()> {
         .as_ref()
         .map(|(s, t)| format!(" (edit \"{s}\" → \"{t}\")"))
         .unwrap_or_default();
-    let reused = if outcome.reused_inversion { ", cached inversion" } else { "" };
-    eprintln!("{} in {:.1} s{phrase}{reused}", plan.method, outcome.seconds);
+    let reused = if outcome.reused_inversion {
+        ", cached inversion"
+    } else {
+        ""
+    };
+    eprintln!(
+        "{} in {:.1} s{phrase}{reused}",
+        plan.method, outcome.seconds
+    );
     for path in wrote {
         println!("wrote {}", path.display());
     }

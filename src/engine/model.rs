@@ -77,8 +77,14 @@ impl StableDiffusion {
                 let text_map = Arc::new(ldm_names::diffusers_text_encoder_map());
                 let parts = build(
                     &configs,
-                    (text_weights.var_builder_mapped(text_map, dtype, device), text_weights.label()),
-                    (unet_weights.var_builder(dtype, device), unet_weights.label()),
+                    (
+                        text_weights.var_builder_mapped(text_map, dtype, device),
+                        text_weights.label(),
+                    ),
+                    (
+                        unet_weights.var_builder(dtype, device),
+                        unet_weights.label(),
+                    ),
                     (vae_weights.var_builder(dtype, device), vae_weights.label()),
                 )?;
                 let mut files = text_weights.files().to_vec();
@@ -166,7 +172,13 @@ impl StableDiffusion {
     }
 }
 
-type Parts = (ClipTokenizer, ClipTextTransformer, UNet2DConditionModel, AutoencoderKL, DdimScheduler);
+type Parts = (
+    ClipTokenizer,
+    ClipTextTransformer,
+    UNet2DConditionModel,
+    AutoencoderKL,
+    DdimScheduler,
+);
 
 /// Builds every component from its config and weights; weight errors name `file`.
 fn build(
@@ -178,9 +190,11 @@ fn build(
     let text_cfg = ClipTextConfig::from_file(&configs.text_encoder_config)?;
     let tokenizer = ClipTokenizer::from_dir(&configs.tokenizer_dir)?
         .with_max_length(text_cfg.max_position_embeddings)?;
-    let text_encoder = ClipTextTransformer::new(text.0, &text_cfg).map_err(|e| weight_error(text.1, e))?;
+    let text_encoder =
+        ClipTextTransformer::new(text.0, &text_cfg).map_err(|e| weight_error(text.1, e))?;
     let unet_cfg = UNetConfig::from_file(&configs.unet_config)?;
-    let unet_model = UNet2DConditionModel::new(unet.0, &unet_cfg).map_err(|e| weight_error(unet.1, e))?;
+    let unet_model =
+        UNet2DConditionModel::new(unet.0, &unet_cfg).map_err(|e| weight_error(unet.1, e))?;
     let vae_cfg = VaeConfig::from_file(&configs.vae_config)?;
     let vae_model = AutoencoderKL::new(vae.0, &vae_cfg).map_err(|e| weight_error(vae.1, e))?;
     let scheduler = DdimScheduler::from_file(&configs.scheduler_config)?;

@@ -28,7 +28,8 @@ impl Fixtures {
 
     /// The model folder the fixtures were made from.
     pub fn model_dir(&self) -> PathBuf {
-        self.root.join(self.manifest["model_dir"].as_str().expect("model_dir"))
+        self.root
+            .join(self.manifest["model_dir"].as_str().expect("model_dir"))
     }
 
     pub fn fixture(&self, name: &str) -> &Value {
@@ -68,7 +69,9 @@ impl Fixtures {
     }
 
     pub fn atol(&self, name: &str, tensor: &str) -> f64 {
-        self.fixture(name)["tensors"][tensor]["atol"].as_f64().unwrap_or(0.0)
+        self.fixture(name)["tensors"][tensor]["atol"]
+            .as_f64()
+            .unwrap_or(0.0)
     }
 
     /// Checks `actual` against the fixture tensor: integers exactly, floats elementwise within
@@ -101,7 +104,10 @@ pub fn assert_tensor_close(label: &str, expected: &Tensor, actual: &Tensor, atol
     let mut worst = 0usize;
     for (i, (x, y)) in e.iter().zip(&a).enumerate() {
         if x.is_nan() || y.is_nan() {
-            assert!(x.is_nan() && y.is_nan(), "{label}[{i}]: NaN position differs ({x} vs {y})");
+            assert!(
+                x.is_nan() && y.is_nan(),
+                "{label}[{i}]: NaN position differs ({x} vs {y})"
+            );
             continue;
         }
         let err = (x - y).abs();

@@ -15,12 +15,18 @@ pub fn compare_view(ui: &mut Ui, state: &mut AppState, tex: &mut Textures) {
     };
     ui.horizontal(|ui| {
         ui.spacing_mut().slider_width = 300.0;
-        ui.add(egui::Slider::new(&mut state.compare_split, 0.0..=1.0).text("Split").show_value(false));
+        ui.add(
+            egui::Slider::new(&mut state.compare_split, 0.0..=1.0)
+                .text("Split")
+                .show_value(false),
+        );
         ui.label(RichText::new("left: source · right: translation (drag on the image too)").weak());
     });
     let key = format!("final/compare/{}", state.frames.len());
-    let (Some(tb), Some(ta)) = (tex.rgb(ui.ctx(), &format!("{key}/before"), Some(&before)), tex.rgb(ui.ctx(), &format!("{key}/after"), Some(&after)))
-    else {
+    let (Some(tb), Some(ta)) = (
+        tex.rgb(ui.ctx(), &format!("{key}/before"), Some(&before)),
+        tex.rgb(ui.ctx(), &format!("{key}/after"), Some(&after)),
+    ) else {
         return;
     };
     let avail = ui.available_size() - vec2(0.0, 8.0);
@@ -38,5 +44,9 @@ pub fn compare_view(ui: &mut Ui, state: &mut AppState, tex: &mut Textures) {
     let uv = |a: f32, b: f32| Rect::from_min_max(pos2(a, 0.0), pos2(b, 1.0));
     painter.image(tb.id(), left, uv(0.0, s), egui::Color32::WHITE);
     painter.image(ta.id(), right, uv(s, 1.0), egui::Color32::WHITE);
-    painter.vline(x, rect.y_range(), egui::Stroke::new(2.0, egui::Color32::WHITE));
+    painter.vline(
+        x,
+        rect.y_range(),
+        egui::Stroke::new(2.0, egui::Color32::WHITE),
+    );
 }

@@ -24,11 +24,16 @@ pub fn draw(ui: &mut Ui, state: &mut AppState, tex: &mut Textures, actions: &mut
             .default_size(340.0)
             .size_range(300.0..=480.0)
             .show(ui, |ui| {
-                egui::ScrollArea::vertical().show(ui, |ui| controls::controls(ui, state, tex, actions));
+                egui::ScrollArea::vertical()
+                    .show(ui, |ui| controls::controls(ui, state, tex, actions));
             });
         egui::CentralPanel::default().show(ui, |ui| {
             ui.horizontal(|ui| {
-                for (view, name) in [(View::Steps, "Steps"), (View::Attention, "Attention"), (View::Compare, "Compare")] {
+                for (view, name) in [
+                    (View::Steps, "Steps"),
+                    (View::Attention, "Attention"),
+                    (View::Compare, "Compare"),
+                ] {
                     if ui.selectable_label(state.view == view, name).clicked() {
                         state.view = view;
                     }
@@ -71,23 +76,28 @@ fn menu_bar(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) {
                 actions.push(Action::SaveTranslationAs);
             }
         });
-        ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| match &state.model {
-            ModelStatus::Ready(m) => {
-                ui.label(RichText::new(format!("Model: {} · {}", m.name, m.kind)).weak());
-            }
-            ModelStatus::Loading(p) => {
-                ui.spinner();
-                ui.label(format!("Loading {}…", p.display()));
-            }
-            _ => {
-                ui.label(RichText::new("No model loaded").weak());
-            }
-        });
+        ui.with_layout(
+            egui::Layout::right_to_left(egui::Align::Center),
+            |ui| match &state.model {
+                ModelStatus::Ready(m) => {
+                    ui.label(RichText::new(format!("Model: {} · {}", m.name, m.kind)).weak());
+                }
+                ModelStatus::Loading(p) => {
+                    ui.spinner();
+                    ui.label(format!("Loading {}…", p.display()));
+                }
+                _ => {
+                    ui.label(RichText::new("No model loaded").weak());
+                }
+            },
+        );
     });
 }
 
 fn error_modal(ctx: &egui::Context, state: &mut AppState) {
-    let Some(message) = state.errors.first().cloned() else { return };
+    let Some(message) = state.errors.first().cloned() else {
+        return;
+    };
     let mut close = false;
     egui::Modal::new(egui::Id::unique("mirror-error-dialog")).show(ctx, |ui| {
         ui.set_max_width(460.0);
@@ -114,10 +124,15 @@ pub fn tile(ui: &mut Ui, tex: Option<&TextureHandle>, caption: &str, max: Vec2) 
             Some(t) => {
                 let size = t.size_vec2();
                 let scale = (max.x / size.x).min(max.y / size.y);
-                ui.add(egui::Image::new(t).fit_to_exact_size(size * scale).corner_radius(4.0));
+                ui.add(
+                    egui::Image::new(t)
+                        .fit_to_exact_size(size * scale)
+                        .corner_radius(4.0),
+                );
             }
             None => {
-                let (rect, _) = ui.allocate_exact_size(Vec2::splat(max.x.min(max.y)), egui::Sense::hover());
+                let (rect, _) =
+                    ui.allocate_exact_size(Vec2::splat(max.x.min(max.y)), egui::Sense::hover());
                 ui.painter().rect_filled(rect, 4.0, style::EMPTY_TILE);
                 ui.painter().text(
                     rect.center(),
@@ -135,6 +150,10 @@ pub fn tile(ui: &mut Ui, tex: Option<&TextureHandle>, caption: &str, max: Vec2) 
 /// A labelled single-line text field (the label is its accessible name).
 pub fn text_field(ui: &mut Ui, label: &str, value: &mut String, hint: &str) -> egui::Response {
     let l = ui.label(label);
-    ui.add(egui::TextEdit::singleline(value).hint_text(hint).desired_width(f32::INFINITY))
-        .labelled_by(l.id)
+    ui.add(
+        egui::TextEdit::singleline(value)
+            .hint_text(hint)
+            .desired_width(f32::INFINITY),
+    )
+    .labelled_by(l.id)
 }

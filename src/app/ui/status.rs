@@ -9,10 +9,24 @@ pub fn status_bar(ui: &mut Ui, state: &AppState) {
         let p = &state.progress;
         if p.running {
             let phase = p.phase.map_or("starting", |ph| ph.label());
-            let eta = state.eta().map_or(String::new(), |s| format!(" · about {} left", fmt_secs(s)));
-            let steps = if p.phase_steps > 0 { format!(" {}/{}", p.phase_step, p.phase_steps) } else { String::new() };
-            let text = if p.cancel_requested { "cancelling…".to_string() } else { format!("{phase}{steps}{eta}") };
-            ui.add(egui::ProgressBar::new(p.fraction).desired_width(320.0).text(text));
+            let eta = state
+                .eta()
+                .map_or(String::new(), |s| format!(" · about {} left", fmt_secs(s)));
+            let steps = if p.phase_steps > 0 {
+                format!(" {}/{}", p.phase_step, p.phase_steps)
+            } else {
+                String::new()
+            };
+            let text = if p.cancel_requested {
+                "cancelling…".to_string()
+            } else {
+                format!("{phase}{steps}{eta}")
+            };
+            ui.add(
+                egui::ProgressBar::new(p.fraction)
+                    .desired_width(320.0)
+                    .text(text),
+            );
         } else if let Some(note) = state.notes.last() {
             ui.label(RichText::new(note).weak());
         } else {
@@ -21,11 +35,17 @@ pub fn status_bar(ui: &mut Ui, state: &AppState) {
         ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
             let ms = state.frame_stats.last.as_secs_f64() * 1000.0;
             ui.label(RichText::new(format!("UI {ms:.1} ms/frame")).small().weak())
-                .on_hover_text("Time spent building this frame; the engine runs on its own thread.");
+                .on_hover_text(
+                    "Time spent building this frame; the engine runs on its own thread.",
+                );
         });
     });
 }
 
 pub fn fmt_secs(s: f64) -> String {
-    if s < 60.0 { format!("{s:.0} s") } else { format!("{}m {:02.0}s", (s / 60.0) as u64, s % 60.0) }
+    if s < 60.0 {
+        format!("{s:.0} s")
+    } else {
+        format!("{}m {:02.0}s", (s / 60.0) as u64, s % 60.0)
+    }
 }

@@ -17,8 +17,13 @@ pub fn steps_view(ui: &mut Ui, state: &mut AppState, tex: &mut Textures) {
 }
 
 fn previews(ui: &mut Ui, state: &AppState, tex: &mut Textures) {
-    let branches: Vec<Branch> =
-        PREVIEW_BRANCHES.into_iter().filter(|b| state.run.compare_ddim || !matches!(b, Branch::DdimReconstruction | Branch::DdimTranslation)).collect();
+    let branches: Vec<Branch> = PREVIEW_BRANCHES
+        .into_iter()
+        .filter(|b| {
+            state.run.compare_ddim
+                || !matches!(b, Branch::DdimReconstruction | Branch::DdimTranslation)
+        })
+        .collect();
     let n = branches.len() + 1;
     let gap = ui.spacing().item_spacing.x;
     let side = ((ui.available_width() - gap * (n as f32 - 1.0)) / n as f32).clamp(96.0, 320.0);
@@ -35,8 +40,13 @@ fn previews(ui: &mut Ui, state: &AppState, tex: &mut Textures) {
             let (key, img) = match (finished, state.final_image(branch)) {
                 (true, Some(img)) => (format!("final/{branch:?}"), Some(img)),
                 _ => {
-                    let b = step.and_then(|s| state.frames.get(s)).and_then(|f| f.branches.iter().find(|b| b.branch == branch));
-                    (format!("step/{}/{branch:?}", step.unwrap_or(0)), b.map(|b| &b.preview))
+                    let b = step
+                        .and_then(|s| state.frames.get(s))
+                        .and_then(|f| f.branches.iter().find(|b| b.branch == branch));
+                    (
+                        format!("step/{}/{branch:?}", step.unwrap_or(0)),
+                        b.map(|b| &b.preview),
+                    )
                 }
             };
             let t = tex.rgb(ui.ctx(), &key, img);
@@ -75,9 +85,20 @@ fn timeline(ui: &mut Ui, state: &mut AppState) {
         let slider = egui::Slider::new(&mut step, 0..=last)
             .text("Timeline step")
             .custom_formatter(move |v, _| format!("{}/{total}", v as usize + 1))
-            .custom_parser(|s| s.split('/').next()?.trim().parse::<f64>().ok().map(|v| v - 1.0));
+            .custom_parser(|s| {
+                s.split('/')
+                    .next()?
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                    .map(|v| v - 1.0)
+            });
         if ui.add(slider).changed() {
-            state.timeline = if step == last && state.progress.running { None } else { Some(step) };
+            state.timeline = if step == last && state.progress.running {
+                None
+            } else {
+                Some(step)
+            };
         }
         let mut live = state.timeline.is_none();
         if ui.checkbox(&mut live, "Follow live").changed() {
@@ -96,7 +117,12 @@ fn plots(ui: &mut Ui, state: &AppState) {
     let shown = state.shown_step().unwrap_or(0) as f64 + 1.0;
     ui.horizontal(|ui| {
         ui.vertical(|ui| {
-            ui.label(RichText::new("Mirror error per step (reconstruction vs inversion latent, lower is better)").small());
+            ui.label(
+                RichText::new(
+                    "Mirror error per step (reconstruction vs inversion latent, lower is better)",
+                )
+                .small(),
+            );
             Plot::new("mirror-error")
                 .legend(Legend::default().position(egui_plot::Corner::LeftTop))
                 .height(height)
@@ -104,22 +130,35 @@ fn plots(ui: &mut Ui, state: &AppState) {
                 .x_axis_label("step")
                 .allow_scroll(false)
                 .show(ui, |p| {
-                    for branch in PREVIEW_BRANCHES.into_iter().filter(|b| b.is_reconstruction()) {
+                    for branch in PREVIEW_BRANCHES
+                        .into_iter()
+                        .filter(|b| b.is_reconstruction())
+                    {
                         let pts: PlotPoints = state
                             .frames
                             .iter()
                             .filter_map(|f| {
-                                let e = f.branches.iter().find(|b| b.branch == branch)?.mirror_error?;
+                                let e = f
+                                    .branches
+                                    .iter()
+                                    .find(|b| b.branch == branch)?
+                                    .mirror_error?;
                                 Some([f.step as f64 + 1.0, e])
                             })
                             .collect();
-                        p.line(Line::new(branch.label(), pts).color(super::style::branch_colour(branch)).width(2.0));
+                        p.line(
+                            Line::new(branch.label(), pts)
+                                .color(super::style::branch_colour(branch))
+                                .width(2.0),
+                        );
                     }
                     p.vline(egui_plot::VLine::new("", shown).color(egui::Color32::from_gray(120)));
                 });
         });
         ui.vertical(|ui| {
-            ui.label(RichText::new("Redescription loss (last Adam iteration of each step)").small());
+            ui.label(
+                RichText::new("Redescription loss (last Adam iteration of each step)").small(),
+            );
             Plot::new("redescription-loss")
                 .legend(Legend::default().position(egui_plot::Corner::LeftTop))
                 .height(height)
@@ -132,7 +171,11 @@ fn plots(ui: &mut Ui, state: &AppState) {
                         .iter()
                         .filter_map(|f| Some([f.step as f64 + 1.0, *f.redescription.last()?]))
                         .collect();
-                    p.line(Line::new("redescription loss", pts).color(super::style::ACCENT).width(2.0));
+                    p.line(
+                        Line::new("redescription loss", pts)
+                            .color(super::style::ACCENT)
+                            .width(2.0),
+                    );
                     p.vline(egui_plot::VLine::new("", shown).color(egui::Color32::from_gray(120)));
                 });
         });

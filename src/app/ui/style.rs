@@ -31,11 +31,16 @@ pub fn apply(ctx: &egui::Context) {
 
 /// The window icon (the 64 px app icon).
 pub fn window_icon() -> egui::IconData {
-    const PNG: &[u8] = include_bytes!("../../../assets/icons/io.github.mirror_diffusion.Mirror-64.png");
+    const PNG: &[u8] =
+        include_bytes!("../../../assets/icons/io.github.mirror_diffusion.Mirror-64.png");
     image::load_from_memory(PNG)
         .map(|i| {
             let rgba = i.to_rgba8();
-            egui::IconData { width: rgba.width(), height: rgba.height(), rgba: rgba.into_raw() }
+            egui::IconData {
+                width: rgba.width(),
+                height: rgba.height(),
+                rgba: rgba.into_raw(),
+            }
         })
         .unwrap_or_default()
 }

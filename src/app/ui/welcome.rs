@@ -12,7 +12,10 @@ use crate::worker::{Worker, WorkerEvent};
 
 /// The Hub repositories offered for download.
 pub const DOWNLOADS: [(&str, &str); 2] = [
-    ("stable-diffusion-v1-5/stable-diffusion-v1-5", "Stable Diffusion 1.5"),
+    (
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "Stable Diffusion 1.5",
+    ),
     ("CompVis/stable-diffusion-v1-4", "Stable Diffusion 1.4"),
 ];
 

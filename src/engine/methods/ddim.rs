@@ -3,10 +3,10 @@
 
 use candle_core::Tensor;
 
+use crate::engine::Result;
 use crate::engine::model::StableDiffusion;
 use crate::engine::pipeline::stages::{check_finite, classifier_free_guidance};
 use crate::engine::unet::{AttentionMaps, CaptureRequest};
-use crate::engine::Result;
 
 /// The contexts of one DDIM branch: `cond` alone (guidance 1) or CFG on `[uncond, cond]`.
 #[derive(Debug, Clone)]
@@ -33,9 +33,14 @@ pub fn step(
     contexts: &DdimContexts,
     want_maps: bool,
 ) -> Result<DdimStep> {
-    let request = CaptureRequest { probs: want_maps, keys_values: false };
+    let request = CaptureRequest {
+        probs: want_maps,
+        keys_values: false,
+    };
     let (eps, maps) = match &contexts.uncond {
-        None => sd.unet.forward_with_capture(z, t as f64, &contexts.cond, request)?,
+        None => sd
+            .unet
+            .forward_with_capture(z, t as f64, &contexts.cond, request)?,
         Some((u, w)) => {
             let (e, maps) = sd.unet.forward_with_capture(
                 &Tensor::cat(&[z, z], 0)?,
@@ -57,10 +62,22 @@ pub fn step(
 }
 
 /// Plain DDIM sampling from `z_t` over the whole schedule; returns `[z_N … z_0]`.
-pub fn sample(sd: &StableDiffusion, z_t: &Tensor, n: usize, contexts: &DdimContexts) -> Result<Vec<Tensor>> {
+pub fn sample(
+    sd: &StableDiffusion,
+    z_t: &Tensor,
+    n: usize,
+    contexts: &DdimContexts,
+) -> Result<Vec<Tensor>> {
     let mut latents = vec![z_t.clone()];
     for t in sd.scheduler.timesteps(n) {
-        let s = step(sd, latents.last().expect("start latent"), t, n, contexts, false)?;
+        let s = step(
+            sd,
+            latents.last().expect("start latent"),
+            t,
+            n,
+            contexts,
+            false,
+        )?;
         latents.push(s.latent);
     }
     Ok(latents)

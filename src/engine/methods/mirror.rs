@@ -7,12 +7,14 @@
 use candle_core::Tensor;
 
 use crate::engine::model::StableDiffusion;
+use crate::engine::pipeline::CancelToken;
 use crate::engine::pipeline::stages::{
     RedescribeSettings, Trajectory, check_finite, classifier_free_guidance, guidance_gradient,
     redescribe,
 };
-use crate::engine::pipeline::CancelToken;
-use crate::engine::unet::{AttentionMaps, CaptureRequest, attention_map_loss, key_value_losses, repeat_batch};
+use crate::engine::unet::{
+    AttentionMaps, CaptureRequest, attention_map_loss, key_value_losses, repeat_batch,
+};
 use crate::engine::{EngineError, Result};
 
 /// Which reading of the method to run.
@@ -42,7 +44,9 @@ impl std::str::FromStr for MirrorPreset {
         match s {
             "authors" | "F" | "f" => Ok(MirrorPreset::Authors),
             "recommended" | "R" | "r" => Ok(MirrorPreset::Recommended),
-            other => Err(format!("unknown preset `{other}` (expected recommended or authors)")),
+            other => Err(format!(
+                "unknown preset `{other}` (expected recommended or authors)"
+            )),
         }
     }
 }
@@ -107,11 +111,16 @@ impl MirrorSettings {
         match self.preset {
             MirrorPreset::Authors => vec![10, 15, 20, 25],
             MirrorPreset::Recommended => {
-                let mut s: Vec<usize> = [n as f64 / 6.0, n as f64 / 4.0, n as f64 / 3.0, 5.0 * n as f64 / 12.0]
-                    .iter()
-                    .map(|x| x.round() as usize)
-                    .filter(|&k| k < n)
-                    .collect();
+                let mut s: Vec<usize> = [
+                    n as f64 / 6.0,
+                    n as f64 / 4.0,
+                    n as f64 / 3.0,
+                    5.0 * n as f64 / 12.0,
+                ]
+                .iter()
+                .map(|x| x.round() as usize)
+                .filter(|&k| k < n)
+                .collect();
                 s.sort_unstable();
                 s.dedup();
                 s
@@ -122,8 +131,12 @@ impl MirrorSettings {
     /// Scale of the direction in the conditional context at step i of n.
     pub fn edit_scale_at(&self, i: usize, n: usize) -> f64 {
         match self.preset {
-            MirrorPreset::Authors if i < self.ramp_until => self.edit_scale + self.edit_ramp * i as f64,
-            MirrorPreset::Recommended if 3 * i < 2 * n => self.edit_scale + self.ramp_total * i as f64 / n as f64,
+            MirrorPreset::Authors if i < self.ramp_until => {
+                self.edit_scale + self.edit_ramp * i as f64
+            }
+            MirrorPreset::Recommended if 3 * i < 2 * n => {
+                self.edit_scale + self.ramp_total * i as f64 / n as f64
+            }
             _ => self.edit_scale,
         }
     }
@@ -190,11 +203,9 @@ pub struct TranslationStep {
 }
 
 fn timestep(sd: &StableDiffusion, n: usize, i: usize) -> Result<usize> {
-    sd.scheduler
-        .timesteps(n)
-        .get(i)
-        .copied()
-        .ok_or_else(|| EngineError::InvalidInput(format!("step {i} is outside the {n}-step schedule")))
+    sd.scheduler.timesteps(n).get(i).copied().ok_or_else(|| {
+        EngineError::InvalidInput(format!("step {i} is outside the {n}-step schedule"))
+    })
 }
 
 /// Redescription at step i (from `rec_latent` and the previous embedding), then the
@@ -224,8 +235,11 @@ pub fn reconstruct(
         cancel,
     )?;
     let emb = redescription.embedding;
-    let embedding_change =
-        (&emb - previous_embedding)?.sqr()?.sum_all()?.to_scalar::<f32>()?.sqrt() as f64;
+    let embedding_change = (&emb - previous_embedding)?
+        .sqr()?
+        .sum_all()?
+        .to_scalar::<f32>()?
+        .sqrt() as f64;
     cancel.check()?;
     let (rec_eps, rec_maps) = reconstruction_pass(sd, settings, rec_latent, &emb, t)?;
     let rec_step = sd.scheduler.step(&rec_eps, t, rec_latent, n)?;
@@ -254,14 +268,25 @@ pub fn reconstruction_pass(
 ) -> Result<(Tensor, AttentionMaps)> {
     if settings.preset == MirrorPreset::Authors {
         // Released code: CFG with [C*, C*] at batch 2 (a no-op CFG), keys/values recorded.
-        let request = CaptureRequest { probs: true, keys_values: true };
+        let request = CaptureRequest {
+            probs: true,
+            keys_values: true,
+        };
         let pair = Tensor::cat(&[emb, emb], 0)?;
         let x = Tensor::cat(&[rec_latent, rec_latent], 0)?;
         let (e, maps) = sd.unet.forward_with_capture(&x, t as f64, &pair, request)?;
-        Ok((classifier_free_guidance(&e, settings.guidance_scale)?, maps.detach()))
+        Ok((
+            classifier_free_guidance(&e, settings.guidance_scale)?,
+            maps.detach(),
+        ))
     } else {
-        let request = CaptureRequest { probs: true, keys_values: false };
-        let (e, maps) = sd.unet.forward_with_capture(rec_latent, t as f64, emb, request)?;
+        let request = CaptureRequest {
+            probs: true,
+            keys_values: false,
+        };
+        let (e, maps) = sd
+            .unet
+            .forward_with_capture(rec_latent, t as f64, emb, request)?;
         Ok((e, maps.detach()))
     }
 }
@@ -284,7 +309,11 @@ pub fn translate(
 ) -> Result<TranslationStep> {
     let t = timestep(sd, n, i)?;
     let authors = settings.preset == MirrorPreset::Authors;
-    let reference = if authors { rec_maps.clone() } else { repeat_batch(rec_maps, 2)? };
+    let reference = if authors {
+        rec_maps.clone()
+    } else {
+        repeat_batch(rec_maps, 2)?
+    };
     // Contexts [C*, C* + s_i Δc].
     let edit_scale = settings.edit_scale_at(i, n);
     let cond = if authors {
@@ -334,8 +363,13 @@ pub fn translate(
 
     // Noise at the guided pair, CFG, DDIM step on the unconditional copy X[0].
     cancel.check()?;
-    let request = CaptureRequest { probs: want_edit_maps, keys_values: false };
-    let (e, edit_maps) = sd.unet.forward_with_capture(&x, t as f64, &context, request)?;
+    let request = CaptureRequest {
+        probs: want_edit_maps,
+        keys_values: false,
+    };
+    let (e, edit_maps) = sd
+        .unet
+        .forward_with_capture(&x, t as f64, &context, request)?;
     let edit_eps = classifier_free_guidance(&e, settings.guidance_scale)?;
     let edit_step = sd.scheduler.step(&edit_eps, t, &x.narrow(0, 0, 1)?, n)?;
     check_finite(&edit_step.prev_sample, "the translation latent")?;
@@ -369,7 +403,15 @@ pub fn step(
     want_edit_maps: bool,
     cancel: &CancelToken,
 ) -> Result<(MirrorState, ReconstructionStep, TranslationStep)> {
-    let rec = reconstruct(sd, settings, trajectory, &state.rec_latent, &state.embedding, i, cancel)?;
+    let rec = reconstruct(
+        sd,
+        settings,
+        trajectory,
+        &state.rec_latent,
+        &state.embedding,
+        i,
+        cancel,
+    )?;
     let edit = translate(
         sd,
         settings,
@@ -402,16 +444,28 @@ fn main_guidance_with_kv(
     kv_weight: f64,
 ) -> Result<(Tensor, f64, Option<f64>, Option<f64>)> {
     let var = candle_core::Var::from_tensor(&x.detach())?;
-    let request = CaptureRequest { probs: true, keys_values: true };
-    let (_, maps) = sd.unet.forward_with_capture(var.as_tensor(), t as f64, context, request)?;
+    let request = CaptureRequest {
+        probs: true,
+        keys_values: true,
+    };
+    let (_, maps) = sd
+        .unet
+        .forward_with_capture(var.as_tensor(), t as f64, context, request)?;
     let probs = attention_map_loss(&maps, reference)?;
     let (keys, values) = key_value_losses(&maps, reference, kv_weight)?;
     let total = ((&probs + &values)? + &keys)?;
     let grads = total.backward()?;
     let grad = grads
         .get(var.as_tensor())
-        .ok_or_else(|| EngineError::InvalidInput("guidance: no gradient reached the latent".into()))?
+        .ok_or_else(|| {
+            EngineError::InvalidInput("guidance: no gradient reached the latent".into())
+        })?
         .clone();
     let scalar = |t: &Tensor| -> Result<f64> { Ok(t.to_scalar::<f32>()? as f64) };
-    Ok((grad, scalar(&probs)?, Some(scalar(&keys)?), Some(scalar(&values)?)))
+    Ok((
+        grad,
+        scalar(&probs)?,
+        Some(scalar(&keys)?),
+        Some(scalar(&values)?),
+    ))
 }

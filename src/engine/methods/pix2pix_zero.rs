@@ -5,10 +5,10 @@
 
 use candle_core::Tensor;
 
+use crate::engine::Result;
 use crate::engine::model::StableDiffusion;
 use crate::engine::pipeline::stages::{check_finite, classifier_free_guidance, guidance_gradient};
 use crate::engine::unet::{AttentionMaps, CaptureRequest, repeat_batch};
-use crate::engine::Result;
 
 /// Settings of the released code (CFG 5, guidance step 0.1).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -19,7 +19,10 @@ pub struct Pix2PixZeroSettings {
 
 impl Default for Pix2PixZeroSettings {
     fn default() -> Self {
-        Self { guidance_scale: 5.0, xa_guidance: 0.1 }
+        Self {
+            guidance_scale: 5.0,
+            xa_guidance: 0.1,
+        }
     }
 }
 
@@ -51,8 +54,13 @@ pub fn step(
 ) -> Result<Pix2PixZeroStep> {
     let t = sd.scheduler.timesteps(n)[i];
     // Reference pass: CFG with [c, c] is the conditional prediction itself, so batch 1.
-    let request = CaptureRequest { probs: true, keys_values: false };
-    let (rec_eps, rec_maps) = sd.unet.forward_with_capture(rec_latent, t as f64, caption, request)?;
+    let request = CaptureRequest {
+        probs: true,
+        keys_values: false,
+    };
+    let (rec_eps, rec_maps) = sd
+        .unet
+        .forward_with_capture(rec_latent, t as f64, caption, request)?;
     let rec_maps = rec_maps.detach();
     let rec = sd.scheduler.step(&rec_eps, t, rec_latent, n)?;
     check_finite(&rec.prev_sample, "the pix2pix-zero reference latent")?;
@@ -63,8 +71,13 @@ pub fn step(
     let x = Tensor::cat(&[edit_latent, edit_latent], 0)?;
     let (g, loss) = guidance_gradient(sd, &x, t, &context, &reference, 1.0)?;
     let x = (&x - (g * settings.xa_guidance)?)?;
-    let request = CaptureRequest { probs: want_edit_maps, keys_values: false };
-    let (e, edit_maps) = sd.unet.forward_with_capture(&x, t as f64, &context, request)?;
+    let request = CaptureRequest {
+        probs: want_edit_maps,
+        keys_values: false,
+    };
+    let (e, edit_maps) = sd
+        .unet
+        .forward_with_capture(&x, t as f64, &context, request)?;
     let eps = classifier_free_guidance(&e, settings.guidance_scale)?;
     let edit = sd.scheduler.step(&eps, t, &x.narrow(0, 0, 1)?, n)?;
     check_finite(&edit.prev_sample, "the pix2pix-zero edit latent")?;

@@ -160,8 +160,18 @@ pub struct Conv2d {
 impl Conv2d {
     pub fn new(weight: Tensor, bias: Option<Tensor>, padding: usize, stride: usize) -> Self {
         let (_, _, kh, kw) = weight.dims4().unwrap_or((0, 0, 1, 1));
-        let matrix = if weight.device().is_cpu() && kh * kw > 1 { kernel_matrix(&weight).ok() } else { None };
-        Self { weight, matrix, bias, padding, stride }
+        let matrix = if weight.device().is_cpu() && kh * kw > 1 {
+            kernel_matrix(&weight).ok()
+        } else {
+            None
+        };
+        Self {
+            weight,
+            matrix,
+            bias,
+            padding,
+            stride,
+        }
     }
 
     pub fn weight(&self) -> &Tensor {
@@ -199,11 +209,7 @@ impl Conv2d {
         } else {
             grad.clone()
         };
-        let flipped = self
-            .weight
-            .flip(&[2, 3])?
-            .transpose(0, 1)?
-            .contiguous()?;
+        let flipped = self.weight.flip(&[2, 3])?.transpose(0, 1)?.contiguous()?;
         let (ih, iw) = input_hw;
         let (dh, dw) = (grad.dim(2)?, grad.dim(3)?);
         let (ph, pw) = (kh - 1 - self.padding, kw - 1 - self.padding);
@@ -256,7 +262,10 @@ pub fn conv2d_gemm(x: &Tensor, weight: &Tensor, padding: usize, stride: usize) -
 /// `[C_out, C_in, kh, kw]` → `[C_out, kh·kw·C_in]`, the column order of [`conv2d_im2col`].
 fn kernel_matrix(weight: &Tensor) -> Result<Tensor> {
     let (c_out, c_in, kh, kw) = weight.dims4()?;
-    weight.permute((0, 2, 3, 1))?.contiguous()?.reshape((c_out, kh * kw * c_in))
+    weight
+        .permute((0, 2, 3, 1))?
+        .contiguous()?
+        .reshape((c_out, kh * kw * c_in))
 }
 
 fn conv2d_im2col(
@@ -269,10 +278,14 @@ fn conv2d_im2col(
     let (b, c, h, w) = x.dims4()?;
     let c_out = matrix.dim(0)?;
     if matrix.dim(1)? != kh * kw * c {
-        candle_core::bail!("conv2d: input has {c} channels, kernel expects {}", matrix.dim(1)? / (kh * kw));
+        candle_core::bail!(
+            "conv2d: input has {c} channels, kernel expects {}",
+            matrix.dim(1)? / (kh * kw)
+        );
     }
     let x = if padding > 0 {
-        x.pad_with_zeros(2, padding, padding)?.pad_with_zeros(3, padding, padding)?
+        x.pad_with_zeros(2, padding, padding)?
+            .pad_with_zeros(3, padding, padding)?
     } else {
         x.clone()
     };
@@ -287,7 +300,11 @@ fn conv2d_im2col(
         let mut columns = Vec::with_capacity(kh * kw);
         for ky in 0..kh {
             for kx in 0..kw {
-                let view = sample.narrow(1, ky, (ho - 1) * stride + 1)?.narrow(2, kx, (wo - 1) * stride + 1)?;
+                let view = sample.narrow(1, ky, (ho - 1) * stride + 1)?.narrow(
+                    2,
+                    kx,
+                    (wo - 1) * stride + 1,
+                )?;
                 let view = if stride > 1 {
                     // Every stride-th row and column: pad to a multiple, fold, keep index 0.
                     let (vh, vw) = (view.dim(1)?, view.dim(2)?);
@@ -329,13 +346,20 @@ mod tests {
     use super::*;
     use candle_core::{DType, Device, Var};
 
-    fn finite_difference_check(layer: &dyn Module, shape: (usize, usize, usize, usize)) -> Result<()> {
+    fn finite_difference_check(
+        layer: &dyn Module,
+        shape: (usize, usize, usize, usize),
+    ) -> Result<()> {
         let dev = Device::Cpu;
         let x0 = Tensor::randn(0f32, 1., shape, &dev)?;
         let weights = Tensor::randn(0f32, 1., layer.forward(&x0)?.shape(), &dev)?;
         let loss = |x: &Tensor| -> Result<Tensor> { layer.forward(x)?.mul(&weights)?.sum_all() };
         let var = Var::from_tensor(&x0)?;
-        let g = loss(var.as_tensor())?.backward()?.get(var.as_tensor()).expect("grad").clone();
+        let g = loss(var.as_tensor())?
+            .backward()?
+            .get(var.as_tensor())
+            .expect("grad")
+            .clone();
         // Same gradient as candle's own ops give (weights not tracked either way).
         let flat = x0.flatten_all()?.to_vec1::<f32>()?;
         let gflat = g.flatten_all()?.to_vec1::<f32>()?;
@@ -344,8 +368,12 @@ mod tests {
             let bump = |d: f32| -> Result<f32> {
                 let mut v = flat.clone();
                 v[idx] += d;
-                loss(&Tensor::from_vec(v, shape, &dev)?.to_dtype(DType::F64)?.to_dtype(DType::F32)?)?
-                    .to_scalar::<f32>()
+                loss(
+                    &Tensor::from_vec(v, shape, &dev)?
+                        .to_dtype(DType::F64)?
+                        .to_dtype(DType::F32)?,
+                )?
+                .to_scalar::<f32>()
             };
             let fd = (bump(1e-2)? - bump(-1e-2)?) / 2e-2;
             assert!(
@@ -362,7 +390,13 @@ mod tests {
     #[test]
     fn conv_input_gradient_matches_finite_differences() -> Result<()> {
         let dev = Device::Cpu;
-        for (k, pad, stride, h, w) in [(3, 1, 1, 6, 5), (3, 1, 2, 6, 6), (3, 0, 2, 7, 6), (1, 0, 1, 4, 4), (3, 1, 2, 5, 7)] {
+        for (k, pad, stride, h, w) in [
+            (3, 1, 1, 6, 5),
+            (3, 1, 2, 6, 6),
+            (3, 0, 2, 7, 6),
+            (1, 0, 1, 4, 4),
+            (3, 1, 2, 5, 7),
+        ] {
             let weight = Tensor::randn(0f32, 0.5, (3, 2, k, k), &dev)?;
             let bias = Tensor::randn(0f32, 0.5, 3, &dev)?;
             let conv = Conv2d::new(weight, Some(bias), pad, stride);
@@ -374,7 +408,10 @@ mod tests {
     #[test]
     fn linear_input_gradient_matches_finite_differences() -> Result<()> {
         let dev = Device::Cpu;
-        let layer = Linear::new(Tensor::randn(0f32, 0.5, (5, 4), &dev)?, Some(Tensor::randn(0f32, 0.5, 5, &dev)?));
+        let layer = Linear::new(
+            Tensor::randn(0f32, 0.5, (5, 4), &dev)?,
+            Some(Tensor::randn(0f32, 0.5, 5, &dev)?),
+        );
         finite_difference_check(&layer, (1, 2, 3, 4))
     }
 
@@ -384,7 +421,15 @@ mod tests {
         let weight = Tensor::randn(0f32, 0.5, (3, 2, 3, 3), &dev)?;
         let bias = Tensor::randn(0f32, 0.5, 3, &dev)?;
         let conv = Conv2d::new(weight.clone(), Some(bias.clone()), 1, 2);
-        let reference = candle_nn::Conv2d::new(weight, Some(bias), candle_nn::Conv2dConfig { padding: 1, stride: 2, ..Default::default() });
+        let reference = candle_nn::Conv2d::new(
+            weight,
+            Some(bias),
+            candle_nn::Conv2dConfig {
+                padding: 1,
+                stride: 2,
+                ..Default::default()
+            },
+        );
         let x = Tensor::randn(0f32, 1., (2, 2, 8, 6), &dev)?;
         let want = reference.forward(&x)?;
         let tracked = Var::from_tensor(&x)?;

@@ -81,7 +81,10 @@ mod tests {
         let w = Tensor::new(&[[1f32, 2., 3.], [-1., 0.5, 2.]], &dev)?;
         let loss = softmax_last_dim(x.as_tensor())?.mul(&w)?.sum_all()?;
         let grads = loss.backward()?;
-        let g = grads.get(x.as_tensor()).expect("gradient").to_vec2::<f32>()?;
+        let g = grads
+            .get(x.as_tensor())
+            .expect("gradient")
+            .to_vec2::<f32>()?;
         // Finite differences on every element.
         let base = x.as_tensor().to_vec2::<f32>()?;
         let f = |v: &Vec<Vec<f32>>| -> Result<f32> {
@@ -94,7 +97,11 @@ mod tests {
                 p[r][c] += 1e-2;
                 m[r][c] -= 1e-2;
                 let fd = (f(&p)? - f(&m)?) / 2e-2;
-                assert!((fd - g[r][c]).abs() < 1e-3, "({r},{c}) fd {fd} vs {}", g[r][c]);
+                assert!(
+                    (fd - g[r][c]).abs() < 1e-3,
+                    "({r},{c}) fd {fd} vs {}",
+                    g[r][c]
+                );
             }
         }
         Ok(())
@@ -105,8 +112,14 @@ mod tests {
         let dev = Device::Cpu;
         let vb = VarBuilder::from_tensors(
             [
-                ("weight".to_string(), Tensor::new(&[1.5f32, 0.5, -1.0, 2.0], &dev)?),
-                ("bias".to_string(), Tensor::new(&[0.1f32, 0.0, -0.2, 0.3], &dev)?),
+                (
+                    "weight".to_string(),
+                    Tensor::new(&[1.5f32, 0.5, -1.0, 2.0], &dev)?,
+                ),
+                (
+                    "bias".to_string(),
+                    Tensor::new(&[0.1f32, 0.0, -0.2, 0.3], &dev)?,
+                ),
             ]
             .into_iter()
             .collect(),
@@ -118,10 +131,17 @@ mod tests {
         let w = Tensor::new(&[[0.3f32, -1., 2., 0.7], [1., 1., -0.5, 0.2]], &dev)?;
         let out = ln.forward(x.as_tensor())?;
         let loss = out.mul(&w)?.sum_all()?;
-        let g = loss.backward()?.get(x.as_tensor()).expect("gradient").to_vec2::<f32>()?;
+        let g = loss
+            .backward()?
+            .get(x.as_tensor())
+            .expect("gradient")
+            .to_vec2::<f32>()?;
         let base = x.as_tensor().to_vec2::<f32>()?;
         let f = |v: &Vec<Vec<f32>>| -> Result<f32> {
-            ln.forward(&Tensor::new(v.clone(), &dev)?)?.mul(&w)?.sum_all()?.to_scalar::<f32>()
+            ln.forward(&Tensor::new(v.clone(), &dev)?)?
+                .mul(&w)?
+                .sum_all()?
+                .to_scalar::<f32>()
         };
         let mut nonzero = 0;
         for r in 0..2 {
@@ -130,7 +150,11 @@ mod tests {
                 p[r][c] += 1e-2;
                 m[r][c] -= 1e-2;
                 let fd = (f(&p)? - f(&m)?) / 2e-2;
-                assert!((fd - g[r][c]).abs() < 2e-3, "({r},{c}) fd {fd} vs {}", g[r][c]);
+                assert!(
+                    (fd - g[r][c]).abs() < 2e-3,
+                    "({r},{c}) fd {fd} vs {}",
+                    g[r][c]
+                );
                 nonzero += (g[r][c].abs() > 1e-4) as usize;
             }
         }

@@ -118,7 +118,10 @@ pub struct StepReport {
 #[derive(Debug, Clone)]
 pub enum Event {
     /// A phase begins; `steps` is its number of steps (0 when it has none).
-    Phase { phase: Phase, steps: usize },
+    Phase {
+        phase: Phase,
+        steps: usize,
+    },
     /// Inversion steps done so far (`step` counts from 1, unlike `StepReport::step`).
     Inversion {
         step: usize,
@@ -126,7 +129,10 @@ pub enum Event {
         timestep: usize,
     },
     /// Edit-direction sentences encoded so far.
-    Direction { done: usize, total: usize },
+    Direction {
+        done: usize,
+        total: usize,
+    },
     Step(Box<StepReport>),
     /// A message worth showing (e.g. "re-using the cached inversion").
     Note(String),

@@ -38,7 +38,11 @@ impl TokenHeatmaps {
             let tokens = tokens.min(keys);
             let last = probs.detach().narrow(0, rows - heads, heads)?;
             // [heads, q, keys] -> mean over heads -> [tokens, q]
-            let map = last.mean(0)?.narrow(D::Minus1, 0, tokens)?.t()?.to_dtype(DType::F32)?;
+            let map = last
+                .mean(0)?
+                .narrow(D::Minus1, 0, tokens)?
+                .t()?
+                .to_dtype(DType::F32)?;
             match resolutions.iter_mut().find(|r| r.0 == h && r.1 == w) {
                 Some(r) => {
                     r.2 += 1;
@@ -48,20 +52,38 @@ impl TokenHeatmaps {
             }
         }
         resolutions.sort_by_key(|r| std::cmp::Reverse(r.0 * r.1));
-        let tokens = resolutions.first().map(|r| r.3.dim(0)).transpose()?.unwrap_or(0);
+        let tokens = resolutions
+            .first()
+            .map(|r| r.3.dim(0))
+            .transpose()?
+            .unwrap_or(0);
         let resolutions = resolutions
             .into_iter()
             .map(|(height, width, layers, sum)| {
                 let data = (sum / layers as f64)?.flatten_all()?.to_vec1::<f32>()?;
-                Ok(ResolutionMap { height, width, layers, data })
+                Ok(ResolutionMap {
+                    height,
+                    width,
+                    layers,
+                    data,
+                })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { tokens, resolutions })
+        Ok(Self {
+            tokens,
+            resolutions,
+        })
     }
 
     /// One token's map at `out_h`×`out_w`: one resolution (index into `resolutions`) or, with
     /// `None`, the average of all resolutions, each upsampled bilinearly first.
-    pub fn token_map(&self, token: usize, resolution: Option<usize>, out_h: usize, out_w: usize) -> Vec<f32> {
+    pub fn token_map(
+        &self,
+        token: usize,
+        resolution: Option<usize>,
+        out_h: usize,
+        out_w: usize,
+    ) -> Vec<f32> {
         let mut out = vec![0f32; out_h * out_w];
         if token >= self.tokens {
             return out;

@@ -8,5 +8,7 @@ pub mod optim;
 pub mod stages;
 
 pub use cancel::CancelToken;
-pub use events::{Branch, BranchStep, Event, EventSink, GuidanceReport, Phase, RedescriptionReport, StepReport};
+pub use events::{
+    Branch, BranchStep, Event, EventSink, GuidanceReport, Phase, RedescriptionReport, StepReport,
+};
 pub use heatmap::TokenHeatmaps;

@@ -174,7 +174,11 @@ pub fn classifier_free_guidance(e: &Tensor, w: f64) -> candle_core::Result<Tenso
 
 /// Mean squared difference of two tensors.
 pub fn mse(a: &Tensor, b: &Tensor) -> Result<f64> {
-    Ok((a - b)?.sqr()?.mean_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?)
+    Ok((a - b)?
+        .sqr()?
+        .mean_all()?
+        .to_dtype(candle_core::DType::F64)?
+        .to_scalar::<f64>()?)
 }
 
 /// Prompt redescription settings (algorithm.md §6; the released code's values by default).
@@ -231,9 +235,9 @@ pub fn redescribe(
         let prev = sd.scheduler.step(&eps, t, latent, steps)?.prev_sample;
         let loss = (prev - target)?.sqr()?.mean_all()?;
         let grads = loss.backward()?;
-        let grad = grads
-            .get(var.as_tensor())
-            .ok_or_else(|| EngineError::InvalidInput("redescription: no gradient reached the embedding".into()))?;
+        let grad = grads.get(var.as_tensor()).ok_or_else(|| {
+            EngineError::InvalidInput("redescription: no gradient reached the embedding".into())
+        })?;
         let loss = loss.to_scalar::<f32>()? as f64;
         if !loss.is_finite() {
             return Err(EngineError::NonFinite {
@@ -277,14 +281,20 @@ pub fn guidance_gradient(
     let grads = loss.backward()?;
     let grad = grads
         .get(var.as_tensor())
-        .ok_or_else(|| EngineError::InvalidInput("guidance: no gradient reached the latent".into()))?
+        .ok_or_else(|| {
+            EngineError::InvalidInput("guidance: no gradient reached the latent".into())
+        })?
         .clone();
     Ok((grad, loss.to_scalar::<f32>()? as f64))
 }
 
 /// `Err(NonFinite)` when a tensor holds NaN or infinity.
 pub fn check_finite(t: &Tensor, what: &str) -> Result<()> {
-    let s = t.abs()?.sum_all()?.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
+    let s = t
+        .abs()?
+        .sum_all()?
+        .to_dtype(candle_core::DType::F32)?
+        .to_scalar::<f32>()?;
     if s.is_finite() {
         Ok(())
     } else {

@@ -51,7 +51,11 @@ impl CacheKey {
             h.update(part.as_bytes());
         }
         h.update((self.steps as u64).to_le_bytes());
-        h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect()
+        h.finalize()
+            .iter()
+            .take(16)
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 }
 
@@ -67,7 +71,13 @@ pub struct InversionCache {
 
 impl InversionCache {
     pub fn new(dir: Option<PathBuf>) -> Self {
-        Self { entries: HashMap::new(), clock: 0, capacity: 4, dir, directions: HashMap::new() }
+        Self {
+            entries: HashMap::new(),
+            clock: 0,
+            capacity: 4,
+            dir,
+            directions: HashMap::new(),
+        }
     }
 
     /// `$MIRROR_CACHE`, else the platform cache folder (`~/.cache/mirror` on Linux).
@@ -115,7 +125,10 @@ impl InversionCache {
         if let Some(d) = self.directions.get(key) {
             return Some(d.clone());
         }
-        let file = self.dir.as_ref()?.join(format!("direction-{key}.safetensors"));
+        let file = self
+            .dir
+            .as_ref()?
+            .join(format!("direction-{key}.safetensors"));
         let d = crate::engine::direction::load_direction(&file, hidden_size).ok()?;
         self.directions.insert(key.to_string(), d.clone());
         Some(d)
@@ -125,8 +138,15 @@ impl InversionCache {
         self.directions.insert(key.to_string(), direction.clone());
         match &self.dir {
             Some(dir) => {
-                std::fs::create_dir_all(dir).map_err(|source| EngineError::Io { path: dir.clone(), source })?;
-                crate::engine::direction::save_direction(direction, &[], &dir.join(format!("direction-{key}.safetensors")))
+                std::fs::create_dir_all(dir).map_err(|source| EngineError::Io {
+                    path: dir.clone(),
+                    source,
+                })?;
+                crate::engine::direction::save_direction(
+                    direction,
+                    &[],
+                    &dir.join(format!("direction-{key}.safetensors")),
+                )
             }
             None => Ok(()),
         }
@@ -136,7 +156,11 @@ impl InversionCache {
         self.clock += 1;
         self.entries.insert(key.to_string(), (self.clock, entry));
         while self.entries.len() > self.capacity {
-            let oldest = self.entries.iter().min_by_key(|(_, (used, _))| *used).map(|(k, _)| k.clone());
+            let oldest = self
+                .entries
+                .iter()
+                .min_by_key(|(_, (used, _))| *used)
+                .map(|(k, _)| k.clone());
             if let Some(k) = oldest {
                 self.entries.remove(&k);
             }
@@ -144,25 +168,41 @@ impl InversionCache {
     }
 
     fn file(&self, key: &str) -> Option<PathBuf> {
-        self.dir.as_ref().map(|d| d.join(format!("{key}.safetensors")))
+        self.dir
+            .as_ref()
+            .map(|d| d.join(format!("{key}.safetensors")))
     }
 }
 
 fn write_entry(file: &Path, entry: &CachedInversion) -> Result<()> {
-    let io = |source| EngineError::Io { path: file.to_path_buf(), source };
+    let io = |source| EngineError::Io {
+        path: file.to_path_buf(),
+        source,
+    };
     if let Some(dir) = file.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
-    tensors.insert("latents".into(), Tensor::stack(&entry.trajectory.latents, 0)?);
+    tensors.insert(
+        "latents".into(),
+        Tensor::stack(&entry.trajectory.latents, 0)?,
+    );
     tensors.insert("caption".into(), entry.caption.clone());
-    let ts: Vec<i64> = entry.trajectory.timesteps.iter().map(|&t| t as i64).collect();
+    let ts: Vec<i64> = entry
+        .trajectory
+        .timesteps
+        .iter()
+        .map(|&t| t as i64)
+        .collect();
     tensors.insert("timesteps".into(), Tensor::new(ts, &Device::Cpu)?);
     let grid = match entry.trajectory.grid {
         InversionGrid::Consistent => 0i64,
         InversionGrid::Authors => 1,
     };
-    tensors.insert("meta".into(), Tensor::new(&[grid, entry.trajectory.steps as i64], &Device::Cpu)?);
+    tensors.insert(
+        "meta".into(),
+        Tensor::new(&[grid, entry.trajectory.steps as i64], &Device::Cpu)?,
+    );
     if let Some(r) = &entry.reconstruction {
         tensors.insert("rec.embeddings".into(), Tensor::stack(&r.embeddings, 0)?);
         tensors.insert("rec.latents".into(), Tensor::stack(&r.latents, 0)?);
@@ -172,8 +212,14 @@ fn write_entry(file: &Path, entry: &CachedInversion) -> Result<()> {
             .iter()
             .flat_map(|l| (0..width).map(move |k| l.get(k).copied().unwrap_or(f64::NAN)))
             .collect();
-        tensors.insert("rec.losses".into(), Tensor::from_vec(flat, (r.losses.len(), width), &Device::Cpu)?);
-        tensors.insert("rec.changes".into(), Tensor::new(r.embedding_changes.clone(), &Device::Cpu)?);
+        tensors.insert(
+            "rec.losses".into(),
+            Tensor::from_vec(flat, (r.losses.len(), width), &Device::Cpu)?,
+        );
+        tensors.insert(
+            "rec.changes".into(),
+            Tensor::new(r.embedding_changes.clone(), &Device::Cpu)?,
+        );
     }
     let tmp = file.with_extension(format!("tmp{}", std::process::id()));
     candle_core::safetensors::save(&tensors, &tmp)?;
@@ -186,14 +232,31 @@ fn write_entry(file: &Path, entry: &CachedInversion) -> Result<()> {
 fn read_entry(file: &Path, device: &Device) -> Result<CachedInversion> {
     let t = candle_core::safetensors::load(file, device)?;
     let get = |name: &str| {
-        t.get(name).cloned().ok_or_else(|| EngineError::MissingTensor { file: file.to_path_buf(), name: name.into() })
+        t.get(name)
+            .cloned()
+            .ok_or_else(|| EngineError::MissingTensor {
+                file: file.to_path_buf(),
+                name: name.into(),
+            })
     };
-    let unstack = |x: &Tensor| -> Result<Vec<Tensor>> { Ok((0..x.dim(0)?).map(|k| x.i(k)).collect::<candle_core::Result<_>>()?) };
+    let unstack = |x: &Tensor| -> Result<Vec<Tensor>> {
+        Ok((0..x.dim(0)?)
+            .map(|k| x.i(k))
+            .collect::<candle_core::Result<_>>()?)
+    };
     let meta = get("meta")?.to_vec1::<i64>()?;
     let trajectory = Trajectory {
         latents: unstack(&get("latents")?)?,
-        timesteps: get("timesteps")?.to_vec1::<i64>()?.into_iter().map(|x| x as usize).collect(),
-        grid: if meta[0] == 1 { InversionGrid::Authors } else { InversionGrid::Consistent },
+        timesteps: get("timesteps")?
+            .to_vec1::<i64>()?
+            .into_iter()
+            .map(|x| x as usize)
+            .collect(),
+        grid: if meta[0] == 1 {
+            InversionGrid::Authors
+        } else {
+            InversionGrid::Consistent
+        },
         steps: meta[1] as usize,
     };
     let reconstruction = match t.get("rec.embeddings") {
@@ -203,10 +266,17 @@ fn read_entry(file: &Path, device: &Device) -> Result<CachedInversion> {
             Some(CachedReconstruction {
                 embeddings: unstack(e)?,
                 latents: unstack(&get("rec.latents")?)?,
-                losses: losses.into_iter().map(|row| row.into_iter().filter(|x| !x.is_nan()).collect()).collect(),
+                losses: losses
+                    .into_iter()
+                    .map(|row| row.into_iter().filter(|x| !x.is_nan()).collect())
+                    .collect(),
                 embedding_changes: get("rec.changes")?.to_dtype(DType::F64)?.to_vec1::<f64>()?,
             })
         }
     };
-    Ok(CachedInversion { trajectory, caption: get("caption")?, reconstruction })
+    Ok(CachedInversion {
+        trajectory,
+        caption: get("caption")?,
+        reconstruction,
+    })
 }

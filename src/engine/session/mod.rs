@@ -14,9 +14,9 @@ pub use request::{
     BranchImages, DdimTranslation, DirectionChoice, Method, TranslateOutcome, TranslateRequest,
 };
 
+use crate::engine::Result;
 use crate::engine::model::StableDiffusion;
 use crate::engine::pipeline::{CancelToken, Event};
-use crate::engine::Result;
 
 pub struct Session {
     sd: StableDiffusion,
@@ -26,12 +26,18 @@ pub struct Session {
 impl Session {
     /// Loads a model; inversions are cached in memory and in the user cache folder.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        Ok(Self::new(StableDiffusion::load(path, device)?, InversionCache::default_dir()))
+        Ok(Self::new(
+            StableDiffusion::load(path, device)?,
+            InversionCache::default_dir(),
+        ))
     }
 
     /// A session around a loaded model; `cache_dir` None keeps the cache in memory only.
     pub fn new(sd: StableDiffusion, cache_dir: Option<PathBuf>) -> Self {
-        Self { sd, cache: InversionCache::new(cache_dir) }
+        Self {
+            sd,
+            cache: InversionCache::new(cache_dir),
+        }
     }
 
     pub fn model(&self) -> &StableDiffusion {
@@ -40,7 +46,10 @@ impl Session {
 
     /// Whether `req` would reuse a cached inversion (a re-edit).
     pub fn has_cached_inversion(&self, req: &TranslateRequest) -> bool {
-        req.use_cache && self.cache.contains(&run::inversion_key(&self.sd, req).key())
+        req.use_cache
+            && self
+                .cache
+                .contains(&run::inversion_key(&self.sd, req).key())
     }
 
     /// Runs `req`, streaming events; a cancelled run returns `Ok` with `cancelled` set and

@@ -72,7 +72,10 @@ pub enum DirectionChoice {
     /// Paired template sentences around the phrase that differs between the prompts.
     Templates { pairs: usize },
     /// The user's own sentence lists (need not be paired).
-    Sentences { source: Vec<String>, target: Vec<String> },
+    Sentences {
+        source: Vec<String>,
+        target: Vec<String>,
+    },
     /// E(target prompt) − E(source prompt).
     PromptDifference,
     /// A direction saved earlier (safetensors).

@@ -5,7 +5,9 @@ use std::time::Instant;
 use candle_core::Tensor;
 
 use super::cache::{CacheKey, CachedInversion, CachedReconstruction, InversionCache};
-use super::request::{BranchImages, DdimTranslation, DirectionChoice, Method, TranslateOutcome, TranslateRequest};
+use super::request::{
+    BranchImages, DdimTranslation, DirectionChoice, Method, TranslateOutcome, TranslateRequest,
+};
 use crate::engine::direction::{self, DirectionSource};
 use crate::engine::imageio::{image_to_tensor, pixel_hash};
 use crate::engine::methods::ddim::{self, DdimContexts};
@@ -32,10 +34,18 @@ struct InversionPlan {
 fn inversion_plan(req: &TranslateRequest) -> InversionPlan {
     let authors = req.preset() == MirrorPreset::Authors;
     InversionPlan {
-        grid: if authors { InversionGrid::Authors } else { InversionGrid::Consistent },
+        grid: if authors {
+            InversionGrid::Authors
+        } else {
+            InversionGrid::Consistent
+        },
         // Plain DDIM inverts without regulariser (algorithm.md §10.1).
         kl: (req.method != Method::Ddim).then(KlRegularizer::default),
-        posterior: if authors { Posterior::Sample(req.seed) } else { Posterior::Mean },
+        posterior: if authors {
+            Posterior::Sample(req.seed)
+        } else {
+            Posterior::Mean
+        },
     }
 }
 
@@ -49,7 +59,14 @@ pub(super) fn inversion_key(sd: &StableDiffusion, req: &TranslateRequest) -> Cac
         steps: req.steps,
         variant: format!(
             "{:?}|{:?}|{:?}|{}|redescribe {} {} {} {}",
-            plan.grid, plan.kl, plan.posterior, req.method, r.iterations, r.lr, r.early_stop_base, r.early_stop_slope
+            plan.grid,
+            plan.kl,
+            plan.posterior,
+            req.method,
+            r.iterations,
+            r.lr,
+            r.early_stop_base,
+            r.early_stop_slope
         ),
     }
 }
@@ -94,14 +111,21 @@ pub(super) fn translate(
     let n = req.steps;
     sd.scheduler.check_num_inference_steps(n)?;
     if req.preset() == MirrorPreset::Authors && n < 3 {
-        return Err(EngineError::InvalidInput("the authors' preset needs at least 3 steps".into()));
+        return Err(EngineError::InvalidInput(
+            "the authors' preset needs at least 3 steps".into(),
+        ));
     }
     if req.source_prompt.trim().is_empty() {
-        return Err(EngineError::InvalidInput("the source prompt (what the image shows) is empty".into()));
+        return Err(EngineError::InvalidInput(
+            "the source prompt (what the image shows) is empty".into(),
+        ));
     }
     sd.check_image_size(req.image.width() as usize, req.image.height() as usize)?;
 
-    events(Event::Phase { phase: Phase::Encode, steps: 0 });
+    events(Event::Phase {
+        phase: Phase::Encode,
+        steps: 0,
+    });
     let source = image_to_tensor(&req.image, &sd.device)?;
     let caption = sd.encode_prompt(&req.source_prompt)?;
     let needs_direction = req.method != Method::Ddim
@@ -110,13 +134,22 @@ pub(super) fn translate(
         let (d, phrase) = edit_direction(sd, cache, req, cancel, events)?;
         (Some(d), phrase)
     } else {
-        (None, direction::find_edit_phrase(&req.source_prompt, &req.target_prompt).ok().map(|p| (p.source, p.target)))
+        (
+            None,
+            direction::find_edit_phrase(&req.source_prompt, &req.target_prompt)
+                .ok()
+                .map(|p| (p.source, p.target)),
+        )
     };
 
     // Invert once, edit many.
     let plan = inversion_plan(req);
     let key = inversion_key(sd, req).key();
-    let cached = if req.use_cache { cache.get(&key, &sd.device) } else { None };
+    let cached = if req.use_cache {
+        cache.get(&key, &sd.device)
+    } else {
+        None
+    };
     let reused_inversion = cached.is_some();
     let (trajectory, cached_rec) = match cached {
         Some(c) => {
@@ -127,9 +160,15 @@ pub(super) fn translate(
             let z0 = encode_image(sd, &source, plan.posterior)?;
             let t = stages::invert(sd, &z0, &caption, n, plan.grid, plan.kl, cancel, events)?;
             if req.use_cache {
-                let entry = CachedInversion { trajectory: t.clone(), caption: caption.clone(), reconstruction: None };
+                let entry = CachedInversion {
+                    trajectory: t.clone(),
+                    caption: caption.clone(),
+                    reconstruction: None,
+                };
                 if let Err(e) = cache.put(&key, entry) {
-                    events(Event::Note(format!("could not write the inversion cache: {e}")));
+                    events(Event::Note(format!(
+                        "could not write the inversion cache: {e}"
+                    )));
                 }
             }
             (t, None)
@@ -137,11 +176,23 @@ pub(super) fn translate(
     };
     let reused_reconstruction = cached_rec.as_ref().is_some_and(|r| r.embeddings.len() == n);
     if reused_reconstruction {
-        events(Event::Note("re-using the cached reconstruction (redescription skipped)".into()));
+        events(Event::Note(
+            "re-using the cached reconstruction (redescription skipped)".into(),
+        ));
     }
 
     let mut progress = Progress::default();
-    let outcome = step_loop(sd, req, &trajectory, &caption, direction.as_ref(), cached_rec.as_ref(), cancel, events, &mut progress);
+    let outcome = step_loop(
+        sd,
+        req,
+        &trajectory,
+        &caption,
+        direction.as_ref(),
+        cached_rec.as_ref(),
+        cancel,
+        events,
+        &mut progress,
+    );
     let cancelled = match outcome {
         Ok(()) => false,
         Err(EngineError::Cancelled) => true,
@@ -149,21 +200,34 @@ pub(super) fn translate(
     };
     if !cancelled && req.use_cache && !reused_reconstruction {
         if let Some(rec) = progress.rec_cache.take() {
-            let entry = CachedInversion { trajectory: trajectory.clone(), caption: caption.clone(), reconstruction: Some(rec) };
+            let entry = CachedInversion {
+                trajectory: trajectory.clone(),
+                caption: caption.clone(),
+                reconstruction: Some(rec),
+            };
             if let Err(e) = cache.put(&key, entry) {
-                events(Event::Note(format!("could not write the inversion cache: {e}")));
+                events(Event::Note(format!(
+                    "could not write the inversion cache: {e}"
+                )));
             }
         }
     }
 
     let mut images = BranchImages::default();
     if !cancelled {
-        events(Event::Phase { phase: Phase::Decode, steps: progress.latents.len() });
+        events(Event::Phase {
+            phase: Phase::Decode,
+            steps: progress.latents.len(),
+        });
         for (branch, latent) in &progress.latents {
             let img = Some(decode(sd, latent)?);
             match branch {
-                Branch::MirrorTranslation | Branch::Pix2PixZeroTranslation => images.translation = img,
-                Branch::MirrorReconstruction | Branch::Pix2PixZeroReconstruction => images.reconstruction = img,
+                Branch::MirrorTranslation | Branch::Pix2PixZeroTranslation => {
+                    images.translation = img
+                }
+                Branch::MirrorReconstruction | Branch::Pix2PixZeroReconstruction => {
+                    images.reconstruction = img
+                }
                 Branch::DdimReconstruction => images.ddim_reconstruction = img,
                 Branch::DdimTranslation => {
                     if req.method == Method::Ddim {
@@ -179,7 +243,10 @@ pub(super) fn translate(
     }
     let mut dump = Vec::new();
     if req.record_dump {
-        dump.push(("inversion.latents".to_string(), Tensor::stack(&trajectory.latents, 0)?));
+        dump.push((
+            "inversion.latents".to_string(),
+            Tensor::stack(&trajectory.latents, 0)?,
+        ));
         dump.push(("caption_embedding".to_string(), caption.clone()));
         if let Some(d) = &direction {
             dump.push(("edit_direction".to_string(), d.clone()));
@@ -217,16 +284,24 @@ fn edit_direction(
         DirectionChoice::File(path) => {
             let built = direction::load_direction(path, sd.text_encoder.hidden_size())?;
             let phrase = Some((built.source_phrase.clone(), built.target_phrase.clone()));
-            return Ok((built.scaled(req.edit_strength)?.to_device(&sd.device)?, phrase));
+            return Ok((
+                built.scaled(req.edit_strength)?.to_device(&sd.device)?,
+                phrase,
+            ));
         }
         DirectionChoice::Templates { pairs } => DirectionSource::Templates { pairs: *pairs },
-        DirectionChoice::Sentences { source, target } => {
-            DirectionSource::Sentences { source: source.clone(), target: target.clone() }
-        }
+        DirectionChoice::Sentences { source, target } => DirectionSource::Sentences {
+            source: source.clone(),
+            target: target.clone(),
+        },
         DirectionChoice::PromptDifference => DirectionSource::PromptDifference,
     };
     let key = direction_key(sd, req, &how);
-    let cached = if req.use_cache { cache.get_direction(&key, sd.text_encoder.hidden_size()) } else { None };
+    let cached = if req.use_cache {
+        cache.get_direction(&key, sd.text_encoder.hidden_size())
+    } else {
+        None
+    };
     let built = match cached {
         Some(d) => {
             events(Event::Note("re-using the cached edit direction".into()));
@@ -260,23 +335,35 @@ fn edit_direction(
             )?;
             if req.use_cache {
                 if let Err(e) = cache.put_direction(&key, &d) {
-                    (events.borrow_mut())(Event::Note(format!("could not write the direction cache: {e}")));
+                    (events.borrow_mut())(Event::Note(format!(
+                        "could not write the direction cache: {e}"
+                    )));
                 }
             }
             d
         }
     };
     let phrase = Some((built.source_phrase.clone(), built.target_phrase.clone()));
-    Ok((built.scaled(req.edit_strength)?.to_device(&sd.device)?, phrase))
+    Ok((
+        built.scaled(req.edit_strength)?.to_device(&sd.device)?,
+        phrase,
+    ))
 }
 
 fn direction_key(sd: &StableDiffusion, req: &TranslateRequest, how: &DirectionSource) -> String {
     let what = match how {
         DirectionSource::Templates { pairs } => {
-            format!("templates {pairs}|{}|{}", req.source_prompt, req.target_prompt)
+            format!(
+                "templates {pairs}|{}|{}",
+                req.source_prompt, req.target_prompt
+            )
         }
-        DirectionSource::Sentences { source, target } => format!("sentences|{}|{}", source.join("\n"), target.join("\n")),
-        DirectionSource::PromptDifference => format!("prompts|{}|{}", req.source_prompt, req.target_prompt),
+        DirectionSource::Sentences { source, target } => {
+            format!("sentences|{}|{}", source.join("\n"), target.join("\n"))
+        }
+        DirectionSource::PromptDifference => {
+            format!("prompts|{}|{}", req.source_prompt, req.target_prompt)
+        }
     };
     CacheKey {
         model: sd.info.fingerprint.clone(),
@@ -288,7 +375,11 @@ fn direction_key(sd: &StableDiffusion, req: &TranslateRequest, how: &DirectionSo
     .key()
 }
 
-fn heatmaps(enabled: bool, maps: Option<&AttentionMaps>, tokens: usize) -> Result<Option<TokenHeatmaps>> {
+fn heatmaps(
+    enabled: bool,
+    maps: Option<&AttentionMaps>,
+    tokens: usize,
+) -> Result<Option<TokenHeatmaps>> {
     match (enabled, maps) {
         (true, Some(m)) => Ok(Some(TokenHeatmaps::from_attention(m, tokens)?)),
         _ => Ok(None),
@@ -317,11 +408,17 @@ fn step_loop(
             &zero_direction
         }
     };
-    let tokens = sd.tokenizer.encode_unpadded(&req.source_prompt)?.len()
+    let tokens = sd
+        .tokenizer
+        .encode_unpadded(&req.source_prompt)?
+        .len()
         .max(sd.tokenizer.encode_unpadded(&req.target_prompt)?.len())
         .min(sd.tokenizer.max_length());
     let run_ddim = req.method == Method::Ddim || req.compare_ddim;
-    let ddim_rec_ctx = DdimContexts { cond: caption.clone(), uncond: None };
+    let ddim_rec_ctx = DdimContexts {
+        cond: caption.clone(),
+        uncond: None,
+    };
     let ddim_edit_ctx = match req.ddim_translation {
         DdimTranslation::WordSwap { guidance } => DdimContexts {
             cond: sd.encode_prompt(&req.target_prompt)?,
@@ -356,16 +453,26 @@ fn step_loop(
     for (i, &t) in timesteps.iter().enumerate() {
         cancel.check()?;
         let target = trajectory.target(i);
-        let decode_now = req.decode_every.is_some_and(|k| k > 0 && ((i + 1) % k == 0 || i + 1 == n));
+        let decode_now = req
+            .decode_every
+            .is_some_and(|k| k > 0 && ((i + 1) % k == 0 || i + 1 == n));
         let mut branches = Vec::new();
-        let mut push = |branch: Branch, latent: &Tensor, pred_x0: &Tensor, maps: Option<&AttentionMaps>| -> Result<()> {
+        let mut push = |branch: Branch,
+                        latent: &Tensor,
+                        pred_x0: &Tensor,
+                        maps: Option<&AttentionMaps>|
+         -> Result<()> {
             branches.push(BranchStep {
                 branch,
                 latent: latent.clone(),
                 predicted_x0: pred_x0.clone(),
                 mirror_error: Some(mse(latent, target)?),
                 attention: heatmaps(req.attention_maps, maps, tokens)?,
-                decoded: if decode_now { Some(decode(sd, pred_x0)?) } else { None },
+                decoded: if decode_now {
+                    Some(decode(sd, pred_x0)?)
+                } else {
+                    None
+                },
             });
             Ok(())
         };
@@ -376,7 +483,8 @@ fn step_loop(
                 let rec = match cached_rec.filter(|c| c.embeddings.len() == n) {
                     Some(c) => {
                         let emb = &c.embeddings[i];
-                        let (eps, maps) = mirror::reconstruction_pass(sd, settings, &c.latents[i], emb, t)?;
+                        let (eps, maps) =
+                            mirror::reconstruction_pass(sd, settings, &c.latents[i], emb, t)?;
                         let out = sd.scheduler.step(&eps, t, &c.latents[i], n)?;
                         mirror::ReconstructionStep {
                             timestep: t,
@@ -390,14 +498,41 @@ fn step_loop(
                             rec_maps: maps,
                         }
                     }
-                    None => mirror::reconstruct(sd, settings, trajectory, &mirror_state.rec_latent, &mirror_state.embedding, i, cancel)?,
+                    None => mirror::reconstruct(
+                        sd,
+                        settings,
+                        trajectory,
+                        &mirror_state.rec_latent,
+                        &mirror_state.embedding,
+                        i,
+                        cancel,
+                    )?,
                 };
                 let edit = mirror::translate(
-                    sd, settings, n, i, &rec.embedding, &rec.rec_maps, direction,
-                    &mirror_state.edit_latent, mirror_state.extra_done, req.attention_maps, cancel,
+                    sd,
+                    settings,
+                    n,
+                    i,
+                    &rec.embedding,
+                    &rec.rec_maps,
+                    direction,
+                    &mirror_state.edit_latent,
+                    mirror_state.extra_done,
+                    req.attention_maps,
+                    cancel,
                 )?;
-                push(Branch::MirrorReconstruction, &rec.rec_latent, &rec.rec_pred_x0, Some(&rec.rec_maps))?;
-                push(Branch::MirrorTranslation, &edit.edit_latent, &edit.edit_pred_x0, edit.edit_maps.as_ref())?;
+                push(
+                    Branch::MirrorReconstruction,
+                    &rec.rec_latent,
+                    &rec.rec_pred_x0,
+                    Some(&rec.rec_maps),
+                )?;
+                push(
+                    Branch::MirrorTranslation,
+                    &edit.edit_latent,
+                    &edit.edit_pred_x0,
+                    edit.edit_maps.as_ref(),
+                )?;
                 redescription = Some(RedescriptionReport {
                     losses: rec.inner_losses.clone(),
                     target_index: rec.target_index,
@@ -417,8 +552,16 @@ fn step_loop(
                 let losses: Vec<f64> = (0..req.mirror.redescribe.iterations.max(1))
                     .map(|k| rec.inner_losses.get(k).copied().unwrap_or(f64::NAN))
                     .collect();
-                progress.record(dump, "mirror.inner_losses", &Tensor::new(losses, &sd.device)?);
-                progress.record(dump, "mirror.guidance_loss", &Tensor::new(edit.loss_total, &sd.device)?);
+                progress.record(
+                    dump,
+                    "mirror.inner_losses",
+                    &Tensor::new(losses, &sd.device)?,
+                );
+                progress.record(
+                    dump,
+                    "mirror.guidance_loss",
+                    &Tensor::new(edit.loss_total, &sd.device)?,
+                );
                 fresh_rec.embeddings.push(rec.embedding.clone());
                 fresh_rec.latents.push(rec.rec_latent.clone());
                 fresh_rec.losses.push(rec.inner_losses.clone());
@@ -437,10 +580,33 @@ fn step_loop(
                     guidance_scale: req.mirror.guidance_scale,
                     xa_guidance: req.mirror.xa_guidance,
                 };
-                let s = pix2pix_zero::step(sd, &settings, n, i, caption, direction, &p2p_rec, &p2p_edit, req.attention_maps)?;
-                push(Branch::Pix2PixZeroReconstruction, &s.rec_latent, &s.rec_pred_x0, Some(&s.rec_maps))?;
-                push(Branch::Pix2PixZeroTranslation, &s.edit_latent, &s.edit_pred_x0, s.edit_maps.as_ref())?;
-                guidance = Some(GuidanceReport { loss: s.loss, ..Default::default() });
+                let s = pix2pix_zero::step(
+                    sd,
+                    &settings,
+                    n,
+                    i,
+                    caption,
+                    direction,
+                    &p2p_rec,
+                    &p2p_edit,
+                    req.attention_maps,
+                )?;
+                push(
+                    Branch::Pix2PixZeroReconstruction,
+                    &s.rec_latent,
+                    &s.rec_pred_x0,
+                    Some(&s.rec_maps),
+                )?;
+                push(
+                    Branch::Pix2PixZeroTranslation,
+                    &s.edit_latent,
+                    &s.edit_pred_x0,
+                    s.edit_maps.as_ref(),
+                )?;
+                guidance = Some(GuidanceReport {
+                    loss: s.loss,
+                    ..Default::default()
+                });
                 progress.record(dump, "pix2pix_zero.rec_latents", &s.rec_latent);
                 progress.record(dump, "pix2pix_zero.edit_latents", &s.edit_latent);
                 progress.set_latent(Branch::Pix2PixZeroReconstruction, &s.rec_latent);
@@ -454,8 +620,18 @@ fn step_loop(
             let r = ddim::step(sd, &ddim_rec, t, n, &ddim_rec_ctx, req.attention_maps)?;
             cancel.check()?;
             let e = ddim::step(sd, &ddim_edit, t, n, &ddim_edit_ctx, req.attention_maps)?;
-            push(Branch::DdimReconstruction, &r.latent, &r.pred_x0, r.maps.as_ref())?;
-            push(Branch::DdimTranslation, &e.latent, &e.pred_x0, e.maps.as_ref())?;
+            push(
+                Branch::DdimReconstruction,
+                &r.latent,
+                &r.pred_x0,
+                r.maps.as_ref(),
+            )?;
+            push(
+                Branch::DdimTranslation,
+                &e.latent,
+                &e.pred_x0,
+                e.maps.as_ref(),
+            )?;
             progress.record(dump, "ddim.rec_latents", &r.latent);
             progress.record(dump, "ddim.edit_latents", &e.latent);
             progress.set_latent(Branch::DdimReconstruction, &r.latent);

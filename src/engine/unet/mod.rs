@@ -67,9 +67,7 @@ impl UNet2DConditionModel {
             transformer_layers: plan.transformer_layers[i],
             context_dim: plan.cross_attention_dim[i],
         };
-        let conv = |i: usize, o: usize, k: usize, vb: VarBuilder| {
-            conv2d(i, o, k, k / 2, 1, vb)
-        };
+        let conv = |i: usize, o: usize, k: usize, vb: VarBuilder| conv2d(i, o, k, k / 2, 1, vb);
 
         let mut attn2_names = Vec::new();
         let mut name_layers = |block: String, count: usize, transformer_layers: usize| {
