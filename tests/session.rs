@@ -421,15 +421,16 @@ fn compare_runs_share_one_inversion() {
     );
 }
 
-/// An edit strength so large that the attention overflows: the run fails at step 1 with an
-/// error naming the step and the translation, and the session runs the next request fine.
+/// An edit strength so large that the direction overflows float32 (a finite number the
+/// engine accepts): the translation turns NaN at step 1, the run fails with an error naming
+/// the step and the translation, and the session runs the next request fine.
 #[test]
 fn a_step_that_overflows_names_the_step_and_branch() {
     let (fx, mut s) = session();
     let mut req = request(&fx, &target(&fx, None), 3);
     req.use_cache = false;
     req.compare_ddim = false;
-    req.edit_strength = 1e35;
+    req.edit_strength = 1e300;
     let e = match s.translate(&req, &CancelToken::new(), &mut |_| {}) {
         Err(e) => e,
         Ok(out) => panic!("expected a non-finite step, ran {} steps", out.steps_done),
