@@ -591,7 +591,7 @@ impl<'a> Preview<'a> {
         let decode_now = self
             .req
             .decode_every
-            .is_some_and(|k| k > 0 && ((i + 1) % k == 0 || i + 1 == n));
+            .is_some_and(|k| k > 0 && ((i + 1).is_multiple_of(k) || i + 1 == n));
         step.branches
             .iter()
             .map(|b| {
@@ -749,12 +749,12 @@ fn edit_direction(
                 BATCH,
                 &cancelled,
             )?;
-            if req.use_cache {
-                if let Err(e) = cache.put_direction(&key, &d) {
-                    (events.borrow_mut())(Event::Note(format!(
-                        "could not write the direction cache: {e}"
-                    )));
-                }
+            if req.use_cache
+                && let Err(e) = cache.put_direction(&key, &d)
+            {
+                (events.borrow_mut())(Event::Note(format!(
+                    "could not write the direction cache: {e}"
+                )));
             }
             d
         }
