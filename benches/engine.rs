@@ -213,7 +213,10 @@ fn translate_full(
     k: usize,
     extra: &mut serde_json::Map<String, serde_json::Value>,
 ) -> f64 {
-    use mirror_diffusion::engine::methods::mirror::{self, MirrorSettings, MirrorState};
+    use mirror_diffusion::engine::methods::mirror::{
+        self, MirrorInputs, MirrorSettings, MirrorState,
+    };
+    use mirror_diffusion::engine::pipeline::StageContext;
     use mirror_diffusion::engine::pipeline::stages::{self, InversionGrid, KlRegularizer};
     use mirror_diffusion::engine::scheduler::DdimScheduler;
     use mirror_diffusion::engine::tokenizer::ClipTokenizer;
@@ -251,24 +254,25 @@ fn translate_full(
     let caption = sd.encode_prompt("a photo of a cat").unwrap();
     let dir = (sd.encode_prompt("a photo of a dog").unwrap() - &caption).unwrap();
     let cancel = CancelToken::new();
-    let traj = stages::invert(
-        &sd,
-        &z0,
-        &caption,
-        n,
-        InversionGrid::Consistent,
-        Some(KlRegularizer::default()),
-        &cancel,
-        &mut |_| {},
-    )
-    .unwrap();
+    let ctx = StageContext::new(&sd, &cancel);
+    let plan = stages::InversionSettings {
+        steps: n,
+        grid: InversionGrid::Consistent,
+        kl: Some(KlRegularizer::default()),
+    };
+    let traj = stages::invert(&ctx, &z0, &caption, &plan, &mut |_| {}).unwrap();
     let inversion_s = t0.elapsed().as_secs_f64();
     let settings = MirrorSettings::default();
     let mut state = MirrorState::start(&traj, &caption);
+    let inputs = MirrorInputs {
+        settings: &settings,
+        trajectory: &traj,
+        direction: &dir,
+        want_edit_maps: false,
+    };
     let t1 = Instant::now();
     for i in 0..k {
-        let (next, _, _) =
-            mirror::step(&sd, &settings, &traj, &dir, &state, i, false, &cancel).unwrap();
+        let (next, _) = mirror::step(&ctx, &inputs, &state, i, None).unwrap();
         state = next;
     }
     let per_step = t1.elapsed().as_secs_f64() / k as f64;

@@ -334,6 +334,8 @@ fn forward(e: Event, send: &dyn Fn(WorkerEvent)) {
         Event::Direction { done, total } => send(WorkerEvent::Direction { done, total }),
         Event::Note(n) => send(WorkerEvent::Note(n)),
         Event::Step(report) => send(WorkerEvent::Step(Box::new(step_frame(&report)))),
+        // Progress inside a step: not shown yet.
+        Event::StepWork(_) => {}
     }
 }
 

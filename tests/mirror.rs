@@ -5,10 +5,12 @@ mod common;
 
 use candle_core::{D, DType, Device, IndexOp, Tensor};
 use common::{Fixtures, assert_tensor_close};
-use mirror_diffusion::engine::methods::mirror::{self, MirrorPreset, MirrorSettings, MirrorState};
+use mirror_diffusion::engine::methods::mirror::{
+    self, MirrorInputs, MirrorPreset, MirrorSettings, MirrorState,
+};
 use mirror_diffusion::engine::model::StableDiffusion;
-use mirror_diffusion::engine::pipeline::CancelToken;
 use mirror_diffusion::engine::pipeline::stages::{InversionGrid, Trajectory};
+use mirror_diffusion::engine::pipeline::{CancelToken, MethodStep, StageContext};
 
 fn mirror_fixtures(fx: &Fixtures) -> Vec<String> {
     let mut names: Vec<String> = fx.manifest["fixtures"]
@@ -96,6 +98,17 @@ fn case(fx: &Fixtures, sd: &StableDiffusion, name: &str) -> Case {
     }
 }
 
+impl Case {
+    fn inputs(&self) -> MirrorInputs<'_> {
+        MirrorInputs {
+            settings: &self.settings,
+            trajectory: &self.trajectory,
+            direction: &self.direction,
+            want_edit_maps: false,
+        }
+    }
+}
+
 fn scalar_series(t: &Tensor, i: usize) -> f64 {
     t.i(i)
         .unwrap()
@@ -146,17 +159,16 @@ fn mirror_steps_match_reference_with_teacher_forcing() {
                 },
                 extra_done: extra.iter().filter(|&&k| k < i).count(),
             };
-            let (next, rec, _edit) = mirror::step(
-                &sd,
-                &c.settings,
-                &c.trajectory,
-                &c.direction,
+            let cancel = CancelToken::new();
+            let (next, out) = mirror::step(
+                &StageContext::new(&sd, &cancel),
+                &c.inputs(),
                 &state,
                 i,
-                false,
-                &CancelToken::new(),
+                None,
             )
             .unwrap();
+            let rec = out.redescription.unwrap();
             let label = format!("{name} step {i}");
             assert_eq!(
                 rec.target_index as i64,
@@ -193,8 +205,8 @@ fn mirror_steps_match_reference_with_teacher_forcing() {
                 .to_vec1::<f64>()
                 .unwrap();
             let steps = c.t["inner_steps"].i(i).unwrap().to_scalar::<i64>().unwrap() as usize;
-            assert_eq!(rec.inner_losses.len(), steps, "{label}: inner iterations");
-            for (k, l) in rec.inner_losses.iter().enumerate() {
+            assert_eq!(rec.losses.len(), steps, "{label}: inner iterations");
+            for (k, l) in rec.losses.iter().enumerate() {
                 assert!(
                     (l - inner[k]).abs() <= 1e-5 * inner[k].abs().max(1e-3),
                     "{label}: inner loss {k}: {l} vs {}",
@@ -219,56 +231,56 @@ fn mirror_end_to_end_matches_reference() {
             vec![],
         );
         let mut records = Vec::new();
+        let cancel = CancelToken::new();
+        let ctx = StageContext::new(&sd, &cancel);
         for i in 0..n {
-            let (next, rec, edit) = mirror::step(
-                &sd,
-                &c.settings,
-                &c.trajectory,
-                &c.direction,
-                &state,
-                i,
-                false,
-                &CancelToken::new(),
-            )
-            .unwrap();
+            let (next, out) = mirror::step(&ctx, &c.inputs(), &state, i, None).unwrap();
             rec_l.push(next.rec_latent.clone());
             edit_l.push(next.edit_latent.clone());
             embs.push(next.embedding.clone());
-            records.push((rec, edit));
+            records.push(out);
             state = next;
         }
         fx.assert_close(&name, "rec_latents", &Tensor::stack(&rec_l, 0).unwrap());
         fx.assert_close(&name, "edit_latents", &Tensor::stack(&edit_l, 0).unwrap());
         fx.assert_close(&name, "emb_opt", &Tensor::stack(&embs, 0).unwrap());
-        let series = |f: &dyn Fn(
-            &(mirror::ReconstructionStep, mirror::TranslationStep),
-        ) -> Option<f64>|
-         -> Tensor {
+        let guidance = |r: &MethodStep| r.guidance.clone().unwrap();
+        let redescription = |r: &MethodStep| r.redescription.clone().unwrap();
+        let series = |f: &dyn Fn(&MethodStep) -> Option<f64>| -> Tensor {
             let v: Vec<f32> = records
                 .iter()
                 .map(|r| f(r).map(|x| x as f32).unwrap_or(f32::NAN))
                 .collect();
             Tensor::new(v, &Device::Cpu).unwrap()
         };
-        fx.assert_close(&name, "loss_probs", &series(&|r| Some(r.1.loss_probs)));
-        fx.assert_close(&name, "loss_total", &series(&|r| Some(r.1.loss_total)));
-        fx.assert_close(&name, "cycle_loss", &series(&|r| r.1.extra_loss));
-        fx.assert_close(&name, "xa_grad_norm", &series(&|r| Some(r.1.gradient_norm)));
+        fx.assert_close(&name, "loss_probs", &series(&|r| Some(guidance(r).loss)));
+        fx.assert_close(
+            &name,
+            "loss_total",
+            &series(&|r| Some(guidance(r).total_loss)),
+        );
+        fx.assert_close(&name, "cycle_loss", &series(&|r| guidance(r).extra_loss));
+        fx.assert_close(
+            &name,
+            "xa_grad_norm",
+            &series(&|r| Some(guidance(r).gradient_norm)),
+        );
         fx.assert_close(
             &name,
             "emb_change_norm",
-            &series(&|r| Some(r.0.embedding_change)),
+            &series(&|r| Some(redescription(r).embedding_change)),
         );
         if c.settings.preset == MirrorPreset::Authors {
-            fx.assert_close(&name, "loss_keys", &series(&|r| r.1.loss_keys));
-            fx.assert_close(&name, "loss_values", &series(&|r| r.1.loss_values));
+            fx.assert_close(&name, "loss_keys", &series(&|r| guidance(r).key_loss));
+            fx.assert_close(&name, "loss_values", &series(&|r| guidance(r).value_loss));
         }
         let inner_w = fx.tensor(&name, "inner_losses").dim(D::Minus1).unwrap();
         let inner: Vec<f32> = records
             .iter()
             .flat_map(|r| {
                 (0..inner_w).map(|k| {
-                    r.0.inner_losses
+                    redescription(r)
+                        .losses
                         .get(k)
                         .map(|&x| x as f32)
                         .unwrap_or(f32::NAN)
@@ -282,20 +294,23 @@ fn mirror_end_to_end_matches_reference() {
         );
         let steps: Vec<i64> = records
             .iter()
-            .map(|r| r.0.inner_losses.len() as i64)
+            .map(|r| redescription(r).losses.len() as i64)
             .collect();
         fx.assert_close(
             &name,
             "inner_steps",
             &Tensor::new(steps, &Device::Cpu).unwrap(),
         );
-        let targets: Vec<i64> = records.iter().map(|r| r.0.target_index as i64).collect();
+        let targets: Vec<i64> = records
+            .iter()
+            .map(|r| redescription(r).target_index as i64)
+            .collect();
         fx.assert_close(
             &name,
             "target_index",
             &Tensor::new(targets, &Device::Cpu).unwrap(),
         );
-        let ts: Vec<i64> = records.iter().map(|r| r.0.timestep as i64).collect();
+        let ts: Vec<i64> = records.iter().map(|r| r.timestep as i64).collect();
         fx.assert_close(&name, "timesteps", &Tensor::new(ts, &Device::Cpu).unwrap());
         fx.assert_close(
             &name,
@@ -311,7 +326,7 @@ fn mirror_end_to_end_matches_reference() {
             check_scalar(
                 &format!("{name} loss_probs {k}"),
                 scalar_series(&c.t["loss_probs"], k),
-                Some(r.1.loss_probs),
+                Some(guidance(r).loss),
                 fx.atol(&name, "loss_probs"),
             );
         }

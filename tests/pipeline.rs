@@ -5,10 +5,12 @@ mod common;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use common::Fixtures;
 use mirror_diffusion::engine::methods::ddim::{self, DdimContexts};
-use mirror_diffusion::engine::methods::pix2pix_zero::{self, Pix2PixZeroSettings};
+use mirror_diffusion::engine::methods::pix2pix_zero::{
+    self, Pix2PixZeroInputs, Pix2PixZeroSettings,
+};
 use mirror_diffusion::engine::model::StableDiffusion;
-use mirror_diffusion::engine::pipeline::CancelToken;
 use mirror_diffusion::engine::pipeline::stages::{self, InversionGrid, KlRegularizer};
+use mirror_diffusion::engine::pipeline::{CancelToken, LatentPair, StageContext};
 
 fn load() -> (Fixtures, StableDiffusion) {
     let fx = Fixtures::load();
@@ -46,17 +48,14 @@ fn ddim_inversion_matches_reference() {
     let z0 = fx.tensor(name, "z0");
     let emb = fx.tensor(name, "encoder_hidden_states");
     for (out, reg) in [("latents_noreg", None), ("latents_kl", Some(kl(&fx, name)))] {
-        let t = stages::invert(
-            &sd,
-            &z0,
-            &emb,
-            n,
-            InversionGrid::Consistent,
-            reg,
-            &CancelToken::new(),
-            &mut |_| {},
-        )
-        .unwrap();
+        let cancel = CancelToken::new();
+        let plan = stages::InversionSettings {
+            steps: n,
+            grid: InversionGrid::Consistent,
+            kl: reg,
+        };
+        let ctx = StageContext::new(&sd, &cancel);
+        let t = stages::invert(&ctx, &z0, &emb, &plan, &mut |_| {}).unwrap();
         assert_eq!(t.latents.len(), n + 1);
         fx.assert_close(name, out, &Tensor::stack(&t.latents, 0).unwrap());
         fx.assert_close(name, "timesteps", &i64s(&t.timesteps));
@@ -76,14 +75,17 @@ fn authors_inversion_matches_reference() {
     assert!(!names.is_empty());
     for name in names {
         let n = steps(&fx, &name);
+        let cancel = CancelToken::new();
+        let plan = stages::InversionSettings {
+            steps: n,
+            grid: InversionGrid::Authors,
+            kl: Some(kl(&fx, &name)),
+        };
         let t = stages::invert(
-            &sd,
+            &StageContext::new(&sd, &cancel),
             &fx.tensor(&name, "z0"),
             &fx.tensor(&name, "encoder_hidden_states"),
-            n,
-            InversionGrid::Authors,
-            Some(kl(&fx, &name)),
-            &CancelToken::new(),
+            &plan,
             &mut |_| {},
         )
         .unwrap();
@@ -169,15 +171,25 @@ fn pix2pix_zero_matches_reference() {
     let start = fx.tensor(name, "xT");
     let (mut rec, mut edit) = (vec![start.clone()], vec![start.clone()]);
     let (mut losses, mut guided) = (Vec::new(), Vec::new());
+    let inputs = Pix2PixZeroInputs {
+        settings: &settings,
+        steps: n,
+        caption: &caption,
+        direction: &direction,
+        want_edit_maps: false,
+    };
+    let cancel = CancelToken::new();
+    let ctx = StageContext::new(&sd, &cancel);
     for i in 0..n {
-        let out = pix2pix_zero::step(
-            &sd, &settings, n, i, &caption, &direction, &rec[i], &edit[i], false,
-        )
-        .unwrap();
-        rec.push(out.rec_latent);
-        edit.push(out.edit_latent);
-        losses.push(out.loss as f32);
-        guided.push(out.edit_guided);
+        let state = LatentPair {
+            reconstruction: rec[i].clone(),
+            translation: edit[i].clone(),
+        };
+        let (next, out) = pix2pix_zero::step(&ctx, &inputs, &state, i).unwrap();
+        rec.push(next.reconstruction);
+        edit.push(next.translation);
+        losses.push(out.guidance.as_ref().unwrap().loss as f32);
+        guided.push(out.dumped("pix2pix_zero.edit_guided").unwrap().clone());
     }
     fx.assert_close(name, "rec_latents", &Tensor::stack(&rec, 0).unwrap());
     fx.assert_close(name, "edit_latents", &Tensor::stack(&edit, 0).unwrap());

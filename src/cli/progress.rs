@@ -76,6 +76,8 @@ impl Progress {
                 self.end_line();
                 eprintln!("{note}");
             }
+            // The bar moves per step; progress inside a step is for the app.
+            Event::StepWork(_) => {}
         }
     }
 

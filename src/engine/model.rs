@@ -162,7 +162,11 @@ impl StableDiffusion {
     /// Checks that an image of `width`×`height` pixels can go through VAE and UNet.
     pub fn check_image_size(&self, width: usize, height: usize) -> Result<()> {
         let multiple = self.size_multiple();
-        if width == 0 || height == 0 || width % multiple != 0 || height % multiple != 0 {
+        if width == 0
+            || height == 0
+            || !width.is_multiple_of(multiple)
+            || !height.is_multiple_of(multiple)
+        {
             return Err(EngineError::InvalidInput(format!(
                 "image size {width}×{height} is not a multiple of {multiple} pixels, which this model needs"
             )));

@@ -206,14 +206,12 @@ fn shared_token_prefix<'a>(mut ids: impl Iterator<Item = &'a Vec<u32>>) -> usize
     })
 }
 
-/// Builds the direction for the two prompts the user typed, by `how`.
-#[allow(clippy::too_many_arguments)]
+/// Builds the direction for the two prompts the user typed, `(source, target)`, by `how`.
 pub fn build_direction(
     tokenizer: &ClipTokenizer,
     encoder: &ClipTextTransformer,
     device: &Device,
-    source_prompt: &str,
-    target_prompt: &str,
+    (source_prompt, target_prompt): (&str, &str),
     how: &DirectionSource,
     batch: usize,
     cancelled: &dyn Fn() -> bool,

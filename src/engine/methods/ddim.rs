@@ -3,10 +3,17 @@
 
 use candle_core::Tensor;
 
-use crate::engine::Result;
 use crate::engine::model::StableDiffusion;
-use crate::engine::pipeline::stages::{check_finite, classifier_free_guidance};
+use crate::engine::pipeline::stages::classifier_free_guidance;
+use crate::engine::pipeline::step::is_finite;
+use crate::engine::pipeline::{
+    Branch, BranchState, CancelToken, LatentPair, MethodStep, StageContext,
+};
 use crate::engine::unet::{AttentionMaps, CaptureRequest};
+use crate::engine::{EngineError, Result};
+
+/// UNet calls of one step: one per branch.
+pub const UNET_CALLS_PER_STEP: usize = 2;
 
 /// The contexts of one DDIM branch: `cond` alone (guidance 1) or CFG on `[uncond, cond]`.
 #[derive(Debug, Clone)]
@@ -15,6 +22,17 @@ pub struct DdimContexts {
     pub uncond: Option<(Tensor, f64)>,
 }
 
+/// What stays fixed over a two-branch DDIM run.
+#[derive(Debug, Clone, Copy)]
+pub struct DdimInputs<'a> {
+    pub steps: usize,
+    pub reconstruction: &'a DdimContexts,
+    pub translation: &'a DdimContexts,
+    /// Record each pass's attention maps.
+    pub want_maps: bool,
+}
+
+/// One branch after one DDIM step.
 #[derive(Debug, Clone)]
 pub struct DdimStep {
     pub latent: Tensor,
@@ -24,25 +42,24 @@ pub struct DdimStep {
     pub maps: Option<AttentionMaps>,
 }
 
-/// One DDIM step at timestep `t` of an `n`-step schedule.
-pub fn step(
-    sd: &StableDiffusion,
+/// One DDIM step of one branch from `z` at timestep `t` of an `n`-step schedule.
+pub fn denoise(
+    ctx: &StageContext,
     z: &Tensor,
     t: usize,
     n: usize,
     contexts: &DdimContexts,
     want_maps: bool,
 ) -> Result<DdimStep> {
+    let unet = &ctx.sd.unet;
     let request = CaptureRequest {
         probs: want_maps,
         keys_values: false,
     };
     let (eps, maps) = match &contexts.uncond {
-        None => sd
-            .unet
-            .forward_with_capture(z, t as f64, &contexts.cond, request)?,
+        None => unet.forward_with_capture(z, t as f64, &contexts.cond, request)?,
         Some((u, w)) => {
-            let (e, maps) = sd.unet.forward_with_capture(
+            let (e, maps) = unet.forward_with_capture(
                 &Tensor::cat(&[z, z], 0)?,
                 t as f64,
                 &Tensor::cat(&[u, &contexts.cond], 0)?,
@@ -51,14 +68,70 @@ pub fn step(
             (classifier_free_guidance(&e, *w)?, maps)
         }
     };
-    let out = sd.scheduler.step(&eps, t, z, n)?;
-    check_finite(&out.prev_sample, "the DDIM latent")?;
+    ctx.unet_call_done();
+    let out = ctx.sd.scheduler.step(&eps, t, z, n)?;
     Ok(DdimStep {
         latent: out.prev_sample,
         pred_x0: out.pred_original_sample,
         eps,
         maps: want_maps.then(|| maps.detach()),
     })
+}
+
+/// Step `i` (0 = noisiest) of both DDIM branches.
+pub fn step(
+    ctx: &StageContext,
+    inputs: &DdimInputs,
+    state: &LatentPair,
+    i: usize,
+) -> Result<(LatentPair, MethodStep)> {
+    let n = inputs.steps;
+    let t = ctx.sd.scheduler.timesteps(n)[i];
+    ctx.cancel.check()?;
+    let rec = denoise(
+        ctx,
+        &state.reconstruction,
+        t,
+        n,
+        inputs.reconstruction,
+        inputs.want_maps,
+    )?;
+    ctx.cancel.check()?;
+    let edit = denoise(
+        ctx,
+        &state.translation,
+        t,
+        n,
+        inputs.translation,
+        inputs.want_maps,
+    )?;
+    let mut out = MethodStep::new(
+        t,
+        vec![
+            BranchState {
+                branch: Branch::DdimReconstruction,
+                latent: rec.latent.clone(),
+                predicted_x0: rec.pred_x0,
+                maps: rec.maps,
+            },
+            BranchState {
+                branch: Branch::DdimTranslation,
+                latent: edit.latent.clone(),
+                predicted_x0: edit.pred_x0,
+                maps: edit.maps,
+            },
+        ],
+    );
+    out.dump = vec![
+        ("ddim.rec_latents", rec.latent.clone()),
+        ("ddim.edit_latents", edit.latent.clone()),
+    ];
+    out.ensure_finite(i, n)?;
+    let next = LatentPair {
+        reconstruction: rec.latent,
+        translation: edit.latent,
+    };
+    Ok((next, out))
 }
 
 /// Plain DDIM sampling from `z_t` over the whole schedule; returns `[z_N … z_0]`.
@@ -68,16 +141,19 @@ pub fn sample(
     n: usize,
     contexts: &DdimContexts,
 ) -> Result<Vec<Tensor>> {
+    let cancel = CancelToken::new();
+    let ctx = StageContext::new(sd, &cancel);
     let mut latents = vec![z_t.clone()];
-    for t in sd.scheduler.timesteps(n) {
-        let s = step(
-            sd,
-            latents.last().expect("start latent"),
-            t,
-            n,
-            contexts,
-            false,
-        )?;
+    for (i, t) in sd.scheduler.timesteps(n).into_iter().enumerate() {
+        let z = latents.last().unwrap_or(z_t);
+        let s = denoise(&ctx, z, t, n, contexts, false)?;
+        if !is_finite(&s.latent)? {
+            return Err(EngineError::StepNotFinite {
+                step: i + 1,
+                steps: n,
+                branch: Branch::DdimReconstruction,
+            });
+        }
         latents.push(s.latent);
     }
     Ok(latents)

@@ -7,10 +7,12 @@
 use candle_core::Tensor;
 
 use crate::engine::model::StableDiffusion;
-use crate::engine::pipeline::CancelToken;
 use crate::engine::pipeline::stages::{
-    RedescribeSettings, Trajectory, check_finite, classifier_free_guidance, guidance_gradient,
+    RedescribeSettings, RedescribeTarget, Trajectory, classifier_free_guidance, guidance_gradient,
     redescribe,
+};
+use crate::engine::pipeline::{
+    Branch, BranchState, GuidanceReport, MethodStep, RedescriptionReport, StageContext,
 };
 use crate::engine::unet::{
     AttentionMaps, CaptureRequest, attention_map_loss, key_value_losses, repeat_batch,
@@ -166,40 +168,68 @@ impl MirrorState {
     }
 }
 
+/// What stays fixed over a Mirror run.
+#[derive(Debug, Clone, Copy)]
+pub struct MirrorInputs<'a> {
+    pub settings: &'a MirrorSettings,
+    pub trajectory: &'a Trajectory,
+    /// The edit direction already multiplied by the user's strength.
+    pub direction: &'a Tensor,
+    pub want_edit_maps: bool,
+}
+
+/// Step i of a reconstruction recorded by an earlier run on the same inversion with the same
+/// redescription settings. Replaying it skips redescription (a re-edit) and gives the same
+/// numbers as redescribing again.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordedReconstruction<'a> {
+    /// The reconstruction latent before step i.
+    pub latent: &'a Tensor,
+    /// C*_i.
+    pub embedding: &'a Tensor,
+    pub losses: &'a [f64],
+    pub embedding_change: f64,
+}
+
+/// UNet calls step i takes at most: redescription iterations (unless replayed), the
+/// reconstruction pass, the extra guidance step on its steps, the main guidance and the
+/// translation pass.
+pub fn unet_calls(settings: &MirrorSettings, n: usize, i: usize, replayed: bool) -> usize {
+    let redescription = if replayed {
+        0
+    } else {
+        settings.redescribe.iterations
+    };
+    let extra = usize::from(settings.extra_steps(n).contains(&i));
+    redescription + 1 + extra + 2
+}
+
 /// The reconstruction half of step i: redescription, then the reconstruction pass whose
 /// attention maps become the guidance reference.
 #[derive(Debug, Clone)]
-pub struct ReconstructionStep {
-    pub timestep: usize,
-    pub target_index: usize,
+struct ReconstructionStep {
+    timestep: usize,
+    target_index: usize,
     /// C*_i.
-    pub embedding: Tensor,
-    pub inner_losses: Vec<f64>,
-    pub embedding_change: f64,
-    pub rec_eps: Tensor,
-    pub rec_pred_x0: Tensor,
-    pub rec_latent: Tensor,
+    embedding: Tensor,
+    inner_losses: Vec<f64>,
+    embedding_change: f64,
+    rec_pred_x0: Tensor,
+    rec_latent: Tensor,
     /// Detached maps of the reconstruction pass (Preset F: batch 2 with keys/values).
-    pub rec_maps: AttentionMaps,
+    rec_maps: AttentionMaps,
 }
 
 /// The translation half of step i.
 #[derive(Debug, Clone)]
-pub struct TranslationStep {
-    pub edit_eps: Tensor,
-    pub edit_pred_x0: Tensor,
-    pub edit_latent: Tensor,
-    pub edit_guided: Tensor,
-    pub edit_scale: f64,
-    pub extra_weight: Option<f64>,
-    pub extra_loss: Option<f64>,
-    pub loss_probs: f64,
-    pub loss_keys: Option<f64>,
-    pub loss_values: Option<f64>,
-    pub loss_total: f64,
-    pub gradient_norm: f64,
-    pub extra_done: usize,
-    pub edit_maps: Option<AttentionMaps>,
+struct TranslationStep {
+    edit_pred_x0: Tensor,
+    edit_latent: Tensor,
+    edit_guided: Tensor,
+    edit_scale: f64,
+    guidance: GuidanceReport,
+    extra_done: usize,
+    edit_maps: Option<AttentionMaps>,
 }
 
 fn timestep(sd: &StableDiffusion, n: usize, i: usize) -> Result<usize> {
@@ -208,65 +238,151 @@ fn timestep(sd: &StableDiffusion, n: usize, i: usize) -> Result<usize> {
     })
 }
 
-/// Redescription at step i (from `rec_latent` and the previous embedding), then the
-/// reconstruction pass.
-pub fn reconstruct(
-    sd: &StableDiffusion,
-    settings: &MirrorSettings,
-    trajectory: &Trajectory,
-    rec_latent: &Tensor,
-    previous_embedding: &Tensor,
+/// One whole MirrorDiffusion step i (0 = noisiest) from `state`; with `recorded`, the
+/// reconstruction half is replayed instead of redescribed.
+pub fn step(
+    ctx: &StageContext,
+    inputs: &MirrorInputs,
+    state: &MirrorState,
     i: usize,
-    cancel: &CancelToken,
+    recorded: Option<RecordedReconstruction>,
+) -> Result<(MirrorState, MethodStep)> {
+    let rec = match recorded {
+        Some(r) => replay(ctx, inputs, &r, i)?,
+        None => reconstruct(ctx, inputs, state, i)?,
+    };
+    let edit = translate(ctx, inputs, &rec, state, i)?;
+    let n = inputs.trajectory.steps;
+    let mut out = MethodStep::new(
+        rec.timestep,
+        vec![
+            BranchState {
+                branch: Branch::MirrorReconstruction,
+                latent: rec.rec_latent.clone(),
+                predicted_x0: rec.rec_pred_x0,
+                maps: Some(rec.rec_maps),
+            },
+            BranchState {
+                branch: Branch::MirrorTranslation,
+                latent: edit.edit_latent.clone(),
+                predicted_x0: edit.edit_pred_x0,
+                maps: edit.edit_maps,
+            },
+        ],
+    );
+    // Padded to the iteration budget so that the dump stacks into one tensor.
+    let padded: Vec<f64> = (0..inputs.settings.redescribe.iterations.max(1))
+        .map(|k| rec.inner_losses.get(k).copied().unwrap_or(f64::NAN))
+        .collect();
+    let device = rec.rec_latent.device();
+    out.dump = vec![
+        ("mirror.embeddings", rec.embedding.clone()),
+        ("mirror.rec_latents", rec.rec_latent.clone()),
+        ("mirror.edit_latents", edit.edit_latent.clone()),
+        ("mirror.edit_guided", edit.edit_guided),
+        ("mirror.inner_losses", Tensor::new(padded, device)?),
+        (
+            "mirror.guidance_loss",
+            Tensor::new(edit.guidance.total_loss, device)?,
+        ),
+    ];
+    out.redescription = Some(RedescriptionReport {
+        losses: rec.inner_losses,
+        target_index: rec.target_index,
+        embedding_change: rec.embedding_change,
+    });
+    out.embedding = Some(rec.embedding.clone());
+    out.guidance = Some(edit.guidance);
+    out.edit_scale = Some(edit.edit_scale);
+    out.ensure_finite(i, n)?;
+    let next = MirrorState {
+        rec_latent: rec.rec_latent,
+        edit_latent: edit.edit_latent,
+        embedding: rec.embedding,
+        extra_done: edit.extra_done,
+    };
+    Ok((next, out))
+}
+
+/// Redescription at step i (from the state's reconstruction latent and embedding), then the
+/// reconstruction pass.
+fn reconstruct(
+    ctx: &StageContext,
+    inputs: &MirrorInputs,
+    state: &MirrorState,
+    i: usize,
 ) -> Result<ReconstructionStep> {
+    let (sd, trajectory) = (ctx.sd, inputs.trajectory);
     let n = trajectory.steps;
     let t = timestep(sd, n, i)?;
     // One DDIM step from the reconstruction latent should land on the stored inversion latent.
     let target_index = trajectory.target_index(i);
-    let redescription = redescribe(
-        sd,
-        rec_latent,
+    let task = RedescribeTarget {
+        latent: &state.rec_latent,
         t,
-        n,
-        &trajectory.latents[target_index],
-        previous_embedding,
-        i,
-        &settings.redescribe,
-        cancel,
-    )?;
+        steps: n,
+        step_index: i,
+        target: &trajectory.latents[target_index],
+        init: &state.embedding,
+    };
+    let redescription = redescribe(ctx, &task, &inputs.settings.redescribe)?;
     let emb = redescription.embedding;
-    let embedding_change = (&emb - previous_embedding)?
+    let embedding_change = (&emb - &state.embedding)?
         .sqr()?
         .sum_all()?
         .to_scalar::<f32>()?
         .sqrt() as f64;
-    cancel.check()?;
-    let (rec_eps, rec_maps) = reconstruction_pass(sd, settings, rec_latent, &emb, t)?;
-    let rec_step = sd.scheduler.step(&rec_eps, t, rec_latent, n)?;
-    check_finite(&rec_step.prev_sample, "the reconstruction latent")?;
-    Ok(ReconstructionStep {
-        timestep: t,
-        target_index,
-        embedding: emb,
-        inner_losses: redescription.losses,
-        embedding_change,
-        rec_eps,
-        rec_pred_x0: rec_step.pred_original_sample,
-        rec_latent: rec_step.prev_sample,
-        rec_maps,
+    reconstruction_pass(ctx, inputs, &state.rec_latent, &emb, i).map(|(pred_x0, latent, maps)| {
+        ReconstructionStep {
+            timestep: t,
+            target_index,
+            embedding: emb,
+            inner_losses: redescription.losses,
+            embedding_change,
+            rec_pred_x0: pred_x0,
+            rec_latent: latent,
+            rec_maps: maps,
+        }
     })
 }
 
-/// The reconstruction branch's noise prediction at (`rec_latent`, C*_i) and its detached
-/// attention maps. Also how a cached reconstruction gets its reference maps back.
-pub fn reconstruction_pass(
-    sd: &StableDiffusion,
-    settings: &MirrorSettings,
+/// The recorded step i: the reconstruction pass at its latent and embedding, which gives the
+/// guidance reference maps back.
+fn replay(
+    ctx: &StageContext,
+    inputs: &MirrorInputs,
+    recorded: &RecordedReconstruction,
+    i: usize,
+) -> Result<ReconstructionStep> {
+    let n = inputs.trajectory.steps;
+    let (pred_x0, latent, maps) =
+        reconstruction_pass(ctx, inputs, recorded.latent, recorded.embedding, i)?;
+    Ok(ReconstructionStep {
+        timestep: timestep(ctx.sd, n, i)?,
+        target_index: inputs.trajectory.target_index(i),
+        embedding: recorded.embedding.clone(),
+        inner_losses: recorded.losses.to_vec(),
+        embedding_change: recorded.embedding_change,
+        rec_pred_x0: pred_x0,
+        rec_latent: latent,
+        rec_maps: maps,
+    })
+}
+
+/// The reconstruction branch's DDIM step at (`rec_latent`, C*_i): predicted x0, next latent
+/// and the pass's detached attention maps.
+fn reconstruction_pass(
+    ctx: &StageContext,
+    inputs: &MirrorInputs,
     rec_latent: &Tensor,
     emb: &Tensor,
-    t: usize,
-) -> Result<(Tensor, AttentionMaps)> {
-    if settings.preset == MirrorPreset::Authors {
+    i: usize,
+) -> Result<(Tensor, Tensor, AttentionMaps)> {
+    let (sd, settings) = (ctx.sd, inputs.settings);
+    let n = inputs.trajectory.steps;
+    let t = timestep(sd, n, i)?;
+    ctx.cancel.check()?;
+    let (eps, maps) = if settings.preset == MirrorPreset::Authors {
         // Released code: CFG with [C*, C*] at batch 2 (a no-op CFG), keys/values recorded.
         let request = CaptureRequest {
             probs: true,
@@ -275,44 +391,37 @@ pub fn reconstruction_pass(
         let pair = Tensor::cat(&[emb, emb], 0)?;
         let x = Tensor::cat(&[rec_latent, rec_latent], 0)?;
         let (e, maps) = sd.unet.forward_with_capture(&x, t as f64, &pair, request)?;
-        Ok((
-            classifier_free_guidance(&e, settings.guidance_scale)?,
-            maps.detach(),
-        ))
+        (classifier_free_guidance(&e, settings.guidance_scale)?, maps)
     } else {
         let request = CaptureRequest {
             probs: true,
             keys_values: false,
         };
-        let (e, maps) = sd
-            .unet
-            .forward_with_capture(rec_latent, t as f64, emb, request)?;
-        Ok((e, maps.detach()))
-    }
+        sd.unet
+            .forward_with_capture(rec_latent, t as f64, emb, request)?
+    };
+    ctx.unet_call_done();
+    let out = sd.scheduler.step(&eps, t, rec_latent, n)?;
+    Ok((out.pred_original_sample, out.prev_sample, maps.detach()))
 }
 
 /// Attention guidance, CFG and the DDIM step of the translation branch at step i.
-/// `direction` is the edit direction already multiplied by the user's strength.
-#[allow(clippy::too_many_arguments)]
-pub fn translate(
-    sd: &StableDiffusion,
-    settings: &MirrorSettings,
-    n: usize,
+fn translate(
+    ctx: &StageContext,
+    inputs: &MirrorInputs,
+    rec: &ReconstructionStep,
+    state: &MirrorState,
     i: usize,
-    emb: &Tensor,
-    rec_maps: &AttentionMaps,
-    direction: &Tensor,
-    edit_latent: &Tensor,
-    extra_done: usize,
-    want_edit_maps: bool,
-    cancel: &CancelToken,
 ) -> Result<TranslationStep> {
+    let (sd, settings, direction) = (ctx.sd, inputs.settings, inputs.direction);
+    let n = inputs.trajectory.steps;
+    let emb = &rec.embedding;
     let t = timestep(sd, n, i)?;
     let authors = settings.preset == MirrorPreset::Authors;
     let reference = if authors {
-        rec_maps.clone()
+        rec.rec_maps.clone()
     } else {
-        repeat_batch(rec_maps, 2)?
+        repeat_batch(&rec.rec_maps, 2)?
     };
     // Contexts [C*, C* + s_i Δc].
     let edit_scale = settings.edit_scale_at(i, n);
@@ -327,31 +436,30 @@ pub fn translate(
         (emb + (direction * edit_scale)?)?
     };
     let mut context = Tensor::cat(&[emb, &cond], 0)?;
-    let mut x = Tensor::cat(&[edit_latent, edit_latent], 0)?;
+    let mut x = Tensor::cat(&[&state.edit_latent, &state.edit_latent], 0)?;
     let mut extra_gradient: Option<Tensor> = None;
-    let (mut extra_weight, mut extra_loss) = (None, None);
-    let mut extra_done = extra_done;
+    let mut extra_loss = None;
+    let mut extra_done = state.extra_done;
     if settings.extra_steps(n).contains(&i) {
-        cancel.check()?;
+        ctx.cancel.check()?;
         let weight = settings.extra_weight * settings.extra_decay.powi(extra_done as i32);
         let cycle_cond = (&cond - direction)?;
         let cycle_context = Tensor::cat(&[emb, &cycle_cond], 0)?;
-        let (g, loss) = guidance_gradient(sd, &x, t, &cycle_context, &reference, weight)?;
+        let (g, loss) = guidance_gradient(ctx, &x, t, &cycle_context, &reference, weight)?;
         x = (&x - (&g * settings.xa_guidance)?)?;
         if authors {
             // (K − Δc) + Δc, as released.
             context = Tensor::cat(&[emb, &(cycle_cond + direction)?], 0)?;
         }
         extra_gradient = Some(g);
-        extra_weight = Some(weight);
         extra_loss = Some(loss);
         extra_done += 1;
     }
-    cancel.check()?;
+    ctx.cancel.check()?;
     let (g_main, loss_probs, loss_keys, loss_values) = if authors && i < settings.kv_until {
-        main_guidance_with_kv(sd, &x, t, &context, &reference, settings.kv_weight)?
+        main_guidance_with_kv(ctx, &x, t, &context, &reference, settings.kv_weight)?
     } else {
-        let (g, l) = guidance_gradient(sd, &x, t, &context, &reference, 1.0)?;
+        let (g, l) = guidance_gradient(ctx, &x, t, &context, &reference, 1.0)?;
         (g, l, None, None)
     };
     let total_gradient = match (&extra_gradient, settings.apply_extra_once) {
@@ -362,81 +470,40 @@ pub fn translate(
     let gradient_norm = total_gradient.sqr()?.sum_all()?.to_scalar::<f32>()?.sqrt() as f64;
 
     // Noise at the guided pair, CFG, DDIM step on the unconditional copy X[0].
-    cancel.check()?;
+    ctx.cancel.check()?;
     let request = CaptureRequest {
-        probs: want_edit_maps,
+        probs: inputs.want_edit_maps,
         keys_values: false,
     };
     let (e, edit_maps) = sd
         .unet
         .forward_with_capture(&x, t as f64, &context, request)?;
+    ctx.unet_call_done();
     let edit_eps = classifier_free_guidance(&e, settings.guidance_scale)?;
     let edit_step = sd.scheduler.step(&edit_eps, t, &x.narrow(0, 0, 1)?, n)?;
-    check_finite(&edit_step.prev_sample, "the translation latent")?;
+    let guidance = GuidanceReport {
+        loss: loss_probs,
+        extra_loss,
+        key_value_loss: loss_keys.map(|k| k + loss_values.unwrap_or(0.0)),
+        gradient_norm,
+        key_loss: loss_keys,
+        value_loss: loss_values,
+        total_loss: loss_probs + loss_keys.unwrap_or(0.0) + loss_values.unwrap_or(0.0),
+    };
     Ok(TranslationStep {
-        edit_eps,
         edit_pred_x0: edit_step.pred_original_sample,
         edit_latent: edit_step.prev_sample,
         edit_guided: x,
         edit_scale,
-        extra_weight,
-        extra_loss,
-        loss_probs,
-        loss_keys,
-        loss_values,
-        loss_total: loss_probs + loss_keys.unwrap_or(0.0) + loss_values.unwrap_or(0.0),
-        gradient_norm,
+        guidance,
         extra_done,
-        edit_maps: want_edit_maps.then_some(edit_maps),
+        edit_maps: inputs.want_edit_maps.then_some(edit_maps),
     })
-}
-
-/// One whole MirrorDiffusion step i (0 = noisiest) from `state`.
-#[allow(clippy::too_many_arguments)]
-pub fn step(
-    sd: &StableDiffusion,
-    settings: &MirrorSettings,
-    trajectory: &Trajectory,
-    direction: &Tensor,
-    state: &MirrorState,
-    i: usize,
-    want_edit_maps: bool,
-    cancel: &CancelToken,
-) -> Result<(MirrorState, ReconstructionStep, TranslationStep)> {
-    let rec = reconstruct(
-        sd,
-        settings,
-        trajectory,
-        &state.rec_latent,
-        &state.embedding,
-        i,
-        cancel,
-    )?;
-    let edit = translate(
-        sd,
-        settings,
-        trajectory.steps,
-        i,
-        &rec.embedding,
-        &rec.rec_maps,
-        direction,
-        &state.edit_latent,
-        state.extra_done,
-        want_edit_maps,
-        cancel,
-    )?;
-    let next = MirrorState {
-        rec_latent: rec.rec_latent.clone(),
-        edit_latent: edit.edit_latent.clone(),
-        embedding: rec.embedding.clone(),
-        extra_done: edit.extra_done,
-    };
-    Ok((next, rec, edit))
 }
 
 /// Preset F's main guidance: probability loss plus the (latent-inert) key/value terms.
 fn main_guidance_with_kv(
-    sd: &StableDiffusion,
+    ctx: &StageContext,
     x: &Tensor,
     t: usize,
     context: &Tensor,
@@ -448,13 +515,15 @@ fn main_guidance_with_kv(
         probs: true,
         keys_values: true,
     };
-    let (_, maps) = sd
-        .unet
-        .forward_with_capture(var.as_tensor(), t as f64, context, request)?;
+    let (_, maps) =
+        ctx.sd
+            .unet
+            .forward_with_capture(var.as_tensor(), t as f64, context, request)?;
     let probs = attention_map_loss(&maps, reference)?;
     let (keys, values) = key_value_losses(&maps, reference, kv_weight)?;
     let total = ((&probs + &values)? + &keys)?;
     let grads = total.backward()?;
+    ctx.unet_call_done();
     let grad = grads
         .get(var.as_tensor())
         .ok_or_else(|| {

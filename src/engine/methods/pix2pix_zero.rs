@@ -6,9 +6,11 @@
 use candle_core::Tensor;
 
 use crate::engine::Result;
-use crate::engine::model::StableDiffusion;
-use crate::engine::pipeline::stages::{check_finite, classifier_free_guidance, guidance_gradient};
-use crate::engine::unet::{AttentionMaps, CaptureRequest, repeat_batch};
+use crate::engine::pipeline::stages::{classifier_free_guidance, guidance_gradient};
+use crate::engine::pipeline::{
+    Branch, BranchState, GuidanceReport, LatentPair, MethodStep, StageContext,
+};
+use crate::engine::unet::{CaptureRequest, repeat_batch};
 
 /// Settings of the released code (CFG 5, guidance step 0.1).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -26,69 +28,92 @@ impl Default for Pix2PixZeroSettings {
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct Pix2PixZeroStep {
-    pub rec_latent: Tensor,
-    pub rec_pred_x0: Tensor,
-    pub rec_maps: AttentionMaps,
-    pub edit_latent: Tensor,
-    pub edit_pred_x0: Tensor,
-    pub edit_guided: Tensor,
-    /// Map loss before the guidance step.
-    pub loss: f64,
-    pub edit_maps: Option<AttentionMaps>,
+/// UNet calls of one step: reference pass, guidance (forward + backward), edit pass.
+pub const UNET_CALLS_PER_STEP: usize = 3;
+
+/// What stays fixed over a pix2pix-zero run.
+#[derive(Debug, Clone, Copy)]
+pub struct Pix2PixZeroInputs<'a> {
+    pub settings: &'a Pix2PixZeroSettings,
+    pub steps: usize,
+    /// E(caption) [1, 77, D].
+    pub caption: &'a Tensor,
+    /// α·Δc.
+    pub direction: &'a Tensor,
+    pub want_edit_maps: bool,
 }
 
-/// Step `i` of both passes. `caption` is E(caption) [1, 77, D]; `direction` is α·Δc.
-#[allow(clippy::too_many_arguments)]
+/// Step `i` of both passes from `state`.
 pub fn step(
-    sd: &StableDiffusion,
-    settings: &Pix2PixZeroSettings,
-    n: usize,
+    ctx: &StageContext,
+    inputs: &Pix2PixZeroInputs,
+    state: &LatentPair,
     i: usize,
-    caption: &Tensor,
-    direction: &Tensor,
-    rec_latent: &Tensor,
-    edit_latent: &Tensor,
-    want_edit_maps: bool,
-) -> Result<Pix2PixZeroStep> {
+) -> Result<(LatentPair, MethodStep)> {
+    let (sd, n, caption) = (ctx.sd, inputs.steps, inputs.caption);
     let t = sd.scheduler.timesteps(n)[i];
     // Reference pass: CFG with [c, c] is the conditional prediction itself, so batch 1.
+    ctx.cancel.check()?;
     let request = CaptureRequest {
         probs: true,
         keys_values: false,
     };
-    let (rec_eps, rec_maps) = sd
-        .unet
-        .forward_with_capture(rec_latent, t as f64, caption, request)?;
+    let (rec_eps, rec_maps) =
+        sd.unet
+            .forward_with_capture(&state.reconstruction, t as f64, caption, request)?;
+    ctx.unet_call_done();
     let rec_maps = rec_maps.detach();
-    let rec = sd.scheduler.step(&rec_eps, t, rec_latent, n)?;
-    check_finite(&rec.prev_sample, "the pix2pix-zero reference latent")?;
+    let rec = sd.scheduler.step(&rec_eps, t, &state.reconstruction, n)?;
 
     // Edit pass: one guidance step on [z, z] with contexts [c, c + Δc].
-    let context = Tensor::cat(&[caption, &(caption + direction)?], 0)?;
+    ctx.cancel.check()?;
+    let context = Tensor::cat(&[caption, &(caption + inputs.direction)?], 0)?;
     let reference = repeat_batch(&rec_maps, 2)?;
-    let x = Tensor::cat(&[edit_latent, edit_latent], 0)?;
-    let (g, loss) = guidance_gradient(sd, &x, t, &context, &reference, 1.0)?;
-    let x = (&x - (g * settings.xa_guidance)?)?;
+    let x = Tensor::cat(&[&state.translation, &state.translation], 0)?;
+    let (g, loss) = guidance_gradient(ctx, &x, t, &context, &reference, 1.0)?;
+    let x = (&x - (g * inputs.settings.xa_guidance)?)?;
+    ctx.cancel.check()?;
     let request = CaptureRequest {
-        probs: want_edit_maps,
+        probs: inputs.want_edit_maps,
         keys_values: false,
     };
     let (e, edit_maps) = sd
         .unet
         .forward_with_capture(&x, t as f64, &context, request)?;
-    let eps = classifier_free_guidance(&e, settings.guidance_scale)?;
+    ctx.unet_call_done();
+    let eps = classifier_free_guidance(&e, inputs.settings.guidance_scale)?;
     let edit = sd.scheduler.step(&eps, t, &x.narrow(0, 0, 1)?, n)?;
-    check_finite(&edit.prev_sample, "the pix2pix-zero edit latent")?;
-    Ok(Pix2PixZeroStep {
-        rec_latent: rec.prev_sample,
-        rec_pred_x0: rec.pred_original_sample,
-        rec_maps,
-        edit_latent: edit.prev_sample,
-        edit_pred_x0: edit.pred_original_sample,
-        edit_guided: x,
+    let mut out = MethodStep::new(
+        t,
+        vec![
+            BranchState {
+                branch: Branch::Pix2PixZeroReconstruction,
+                latent: rec.prev_sample.clone(),
+                predicted_x0: rec.pred_original_sample,
+                maps: Some(rec_maps),
+            },
+            BranchState {
+                branch: Branch::Pix2PixZeroTranslation,
+                latent: edit.prev_sample.clone(),
+                predicted_x0: edit.pred_original_sample,
+                maps: inputs.want_edit_maps.then(|| edit_maps.detach()),
+            },
+        ],
+    );
+    out.guidance = Some(GuidanceReport {
         loss,
-        edit_maps: want_edit_maps.then(|| edit_maps.detach()),
-    })
+        total_loss: loss,
+        ..Default::default()
+    });
+    out.dump = vec![
+        ("pix2pix_zero.rec_latents", rec.prev_sample.clone()),
+        ("pix2pix_zero.edit_latents", edit.prev_sample.clone()),
+        ("pix2pix_zero.edit_guided", x),
+    ];
+    out.ensure_finite(i, n)?;
+    let next = LatentPair {
+        reconstruction: rec.prev_sample,
+        translation: edit.prev_sample,
+    };
+    Ok((next, out))
 }

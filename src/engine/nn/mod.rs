@@ -7,7 +7,11 @@
 use candle_core::{D, DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+pub mod blocks;
 pub mod frozen;
+pub use blocks::{
+    Activation, Downsample2D, DownsampleConfig, ResnetBlock2D, ResnetConfig, Upsample2D,
+};
 pub use frozen::{Conv2d, Linear, conv2d, linear, linear_no_bias};
 
 /// Softmax over the last dimension. The fused kernel is used only when the input is not

@@ -49,6 +49,18 @@ impl Branch {
         }
     }
 
+    /// The branch as an error message names it ("the translation").
+    pub fn user_words(self) -> &'static str {
+        match self {
+            Branch::MirrorReconstruction => "the reconstruction",
+            Branch::MirrorTranslation => "the translation",
+            Branch::DdimReconstruction => "the plain DDIM reconstruction",
+            Branch::DdimTranslation => "the plain DDIM translation",
+            Branch::Pix2PixZeroReconstruction => "the pix2pix-zero reconstruction",
+            Branch::Pix2PixZeroTranslation => "the pix2pix-zero translation",
+        }
+    }
+
     pub fn is_reconstruction(self) -> bool {
         matches!(
             self,
@@ -98,6 +110,11 @@ pub struct GuidanceReport {
     pub key_value_loss: Option<f64>,
     /// Norm of the accumulated latent gradient.
     pub gradient_norm: f64,
+    /// Key and value terms separately (Preset F).
+    pub key_loss: Option<f64>,
+    pub value_loss: Option<f64>,
+    /// Main loss plus key/value terms.
+    pub total_loss: f64,
 }
 
 /// One denoising step of one method.
@@ -113,6 +130,22 @@ pub struct StepReport {
     pub guidance: Option<GuidanceReport>,
     /// Edit-direction scale used at this step.
     pub edit_scale: Option<f64>,
+}
+
+/// How far the current step is, in UNet calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepWork {
+    /// 0-based step index, as `StepReport::step`.
+    pub step: usize,
+    pub steps: usize,
+    /// UNet calls (a forward, or a forward + backward) done so far in this step, across
+    /// every method the run steps (the compared plain DDIM branches included).
+    pub unet_calls: usize,
+    /// The most this step will take, given method, preset, settings, an extra guidance step
+    /// and a cached reconstruction; redescription may stop early, so fewer is normal.
+    pub unet_calls_expected: usize,
+    /// `(iterations done, max iterations)` while the prompt is being redescribed.
+    pub redescription: Option<(usize, usize)>,
 }
 
 #[derive(Debug, Clone)]
@@ -134,6 +167,9 @@ pub enum Event {
         total: usize,
     },
     Step(Box<StepReport>),
+    /// Progress inside the current step, sent after every UNet call and redescription
+    /// iteration (steps take many UNet calls: a live sign that the run is moving).
+    StepWork(StepWork),
     /// A message worth showing (e.g. "re-using the cached inversion").
     Note(String),
 }

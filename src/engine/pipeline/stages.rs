@@ -3,9 +3,10 @@
 
 use candle_core::{Tensor, Var};
 
-use super::cancel::CancelToken;
-use super::events::{Event, EventSink, Phase};
+use super::context::StageContext;
+use super::events::{Branch, Event, EventSink, Phase};
 use super::optim::Adam;
+use super::step::is_finite;
 use crate::engine::model::StableDiffusion;
 use crate::engine::scheduler::kl_regularize;
 use crate::engine::unet::{AttentionMaps, CaptureRequest, attention_map_loss};
@@ -94,19 +95,24 @@ impl Trajectory {
     }
 }
 
+/// What an inversion walks: N, the grid and the optional noise regulariser.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InversionSettings {
+    pub steps: usize,
+    pub grid: InversionGrid,
+    pub kl: Option<KlRegularizer>,
+}
+
 /// DDIM inversion with guidance 1 under the caption embedding `emb` (batch 1), keeping the
 /// whole trajectory. Emits `Phase::Invert` and one `Event::Inversion` per step.
-#[allow(clippy::too_many_arguments)]
 pub fn invert(
-    sd: &StableDiffusion,
+    ctx: &StageContext,
     z0: &Tensor,
     emb: &Tensor,
-    steps: usize,
-    grid: InversionGrid,
-    kl: Option<KlRegularizer>,
-    cancel: &CancelToken,
+    settings: &InversionSettings,
     events: EventSink,
 ) -> Result<Trajectory> {
+    let (sd, steps, grid) = (ctx.sd, settings.steps, settings.grid);
     sd.scheduler.check_num_inference_steps(steps)?;
     let timesteps: Vec<usize> = match grid {
         InversionGrid::Consistent => sd.scheduler.timesteps(steps).into_iter().rev().collect(),
@@ -119,16 +125,19 @@ pub fn invert(
     let mut latents = vec![z0.clone()];
     let mut z = z0.clone();
     for (k, &t) in timesteps.iter().enumerate() {
-        cancel.check()?;
+        ctx.cancel.check()?;
         let mut eps = sd.unet.forward(&z, t as f64, emb)?;
-        if let Some(kl) = kl {
+        if let Some(kl) = settings.kl {
             eps = kl_regularize(&eps, kl.lambda, kl.steps)?;
         }
         z = match grid {
             InversionGrid::Consistent => sd.scheduler.inverse_step(&eps, t, &z, steps)?,
             InversionGrid::Authors => sd.scheduler.authors_inverse_step(&eps, t, &z, steps)?,
         };
-        check_finite(&z, "the inversion latent")?;
+        check_finite(
+            &z,
+            &format!("the inversion at step {} of {}", k + 1, timesteps.len()),
+        )?;
         latents.push(z.clone());
         events(Event::Inversion {
             step: k + 1,
@@ -210,38 +219,52 @@ pub struct Redescription {
     pub losses: Vec<f64>,
 }
 
+/// One redescription problem: from `latent` at timestep `t` (step `step_index` of `steps`),
+/// one DDIM step should land on `target`; the embedding starts at `init`.
+#[derive(Debug, Clone, Copy)]
+pub struct RedescribeTarget<'a> {
+    pub latent: &'a Tensor,
+    pub t: usize,
+    pub steps: usize,
+    pub step_index: usize,
+    pub target: &'a Tensor,
+    pub init: &'a Tensor,
+}
+
 /// Optimises the caption embedding (warm-started from `init`) with Adam so that one DDIM step
 /// from `latent` at timestep `t` lands on `target`: MSE(step(unet(z, t, C)), target).
-#[allow(clippy::too_many_arguments)]
 pub fn redescribe(
-    sd: &StableDiffusion,
-    latent: &Tensor,
-    t: usize,
-    steps: usize,
-    target: &Tensor,
-    init: &Tensor,
-    step_index: usize,
+    ctx: &StageContext,
+    task: &RedescribeTarget,
     settings: &RedescribeSettings,
-    cancel: &CancelToken,
 ) -> Result<Redescription> {
-    let mut emb = init.detach();
-    let mut adam = Adam::new(settings.lr * (1.0 - step_index as f64 / 100.0));
-    let threshold = settings.early_stop_base + step_index as f64 * settings.early_stop_slope;
+    let (sd, i) = (ctx.sd, task.step_index);
+    let mut emb = task.init.detach();
+    let mut adam = Adam::new(settings.lr * (1.0 - i as f64 / 100.0));
+    let threshold = settings.early_stop_base + i as f64 * settings.early_stop_slope;
     let mut losses = Vec::with_capacity(settings.iterations);
-    for _ in 0..settings.iterations {
-        cancel.check()?;
+    for k in 0..settings.iterations {
+        ctx.cancel.check()?;
         let var = Var::from_tensor(&emb)?;
-        let eps = sd.unet.forward(latent, t as f64, var.as_tensor())?;
-        let prev = sd.scheduler.step(&eps, t, latent, steps)?.prev_sample;
-        let loss = (prev - target)?.sqr()?.mean_all()?;
+        let eps = sd
+            .unet
+            .forward(task.latent, task.t as f64, var.as_tensor())?;
+        let prev = sd
+            .scheduler
+            .step(&eps, task.t, task.latent, task.steps)?
+            .prev_sample;
+        let loss = (prev - task.target)?.sqr()?.mean_all()?;
         let grads = loss.backward()?;
+        ctx.redescription_iteration_done(k + 1, settings.iterations);
         let grad = grads.get(var.as_tensor()).ok_or_else(|| {
             EngineError::InvalidInput("redescription: no gradient reached the embedding".into())
         })?;
         let loss = loss.to_scalar::<f32>()? as f64;
         if !loss.is_finite() {
-            return Err(EngineError::NonFinite {
-                what: format!("the redescription loss at step {step_index}"),
+            return Err(EngineError::StepNotFinite {
+                step: i + 1,
+                steps: task.steps,
+                branch: Branch::MirrorReconstruction,
             });
         }
         emb = adam.update(&emb, grad)?;
@@ -259,7 +282,7 @@ pub fn redescribe(
 /// ∂/∂X of `weight · attention_map_loss(P(X, context), reference)` for a latent batch `X`
 /// (the maps of sample b depend only on X[b]). Returns the gradient and the loss value.
 pub fn guidance_gradient(
-    sd: &StableDiffusion,
+    ctx: &StageContext,
     x: &Tensor,
     t: usize,
     context: &Tensor,
@@ -271,14 +294,16 @@ pub fn guidance_gradient(
         probs: true,
         keys_values: false,
     };
-    let (_, maps) = sd
-        .unet
-        .forward_with_capture(var.as_tensor(), t as f64, context, request)?;
+    let (_, maps) =
+        ctx.sd
+            .unet
+            .forward_with_capture(var.as_tensor(), t as f64, context, request)?;
     let mut loss = attention_map_loss(&maps, reference)?;
     if weight != 1.0 {
         loss = (loss * weight)?;
     }
     let grads = loss.backward()?;
+    ctx.unet_call_done();
     let grad = grads
         .get(var.as_tensor())
         .ok_or_else(|| {
@@ -290,12 +315,7 @@ pub fn guidance_gradient(
 
 /// `Err(NonFinite)` when a tensor holds NaN or infinity.
 pub fn check_finite(t: &Tensor, what: &str) -> Result<()> {
-    let s = t
-        .abs()?
-        .sum_all()?
-        .to_dtype(candle_core::DType::F32)?
-        .to_scalar::<f32>()?;
-    if s.is_finite() {
+    if is_finite(t)? {
         Ok(())
     } else {
         Err(EngineError::NonFinite {

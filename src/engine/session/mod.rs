@@ -11,9 +11,12 @@ use candle_core::Device;
 
 pub use cache::{CacheKey, CachedInversion, CachedReconstruction, InversionCache};
 pub use request::{
-    BranchImages, DdimTranslation, DirectionChoice, Method, TranslateOutcome, TranslateRequest,
+    BranchImages, DdimTranslation, DirectionChoice, InversionChoice, Method, TranslateOutcome,
+    TranslateRequest,
 };
 
+#[cfg(doc)]
+use crate::engine::EngineError;
 use crate::engine::Result;
 use crate::engine::model::StableDiffusion;
 use crate::engine::pipeline::{CancelToken, Event};
@@ -53,7 +56,8 @@ impl Session {
     }
 
     /// Runs `req`, streaming events; a cancelled run returns `Ok` with `cancelled` set and
-    /// whatever it had.
+    /// whatever it had. A step that turns NaN fails with [`EngineError::StepNotFinite`], a
+    /// device out of memory with [`EngineError::OutOfMemory`]; the session stays usable.
     pub fn translate(
         &mut self,
         req: &TranslateRequest,
@@ -61,5 +65,6 @@ impl Session {
         events: &mut dyn FnMut(Event),
     ) -> Result<TranslateOutcome> {
         run::translate(&self.sd, &mut self.cache, req, cancel, events)
+            .map_err(|e| e.classified(&self.sd.device))
     }
 }

@@ -66,6 +66,19 @@ impl Default for DdimTranslation {
     }
 }
 
+/// Which inversion a run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InversionChoice {
+    /// What the method is defined with: Mirror and pix2pix-zero invert with the noise
+    /// regulariser, plain DDIM without.
+    #[default]
+    MethodDefault,
+    /// Always the regularised inversion, so that a plain DDIM run can share the inversion of
+    /// a Mirror or pix2pix-zero run on the same image (a side-by-side comparison).
+    Regularized,
+}
+
 /// Where the edit direction Δc comes from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DirectionChoice {
@@ -109,6 +122,8 @@ pub struct TranslateRequest {
     /// Also run plain DDIM reconstruction and translation for comparison.
     pub compare_ddim: bool,
     pub ddim_translation: DdimTranslation,
+    /// Which inversion to use (plain DDIM may share the regularised one).
+    pub inversion: InversionChoice,
     /// Seed of the VAE posterior sample (authors preset; the recommended one uses the mean).
     pub seed: u64,
     /// Per-token attention heat maps in the step events.
@@ -134,6 +149,7 @@ impl TranslateRequest {
             direction: DirectionChoice::default(),
             compare_ddim: true,
             ddim_translation: DdimTranslation::default(),
+            inversion: InversionChoice::default(),
             seed: 0,
             attention_maps: false,
             decode_every: None,

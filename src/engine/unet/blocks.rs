@@ -4,8 +4,10 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::capture::CaptureSink;
-use super::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
 use super::transformer::{Transformer2DConfig, Transformer2DModel};
+use crate::engine::nn::{
+    Activation, Downsample2D, DownsampleConfig, ResnetBlock2D, ResnetConfig, Upsample2D,
+};
 
 /// What the blocks share: time-embedding width, norms, attention settings.
 #[derive(Debug, Clone, Copy)]
@@ -34,9 +36,11 @@ fn resnet(
     let cfg = ResnetConfig {
         in_channels: i,
         out_channels: o,
-        temb_channels: c.temb_channels,
+        temb_channels: Some(c.temb_channels),
         groups: c.groups,
         eps: c.eps,
+        // The config validation accepts `silu` only.
+        act: Activation::Silu,
         output_scale_factor: scale,
     };
     ResnetBlock2D::new(vb, &cfg)
@@ -71,29 +75,47 @@ pub struct DownBlock {
     downsampler: Option<Downsample2D>,
 }
 
+/// Sizes of one down block (diffusers' names).
+#[derive(Debug, Clone, Copy)]
+pub struct DownLayout {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub num_layers: usize,
+    /// The downsampler's conv padding; `None` in the last block (no downsampler).
+    pub downsample_padding: Option<usize>,
+}
+
 impl DownBlock {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         vb: VarBuilder,
         common: &BlockCommon,
         attn: Option<BlockAttention>,
-        in_channels: usize,
-        out_channels: usize,
-        num_layers: usize,
-        downsample_padding: Option<usize>,
+        layout: &DownLayout,
     ) -> Result<Self> {
-        let resnets = (0..num_layers)
+        let out_channels = layout.out_channels;
+        let resnets = (0..layout.num_layers)
             .map(|j| {
-                let i = if j == 0 { in_channels } else { out_channels };
+                let i = if j == 0 {
+                    layout.in_channels
+                } else {
+                    out_channels
+                };
                 resnet(vb.pp("resnets").pp(j), common, i, out_channels, 1.0)
             })
             .collect::<Result<Vec<_>>>()?;
-        let downsampler = downsample_padding
-            .map(|p| Downsample2D::new(vb.pp("downsamplers").pp(0), out_channels, p))
+        let downsampler = layout
+            .downsample_padding
+            .map(|padding| {
+                let cfg = DownsampleConfig {
+                    channels: out_channels,
+                    padding,
+                };
+                Downsample2D::new(vb.pp("downsamplers").pp(0), &cfg)
+            })
             .transpose()?;
         Ok(Self {
             resnets,
-            attentions: transformers(vb, common, attn, out_channels, num_layers)?,
+            attentions: transformers(vb, common, attn, out_channels, layout.num_layers)?,
             downsampler,
         })
     }
@@ -109,7 +131,7 @@ impl DownBlock {
     ) -> Result<Tensor> {
         let mut h = x.clone();
         for (j, resnet) in self.resnets.iter().enumerate() {
-            h = resnet.forward(&h, temb)?;
+            h = resnet.forward(&h, Some(temb))?;
             if let Some(attn) = self.attentions.get(j) {
                 h = attn.forward(&h, context, sink.as_deref_mut())?;
             }
@@ -164,10 +186,10 @@ impl MidBlock {
         context: &Tensor,
         mut sink: Option<&mut CaptureSink<'_>>,
     ) -> Result<Tensor> {
-        let mut h = self.resnets[0].forward(x, temb)?;
+        let mut h = self.resnets[0].forward(x, Some(temb))?;
         for (attn, resnet) in self.attentions.iter().zip(&self.resnets[1..]) {
             h = attn.forward(&h, context, sink.as_deref_mut())?;
-            h = resnet.forward(&h, temb)?;
+            h = resnet.forward(&h, Some(temb))?;
         }
         Ok(h)
     }
@@ -244,7 +266,7 @@ impl UpBlock {
             let skip = skips.pop().ok_or_else(|| {
                 candle_core::Error::Msg("up block ran out of skip connections".into())
             })?;
-            h = resnet.forward(&Tensor::cat(&[&h, &skip], 1)?, temb)?;
+            h = resnet.forward(&Tensor::cat(&[&h, &skip], 1)?, Some(temb))?;
             if let Some(attn) = self.attentions.get(j) {
                 h = attn.forward(&h, context, sink.as_deref_mut())?;
             }

@@ -12,7 +12,6 @@ mod blocks;
 mod capture;
 mod config;
 mod embeddings;
-mod resnet;
 mod transformer;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
@@ -22,7 +21,7 @@ use crate::engine::nn::{Conv2d, conv2d};
 
 use crate::engine::EngineError;
 use crate::engine::nn::group_norm;
-use blocks::{BlockAttention, BlockCommon, DownBlock, MidBlock, UpBlock, UpChannels};
+use blocks::{BlockAttention, BlockCommon, DownBlock, DownLayout, MidBlock, UpBlock, UpChannels};
 use capture::{CaptureSink, module_order_rank};
 use config::{DownKind, UpKind};
 use embeddings::{TimestepEmbedding, timestep_sinusoid};
@@ -92,14 +91,17 @@ impl UNet2DConditionModel {
                     plan.transformer_layers[i],
                 );
             }
+            let layout = DownLayout {
+                in_channels: in_c,
+                out_channels: plan.channels[i],
+                num_layers: plan.layers[i],
+                downsample_padding: (!is_final).then_some(cfg.downsample_padding),
+            };
             down_blocks.push(DownBlock::new(
                 vb.pp("down_blocks").pp(i),
                 &common,
                 attn,
-                in_c,
-                plan.channels[i],
-                plan.layers[i],
-                (!is_final).then_some(cfg.downsample_padding),
+                &layout,
             )?);
         }
 

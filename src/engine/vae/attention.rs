@@ -3,7 +3,8 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{GroupNorm, Linear, VarBuilder};
 
-use super::blocks::{BlockSettings, ResnetBlock2D, VAE_NORM_EPS};
+use super::blocks::{BlockSettings, VAE_NORM_EPS};
+use crate::engine::nn::ResnetBlock2D;
 use crate::engine::nn::{group_norm, softmax_last_dim};
 
 /// Loads a C→C projection stored under today's diffusers name (`to_q`, Linear [C, C]) or the
@@ -116,19 +117,19 @@ impl MidBlock {
             None
         };
         Ok(Self {
-            resnet_in: ResnetBlock2D::new(vb.pp("resnets").pp(0), channels, channels, s)?,
+            resnet_in: ResnetBlock2D::new(vb.pp("resnets").pp(0), &s.resnet(channels, channels))?,
             attention,
-            resnet_out: ResnetBlock2D::new(vb.pp("resnets").pp(1), channels, channels, s)?,
+            resnet_out: ResnetBlock2D::new(vb.pp("resnets").pp(1), &s.resnet(channels, channels))?,
         })
     }
 }
 
 impl Module for MidBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut h = self.resnet_in.forward(x)?;
+        let mut h = self.resnet_in.forward(x, None)?;
         if let Some(attention) = &self.attention {
             h = attention.forward(&h)?;
         }
-        self.resnet_out.forward(&h)
+        self.resnet_out.forward(&h, None)
     }
 }
