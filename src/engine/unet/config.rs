@@ -157,6 +157,11 @@ pub enum UpKind {
     Plain,
 }
 
+/// Most down blocks accepted (SD has 4).
+const MAX_BLOCKS: usize = 16;
+/// Largest latent side accepted as `sample_size` (SD 1.x: 64; 16384-pixel images at factor 8).
+const MAX_SAMPLE_SIZE: usize = 2048;
+
 const DOWN_TYPES: &str = "CrossAttnDownBlock2D, DownBlock2D";
 const UP_TYPES: &str = "CrossAttnUpBlock2D, UpBlock2D";
 const MID_TYPES: &str = "UNetMidBlock2DCrossAttn";
@@ -266,6 +271,22 @@ impl UNetConfig {
         let n = self.block_out_channels.len();
         if n == 0 {
             return Err(err("block_out_channels", "must not be empty".into()));
+        }
+        // 2^(blocks − 1) is the downsampling factor: more blocks than this is no UNet.
+        if n > MAX_BLOCKS {
+            return Err(err(
+                "block_out_channels",
+                format!("{n} blocks is not a plausible UNet (at most {MAX_BLOCKS})"),
+            ));
+        }
+        if !(1..=MAX_SAMPLE_SIZE).contains(&self.sample_size) {
+            return Err(err(
+                "sample_size",
+                format!(
+                    "{} is not a plausible latent side (1 to {MAX_SAMPLE_SIZE})",
+                    self.sample_size
+                ),
+            ));
         }
         if down.len() != n {
             return Err(err(

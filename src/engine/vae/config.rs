@@ -12,6 +12,8 @@ pub const DEFAULT_SCALING_FACTOR: f64 = 0.18215;
 
 const DOWN_BLOCK_TYPES: &[&str] = &["DownEncoderBlock2D"];
 const UP_BLOCK_TYPES: &[&str] = &["UpDecoderBlock2D"];
+/// Largest image side accepted as `sample_size` (SD 1.x: 512).
+const MAX_SAMPLE_SIZE: usize = 16384;
 const ACTIVATIONS: &[&str] = &["silu", "swish", "gelu", "relu"];
 
 fn default_in_channels() -> usize {
@@ -122,6 +124,15 @@ impl VaeConfig {
             return Err(err(
                 "block_out_channels",
                 format!("{n} blocks is not a plausible VAE"),
+            ));
+        }
+        if !(1..=MAX_SAMPLE_SIZE).contains(&self.sample_size) {
+            return Err(err(
+                "sample_size",
+                format!(
+                    "{} is not a plausible image side (1 to {MAX_SAMPLE_SIZE})",
+                    self.sample_size
+                ),
             ));
         }
         for (field, types, supported) in [
