@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::engine::loader::config::{MAX_BLOCKS, MAX_LAYERS};
 use crate::engine::{EngineError, Result};
 
 /// An integer given once for all blocks or as one value per block (diffusers accepts both).
@@ -157,8 +158,6 @@ pub enum UpKind {
     Plain,
 }
 
-/// Most down blocks accepted (SD has 4).
-const MAX_BLOCKS: usize = 16;
 /// Largest latent side accepted as `sample_size` (SD 1.x: 64; 16384-pixel images at factor 8).
 const MAX_SAMPLE_SIZE: usize = 2048;
 
@@ -307,8 +306,18 @@ impl UNetConfig {
             }
             Ok(values)
         };
-        let layers = expand("layers_per_block", &self.layers_per_block)?;
-        let transformer_layers = expand(
+        let layer_counts = |field: &str, v: &PerBlock| {
+            let values = expand(field, v)?;
+            if let Some(l) = values.iter().find(|&&l| l > MAX_LAYERS) {
+                return Err(err(
+                    field,
+                    format!("{l} layers is not a plausible UNet (at most {MAX_LAYERS})"),
+                ));
+            }
+            Ok(values)
+        };
+        let layers = layer_counts("layers_per_block", &self.layers_per_block)?;
+        let transformer_layers = layer_counts(
             "transformer_layers_per_block",
             &self.transformer_layers_per_block,
         )?;

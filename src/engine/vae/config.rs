@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use crate::engine::loader::config::{MAX_BLOCKS, MAX_LAYERS};
 use crate::engine::{EngineError, Result};
 
 /// SD 1.x value, used when the config has no `scaling_factor` (the SD 1.5 files have none).
@@ -120,10 +121,19 @@ impl VaeConfig {
         if n == 0 {
             return Err(err("block_out_channels", "must not be empty".into()));
         }
-        if n > 16 {
+        if n > MAX_BLOCKS {
             return Err(err(
                 "block_out_channels",
-                format!("{n} blocks is not a plausible VAE"),
+                format!("{n} blocks is not a plausible VAE (at most {MAX_BLOCKS})"),
+            ));
+        }
+        if self.layers_per_block > MAX_LAYERS {
+            return Err(err(
+                "layers_per_block",
+                format!(
+                    "{} layers is not a plausible VAE (at most {MAX_LAYERS})",
+                    self.layers_per_block
+                ),
             ));
         }
         if !(1..=MAX_SAMPLE_SIZE).contains(&self.sample_size) {
