@@ -3,7 +3,8 @@
 //! panic, hang or allocate more than its input justifies; a broken cache file is a miss, every
 //! other error names the file and the problem.
 //!
-//! Long run on a developer machine (any number of cases):
+//! Long run on a developer machine (any number of cases; add PROPTEST_RNG_SEED=<n> for
+//! other cases than CI's):
 //!     PROPTEST_CASES=100000 cargo test --release --test fuzz_files
 
 mod common;
@@ -574,4 +575,32 @@ proptest! {
         // Vocabulary tables cost a few hundred bytes per input byte (hash maps, regexes).
         assert_bounded("tokenizer", peak, input, 256);
     }
+}
+
+/// Found by `fuzz_direction_file_structured`: a tensor candle cannot read (here BOOL) gave
+/// "tensor computation failed: unsupported safetensor dtype BOOL", naming no file.
+#[test]
+fn unreadable_direction_tensor_names_the_file() {
+    let header = json!({"edit_dir": {"dtype": "BOOL", "shape": [1, 2, HIDDEN], "data_offsets": [0, 2 * HIDDEN]}});
+    let json = serde_json::to_vec(&header).unwrap();
+    let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(json);
+    bytes.extend(vec![1u8; 2 * HIDDEN]);
+    let tmp = TempDir::new("direction-bool");
+    let file = tmp.write("cat-to-dog.safetensors", &bytes);
+    let err = load_direction(&file, HIDDEN).expect_err("BOOL edit_dir is refused");
+    assert_names_file(&err.to_string(), &file);
+}
+
+/// Found by `fuzz_tokenizer_folder`: a special token named by special_tokens_map.json but
+/// missing from the vocabulary was reported against vocab.json only.
+#[test]
+fn missing_special_token_names_the_file_that_named_it() {
+    let tmp = TempDir::new("tokenizer-special");
+    let edits = vec![JsonEdit::Add("bos_token".into(), json!("<|nowhere|>"))];
+    let (dir, changed) = write_tokenizer(&tmp, &TokenizerMutation::SpecialTokens(edits));
+    let Err(err) = ClipTokenizer::from_dir(&dir) else {
+        panic!("an unknown special token is refused")
+    };
+    assert_names_file(&err.to_string(), &changed);
 }

@@ -3,7 +3,8 @@
 //! PNG chunks or JSON files. No case may panic, hang or allocate more than its input
 //! justifies, and every error names the file and the problem.
 //!
-//! Long run on a developer machine (any number of cases):
+//! Long run on a developer machine (any number of cases; add PROPTEST_RNG_SEED=<n> for
+//! other cases than CI's):
 //!     PROPTEST_CASES=100000 cargo test --release --test fuzz_images
 
 mod fuzz_support;

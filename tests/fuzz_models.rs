@@ -2,7 +2,8 @@
 //! config JSON, and whole model folders with one broken file. No case may panic, hang or
 //! allocate more than its input justifies, and every error names the file and the problem.
 //!
-//! Long run on a developer machine (any number of cases):
+//! Long run on a developer machine (any number of cases; add PROPTEST_RNG_SEED=<n> for
+//! other cases than CI's):
 //!     PROPTEST_CASES=100000 cargo test --release --test fuzz_models
 
 mod common;
@@ -433,6 +434,52 @@ proptest! {
         bytes in mutated_json(seed("scheduler", "scheduler_config.json"), SCHEDULER_KEYS)
     ) {
         exercise_config("scheduler_config.json", &bytes, parse_scheduler);
+    }
+}
+
+/// Found by `fuzz_unet_config`: `layers_per_block` 10^12 made the original-checkpoint name map
+/// loop over 10^12 layers (memory ran away until the process aborted).
+#[test]
+fn absurd_layer_and_block_counts_are_config_errors() {
+    let huge = json!(1_000_000_000_000u64);
+    let cases = [
+        ("unet", "config.json", "layers_per_block", huge.clone()),
+        ("unet", "config.json", "layers_per_block", json!(u64::MAX)),
+        (
+            "unet",
+            "config.json",
+            "transformer_layers_per_block",
+            huge.clone(),
+        ),
+        ("unet", "config.json", "sample_size", huge.clone()),
+        (
+            "unet",
+            "config.json",
+            "block_out_channels",
+            json!(vec![32; 70]),
+        ),
+        ("vae", "config.json", "layers_per_block", huge.clone()),
+        ("vae", "config.json", "sample_size", json!(0)),
+    ];
+    for (component, name, field, value) in cases {
+        let mut config = seed(component, name);
+        config[field] = value;
+        let bytes = serde_json::to_vec(&config).unwrap();
+        let parse = if component == "unet" {
+            parse_unet
+        } else {
+            parse_vae
+        };
+        let tmp = TempDir::new("absurd");
+        let file = tmp.write(name, &bytes);
+        let (outcome, peak) = measure(field, || parse(&file));
+        let Err(err) = outcome else {
+            panic!("{component} {field}: absurd value accepted")
+        };
+        let message = err.to_string();
+        assert_names_file(&message, &file);
+        assert!(message.contains(field), "{message}");
+        assert_bounded(field, peak, bytes.len(), 64);
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use proptest::test_runner::Config as ProptestConfig;
+use proptest::test_runner::{Config as ProptestConfig, RngSeed};
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------------
@@ -148,18 +148,25 @@ impl Drop for Watch {
 // ---------------------------------------------------------------------------------------------
 // Configuration
 
-/// `default_cases` generated cases, or `$PROPTEST_CASES` (the long developer run). Failures are
-/// not persisted: every crash found is kept as a named regression test in the fuzz files.
+/// `default_cases` generated cases, or `$PROPTEST_CASES` (the long developer run). The cases
+/// are the same on every run (CI must not be flaky) unless `$PROPTEST_RNG_SEED` picks others.
+/// Failures are not persisted: every crash found is kept as a named regression test.
 pub fn config(default_cases: u32) -> ProptestConfig {
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default_cases);
+    let defaults = ProptestConfig::default();
+    let rng_seed = match std::env::var_os("PROPTEST_RNG_SEED") {
+        Some(_) => defaults.rng_seed,
+        None => RngSeed::Fixed(0x6d69_7272_6f72),
+    };
     ProptestConfig {
         cases,
+        rng_seed,
         failure_persistence: None,
         max_shrink_iters: 2_000,
-        ..ProptestConfig::default()
+        ..defaults
     }
 }
 
