@@ -134,22 +134,34 @@ impl Settings {
             .map(|d| d.config_dir().to_path_buf())
     }
 
-    /// Reads the settings; a missing or unreadable file gives the defaults (and a message).
+    /// Reads the settings; a missing file gives the defaults, an unreadable one gives the
+    /// defaults and a message naming it. An unreadable file is first copied aside (to
+    /// `settings.json.unreadable`), so that saving the defaults later loses nothing.
     pub fn load(dir: &Path) -> (Self, Option<String>) {
         let path = dir.join(FILE_NAME);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => match serde_json::from_str(&text) {
-                Ok(s) => (s, None),
-                Err(e) => (
-                    Self::default(),
-                    Some(format!(
-                        "Settings file {} was unreadable ({e}); using defaults.",
-                        path.display()
-                    )),
-                ),
+        let problem = match std::fs::read(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (Self::default(), None),
+            Err(e) => e.to_string(),
+            Ok(bytes) => match std::str::from_utf8(&bytes) {
+                Err(_) => "it is not UTF-8 text".to_string(),
+                Ok(text) => match serde_json::from_str(text) {
+                    Ok(s) => return (s, None),
+                    Err(e) => e.to_string(),
+                },
             },
-            Err(_) => (Self::default(), None),
-        }
+        };
+        let aside = dir.join(format!("{FILE_NAME}.unreadable"));
+        let kept = match std::fs::copy(&path, &aside) {
+            Ok(_) => format!(" (kept as {})", aside.display()),
+            Err(_) => String::new(),
+        };
+        (
+            Self::default(),
+            Some(format!(
+                "Settings file {} was unreadable ({problem}); using defaults{kept}.",
+                path.display()
+            )),
+        )
     }
 
     pub fn save(&self, dir: &Path) -> Result<(), String> {

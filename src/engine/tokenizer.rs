@@ -49,6 +49,8 @@ struct SpecialTokens {
     unk: String,
     pad: String,
     max_length: usize,
+    /// Where the names came from, for errors ("CLIP's defaults" or the files read).
+    origin: String,
 }
 
 impl Default for SpecialTokens {
@@ -59,6 +61,7 @@ impl Default for SpecialTokens {
             unk: DEFAULT_EOS.into(),
             pad: DEFAULT_EOS.into(),
             max_length: DEFAULT_MAX_LENGTH,
+            origin: "CLIP's defaults".into(),
         }
     }
 }
@@ -178,7 +181,10 @@ impl ClipTokenizer {
                 .and_then(|id| u32::try_from(id).ok())
                 .ok_or_else(|| EngineError::Tokenizer {
                     path: vocab_json.to_path_buf(),
-                    reason: format!("special token {token:?} is not in the vocabulary"),
+                    reason: format!(
+                        "special token {token:?} (named by {}) is not in the vocabulary",
+                        special.origin
+                    ),
                 })
         };
         let (bos_id, eos_id, pad_id) = (
@@ -253,9 +259,12 @@ impl ClipTokenizer {
             .with_truncation(None)
             .map_err(|e| tok_err(e.to_string()))?;
         let token_id = |token: &str| {
-            tokenizer
-                .token_to_id(token)
-                .ok_or_else(|| tok_err(format!("special token {token:?} is not in the vocabulary")))
+            tokenizer.token_to_id(token).ok_or_else(|| {
+                tok_err(format!(
+                    "special token {token:?} (named by {}) is not in the vocabulary",
+                    special.origin
+                ))
+            })
         };
         let (bos_id, eos_id, pad_id) = (
             token_id(&special.bos)?,
@@ -317,6 +326,18 @@ fn read_special_tokens(path: &Path, special: &mut SpecialTokens) -> Result<()> {
             _ => None,
         }
     };
+    let names = ["bos_token", "eos_token", "unk_token", "pad_token"];
+    if names.iter().any(|n| token(n).is_some()) {
+        let file = path
+            .file_name()
+            .unwrap_or(path.as_os_str())
+            .to_string_lossy();
+        special.origin = if special.origin.ends_with(".json") {
+            format!("{} and {file}", special.origin)
+        } else {
+            file.into_owned()
+        };
+    }
     if let Some(t) = token("bos_token") {
         special.bos = t;
     }

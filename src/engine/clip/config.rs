@@ -118,7 +118,7 @@ impl ClipTextConfig {
                 return Err((field.into(), "must be positive".into()));
             }
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err((
                 "num_attention_heads".into(),
                 format!(

@@ -129,7 +129,13 @@ pub fn load_direction(path: &Path, hidden_size: usize) -> Result<EditDirection> 
             Err(safetensors::SafeTensorError::TensorNotFound(_)) => return Ok(None),
             Err(e) => return Err(corrupt(e)),
         };
-        let tensor = view.load(&Device::Cpu)?.to_dtype(DType::F32)?;
+        let tensor = view
+            .load(&Device::Cpu)
+            .and_then(|t| t.to_dtype(DType::F32))
+            .map_err(|e| EngineError::CorruptSafetensors {
+                file: file.clone(),
+                reason: format!("tensor `{name}` cannot be read as f32: {e}"),
+            })?;
         Ok(Some(tensor))
     };
     let delta = read(DELTA)?.ok_or_else(|| EngineError::MissingTensor {

@@ -29,6 +29,12 @@ impl Default for ImageLimits {
     }
 }
 
+/// The most pixels one byte of an image file can encode: PNG's deflate packs at most ~1032
+/// bytes into one, i.e. ~8256 one-bit pixels (JPEG and GIF pack fewer).
+const MAX_PIXELS_PER_BYTE: u64 = 8192;
+/// Any file may declare up to this many pixels (1024×1024) whatever its size.
+const PIXELS_ANY_FILE_MAY_DECLARE: u64 = 1 << 20;
+
 /// A decoded user image, upright and in 8-bit RGB.
 #[derive(Debug, Clone)]
 pub struct LoadedImage {
@@ -101,6 +107,18 @@ pub fn load_image_from_memory(
             "image is {width}×{height} ({:.1} megapixels), over the limit of {:.1} megapixels",
             pixels as f64 / 1e6,
             limits.max_pixels as f64 / 1e6
+        )));
+    }
+
+    // More pixels than the data can encode: damaged, or a decompression bomb. Refused here,
+    // before the decoder allocates the declared size.
+    let justified = (bytes.len() as u64)
+        .saturating_mul(MAX_PIXELS_PER_BYTE)
+        .max(PIXELS_ANY_FILE_MAY_DECLARE);
+    if pixels > justified {
+        return Err(invalid(format!(
+            "the header declares {width}×{height} pixels, far more than its {} bytes of data can hold (damaged file?)",
+            bytes.len()
         )));
     }
 

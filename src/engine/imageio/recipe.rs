@@ -16,6 +16,8 @@ use crate::engine::{EngineError, Result};
 pub const RECIPE_VERSION: u32 = 1;
 /// Keyword of the iTXt chunk holding the JSON recipe.
 pub const RECIPE_CHUNK_KEYWORD: &str = "mirror-recipe";
+/// Largest recipe text read from a compressed chunk (real recipes are a few KiB).
+const MAX_RECIPE_BYTES: usize = 1 << 20;
 /// Keyword of the A1111-style text chunk.
 const PARAMETERS_KEYWORD: &str = "parameters";
 
@@ -188,11 +190,19 @@ fn recipe_text(info: &png::Info, label: &str) -> Result<Option<String>> {
         .iter()
         .find(|c| c.keyword == RECIPE_CHUNK_KEYWORD)
     {
-        return chunk.get_text().map(Some).map_err(|e| {
-            EngineError::InvalidInput(format!(
-                "{label}: unreadable `{RECIPE_CHUNK_KEYWORD}` chunk: {e}"
-            ))
-        });
+        // A compressed chunk is inflated under a cap (`get_text` alone has none: a small file
+        // could inflate to gigabytes).
+        let mut chunk = chunk.clone();
+        return chunk
+            .decompress_text_with_limit(MAX_RECIPE_BYTES)
+            .and_then(|()| chunk.get_text())
+            .map(Some)
+            .map_err(|e| {
+                EngineError::InvalidInput(format!(
+                    "{label}: unreadable `{RECIPE_CHUNK_KEYWORD}` chunk (a recipe is at most {} KiB): {e}",
+                    MAX_RECIPE_BYTES / 1024
+                ))
+            });
     }
     let latin1 = info
         .uncompressed_latin1_text

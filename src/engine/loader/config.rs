@@ -8,6 +8,13 @@ use serde_json::{Map, Value};
 
 use crate::engine::{EngineError, Result};
 
+/// Most blocks a UNet or VAE config may declare (SD has 4): the downsampling factor is
+/// 2^(blocks − 1), and code loops over them.
+pub const MAX_BLOCKS: usize = 16;
+/// Most layers per block (SD: 2 resnets; SDXL's deepest transformer stack: 10). More is no real
+/// model, and loops over the layers (name maps, construction) would run unbounded.
+pub const MAX_LAYERS: usize = 64;
+
 /// A parsed JSON config object that reports typed errors naming its file and field.
 #[derive(Debug, Clone)]
 pub struct JsonConfig {
@@ -138,6 +145,27 @@ pub fn field_error(file: &Path, field: &str, reason: impl Into<String>) -> Engin
     }
 }
 
+fn check_blocks(cfg: &JsonConfig, n: usize) -> Result<()> {
+    match n {
+        0 => Err(cfg.error("block_out_channels", "must not be empty")),
+        n if n > MAX_BLOCKS => Err(cfg.error(
+            "block_out_channels",
+            format!("{n} blocks is not a plausible model (at most {MAX_BLOCKS})"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn check_layers(cfg: &JsonConfig, field: &str, layers: &[usize]) -> Result<()> {
+    match layers.iter().find(|&&l| l > MAX_LAYERS) {
+        Some(l) => Err(cfg.error(
+            field,
+            format!("{l} layers per block is not a plausible model (at most {MAX_LAYERS})"),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The UNet block layout the original-checkpoint numbering is derived from.
 #[derive(Debug, Clone)]
 pub struct UnetLayout {
@@ -153,9 +181,7 @@ impl UnetLayout {
     pub fn from_config(cfg: &JsonConfig) -> Result<Self> {
         let block_out_channels = cfg.usize_list("block_out_channels")?;
         let n = block_out_channels.len();
-        if n == 0 {
-            return Err(cfg.error("block_out_channels", "must not be empty"));
-        }
+        check_blocks(cfg, n)?;
         let down = cfg.str_list("down_block_types")?;
         let up = cfg.str_list("up_block_types")?;
         for (field, list) in [("down_block_types", &down), ("up_block_types", &up)] {
@@ -169,8 +195,10 @@ impl UnetLayout {
         let mid = cfg
             .opt_str("mid_block_type")?
             .unwrap_or_else(|| "UNetMidBlock2DCrossAttn".into());
+        let layers_per_block = cfg.per_block("layers_per_block", n, 2)?;
+        check_layers(cfg, "layers_per_block", &layers_per_block)?;
         Ok(Self {
-            layers_per_block: cfg.per_block("layers_per_block", n, 2)?,
+            layers_per_block,
             down_has_attention: down.iter().map(|t| t.contains("Attn")).collect(),
             up_has_attention: up.iter().map(|t| t.contains("Attn")).collect(),
             mid_has_attention: mid.contains("Attn"),
@@ -189,12 +217,12 @@ pub struct VaeLayout {
 impl VaeLayout {
     pub fn from_config(cfg: &JsonConfig) -> Result<Self> {
         let blocks = cfg.usize_list("block_out_channels")?.len();
-        if blocks == 0 {
-            return Err(cfg.error("block_out_channels", "must not be empty"));
-        }
+        check_blocks(cfg, blocks)?;
+        let layers_per_block = cfg.usize_or("layers_per_block", 1)?;
+        check_layers(cfg, "layers_per_block", &[layers_per_block])?;
         Ok(Self {
             blocks,
-            layers_per_block: cfg.usize_or("layers_per_block", 1)?,
+            layers_per_block,
         })
     }
 }

@@ -143,7 +143,7 @@ fn dtype_counts(shapes: &[(String, Vec<usize>, DType)]) -> Vec<(DType, usize)> {
             None => counts.push((*dtype, n)),
         }
     }
-    counts.sort_by(|a, b| b.1.cmp(&a.1));
+    counts.sort_by_key(|c| std::cmp::Reverse(c.1));
     counts
 }
 

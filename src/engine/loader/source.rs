@@ -8,6 +8,8 @@ use candle_core::DType;
 use super::weights::WeightFiles;
 use crate::engine::{EngineError, Result};
 
+// Made once per load: the size difference costs nothing, boxing would cost every caller.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum ModelSource {
     Diffusers(DiffusersFolder),

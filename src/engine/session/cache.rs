@@ -230,7 +230,8 @@ fn write_entry(file: &Path, entry: &CachedInversion) -> Result<()> {
 }
 
 fn read_entry(file: &Path, device: &Device) -> Result<CachedInversion> {
-    let t = candle_core::safetensors::load(file, device)?;
+    let t = candle_core::safetensors::load(file, device)
+        .map_err(|e| EngineError::Candle(e.context(format!("{}: reading", file.display()))))?;
     let get = |name: &str| {
         t.get(name)
             .cloned()
@@ -245,25 +246,35 @@ fn read_entry(file: &Path, device: &Device) -> Result<CachedInversion> {
             .collect::<candle_core::Result<_>>()?)
     };
     let meta = get("meta")?.to_vec1::<i64>()?;
+    let &[grid, steps] = meta.as_slice() else {
+        return Err(broken(
+            file,
+            format!("`meta` has {} values, expected 2", meta.len()),
+        ));
+    };
+    let grid = match grid {
+        0 => InversionGrid::Consistent,
+        1 => InversionGrid::Authors,
+        other => return Err(broken(file, format!("unknown inversion grid {other}"))),
+    };
+    let timesteps = get("timesteps")?
+        .to_vec1::<i64>()?
+        .into_iter()
+        .map(|x| u32::try_from(x).map(|t| t as usize))
+        .collect::<std::result::Result<Vec<usize>, _>>()
+        .map_err(|_| broken(file, "a timestep is out of range".into()))?;
     let trajectory = Trajectory {
         latents: unstack(&get("latents")?)?,
-        timesteps: get("timesteps")?
-            .to_vec1::<i64>()?
-            .into_iter()
-            .map(|x| x as usize)
-            .collect(),
-        grid: if meta[0] == 1 {
-            InversionGrid::Authors
-        } else {
-            InversionGrid::Consistent
-        },
-        steps: meta[1] as usize,
+        timesteps,
+        grid,
+        steps: usize::try_from(steps).map_err(|_| broken(file, format!("{steps} steps")))?,
     };
+    check_trajectory(file, &trajectory)?;
     let reconstruction = match t.get("rec.embeddings") {
         None => None,
         Some(e) => {
             let losses = get("rec.losses")?.to_dtype(DType::F64)?.to_vec2::<f64>()?;
-            Some(CachedReconstruction {
+            let rec = CachedReconstruction {
                 embeddings: unstack(e)?,
                 latents: unstack(&get("rec.latents")?)?,
                 losses: losses
@@ -271,7 +282,18 @@ fn read_entry(file: &Path, device: &Device) -> Result<CachedInversion> {
                     .map(|row| row.into_iter().filter(|x| !x.is_nan()).collect())
                     .collect(),
                 embedding_changes: get("rec.changes")?.to_dtype(DType::F64)?.to_vec1::<f64>()?,
-            })
+            };
+            let n = rec.embeddings.len();
+            if rec.latents.len() != n + 1
+                || rec.losses.len() != n
+                || rec.embedding_changes.len() != n
+            {
+                return Err(broken(
+                    file,
+                    "reconstruction lists of different lengths".into(),
+                ));
+            }
+            Some(rec)
         }
     };
     Ok(CachedInversion {
@@ -279,4 +301,33 @@ fn read_entry(file: &Path, device: &Device) -> Result<CachedInversion> {
         caption: get("caption")?,
         reconstruction,
     })
+}
+
+/// A cache file that parses but does not hold what `write_entry` writes.
+fn broken(file: &Path, reason: String) -> EngineError {
+    EngineError::CorruptSafetensors {
+        file: file.to_path_buf(),
+        reason: format!("not an inversion cache entry: {reason}"),
+    }
+}
+
+/// The shape `stages::invert` gives a trajectory: N (consistent grid) or N − 2 (authors' grid)
+/// timesteps, one latent more than timesteps. The session indexes by these counts.
+fn check_trajectory(file: &Path, t: &Trajectory) -> Result<()> {
+    let expected = match t.grid {
+        InversionGrid::Consistent => t.steps,
+        InversionGrid::Authors => t.steps.saturating_sub(2),
+    };
+    if t.steps == 0 || t.timesteps.len() != expected || t.latents.len() != expected + 1 {
+        return Err(broken(
+            file,
+            format!(
+                "{} timesteps and {} latents for {} steps",
+                t.timesteps.len(),
+                t.latents.len(),
+                t.steps
+            ),
+        ));
+    }
+    Ok(())
 }

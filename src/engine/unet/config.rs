@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::engine::loader::config::{MAX_BLOCKS, MAX_LAYERS};
 use crate::engine::{EngineError, Result};
 
 /// An integer given once for all blocks or as one value per block (diffusers accepts both).
@@ -157,6 +158,9 @@ pub enum UpKind {
     Plain,
 }
 
+/// Largest latent side accepted as `sample_size` (SD 1.x: 64; 16384-pixel images at factor 8).
+const MAX_SAMPLE_SIZE: usize = 2048;
+
 const DOWN_TYPES: &str = "CrossAttnDownBlock2D, DownBlock2D";
 const UP_TYPES: &str = "CrossAttnUpBlock2D, UpBlock2D";
 const MID_TYPES: &str = "UNetMidBlock2DCrossAttn";
@@ -267,6 +271,22 @@ impl UNetConfig {
         if n == 0 {
             return Err(err("block_out_channels", "must not be empty".into()));
         }
+        // 2^(blocks − 1) is the downsampling factor: more blocks than this is no UNet.
+        if n > MAX_BLOCKS {
+            return Err(err(
+                "block_out_channels",
+                format!("{n} blocks is not a plausible UNet (at most {MAX_BLOCKS})"),
+            ));
+        }
+        if !(1..=MAX_SAMPLE_SIZE).contains(&self.sample_size) {
+            return Err(err(
+                "sample_size",
+                format!(
+                    "{} is not a plausible latent side (1 to {MAX_SAMPLE_SIZE})",
+                    self.sample_size
+                ),
+            ));
+        }
         if down.len() != n {
             return Err(err(
                 "down_block_types",
@@ -286,8 +306,18 @@ impl UNetConfig {
             }
             Ok(values)
         };
-        let layers = expand("layers_per_block", &self.layers_per_block)?;
-        let transformer_layers = expand(
+        let layer_counts = |field: &str, v: &PerBlock| {
+            let values = expand(field, v)?;
+            if let Some(l) = values.iter().find(|&&l| l > MAX_LAYERS) {
+                return Err(err(
+                    field,
+                    format!("{l} layers is not a plausible UNet (at most {MAX_LAYERS})"),
+                ));
+            }
+            Ok(values)
+        };
+        let layers = layer_counts("layers_per_block", &self.layers_per_block)?;
+        let transformer_layers = layer_counts(
             "transformer_layers_per_block",
             &self.transformer_layers_per_block,
         )?;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use crate::engine::loader::config::{MAX_BLOCKS, MAX_LAYERS};
 use crate::engine::{EngineError, Result};
 
 /// SD 1.x value, used when the config has no `scaling_factor` (the SD 1.5 files have none).
@@ -12,6 +13,8 @@ pub const DEFAULT_SCALING_FACTOR: f64 = 0.18215;
 
 const DOWN_BLOCK_TYPES: &[&str] = &["DownEncoderBlock2D"];
 const UP_BLOCK_TYPES: &[&str] = &["UpDecoderBlock2D"];
+/// Largest image side accepted as `sample_size` (SD 1.x: 512).
+const MAX_SAMPLE_SIZE: usize = 16384;
 const ACTIVATIONS: &[&str] = &["silu", "swish", "gelu", "relu"];
 
 fn default_in_channels() -> usize {
@@ -118,10 +121,28 @@ impl VaeConfig {
         if n == 0 {
             return Err(err("block_out_channels", "must not be empty".into()));
         }
-        if n > 16 {
+        if n > MAX_BLOCKS {
             return Err(err(
                 "block_out_channels",
-                format!("{n} blocks is not a plausible VAE"),
+                format!("{n} blocks is not a plausible VAE (at most {MAX_BLOCKS})"),
+            ));
+        }
+        if self.layers_per_block > MAX_LAYERS {
+            return Err(err(
+                "layers_per_block",
+                format!(
+                    "{} layers is not a plausible VAE (at most {MAX_LAYERS})",
+                    self.layers_per_block
+                ),
+            ));
+        }
+        if !(1..=MAX_SAMPLE_SIZE).contains(&self.sample_size) {
+            return Err(err(
+                "sample_size",
+                format!(
+                    "{} is not a plausible image side (1 to {MAX_SAMPLE_SIZE})",
+                    self.sample_size
+                ),
             ));
         }
         for (field, types, supported) in [
