@@ -1,6 +1,8 @@
 //! The real app with the real engine on the tiny fixture model, driven through its accessible
 //! labels with egui_kittest (rendered on lavapipe / llvmpipe; no display needed).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -9,6 +11,7 @@ use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 use mirror_diffusion::app::state::{AppState, ModelStatus, View};
 use mirror_diffusion::app::{AppOptions, MirrorApp};
+use mirror_diffusion::engine::pipeline::Branch;
 
 /// A file dropped on the window (as winit delivers it).
 #[derive(Debug)]
@@ -23,10 +26,14 @@ impl egui::DroppedFile for PathFile {
     }
 }
 
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures")
-        .join(rel)
+/// The fixture model folder and test image, from the fixture manifest.
+fn fixture_model_and_image() -> (PathBuf, PathBuf) {
+    let fx = common::Fixtures::load();
+    let image = fx.fixture("vae")["png"]["test_image"]
+        .as_str()
+        .unwrap_or("test_image.png")
+        .to_string();
+    (fx.model_dir(), fx.root.join(image))
 }
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -38,9 +45,10 @@ fn temp_dir(name: &str) -> PathBuf {
 
 fn options(name: &str, steps: usize) -> AppOptions {
     let dir = temp_dir(name);
+    let (model, image) = fixture_model_and_image();
     AppOptions {
-        model: Some(fixture("tiny-sd")),
-        image: Some(fixture("tiny-sd-ref/test_image.png")),
+        model: Some(model),
+        image: Some(image),
         settings_dir: Some(dir.join("config")),
         memory_only_cache: true,
         source_prompt: Some(String::new()),
@@ -78,6 +86,20 @@ fn step_until(
             h.state().state.errors.is_empty(),
             "error while waiting for {what}: {:?}",
             h.state().state.errors
+        );
+        h.step();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    h.step();
+}
+
+/// Steps until every background job (decode, export, dialog) has finished.
+fn jobs_done(h: &mut Harness<'static, MirrorApp>) {
+    let start = Instant::now();
+    while h.state().jobs.is_busy() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "background jobs did not finish"
         );
         h.step();
         std::thread::sleep(Duration::from_millis(5));
@@ -128,7 +150,10 @@ fn run_scrub_attention_export_and_reedit() {
     let result = s.result.as_ref().expect("a result");
     assert!(!result.cancelled);
     assert_eq!(s.frames.len(), 4, "one frame per step");
-    assert!(result.images.translation.is_some() && result.images.ddim_translation.is_some());
+    assert!(
+        result.images.get(Branch::MirrorTranslation).is_some()
+            && result.images.get(Branch::DdimTranslation).is_some()
+    );
     assert!(
         s.frames.iter().all(|f| f.branches.len() == 4),
         "mirror and DDIM branches in every step"
@@ -193,9 +218,10 @@ fn run_scrub_attention_export_and_reedit() {
     h.snapshot("main_window_after_run");
     h.state_mut().state.export_dir = export_dir;
 
-    // Ctrl+S exports everything; the PNG carries its recipe.
+    // Ctrl+S exports everything (on a job thread); the PNG carries its recipe.
     h.key_press_modifiers(Modifiers::COMMAND, Key::S);
-    h.run_steps(2);
+    h.step();
+    jobs_done(&mut h);
     assert!(
         h.state().state.errors.is_empty(),
         "{:?}",
@@ -226,7 +252,8 @@ fn run_scrub_attention_export_and_reedit() {
     // An unwritable export folder is an error dialog; the result stays.
     h.state_mut().state.export_dir = "/proc/mirror-cannot-write-here".into();
     h.key_press_modifiers(Modifiers::COMMAND, Key::S);
-    h.run_steps(2);
+    h.step();
+    jobs_done(&mut h);
     assert_eq!(h.state().state.errors.len(), 1, "one error dialog");
     assert!(h.query_by_label("Something went wrong").is_some());
     h.get_by_label("OK").click();
@@ -263,7 +290,8 @@ fn run_scrub_attention_export_and_reedit() {
     h.input_mut()
         .dropped_files
         .push(std::sync::Arc::new(PathFile(png)));
-    h.run_steps(2);
+    h.step();
+    jobs_done(&mut h);
     let s = &h.state().state;
     assert_eq!(s.target_prompt, "a photo of a dog", "recipe restored");
     assert!(s.notes.iter().any(|n| n.contains("recipe is restored")));
@@ -300,6 +328,7 @@ fn welcome_screen_without_a_model_and_readable_errors() {
     opts.image = Some(bad);
     let mut h = harness(opts);
     h.run_steps(3);
+    jobs_done(&mut h);
     assert!(
         h.query_by_label("Open model folder…").is_some(),
         "the first screen says how to get a model"

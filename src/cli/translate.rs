@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, ValueEnum};
-use serde::{Deserialize, Serialize};
 
+use super::direction::DirectionRecipe;
 use super::dump::{DUMP_HELP, write_dump};
 use super::inspect::checkpoint_configs;
 use super::outputs::{check_writable, comparison_tiles, save_comparison, save_tensor_png};
@@ -15,13 +15,13 @@ use super::progress::Progress;
 use super::{Cancelled, interrupt};
 use crate::engine::device;
 use crate::engine::imageio::{
-    ImageLimits, RECIPE_VERSION, Recipe, ResizePolicy, describe_resize, load_image, plan_size,
-    read_recipe, resize,
+    ImageLimits, RECIPE_VERSION, Recipe, ResizePolicy, describe_resize, load_image,
+    processing_size, read_recipe, resize,
 };
 use crate::engine::methods::mirror::{MirrorPreset, MirrorSettings};
 use crate::engine::model::StableDiffusion;
 use crate::engine::pipeline::CancelToken;
-use crate::engine::session::{DirectionChoice, InversionCache, Method, Session, TranslateRequest};
+use crate::engine::session::{InversionCache, Method, Session, TranslateRequest};
 
 const AFTER_HELP: &str = "\
 Threads: --threads T sets RAYON_NUM_THREADS before anything runs (candle reads it). On small
@@ -74,7 +74,10 @@ impl From<PresetArg> for MirrorPreset {
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ResizeArg {
-    /// Centre-crop to the aspect ratio, then resize.
+    /// Keep the photo's shape: the model's native area at its aspect ratio; outputs come back
+    /// at the photo's own size.
+    Keep,
+    /// Centre-crop to the model's square (or --size), then resize.
     Crop,
     /// Resize, distorting the aspect ratio.
     Stretch,
@@ -85,6 +88,7 @@ pub enum ResizeArg {
 impl From<ResizeArg> for ResizePolicy {
     fn from(r: ResizeArg) -> ResizePolicy {
         match r {
+            ResizeArg::Keep => ResizePolicy::Keep,
             ResizeArg::Crop => ResizePolicy::Crop,
             ResizeArg::Stretch => ResizePolicy::Stretch,
             ResizeArg::Pad => ResizePolicy::Pad,
@@ -154,10 +158,11 @@ pub struct TranslateArgs {
     /// Prompt-redescription learning rate [default: 0.01].
     #[arg(long, value_name = "LR")]
     pub redescribe_lr: Option<f64>,
-    /// How an image of another aspect ratio is fitted [default: crop].
+    /// How the image is brought to the model's size [default: keep].
     #[arg(long, value_enum)]
     pub resize: Option<ResizeArg>,
-    /// Processing size (multiples of the model's size factor) [default: the model's square].
+    /// Processing size (multiples of the model's size factor) [default: the model's native
+    /// area at the image's shape with `--resize keep`, else the model's square].
     #[arg(long, value_name = "WxH", value_parser = parse_size)]
     pub size: Option<Size>,
     /// Skip the plain DDIM comparison branches.
@@ -201,35 +206,6 @@ pub struct TranslateArgs {
     /// Compute threads (sets RAYON_NUM_THREADS).
     #[arg(long, value_name = "T")]
     pub threads: Option<usize>,
-}
-
-/// How the edit direction was chosen, as stored in the recipe's `extra.direction`.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-#[serde(rename_all = "kebab-case")]
-enum DirectionRecipe {
-    Templates {
-        pairs: usize,
-    },
-    Prompt,
-    File(PathBuf),
-    Sentences {
-        source: Vec<String>,
-        target: Vec<String>,
-    },
-}
-
-impl DirectionRecipe {
-    fn choice(&self) -> DirectionChoice {
-        match self {
-            DirectionRecipe::Templates { pairs } => DirectionChoice::Templates { pairs: *pairs },
-            DirectionRecipe::Prompt => DirectionChoice::PromptDifference,
-            DirectionRecipe::File(p) => DirectionChoice::File(p.clone()),
-            DirectionRecipe::Sentences { source, target } => DirectionChoice::Sentences {
-                source: source.clone(),
-                target: target.clone(),
-            },
-        }
-    }
 }
 
 /// The run's settings once the recipe (if any) and the flags are merged.
@@ -299,7 +275,7 @@ fn plan(args: &TranslateArgs) -> Result<Plan> {
         }
         (Some(d), None) => match d.as_str() {
             "templates" => DirectionRecipe::Templates {
-                pairs: default_pairs(),
+                pairs: DirectionRecipe::default_pairs(),
             },
             "prompt" => DirectionRecipe::Prompt,
             file => DirectionRecipe::File(PathBuf::from(file)),
@@ -308,7 +284,7 @@ fn plan(args: &TranslateArgs) -> Result<Plan> {
             Some(v) => serde_json::from_value(v.clone())
                 .map_err(|e| anyhow!("recipe: field `extra.direction`: {e}"))?,
             None => DirectionRecipe::Templates {
-                pairs: default_pairs(),
+                pairs: DirectionRecipe::default_pairs(),
             },
         },
     };
@@ -364,13 +340,6 @@ fn plan(args: &TranslateArgs) -> Result<Plan> {
         direction,
         recipe,
     })
-}
-
-fn default_pairs() -> usize {
-    match DirectionChoice::default() {
-        DirectionChoice::Templates { pairs } => pairs,
-        _ => 512,
-    }
 }
 
 /// Non-empty lines, `#` comments skipped.
@@ -463,9 +432,10 @@ pub fn run(args: &TranslateArgs) -> Result<()> {
         }
     }
     let side = sd.default_image_side() as u32;
-    let size = plan_size(
+    let size = processing_size(
         loaded.original_size,
         plan.size,
+        plan.resize,
         side,
         sd.size_multiple() as u32,
     )?;
@@ -535,6 +505,8 @@ pub fn run(args: &TranslateArgs) -> Result<()> {
     };
 
     let images = &outcome.images;
+    // `keep` delivers at the photo's own size; the other policies at the processing size.
+    let delivered = (plan.resize, loaded.original_size);
     let mut wrote = Vec::new();
     if let Some(path) = &outputs.dump {
         let metadata = HashMap::from([
@@ -568,7 +540,7 @@ pub fn run(args: &TranslateArgs) -> Result<()> {
             let t = image
                 .as_ref()
                 .ok_or_else(|| anyhow!("the run produced no {what}"))?;
-            save_tensor_png(t, &recipe, path)?;
+            save_tensor_png(t, &recipe, delivered, path)?;
             wrote.push(path.clone());
         }
     }
@@ -584,7 +556,7 @@ pub fn run(args: &TranslateArgs) -> Result<()> {
         .translation
         .as_ref()
         .ok_or_else(|| anyhow!("the run produced no translation"))?;
-    save_tensor_png(translation, &recipe, &outputs.out)?;
+    save_tensor_png(translation, &recipe, delivered, &outputs.out)?;
     wrote.push(outputs.out.clone());
 
     let phrase = outcome

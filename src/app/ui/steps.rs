@@ -4,7 +4,7 @@
 use egui::{RichText, Ui, Vec2};
 use egui_plot::{Legend, Line, Plot, PlotPoints};
 
-use crate::app::state::{AppState, PREVIEW_BRANCHES};
+use crate::app::state::AppState;
 use crate::app::textures::Textures;
 use crate::engine::pipeline::Branch;
 
@@ -17,13 +17,7 @@ pub fn steps_view(ui: &mut Ui, state: &mut AppState, tex: &mut Textures) {
 }
 
 fn previews(ui: &mut Ui, state: &AppState, tex: &mut Textures) {
-    let branches: Vec<Branch> = PREVIEW_BRANCHES
-        .into_iter()
-        .filter(|b| {
-            state.run.compare_ddim
-                || !matches!(b, Branch::DdimReconstruction | Branch::DdimTranslation)
-        })
-        .collect();
+    let branches = state.preview_branches();
     let n = branches.len() + 1;
     let gap = ui.spacing().item_spacing.x;
     let side = ((ui.available_width() - gap * (n as f32 - 1.0)) / n as f32).clamp(96.0, 320.0);
@@ -130,7 +124,8 @@ fn plots(ui: &mut Ui, state: &AppState) {
                 .x_axis_label("step")
                 .allow_scroll(false)
                 .show(ui, |p| {
-                    for branch in PREVIEW_BRANCHES
+                    for branch in state
+                        .preview_branches()
                         .into_iter()
                         .filter(|b| b.is_reconstruction())
                     {
