@@ -107,6 +107,14 @@ fn jobs_done(h: &mut Harness<'static, MirrorApp>) {
     h.step();
 }
 
+/// The status bar without timings (frame time, run seconds), so that snapshots show the
+/// whole window and stay the same from run to run.
+fn steady_status(h: &mut Harness<'static, MirrorApp>) {
+    let s = &mut h.state_mut().state;
+    s.hide_frame_time = true;
+    s.note("Finished.");
+}
+
 fn ready(h: &mut Harness<'static, MirrorApp>) {
     step_until(h, "the model and image", 120, |s| {
         matches!(s.model, ModelStatus::Ready(_)) && s.image.is_some()
@@ -198,23 +206,16 @@ fn run_scrub_attention_export_and_reedit() {
     let maps = mirror_diffusion::app::export::attention_images(s);
     assert_eq!(maps.len(), 2, "reconstruction and translation maps");
     assert!(h.query_by_label("Mirror translation").is_some());
+    steady_status(&mut h);
     h.run_steps(2);
-    h.mask(egui::Rect::from_min_max(
-        egui::pos2(0.0, 768.0),
-        egui::pos2(1280.0, 800.0),
-    ));
     h.snapshot("attention_view");
 
     // Snapshot of the main window after a run (Steps view, last step).
     h.get_by_label("Steps").click();
     h.step();
     h.state_mut().state.timeline = None;
+    steady_status(&mut h);
     h.run_steps(4);
-    // The status bar shows timings (frame time, run seconds): not part of the picture.
-    h.mask(egui::Rect::from_min_max(
-        egui::pos2(0.0, 768.0),
-        egui::pos2(1280.0, 800.0),
-    ));
     h.snapshot("main_window_after_run");
     h.state_mut().state.export_dir = export_dir;
 
@@ -382,4 +383,44 @@ fn settings_survive_a_restart_and_a_corrupt_file() {
     let (fallback, problem) = Settings::load(&dir);
     assert_eq!(fallback, Settings::default());
     assert!(problem.is_some(), "a corrupt file is reported, not fatal");
+}
+
+#[test]
+fn the_layout_fits_from_800x600_to_4k() {
+    let mut opts = options("layout", 2);
+    opts.source_prompt = Some("a photo of a cat".into());
+    opts.target_prompt = Some("a photo of a dog".into());
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(800.0, 600.0))
+        .with_max_steps(100_000)
+        .build_eframe(move |cc| MirrorApp::new_with(cc, opts));
+    ready(&mut h);
+    h.get_by_label("Compare methods").click();
+    step_until(&mut h, "the run to start", 10, |s| s.progress.running);
+    step_until(&mut h, "the run to finish", 300, |s| !s.progress.running);
+    h.state_mut().state.export_dir = "~/Pictures/Mirror".into();
+    for (size, name) in [
+        (egui::vec2(800.0, 600.0), "window_800x600_compare"),
+        (egui::vec2(3840.0, 2160.0), "window_4k_compare"),
+    ] {
+        h.set_size(size);
+        steady_status(&mut h);
+        h.run_steps(4);
+        // Every preview caption lies inside the window.
+        for branch in [
+            Branch::MirrorTranslation,
+            Branch::Pix2PixZeroTranslation,
+            Branch::DdimTranslation,
+        ] {
+            let node = h.get_by_label_contains(branch.label());
+            let right = node.rect().max.x;
+            assert!(
+                right <= size.x,
+                "{} ends at {right}, outside the {}-wide window",
+                branch.label(),
+                size.x
+            );
+        }
+        h.snapshot(name);
+    }
 }

@@ -199,6 +199,8 @@ pub struct AppState {
     pub frames_drawn: u64,
     /// A file dialog closed without a choice: show the other ways in prominently.
     pub dialog_hint: bool,
+    /// Leave the frame time out of the status bar (steady snapshots).
+    pub hide_frame_time: bool,
     /// The path field: an image or model path typed or pasted by the user.
     pub path_field: String,
 }

@@ -36,11 +36,12 @@ it again; options given explicitly override the recipe's values.";
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum MethodArg {
-    /// MirrorDiffusion: redescribed reconstruction + attention-guided translation.
+    /// MirrorDiffusion (recommended): the reconstruction mirrors the photo at every step, so
+    /// only the edited object changes.
     Mirror,
-    /// Plain DDIM inversion and sampling.
+    /// Plain DDIM: analyse the photo, regenerate it with the new prompt (the baseline).
     Ddim,
-    /// pix2pix-zero: cross-attention guidance towards the reference pass.
+    /// pix2pix-zero: an edit direction from example sentences, guided to keep the layout.
     #[value(name = "pix2pix-zero")]
     Pix2PixZero,
 }
@@ -57,9 +58,9 @@ impl From<MethodArg> for Method {
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum PresetArg {
-    /// algorithm.md Preset R: consistent inversion grid, schedules scaled to any step count.
+    /// Recommended: consistent settings whose schedules scale to any number of steps.
     Recommended,
-    /// The released code exactly (Preset F).
+    /// As in the authors' released code, step for step.
     Authors,
 }
 
@@ -140,22 +141,22 @@ pub struct TranslateArgs {
     /// DDIM steps, shared by inversion and sampling [default: 50].
     #[arg(long, value_name = "N")]
     pub steps: Option<usize>,
-    /// Seed (VAE posterior sample of the authors' preset) [default: 0].
+    /// Seed of the random choices (used by the authors' preset) [default: 0].
     #[arg(long, value_name = "S")]
     pub seed: Option<u64>,
     /// Multiplier of the edit direction [default: 1].
     #[arg(long, value_name = "ALPHA")]
     pub strength: Option<f64>,
-    /// Classifier-free guidance of the translation branch [default: 5].
+    /// How strongly the target prompt is followed [default: 5].
     #[arg(long, value_name = "G")]
     pub guidance: Option<f64>,
-    /// Learning rate of the cross-attention guidance [default: 0.1].
+    /// How strongly the photo's layout is held in place while editing [default: 0.1].
     #[arg(long, value_name = "E")]
     pub xa_guidance: Option<f64>,
-    /// Prompt-redescription Adam iterations per step [default: 10].
+    /// MirrorDiffusion: refinement iterations of the photo's description per step [default: 10].
     #[arg(long, value_name = "K")]
     pub redescribe_iters: Option<usize>,
-    /// Prompt-redescription learning rate [default: 0.01].
+    /// MirrorDiffusion: step size of that refinement [default: 0.01].
     #[arg(long, value_name = "LR")]
     pub redescribe_lr: Option<f64>,
     /// How the image is brought to the model's size [default: keep].
@@ -165,7 +166,7 @@ pub struct TranslateArgs {
     /// area at the image's shape with `--resize keep`, else the model's square].
     #[arg(long, value_name = "WxH", value_parser = parse_size)]
     pub size: Option<Size>,
-    /// Skip the plain DDIM comparison branches.
+    /// Skip the plain DDIM comparison (faster).
     #[arg(long)]
     pub no_ddim: bool,
     /// Edit direction: `templates` (sentences around the changed phrase), `prompt`

@@ -52,7 +52,7 @@ fn preset_label(p: MirrorPreset) -> &'static str {
 }
 
 /// What a phase is doing, in words.
-fn phase_words(phase: Phase) -> &'static str {
+pub fn phase_words(phase: Phase) -> &'static str {
     match phase {
         Phase::Encode => "reading the photo",
         Phase::Invert => "analysing the photo",
