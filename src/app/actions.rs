@@ -19,7 +19,7 @@ use super::{Action, MirrorApp};
 pub const PREPARING: &str = "Preparing the image";
 
 impl MirrorApp {
-    pub(crate) fn perform(&mut self, action: Action, ctx: &egui::Context) {
+    pub(crate) fn perform(&mut self, action: Action) {
         match action {
             Action::OpenImageDialog => self.pick(Pick::Image),
             Action::LoadImage(path) => self.load_image(path),
@@ -33,7 +33,7 @@ impl MirrorApp {
                         .error(format!("There is no file or folder at {}.", path.display()));
                 } else if is_model {
                     self.state.dialog_hint = false;
-                    self.perform(Action::LoadModel(path), ctx);
+                    self.perform(Action::LoadModel(path));
                 } else {
                     self.state.dialog_hint = false;
                     self.load_image(path);
@@ -79,7 +79,7 @@ impl MirrorApp {
                 if let Some(p) = super::presets::PRESETS.get(i) {
                     self.state.source_prompt = p.source.into();
                     self.state.target_prompt = p.target.into();
-                    self.perform(Action::Tokenize, ctx);
+                    self.perform(Action::Tokenize);
                 }
             }
         }

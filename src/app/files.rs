@@ -229,7 +229,7 @@ impl MirrorApp {
                 match purpose {
                     Pick::Image => self.load_image(path),
                     Pick::ModelFolder | Pick::ModelFile => {
-                        self.perform(super::Action::LoadModel(path), &self.ctx.clone())
+                        self.perform(super::Action::LoadModel(path))
                     }
                     Pick::ExportFolder => self.state.export_dir = path.display().to_string(),
                     Pick::SaveTranslation => self.save_translation(path),

@@ -66,7 +66,6 @@ pub struct MirrorApp {
     pub(crate) worker: Worker,
     /// Slow work off the UI thread (decoding, resizing, exports, dialogs, settings writes).
     pub jobs: jobs::Jobs,
-    pub(crate) ctx: egui::Context,
     pub(crate) textures: Textures,
     settings_dir: Option<PathBuf>,
     saved: Settings,
@@ -122,7 +121,6 @@ impl MirrorApp {
             state,
             worker,
             jobs,
-            ctx: cc.egui_ctx.clone(),
             textures: Textures::default(),
             settings_dir,
             last_save: Instant::now(),
@@ -271,11 +269,11 @@ impl eframe::App for MirrorApp {
         let mut actions = std::mem::take(&mut self.pending);
         ui::draw(ui, &mut self.state, &mut self.textures, &mut actions);
         for action in actions {
-            self.perform(action, &ctx);
+            self.perform(action);
         }
         if self.autorun && self.state.model_ready().is_some() && self.state.image.is_some() {
             self.autorun = false;
-            self.perform(Action::Run, &ctx);
+            self.perform(Action::Run);
         }
         self.state.busy = self.jobs.busy.clone();
         self.persist(false);
