@@ -414,7 +414,10 @@ fn the_window_keeps_drawing_while_jobs_are_held() {
     for _ in 0..10 {
         h.step();
     }
-    assert_eq!(h.state().state.frames_drawn, before + 10);
+    assert!(
+        h.state().state.frames_drawn >= before + 10,
+        "frames drawn while exporting"
+    );
     assert!(
         h.query_by_label_contains("Exporting").is_some(),
         "busy is shown"

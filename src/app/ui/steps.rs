@@ -33,7 +33,8 @@ fn previews(ui: &mut Ui, state: &AppState, tex: &mut Textures) {
     let rows = n.div_ceil(cols);
     let caption_room = 22.0;
     let by_width = (width - gap * (cols as f32 - 1.0)) / cols as f32;
-    let by_height = (ui.available_height() * 0.55) / rows as f32 - caption_room;
+    // The visible height (inside the scroll area the available height is unbounded).
+    let by_height = (ui.clip_rect().height() * 0.55) / rows as f32 - caption_room;
     let side = by_width
         .min(by_height)
         .clamp(MIN_TILE.min(by_width), MAX_TILE);
@@ -79,7 +80,7 @@ fn targets_grid(ui: &mut Ui, state: &AppState, tex: &mut Textures) {
     let n = state.target_results.len();
     let gap = ui.spacing().item_spacing.x;
     let side = ((ui.available_width() - gap * (n as f32 - 1.0)) / n as f32)
-        .min(ui.available_height() * 0.3)
+        .min(ui.clip_rect().height() * 0.3)
         .clamp(48.0, MAX_TILE);
     ui.horizontal_wrapped(|ui| {
         for (i, t) in state.target_results.iter().enumerate() {
@@ -149,7 +150,7 @@ fn plots(ui: &mut Ui, state: &AppState) {
     if state.frames.is_empty() {
         return;
     }
-    let height = (ui.available_height() - 40.0).clamp(120.0, 420.0);
+    let height = (ui.clip_rect().bottom() - ui.cursor().top() - 40.0).clamp(120.0, 420.0);
     let width = ui.available_width() / 2.0 - 8.0;
     let shown = state.shown_step().unwrap_or(0) as f64 + 1.0;
     ui.horizontal(|ui| {
