@@ -51,6 +51,16 @@ fn preset_label(p: MirrorPreset) -> &'static str {
     }
 }
 
+/// A resize choice in a few words (the menu says more).
+fn short_resize(p: ResizePolicy) -> &'static str {
+    match p {
+        ResizePolicy::Keep => "keep the shape",
+        ResizePolicy::Crop => "crop to square",
+        ResizePolicy::Stretch => "stretch to square",
+        ResizePolicy::Pad => "pad to square",
+    }
+}
+
 /// What a phase is doing, in words.
 pub fn phase_words(phase: Phase) -> &'static str {
     match phase {
@@ -108,12 +118,14 @@ fn image_section(ui: &mut Ui, state: &mut AppState, tex: &mut Textures, actions:
     let (w, h) = img.loaded.original_size;
     ui.label(format!("{w}×{h} pixels"));
     egui::ComboBox::from_label("Resize")
-        .selected_text(state.resize.describe())
+        .selected_text(short_resize(state.resize))
         .show_ui(ui, |ui| {
             for p in ResizePolicy::ALL {
                 ui.selectable_value(&mut state.resize, p, p.describe());
             }
-        });
+        })
+        .response
+        .on_hover_text(state.resize.describe());
     if let Some(m) = state.model_ready() {
         match processing_size((w, h), None, state.resize, m.default_side, m.size_multiple) {
             Ok(target) => {

@@ -20,9 +20,11 @@ pub fn draw(ui: &mut Ui, state: &mut AppState, tex: &mut Textures, actions: &mut
     egui::Panel::bottom("status").show(ui, |ui| status::status_bar(ui, state));
     let has_model = matches!(state.model, ModelStatus::Ready(_));
     if has_model {
+        // A third of a small window, at most 420 px on a large one.
+        let width = ui.ctx().content_rect().width();
         egui::Panel::left("controls")
-            .default_size(340.0)
-            .size_range(300.0..=480.0)
+            .default_size((width * 0.3).clamp(280.0, 420.0))
+            .size_range(260.0..=480.0)
             .show(ui, |ui| {
                 egui::ScrollArea::vertical()
                     .show(ui, |ui| controls::controls(ui, state, tex, actions));
@@ -184,7 +186,12 @@ pub fn path_entry(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>, 
 
 /// Background jobs in flight, with a spinner and Cancel where it makes sense.
 fn busy_line(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
-    for job in &state.busy {
+    // Settings writes are quick and routine: not worth a spinner.
+    let shown = state
+        .busy
+        .iter()
+        .filter(|j| j.label != crate::app::files::SAVING_SETTINGS);
+    for job in shown {
         if job.cancellable
             && ui
                 .small_button("Cancel")

@@ -150,7 +150,8 @@ fn plots(ui: &mut Ui, state: &AppState) {
     if state.frames.is_empty() {
         return;
     }
-    let height = (ui.clip_rect().bottom() - ui.cursor().top() - 40.0).clamp(120.0, 420.0);
+    let room = ui.clip_rect().bottom() - ui.cursor().top() - 40.0;
+    let height = room.clamp(120.0, (ui.clip_rect().height() * 0.45).max(420.0));
     let width = ui.available_width() / 2.0 - 8.0;
     let shown = state.shown_step().unwrap_or(0) as f64 + 1.0;
     ui.horizontal(|ui| {
