@@ -56,11 +56,13 @@ xvfb-run -a -s "-screen 0 1280x800x24 -nolisten tcp" bash -c '
   kill $SRC $APP 2>/dev/null; wait $APP 2>/dev/null; true
 '
 SIZE=$(identify -format "%wx%h" "$WORK/landscape.png" 2>/dev/null)
+PASTED=$(identify -format "%wx%h" "$FIX/tiny-sd-ref/test_image.png" 2>/dev/null)
+FIRST=$(grep -m1 "^EVENT image_loaded" "$LOG")
 pass=0; fail=0
 check() { if eval "$2"; then pass=$((pass+1)); echo "ok   $1"; else fail=$((fail+1)); echo "FAIL $1"; fi; }
 check "model loaded"                   'grep -q "^EVENT model_loaded" "$LOG"'
 check "no dialog: the user is told"    'grep -q "^EVENT dialog_closed_without_choice" "$LOG" && grep -q "No file was chosen" "$LOG"'
-check "pasted path opens the image"    'grep -q "^EVENT image_loaded" "$LOG"'
+check "pasted path opens the image"    '[ "$FIRST" = "EVENT image_loaded $PASTED" ]'
 check "XDND drop opens the 3:2 image"  'grep -q "^EVENT image_loaded $SIZE\$" "$LOG"'
 check "no error events"                '! grep -q "^EVENT error" "$LOG"'
 echo "screenshot: $SHOT"

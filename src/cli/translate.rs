@@ -36,12 +36,12 @@ it again; options given explicitly override the recipe's values.";
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum MethodArg {
-    /// MirrorDiffusion (recommended): the reconstruction mirrors the photo at every step, so
-    /// only the edited object changes.
+    /// Recommended: the reconstruction mirrors the photo at every step, so only the edited
+    /// object changes.
     Mirror,
-    /// Plain DDIM: analyse the photo, regenerate it with the new prompt (the baseline).
+    /// Analyse the photo, regenerate it with the new prompt (the plain baseline).
     Ddim,
-    /// pix2pix-zero: an edit direction from example sentences, guided to keep the layout.
+    /// An edit direction from example sentences, guided to keep the layout.
     #[value(name = "pix2pix-zero")]
     Pix2PixZero,
 }
