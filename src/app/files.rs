@@ -246,6 +246,8 @@ impl MirrorApp {
             loaded.rgb.height()
         ));
         self.textures.forget("source");
+        // An image is in: the no-dialog hint has done its work.
+        self.state.dialog_hint = false;
         self.state.image = Some(SourceImage { loaded, name });
     }
 }
