@@ -2,6 +2,7 @@
 # Starts the real Mirror window under Xvfb with the tiny fixture model and image, runs a
 # 4-step translation, exports with Ctrl+S, and saves a screenshot.
 # Needs (apt): xvfb xauth mesa-vulkan-drivers libvulkan1 xdotool imagemagick x11-utils
+# (scripts/gui-files.sh also: xclip python3-gi gir1.2-gtk-3.0)
 # Usage: scripts/gui-smoke.sh [screenshot.png]   (BIN=path/to/mirror-diffusion to skip the build)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +13,7 @@ mkdir -p "$OUT"
 FIX=$ROOT/../shared/fixtures
 if [ -z "${BIN:-}" ]; then
   cargo build --release --bin mirror-diffusion >&2 || { echo "gui-smoke: 0 passed, 1 failed"; exit 1; }
-  BIN=$ROOT/target/release/mirror-diffusion
+  BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/mirror-diffusion
 fi
 WORK=$(mktemp -d)
 export MIRROR_MODEL=$FIX/tiny-sd MIRROR_IMAGE=$FIX/tiny-sd-ref/test_image.png

@@ -14,13 +14,39 @@ use image::RgbImage;
 use crate::engine::EngineError;
 use crate::engine::imageio::{latent_preview, tensor_to_image};
 use crate::engine::pipeline::{Branch, CancelToken, Event, Phase, StepReport, TokenHeatmaps};
-use crate::engine::session::{Session, TranslateRequest};
+use crate::engine::session::{BranchImages, Method, Session, TranslateRequest};
 use crate::engine::tokenizer::TokenWord;
+
+/// One translation of a job, with the name the UI shows for it.
+#[derive(Debug, Clone)]
+pub struct RunPart {
+    /// "MirrorDiffusion", "pix2pix-zero", or the target prompt of a many-targets run.
+    pub label: String,
+    pub request: TranslateRequest,
+}
+
+/// Translations run one after another on the same image: one method, a comparison of the
+/// methods, or several targets. The inversion cache makes every part after the first cheap.
+#[derive(Debug, Clone)]
+pub struct RunJob {
+    pub parts: Vec<RunPart>,
+}
+
+impl RunJob {
+    pub fn single(label: &str, request: TranslateRequest) -> Self {
+        Self {
+            parts: vec![RunPart {
+                label: label.to_string(),
+                request,
+            }],
+        }
+    }
+}
 
 /// What the UI asks the worker to do.
 pub enum Command {
     LoadModel(PathBuf),
-    Run(Box<TranslateRequest>),
+    Run(Box<RunJob>),
     /// Prompt tokens for the attention-word picker (answered with `WorkerEvent::Tokens`).
     Tokenize {
         source: String,
@@ -64,24 +90,64 @@ pub struct StepFrame {
     pub guidance_loss: Option<f64>,
 }
 
-/// The final images of a run.
+/// The final images of a run, by branch.
 #[derive(Debug, Clone, Default)]
 pub struct RunImages {
     pub source: Option<RgbImage>,
-    pub translation: Option<RgbImage>,
-    pub reconstruction: Option<RgbImage>,
-    pub ddim_reconstruction: Option<RgbImage>,
-    pub ddim_translation: Option<RgbImage>,
+    pub branches: Vec<(Branch, RgbImage)>,
+}
+
+impl RunImages {
+    pub fn get(&self, branch: Branch) -> Option<&RgbImage> {
+        self.branches
+            .iter()
+            .find(|(b, _)| *b == branch)
+            .map(|(_, img)| img)
+    }
+
+    /// Adds `other`'s images (a later part of the same job replaces a branch it repeats).
+    fn merge(&mut self, other: RunImages) {
+        if self.source.is_none() {
+            self.source = other.source;
+        }
+        for (branch, img) in other.branches {
+            self.branches.retain(|(b, _)| *b != branch);
+            self.branches.push((branch, img));
+        }
+    }
+}
+
+/// One part of a finished job: its label, target and translation.
+#[derive(Debug, Clone)]
+pub struct PartResult {
+    pub label: String,
+    pub target_prompt: String,
+    pub translation_branch: Branch,
+    pub images: RunImages,
 }
 
 #[derive(Debug, Clone)]
 pub struct RunSummary {
+    /// Every part's images merged by branch (a comparison shows them side by side).
     pub images: RunImages,
+    /// Each part on its own (several targets: one translation each).
+    pub parts: Vec<PartResult>,
     pub cancelled: bool,
     pub steps_done: usize,
     pub reused_inversion: bool,
     pub edit_phrase: Option<(String, String)>,
     pub seconds: f64,
+}
+
+/// Progress inside one denoising step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StepWorkInfo {
+    pub step: usize,
+    pub steps: usize,
+    pub unet_calls: usize,
+    pub unet_calls_expected: usize,
+    /// Redescription iteration (done, of).
+    pub redescription: Option<(usize, usize)>,
 }
 
 /// What the worker tells the UI.
@@ -97,9 +163,16 @@ pub enum WorkerEvent {
         source: Vec<TokenWord>,
         target: Vec<TokenWord>,
     },
+    /// A part of the job starts (`part` of `parts`, counted from 0).
     RunStarted {
+        part: usize,
+        parts: usize,
+        label: String,
         reuses_inversion: bool,
     },
+    /// Work inside a step: UNet calls so far and the redescription iteration, for a live
+    /// sign of progress within long steps.
+    StepWork(StepWorkInfo),
     Phase {
         phase: Phase,
         steps: usize,
@@ -245,54 +318,111 @@ fn worker_loop(
                     });
                 }
             }
-            Command::Run(req) => {
+            Command::Run(job) => {
                 let Some(s) = session.as_mut() else {
                     send(WorkerEvent::RunFailed("No model is loaded yet.".into()));
                     continue;
                 };
                 let token = cancel.lock().map(|c| c.clone()).unwrap_or_default();
-                run(s, &req, &token, send);
+                run(s, &job, &token, send);
             }
         }
     }
 }
 
-fn run(
-    session: &mut Session,
-    req: &TranslateRequest,
-    cancel: &CancelToken,
-    send: &dyn Fn(WorkerEvent),
-) {
-    let tok = &session.model().tokenizer;
-    send(WorkerEvent::Tokens {
-        source: tok.token_words(&req.source_prompt).unwrap_or_default(),
-        target: tok.token_words(&req.target_prompt).unwrap_or_default(),
-    });
-    send(WorkerEvent::RunStarted {
-        reuses_inversion: session.has_cached_inversion(req),
-    });
-    let mut on_event = |e: Event| forward(e, send);
-    let outcome = catch(|| session.translate(req, cancel, &mut on_event));
-    match outcome {
-        Ok(o) => {
-            let img = |t: &Option<Tensor>| t.as_ref().and_then(|t| tensor_to_image(t).ok());
-            send(WorkerEvent::Finished(Box::new(RunSummary {
-                images: RunImages {
-                    source: tensor_to_image(&o.source).ok(),
-                    translation: img(&o.images.translation),
-                    reconstruction: img(&o.images.reconstruction),
-                    ddim_reconstruction: img(&o.images.ddim_reconstruction),
-                    ddim_translation: img(&o.images.ddim_translation),
-                },
-                cancelled: o.cancelled,
-                steps_done: o.steps_done,
-                reused_inversion: o.reused_inversion,
-                edit_phrase: o.edit_phrase.clone(),
-                seconds: o.seconds,
-            })));
+fn run(session: &mut Session, job: &RunJob, cancel: &CancelToken, send: &dyn Fn(WorkerEvent)) {
+    let started = Instant::now();
+    let mut total = RunSummary {
+        images: RunImages::default(),
+        parts: Vec::new(),
+        cancelled: false,
+        steps_done: 0,
+        reused_inversion: false,
+        edit_phrase: None,
+        seconds: 0.0,
+    };
+    for (index, part) in job.parts.iter().enumerate() {
+        let req = &part.request;
+        let tok = &session.model().tokenizer;
+        send(WorkerEvent::Tokens {
+            source: tok.token_words(&req.source_prompt).unwrap_or_default(),
+            target: tok.token_words(&req.target_prompt).unwrap_or_default(),
+        });
+        let reuses_inversion = session.has_cached_inversion(req);
+        send(WorkerEvent::RunStarted {
+            part: index,
+            parts: job.parts.len(),
+            label: part.label.clone(),
+            reuses_inversion,
+        });
+        let mut on_event = |e: Event| forward(e, send);
+        let outcome = match catch(|| session.translate(req, cancel, &mut on_event)) {
+            Ok(o) => o,
+            Err(message) => return send(WorkerEvent::RunFailed(message)),
+        };
+        let images = RunImages {
+            source: tensor_to_image(&outcome.source).ok(),
+            branches: final_images(req.method, &outcome.images),
+        };
+        total.parts.push(PartResult {
+            label: part.label.clone(),
+            target_prompt: req.target_prompt.clone(),
+            translation_branch: translation_branch(req.method),
+            images: images.clone(),
+        });
+        total.images.merge(images);
+        total.steps_done = outcome.steps_done;
+        total.reused_inversion = if index == 0 {
+            outcome.reused_inversion
+        } else {
+            total.reused_inversion
+        };
+        if total.edit_phrase.is_none() {
+            total.edit_phrase = outcome.edit_phrase.clone();
         }
-        Err(message) => send(WorkerEvent::RunFailed(message)),
+        if outcome.cancelled {
+            total.cancelled = true;
+            break;
+        }
     }
+    total.seconds = started.elapsed().as_secs_f64();
+    send(WorkerEvent::Finished(Box::new(total)));
+}
+
+/// The branch holding a method's translation.
+pub fn translation_branch(method: Method) -> Branch {
+    match method {
+        Method::Mirror => Branch::MirrorTranslation,
+        Method::Pix2PixZero => Branch::Pix2PixZeroTranslation,
+        Method::Ddim => Branch::DdimTranslation,
+    }
+}
+
+/// The branch holding a method's reconstruction.
+pub fn reconstruction_branch(method: Method) -> Branch {
+    match method {
+        Method::Mirror => Branch::MirrorReconstruction,
+        Method::Pix2PixZero => Branch::Pix2PixZeroReconstruction,
+        Method::Ddim => Branch::DdimReconstruction,
+    }
+}
+
+fn final_images(method: Method, images: &BranchImages) -> Vec<(Branch, RgbImage)> {
+    let img = |t: &Option<Tensor>| t.as_ref().and_then(|t| tensor_to_image(t).ok());
+    [
+        (translation_branch(method), img(&images.translation)),
+        (reconstruction_branch(method), img(&images.reconstruction)),
+        (Branch::DdimReconstruction, img(&images.ddim_reconstruction)),
+        (Branch::DdimTranslation, img(&images.ddim_translation)),
+    ]
+    .into_iter()
+    .filter_map(|(branch, img)| Some((branch, img?)))
+    .fold(Vec::new(), |mut all, (branch, img)| {
+        if !all.iter().any(|(b, _)| *b == branch) {
+            all.push((branch, img));
+        }
+        all
+    })
 }
 
 /// Runs engine code, turning errors and panics into readable messages.

@@ -1,6 +1,8 @@
 //! The real app with the real engine on the tiny fixture model, driven through its accessible
 //! labels with egui_kittest (rendered on lavapipe / llvmpipe; no display needed).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -9,6 +11,7 @@ use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 use mirror_diffusion::app::state::{AppState, ModelStatus, View};
 use mirror_diffusion::app::{AppOptions, MirrorApp};
+use mirror_diffusion::engine::pipeline::Branch;
 
 /// A file dropped on the window (as winit delivers it).
 #[derive(Debug)]
@@ -23,10 +26,14 @@ impl egui::DroppedFile for PathFile {
     }
 }
 
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures")
-        .join(rel)
+/// The fixture model folder and test image, from the fixture manifest.
+fn fixture_model_and_image() -> (PathBuf, PathBuf) {
+    let fx = common::Fixtures::load();
+    let image = fx.fixture("vae")["png"]["test_image"]
+        .as_str()
+        .unwrap_or("test_image.png")
+        .to_string();
+    (fx.model_dir(), fx.root.join(image))
 }
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -38,9 +45,10 @@ fn temp_dir(name: &str) -> PathBuf {
 
 fn options(name: &str, steps: usize) -> AppOptions {
     let dir = temp_dir(name);
+    let (model, image) = fixture_model_and_image();
     AppOptions {
-        model: Some(fixture("tiny-sd")),
-        image: Some(fixture("tiny-sd-ref/test_image.png")),
+        model: Some(model),
+        image: Some(image),
         settings_dir: Some(dir.join("config")),
         memory_only_cache: true,
         source_prompt: Some(String::new()),
@@ -83,6 +91,28 @@ fn step_until(
         std::thread::sleep(Duration::from_millis(5));
     }
     h.step();
+}
+
+/// Steps until every background job (decode, export, dialog) has finished.
+fn jobs_done(h: &mut Harness<'static, MirrorApp>) {
+    let start = Instant::now();
+    while h.state().jobs.is_busy() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "background jobs did not finish"
+        );
+        h.step();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    h.step();
+}
+
+/// The status bar without timings (frame time, run seconds), so that snapshots show the
+/// whole window and stay the same from run to run.
+fn steady_status(h: &mut Harness<'static, MirrorApp>) {
+    let s = &mut h.state_mut().state;
+    s.hide_frame_time = true;
+    s.note("Finished.");
 }
 
 fn ready(h: &mut Harness<'static, MirrorApp>) {
@@ -128,7 +158,10 @@ fn run_scrub_attention_export_and_reedit() {
     let result = s.result.as_ref().expect("a result");
     assert!(!result.cancelled);
     assert_eq!(s.frames.len(), 4, "one frame per step");
-    assert!(result.images.translation.is_some() && result.images.ddim_translation.is_some());
+    assert!(
+        result.images.get(Branch::MirrorTranslation).is_some()
+            && result.images.get(Branch::DdimTranslation).is_some()
+    );
     assert!(
         s.frames.iter().all(|f| f.branches.len() == 4),
         "mirror and DDIM branches in every step"
@@ -173,29 +206,23 @@ fn run_scrub_attention_export_and_reedit() {
     let maps = mirror_diffusion::app::export::attention_images(s);
     assert_eq!(maps.len(), 2, "reconstruction and translation maps");
     assert!(h.query_by_label("Mirror translation").is_some());
+    steady_status(&mut h);
     h.run_steps(2);
-    h.mask(egui::Rect::from_min_max(
-        egui::pos2(0.0, 768.0),
-        egui::pos2(1280.0, 800.0),
-    ));
     h.snapshot("attention_view");
 
     // Snapshot of the main window after a run (Steps view, last step).
     h.get_by_label("Steps").click();
     h.step();
     h.state_mut().state.timeline = None;
+    steady_status(&mut h);
     h.run_steps(4);
-    // The status bar shows timings (frame time, run seconds): not part of the picture.
-    h.mask(egui::Rect::from_min_max(
-        egui::pos2(0.0, 768.0),
-        egui::pos2(1280.0, 800.0),
-    ));
     h.snapshot("main_window_after_run");
     h.state_mut().state.export_dir = export_dir;
 
-    // Ctrl+S exports everything; the PNG carries its recipe.
+    // Ctrl+S exports everything (on a job thread); the PNG carries its recipe.
     h.key_press_modifiers(Modifiers::COMMAND, Key::S);
-    h.run_steps(2);
+    h.step();
+    jobs_done(&mut h);
     assert!(
         h.state().state.errors.is_empty(),
         "{:?}",
@@ -226,7 +253,8 @@ fn run_scrub_attention_export_and_reedit() {
     // An unwritable export folder is an error dialog; the result stays.
     h.state_mut().state.export_dir = "/proc/mirror-cannot-write-here".into();
     h.key_press_modifiers(Modifiers::COMMAND, Key::S);
-    h.run_steps(2);
+    h.step();
+    jobs_done(&mut h);
     assert_eq!(h.state().state.errors.len(), 1, "one error dialog");
     assert!(h.query_by_label("Something went wrong").is_some());
     h.get_by_label("OK").click();
@@ -263,7 +291,8 @@ fn run_scrub_attention_export_and_reedit() {
     h.input_mut()
         .dropped_files
         .push(std::sync::Arc::new(PathFile(png)));
-    h.run_steps(2);
+    h.step();
+    jobs_done(&mut h);
     let s = &h.state().state;
     assert_eq!(s.target_prompt, "a photo of a dog", "recipe restored");
     assert!(s.notes.iter().any(|n| n.contains("recipe is restored")));
@@ -300,6 +329,7 @@ fn welcome_screen_without_a_model_and_readable_errors() {
     opts.image = Some(bad);
     let mut h = harness(opts);
     h.run_steps(3);
+    jobs_done(&mut h);
     assert!(
         h.query_by_label("Open model folder…").is_some(),
         "the first screen says how to get a model"
@@ -353,4 +383,46 @@ fn settings_survive_a_restart_and_a_corrupt_file() {
     let (fallback, problem) = Settings::load(&dir);
     assert_eq!(fallback, Settings::default());
     assert!(problem.is_some(), "a corrupt file is reported, not fatal");
+}
+
+#[test]
+fn the_layout_fits_from_800x600_to_4k() {
+    let mut opts = options("layout", 2);
+    opts.source_prompt = Some("a photo of a cat".into());
+    opts.target_prompt = Some("a photo of a dog".into());
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(800.0, 600.0))
+        .with_max_steps(100_000)
+        .build_eframe(move |cc| MirrorApp::new_with(cc, opts));
+    ready(&mut h);
+    // At 800×600 the button may be scrolled out of the controls panel: ask directly.
+    h.state_mut()
+        .request(mirror_diffusion::app::Action::Compare);
+    step_until(&mut h, "the run to start", 10, |s| s.progress.running);
+    step_until(&mut h, "the run to finish", 300, |s| !s.progress.running);
+    h.state_mut().state.export_dir = "~/Pictures/Mirror".into();
+    for (size, name) in [
+        (egui::vec2(800.0, 600.0), "window_800x600_compare"),
+        (egui::vec2(3840.0, 2160.0), "window_4k_compare"),
+    ] {
+        h.set_size(size);
+        steady_status(&mut h);
+        h.run_steps(4);
+        // Every preview caption lies inside the window.
+        for branch in [
+            Branch::MirrorTranslation,
+            Branch::Pix2PixZeroTranslation,
+            Branch::DdimTranslation,
+        ] {
+            let node = h.get_by_label_contains(branch.label());
+            let right = node.rect().max.x;
+            assert!(
+                right <= size.x,
+                "{} ends at {right}, outside the {}-wide window",
+                branch.label(),
+                size.x
+            );
+        }
+        h.snapshot(name);
+    }
 }

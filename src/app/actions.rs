@@ -1,52 +1,51 @@
-//! Carrying out what the user asked for: opening files, starting and cancelling runs,
-//! exports. Anything that can fail reports a readable error and leaves the app as it was.
+//! Carrying out what the user asked for: starting and cancelling runs, recipes. Files (open,
+//! paste, export, dialogs) are in `files`. Anything that can fail reports a readable error
+//! and leaves the app as it was.
 
-use std::path::Path;
 use std::time::Instant;
 
-use crate::engine::direction::find_edit_phrase;
-use crate::engine::imageio::{
-    ImageLimits, LoadedImage, Recipe, load_image, load_image_from_memory, plan_size, read_recipe,
-    resize,
-};
-use crate::worker::Command;
+use image::RgbImage;
 
-use super::state::{Progress, SourceImage};
-use super::{Action, MirrorApp, export};
+use crate::engine::direction::find_edit_phrase;
+use crate::engine::imageio::{Recipe, processing_size, resize};
+use crate::engine::session::Method;
+use crate::worker::{Command, RunJob, RunPart};
+
+use super::jobs::{JobOutput, Pick};
+use super::state::{Progress, RunKind, RunShape};
+use super::{Action, MirrorApp};
+
+/// The label of the job that resizes the image before a run.
+pub const PREPARING: &str = "Preparing the image";
 
 impl MirrorApp {
-    pub(crate) fn perform(&mut self, action: Action, ctx: &egui::Context) {
+    pub(crate) fn perform(&mut self, action: Action) {
         match action {
-            Action::OpenImageDialog => {
-                let picked = rfd::FileDialog::new()
-                    .set_title("Open an image")
-                    .add_filter("Images", &["png", "jpg", "jpeg", "webp", "gif"])
-                    .pick_file();
-                if let Some(path) = picked {
-                    self.load_image(&path);
-                }
-            }
-            Action::LoadImage(path) => self.load_image(&path),
-            Action::LoadImageBytes { bytes, name } => {
-                match load_image_from_memory(&bytes, &name, &ImageLimits::default()) {
-                    Ok(img) => self.set_image(img, name),
-                    Err(e) => self.state.error(format!("Could not open the image:\n{e}")),
-                }
-            }
-            Action::PasteImage => self.paste_image(),
-            Action::OpenModelDialog { folder } => {
-                let dialog = rfd::FileDialog::new().set_title("Open a Stable Diffusion model");
-                let picked = if folder {
-                    dialog.pick_folder()
+            Action::OpenImageDialog => self.pick(Pick::Image),
+            Action::LoadImage(path) => self.load_image(path),
+            Action::OpenPath(path) => {
+                let is_model = path.is_dir()
+                    || path
+                        .extension()
+                        .is_some_and(|e| e == "safetensors" || e == "ckpt");
+                if !path.exists() {
+                    self.state
+                        .error(format!("There is no file or folder at {}.", path.display()));
+                } else if is_model {
+                    self.state.dialog_hint = false;
+                    self.perform(Action::LoadModel(path));
                 } else {
-                    dialog
-                        .add_filter("Checkpoints", &["safetensors", "ckpt"])
-                        .pick_file()
-                };
-                if let Some(path) = picked {
-                    self.worker.send(Command::LoadModel(path));
+                    self.state.dialog_hint = false;
+                    self.load_image(path);
                 }
             }
+            Action::LoadImageBytes { bytes, name } => self.load_image_bytes(bytes, name),
+            Action::PasteImage => self.paste_image(),
+            Action::OpenModelDialog { folder } => self.pick(if folder {
+                Pick::ModelFolder
+            } else {
+                Pick::ModelFile
+            }),
             Action::LoadModel(path) => {
                 if self.state.progress.running {
                     self.state
@@ -58,7 +57,9 @@ impl MirrorApp {
             Action::Download(repo) => {
                 super::ui::welcome::start_download(&self.worker, &mut self.state, repo)
             }
-            Action::Run => self.run(),
+            Action::Run => self.prepare_run(RunKind::Single),
+            Action::Compare => self.prepare_run(RunKind::Compare),
+            Action::RunTargets => self.prepare_run(RunKind::Targets),
             Action::Cancel => {
                 if self.state.progress.running {
                     self.worker.cancel();
@@ -66,16 +67,10 @@ impl MirrorApp {
                     self.state.emit("cancel_requested");
                 }
             }
+            Action::CancelJob(id) => self.jobs.cancel(id),
             Action::Export => self.export_all(),
-            Action::SaveTranslationAs => self.save_translation_as(),
-            Action::ChooseExportDir => {
-                if let Some(dir) = rfd::FileDialog::new()
-                    .set_title("Export folder")
-                    .pick_folder()
-                {
-                    self.state.export_dir = dir.display().to_string();
-                }
-            }
+            Action::SaveTranslationAs => self.pick(Pick::SaveTranslation),
+            Action::ChooseExportDir => self.pick(Pick::ExportFolder),
             Action::Tokenize => self.worker.send(Command::Tokenize {
                 source: self.state.source_prompt.clone(),
                 target: self.state.target_prompt.clone(),
@@ -84,38 +79,29 @@ impl MirrorApp {
                 if let Some(p) = super::presets::PRESETS.get(i) {
                     self.state.source_prompt = p.source.into();
                     self.state.target_prompt = p.target.into();
-                    self.perform(Action::Tokenize, ctx);
+                    self.perform(Action::Tokenize);
                 }
             }
         }
     }
 
-    fn load_image(&mut self, path: &Path) {
-        match load_image(path, &ImageLimits::default()) {
-            Ok(img) => {
-                let name = path.file_name().map_or_else(
-                    || path.display().to_string(),
-                    |n| n.to_string_lossy().into(),
-                );
-                self.state.settings.remember_image(path);
-                // A Mirror PNG carries the recipe that made it.
-                if let Ok(Some(recipe)) = read_recipe(path) {
-                    self.restore_recipe(&recipe, &name);
-                }
-                self.set_image(img, name);
-            }
-            Err(e) => self.state.error(format!("Could not open the image:\n{e}")),
+    pub(crate) fn restore_recipe(&mut self, r: &Recipe, name: &str) {
+        if let Err(e) = self.state.run.apply_recipe(r) {
+            return self.state.error(format!(
+                "{name} carries a Mirror recipe that this version cannot restore: {e}. \
+                 The image is opened; your settings are unchanged."
+            ));
         }
-    }
-
-    fn restore_recipe(&mut self, r: &Recipe, name: &str) {
         self.state.source_prompt = r.source_prompt.clone();
         self.state.target_prompt = r.target_prompt.clone();
-        self.state.run.apply_recipe(r);
         self.state.resize = r.resize;
         self.state.note(format!(
-            "{name} was made by Mirror: its recipe is restored (\"{}\" to \"{}\", {} steps, seed {}).",
-            r.source_prompt, r.target_prompt, r.steps, r.seed
+            "{name} was made by Mirror: its recipe is restored ({}, \"{}\" to \"{}\", {} steps, seed {}).",
+            method_label(self.state.run.method),
+            r.source_prompt,
+            r.target_prompt,
+            r.steps,
+            r.seed
         ));
         self.state.emit("recipe_restored");
         self.worker.send(Command::Tokenize {
@@ -124,111 +110,144 @@ impl MirrorApp {
         });
     }
 
-    fn set_image(&mut self, loaded: LoadedImage, name: String) {
-        self.state.emit(&format!(
-            "image_loaded {}x{}",
-            loaded.rgb.width(),
-            loaded.rgb.height()
-        ));
-        self.textures.forget("source");
-        self.state.image = Some(SourceImage { loaded, name });
-    }
-
-    fn paste_image(&mut self) {
-        let got = arboard::Clipboard::new().and_then(|mut c| c.get_image());
-        match got {
-            Ok(img) => {
-                let rgba = image::RgbaImage::from_raw(
-                    img.width as u32,
-                    img.height as u32,
-                    img.bytes.into_owned(),
-                );
-                match rgba {
-                    Some(rgba) => {
-                        let mut png = Vec::new();
-                        let encoded = image::DynamicImage::ImageRgba8(rgba)
-                            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png);
-                        match encoded {
-                            Ok(()) => self.perform_bytes(png),
-                            Err(e) => self
-                                .state
-                                .error(format!("The pasted image could not be read: {e}")),
-                        }
-                    }
-                    None => self.state.error("The pasted image has an unexpected size."),
-                }
-            }
-            Err(_) => self
-                .state
-                .note("The clipboard holds no image (copy an image or a file path first)."),
+    /// Checks that a run can start, then brings the image to its processing size on a job
+    /// thread (a Lanczos resize of a large photo takes a while); the run starts when it is done.
+    fn prepare_run(&mut self, kind: RunKind) {
+        if self.state.progress.running || self.jobs.busy.iter().any(|b| b.label == PREPARING) {
+            return;
         }
-    }
-
-    fn perform_bytes(&mut self, png: Vec<u8>) {
-        match load_image_from_memory(&png, "pasted image", &ImageLimits::default()) {
-            Ok(img) => self.set_image(img, "pasted image".into()),
-            Err(e) => self
+        let model = match self.state.model_ready() {
+            Some(m) => m.clone(),
+            None => return self.state.error("Load a model first."),
+        };
+        let Some(img) = self.state.image.as_ref() else {
+            return self
                 .state
-                .error(format!("Could not open the pasted image:\n{e}")),
-        }
-    }
-
-    /// The image at the size the model runs at, as the resize policy makes it.
-    pub(crate) fn processing_image(&self) -> Result<image::RgbImage, String> {
-        let model = self.state.model_ready().ok_or("Load a model first.")?;
-        let img = self
-            .state
-            .image
-            .as_ref()
-            .ok_or("Open an image first (Ctrl+O, drop or paste).")?;
-        let size = plan_size(
+                .error("Open an image first (Ctrl+O, drop it on the window, or paste it).");
+        };
+        let size = match processing_size(
             img.loaded.original_size,
             None,
+            self.state.resize,
             model.default_side,
             model.size_multiple,
-        )
-        .map_err(|e| e.to_string())?;
-        Ok(resize(&img.loaded.rgb, size, self.state.resize))
+        ) {
+            Ok(size) => size,
+            Err(e) => return self.state.error(e.to_string()),
+        };
+        if let Err(e) = self.check_prompts(kind) {
+            return self.state.error(e);
+        }
+        let (source, policy) = (img.loaded.rgb.clone(), self.state.resize);
+        self.state.emit("run_preparing");
+        self.jobs.spawn(PREPARING, false, move |_| {
+            Ok(JobOutput::RunImage {
+                kind,
+                image: resize(&source, size, policy),
+            })
+        });
     }
 
-    fn run(&mut self) {
+    /// The source and target prompts of a run of `kind`, checked.
+    fn check_prompts(&self, kind: RunKind) -> Result<(String, Vec<String>), String> {
+        let source = self.state.source_prompt.trim().to_string();
+        let mut targets = vec![self.state.target_prompt.trim().to_string()];
+        if kind == RunKind::Targets {
+            targets.extend(
+                self.state
+                    .more_targets
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(String::from),
+            );
+        }
+        if source.is_empty() || targets[0].is_empty() {
+            return Err(
+                "Type what the image shows (source) and what it should become (target).".into(),
+            );
+        }
+        for target in &targets {
+            if let Err(e) = find_edit_phrase(&source, target) {
+                return Err(format!("The prompts give no edit (\"{target}\"): {e}"));
+            }
+        }
+        Ok((source, targets))
+    }
+
+    /// Starts a run of `kind`: the chosen method, the three methods side by side
+    /// (`Compare`), or the target prompt and every extra target (`Targets`), one after
+    /// another on the same inversion.
+    pub(crate) fn run(&mut self, kind: RunKind, image: RgbImage) {
         if self.state.progress.running {
             return;
         }
-        let image = match self.processing_image() {
-            Ok(i) => i,
+        let (source, targets) = match self.check_prompts(kind) {
+            Ok(p) => p,
             Err(e) => return self.state.error(e),
         };
-        let (source, target) = (
-            self.state.source_prompt.trim().to_string(),
-            self.state.target_prompt.trim().to_string(),
-        );
-        if source.is_empty() || target.is_empty() {
-            return self
-                .state
-                .error("Type what the image shows (source) and what it should become (target).");
-        }
-        if let Err(e) = find_edit_phrase(&source, &target) {
-            return self.state.error(format!("The prompts give no edit: {e}"));
-        }
-        let req = self.state.run.request(image, &source, &target);
-        self.state.result_recipe = Some(self.recipe(&req));
+        let settings = &self.state.run;
+        let parts: Vec<RunPart> = match kind {
+            RunKind::Single => vec![RunPart {
+                label: method_label(settings.method).into(),
+                request: settings.request(image, &source, &targets[0]),
+            }],
+            // One inversion, three methods: Mirror with its plain DDIM comparison, then
+            // pix2pix-zero on the cached inversion.
+            RunKind::Compare => [Method::Mirror, Method::Pix2PixZero]
+                .into_iter()
+                .map(|method| {
+                    let mut req = settings.request(image.clone(), &source, &targets[0]);
+                    req.method = method;
+                    req.compare_ddim = method == Method::Mirror;
+                    RunPart {
+                        label: method_label(method).into(),
+                        request: req,
+                    }
+                })
+                .collect(),
+            RunKind::Targets => targets
+                .iter()
+                .map(|target| RunPart {
+                    label: format!("\"{target}\""),
+                    request: settings.request(image.clone(), &source, target),
+                })
+                .collect(),
+        };
+        let first = &parts[0].request;
+        self.state.result_recipe = Some(self.recipe(first));
+        self.state.shape = Some(RunShape {
+            kind,
+            method: first.method,
+            compare_ddim: first.compare_ddim,
+        });
         self.state.frames.clear();
+        self.state.target_results.clear();
         self.state.timeline = None;
         self.state.frame_stats = Default::default();
         self.textures.forget("");
         self.state.progress = Progress {
             running: true,
             started: Some(Instant::now()),
+            parts: parts.len(),
             ..Default::default()
         };
-        self.state
-            .emit(&format!("run_requested steps={}", req.steps));
-        self.worker.send(Command::Run(Box::new(req)));
+        self.state.emit(&format!(
+            "run_requested steps={} method={} parts={}",
+            first.steps,
+            first.method,
+            parts.len()
+        ));
+        self.worker.send(Command::Run(Box::new(RunJob { parts })));
     }
 
-    fn recipe(&self, req: &crate::engine::session::TranslateRequest) -> Recipe {
+    pub(crate) fn recipe(&self, req: &crate::engine::session::TranslateRequest) -> Recipe {
         let model = self.state.model_ready();
+        let mut extra = serde_json::Map::new();
+        if let Ok(direction) = serde_json::to_value(self.state.run.direction()) {
+            extra.insert("direction".into(), direction);
+        }
+        extra.insert("compare_ddim".into(), req.compare_ddim.into());
         Recipe {
             version: crate::engine::imageio::RECIPE_VERSION,
             method: req.method.name().into(),
@@ -248,46 +267,16 @@ impl MirrorApp {
             model: model.map(|m| m.name.clone()).unwrap_or_default(),
             model_hash: model.map(|m| m.fingerprint.clone()).unwrap_or_default(),
             image_hash: crate::engine::imageio::pixel_hash(&req.image),
-            extra: Default::default(),
+            extra,
         }
     }
+}
 
-    fn export_all(&mut self) {
-        if self.state.result.is_none() && self.state.frames.is_empty() {
-            return self
-                .state
-                .error("Nothing to export yet: run a translation first.");
-        }
-        let dir = std::path::PathBuf::from(self.state.export_dir.trim());
-        match export::export_all(&self.state, &dir) {
-            Ok(files) => {
-                self.state.emit(&format!("exported {}", files.len()));
-                self.state.note(format!(
-                    "Exported {} files to {}",
-                    files.len(),
-                    dir.display()
-                ));
-            }
-            Err(e) => self
-                .state
-                .error(format!("Export failed (your result is still here):\n{e}")),
-        }
-    }
-
-    fn save_translation_as(&mut self) {
-        let Some(path) = rfd::FileDialog::new()
-            .set_title("Save the translation")
-            .add_filter("PNG", &["png"])
-            .set_file_name(export::stem(&self.state) + "-translation.png")
-            .save_file()
-        else {
-            return;
-        };
-        match export::save_translation(&self.state, &path) {
-            Ok(()) => self.state.note(format!("Saved {}", path.display())),
-            Err(e) => self
-                .state
-                .error(format!("Could not save (your result is still here):\n{e}")),
-        }
+/// A method's name as the app shows it.
+pub fn method_label(method: Method) -> &'static str {
+    match method {
+        Method::Mirror => "MirrorDiffusion",
+        Method::Pix2PixZero => "pix2pix-zero",
+        Method::Ddim => "plain DDIM",
     }
 }

@@ -5,6 +5,8 @@
 pub mod actions;
 pub mod download;
 pub mod export;
+pub mod files;
+pub mod jobs;
 pub mod options;
 pub mod presets;
 pub mod settings;
@@ -32,13 +34,26 @@ pub const APP_ID: &str = "io.github.mirror_diffusion.Mirror";
 pub enum Action {
     OpenImageDialog,
     LoadImage(PathBuf),
-    LoadImageBytes { bytes: Vec<u8>, name: String },
+    /// A typed or pasted path: a model (folder, .safetensors, .ckpt) or an image.
+    OpenPath(PathBuf),
+    LoadImageBytes {
+        bytes: Vec<u8>,
+        name: String,
+    },
     PasteImage,
-    OpenModelDialog { folder: bool },
+    OpenModelDialog {
+        folder: bool,
+    },
     LoadModel(PathBuf),
     Download(&'static str),
     Run,
+    /// MirrorDiffusion, pix2pix-zero and plain DDIM from one inversion, side by side.
+    Compare,
+    /// The target prompt and every extra target, one after another on one inversion.
+    RunTargets,
     Cancel,
+    /// Stop a background job (an export) by its id.
+    CancelJob(u64),
     Export,
     SaveTranslationAs,
     ChooseExportDir,
@@ -49,6 +64,8 @@ pub enum Action {
 pub struct MirrorApp {
     pub state: AppState,
     pub(crate) worker: Worker,
+    /// Slow work off the UI thread (decoding, resizing, exports, dialogs, settings writes).
+    pub jobs: jobs::Jobs,
     pub(crate) textures: Textures,
     settings_dir: Option<PathBuf>,
     saved: Settings,
@@ -69,7 +86,8 @@ impl MirrorApp {
         ui::style::apply(&cc.egui_ctx);
         let ctx = cc.egui_ctx.clone();
         let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || ctx.request_repaint());
-        let worker = Worker::spawn(wake, options.inversion_cache_dir());
+        let worker = Worker::spawn(wake.clone(), options.inversion_cache_dir());
+        let jobs = jobs::Jobs::new(wake);
         let settings_dir = options.settings_dir.clone().or_else(Settings::default_dir);
         let mut state = AppState {
             print_events: options.print_events,
@@ -102,6 +120,7 @@ impl MirrorApp {
             saved: state.settings.clone(),
             state,
             worker,
+            jobs,
             textures: Textures::default(),
             settings_dir,
             last_save: Instant::now(),
@@ -123,7 +142,7 @@ impl MirrorApp {
     }
 
     /// Copies the editable fields into the persisted settings and writes them when changed
-    /// (at most every two seconds, and on exit).
+    /// (at most every two seconds, on a job thread; on exit right away).
     fn persist(&mut self, force: bool) {
         let s = &mut self.state.settings;
         s.run = self.state.run.clone();
@@ -134,15 +153,24 @@ impl MirrorApp {
         if *s == self.saved || (!force && self.last_save.elapsed() < Duration::from_secs(2)) {
             return;
         }
+        let writing = self
+            .jobs
+            .busy
+            .iter()
+            .any(|b| b.label == files::SAVING_SETTINGS);
+        if writing && !force {
+            return; // the next frame after it finishes writes the newer settings
+        }
         self.last_save = Instant::now();
-        if let Some(dir) = &self.settings_dir {
-            match self.state.settings.save(dir) {
-                Ok(()) => self.saved = self.state.settings.clone(),
-                Err(e) => {
-                    // Say it once; keep the in-memory settings.
-                    self.saved = self.state.settings.clone();
+        // A failed write is said once; the in-memory settings stay.
+        self.saved = self.state.settings.clone();
+        if let Some(dir) = self.settings_dir.clone() {
+            if force {
+                if let Err(e) = self.state.settings.save(&dir) {
                     self.state.note(format!("Could not save settings: {e}"));
                 }
+            } else {
+                self.save_settings(self.state.settings.clone(), dir);
             }
         }
     }
@@ -233,17 +261,21 @@ impl eframe::App for MirrorApp {
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         let started = Instant::now();
         let ctx = ui.ctx().clone();
+        self.state.frames_drawn += 1;
+        self.finish_jobs();
+        self.state.busy = self.jobs.busy.clone();
         self.drain_worker(&ctx);
         self.keyboard(&ctx);
         let mut actions = std::mem::take(&mut self.pending);
         ui::draw(ui, &mut self.state, &mut self.textures, &mut actions);
         for action in actions {
-            self.perform(action, &ctx);
+            self.perform(action);
         }
         if self.autorun && self.state.model_ready().is_some() && self.state.image.is_some() {
             self.autorun = false;
-            self.perform(Action::Run, &ctx);
+            self.perform(Action::Run);
         }
+        self.state.busy = self.jobs.busy.clone();
         self.persist(false);
         if self.state.progress.running || self.state.download.is_some() {
             // The ETA (and download progress, which comes without a wake-up) ticks between events.

@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::cli::DirectionRecipe;
 use crate::engine::imageio::{Recipe, ResizePolicy, write_atomic};
 use crate::engine::methods::mirror::{MirrorPreset, MirrorSettings};
-use crate::engine::session::{DirectionChoice, TranslateRequest};
+use crate::engine::session::{Method, TranslateRequest};
 
 const FILE_NAME: &str = "settings.json";
 const MAX_RECENT: usize = 8;
@@ -16,10 +17,15 @@ const MAX_RECENT: usize = 8;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RunSettings {
+    /// The editing method of the translation.
+    pub method: Method,
     pub steps: usize,
     pub guidance: f64,
     pub strength: f64,
     pub redescription_iterations: usize,
+    pub redescription_lr: f64,
+    /// Step size of the cross-attention guidance (MirrorDiffusion and pix2pix-zero).
+    pub xa_guidance: f64,
     pub preset: MirrorPreset,
     pub seed: u64,
     /// Also run plain DDIM for comparison (costs about as much again).
@@ -29,22 +35,31 @@ pub struct RunSettings {
     /// Custom sentence lists for the edit direction, one sentence a line (empty: templates).
     pub source_sentences: String,
     pub target_sentences: String,
+    /// The edit direction from the two prompts alone (no sentences).
+    pub direction_from_prompts: bool,
+    /// A saved edit direction (.safetensors); empty: none.
+    pub direction_file: String,
 }
 
 impl Default for RunSettings {
     fn default() -> Self {
         let m = MirrorSettings::default();
         Self {
+            method: Method::Mirror,
             steps: 50,
             guidance: m.guidance_scale,
             strength: 1.0,
             redescription_iterations: m.redescribe.iterations,
+            redescription_lr: m.redescribe.lr,
+            xa_guidance: m.xa_guidance,
             preset: m.preset,
             seed: 0,
             compare_ddim: true,
             decode_every: 5,
             source_sentences: String::new(),
             target_sentences: String::new(),
+            direction_from_prompts: false,
+            direction_file: String::new(),
         }
     }
 }
@@ -52,15 +67,24 @@ impl Default for RunSettings {
 impl RunSettings {
     pub fn request(&self, image: image::RgbImage, source: &str, target: &str) -> TranslateRequest {
         let mut req = TranslateRequest::new(image, source, target);
+        req.method = self.method;
         req.steps = self.steps.max(1);
         req.mirror = MirrorSettings::with_preset(self.preset);
         req.mirror.guidance_scale = self.guidance;
+        req.mirror.xa_guidance = self.xa_guidance;
         req.mirror.redescribe.iterations = self.redescription_iterations;
+        req.mirror.redescribe.lr = self.redescription_lr;
         req.edit_strength = self.strength;
         req.seed = self.seed;
         req.compare_ddim = self.compare_ddim;
         req.attention_maps = true;
         req.decode_every = (self.decode_every > 0).then_some(self.decode_every);
+        req.direction = self.direction().choice();
+        req
+    }
+
+    /// The edit direction as recipes record it.
+    pub fn direction(&self) -> DirectionRecipe {
         let lines = |s: &str| -> Vec<String> {
             s.lines()
                 .map(str::trim)
@@ -69,29 +93,66 @@ impl RunSettings {
                 .collect()
         };
         let (src, tgt) = (lines(&self.source_sentences), lines(&self.target_sentences));
-        if !src.is_empty() && !tgt.is_empty() {
-            req.direction = DirectionChoice::Sentences {
+        if !self.direction_file.trim().is_empty() {
+            DirectionRecipe::File(PathBuf::from(self.direction_file.trim()))
+        } else if self.direction_from_prompts {
+            DirectionRecipe::Prompt
+        } else if !src.is_empty() && !tgt.is_empty() {
+            DirectionRecipe::Sentences {
                 source: src,
                 target: tgt,
-            };
+            }
+        } else {
+            DirectionRecipe::Templates {
+                pairs: DirectionRecipe::default_pairs(),
+            }
         }
-        req
     }
 
-    /// Takes over what a recipe recorded.
-    pub fn apply_recipe(&mut self, r: &Recipe) {
+    /// Takes over everything a recipe recorded: method, preset, steps, seed, strengths,
+    /// guidance, redescription, the DDIM comparison and the edit direction. A value the
+    /// recipe cannot give back is an error naming it; nothing changes then.
+    pub fn apply_recipe(&mut self, r: &Recipe) -> Result<(), String> {
+        let mut next = self.clone();
+        if !r.method.is_empty() {
+            next.method = r.method.parse()?;
+        }
+        if !r.preset.is_empty() {
+            next.preset = r.preset.parse()?;
+        }
         if r.steps > 0 {
-            self.steps = r.steps;
+            next.steps = r.steps;
         }
-        self.seed = r.seed;
-        self.strength = r.edit_strength;
-        if r.guidance_scale > 0.0 {
-            self.guidance = r.guidance_scale;
+        next.seed = r.seed;
+        next.strength = r.edit_strength;
+        next.guidance = r.guidance_scale;
+        next.xa_guidance = r.xa_guidance;
+        next.redescription_iterations = r.redescription_iterations;
+        next.redescription_lr = r.redescription_lr;
+        next.compare_ddim = r
+            .extra
+            .get("compare_ddim")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(true);
+        if let Some(v) = r.extra.get("direction") {
+            let direction: DirectionRecipe = serde_json::from_value(v.clone())
+                .map_err(|e| format!("its edit direction is unreadable ({e})"))?;
+            next.source_sentences.clear();
+            next.target_sentences.clear();
+            next.direction_from_prompts = false;
+            next.direction_file.clear();
+            match direction {
+                DirectionRecipe::Templates { .. } => {}
+                DirectionRecipe::Prompt => next.direction_from_prompts = true,
+                DirectionRecipe::File(p) => next.direction_file = p.display().to_string(),
+                DirectionRecipe::Sentences { source, target } => {
+                    next.source_sentences = source.join("\n");
+                    next.target_sentences = target.join("\n");
+                }
+            }
         }
-        self.redescription_iterations = r.redescription_iterations;
-        if let Ok(p) = r.preset.parse() {
-            self.preset = p;
-        }
+        *self = next;
+        Ok(())
     }
 }
 
@@ -113,7 +174,7 @@ impl Default for Settings {
             recent_models: Vec::new(),
             recent_images: Vec::new(),
             run: RunSettings::default(),
-            resize: ResizePolicy::Crop,
+            resize: ResizePolicy::default(),
             export_dir: None,
             source_prompt: "a photo of a cat".into(),
             target_prompt: "a photo of a dog".into(),

@@ -8,9 +8,14 @@ use image::RgbImage;
 
 use crate::engine::imageio::{LoadedImage, Recipe, ResizePolicy};
 use crate::engine::pipeline::{Branch, Phase};
+use crate::engine::session::Method;
 use crate::engine::tokenizer::TokenWord;
-use crate::worker::{ModelSummary, RunSummary, StepFrame, WorkerEvent};
+use crate::worker::{
+    ModelSummary, RunSummary, StepFrame, StepWorkInfo, WorkerEvent, reconstruction_branch,
+    translation_branch,
+};
 
+use super::jobs::BusyJob;
 use super::settings::{RunSettings, Settings};
 
 #[derive(Debug, Clone, Default)]
@@ -37,6 +42,15 @@ pub struct SourceImage {
 #[derive(Debug, Clone, Default)]
 pub struct Progress {
     pub running: bool,
+    /// The part of the job running (a comparison or several targets have several), from 0.
+    pub part: usize,
+    pub parts: usize,
+    pub part_label: String,
+    /// Progress of the running part alone, 0..=1.
+    pub part_fraction: f32,
+    /// Work inside the current step (UNet calls, redescription iteration), when the engine
+    /// reports it.
+    pub step_work: Option<StepWorkInfo>,
     pub phase: Option<Phase>,
     pub phase_step: usize,
     pub phase_steps: usize,
@@ -47,13 +61,39 @@ pub struct Progress {
     pub reuses_inversion: bool,
 }
 
-/// Which preview branches a step shows, in display order.
-pub const PREVIEW_BRANCHES: [Branch; 4] = [
+/// What a run does: one method, the three methods side by side, or several targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RunKind {
+    #[default]
+    Single,
+    Compare,
+    Targets,
+}
+
+/// The shape of the running (or last) run: which branches it shows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunShape {
+    pub kind: RunKind,
+    pub method: Method,
+    pub compare_ddim: bool,
+}
+
+/// The branches of the three methods, in display order.
+pub const ALL_BRANCHES: [Branch; 6] = [
     Branch::MirrorReconstruction,
     Branch::MirrorTranslation,
+    Branch::Pix2PixZeroReconstruction,
+    Branch::Pix2PixZeroTranslation,
     Branch::DdimReconstruction,
     Branch::DdimTranslation,
 ];
+
+/// One finished translation of a many-targets run.
+#[derive(Debug, Clone)]
+pub struct TargetResult {
+    pub target: String,
+    pub image: RgbImage,
+}
 
 /// The attention-map view's choices.
 #[derive(Debug, Clone, PartialEq)]
@@ -129,6 +169,12 @@ pub struct AppState {
     /// The step the timeline shows; `None` follows the newest.
     pub timeline: Option<usize>,
     pub result: Option<RunSummary>,
+    /// The shape of the running or last run (None before the first).
+    pub shape: Option<RunShape>,
+    /// Several targets: one finished translation per target, in order.
+    pub target_results: Vec<TargetResult>,
+    /// More target prompts, one a line: each runs on the same inversion.
+    pub more_targets: String,
     /// Which request the result came from (for recipes and re-edit).
     pub result_recipe: Option<Recipe>,
     pub source_tokens: Vec<TokenWord>,
@@ -147,6 +193,16 @@ pub struct AppState {
     /// Print machine-checkable `EVENT …` lines on stdout (scripts, tests).
     pub print_events: bool,
     pub show_advanced: bool,
+    /// Background jobs in flight (decoding, exports, dialogs), as the UI shows them.
+    pub busy: Vec<BusyJob>,
+    /// Frames drawn since start (tests check the window keeps drawing while jobs run).
+    pub frames_drawn: u64,
+    /// A file dialog closed without a choice: show the other ways in prominently.
+    pub dialog_hint: bool,
+    /// Leave the frame time out of the status bar (steady snapshots).
+    pub hide_frame_time: bool,
+    /// The path field: an image or model path typed or pasted by the user.
+    pub path_field: String,
 }
 
 impl AppState {
@@ -196,17 +252,38 @@ impl AppState {
     }
 
     pub fn final_image(&self, branch: Branch) -> Option<&RgbImage> {
-        let images = &self.result.as_ref()?.images;
-        match branch {
-            Branch::MirrorTranslation | Branch::Pix2PixZeroTranslation => {
-                images.translation.as_ref()
-            }
-            Branch::MirrorReconstruction | Branch::Pix2PixZeroReconstruction => {
-                images.reconstruction.as_ref()
-            }
-            Branch::DdimReconstruction => images.ddim_reconstruction.as_ref(),
-            Branch::DdimTranslation => images.ddim_translation.as_ref(),
+        self.result.as_ref()?.images.get(branch)
+    }
+
+    /// The method whose translation is "the" result (the one Ctrl+S saves).
+    pub fn main_method(&self) -> Method {
+        self.shape
+            .as_ref()
+            .map_or(self.run.method, |s| match s.kind {
+                RunKind::Compare => Method::Mirror,
+                _ => s.method,
+            })
+    }
+
+    /// The branches the previews show, in display order: the method's reconstruction and
+    /// translation (then plain DDIM's when compared), or all three methods in a comparison.
+    pub fn preview_branches(&self) -> Vec<Branch> {
+        let shape = self.shape.clone().unwrap_or(RunShape {
+            kind: RunKind::Single,
+            method: self.run.method,
+            compare_ddim: self.run.compare_ddim,
+        });
+        if shape.kind == RunKind::Compare {
+            return ALL_BRANCHES.to_vec();
         }
+        let mut branches = vec![
+            reconstruction_branch(shape.method),
+            translation_branch(shape.method),
+        ];
+        if shape.compare_ddim && shape.method != Method::Ddim {
+            branches.extend([Branch::DdimReconstruction, Branch::DdimTranslation]);
+        }
+        branches
     }
 
     /// Applies one worker event. Returns true when the model changed (textures to drop).
@@ -236,7 +313,27 @@ impl AppState {
                 self.source_tokens = source;
                 self.target_tokens = target;
             }
-            WorkerEvent::RunStarted { reuses_inversion } => {
+            WorkerEvent::RunStarted {
+                part,
+                parts,
+                label,
+                reuses_inversion,
+            } => {
+                if part > 0
+                    && self
+                        .shape
+                        .as_ref()
+                        .is_some_and(|s| s.kind == RunKind::Targets)
+                {
+                    // Each target has its own steps; the grid keeps the finished ones.
+                    self.frames.clear();
+                    self.timeline = None;
+                }
+                self.progress.part = part;
+                self.progress.parts = parts;
+                self.progress.part_label = label;
+                self.progress.part_fraction = 0.0;
+                self.progress.phase = None;
                 self.progress.reuses_inversion = reuses_inversion;
                 if reuses_inversion {
                     self.note(
@@ -262,6 +359,10 @@ impl AppState {
                 self.progress.phase_steps = total;
             }
             WorkerEvent::Step(frame) => self.add_frame(*frame),
+            WorkerEvent::StepWork(work) => {
+                self.progress.step_work = Some(work);
+                self.update_fraction();
+            }
             WorkerEvent::Note(n) => self.note(n),
             WorkerEvent::Finished(summary) => self.finish(*summary),
             WorkerEvent::RunFailed(message) => {
@@ -314,6 +415,23 @@ impl AppState {
         } else {
             1.0
         };
+        self.progress.step_work = None;
+        if self
+            .shape
+            .as_ref()
+            .is_some_and(|s| s.kind == RunKind::Targets)
+        {
+            self.target_results = summary
+                .parts
+                .iter()
+                .filter_map(|p| {
+                    Some(TargetResult {
+                        target: p.target_prompt.clone(),
+                        image: p.images.get(p.translation_branch)?.clone(),
+                    })
+                })
+                .collect();
+        }
         self.emit(&format!(
             "finished cancelled={} steps={} reused_inversion={} seconds={:.2} frames={} frame_ms_mean={:.2} frame_ms_max={:.2}",
             summary.cancelled,
@@ -335,13 +453,25 @@ impl AppState {
         self.result = Some(summary);
     }
 
-    /// Overall progress: encode+invert take the first third, sampling the rest.
+    /// Overall progress: within a part, encode+invert take the first third and sampling the
+    /// rest (a step's UNet calls count as they happen); parts share the bar equally.
     fn update_fraction(&mut self) {
         let p = &mut self.progress;
+        let inside_step = match p.step_work {
+            Some(w)
+                if w.unet_calls_expected > 0
+                    && p.phase_steps > 0
+                    && w.step == p.phase_step
+                    && matches!(p.phase, Some(Phase::Redescribe) | Some(Phase::Translate)) =>
+            {
+                (w.unet_calls.min(w.unet_calls_expected) as f32) / w.unet_calls_expected as f32
+            }
+            _ => 0.0,
+        };
         let within = if p.phase_steps == 0 {
             0.0
         } else {
-            p.phase_step as f32 / p.phase_steps as f32
+            (p.phase_step as f32 + inside_step) / p.phase_steps as f32
         };
         let (start, span) = match p.phase {
             Some(Phase::Encode) | None => (0.0, 0.02),
@@ -355,6 +485,10 @@ impl AppState {
             Some(Phase::Redescribe) | Some(Phase::Translate) => (0.32, 0.66),
             Some(Phase::Decode) => (0.98, 0.02),
         };
-        p.fraction = p.fraction.max((start + span * within).min(1.0));
+        p.part_fraction = p.part_fraction.max((start + span * within).min(1.0));
+        let parts = p.parts.max(1) as f32;
+        p.fraction = p
+            .fraction
+            .max(((p.part as f32 + p.part_fraction) / parts).min(1.0));
     }
 }

@@ -55,8 +55,8 @@ pub fn overlay(base: &RgbImage, heat: &[f32], opacity: f32) -> RgbImage {
     for (i, px) in out.pixels_mut().enumerate() {
         let v = heat.get(i).map_or(0.0, |h| (h - min) / span);
         let c = inferno(v);
-        for k in 0..3 {
-            px.0[k] = (px.0[k] as f32 * (1.0 - opacity) + c[k] as f32 * opacity).round() as u8;
+        for (channel, heat) in px.0.iter_mut().zip(c) {
+            *channel = (*channel as f32 * (1.0 - opacity) + heat as f32 * opacity).round() as u8;
         }
     }
     out

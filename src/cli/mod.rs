@@ -2,12 +2,15 @@
 //! `translate` an image. Errors end the process with one line, `error: <message>`.
 
 mod convert;
+mod direction;
 mod dump;
 mod inspect;
 mod interrupt;
 mod outputs;
 mod progress;
 mod translate;
+
+pub use direction::DirectionRecipe;
 
 use std::ffi::OsString;
 use std::process::ExitCode;

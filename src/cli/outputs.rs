@@ -6,7 +6,9 @@ use anyhow::{Context, Result, bail};
 use candle_core::Tensor;
 use image::{RgbImage, imageops};
 
-use crate::engine::imageio::{Recipe, comparison_sheet, save_png_with_recipe, tensor_to_image};
+use crate::engine::imageio::{
+    Recipe, ResizePolicy, comparison_sheet, restore_size, save_png_with_recipe, tensor_to_image,
+};
 use crate::engine::pipeline::Branch;
 use crate::engine::session::{Method, TranslateOutcome};
 
@@ -50,9 +52,17 @@ pub fn to_image(t: &Tensor) -> Result<RgbImage> {
     Ok(tensor_to_image(t)?)
 }
 
-/// Saves `t` ([1, 3, H, W] in [-1, 1]) as PNG carrying `recipe`.
-pub fn save_tensor_png(t: &Tensor, recipe: &Recipe, path: &Path) -> Result<()> {
-    save_png_with_recipe(&to_image(t)?, Some(recipe), path)?;
+/// Saves `t` ([1, 3, H, W] in [-1, 1]) as PNG carrying `recipe`, at the size the resize
+/// policy delivers (`delivered`: the policy and the source's size).
+pub fn save_tensor_png(
+    t: &Tensor,
+    recipe: &Recipe,
+    delivered: (ResizePolicy, (u32, u32)),
+    path: &Path,
+) -> Result<()> {
+    let (policy, original) = delivered;
+    let image = restore_size(&to_image(t)?, original, policy);
+    save_png_with_recipe(&image, Some(recipe), path)?;
     Ok(())
 }
 

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, ValueEnum};
-use serde::{Deserialize, Serialize};
 
+use super::direction::DirectionRecipe;
 use super::dump::{DUMP_HELP, write_dump};
 use super::inspect::checkpoint_configs;
 use super::outputs::{check_writable, comparison_tiles, save_comparison, save_tensor_png};
@@ -15,13 +15,13 @@ use super::progress::Progress;
 use super::{Cancelled, interrupt};
 use crate::engine::device;
 use crate::engine::imageio::{
-    ImageLimits, RECIPE_VERSION, Recipe, ResizePolicy, describe_resize, load_image, plan_size,
-    read_recipe, resize,
+    ImageLimits, RECIPE_VERSION, Recipe, ResizePolicy, describe_resize, load_image,
+    processing_size, read_recipe, resize,
 };
 use crate::engine::methods::mirror::{MirrorPreset, MirrorSettings};
 use crate::engine::model::StableDiffusion;
 use crate::engine::pipeline::CancelToken;
-use crate::engine::session::{DirectionChoice, InversionCache, Method, Session, TranslateRequest};
+use crate::engine::session::{InversionCache, Method, Session, TranslateRequest};
 
 const AFTER_HELP: &str = "\
 Threads: --threads T sets RAYON_NUM_THREADS before anything runs (candle reads it). On small
@@ -36,11 +36,12 @@ it again; options given explicitly override the recipe's values.";
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum MethodArg {
-    /// MirrorDiffusion: redescribed reconstruction + attention-guided translation.
+    /// Recommended: the reconstruction mirrors the photo at every step, so only the edited
+    /// object changes.
     Mirror,
-    /// Plain DDIM inversion and sampling.
+    /// Analyse the photo, regenerate it with the new prompt (the plain baseline).
     Ddim,
-    /// pix2pix-zero: cross-attention guidance towards the reference pass.
+    /// An edit direction from example sentences, guided to keep the layout.
     #[value(name = "pix2pix-zero")]
     Pix2PixZero,
 }
@@ -57,9 +58,9 @@ impl From<MethodArg> for Method {
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum PresetArg {
-    /// algorithm.md Preset R: consistent inversion grid, schedules scaled to any step count.
+    /// Recommended: consistent settings whose schedules scale to any number of steps.
     Recommended,
-    /// The released code exactly (Preset F).
+    /// As in the authors' released code, step for step.
     Authors,
 }
 
@@ -74,7 +75,10 @@ impl From<PresetArg> for MirrorPreset {
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ResizeArg {
-    /// Centre-crop to the aspect ratio, then resize.
+    /// Keep the photo's shape: the model's native area at its aspect ratio; outputs come back
+    /// at the photo's own size.
+    Keep,
+    /// Centre-crop to the model's square (or --size), then resize.
     Crop,
     /// Resize, distorting the aspect ratio.
     Stretch,
@@ -85,6 +89,7 @@ pub enum ResizeArg {
 impl From<ResizeArg> for ResizePolicy {
     fn from(r: ResizeArg) -> ResizePolicy {
         match r {
+            ResizeArg::Keep => ResizePolicy::Keep,
             ResizeArg::Crop => ResizePolicy::Crop,
             ResizeArg::Stretch => ResizePolicy::Stretch,
             ResizeArg::Pad => ResizePolicy::Pad,
@@ -136,31 +141,32 @@ pub struct TranslateArgs {
     /// DDIM steps, shared by inversion and sampling [default: 50].
     #[arg(long, value_name = "N")]
     pub steps: Option<usize>,
-    /// Seed (VAE posterior sample of the authors' preset) [default: 0].
+    /// Seed of the random choices (used by the authors' preset) [default: 0].
     #[arg(long, value_name = "S")]
     pub seed: Option<u64>,
     /// Multiplier of the edit direction [default: 1].
     #[arg(long, value_name = "ALPHA")]
     pub strength: Option<f64>,
-    /// Classifier-free guidance of the translation branch [default: 5].
+    /// How strongly the target prompt is followed [default: 5].
     #[arg(long, value_name = "G")]
     pub guidance: Option<f64>,
-    /// Learning rate of the cross-attention guidance [default: 0.1].
+    /// How strongly the photo's layout is held in place while editing [default: 0.1].
     #[arg(long, value_name = "E")]
     pub xa_guidance: Option<f64>,
-    /// Prompt-redescription Adam iterations per step [default: 10].
+    /// MirrorDiffusion: refinement iterations of the photo's description per step [default: 10].
     #[arg(long, value_name = "K")]
     pub redescribe_iters: Option<usize>,
-    /// Prompt-redescription learning rate [default: 0.01].
+    /// MirrorDiffusion: step size of that refinement [default: 0.01].
     #[arg(long, value_name = "LR")]
     pub redescribe_lr: Option<f64>,
-    /// How an image of another aspect ratio is fitted [default: crop].
+    /// How the image is brought to the model's size [default: keep].
     #[arg(long, value_enum)]
     pub resize: Option<ResizeArg>,
-    /// Processing size (multiples of the model's size factor) [default: the model's square].
+    /// Processing size (multiples of the model's size factor) [default: the model's native
+    /// area at the image's shape with `--resize keep`, else the model's square].
     #[arg(long, value_name = "WxH", value_parser = parse_size)]
     pub size: Option<Size>,
-    /// Skip the plain DDIM comparison branches.
+    /// Skip the plain DDIM comparison (faster).
     #[arg(long)]
     pub no_ddim: bool,
     /// Edit direction: `templates` (sentences around the changed phrase), `prompt`
@@ -201,35 +207,6 @@ pub struct TranslateArgs {
     /// Compute threads (sets RAYON_NUM_THREADS).
     #[arg(long, value_name = "T")]
     pub threads: Option<usize>,
-}
-
-/// How the edit direction was chosen, as stored in the recipe's `extra.direction`.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-#[serde(rename_all = "kebab-case")]
-enum DirectionRecipe {
-    Templates {
-        pairs: usize,
-    },
-    Prompt,
-    File(PathBuf),
-    Sentences {
-        source: Vec<String>,
-        target: Vec<String>,
-    },
-}
-
-impl DirectionRecipe {
-    fn choice(&self) -> DirectionChoice {
-        match self {
-            DirectionRecipe::Templates { pairs } => DirectionChoice::Templates { pairs: *pairs },
-            DirectionRecipe::Prompt => DirectionChoice::PromptDifference,
-            DirectionRecipe::File(p) => DirectionChoice::File(p.clone()),
-            DirectionRecipe::Sentences { source, target } => DirectionChoice::Sentences {
-                source: source.clone(),
-                target: target.clone(),
-            },
-        }
-    }
 }
 
 /// The run's settings once the recipe (if any) and the flags are merged.
@@ -299,7 +276,7 @@ fn plan(args: &TranslateArgs) -> Result<Plan> {
         }
         (Some(d), None) => match d.as_str() {
             "templates" => DirectionRecipe::Templates {
-                pairs: default_pairs(),
+                pairs: DirectionRecipe::default_pairs(),
             },
             "prompt" => DirectionRecipe::Prompt,
             file => DirectionRecipe::File(PathBuf::from(file)),
@@ -308,7 +285,7 @@ fn plan(args: &TranslateArgs) -> Result<Plan> {
             Some(v) => serde_json::from_value(v.clone())
                 .map_err(|e| anyhow!("recipe: field `extra.direction`: {e}"))?,
             None => DirectionRecipe::Templates {
-                pairs: default_pairs(),
+                pairs: DirectionRecipe::default_pairs(),
             },
         },
     };
@@ -364,13 +341,6 @@ fn plan(args: &TranslateArgs) -> Result<Plan> {
         direction,
         recipe,
     })
-}
-
-fn default_pairs() -> usize {
-    match DirectionChoice::default() {
-        DirectionChoice::Templates { pairs } => pairs,
-        _ => 512,
-    }
 }
 
 /// Non-empty lines, `#` comments skipped.
@@ -463,9 +433,10 @@ pub fn run(args: &TranslateArgs) -> Result<()> {
         }
     }
     let side = sd.default_image_side() as u32;
-    let size = plan_size(
+    let size = processing_size(
         loaded.original_size,
         plan.size,
+        plan.resize,
         side,
         sd.size_multiple() as u32,
     )?;
@@ -535,6 +506,8 @@ pub fn run(args: &TranslateArgs) -> Result<()> {
     };
 
     let images = &outcome.images;
+    // `keep` delivers at the photo's own size; the other policies at the processing size.
+    let delivered = (plan.resize, loaded.original_size);
     let mut wrote = Vec::new();
     if let Some(path) = &outputs.dump {
         let metadata = HashMap::from([
@@ -568,7 +541,7 @@ pub fn run(args: &TranslateArgs) -> Result<()> {
             let t = image
                 .as_ref()
                 .ok_or_else(|| anyhow!("the run produced no {what}"))?;
-            save_tensor_png(t, &recipe, path)?;
+            save_tensor_png(t, &recipe, delivered, path)?;
             wrote.push(path.clone());
         }
     }
@@ -584,7 +557,7 @@ pub fn run(args: &TranslateArgs) -> Result<()> {
         .translation
         .as_ref()
         .ok_or_else(|| anyhow!("the run produced no translation"))?;
-    save_tensor_png(translation, &recipe, &outputs.out)?;
+    save_tensor_png(translation, &recipe, delivered, &outputs.out)?;
     wrote.push(outputs.out.clone());
 
     let phrase = outcome

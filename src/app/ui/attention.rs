@@ -9,8 +9,13 @@ use crate::app::state::AppState;
 use crate::app::textures::{Textures, color_image, overlay};
 use crate::engine::pipeline::{Branch, TokenHeatmaps};
 use crate::engine::tokenizer::TokenWord;
+use crate::worker::{reconstruction_branch, translation_branch};
 
-const BRANCHES: [Branch; 2] = [Branch::MirrorReconstruction, Branch::MirrorTranslation];
+/// The main method's reconstruction and translation (attention is recorded for both).
+fn branches(state: &AppState) -> [Branch; 2] {
+    let method = state.main_method();
+    [reconstruction_branch(method), translation_branch(method)]
+}
 
 pub fn attention_view(ui: &mut Ui, state: &mut AppState, tex: &mut Textures) {
     word_row(
@@ -65,7 +70,7 @@ pub fn attention_view(ui: &mut Ui, state: &mut AppState, tex: &mut Textures) {
         "“{word}” · {when} (use the timeline in Steps to pick the step)"
     ));
     ui.horizontal_top(|ui| {
-        for branch in BRANCHES {
+        for branch in branches(state) {
             let Some(base) = state
                 .frames
                 .get(step)

@@ -3,12 +3,74 @@
 use egui::{RichText, Ui, Vec2};
 
 use crate::app::Action;
+use crate::app::actions::method_label;
 use crate::app::presets::PRESETS;
 use crate::app::state::AppState;
 use crate::app::textures::Textures;
 use crate::engine::direction::find_edit_phrase;
-use crate::engine::imageio::{ResizePolicy, describe_resize, plan_size};
+use crate::engine::imageio::{ResizePolicy, describe_resize, processing_size};
 use crate::engine::methods::mirror::MirrorPreset;
+use crate::engine::pipeline::Phase;
+use crate::engine::session::Method;
+
+/// The methods the app offers, with what each does.
+const METHODS: [(Method, &str); 3] = [
+    (
+        Method::Mirror,
+        "Recommended: keeps everything but the edited object in place by making the \
+         reconstruction mirror the photo at every step.",
+    ),
+    (
+        Method::Pix2PixZero,
+        "Edits along a direction learned from example sentences, guided to keep the photo's \
+         layout.",
+    ),
+    (
+        Method::Ddim,
+        "The plain baseline: analyse the photo, then regenerate it with the new prompt. \
+         The background often changes too.",
+    ),
+];
+
+/// The MirrorDiffusion variants, with what each does.
+const PRESETS_SHOWN: [(MirrorPreset, &str); 2] = [
+    (
+        MirrorPreset::Recommended,
+        "Recommended: consistent settings that scale to any number of steps.",
+    ),
+    (
+        MirrorPreset::Authors,
+        "As in the authors' released code, step for step.",
+    ),
+];
+
+fn preset_label(p: MirrorPreset) -> &'static str {
+    match p {
+        MirrorPreset::Recommended => "recommended",
+        MirrorPreset::Authors => "as the authors' code",
+    }
+}
+
+/// A resize choice in a few words (the menu says more).
+fn short_resize(p: ResizePolicy) -> &'static str {
+    match p {
+        ResizePolicy::Keep => "keep the shape",
+        ResizePolicy::Crop => "crop to square",
+        ResizePolicy::Stretch => "stretch to square",
+        ResizePolicy::Pad => "pad to square",
+    }
+}
+
+/// What a phase is doing, in words.
+pub fn phase_words(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Encode => "reading the photo",
+        Phase::Invert => "analysing the photo",
+        Phase::Redescribe => "redescribing and editing",
+        Phase::Translate => "editing",
+        Phase::Decode => "finishing the images",
+    }
+}
 
 pub fn controls(ui: &mut Ui, state: &mut AppState, tex: &mut Textures, actions: &mut Vec<Action>) {
     image_section(ui, state, tex, actions);
@@ -36,9 +98,13 @@ fn image_section(ui: &mut Ui, state: &mut AppState, tex: &mut Textures, actions:
             actions.push(Action::PasteImage);
         }
     });
+    if state.image.is_none() || state.dialog_hint {
+        super::path_entry(ui, state, actions, "or type the image's path");
+    }
     let Some(img) = &state.image else {
         ui.label(
-            RichText::new("Drop an image on the window, open one (Ctrl+O) or paste it.").weak(),
+            RichText::new("Drop an image on the window, open one (Ctrl+O) or paste it (Ctrl+V).")
+                .weak(),
         );
         return;
     };
@@ -52,14 +118,16 @@ fn image_section(ui: &mut Ui, state: &mut AppState, tex: &mut Textures, actions:
     let (w, h) = img.loaded.original_size;
     ui.label(format!("{w}×{h} pixels"));
     egui::ComboBox::from_label("Resize")
-        .selected_text(state.resize.name())
+        .selected_text(short_resize(state.resize))
         .show_ui(ui, |ui| {
             for p in ResizePolicy::ALL {
-                ui.selectable_value(&mut state.resize, p, p.name());
+                ui.selectable_value(&mut state.resize, p, p.describe());
             }
-        });
+        })
+        .response
+        .on_hover_text(state.resize.describe());
     if let Some(m) = state.model_ready() {
-        match plan_size((w, h), None, m.default_side, m.size_multiple) {
+        match processing_size((w, h), None, state.resize, m.default_side, m.size_multiple) {
             Ok(target) => {
                 ui.label(
                     RichText::new(
@@ -77,6 +145,22 @@ fn image_section(ui: &mut Ui, state: &mut AppState, tex: &mut Textures, actions:
 
 fn prompt_section(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) {
     ui.label(RichText::new("Edit").strong());
+    let method = &mut state.run.method;
+    egui::ComboBox::from_label("Method")
+        .selected_text(method_label(*method))
+        .show_ui(ui, |ui| {
+            for (m, hint) in METHODS {
+                ui.selectable_value(method, m, method_label(m))
+                    .on_hover_text(hint);
+            }
+        })
+        .response
+        .on_hover_text(
+            METHODS
+                .iter()
+                .find(|(m, _)| m == method)
+                .map_or("", |(_, hint)| *hint),
+        );
     egui::ComboBox::from_label("Preset")
         .selected_text("choose…")
         .show_ui(ui, |ui| {
@@ -101,6 +185,18 @@ fn prompt_section(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) 
     if a.lost_focus() || b.lost_focus() {
         actions.push(Action::Tokenize);
     }
+    let l = ui.label("More targets (one a line)");
+    ui.add(
+        egui::TextEdit::multiline(&mut state.more_targets)
+            .hint_text("a photo of a fox\na photo of a tiger")
+            .desired_rows(2)
+            .desired_width(f32::INFINITY),
+    )
+    .labelled_by(l.id)
+    .on_hover_text(
+        "Each line is another target for the same photo: the photo is analysed once, \
+         then every target runs on it (\"Run all targets\").",
+    );
     match find_edit_phrase(&state.source_prompt, &state.target_prompt) {
         Ok(p) if p.source.is_empty() && p.target.is_empty() => {
             ui.label(
@@ -136,12 +232,28 @@ fn advanced_section(ui: &mut Ui, state: &mut AppState) {
     egui::CollapsingHeader::new("Advanced")
         .open(state.show_advanced.then_some(true))
         .show(ui, |ui| {
-            ui.add(egui::Slider::new(&mut r.steps, 1..=100).text("Steps"));
-            ui.add(egui::Slider::new(&mut r.strength, 0.0..=2.0).text("Strength"));
-            ui.add(egui::Slider::new(&mut r.guidance, 1.0..=15.0).text("Guidance"));
+            ui.add(egui::Slider::new(&mut r.steps, 1..=100).text("Steps"))
+                .on_hover_text("More steps: finer results, longer runs.");
+            ui.add(egui::Slider::new(&mut r.strength, 0.0..=2.0).text("Strength"))
+                .on_hover_text("How far the edit goes: 0 keeps the photo, 1 is the full edit.");
+            ui.add(egui::Slider::new(&mut r.guidance, 1.0..=15.0).text("Guidance"))
+                .on_hover_text("How strongly the target prompt is followed.");
+            ui.add(
+                egui::Slider::new(&mut r.xa_guidance, 0.0..=0.5)
+                    .text("Structure guidance")
+                    .step_by(0.01),
+            )
+            .on_hover_text(
+                "How strongly the layout of the photo is held in place while editing \
+                 (MirrorDiffusion and pix2pix-zero).",
+            );
             ui.add(
                 egui::Slider::new(&mut r.redescription_iterations, 0..=30)
                     .text("Redescription iterations"),
+            )
+            .on_hover_text(
+                "MirrorDiffusion refines the description of the photo at every step so that \
+                 the reconstruction mirrors it; more iterations: closer, slower.",
             );
             ui.add(egui::Slider::new(&mut r.decode_every, 0..=20).text("Decode previews every"))
                 .on_hover_text(
@@ -158,13 +270,24 @@ fn advanced_section(ui: &mut Ui, state: &mut AppState) {
             {
                 r.seed = seed as u64;
             }
-            egui::ComboBox::from_label("Method preset")
-                .selected_text(r.preset.to_string())
+            egui::ComboBox::from_label("MirrorDiffusion variant")
+                .selected_text(preset_label(r.preset))
                 .show_ui(ui, |ui| {
-                    ui.selectable_value(&mut r.preset, MirrorPreset::Recommended, "recommended");
-                    ui.selectable_value(&mut r.preset, MirrorPreset::Authors, "authors");
+                    for (p, hint) in PRESETS_SHOWN {
+                        ui.selectable_value(&mut r.preset, p, preset_label(p))
+                            .on_hover_text(hint);
+                    }
                 });
-            ui.checkbox(&mut r.compare_ddim, "Also run plain DDIM (for comparison)");
+            ui.checkbox(&mut r.compare_ddim, "Also run plain DDIM (for comparison)")
+                .on_hover_text("Shows what plain DDIM makes of the same photo, step by step.");
+            ui.checkbox(
+                &mut r.direction_from_prompts,
+                "Edit direction from the two prompts only",
+            )
+            .on_hover_text(
+                "Off: the direction comes from many example sentences around the changed words \
+                 (more robust).",
+            );
             ui.label(
                 RichText::new("Custom sentences (one a line; both lists, or none for templates)")
                     .small(),
@@ -188,15 +311,33 @@ fn advanced_section(ui: &mut Ui, state: &mut AppState) {
 
 fn run_section(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) {
     let running = state.progress.running;
-    ui.horizontal(|ui| {
-        let can_run = !running && state.image.is_some();
+    let can_run = !running && state.image.is_some();
+    ui.horizontal_wrapped(|ui| {
         let run = egui::Button::new(RichText::new("Run").strong()).min_size(Vec2::new(90.0, 28.0));
         if ui
             .add_enabled(can_run, run)
-            .on_hover_text("Ctrl+Enter")
+            .on_hover_text("Translate with the chosen method (Ctrl+Enter)")
             .clicked()
         {
             actions.push(Action::Run);
+        }
+        if ui
+            .add_enabled(can_run, egui::Button::new("Compare methods"))
+            .on_hover_text(
+                "MirrorDiffusion, pix2pix-zero and plain DDIM on the same photo, side by side \
+                 (the photo is analysed once).",
+            )
+            .clicked()
+        {
+            actions.push(Action::Compare);
+        }
+        let has_more = state.more_targets.lines().any(|l| !l.trim().is_empty());
+        if ui
+            .add_enabled(can_run && has_more, egui::Button::new("Run all targets"))
+            .on_hover_text("The target prompt and every extra target, one after another.")
+            .clicked()
+        {
+            actions.push(Action::RunTargets);
         }
         if ui
             .add_enabled(
@@ -211,11 +352,31 @@ fn run_section(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) {
     });
     if running {
         let p = &state.progress;
-        let phase = p.phase.map_or("starting", |ph| ph.label());
+        let phase = p.phase.map_or("starting", |ph| phase_words(ph));
+        let part = if p.parts > 1 {
+            format!("{} ({}/{}) · ", p.part_label, p.part + 1, p.parts)
+        } else {
+            String::new()
+        };
+        let work = p.step_work.map_or(String::new(), |w| {
+            let redescribe = w
+                .redescription
+                .map_or(String::new(), |(i, n)| format!(" · redescription {i}/{n}"));
+            format!(
+                " · step {}/{}{redescribe} · {} of {} network passes",
+                w.step + 1,
+                w.steps,
+                w.unet_calls,
+                w.unet_calls_expected
+            )
+        });
         let eta = state.eta().map_or(String::new(), |s| {
             format!(" · {} left", super::status::fmt_secs(s))
         });
-        ui.add(egui::ProgressBar::new(p.fraction).text(format!("{phase}{eta}")));
+        ui.add(egui::ProgressBar::new(p.fraction).text(format!("{part}{phase}{eta}")));
+        if !work.is_empty() {
+            ui.label(RichText::new(work.trim_start_matches(" · ")).small().weak());
+        }
     }
     if state.progress.reuses_inversion {
         ui.label(

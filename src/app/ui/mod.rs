@@ -20,9 +20,11 @@ pub fn draw(ui: &mut Ui, state: &mut AppState, tex: &mut Textures, actions: &mut
     egui::Panel::bottom("status").show(ui, |ui| status::status_bar(ui, state));
     let has_model = matches!(state.model, ModelStatus::Ready(_));
     if has_model {
+        // A third of a small window, at most 420 px on a large one.
+        let width = ui.ctx().content_rect().width();
         egui::Panel::left("controls")
-            .default_size(340.0)
-            .size_range(300.0..=480.0)
+            .default_size((width * 0.3).clamp(280.0, 420.0))
+            .size_range(260.0..=480.0)
             .show(ui, |ui| {
                 egui::ScrollArea::vertical()
                     .show(ui, |ui| controls::controls(ui, state, tex, actions));
@@ -41,7 +43,12 @@ pub fn draw(ui: &mut Ui, state: &mut AppState, tex: &mut Textures, actions: &mut
             });
             ui.separator();
             match state.view {
-                View::Steps => steps::steps_view(ui, state, tex),
+                // The steps view scrolls when a small window cannot hold tiles and plots.
+                View::Steps => {
+                    egui::ScrollArea::vertical()
+                        .auto_shrink([false, false])
+                        .show(ui, |ui| steps::steps_view(ui, state, tex));
+                }
                 View::Attention => attention::attention_view(ui, state, tex),
                 View::Compare => compare::compare_view(ui, state, tex),
             }
@@ -76,9 +83,9 @@ fn menu_bar(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) {
                 actions.push(Action::SaveTranslationAs);
             }
         });
-        ui.with_layout(
-            egui::Layout::right_to_left(egui::Align::Center),
-            |ui| match &state.model {
+        ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+            busy_line(ui, state, actions);
+            match &state.model {
                 ModelStatus::Ready(m) => {
                     ui.label(RichText::new(format!("Model: {} · {}", m.name, m.kind)).weak());
                 }
@@ -89,8 +96,8 @@ fn menu_bar(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) {
                 _ => {
                     ui.label(RichText::new("No model loaded").weak());
                 }
-            },
-        );
+            }
+        });
     });
 }
 
@@ -145,6 +152,57 @@ pub fn tile(ui: &mut Ui, tex: Option<&TextureHandle>, caption: &str, max: Vec2) 
         }
         ui.label(RichText::new(caption).small());
     });
+}
+
+/// The way in without a file dialog: a path typed or pasted, opened as a model (a folder, a
+/// .safetensors or .ckpt file) or an image. After a dialog closed without a choice the hint
+/// says so prominently.
+pub fn path_entry(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>, hint: &str) {
+    if state.dialog_hint {
+        ui.label(RichText::new(crate::app::files::NO_DIALOG_HINT).color(style::ACCENT));
+    }
+    ui.horizontal(|ui| {
+        let l = ui.label("Path");
+        let field = ui
+            .add(
+                egui::TextEdit::singleline(&mut state.path_field)
+                    .hint_text(hint)
+                    .desired_width(ui.available_width() - 60.0),
+            )
+            .labelled_by(l.id);
+        let enter = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+        let open = ui
+            .add_enabled(
+                !state.path_field.trim().is_empty(),
+                egui::Button::new("Open"),
+            )
+            .on_hover_text("Open the model or image at this path")
+            .clicked();
+        if (open || enter) && !state.path_field.trim().is_empty() {
+            actions.push(Action::OpenPath(state.path_field.trim().into()));
+        }
+    });
+}
+
+/// Background jobs in flight, with a spinner and Cancel where it makes sense.
+fn busy_line(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
+    // Settings writes are quick and routine: not worth a spinner.
+    let shown = state
+        .busy
+        .iter()
+        .filter(|j| j.label != crate::app::files::SAVING_SETTINGS);
+    for job in shown {
+        if job.cancellable
+            && ui
+                .small_button("Cancel")
+                .on_hover_text(format!("Stop: {}", job.label))
+                .clicked()
+        {
+            actions.push(Action::CancelJob(job.id));
+        }
+        ui.label(format!("{}…", job.label));
+        ui.spinner();
+    }
 }
 
 /// A labelled single-line text field (the label is its accessible name).

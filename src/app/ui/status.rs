@@ -8,7 +8,7 @@ pub fn status_bar(ui: &mut Ui, state: &AppState) {
     ui.horizontal(|ui| {
         let p = &state.progress;
         if p.running {
-            let phase = p.phase.map_or("starting", |ph| ph.label());
+            let phase = p.phase.map_or("starting", super::controls::phase_words);
             let eta = state
                 .eta()
                 .map_or(String::new(), |s| format!(" · about {} left", fmt_secs(s)));
@@ -31,6 +31,9 @@ pub fn status_bar(ui: &mut Ui, state: &AppState) {
             ui.label(RichText::new(note).weak());
         } else {
             ui.label(RichText::new("Ready").weak());
+        }
+        if state.hide_frame_time {
+            return;
         }
         ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
             let ms = state.frame_stats.last.as_secs_f64() * 1000.0;

@@ -4,11 +4,15 @@
 use egui::{RichText, Ui, Vec2};
 use egui_plot::{Legend, Line, Plot, PlotPoints};
 
-use crate::app::state::{AppState, PREVIEW_BRANCHES};
+use crate::app::state::AppState;
 use crate::app::textures::Textures;
 use crate::engine::pipeline::Branch;
 
 pub fn steps_view(ui: &mut Ui, state: &mut AppState, tex: &mut Textures) {
+    if !state.target_results.is_empty() {
+        targets_grid(ui, state, tex);
+        ui.separator();
+    }
     previews(ui, state, tex);
     ui.add_space(6.0);
     timeline(ui, state);
@@ -17,44 +21,78 @@ pub fn steps_view(ui: &mut Ui, state: &mut AppState, tex: &mut Textures) {
 }
 
 fn previews(ui: &mut Ui, state: &AppState, tex: &mut Textures) {
-    let branches: Vec<Branch> = PREVIEW_BRANCHES
-        .into_iter()
-        .filter(|b| {
-            state.run.compare_ddim
-                || !matches!(b, Branch::DdimReconstruction | Branch::DdimTranslation)
-        })
-        .collect();
+    let branches = state.preview_branches();
     let n = branches.len() + 1;
+    // As many tiles a row as fit at a legible size; rows share the upper half of the view.
     let gap = ui.spacing().item_spacing.x;
-    let side = ((ui.available_width() - gap * (n as f32 - 1.0)) / n as f32).clamp(96.0, 320.0);
+    let width = ui.available_width();
+    let cols = (1..=n)
+        .rev()
+        .find(|&c| (width - gap * (c as f32 - 1.0)) / c as f32 >= MIN_TILE)
+        .unwrap_or(1);
+    let rows = n.div_ceil(cols);
+    let caption_room = 22.0;
+    let by_width = (width - gap * (cols as f32 - 1.0)) / cols as f32;
+    // The visible height (inside the scroll area the available height is unbounded).
+    let by_height = (ui.clip_rect().height() * 0.55) / rows as f32 - caption_room;
+    let side = by_width
+        .min(by_height)
+        .clamp(MIN_TILE.min(by_width), MAX_TILE);
     let size = Vec2::new(side, side);
     let step = state.shown_step();
     let last = state.frames.len().checked_sub(1);
     let finished = state.result.is_some() && !state.progress.running && step == last;
-    ui.horizontal_top(|ui| {
-        let source_img = state.image.as_ref().map(|i| &i.loaded.rgb);
-        let t = tex.rgb(ui.ctx(), "source/full", source_img);
-        super::tile(ui, t.as_ref(), "Source", size);
-        for branch in branches {
-            // The finished run's full-quality image on the last step; else the step preview.
-            let (key, img) = match (finished, state.final_image(branch)) {
-                (true, Some(img)) => (format!("final/{branch:?}"), Some(img)),
-                _ => {
-                    let b = step
-                        .and_then(|s| state.frames.get(s))
-                        .and_then(|f| f.branches.iter().find(|b| b.branch == branch));
-                    (
-                        format!("step/{}/{branch:?}", step.unwrap_or(0)),
-                        b.map(|b| &b.preview),
-                    )
-                }
-            };
-            let t = tex.rgb(ui.ctx(), &key, img);
-            let caption = caption(state, branch, step);
-            super::tile(ui, t.as_ref(), &caption, size);
+    let mut tiles: Vec<Option<Branch>> = vec![None];
+    tiles.extend(branches.into_iter().map(Some));
+    for row in tiles.chunks(cols) {
+        ui.horizontal_top(|ui| {
+            for tile in row {
+                let Some(branch) = *tile else {
+                    let source_img = state.image.as_ref().map(|i| &i.loaded.rgb);
+                    let t = tex.rgb(ui.ctx(), "source/full", source_img);
+                    super::tile(ui, t.as_ref(), "Source", size);
+                    continue;
+                };
+                // The finished run's full-quality image on the last step; else the step preview.
+                let (key, img) = match (finished, state.final_image(branch)) {
+                    (true, Some(img)) => (format!("final/{branch:?}"), Some(img)),
+                    _ => {
+                        let b = step
+                            .and_then(|s| state.frames.get(s))
+                            .and_then(|f| f.branches.iter().find(|b| b.branch == branch));
+                        (
+                            format!("step/{}/{branch:?}", step.unwrap_or(0)),
+                            b.map(|b| &b.preview),
+                        )
+                    }
+                };
+                let t = tex.rgb(ui.ctx(), &key, img);
+                let caption = caption(state, branch, step);
+                super::tile(ui, t.as_ref(), &caption, size);
+            }
+        });
+    }
+}
+
+/// Several targets: every finished translation, one tile each, under its target prompt.
+fn targets_grid(ui: &mut Ui, state: &AppState, tex: &mut Textures) {
+    ui.label(RichText::new("Every target, from one analysis of the photo").small());
+    let n = state.target_results.len();
+    let gap = ui.spacing().item_spacing.x;
+    let side = ((ui.available_width() - gap * (n as f32 - 1.0)) / n as f32)
+        .min(ui.clip_rect().height() * 0.3)
+        .clamp(48.0, MAX_TILE);
+    ui.horizontal_wrapped(|ui| {
+        for (i, t) in state.target_results.iter().enumerate() {
+            let tex = tex.rgb(ui.ctx(), &format!("final/target/{i}"), Some(&t.image));
+            super::tile(ui, tex.as_ref(), &t.target, Vec2::splat(side));
         }
     });
 }
+
+/// Preview tiles are at least this wide (else they wrap to another row) and at most this.
+const MIN_TILE: f32 = 110.0;
+const MAX_TILE: f32 = 720.0;
 
 fn caption(state: &AppState, branch: Branch, step: Option<usize>) -> String {
     let err = step
@@ -112,7 +150,8 @@ fn plots(ui: &mut Ui, state: &AppState) {
     if state.frames.is_empty() {
         return;
     }
-    let height = (ui.available_height() - 40.0).clamp(120.0, 420.0);
+    let room = ui.clip_rect().bottom() - ui.cursor().top() - 40.0;
+    let height = room.clamp(120.0, (ui.clip_rect().height() * 0.45).max(420.0));
     let width = ui.available_width() / 2.0 - 8.0;
     let shown = state.shown_step().unwrap_or(0) as f64 + 1.0;
     ui.horizontal(|ui| {
@@ -130,7 +169,8 @@ fn plots(ui: &mut Ui, state: &AppState) {
                 .x_axis_label("step")
                 .allow_scroll(false)
                 .show(ui, |p| {
-                    for branch in PREVIEW_BRANCHES
+                    for branch in state
+                        .preview_branches()
                         .into_iter()
                         .filter(|b| b.is_reconstruction())
                     {

@@ -15,7 +15,8 @@ pub fn branch_colour(branch: crate::engine::pipeline::Branch) -> Color32 {
         MirrorTranslation => Color32::from_rgb(240, 100, 130),
         DdimReconstruction => Color32::from_rgb(120, 200, 255),
         DdimTranslation => Color32::from_rgb(150, 140, 255),
-        _ => Color32::GRAY,
+        Pix2PixZeroReconstruction => Color32::from_rgb(130, 220, 140),
+        Pix2PixZeroTranslation => Color32::from_rgb(200, 230, 110),
     }
 }
 

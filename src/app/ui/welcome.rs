@@ -61,6 +61,7 @@ pub fn welcome(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) {
                 actions.push(Action::OpenModelDialog { folder: false });
             }
         });
+        super::path_entry(ui, state, actions, "or type the model's folder or file path");
         ui.add_space(10.0);
         let cached = cached_models();
         if !cached.is_empty() {

@@ -21,5 +21,7 @@ pub use recipe::{
     RECIPE_CHUNK_KEYWORD, RECIPE_VERSION, Recipe, encode_png_with_recipe, read_recipe,
     read_recipe_from_memory, save_png_with_recipe,
 };
-pub use resize::{PAD_GREY, ResizePolicy, describe_resize, plan_size, resize};
+pub use resize::{
+    PAD_GREY, ResizePolicy, describe_resize, plan_size, processing_size, resize, restore_size,
+};
 pub use sheet::{SHEET_GAP, SHEET_LABEL_HEIGHT, comparison_sheet, draw_text, sheet_size};

@@ -1,4 +1,5 @@
-//! Bringing an image to the size the model runs at: centre-crop, stretch, or letterbox.
+//! Bringing an image to the size the model runs at: its own shape at the model's native area
+//! (the default), centre-crop, stretch, or letterbox; and the results back to the source's size.
 
 use std::fmt;
 use std::str::FromStr;
@@ -16,8 +17,11 @@ pub const PAD_GREY: Rgb<u8> = Rgb([128, 128, 128]);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ResizePolicy {
-    /// Centre-crop to the target aspect ratio, then resize (Lanczos3).
+    /// Keep the aspect ratio: the model's native area at the source's shape, each side rounded
+    /// to the model's size multiple; results come back at the source's size.
     #[default]
+    Keep,
+    /// Centre-crop to the target aspect ratio, then resize (Lanczos3).
     Crop,
     /// Resize directly, distorting the aspect ratio.
     Stretch,
@@ -26,14 +30,37 @@ pub enum ResizePolicy {
 }
 
 impl ResizePolicy {
-    pub const ALL: [ResizePolicy; 3] =
-        [ResizePolicy::Crop, ResizePolicy::Stretch, ResizePolicy::Pad];
+    pub const ALL: [ResizePolicy; 4] = [
+        ResizePolicy::Keep,
+        ResizePolicy::Crop,
+        ResizePolicy::Stretch,
+        ResizePolicy::Pad,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
+            ResizePolicy::Keep => "keep",
             ResizePolicy::Crop => "crop",
             ResizePolicy::Stretch => "stretch",
             ResizePolicy::Pad => "pad",
+        }
+    }
+
+    /// What the policy does, in a user's words (menus, tooltips).
+    pub fn describe(self) -> &'static str {
+        match self {
+            ResizePolicy::Keep => "keep the shape (recommended): the result has the photo's size",
+            ResizePolicy::Crop => "crop to the model's square (centre)",
+            ResizePolicy::Stretch => "stretch to the model's square (distorts)",
+            ResizePolicy::Pad => "fit inside the model's square, grey borders",
+        }
+    }
+
+    /// The size results are delivered at: the source's own for `Keep`, else the processing size.
+    pub fn output_size(self, original: (u32, u32), processing: (u32, u32)) -> (u32, u32) {
+        match self {
+            ResizePolicy::Keep => original,
+            _ => processing,
         }
     }
 }
@@ -54,7 +81,7 @@ impl FromStr for ResizePolicy {
             .find(|p| p.name() == wanted)
             .ok_or_else(|| {
                 EngineError::InvalidInput(format!(
-                    "unknown resize policy `{s}` (expected crop, stretch or pad)"
+                    "unknown resize policy `{s}` (expected keep, crop, stretch or pad)"
                 ))
             })
     }
@@ -97,6 +124,30 @@ pub fn plan_size(
     Ok((width, height))
 }
 
+/// The size an image is processed at under `policy`. An explicit `target` wins (checked by
+/// [`plan_size`]); otherwise `Keep` gives the model's native area (`default_side`²) at the
+/// source's aspect ratio, each side rounded to a multiple of `factor`, and the other policies
+/// the model's square.
+pub fn processing_size(
+    original: (u32, u32),
+    target: Option<(u32, u32)>,
+    policy: ResizePolicy,
+    default_side: u32,
+    factor: u32,
+) -> Result<(u32, u32)> {
+    if target.is_some() || policy != ResizePolicy::Keep {
+        return plan_size(original, target, default_side, factor);
+    }
+    // Validates the factor, the source and the model's default side.
+    plan_size(original, None, default_side, factor)?;
+    let area = f64::from(default_side) * f64::from(default_side);
+    let aspect = f64::from(original.0) / f64::from(original.1);
+    let width = (area * aspect).sqrt();
+    let height = (area / aspect).sqrt();
+    let round = |side: f64| ((side / f64::from(factor)).round().max(1.0) as u32) * factor;
+    Ok((round(width), round(height)))
+}
+
 fn round_to_multiple(side: u32, factor: u32) -> u32 {
     (((side as f64) / factor as f64).round() as u32).max(1) * factor
 }
@@ -110,6 +161,7 @@ pub fn describe_resize(original: (u32, u32), target: (u32, u32), policy: ResizeP
         return format!("{w}×{h} (no resize)");
     }
     match policy {
+        ResizePolicy::Keep => format!("{w}×{h} → {tw}×{th} (shape kept) → result {w}×{h}"),
         ResizePolicy::Stretch => format!("{w}×{h} → stretch → {tw}×{th}"),
         ResizePolicy::Crop => {
             let (cw, ch) = crop_size(original, target);
@@ -143,7 +195,8 @@ pub fn resize(img: &RgbImage, target: (u32, u32), policy: ResizePolicy) -> RgbIm
         };
     }
     match policy {
-        ResizePolicy::Stretch => lanczos(img, (tw, th)),
+        // The planned size has the source's shape up to rounding: a plain resize.
+        ResizePolicy::Keep | ResizePolicy::Stretch => lanczos(img, (tw, th)),
         ResizePolicy::Crop => {
             let (cw, ch) = crop_size(img.dimensions(), (tw, th));
             let x = (img.width() - cw) / 2;
@@ -161,6 +214,12 @@ pub fn resize(img: &RgbImage, target: (u32, u32), policy: ResizePolicy) -> RgbIm
             canvas
         }
     }
+}
+
+/// Brings a result made at the processing size back to the size `policy` delivers it at
+/// (the source's own for `Keep`).
+pub fn restore_size(img: &RgbImage, original: (u32, u32), policy: ResizePolicy) -> RgbImage {
+    lanczos(img, policy.output_size(original, img.dimensions()))
 }
 
 fn lanczos(img: &RgbImage, (w, h): (u32, u32)) -> RgbImage {
@@ -224,6 +283,44 @@ mod tests {
             describe_resize((64, 64), (64, 64), ResizePolicy::Pad),
             "64×64 (no resize)"
         );
+    }
+
+    #[test]
+    fn keep_uses_the_native_area_at_the_source_shape() {
+        // 3:2 at SD's 512² area, multiples of 8.
+        assert_eq!(
+            processing_size((3000, 2000), None, ResizePolicy::Keep, 512, 8).unwrap(),
+            (624, 416)
+        );
+        assert_eq!(
+            processing_size((2000, 3000), None, ResizePolicy::Keep, 512, 8).unwrap(),
+            (416, 624)
+        );
+        assert_eq!(
+            processing_size((96, 64), None, ResizePolicy::Keep, 64, 4).unwrap(),
+            (80, 52)
+        );
+        // Squares and the other policies: the model's square; an explicit size wins.
+        assert_eq!(
+            processing_size((700, 700), None, ResizePolicy::Keep, 512, 8).unwrap(),
+            (512, 512)
+        );
+        assert_eq!(
+            processing_size((3000, 2000), None, ResizePolicy::Crop, 512, 8).unwrap(),
+            (512, 512)
+        );
+        assert_eq!(
+            processing_size((3000, 2000), Some((96, 64)), ResizePolicy::Keep, 512, 8).unwrap(),
+            (96, 64)
+        );
+        // Extreme shapes keep at least one multiple per side.
+        assert_eq!(
+            processing_size((10000, 10), None, ResizePolicy::Keep, 64, 8).unwrap(),
+            (2024, 8)
+        );
+        assert_eq!(ResizePolicy::default(), ResizePolicy::Keep);
+        assert_eq!(ResizePolicy::Keep.output_size((96, 64), (80, 52)), (96, 64));
+        assert_eq!(ResizePolicy::Crop.output_size((96, 64), (64, 64)), (64, 64));
     }
 
     #[test]

@@ -1,0 +1,488 @@
+//! The app with the real engine on the fixture model (kittest, no display): the three
+//! methods, a comparison from one inversion, several targets on one inversion, recipes of
+//! every method restored, a non-square photo kept in its shape, background jobs that never
+//! stop the window drawing, and an engine error that loses nothing.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use egui::{Key, Modifiers};
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+use mirror_diffusion::app::settings::RunSettings;
+use mirror_diffusion::app::state::ModelStatus;
+use mirror_diffusion::app::{AppOptions, MirrorApp};
+use mirror_diffusion::engine::imageio::{ResizePolicy, processing_size, read_recipe};
+use mirror_diffusion::engine::pipeline::Branch;
+use mirror_diffusion::engine::session::Method;
+
+const STEPS: usize = 2;
+
+#[derive(Debug)]
+struct PathFile(PathBuf);
+
+impl egui::DroppedFile for PathFile {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+    fn bytes(&self) -> Result<Vec<u8>, String> {
+        std::fs::read(&self.0).map_err(|e| e.to_string())
+    }
+}
+
+struct Fixture {
+    model: PathBuf,
+    image: PathBuf,
+    dir: PathBuf,
+}
+
+impl Fixture {
+    fn new(name: &str) -> Self {
+        let fx = common::Fixtures::load();
+        let image = fx.fixture("vae")["png"]["test_image"]
+            .as_str()
+            .unwrap_or("test_image.png")
+            .to_string();
+        let dir =
+            std::env::temp_dir().join(format!("mirror-app-engine-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Fixture {
+            model: fx.model_dir(),
+            image: fx.root.join(image),
+            dir,
+        }
+    }
+
+    fn options(&self, image: &Path) -> AppOptions {
+        AppOptions {
+            model: Some(self.model.clone()),
+            image: Some(image.to_path_buf()),
+            settings_dir: Some(self.dir.join("config")),
+            memory_only_cache: true,
+            source_prompt: Some("a photo of a cat".into()),
+            target_prompt: Some("a photo of a dog".into()),
+            steps: Some(STEPS),
+            decode_every: Some(1),
+            compare_ddim: Some(true),
+            export_dir: Some(self.dir.join("exports")),
+            autorun: false,
+            print_events: false,
+        }
+    }
+
+    /// The fixture image resized to `w`×`h`, saved as PNG.
+    fn image_sized(&self, name: &str, w: u32, h: u32) -> PathBuf {
+        let square = image::open(&self.image).expect("fixture image").to_rgb8();
+        let img = image::imageops::resize(&square, w, h, image::imageops::FilterType::Triangle);
+        let path = self.dir.join(name);
+        img.save(&path).expect("write image");
+        path
+    }
+
+    fn exported(&self, suffix: &str) -> Vec<PathBuf> {
+        std::fs::read_dir(self.dir.join("exports"))
+            .map(|d| {
+                d.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.to_string_lossy().ends_with(suffix))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn harness(opts: AppOptions) -> Harness<'static, MirrorApp> {
+    Harness::builder()
+        .with_size(egui::vec2(1280.0, 800.0))
+        .with_max_steps(100_000)
+        .build_eframe(move |cc| MirrorApp::new_with(cc, opts))
+}
+
+fn step_until(
+    h: &mut Harness<'static, MirrorApp>,
+    what: &str,
+    done: impl Fn(&MirrorApp) -> bool,
+    allow_errors: bool,
+) {
+    let start = Instant::now();
+    while !done(h.state()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "timed out waiting for {what}"
+        );
+        if !allow_errors {
+            assert!(
+                h.state().state.errors.is_empty(),
+                "error while waiting for {what}: {:?}",
+                h.state().state.errors
+            );
+        }
+        h.step();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    h.step();
+}
+
+fn ready(h: &mut Harness<'static, MirrorApp>) {
+    step_until(
+        h,
+        "the model and image",
+        |a| matches!(a.state.model, ModelStatus::Ready(_)) && a.state.image.is_some(),
+        false,
+    );
+}
+
+fn click_and_finish(h: &mut Harness<'static, MirrorApp>, button: &str) {
+    h.get_by_label(button).click();
+    step_until(h, "the run to start", |a| a.state.progress.running, false);
+    step_until(h, "the run to finish", |a| !a.state.progress.running, false);
+}
+
+fn jobs_done(h: &mut Harness<'static, MirrorApp>) {
+    step_until(h, "background jobs", |a| !a.jobs.is_busy(), true);
+}
+
+fn export(h: &mut Harness<'static, MirrorApp>) {
+    h.key_press_modifiers(Modifiers::COMMAND, Key::S);
+    h.step();
+    jobs_done(h);
+    assert!(
+        h.state().state.errors.is_empty(),
+        "{:?}",
+        h.state().state.errors
+    );
+}
+
+/// The fields a recipe must give back.
+fn recipe_fields(r: &RunSettings) -> (Method, String, usize, u64, String, String, String) {
+    (
+        r.method,
+        r.preset.to_string(),
+        r.steps,
+        r.seed,
+        format!("{:.4} {:.4} {:.4}", r.strength, r.guidance, r.xa_guidance),
+        format!("{} {:.5}", r.redescription_iterations, r.redescription_lr),
+        format!("{} {}", r.compare_ddim, r.direction_from_prompts),
+    )
+}
+
+#[test]
+fn every_method_runs_and_its_recipe_restores() {
+    let fx = Fixture::new("methods");
+    let mut h = harness(fx.options(&fx.image));
+    ready(&mut h);
+    for (i, method) in [Method::Pix2PixZero, Method::Ddim, Method::Mirror]
+        .into_iter()
+        .enumerate()
+    {
+        let _ = std::fs::remove_dir_all(fx.dir.join("exports"));
+        {
+            let r = &mut h.state_mut().state.run;
+            r.method = method;
+            r.seed = 7 + i as u64;
+            r.xa_guidance = 0.05 * (i + 1) as f64;
+            r.guidance = 4.0 + i as f64;
+            r.compare_ddim = i != 0;
+            r.direction_from_prompts = i == 2;
+        }
+        let made_with = recipe_fields(&h.state().state.run);
+        click_and_finish(&mut h, "Run");
+        let s = &h.state().state;
+        let result = s.result.as_ref().expect("a result");
+        let main = match method {
+            Method::Mirror => Branch::MirrorTranslation,
+            Method::Pix2PixZero => Branch::Pix2PixZeroTranslation,
+            Method::Ddim => Branch::DdimTranslation,
+        };
+        assert!(
+            result.images.get(main).is_some(),
+            "{method}: its translation"
+        );
+        assert_eq!(s.frames.len(), STEPS);
+        assert!(
+            s.frames
+                .iter()
+                .all(|f| f.branches.iter().any(|b| b.branch == main)),
+            "{method}: a preview of its translation at every step"
+        );
+        export(&mut h);
+        let png = fx.exported("-translation.png").pop().expect("exported PNG");
+        let recipe = read_recipe(&png).expect("readable").expect("a recipe");
+        assert_eq!(recipe.method, method.name());
+
+        // Change everything, then drop the PNG: the recipe gives it all back.
+        {
+            let r = &mut h.state_mut().state.run;
+            *r = RunSettings::default();
+            r.method = if method == Method::Mirror {
+                Method::Ddim
+            } else {
+                Method::Mirror
+            };
+            r.seed = 999;
+            r.xa_guidance = 0.33;
+            r.compare_ddim = !r.compare_ddim;
+        }
+        h.state_mut().state.target_prompt = "a photo of a horse".into();
+        h.input_mut().dropped_files.push(Arc::new(PathFile(png)));
+        h.step();
+        jobs_done(&mut h);
+        let s = &h.state().state;
+        assert!(s.errors.is_empty(), "{:?}", s.errors);
+        assert_eq!(
+            recipe_fields(&s.run),
+            made_with,
+            "{method}: recipe restored"
+        );
+        assert_eq!(s.target_prompt, "a photo of a dog");
+    }
+}
+
+#[test]
+fn compare_and_many_targets_share_one_inversion() {
+    let fx = Fixture::new("compare");
+    let mut h = harness(fx.options(&fx.image));
+    ready(&mut h);
+
+    click_and_finish(&mut h, "Compare methods");
+    let s = &h.state().state;
+    let result = s.result.as_ref().expect("a result");
+    let all = [
+        Branch::MirrorReconstruction,
+        Branch::MirrorTranslation,
+        Branch::Pix2PixZeroReconstruction,
+        Branch::Pix2PixZeroTranslation,
+        Branch::DdimReconstruction,
+        Branch::DdimTranslation,
+    ];
+    for b in all {
+        assert!(result.images.get(b).is_some(), "final image of {b:?}");
+        assert!(
+            s.frames
+                .iter()
+                .all(|f| f.branches.iter().any(|x| x.branch == b)),
+            "a preview of {b:?} at every step"
+        );
+    }
+    // Each method's reconstruction error, step by step (one plot).
+    for b in all.into_iter().filter(|b| b.is_reconstruction()) {
+        assert!(
+            s.frames.iter().all(|f| f
+                .branches
+                .iter()
+                .any(|x| x.branch == b && x.mirror_error.is_some())),
+            "mirror error of {b:?}"
+        );
+    }
+    assert_eq!(s.preview_branches().len(), 6, "shown side by side");
+    assert!(
+        s.progress.reuses_inversion,
+        "pix2pix-zero reused Mirror's inversion"
+    );
+    for b in all {
+        assert!(
+            h.query_by_label_contains(b.label()).is_some(),
+            "{b:?} on screen"
+        );
+    }
+
+    // Several targets, one inversion: a grid and one exported sheet.
+    let targets = ["a photo of a fox", "a photo of a tiger"];
+    h.state_mut().state.more_targets = targets.join("\n");
+    h.step();
+    click_and_finish(&mut h, "Run all targets");
+    let s = &h.state().state;
+    let got: Vec<&str> = s.target_results.iter().map(|t| t.target.as_str()).collect();
+    assert_eq!(got, ["a photo of a dog", targets[0], targets[1]]);
+    assert!(
+        s.progress.reuses_inversion,
+        "later targets reuse the inversion"
+    );
+    let tile = s.target_results[0].image.dimensions();
+    export(&mut h);
+    let sheet = fx.exported("-targets.png").pop().expect("a targets sheet");
+    let (w, _) = image::image_dimensions(&sheet).expect("sheet");
+    assert!(
+        w >= 4 * tile.0,
+        "source + three targets side by side ({w} px)"
+    );
+}
+
+#[test]
+fn a_landscape_photo_comes_back_in_its_own_shape() {
+    let fx = Fixture::new("landscape");
+    let square = image::image_dimensions(&fx.image).expect("fixture");
+    let size = (square.0 * 3 / 2, square.1);
+    let photo = fx.image_sized("landscape.png", size.0, size.1);
+    let mut h = harness(fx.options(&photo));
+    ready(&mut h);
+    assert_eq!(
+        h.state().state.resize,
+        ResizePolicy::Keep,
+        "keep is the default"
+    );
+    click_and_finish(&mut h, "Run");
+    let m = h.state().state.model_ready().cloned().expect("model");
+    let expected = processing_size(
+        size,
+        None,
+        ResizePolicy::Keep,
+        m.default_side,
+        m.size_multiple,
+    )
+    .unwrap();
+    let s = &h.state().state;
+    let translation = s
+        .result
+        .as_ref()
+        .and_then(|r| r.images.get(Branch::MirrorTranslation))
+        .expect("translation");
+    assert_eq!(
+        translation.dimensions(),
+        expected,
+        "processed at its own shape"
+    );
+    export(&mut h);
+    let png = fx.exported("-translation.png").pop().expect("exported");
+    assert_eq!(
+        image::image_dimensions(&png).unwrap(),
+        size,
+        "delivered at its size"
+    );
+    let recipe = read_recipe(&png).unwrap().expect("recipe");
+    assert_eq!((recipe.width, recipe.height), expected);
+}
+
+#[test]
+fn the_window_keeps_drawing_while_jobs_are_held() {
+    let fx = Fixture::new("jobs");
+    let mut h = harness(fx.options(&fx.image));
+    ready(&mut h);
+    // A large photo: the decode is held on its job thread while the window draws frames.
+    let big = fx.image_sized("big.png", 4000, 3000);
+    h.state().jobs.hold(true);
+    h.input_mut().dropped_files.push(Arc::new(PathFile(big)));
+    let before = h.state().state.frames_drawn;
+    for _ in 0..10 {
+        h.step();
+    }
+    let s = &h.state().state;
+    assert_eq!(
+        s.frames_drawn,
+        before + 10,
+        "ten frames drawn while decoding"
+    );
+    assert!(h.state().jobs.is_busy(), "the decode is still pending");
+    assert_ne!(
+        s.image.as_ref().map(|i| i.loaded.original_size),
+        Some((4000, 3000))
+    );
+    assert!(
+        h.query_by_label_contains("Opening the image").is_some(),
+        "busy is shown"
+    );
+    h.state().jobs.hold(false);
+    jobs_done(&mut h);
+    assert_eq!(
+        h.state()
+            .state
+            .image
+            .as_ref()
+            .map(|i| i.loaded.original_size),
+        Some((4000, 3000))
+    );
+
+    // An export held the same way: frames keep coming, nothing is written until released.
+    h.state_mut().state.image = None;
+    h.state_mut()
+        .request(mirror_diffusion::app::Action::LoadImage(fx.image.clone()));
+    h.step();
+    jobs_done(&mut h);
+    click_and_finish(&mut h, "Run");
+    h.state().jobs.hold(true);
+    h.key_press_modifiers(Modifiers::COMMAND, Key::S);
+    let before = h.state().state.frames_drawn;
+    for _ in 0..10 {
+        h.step();
+    }
+    assert!(
+        h.state().state.frames_drawn >= before + 10,
+        "frames drawn while exporting"
+    );
+    assert!(
+        h.query_by_label_contains("Exporting").is_some(),
+        "busy is shown"
+    );
+    assert!(fx.exported(".png").is_empty(), "nothing written while held");
+    h.state().jobs.hold(false);
+    jobs_done(&mut h);
+    assert!(!fx.exported("-translation.png").is_empty());
+}
+
+#[test]
+fn an_engine_error_keeps_the_photo_prompts_and_settings() {
+    let fx = Fixture::new("nan");
+    // A copy of the fixture model whose UNet has one NaN weight.
+    let broken = fx.dir.join("nan-model");
+    common::copy_tree(&fx.model, &broken);
+    let unet = std::fs::read_dir(broken.join("unet"))
+        .expect("unet folder")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .expect("unet weights");
+    let mut tensors = candle_core::safetensors::load(&unet, &candle_core::Device::Cpu).unwrap();
+    let name = tensors
+        .keys()
+        .find(|k| k.contains("conv_in.weight"))
+        .cloned()
+        .expect("conv_in weight");
+    let w = &tensors[&name];
+    let mut values: Vec<f32> = w
+        .flatten_all()
+        .unwrap()
+        .to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    values[0] = f32::NAN;
+    let nan = candle_core::Tensor::from_vec(values, w.dims(), &candle_core::Device::Cpu)
+        .unwrap()
+        .to_dtype(w.dtype())
+        .unwrap();
+    tensors.insert(name, nan);
+    candle_core::safetensors::save(&tensors, &unet).unwrap();
+
+    let mut opts = fx.options(&fx.image);
+    opts.model = Some(broken);
+    let mut h = harness(opts);
+    ready(&mut h);
+    h.state_mut().state.run.seed = 42;
+    h.get_by_label("Run").click();
+    step_until(&mut h, "an error", |a| !a.state.errors.is_empty(), true);
+    step_until(
+        &mut h,
+        "the run to stop",
+        |a| !a.state.progress.running,
+        true,
+    );
+    let s = &h.state().state;
+    assert!(
+        s.errors[0].contains("step"),
+        "the error names the step: {}",
+        s.errors[0]
+    );
+    assert!(s.image.is_some(), "the photo is kept");
+    assert_eq!(s.source_prompt, "a photo of a cat");
+    assert_eq!(s.target_prompt, "a photo of a dog");
+    assert_eq!(s.run.seed, 42);
+    assert!(h.query_by_label("Something went wrong").is_some());
+}

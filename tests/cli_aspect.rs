@@ -1,0 +1,136 @@
+//! A non-square photo keeps its shape through `translate`: processed at the model's native
+//! area at its aspect ratio, delivered at its own size; crop stays available and recipes
+//! replay the same processing size.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::Device;
+use image::imageops::{self, FilterType};
+use mirror_diffusion::engine::imageio::{ResizePolicy, processing_size, read_recipe};
+use mirror_diffusion::engine::model::StableDiffusion;
+
+struct Env {
+    fx: common::Fixtures,
+    dir: PathBuf,
+}
+
+impl Env {
+    fn new(name: &str) -> Env {
+        let dir = std::env::temp_dir().join(format!("mirror-aspect-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Env {
+            fx: common::Fixtures::load(),
+            dir,
+        }
+    }
+
+    /// The fixture image stretched to 3:2 (a landscape photo), saved as PNG.
+    fn landscape(&self) -> (PathBuf, (u32, u32)) {
+        let name = self.fx.fixture("vae")["png"]["test_image"]
+            .as_str()
+            .unwrap_or("test_image.png");
+        let square = image::open(self.fx.root.join(name)).unwrap().to_rgb8();
+        let (w, h) = (square.width() * 3 / 2, square.height());
+        let wide = imageops::resize(&square, w, h, FilterType::Triangle);
+        let path = self.dir.join("landscape.png");
+        wide.save(&path).unwrap();
+        (path, (w, h))
+    }
+
+    fn translate(&self, image: &Path, out: &Path, extra: &[&str]) -> Output {
+        let model = self.fx.model_dir();
+        let mut args = vec![
+            "translate",
+            "--model",
+            model.to_str().unwrap(),
+            "--image",
+            image.to_str().unwrap(),
+            "--source",
+            "a photo of a cat",
+            "--target",
+            "a photo of a dog",
+            "--out",
+            out.to_str().unwrap(),
+            "--steps",
+            "2",
+            "--threads",
+            "1",
+            "--no-cache",
+        ];
+        args.extend_from_slice(extra);
+        Command::new(env!("CARGO_BIN_EXE_mirror-diffusion"))
+            .args(&args)
+            .env("RAYON_NUM_THREADS", "1")
+            .output()
+            .expect("the binary runs")
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn assert_ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "failed: {}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn dims(path: &Path) -> (u32, u32) {
+    image::image_dimensions(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn a_landscape_photo_comes_back_in_its_own_shape() {
+    let env = Env::new("keep");
+    let (photo, size) = env.landscape();
+    let sd = StableDiffusion::load(&env.fx.model_dir(), &Device::Cpu).expect("fixture model");
+    let (side, multiple) = (sd.default_image_side() as u32, sd.size_multiple() as u32);
+    let expected = processing_size(size, None, ResizePolicy::Keep, side, multiple).unwrap();
+    assert_ne!(
+        expected.0, expected.1,
+        "a 3:2 photo is not processed square"
+    );
+    assert!(expected.0 > expected.1);
+
+    let out = env.dir.join("dog.png");
+    let rec = env.dir.join("rec.png");
+    let o = env.translate(&photo, &out, &["--reconstruction", rec.to_str().unwrap()]);
+    assert_ok(&o);
+    assert_eq!(dims(&out), size, "the translation has the photo's size");
+    assert_eq!(dims(&rec), size, "so does the reconstruction");
+    let recipe = read_recipe(&out).unwrap().expect("a recipe");
+    assert_eq!(recipe.resize, ResizePolicy::Keep, "keep is the default");
+    assert_eq!((recipe.width, recipe.height), expected);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("shape kept"),
+        "the resize is described"
+    );
+
+    // The recipe replays at the same processing size and delivers the same shape.
+    let again = env.dir.join("again.png");
+    let o = env.translate(&photo, &again, &["--recipe", out.to_str().unwrap()]);
+    assert_ok(&o);
+    assert_eq!(dims(&again), size);
+    let replayed = read_recipe(&again).unwrap().expect("a recipe");
+    assert_eq!((replayed.width, replayed.height), expected);
+    assert_eq!(
+        image::open(&again).unwrap().to_rgb8(),
+        image::open(&out).unwrap().to_rgb8(),
+        "the replay is the same picture"
+    );
+
+    // Crop stays a choice: the model's square, as before.
+    let cropped = env.dir.join("cropped.png");
+    assert_ok(&env.translate(&photo, &cropped, &["--resize", "crop"]));
+    assert_eq!(dims(&cropped), (side, side));
+}
