@@ -441,19 +441,14 @@ fn catch<T>(f: impl FnOnce() -> crate::engine::Result<T>) -> Result<T, String> {
     }
 }
 
-/// Engine errors in words an artist can act on.
+/// Engine errors in words an artist can act on. The engine's own messages already name the
+/// step and branch of a NaN and suggest what to try when memory runs out.
 pub fn describe_error(e: &EngineError) -> String {
-    let text = e.to_string();
     match e {
-        EngineError::NonFinite { .. } => format!(
-            "{text}. The run produced NaN values; try fewer guidance, a lower strength or another seed."
-        ),
-        EngineError::Candle(_)
-            if text.to_lowercase().contains("out of memory") || text.contains("alloc") =>
-        {
-            format!("Out of memory: {text}. Try a smaller image or close other programs.")
+        EngineError::NonFinite { .. } => {
+            format!("{e}. Try a lower guidance, a smaller strength or another seed.")
         }
-        _ => text,
+        _ => e.to_string(),
     }
 }
 
@@ -464,8 +459,13 @@ fn forward(e: Event, send: &dyn Fn(WorkerEvent)) {
         Event::Direction { done, total } => send(WorkerEvent::Direction { done, total }),
         Event::Note(n) => send(WorkerEvent::Note(n)),
         Event::Step(report) => send(WorkerEvent::Step(Box::new(step_frame(&report)))),
-        // Progress inside a step: not shown yet.
-        Event::StepWork(_) => {}
+        Event::StepWork(w) => send(WorkerEvent::StepWork(StepWorkInfo {
+            step: w.step,
+            steps: w.steps,
+            unet_calls: w.unet_calls,
+            unet_calls_expected: w.unet_calls_expected,
+            redescription: w.redescription,
+        })),
     }
 }
 

@@ -290,7 +290,7 @@ fn compare_and_many_targets_share_one_inversion() {
     );
     for b in all {
         assert!(
-            h.query_by_label_contains(b.label()).is_some(),
+            h.query_all_by_label_contains(b.label()).next().is_some(),
             "{b:?} on screen"
         );
     }
