@@ -8,6 +8,7 @@ mod inspect;
 mod interrupt;
 mod outputs;
 mod progress;
+mod shapes;
 mod translate;
 
 pub use direction::DirectionRecipe;
@@ -22,6 +23,7 @@ pub const CLI_WORDS: &[&str] = &[
     "inspect",
     "convert",
     "translate",
+    "shapes",
     "help",
     "--help",
     "-h",
@@ -50,6 +52,8 @@ enum Command {
     Convert(convert::ConvertArgs),
     /// Translate an image from what it shows (--source) to what it should become (--target).
     Translate(Box<translate::TranslateArgs>),
+    /// Write a data set of rendered shapes with captions, or read the shapes in images.
+    Shapes(shapes::ShapesArgs),
 }
 
 /// Whether the arguments (program name excluded) ask for the command line.
@@ -94,6 +98,7 @@ where
         Command::Inspect(args) => inspect::run(&args),
         Command::Convert(args) => convert::run(&args),
         Command::Translate(args) => translate::run(&args),
+        Command::Shapes(args) => shapes::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
