@@ -37,17 +37,19 @@ impl Env {
     }
 
     fn image(&self) -> PathBuf {
-        let name = self.fx.fixture("vae")["png"]["test_image"]
-            .as_str()
-            .unwrap_or("test_image.png");
-        self.fx.root.join(name)
+        self.fx.test_image()
     }
 
     fn source_prompt(&self) -> String {
-        self.fx.settings("mirror_r_10")["source_prompt"]
-            .as_str()
-            .unwrap_or("a photo of a cat")
-            .to_string()
+        self.fx.source_prompt()
+    }
+
+    /// Redescription iterations per step of the recommended preset (the `mirror_r_*` runs).
+    fn inner_iterations(&self) -> usize {
+        let name = &self.fx.names_with_prefix("mirror_r_")[0];
+        self.fx.settings(name)["num_inner_steps"]
+            .as_u64()
+            .expect("num_inner_steps") as usize
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -201,7 +203,10 @@ fn translate_writes_outputs_with_recipe_and_replays_identically() {
         assert_eq!(first_dim(name), STEPS, "{name}");
     }
     assert!(tensors.contains_key("caption_embedding") && tensors.contains_key("edit_direction"));
-    assert_eq!(tensors["mirror.inner_losses"].dims()[1], 10);
+    assert_eq!(
+        tensors["mirror.inner_losses"].dims()[1],
+        env.inner_iterations()
+    );
 
     // Replay from the PNG alone (prompts, steps, ... come from the recipe): same bytes.
     let replay = env.path("replay.png");
@@ -261,33 +266,12 @@ fn inspect_prints_components_and_loads() {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
-fn unet_weights(model: &Path) -> PathBuf {
-    std::fs::read_dir(model.join("unet"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .expect("the fixture UNet has safetensors weights")
-}
-
 #[test]
 fn inspect_broken_model_fails_naming_the_file() {
     let env = Env::new("broken");
     let model = env.path("model");
-    copy_dir(&env.model(), &model);
-    let weights = unet_weights(&model);
+    common::copy_tree(&env.model(), &model);
+    let weights = common::weight_file(&model.join("unet"));
 
     // Truncated weights: the error names the file.
     let bytes = std::fs::read(&weights).unwrap();
