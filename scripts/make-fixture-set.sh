@@ -3,7 +3,7 @@
 # the shared generator, so the test suite can be run against it:
 #   MIRROR_FIXTURES=OUT_DIR/tiny-sd-b-ref cargo test --release
 # For developers only (needs Python with torch, diffusers, transformers, safetensors, pillow,
-# ftfy; about 5 minutes on one core); CI never runs it.
+# ftfy; about 10 minutes on one core: 3 generator runs); CI never runs it.
 #
 # Usage: scripts/make-fixture-set.sh OUT_DIR [SPEC.json]
 #   SPEC.json  the model spec, in the form of a VARIANTS entry of make_tiny_model.py (JSON);

@@ -44,6 +44,21 @@ impl Env {
         self.fx.source_prompt()
     }
 
+    /// Processing size without `--size`: the model's square, UNet sample_size × VAE factor.
+    fn default_size(&self) -> (u32, u32) {
+        let sample_size = self.fx.model_config("unet")["sample_size"]
+            .as_u64()
+            .expect("unet sample_size");
+        let side = (sample_size as usize * self.fx.vae_scale_factor()) as u32;
+        (side, side)
+    }
+
+    /// The test image's own (width, height), as a `--size` argument and as a pair.
+    fn image_size(&self) -> (String, (u32, u32)) {
+        let (h, w) = self.fx.image_hw();
+        (format!("{w}x{h}"), (w as u32, h as u32))
+    }
+
     /// Redescription iterations per step of the recommended preset (the `mirror_r_*` runs).
     fn inner_iterations(&self) -> usize {
         let name = &self.fx.names_with_prefix("mirror_r_")[0];
@@ -152,16 +167,10 @@ fn translate_writes_outputs_with_recipe_and_replays_identically() {
     );
     assert_ok(&o);
 
-    let source = pixels(&env.image());
-    let translated = pixels(&out);
-    assert_eq!(translated.dimensions(), source.dimensions());
-    for p in [&rec, &ddim_rec, &ddim_edit] {
-        assert_eq!(
-            pixels(p).dimensions(),
-            source.dimensions(),
-            "{}",
-            p.display()
-        );
+    // Without `--size` the image is processed at the model's square size.
+    let size = env.default_size();
+    for p in [&out, &rec, &ddim_rec, &ddim_edit] {
+        assert_eq!(pixels(p).dimensions(), size, "{}", p.display());
     }
 
     let recipe = read_recipe(&out)
@@ -172,11 +181,11 @@ fn translate_writes_outputs_with_recipe_and_replays_identically() {
     assert_eq!(recipe.steps, STEPS);
     assert_eq!(recipe.source_prompt, env.source_prompt());
     assert_eq!(recipe.target_prompt, "a photo of a dog");
-    assert_eq!((recipe.width, recipe.height), source.dimensions());
+    assert_eq!((recipe.width, recipe.height), size);
     assert!(!recipe.model_hash.is_empty() && !recipe.image_hash.is_empty());
 
     // source | Mirror rec | Mirror edit | DDIM rec | DDIM edit, labelled.
-    let (w, h) = sheet_tile(source.dimensions());
+    let (w, h) = sheet_tile(size);
     assert_eq!(
         pixels(&sheet).dimensions(),
         (5 * w + 4 * SHEET_GAP, h + SHEET_LABEL_HEIGHT)
@@ -190,6 +199,11 @@ fn translate_writes_outputs_with_recipe_and_replays_identically() {
             .dims()[0]
     };
     assert_eq!(first_dim("inversion.latents"), STEPS + 1);
+    let f = env.fx.vae_scale_factor();
+    let latent_hw = [size.1 as usize / f, size.0 as usize / f];
+    assert!(tensors["inversion.latents"].dims().ends_with(&latent_hw));
+    let caption = tensors.get("caption_embedding").expect("caption_embedding");
+    assert_eq!(caption.dims().last(), Some(&env.fx.text_hidden_size()));
     for name in [
         "mirror.embeddings",
         "mirror.rec_latents",
@@ -234,12 +248,23 @@ fn translate_writes_outputs_with_recipe_and_replays_identically() {
 fn ddim_method_sheet_has_only_its_tiles() {
     let env = Env::new("ddim");
     let (out, sheet) = (env.path("out.png"), env.path("sheet.png"));
+    // At the test image's own size (non-square on some fixture sets).
+    let (size_arg, size) = env.image_size();
     let o = env.translate(
         &out,
-        &["--method", "ddim", "--comparison", s(&sheet), "--no-cache"],
+        &[
+            "--method",
+            "ddim",
+            "--comparison",
+            s(&sheet),
+            "--size",
+            &size_arg,
+            "--no-cache",
+        ],
     );
     assert_ok(&o);
-    let (w, h) = sheet_tile(pixels(&env.image()).dimensions());
+    assert_eq!(pixels(&out).dimensions(), size);
+    let (w, h) = sheet_tile(size);
     assert_eq!(
         pixels(&sheet).dimensions(),
         (3 * w + 2 * SHEET_GAP, h + SHEET_LABEL_HEIGHT)
