@@ -127,7 +127,7 @@ fn single_file_checkpoint_round_trip_is_bit_identical() {
     write_single_file(&folder, &file).unwrap();
 
     // The written file uses the original layout.
-    let stored = WeightFiles::open(&[file.clone()]).unwrap();
+    let stored = WeightFiles::open(std::slice::from_ref(&file)).unwrap();
     let names = stored.tensor_names();
     for prefix in [
         "model.diffusion_model.",
@@ -488,7 +488,7 @@ fn missing_tensor_is_typed() {
     let shape = tensors.remove(removed).unwrap().dims().to_vec();
     candle_core::safetensors::save(&tensors, &file).unwrap();
 
-    let weights = WeightFiles::open(&[file.clone()]).unwrap();
+    let weights = WeightFiles::open(std::slice::from_ref(&file)).unwrap();
     let vb = weights.var_builder(DType::F32, &Device::Cpu);
     assert!(!vb.contains_tensor(removed));
     // As a model would ask for it: through prefixes.
@@ -558,7 +558,7 @@ fn mis_shaped_tensor_is_typed() {
     tensors.insert(name.to_string(), bad);
     candle_core::safetensors::save(&tensors, &file).unwrap();
 
-    let vb = WeightFiles::open(&[file.clone()])
+    let vb = WeightFiles::open(std::slice::from_ref(&file))
         .unwrap()
         .var_builder(DType::F32, &Device::Cpu);
     let err = weight_error(&file, vb.get(good.clone(), name).unwrap_err());
@@ -595,7 +595,9 @@ fn corrupt_safetensors_header_is_typed() {
 
     // Truncated: the header promises more data than the file holds.
     std::fs::write(&unet, &bytes[..bytes.len() / 2]).unwrap();
-    let err = WeightFiles::open(&[unet.clone()]).err().unwrap();
+    let err = WeightFiles::open(std::slice::from_ref(&unet))
+        .err()
+        .unwrap();
     assert!(
         matches!(err, EngineError::CorruptSafetensors { .. }),
         "{err}"
@@ -617,7 +619,9 @@ fn corrupt_safetensors_header_is_typed() {
         vec![1, 2, 3],
     ] {
         std::fs::write(&unet, &content).unwrap();
-        let err = WeightFiles::open(&[unet.clone()]).err().unwrap();
+        let err = WeightFiles::open(std::slice::from_ref(&unet))
+            .err()
+            .unwrap();
         assert!(
             matches!(err, EngineError::CorruptSafetensors { .. }),
             "{err}"

@@ -141,10 +141,9 @@ fn image_sizes_the_model_cannot_take_are_refused() {
     );
     let err = sd
         .check_image_size(4 * m + 1, 4 * m)
-        .err()
-        .expect("not a multiple");
+        .expect_err("not a multiple");
     assert!(matches!(err, EngineError::InvalidInput(_)), "{err}");
-    let err = sd.unet.check_latent_size(3, 5).err().expect("odd latent");
+    let err = sd.unet.check_latent_size(3, 5).expect_err("odd latent");
     assert!(matches!(err, EngineError::LatentSize { .. }), "{err}");
     // Trained side = UNet sample_size × VAE factor, from the configs (not the test image,
     // which may be non-square).
