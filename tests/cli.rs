@@ -37,17 +37,34 @@ impl Env {
     }
 
     fn image(&self) -> PathBuf {
-        let name = self.fx.fixture("vae")["png"]["test_image"]
-            .as_str()
-            .unwrap_or("test_image.png");
-        self.fx.root.join(name)
+        self.fx.test_image()
     }
 
     fn source_prompt(&self) -> String {
-        self.fx.settings("mirror_r_10")["source_prompt"]
-            .as_str()
-            .unwrap_or("a photo of a cat")
-            .to_string()
+        self.fx.source_prompt()
+    }
+
+    /// Processing size without `--size`: the model's square, UNet sample_size × VAE factor.
+    fn default_size(&self) -> (u32, u32) {
+        let sample_size = self.fx.model_config("unet")["sample_size"]
+            .as_u64()
+            .expect("unet sample_size");
+        let side = (sample_size as usize * self.fx.vae_scale_factor()) as u32;
+        (side, side)
+    }
+
+    /// The test image's own (width, height), as a `--size` argument and as a pair.
+    fn image_size(&self) -> (String, (u32, u32)) {
+        let (h, w) = self.fx.image_hw();
+        (format!("{w}x{h}"), (w as u32, h as u32))
+    }
+
+    /// Redescription iterations per step of the recommended preset (the `mirror_r_*` runs).
+    fn inner_iterations(&self) -> usize {
+        let name = &self.fx.names_with_prefix("mirror_r_")[0];
+        self.fx.settings(name)["num_inner_steps"]
+            .as_u64()
+            .expect("num_inner_steps") as usize
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -150,16 +167,10 @@ fn translate_writes_outputs_with_recipe_and_replays_identically() {
     );
     assert_ok(&o);
 
-    let source = pixels(&env.image());
-    let translated = pixels(&out);
-    assert_eq!(translated.dimensions(), source.dimensions());
-    for p in [&rec, &ddim_rec, &ddim_edit] {
-        assert_eq!(
-            pixels(p).dimensions(),
-            source.dimensions(),
-            "{}",
-            p.display()
-        );
+    // Without `--size` the image is processed at the model's square size.
+    let size = env.default_size();
+    for p in [&out, &rec, &ddim_rec, &ddim_edit] {
+        assert_eq!(pixels(p).dimensions(), size, "{}", p.display());
     }
 
     let recipe = read_recipe(&out)
@@ -170,11 +181,11 @@ fn translate_writes_outputs_with_recipe_and_replays_identically() {
     assert_eq!(recipe.steps, STEPS);
     assert_eq!(recipe.source_prompt, env.source_prompt());
     assert_eq!(recipe.target_prompt, "a photo of a dog");
-    assert_eq!((recipe.width, recipe.height), source.dimensions());
+    assert_eq!((recipe.width, recipe.height), size);
     assert!(!recipe.model_hash.is_empty() && !recipe.image_hash.is_empty());
 
     // source | Mirror rec | Mirror edit | DDIM rec | DDIM edit, labelled.
-    let (w, h) = sheet_tile(source.dimensions());
+    let (w, h) = sheet_tile(size);
     assert_eq!(
         pixels(&sheet).dimensions(),
         (5 * w + 4 * SHEET_GAP, h + SHEET_LABEL_HEIGHT)
@@ -188,6 +199,11 @@ fn translate_writes_outputs_with_recipe_and_replays_identically() {
             .dims()[0]
     };
     assert_eq!(first_dim("inversion.latents"), STEPS + 1);
+    let f = env.fx.vae_scale_factor();
+    let latent_hw = [size.1 as usize / f, size.0 as usize / f];
+    assert!(tensors["inversion.latents"].dims().ends_with(&latent_hw));
+    let caption = tensors.get("caption_embedding").expect("caption_embedding");
+    assert_eq!(caption.dims().last(), Some(&env.fx.text_hidden_size()));
     for name in [
         "mirror.embeddings",
         "mirror.rec_latents",
@@ -201,7 +217,10 @@ fn translate_writes_outputs_with_recipe_and_replays_identically() {
         assert_eq!(first_dim(name), STEPS, "{name}");
     }
     assert!(tensors.contains_key("caption_embedding") && tensors.contains_key("edit_direction"));
-    assert_eq!(tensors["mirror.inner_losses"].dims()[1], 10);
+    assert_eq!(
+        tensors["mirror.inner_losses"].dims()[1],
+        env.inner_iterations()
+    );
 
     // Replay from the PNG alone (prompts, steps, ... come from the recipe): same bytes.
     let replay = env.path("replay.png");
@@ -229,12 +248,23 @@ fn translate_writes_outputs_with_recipe_and_replays_identically() {
 fn ddim_method_sheet_has_only_its_tiles() {
     let env = Env::new("ddim");
     let (out, sheet) = (env.path("out.png"), env.path("sheet.png"));
+    // At the test image's own size (non-square on some fixture sets).
+    let (size_arg, size) = env.image_size();
     let o = env.translate(
         &out,
-        &["--method", "ddim", "--comparison", s(&sheet), "--no-cache"],
+        &[
+            "--method",
+            "ddim",
+            "--comparison",
+            s(&sheet),
+            "--size",
+            &size_arg,
+            "--no-cache",
+        ],
     );
     assert_ok(&o);
-    let (w, h) = sheet_tile(pixels(&env.image()).dimensions());
+    assert_eq!(pixels(&out).dimensions(), size);
+    let (w, h) = sheet_tile(size);
     assert_eq!(
         pixels(&sheet).dimensions(),
         (3 * w + 2 * SHEET_GAP, h + SHEET_LABEL_HEIGHT)
@@ -261,33 +291,12 @@ fn inspect_prints_components_and_loads() {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
-fn unet_weights(model: &Path) -> PathBuf {
-    std::fs::read_dir(model.join("unet"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .expect("the fixture UNet has safetensors weights")
-}
-
 #[test]
 fn inspect_broken_model_fails_naming_the_file() {
     let env = Env::new("broken");
     let model = env.path("model");
-    copy_dir(&env.model(), &model);
-    let weights = unet_weights(&model);
+    common::copy_tree(&env.model(), &model);
+    let weights = common::weight_file(&model.join("unet"));
 
     // Truncated weights: the error names the file.
     let bytes = std::fs::read(&weights).unwrap();

@@ -24,12 +24,11 @@ struct TextModel {
 }
 
 fn text_model(fx: &common::Fixtures) -> TextModel {
-    let model_dir = fx.model_dir();
-    let tokenizer = ClipTokenizer::from_dir(&model_dir.join("tokenizer")).expect("tokenizer");
-    let cfg =
-        ClipTextConfig::from_file(&model_dir.join("text_encoder/config.json")).expect("config");
-    let vb = loader::source::open_diffusers_folder(&model_dir)
-        .expect("model folder")
+    let folder = loader::source::open_diffusers_folder(&fx.model_dir()).expect("model folder");
+    let tokenizer = ClipTokenizer::from_dir(&folder.tokenizer_dir).expect("tokenizer");
+    let cfg = ClipTextConfig::from_file(&folder.text_encoder.config).expect("config");
+    assert_eq!(cfg.hidden_size, fx.text_hidden_size());
+    let vb = folder
         .text_encoder
         .open_weights()
         .expect("text encoder weights")
@@ -72,6 +71,7 @@ fn fixture_templates_match_reference() {
         .iter()
         .map(|t| t.as_str().unwrap())
         .collect();
+    assert!(!templates.is_empty(), "edit_direction: no templates");
     let fill =
         |word: &str| -> Vec<String> { templates.iter().map(|t| t.replace("{}", word)).collect() };
     let (src, tgt) = (fill(source), fill(target));
@@ -581,26 +581,32 @@ fn save_load_round_trip_and_errors() {
     );
 
     // Not a safetensors file, no edit_dir tensor, missing file.
+    let hidden = m.encoder.hidden_size();
     let junk = temp_path("junk.safetensors");
     std::fs::write(&junk, b"not a safetensors file").unwrap();
-    let err = load_direction(&junk, 32).unwrap_err();
+    let err = load_direction(&junk, hidden).unwrap_err();
     assert!(
         matches!(err, EngineError::CorruptSafetensors { .. }) && err.to_string().contains("junk"),
         "{err}"
     );
     let other = temp_path("other.safetensors");
-    let t = Tensor::zeros((1, 77, 32), DType::F32, &Device::Cpu).unwrap();
+    let t = Tensor::zeros(
+        (1, m.tokenizer.max_length(), hidden),
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
     candle_core::safetensors::save(
         &std::collections::HashMap::from([("x".to_string(), t)]),
         &other,
     )
     .unwrap();
-    let err = load_direction(&other, 32).unwrap_err();
+    let err = load_direction(&other, hidden).unwrap_err();
     assert!(
         matches!(err, EngineError::MissingTensor { .. }) && err.to_string().contains("other"),
         "{err}"
     );
-    let err = load_direction(&temp_path("absent.safetensors"), 32).unwrap_err();
+    let err = load_direction(&temp_path("absent.safetensors"), hidden).unwrap_err();
     assert!(
         matches!(err, EngineError::Io { .. }) && err.to_string().contains("absent"),
         "{err}"

@@ -435,10 +435,9 @@ fn unwritable_paths_are_errors_and_leave_nothing_behind() {
 #[test]
 fn tensor_conversion_matches_the_reference_fixture() {
     let fx = common::Fixtures::load();
-    let png_name = fx.fixture("vae")["png"]["test_image"]
-        .as_str()
-        .expect("png.test_image");
-    let loaded = load_image(&fx.root.join(png_name), &limits()).unwrap();
+    let loaded = load_image(&fx.test_image(), &limits()).unwrap();
+    let (h, w) = fx.image_hw();
+    assert_eq!(loaded.rgb.dimensions(), (w as u32, h as u32));
     let u8_hwc = fx
         .tensor("vae", "image_u8_hwc")
         .flatten_all()
@@ -455,11 +454,12 @@ fn tensor_conversion_matches_the_reference_fixture() {
     assert_eq!(tensor_to_image(&tensor).unwrap(), loaded.rgb);
 
     // The decoded PNG is the decoded tensor post-processed the same way.
-    if let Some(decoded_png) = fx.fixture("vae")["png"]["decoded"].as_str() {
-        let decoded = fx.tensor("vae", "decoded");
-        let png = load_image(&fx.root.join(decoded_png), &limits()).unwrap();
-        assert_eq!(tensor_to_image(&decoded).unwrap(), png.rgb);
-    }
+    let decoded_png = fx.fixture("vae")["png"]["decoded"]
+        .as_str()
+        .expect("png.decoded");
+    let decoded = fx.tensor("vae", "decoded");
+    let png = load_image(&fx.root.join(decoded_png), &limits()).unwrap();
+    assert_eq!(tensor_to_image(&decoded).unwrap(), png.rgb);
 }
 
 #[test]

@@ -45,6 +45,16 @@ fn fixture_copy(tag: &str) -> (TempDir, PathBuf) {
     (tmp, model)
 }
 
+/// Channels of the VAE's mid block (its attention's width): the last `block_out_channels`.
+fn vae_mid_channels(fx: &common::Fixtures) -> usize {
+    let cfg = fx.model_config("vae");
+    cfg["block_out_channels"]
+        .as_array()
+        .and_then(|v| v.last())
+        .and_then(|v| v.as_u64())
+        .expect("vae block_out_channels") as usize
+}
+
 fn diffusers(path: &Path) -> DiffusersFolder {
     match open_model_source(path).unwrap() {
         ModelSource::Diffusers(folder) => folder,
@@ -117,7 +127,7 @@ fn single_file_checkpoint_round_trip_is_bit_identical() {
     write_single_file(&folder, &file).unwrap();
 
     // The written file uses the original layout.
-    let stored = WeightFiles::open(&[file.clone()]).unwrap();
+    let stored = WeightFiles::open(std::slice::from_ref(&file)).unwrap();
     let names = stored.tensor_names();
     for prefix in [
         "model.diffusion_model.",
@@ -172,11 +182,12 @@ fn single_file_checkpoint_round_trip_is_bit_identical() {
 
     // Old diffusers VAE attention names and text-encoder names without `text_model.` resolve too.
     let vae = ckpt.vae_vb(DType::F32, &dev);
+    let c = vae_mid_channels(&fx);
     let a = vae
-        .get((64, 64), "encoder.mid_block.attentions.0.query.weight")
+        .get((c, c), "encoder.mid_block.attentions.0.query.weight")
         .unwrap();
     let b = vae
-        .get((64, 64), "encoder.mid_block.attentions.0.to_q.weight")
+        .get((c, c), "encoder.mid_block.attentions.0.to_q.weight")
         .unwrap();
     assert_eq!(bits(&a), bits(&b));
     let clip = ckpt.text_encoder_vb(DType::F32, &dev);
@@ -344,7 +355,7 @@ fn text_encoder_without_text_model_prefix() {
 fn fp16_variant_and_shards_are_found() {
     let (_tmp, model) = fixture_copy("variants");
     // VAE: only an fp16 variant, read back as f32.
-    let vae_file = model.join("vae/diffusion_pytorch_model.safetensors");
+    let vae_file = common::weight_file(&model.join("vae"));
     let vae = load_all(&vae_file);
     let half: HashMap<String, Tensor> = vae
         .iter()
@@ -357,7 +368,7 @@ fn fp16_variant_and_shards_are_found() {
     )
     .unwrap();
     // UNet: two shards and an index.
-    let unet_file = model.join("unet/diffusion_pytorch_model.safetensors");
+    let unet_file = common::weight_file(&model.join("unet"));
     let unet = load_all(&unet_file);
     std::fs::remove_file(&unet_file).unwrap();
     let (mut a, mut b, mut index) = (HashMap::new(), HashMap::new(), serde_json::Map::new());
@@ -430,7 +441,7 @@ fn missing_component_folder_is_reported() {
 
     // A component folder without weights names what was looked for.
     let (_tmp2, model) = fixture_copy("noweights");
-    std::fs::remove_file(model.join("text_encoder/model.safetensors")).unwrap();
+    std::fs::remove_file(common::weight_file(&model.join("text_encoder"))).unwrap();
     let err = open_model_source(&model).unwrap_err();
     assert!(
         matches!(&err, EngineError::MissingComponent { component, .. } if component == "text_encoder"),
@@ -445,7 +456,7 @@ fn missing_component_folder_is_reported() {
 #[test]
 fn pickle_only_component_is_rejected() {
     let (_tmp, model) = fixture_copy("pickle");
-    std::fs::remove_file(model.join("unet/diffusion_pytorch_model.safetensors")).unwrap();
+    std::fs::remove_file(common::weight_file(&model.join("unet"))).unwrap();
     std::fs::write(
         model.join("unet/diffusion_pytorch_model.bin"),
         b"PK\x03\x04 not really a pickle",
@@ -477,7 +488,7 @@ fn missing_tensor_is_typed() {
     let shape = tensors.remove(removed).unwrap().dims().to_vec();
     candle_core::safetensors::save(&tensors, &file).unwrap();
 
-    let weights = WeightFiles::open(&[file.clone()]).unwrap();
+    let weights = WeightFiles::open(std::slice::from_ref(&file)).unwrap();
     let vb = weights.var_builder(DType::F32, &Device::Cpu);
     assert!(!vb.contains_tensor(removed));
     // As a model would ask for it: through prefixes.
@@ -547,7 +558,7 @@ fn mis_shaped_tensor_is_typed() {
     tensors.insert(name.to_string(), bad);
     candle_core::safetensors::save(&tensors, &file).unwrap();
 
-    let vb = WeightFiles::open(&[file.clone()])
+    let vb = WeightFiles::open(std::slice::from_ref(&file))
         .unwrap()
         .var_builder(DType::F32, &Device::Cpu);
     let err = weight_error(&file, vb.get(good.clone(), name).unwrap_err());
@@ -566,8 +577,9 @@ fn mis_shaped_tensor_is_typed() {
     }
     assert_names_file(&err, &file);
     // A straight VarBuilder does not reshape [C, C] into [C, C, 1, 1].
+    let c = vae_mid_channels(&fx);
     let e = vb
-        .get((64, 64, 1, 1), "decoder.mid_block.attentions.0.to_q.weight")
+        .get((c, c, 1, 1), "decoder.mid_block.attentions.0.to_q.weight")
         .unwrap_err();
     assert!(matches!(
         weight_error(&file, e),
@@ -578,12 +590,14 @@ fn mis_shaped_tensor_is_typed() {
 #[test]
 fn corrupt_safetensors_header_is_typed() {
     let (_tmp, model) = fixture_copy("corrupt");
-    let unet = model.join("unet/diffusion_pytorch_model.safetensors");
+    let unet = common::weight_file(&model.join("unet"));
     let bytes = std::fs::read(&unet).unwrap();
 
     // Truncated: the header promises more data than the file holds.
     std::fs::write(&unet, &bytes[..bytes.len() / 2]).unwrap();
-    let err = WeightFiles::open(&[unet.clone()]).err().unwrap();
+    let err = WeightFiles::open(std::slice::from_ref(&unet))
+        .err()
+        .unwrap();
     assert!(
         matches!(err, EngineError::CorruptSafetensors { .. }),
         "{err}"
@@ -605,7 +619,9 @@ fn corrupt_safetensors_header_is_typed() {
         vec![1, 2, 3],
     ] {
         std::fs::write(&unet, &content).unwrap();
-        let err = WeightFiles::open(&[unet.clone()]).err().unwrap();
+        let err = WeightFiles::open(std::slice::from_ref(&unet))
+            .err()
+            .unwrap();
         assert!(
             matches!(err, EngineError::CorruptSafetensors { .. }),
             "{err}"
@@ -740,10 +756,7 @@ fn inspect_reports_components() {
     // A wrongly typed config field is a typed Config error naming the file and field.
     let (_tmp, model) = fixture_copy("badcfg");
     let cfg = model.join("vae/config.json");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("\"layers_per_block\": 2", "\"layers_per_block\": \"two\"");
-    std::fs::write(&cfg, text).unwrap();
+    common::edit_json(&cfg, |v| v["layers_per_block"] = "two".into());
     let err = inspect(&model).unwrap_err();
     assert!(
         matches!(&err, EngineError::Config { field, .. } if field == "layers_per_block"),

@@ -13,15 +13,7 @@ use mirror_diffusion::engine::pipeline::stages::{InversionGrid, Trajectory};
 use mirror_diffusion::engine::pipeline::{CancelToken, MethodStep, StageContext};
 
 fn mirror_fixtures(fx: &Fixtures) -> Vec<String> {
-    let mut names: Vec<String> = fx.manifest["fixtures"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .filter(|k| k.starts_with("mirror_"))
-        .cloned()
-        .collect();
-    names.sort();
-    names
+    fx.names_with_prefix("mirror_")
 }
 
 struct Case {

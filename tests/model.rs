@@ -21,9 +21,12 @@ fn temp_dir(tag: &str) -> PathBuf {
 }
 
 fn outputs(sd: &StableDiffusion, fx: &Fixtures) -> Vec<Tensor> {
-    let emb = sd.encode_prompt("a photo of a cat").unwrap();
+    let emb = sd.encode_prompt(&fx.source_prompt()).unwrap();
     let z = fx.tensor("unet", "latents");
-    let eps = sd.unet.forward(&z, 501.0, &emb).unwrap();
+    let t = fx.settings("unet_attn2")["timestep"]
+        .as_f64()
+        .expect("unet_attn2 timestep");
+    let eps = sd.unet.forward(&z, t, &emb).unwrap();
     let image = fx.tensor("vae", "image");
     let mean = sd.vae.encode(&image).unwrap().mean;
     let decoded = sd.vae.latent_to_image(&z).unwrap();
@@ -81,11 +84,7 @@ fn broken_models_give_typed_errors_naming_the_file() {
     // Wrong type in the UNet config.
     let cfg_path = dir.join("unet/config.json");
     let text = std::fs::read_to_string(&cfg_path).unwrap();
-    std::fs::write(
-        &cfg_path,
-        text.replace("\"layers_per_block\": 2", "\"layers_per_block\": \"two\""),
-    )
-    .unwrap();
+    common::edit_json(&cfg_path, |v| v["layers_per_block"] = "two".into());
     let err = StableDiffusion::load(&dir, &Device::Cpu)
         .err()
         .expect("bad config");
@@ -94,18 +93,23 @@ fn broken_models_give_typed_errors_naming_the_file() {
         err.to_string().contains("config.json") && err.to_string().contains("layers_per_block"),
         "{err}"
     );
-    std::fs::write(
-        &cfg_path,
-        text.replace("\"DownBlock2D\"", "\"FancyBlock2D\""),
-    )
-    .unwrap();
+    std::fs::write(&cfg_path, &text).unwrap();
+    common::edit_json(&cfg_path, |v| {
+        let last = v["down_block_types"]
+            .as_array()
+            .expect("down_block_types")
+            .len()
+            - 1;
+        v["down_block_types"][last] = "FancyBlock2D".into();
+    });
     let err = StableDiffusion::load(&dir, &Device::Cpu)
         .err()
         .expect("unknown block");
     assert!(matches!(err, EngineError::UnknownBlockType { .. }), "{err}");
     std::fs::write(&cfg_path, &text).unwrap();
     // Truncated VAE weights.
-    let vae = dir.join("vae/diffusion_pytorch_model.safetensors");
+    let vae = common::weight_file(&dir.join("vae"));
+    let vae_name = vae.file_name().unwrap().to_string_lossy().into_owned();
     let bytes = std::fs::read(&vae).unwrap();
     std::fs::write(&vae, &bytes[..bytes.len() / 2]).unwrap();
     let err = StableDiffusion::load(&dir, &Device::Cpu)
@@ -115,11 +119,7 @@ fn broken_models_give_typed_errors_naming_the_file() {
         matches!(err, EngineError::CorruptSafetensors { .. }),
         "{err}"
     );
-    assert!(
-        err.to_string()
-            .contains("diffusion_pytorch_model.safetensors"),
-        "{err}"
-    );
+    assert!(err.to_string().contains(&vae_name), "{err}");
     // Missing text encoder.
     std::fs::write(&vae, &bytes).unwrap();
     std::fs::remove_dir_all(dir.join("text_encoder")).unwrap();
@@ -141,13 +141,18 @@ fn image_sizes_the_model_cannot_take_are_refused() {
     );
     let err = sd
         .check_image_size(4 * m + 1, 4 * m)
-        .err()
-        .expect("not a multiple");
+        .expect_err("not a multiple");
     assert!(matches!(err, EngineError::InvalidInput(_)), "{err}");
-    let err = sd.unet.check_latent_size(3, 5).err().expect("odd latent");
+    let err = sd.unet.check_latent_size(3, 5).expect_err("odd latent");
     assert!(matches!(err, EngineError::LatentSize { .. }), "{err}");
+    // Trained side = UNet sample_size × VAE factor, from the configs (not the test image,
+    // which may be non-square).
+    let sample_size = fx.model_config("unet")["sample_size"]
+        .as_u64()
+        .expect("unet sample_size") as usize;
+    assert_eq!(sd.default_image_side(), sample_size * fx.vae_scale_factor());
     assert_eq!(
-        sd.default_image_side(),
-        fx.manifest["image_hw"][0].as_u64().unwrap() as usize
+        m,
+        fx.vae_scale_factor() * sd.unet.config().downsample_factor()
     );
 }

@@ -65,15 +65,7 @@ fn ddim_inversion_matches_reference() {
 #[test]
 fn authors_inversion_matches_reference() {
     let (fx, sd) = load();
-    let names: Vec<String> = fx.manifest["fixtures"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .filter(|k| k.starts_with("authors_inversion_"))
-        .cloned()
-        .collect();
-    assert!(!names.is_empty());
-    for name in names {
+    for name in fx.names_with_prefix("authors_inversion_") {
         let n = steps(&fx, &name);
         let cancel = CancelToken::new();
         let plan = stages::InversionSettings {

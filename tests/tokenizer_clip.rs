@@ -15,18 +15,23 @@ fn tokenizer(fx: &common::Fixtures) -> ClipTokenizer {
     ClipTokenizer::from_dir(&fx.model_dir().join("tokenizer")).expect("tokenizer loads")
 }
 
+/// The fixture's prompts (never empty, so loops over them check something).
 fn prompts(fx: &common::Fixtures, fixture: &str) -> Vec<String> {
-    fx.fixture(fixture)["prompts"]
+    let prompts: Vec<String> = fx.fixture(fixture)["prompts"]
         .as_array()
         .expect("prompts")
         .iter()
         .map(|p| p.as_str().expect("prompt").to_string())
-        .collect()
+        .collect();
+    assert!(!prompts.is_empty(), "{fixture}: no prompts");
+    prompts
 }
 
 fn text_encoder_paths(fx: &common::Fixtures) -> (PathBuf, PathBuf) {
-    let dir = fx.model_dir().join("text_encoder");
-    (dir.join("config.json"), dir.join("model.safetensors"))
+    (
+        fx.config_path("text_encoder"),
+        fx.weights_path("text_encoder"),
+    )
 }
 
 #[test]

@@ -16,9 +16,8 @@ use mirror_diffusion::engine::unet::{
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 fn load(fx: &common::Fixtures) -> UNet2DConditionModel {
-    let dir = fx.model_dir().join("unet");
-    let cfg = UNetConfig::from_file(&dir.join("config.json")).expect("config parses");
-    let weights = dir.join("diffusion_pytorch_model.safetensors");
+    let cfg = UNetConfig::from_file(&fx.config_path("unet")).expect("config parses");
+    let weights = fx.weights_path("unet");
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &Device::Cpu) }
         .expect("weights load");
     UNet2DConditionModel::new(vb, &cfg).expect("unet builds")
@@ -105,16 +104,18 @@ fn unet_attn2_probs_keys_values_match_fixture() -> TestResult {
             layer.values.as_ref().unwrap(),
         );
     }
+    assert!(!maps.layers.is_empty(), "no cross-attention layer captured");
     // Nothing requested: nothing kept.
-    let (_, none) =
-        unet.forward_with_capture(&latents, 501.0, &context, CaptureRequest::default())?;
+    let t = timestep(&fx, "unet_attn2");
+    let (_, none) = unet.forward_with_capture(&latents, t, &context, CaptureRequest::default())?;
     assert!(none.layers.is_empty());
     // Probabilities only.
     let probs_only = CaptureRequest {
         probs: true,
         keys_values: false,
     };
-    let (_, some) = unet.forward_with_capture(&latents, 501.0, &context, probs_only)?;
+    let (_, some) = unet.forward_with_capture(&latents, t, &context, probs_only)?;
+    assert_eq!(some.layers.len(), names.len());
     assert!(
         some.layers
             .iter()
@@ -232,8 +233,9 @@ fn attention_map_row_gradient_matches_finite_difference() -> TestResult {
     };
     let (_, _, h, w) = latents.dims4()?;
     let (row, token) = (h / 4, 2usize);
+    let t = timestep(&fx, "unet_attn2");
     let objective = |x: &Tensor| -> candle_core::Result<Tensor> {
-        let (_, maps) = unet.forward_with_capture(x, 501.0, &context, request)?;
+        let (_, maps) = unet.forward_with_capture(x, t, &context, request)?;
         let layer = &maps.layers[0];
         let (_, qw) = layer.spatial;
         // Head 0, query pixels of one image row, one key token.
@@ -267,8 +269,9 @@ fn redescription_loss_gradient_matches_finite_difference() -> TestResult {
     let context = fx.tensor("unet", "encoder_hidden_states");
     let target = (latents.affine(0.9, 0.0)? + 0.1)?;
     let (a, b) = (1.05f64, -0.3f64);
+    let t = timestep(&fx, "unet_grad");
     let objective = |c: &Tensor| -> candle_core::Result<Tensor> {
-        let eps = unet.forward(&latents, 501.0, c)?;
+        let eps = unet.forward(&latents, t, c)?;
         (latents.affine(a, 0.0)? + eps.affine(b, 0.0)?)?
             .sub(&target)?
             .sqr()?
@@ -333,8 +336,7 @@ fn non_square_latent_runs_and_bad_sizes_are_rejected() -> TestResult {
 /// Writes the fixture's UNet config with `edit` applied to a fresh temporary file.
 fn edited_config(name: &str, edit: impl Fn(&mut serde_json::Value)) -> PathBuf {
     let fx = common::Fixtures::load();
-    let text = std::fs::read_to_string(fx.model_dir().join("unet/config.json")).unwrap();
-    let mut value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut value = fx.model_config("unet");
     edit(&mut value);
     let dir = std::env::temp_dir().join(format!("mirror-unet-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -363,8 +365,10 @@ fn config_errors_are_typed() {
         }
         other => panic!("expected Config error, got {other:?}"),
     }
+    // One entry more than there are blocks.
+    let blocks = block_channels(&common::Fixtures::load()).len();
     let path = edited_config("bad_list.json", |v| {
-        v["attention_head_dim"] = serde_json::json!([2, 2, 2])
+        v["attention_head_dim"] = serde_json::json!(vec![2; blocks + 1])
     });
     assert!(matches!(
         UNetConfig::from_file(&path),
@@ -376,16 +380,58 @@ fn config_errors_are_typed() {
     ));
 }
 
-/// SD 2-style: linear projections, per-block head counts, two transformer layers in one block.
+/// Widths of the fixture UNet's blocks (`block_out_channels`).
+fn block_channels(fx: &common::Fixtures) -> Vec<usize> {
+    fx.model_config("unet")["block_out_channels"]
+        .as_array()
+        .expect("unet block_out_channels")
+        .iter()
+        .map(|v| v.as_u64().expect("channel count") as usize)
+        .collect()
+}
+
+/// Block index of an attn2 layer name: down block i and up block n − 1 − i work at block i's
+/// width, the mid block at the last one.
+fn block_of(layer: &str, n: usize) -> usize {
+    let index = |prefix: &str| -> Option<usize> {
+        layer.strip_prefix(prefix)?.split('.').next()?.parse().ok()
+    };
+    if let Some(i) = index("down_blocks.") {
+        i
+    } else if let Some(j) = index("up_blocks.") {
+        n - 1 - j
+    } else {
+        assert!(layer.starts_with("mid_block."), "{layer}");
+        n - 1
+    }
+}
+
+/// SD 2-style on the fixture's widths: linear projections, per-block head counts, two
+/// transformer layers per block after the first, cross-attention in every block.
 #[test]
 fn linear_projection_and_per_block_heads_build_and_run() -> TestResult {
+    let fx = common::Fixtures::load();
+    let channels = block_channels(&fx);
+    let n = channels.len();
+    assert!(n >= 2, "the fixture UNet has {n} block(s)");
+    // 2 heads in the first block, then the most of 4, 2, 1 that divides the width.
+    let heads: Vec<usize> = channels
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| {
+            let options: &[usize] = if i == 0 { &[2, 1] } else { &[4, 2, 1] };
+            *options.iter().find(|&&h| c % h == 0).unwrap()
+        })
+        .collect();
+    let layers: Vec<usize> = (0..n).map(|i| if i == 0 { 1 } else { 2 }).collect();
+    let cross_dim = 24;
     let path = edited_config("sd2_like.json", |v| {
         v["use_linear_projection"] = true.into();
-        v["attention_head_dim"] = serde_json::json!([2, 4]);
-        v["transformer_layers_per_block"] = serde_json::json!([1, 2]);
-        v["cross_attention_dim"] = 24.into();
-        v["down_block_types"] = serde_json::json!(["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"]);
-        v["up_block_types"] = serde_json::json!(["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]);
+        v["attention_head_dim"] = serde_json::json!(heads);
+        v["transformer_layers_per_block"] = serde_json::json!(layers);
+        v["cross_attention_dim"] = cross_dim.into();
+        v["down_block_types"] = serde_json::json!(vec!["CrossAttnDownBlock2D"; n]);
+        v["up_block_types"] = serde_json::json!(vec!["CrossAttnUpBlock2D"; n]);
         v["layers_per_block"] = 1.into();
     });
     let cfg = UNetConfig::from_file(&path)?;
@@ -398,33 +444,42 @@ fn linear_projection_and_per_block_heads_build_and_run() -> TestResult {
         let proj_in = data
             .get("unet.down_blocks.0.attentions.0.proj_in.weight")
             .expect("proj_in");
-        assert_eq!(proj_in.dims(), &[32, 32], "linear projection weight is 2-D");
+        assert_eq!(
+            proj_in.dims(),
+            &[channels[0], channels[0]],
+            "linear projection weight is 2-D"
+        );
         let to_k =
             data.get("unet.down_blocks.1.attentions.0.transformer_blocks.1.attn2.to_k.weight");
-        assert_eq!(to_k.expect("second transformer layer").dims(), &[64, 24]);
+        assert_eq!(
+            to_k.expect("second transformer layer").dims(),
+            &[channels[1], cross_dim]
+        );
     }
     let names = unet.attn2_layer_names();
-    // down 0: 1, down 1: 1 × 2 layers, up 0: 2 × 2, up 1: 2 × 1, mid: 1 × 2.
-    assert_eq!(names.len(), 11);
-    let x = Tensor::randn(0f32, 1., (2, 4, 8, 12), &Device::Cpu)?;
-    let context = Tensor::randn(0f32, 1., (2, 77, 24), &Device::Cpu)?;
+    // Down block i: 1 resnet × layers[i]; up blocks: 2 × layers[i]; mid: layers[n − 1].
+    let total: usize = layers.iter().sum();
+    assert_eq!(names.len(), 3 * total + layers[n - 1]);
+    let f = cfg.downsample_factor();
+    let (h, w) = (4 * f, 6 * f);
+    let x = Tensor::randn(0f32, 1., (2, cfg.in_channels, h, w), &Device::Cpu)?;
+    let context = Tensor::randn(0f32, 1., (2, 77, cross_dim), &Device::Cpu)?;
     let request = CaptureRequest {
         probs: true,
         keys_values: true,
     };
     let (eps, maps): (Tensor, AttentionMaps) =
         unet.forward_with_capture(&x, 10.0, &context, request)?;
-    assert_eq!(eps.dims(), &[2, 4, 8, 12]);
+    assert_eq!(eps.dims(), &[2, cfg.out_channels, h, w]);
     assert_eq!(maps.names(), names);
     for layer in &maps.layers {
-        // Block 0 (down 0 / up 1): 32 channels, 2 heads; block 1 and mid: 64 channels, 4 heads.
-        let outer =
-            layer.name.starts_with("down_blocks.0") || layer.name.starts_with("up_blocks.1");
-        let (heads, channels) = if outer { (2, 32) } else { (4, 64) };
-        assert_eq!(layer.heads, heads, "{}", layer.name);
+        let b = block_of(&layer.name, n);
+        assert_eq!(layer.heads, heads[b], "{}", layer.name);
         assert_eq!(
             layer.keys.as_ref().unwrap().dims(),
-            &[2 * heads, 77, channels / heads]
+            &[2 * heads[b], 77, channels[b] / heads[b]],
+            "{}",
+            layer.name
         );
     }
     Ok(())

@@ -72,14 +72,16 @@ fn ddim_grids(fx: &common::Fixtures) -> Vec<usize> {
     ns
 }
 
-/// Timesteps `t` of every `<prefix><t>` tensor.
+/// Timesteps `t` of every `<prefix><t>` tensor (at least one).
 fn fixture_timesteps(fx: &common::Fixtures, prefix: &str) -> Vec<usize> {
-    fx.fixture("ddim")["tensors"]
+    let ts: Vec<usize> = fx.fixture("ddim")["tensors"]
         .as_object()
         .unwrap()
         .keys()
         .filter_map(|k| k.strip_prefix(prefix).and_then(|t| t.parse().ok()))
-        .collect()
+        .collect();
+    assert!(!ts.is_empty(), "ddim: no {prefix}<t> tensor");
+    ts
 }
 
 #[test]
@@ -195,9 +197,7 @@ fn ddim_steps_match_fixture() {
     let n = step_grid(&fx);
     let x = fx.tensor("ddim", "x");
     let eps = fx.tensor("ddim", "eps");
-    let step_ts = fixture_timesteps(&fx, "step_prev_t");
-    assert!(!step_ts.is_empty());
-    for t in step_ts {
+    for t in fixture_timesteps(&fx, "step_prev_t") {
         let out = sched.step(&eps, t, &x, n).unwrap();
         fx.assert_close("ddim", &format!("step_prev_t{t}"), &out.prev_sample);
         fx.assert_close("ddim", &format!("step_x0_t{t}"), &out.pred_original_sample);
@@ -226,14 +226,7 @@ fn kl_regulariser_matches_fixture() {
 fn authors_inversion_timesteps_are_the_inner_grid() {
     let fx = common::Fixtures::load();
     let sched = scheduler(&fx);
-    let names: Vec<String> = fx.manifest["fixtures"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .filter(|k| k.starts_with("authors_inversion"))
-        .cloned()
-        .collect();
-    for name in &names {
+    for name in &fx.names_with_prefix("authors_inversion") {
         let name = name.as_str();
         let n = fx.settings(name)["num_inference_steps"].as_u64().unwrap() as usize;
         let ts: Vec<i64> = sched
@@ -402,11 +395,7 @@ fn step_gradients_match_finite_differences() {
 // ------------------------------------------------------------------------------------- VAE
 
 fn vae_paths(fx: &common::Fixtures) -> (PathBuf, PathBuf) {
-    let dir = fx.model_dir().join("vae");
-    (
-        dir.join("config.json"),
-        dir.join("diffusion_pytorch_model.safetensors"),
-    )
+    (fx.config_path("vae"), fx.weights_path("vae"))
 }
 
 fn load_vae(fx: &common::Fixtures) -> AutoencoderKL {
@@ -422,13 +411,14 @@ fn vae_matches_fixture() {
     let fx = common::Fixtures::load();
     let vae = load_vae(&fx);
     let settings = fx.settings("vae");
-    if let Some(s) = settings["scaling_factor"].as_f64() {
-        assert_eq!(vae.config().scaling_factor(), s);
-    }
-    if let Some(f) = fx.manifest["vae_scale_factor"].as_u64() {
-        assert_eq!(vae.config().downsample_factor() as u64, f);
-    }
+    let scaling = settings["scaling_factor"]
+        .as_f64()
+        .expect("vae settings: scaling_factor");
+    assert_eq!(vae.config().scaling_factor(), scaling);
+    assert_eq!(vae.config().downsample_factor(), fx.vae_scale_factor());
     let image = fx.tensor("vae", "image");
+    let (h, w) = fx.image_hw();
+    assert_eq!(image.dims(), &[1, 3, h, w]);
     let posterior = vae.encode(&image).unwrap();
     fx.assert_close("vae", "posterior_mean", &posterior.mean);
     fx.assert_close("vae", "posterior_logvar", &posterior.logvar);

@@ -1,5 +1,11 @@
 //! Reads the PyTorch reference fixtures (`MIRROR_FIXTURES`, default
 //! `../shared/fixtures/tiny-sd-ref`) and compares tensors with the manifest's tolerances.
+//!
+//! Tests must run on any fixture set the shared generator makes (another architecture,
+//! a non-square image; `scripts/make-fixture-set.sh` makes one): take the model folder, the
+//! image, sizes and widths from here (`model_dir`, `test_image`, `image_hw`, `latent_hw`,
+//! `text_hidden_size`, `model_config`, `weights_path`), edit configs with `edit_json`, and
+//! loop over fixtures with `names_with_prefix` (it fails when there are none).
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -30,6 +36,89 @@ impl Fixtures {
     pub fn model_dir(&self) -> PathBuf {
         self.root
             .join(self.manifest["model_dir"].as_str().expect("model_dir"))
+    }
+
+    /// Test image size `(height, width)` in pixels (manifest `image_hw`).
+    pub fn image_hw(&self) -> (usize, usize) {
+        self.pair("image_hw")
+    }
+
+    /// Latent size `(height, width)` of the test image (manifest `latent_hw`).
+    pub fn latent_hw(&self) -> (usize, usize) {
+        self.pair("latent_hw")
+    }
+
+    /// Pixels per latent cell (manifest `vae_scale_factor`, 2^(VAE blocks − 1)).
+    pub fn vae_scale_factor(&self) -> usize {
+        self.usize_field("vae_scale_factor")
+    }
+
+    /// Width of the text embedding (manifest `text_hidden_size`, = UNet cross_attention_dim).
+    pub fn text_hidden_size(&self) -> usize {
+        self.usize_field("text_hidden_size")
+    }
+
+    /// The fixture test image (PNG named by the `vae` fixture).
+    pub fn test_image(&self) -> PathBuf {
+        let name = self.fixture("vae")["png"]["test_image"]
+            .as_str()
+            .expect("manifest: vae.png.test_image");
+        self.root.join(name)
+    }
+
+    /// The source prompt the reference tensors were computed with (`unet` settings).
+    pub fn source_prompt(&self) -> String {
+        self.settings("unet")["prompt"]
+            .as_str()
+            .expect("manifest: unet.settings.prompt")
+            .to_string()
+    }
+
+    /// `config.json` of a model component ("unet", "vae", "text_encoder").
+    pub fn config_path(&self, component: &str) -> PathBuf {
+        self.model_dir().join(component).join("config.json")
+    }
+
+    /// A model component's `config.json`, parsed.
+    pub fn model_config(&self, component: &str) -> Value {
+        read_json(&self.config_path(component))
+    }
+
+    /// The single safetensors weight file of a model component (as the generator writes them).
+    pub fn weights_path(&self, component: &str) -> PathBuf {
+        weight_file(&self.model_dir().join(component))
+    }
+
+    /// Names of the manifest's fixtures that start with `prefix`, sorted; panics when there
+    /// are none, so that a loop over them cannot pass vacuously.
+    pub fn names_with_prefix(&self, prefix: &str) -> Vec<String> {
+        let mut names: Vec<String> = self.manifest["fixtures"]
+            .as_object()
+            .expect("manifest: fixtures")
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect();
+        names.sort();
+        assert!(
+            !names.is_empty(),
+            "no fixture named {prefix}* in the manifest"
+        );
+        names
+    }
+
+    fn usize_field(&self, key: &str) -> usize {
+        self.manifest[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("manifest: `{key}` missing")) as usize
+    }
+
+    fn pair(&self, key: &str) -> (usize, usize) {
+        let v = &self.manifest[key];
+        match (v[0].as_u64(), v[1].as_u64()) {
+            (Some(h), Some(w)) => (h as usize, w as usize),
+            _ => panic!("manifest: `{key}` is not [height, width]"),
+        }
     }
 
     pub fn fixture(&self, name: &str) -> &Value {
@@ -125,6 +214,35 @@ pub fn assert_tensor_close(label: &str, expected: &Tensor, actual: &Tensor, atol
     );
     eprintln!("{label}: max abs error {max_err:.3e} (atol {limit:.3e})");
     max_err
+}
+
+/// The single `*.safetensors` file in a component folder (panics on none or several).
+pub fn weight_file(component_dir: &Path) -> PathBuf {
+    let files: Vec<PathBuf> = std::fs::read_dir(component_dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", component_dir.display()))
+        .map(|e| e.expect("directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    assert_eq!(
+        files.len(),
+        1,
+        "{}: one safetensors file expected, found {files:?}",
+        component_dir.display()
+    );
+    files.into_iter().next().unwrap()
+}
+
+pub fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Edits a JSON file as JSON (never by text replacement): read, apply `edit`, write back.
+pub fn edit_json(path: &Path, edit: impl FnOnce(&mut Value)) {
+    let mut value = read_json(path);
+    edit(&mut value);
+    let text = serde_json::to_string_pretty(&value).expect("JSON serialises");
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }
 
 /// Copies a folder tree, making the copies writable (the fixtures are read-only).
