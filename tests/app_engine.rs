@@ -42,17 +42,14 @@ struct Fixture {
 impl Fixture {
     fn new(name: &str) -> Self {
         let fx = common::Fixtures::load();
-        let image = fx.fixture("vae")["png"]["test_image"]
-            .as_str()
-            .unwrap_or("test_image.png")
-            .to_string();
+        let image = fx.test_image();
         let dir =
             std::env::temp_dir().join(format!("mirror-app-engine-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
         Fixture {
             model: fx.model_dir(),
-            image: fx.root.join(image),
+            image,
             dir,
         }
     }

@@ -29,11 +29,7 @@ impl egui::DroppedFile for PathFile {
 /// The fixture model folder and test image, from the fixture manifest.
 fn fixture_model_and_image() -> (PathBuf, PathBuf) {
     let fx = common::Fixtures::load();
-    let image = fx.fixture("vae")["png"]["test_image"]
-        .as_str()
-        .unwrap_or("test_image.png")
-        .to_string();
-    (fx.model_dir(), fx.root.join(image))
+    (fx.model_dir(), fx.test_image())
 }
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -368,8 +364,10 @@ fn step_until_error(h: &mut Harness<'static, MirrorApp>) {
 fn settings_survive_a_restart_and_a_corrupt_file() {
     use mirror_diffusion::app::settings::Settings;
     let dir = temp_dir("settings");
-    let mut s = Settings::default();
-    s.source_prompt = "a photo of a horse".into();
+    let mut s = Settings {
+        source_prompt: "a photo of a horse".into(),
+        ..Settings::default()
+    };
     s.remember_model(Path::new("/models/sd15"));
     s.save(&dir).expect("save");
     let (back, problem) = Settings::load(&dir);

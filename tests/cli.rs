@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use candle_core::Device;
-use mirror_diffusion::engine::imageio::{SHEET_GAP, SHEET_LABEL_HEIGHT, read_recipe};
+use mirror_diffusion::engine::imageio::{
+    ResizePolicy, SHEET_GAP, SHEET_LABEL_HEIGHT, processing_size, read_recipe,
+};
 
 const STEPS: usize = 4;
 
@@ -44,13 +46,27 @@ impl Env {
         self.fx.source_prompt()
     }
 
-    /// Processing size without `--size`: the model's square, UNet sample_size × VAE factor.
-    fn default_size(&self) -> (u32, u32) {
-        let sample_size = self.fx.model_config("unet")["sample_size"]
-            .as_u64()
-            .expect("unet sample_size");
-        let side = (sample_size as usize * self.fx.vae_scale_factor()) as u32;
-        (side, side)
+    /// Processing size without `--size` (shape kept): the model's native area (UNet
+    /// sample_size × VAE factor, squared) at the test image's aspect ratio, in multiples of
+    /// the model's size step (VAE factor × UNet downsampling).
+    fn processing_size(&self) -> (u32, u32) {
+        let unet = self.fx.model_config("unet");
+        let sample_size = unet["sample_size"].as_u64().expect("unet sample_size") as u32;
+        let levels = unet["block_out_channels"]
+            .as_array()
+            .expect("unet block_out_channels")
+            .len() as u32;
+        let factor = self.fx.vae_scale_factor() as u32;
+        let step = factor << (levels - 1);
+        let original = self.image_size().1;
+        processing_size(
+            original,
+            None,
+            ResizePolicy::Keep,
+            sample_size * factor,
+            step,
+        )
+        .expect("a processing size")
     }
 
     /// The test image's own (width, height), as a `--size` argument and as a pair.
@@ -167,10 +183,12 @@ fn translate_writes_outputs_with_recipe_and_replays_identically() {
     );
     assert_ok(&o);
 
-    // Without `--size` the image is processed at the model's square size.
-    let size = env.default_size();
+    // Without `--size` the image keeps its shape: processed at the model's area, delivered
+    // at its own size.
+    let size = env.processing_size();
+    let delivered = env.image_size().1;
     for p in [&out, &rec, &ddim_rec, &ddim_edit] {
-        assert_eq!(pixels(p).dimensions(), size, "{}", p.display());
+        assert_eq!(pixels(p).dimensions(), delivered, "{}", p.display());
     }
 
     let recipe = read_recipe(&out)
