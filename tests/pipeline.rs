@@ -4,7 +4,7 @@ mod common;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use common::Fixtures;
-use mirror_diffusion::engine::methods::ddim::{self, DdimContexts};
+use mirror_diffusion::engine::methods::ddim::{self, DdimContexts, DdimInputs};
 use mirror_diffusion::engine::methods::pix2pix_zero::{
     self, Pix2PixZeroInputs, Pix2PixZeroSettings,
 };
@@ -98,14 +98,31 @@ fn ddim_reconstruction_matches_reference() {
         cond: emb,
         uncond: None,
     };
+    // The production two-branch step, both branches on the caption: they must agree.
+    let inputs = DdimInputs {
+        steps: n,
+        reconstruction: &contexts,
+        translation: &contexts,
+        want_maps: false,
+    };
+    let cancel = CancelToken::new();
+    let ctx = StageContext::new(&sd, &cancel);
     for variant in ["noreg", "kl"] {
-        let latents = ddim::sample(
-            &sd,
-            &fx.tensor(name, &format!("zT_{variant}")),
-            n,
-            &contexts,
-        )
-        .unwrap();
+        let mut state = LatentPair::start(&fx.tensor(name, &format!("zT_{variant}")));
+        let mut latents = vec![state.reconstruction.clone()];
+        for i in 0..n {
+            state = ddim::step(&ctx, &inputs, &state, i).unwrap().0;
+            let same = (&state.reconstruction - &state.translation)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(same, 0.0, "both branches of step {i} agree");
+            latents.push(state.reconstruction.clone());
+        }
         fx.assert_close(
             name,
             &format!("latents_{variant}"),

@@ -3,14 +3,10 @@
 
 use candle_core::Tensor;
 
-use crate::engine::model::StableDiffusion;
+use crate::engine::Result;
 use crate::engine::pipeline::stages::classifier_free_guidance;
-use crate::engine::pipeline::step::is_finite;
-use crate::engine::pipeline::{
-    Branch, BranchState, CancelToken, LatentPair, MethodStep, StageContext,
-};
+use crate::engine::pipeline::{Branch, BranchState, LatentPair, MethodStep, StageContext};
 use crate::engine::unet::{AttentionMaps, CaptureRequest};
-use crate::engine::{EngineError, Result};
 
 /// UNet calls of one step: one per branch.
 pub const UNET_CALLS_PER_STEP: usize = 2;
@@ -132,29 +128,4 @@ pub fn step(
         translation: edit.latent,
     };
     Ok((next, out))
-}
-
-/// Plain DDIM sampling from `z_t` over the whole schedule; returns `[z_N … z_0]`.
-pub fn sample(
-    sd: &StableDiffusion,
-    z_t: &Tensor,
-    n: usize,
-    contexts: &DdimContexts,
-) -> Result<Vec<Tensor>> {
-    let cancel = CancelToken::new();
-    let ctx = StageContext::new(sd, &cancel);
-    let mut latents = vec![z_t.clone()];
-    for (i, t) in sd.scheduler.timesteps(n).into_iter().enumerate() {
-        let z = latents.last().unwrap_or(z_t);
-        let s = denoise(&ctx, z, t, n, contexts, false)?;
-        if !is_finite(&s.latent)? {
-            return Err(EngineError::StepNotFinite {
-                step: i + 1,
-                steps: n,
-                branch: Branch::DdimReconstruction,
-            });
-        }
-        latents.push(s.latent);
-    }
-    Ok(latents)
 }
