@@ -11,6 +11,7 @@ pub mod methods;
 pub mod model;
 pub mod nn;
 pub mod pipeline;
+pub mod rng;
 pub mod scheduler;
 pub mod session;
 pub mod tokenizer;

@@ -12,6 +12,9 @@ pub use classify::{Classification, classify};
 pub use dataset::{DatasetSettings, write_dataset};
 pub use render::render;
 
+/// The seeded generator of scenes and data sets.
+pub use crate::engine::rng::SplitMix64;
+
 /// The colours of shapes and backgrounds, with the sRGB value the renderer paints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Colour {
@@ -190,33 +193,4 @@ pub fn vocabulary() -> Vec<&'static str> {
     words.extend(Colour::ALL.iter().map(|c| c.word()));
     words.extend(Shape::ALL.iter().map(|s| s.word()));
     words
-}
-
-/// A small, fast, seedable generator (SplitMix64): data sets are reproducible from a seed
-/// on every platform without a dependency.
-#[derive(Debug, Clone)]
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        SplitMix64(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Uniform in 0..n (n > 0).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.unit() * n as f64) as usize % n.max(1)
-    }
 }

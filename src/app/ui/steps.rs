@@ -156,6 +156,8 @@ fn plots(ui: &mut Ui, state: &AppState) {
     let shown = state.shown_step().unwrap_or(0) as f64 + 1.0;
     ui.horizontal(|ui| {
         ui.vertical(|ui| {
+            // Captions wrap to the plot's width instead of pushing the next plot off screen.
+            ui.set_width(width);
             ui.label(
                 RichText::new(
                     "Mirror error per step (reconstruction vs inversion latent, lower is better)",
@@ -196,6 +198,7 @@ fn plots(ui: &mut Ui, state: &AppState) {
                 });
         });
         ui.vertical(|ui| {
+            ui.set_width(width);
             ui.label(
                 RichText::new("Redescription loss (last Adam iteration of each step)").small(),
             );

@@ -2,6 +2,8 @@
 
 use candle_core::{Result, Tensor};
 
+use crate::engine::rng::SplitMix64;
+
 /// diffusers' `DiagonalGaussianDistribution`; `logvar` is already clamped to [−30, 20].
 #[derive(Debug, Clone)]
 pub struct DiagonalGaussian {
@@ -31,29 +33,6 @@ impl DiagonalGaussian {
         let noise = Tensor::from_vec(noise, self.mean.shape(), self.mean.device())?
             .to_dtype(self.mean.dtype())?;
         &self.mean + self.std()?.mul(&noise)?
-    }
-}
-
-/// SplitMix64: tiny, fully specified, identical on every platform.
-#[derive(Debug, Clone)]
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in (0, 1]: never 0, so its logarithm is finite.
-    pub fn next_open_unit(&mut self) -> f64 {
-        ((self.next_u64() >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 }
 
