@@ -483,3 +483,57 @@ fn an_engine_error_keeps_the_photo_prompts_and_settings() {
     assert_eq!(s.run.seed, 42);
     assert!(h.query_by_label("Something went wrong").is_some());
 }
+
+#[test]
+fn progress_inside_a_step_is_shown_while_it_runs() {
+    let fx = Fixture::new("step-work");
+    let mut h = harness(fx.options(&fx.image));
+    ready(&mut h);
+    h.get_by_label("Run").click();
+    step_until(
+        &mut h,
+        "the run to start",
+        |a| a.state.progress.running,
+        false,
+    );
+    // Watch every frame of the run: the redescription iteration and the network passes of
+    // the current step must show up while the step is still going.
+    let (mut redescribing, mut passes_on_screen, mut fraction_inside_step) = (false, false, false);
+    let mut last: Option<(usize, usize, f32)> = None;
+    let start = Instant::now();
+    while h.state().state.progress.running {
+        assert!(start.elapsed() < Duration::from_secs(300), "timed out");
+        let p = &h.state().state.progress;
+        if let Some(w) = p.step_work {
+            assert!(w.unet_calls <= w.unet_calls_expected, "{w:?}");
+            redescribing |= w.redescription.is_some_and(|(i, n)| i >= 1 && i <= n);
+            // Within one step, more network passes move the bar.
+            if let Some((step, calls, fraction)) = last
+                && step == w.step
+                && w.unet_calls > calls
+            {
+                fraction_inside_step |= p.fraction > fraction;
+            }
+            last = Some((w.step, w.unet_calls, p.fraction));
+            passes_on_screen |= h
+                .query_all_by_label_contains("network passes")
+                .next()
+                .is_some();
+        }
+        h.step();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(redescribing, "the redescription iteration was shown");
+    assert!(
+        passes_on_screen,
+        "the network passes of the step were on screen"
+    );
+    assert!(
+        fraction_inside_step,
+        "the progress bar moved inside a step, not only between steps"
+    );
+    assert!(
+        h.state().state.progress.step_work.is_none(),
+        "cleared at the end"
+    );
+}
