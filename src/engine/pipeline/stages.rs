@@ -181,13 +181,15 @@ pub fn classifier_free_guidance(e: &Tensor, w: f64) -> candle_core::Result<Tenso
     &eu + ((&ec - &eu)? * w)?
 }
 
-/// Mean squared difference of two tensors.
+/// Mean squared difference of two tensors, reduced on their device and read as f32: Metal
+/// has no f64, and widening the f32 scalar on the CPU gives the same value.
 pub fn mse(a: &Tensor, b: &Tensor) -> Result<f64> {
-    Ok((a - b)?
+    let mean = (a - b)?
         .sqr()?
         .mean_all()?
-        .to_dtype(candle_core::DType::F64)?
-        .to_scalar::<f64>()?)
+        .to_dtype(candle_core::DType::F32)?
+        .to_scalar::<f32>()?;
+    Ok(f64::from(mean))
 }
 
 /// Prompt redescription settings (algorithm.md §6; the released code's values by default).

@@ -230,7 +230,9 @@ fn write_entry(file: &Path, entry: &CachedInversion) -> Result<()> {
 }
 
 fn read_entry(file: &Path, device: &Device) -> Result<CachedInversion> {
-    let t = candle_core::safetensors::load(file, device)
+    // Read on the CPU (the loss series are f64, which Metal lacks); latents and embeddings
+    // move to the device below.
+    let t = candle_core::safetensors::load(file, &Device::Cpu)
         .map_err(|e| EngineError::Candle(e.context(format!("{}: reading", file.display()))))?;
     let get = |name: &str| {
         t.get(name)
@@ -241,6 +243,7 @@ fn read_entry(file: &Path, device: &Device) -> Result<CachedInversion> {
             })
     };
     let unstack = |x: &Tensor| -> Result<Vec<Tensor>> {
+        let x = x.to_device(device)?;
         Ok((0..x.dim(0)?)
             .map(|k| x.i(k))
             .collect::<candle_core::Result<_>>()?)
