@@ -2,6 +2,7 @@
 //! This is the engine's front door for the worker thread and the CLI.
 
 mod cache;
+mod direction;
 mod request;
 mod run;
 
