@@ -3,23 +3,25 @@
 //! every method restored, a non-square photo kept in its shape, background jobs that never
 //! stop the window drawing, and an engine error that loses nothing.
 
+mod app_support;
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use app_support::{App, Wait, harness, jobs_done, ready, step_until, step_until_error};
 use egui::{Key, Modifiers};
-use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
+use mirror_diffusion::app::AppOptions;
 use mirror_diffusion::app::settings::RunSettings;
-use mirror_diffusion::app::state::ModelStatus;
-use mirror_diffusion::app::{AppOptions, MirrorApp};
 use mirror_diffusion::engine::imageio::{ResizePolicy, processing_size, read_recipe};
 use mirror_diffusion::engine::pipeline::Branch;
 use mirror_diffusion::engine::session::Method;
 
 const STEPS: usize = 2;
+/// A whole run on the tiny model, with room for a slow machine.
+const RUN: Wait = Wait::secs(300);
 
 #[derive(Debug)]
 struct PathFile(PathBuf);
@@ -97,58 +99,13 @@ impl Drop for Fixture {
     }
 }
 
-fn harness(opts: AppOptions) -> Harness<'static, MirrorApp> {
-    Harness::builder()
-        .with_size(egui::vec2(1280.0, 800.0))
-        .with_max_steps(100_000)
-        .build_eframe(move |cc| MirrorApp::new_with(cc, opts))
-}
-
-fn step_until(
-    h: &mut Harness<'static, MirrorApp>,
-    what: &str,
-    done: impl Fn(&MirrorApp) -> bool,
-    allow_errors: bool,
-) {
-    let start = Instant::now();
-    while !done(h.state()) {
-        assert!(
-            start.elapsed() < Duration::from_secs(300),
-            "timed out waiting for {what}"
-        );
-        if !allow_errors {
-            assert!(
-                h.state().state.errors.is_empty(),
-                "error while waiting for {what}: {:?}",
-                h.state().state.errors
-            );
-        }
-        h.step();
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    h.step();
-}
-
-fn ready(h: &mut Harness<'static, MirrorApp>) {
-    step_until(
-        h,
-        "the model and image",
-        |a| matches!(a.state.model, ModelStatus::Ready(_)) && a.state.image.is_some(),
-        false,
-    );
-}
-
-fn click_and_finish(h: &mut Harness<'static, MirrorApp>, button: &str) {
+fn click_and_finish(h: &mut App, button: &str) {
     h.get_by_label(button).click();
-    step_until(h, "the run to start", |a| a.state.progress.running, false);
-    step_until(h, "the run to finish", |a| !a.state.progress.running, false);
+    step_until(h, "the run to start", RUN, |a| a.state.progress.running);
+    step_until(h, "the run to finish", RUN, |a| !a.state.progress.running);
 }
 
-fn jobs_done(h: &mut Harness<'static, MirrorApp>) {
-    step_until(h, "background jobs", |a| !a.jobs.is_busy(), true);
-}
-
-fn export(h: &mut Harness<'static, MirrorApp>) {
+fn export(h: &mut App) {
     h.key_press_modifiers(Modifiers::COMMAND, Key::S);
     h.step();
     jobs_done(h);
@@ -464,13 +421,10 @@ fn an_engine_error_keeps_the_photo_prompts_and_settings() {
     ready(&mut h);
     h.state_mut().state.run.seed = 42;
     h.get_by_label("Run").click();
-    step_until(&mut h, "an error", |a| !a.state.errors.is_empty(), true);
-    step_until(
-        &mut h,
-        "the run to stop",
-        |a| !a.state.progress.running,
-        true,
-    );
+    step_until_error(&mut h);
+    step_until(&mut h, "the run to stop", Wait::allowing_errors(300), |a| {
+        !a.state.progress.running
+    });
     let s = &h.state().state;
     assert!(
         s.errors[0].contains("step"),
@@ -490,12 +444,9 @@ fn progress_inside_a_step_is_shown_while_it_runs() {
     let mut h = harness(fx.options(&fx.image));
     ready(&mut h);
     h.get_by_label("Run").click();
-    step_until(
-        &mut h,
-        "the run to start",
-        |a| a.state.progress.running,
-        false,
-    );
+    step_until(&mut h, "the run to start", RUN, |a| {
+        a.state.progress.running
+    });
     // Watch every frame of the run: the redescription iteration and the network passes of
     // the current step must show up while the step is still going.
     let (mut redescribing, mut passes_on_screen, mut fraction_inside_step) = (false, false, false);

@@ -1,15 +1,15 @@
 //! The real app with the real engine on the tiny fixture model, driven through its accessible
 //! labels with egui_kittest (rendered on lavapipe / llvmpipe; no display needed).
 
+mod app_support;
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
+use app_support::{App, Wait, harness, jobs_done, ready, step_until, step_until_error};
 use egui::{Key, Modifiers};
-use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
-use mirror_diffusion::app::state::{AppState, ModelStatus, View};
+use mirror_diffusion::app::state::{ModelStatus, View};
 use mirror_diffusion::app::{AppOptions, MirrorApp};
 use mirror_diffusion::engine::pipeline::Branch;
 
@@ -36,7 +36,7 @@ fn fixture_model_and_image() -> (PathBuf, PathBuf) {
 /// set they were recorded with (its identity is in `tests/snapshots/fixture-set.txt`); on any
 /// other set the window is still rendered in full, but not compared. Recording with
 /// `UPDATE_SNAPSHOTS=1` also records the identity.
-fn snapshot(h: &mut Harness<'static, MirrorApp>, name: &str) {
+fn snapshot(h: &mut App, name: &str) {
     let recorded = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots/fixture-set.txt");
     let current = fixture_set_identity();
     if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
@@ -90,66 +90,15 @@ fn options(name: &str, steps: usize) -> AppOptions {
     }
 }
 
-fn harness(opts: AppOptions) -> Harness<'static, MirrorApp> {
-    Harness::builder()
-        .with_size(egui::vec2(1280.0, 800.0))
-        .with_max_steps(100_000)
-        .build_eframe(move |cc| MirrorApp::new_with(cc, opts))
-}
-
-/// Steps the app (the worker runs on its own thread) until `done`, failing after `secs`.
-fn step_until(
-    h: &mut Harness<'static, MirrorApp>,
-    what: &str,
-    secs: u64,
-    done: impl Fn(&AppState) -> bool,
-) {
-    let start = Instant::now();
-    while !done(&h.state().state) {
-        assert!(
-            start.elapsed() < Duration::from_secs(secs),
-            "timed out waiting for {what}"
-        );
-        assert!(
-            h.state().state.errors.is_empty(),
-            "error while waiting for {what}: {:?}",
-            h.state().state.errors
-        );
-        h.step();
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    h.step();
-}
-
-/// Steps until every background job (decode, export, dialog) has finished.
-fn jobs_done(h: &mut Harness<'static, MirrorApp>) {
-    let start = Instant::now();
-    while h.state().jobs.is_busy() {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "background jobs did not finish"
-        );
-        h.step();
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    h.step();
-}
-
 /// The status bar without timings (frame time, run seconds), so that snapshots show the
 /// whole window and stay the same from run to run.
-fn steady_status(h: &mut Harness<'static, MirrorApp>) {
+fn steady_status(h: &mut App) {
     let s = &mut h.state_mut().state;
     s.hide_frame_time = true;
     s.note("Finished.");
 }
 
-fn ready(h: &mut Harness<'static, MirrorApp>) {
-    step_until(h, "the model and image", 120, |s| {
-        matches!(s.model, ModelStatus::Ready(_)) && s.image.is_some()
-    });
-}
-
-fn type_prompts(h: &mut Harness<'static, MirrorApp>, source: &str, target: &str) {
+fn type_prompts(h: &mut App, source: &str, target: &str) {
     h.get_by_label("Source prompt").click();
     h.step();
     h.get_by_label("Source prompt").type_text(source);
@@ -162,10 +111,14 @@ fn type_prompts(h: &mut Harness<'static, MirrorApp>, source: &str, target: &str)
     h.step();
 }
 
-fn run_to_end(h: &mut Harness<'static, MirrorApp>) {
+fn run_to_end(h: &mut App) {
     h.get_by_label("Run").click();
-    step_until(h, "the run to start", 10, |s| s.progress.running);
-    step_until(h, "the run to finish", 300, |s| !s.progress.running);
+    step_until(h, "the run to start", Wait::secs(10), |a| {
+        a.state.progress.running
+    });
+    step_until(h, "the run to finish", Wait::secs(300), |a| {
+        !a.state.progress.running
+    });
 }
 
 #[test]
@@ -332,9 +285,13 @@ fn cancel_midway_keeps_the_steps_done() {
     ready(&mut h);
     type_prompts(&mut h, "a photo of a cat", "a photo of a dog");
     h.get_by_label("Run").click();
-    step_until(&mut h, "the first steps", 120, |s| s.frames.len() >= 2);
+    step_until(&mut h, "the first steps", Wait::secs(120), |a| {
+        a.state.frames.len() >= 2
+    });
     h.key_press(Key::Escape);
-    step_until(&mut h, "the run to stop", 60, |s| !s.progress.running);
+    step_until(&mut h, "the run to stop", Wait::secs(60), |a| {
+        !a.state.progress.running
+    });
     let s = &h.state().state;
     let result = s.result.as_ref().expect("a cancelled run still reports");
     assert!(result.cancelled, "the run was cancelled");
@@ -380,18 +337,6 @@ fn welcome_screen_without_a_model_and_readable_errors() {
     assert!(matches!(h.state().state.model, ModelStatus::Failed { .. }));
 }
 
-fn step_until_error(h: &mut Harness<'static, MirrorApp>) {
-    let start = Instant::now();
-    while h.state().state.errors.is_empty() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no error reported"
-        );
-        h.step();
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 #[test]
 fn settings_survive_a_restart_and_a_corrupt_file() {
     use mirror_diffusion::app::settings::Settings;
@@ -420,7 +365,7 @@ fn the_layout_fits_from_800x600_to_4k() {
     let mut opts = options("layout", 2);
     opts.source_prompt = Some("a photo of a cat".into());
     opts.target_prompt = Some("a photo of a dog".into());
-    let mut h = Harness::builder()
+    let mut h = egui_kittest::Harness::builder()
         .with_size(egui::vec2(800.0, 600.0))
         .with_max_steps(100_000)
         .build_eframe(move |cc| MirrorApp::new_with(cc, opts));
@@ -428,8 +373,12 @@ fn the_layout_fits_from_800x600_to_4k() {
     // At 800×600 the button may be scrolled out of the controls panel: ask directly.
     h.state_mut()
         .request(mirror_diffusion::app::Action::Compare);
-    step_until(&mut h, "the run to start", 10, |s| s.progress.running);
-    step_until(&mut h, "the run to finish", 300, |s| !s.progress.running);
+    step_until(&mut h, "the run to start", Wait::secs(10), |a| {
+        a.state.progress.running
+    });
+    step_until(&mut h, "the run to finish", Wait::secs(300), |a| {
+        !a.state.progress.running
+    });
     h.state_mut().state.export_dir = "~/Pictures/Mirror".into();
     for (size, name) in [
         (egui::vec2(800.0, 600.0), "window_800x600_compare"),
