@@ -9,7 +9,7 @@ use candle_core::Tensor;
 use crate::engine::model::StableDiffusion;
 use crate::engine::pipeline::stages::{
     RedescribeSettings, RedescribeTarget, Trajectory, classifier_free_guidance, guidance_gradient,
-    redescribe,
+    guided_pair_step, redescribe,
 };
 use crate::engine::pipeline::{
     Branch, BranchState, GuidanceReport, MethodStep, RedescriptionReport, StageContext,
@@ -471,16 +471,15 @@ fn translate(
 
     // Noise at the guided pair, CFG, DDIM step on the unconditional copy X[0].
     ctx.cancel.check()?;
-    let request = CaptureRequest {
-        probs: inputs.want_edit_maps,
-        keys_values: false,
-    };
-    let (e, edit_maps) = sd
-        .unet
-        .forward_with_capture(&x, t as f64, &context, request)?;
-    ctx.unet_call_done();
-    let edit_eps = classifier_free_guidance(&e, settings.guidance_scale)?;
-    let edit_step = sd.scheduler.step(&edit_eps, t, &x.narrow(0, 0, 1)?, n)?;
+    let (edit_step, edit_maps) = guided_pair_step(
+        ctx,
+        &x,
+        t,
+        n,
+        &context,
+        settings.guidance_scale,
+        inputs.want_edit_maps,
+    )?;
     let guidance = GuidanceReport {
         loss: loss_probs,
         extra_loss,
@@ -497,7 +496,7 @@ fn translate(
         edit_scale,
         guidance,
         extra_done,
-        edit_maps: inputs.want_edit_maps.then_some(edit_maps),
+        edit_maps,
     })
 }
 

@@ -6,7 +6,7 @@
 use candle_core::Tensor;
 
 use crate::engine::Result;
-use crate::engine::pipeline::stages::{classifier_free_guidance, guidance_gradient};
+use crate::engine::pipeline::stages::{guidance_gradient, guided_pair_step};
 use crate::engine::pipeline::{
     Branch, BranchState, GuidanceReport, LatentPair, MethodStep, StageContext,
 };
@@ -73,16 +73,15 @@ pub fn step(
     let (g, loss) = guidance_gradient(ctx, &x, t, &context, &reference, 1.0)?;
     let x = (&x - (g * inputs.settings.xa_guidance)?)?;
     ctx.cancel.check()?;
-    let request = CaptureRequest {
-        probs: inputs.want_edit_maps,
-        keys_values: false,
-    };
-    let (e, edit_maps) = sd
-        .unet
-        .forward_with_capture(&x, t as f64, &context, request)?;
-    ctx.unet_call_done();
-    let eps = classifier_free_guidance(&e, inputs.settings.guidance_scale)?;
-    let edit = sd.scheduler.step(&eps, t, &x.narrow(0, 0, 1)?, n)?;
+    let (edit, edit_maps) = guided_pair_step(
+        ctx,
+        &x,
+        t,
+        n,
+        &context,
+        inputs.settings.guidance_scale,
+        inputs.want_edit_maps,
+    )?;
     let mut out = MethodStep::new(
         t,
         vec![
@@ -96,7 +95,7 @@ pub fn step(
                 branch: Branch::Pix2PixZeroTranslation,
                 latent: edit.prev_sample.clone(),
                 predicted_x0: edit.pred_original_sample,
-                maps: inputs.want_edit_maps.then(|| edit_maps.detach()),
+                maps: edit_maps,
             },
         ],
     );

@@ -8,7 +8,7 @@ use super::events::{Branch, Event, EventSink, Phase};
 use super::optim::Adam;
 use super::step::is_finite;
 use crate::engine::model::StableDiffusion;
-use crate::engine::scheduler::kl_regularize;
+use crate::engine::scheduler::{DdimStepOutput, kl_regularize};
 use crate::engine::unet::{AttentionMaps, CaptureRequest, attention_map_loss};
 use crate::engine::{EngineError, Result};
 
@@ -173,6 +173,33 @@ pub fn predict_noise(
             Ok(classifier_free_guidance(&e, w)?)
         }
     }
+}
+
+/// The denoising step of an attention-guided latent pair `[z, z]` under contexts
+/// `[uncond, cond]`: classifier-free guidance, then the DDIM step applied to the unconditional
+/// copy `X[0]` (as the released MirrorDiffusion and pix2pix-zero code do). Returns the step
+/// and, when `want_maps`, the pass's detached attention maps.
+pub fn guided_pair_step(
+    ctx: &StageContext,
+    x: &Tensor,
+    t: usize,
+    n: usize,
+    context: &Tensor,
+    guidance_scale: f64,
+    want_maps: bool,
+) -> Result<(DdimStepOutput, Option<AttentionMaps>)> {
+    let request = CaptureRequest {
+        probs: want_maps,
+        keys_values: false,
+    };
+    let (e, maps) = ctx
+        .sd
+        .unet
+        .forward_with_capture(x, t as f64, context, request)?;
+    ctx.unet_call_done();
+    let eps = classifier_free_guidance(&e, guidance_scale)?;
+    let step = ctx.sd.scheduler.step(&eps, t, &x.narrow(0, 0, 1)?, n)?;
+    Ok((step, want_maps.then(|| maps.detach())))
 }
 
 /// `e_u + w (e_c − e_u)` for a batch-2 prediction `[e_u, e_c]`.
