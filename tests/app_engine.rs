@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use app_support::{App, Wait, harness, jobs_done, ready, step_until, step_until_error};
+use app_support::{App, PathFile, Wait, harness, jobs_done, ready, step_until, step_until_error};
 use egui::{Key, Modifiers};
 use egui_kittest::kittest::Queryable;
 use mirror_diffusion::app::AppOptions;
@@ -22,18 +22,6 @@ use mirror_diffusion::engine::session::Method;
 const STEPS: usize = 2;
 /// A whole run on the tiny model, with room for a slow machine.
 const RUN: Wait = Wait::secs(300);
-
-#[derive(Debug)]
-struct PathFile(PathBuf);
-
-impl egui::DroppedFile for PathFile {
-    fn path(&self) -> &Path {
-        &self.0
-    }
-    fn bytes(&self) -> Result<Vec<u8>, String> {
-        std::fs::read(&self.0).map_err(|e| e.to_string())
-    }
-}
 
 struct Fixture {
     model: PathBuf,

@@ -6,25 +6,12 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use app_support::{App, Wait, harness, jobs_done, ready, step_until, step_until_error};
+use app_support::{App, PathFile, Wait, harness, jobs_done, ready, step_until, step_until_error};
 use egui::{Key, Modifiers};
 use egui_kittest::kittest::Queryable;
 use mirror_diffusion::app::state::{ModelStatus, View};
 use mirror_diffusion::app::{AppOptions, MirrorApp};
 use mirror_diffusion::engine::pipeline::Branch;
-
-/// A file dropped on the window (as winit delivers it).
-#[derive(Debug)]
-struct PathFile(PathBuf);
-
-impl egui::DroppedFile for PathFile {
-    fn path(&self) -> &Path {
-        &self.0
-    }
-    fn bytes(&self) -> Result<Vec<u8>, String> {
-        std::fs::read(&self.0).map_err(|e| e.to_string())
-    }
-}
 
 /// The fixture model folder and test image, from the fixture manifest.
 fn fixture_model_and_image() -> (PathBuf, PathBuf) {

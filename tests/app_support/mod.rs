@@ -3,6 +3,7 @@
 //! after a bound instead of hanging CI.
 #![allow(dead_code)]
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use egui_kittest::Harness;
@@ -10,6 +11,19 @@ use mirror_diffusion::app::state::ModelStatus;
 use mirror_diffusion::app::{AppOptions, MirrorApp};
 
 pub type App = Harness<'static, MirrorApp>;
+
+/// A file dropped on the window (as winit delivers it).
+#[derive(Debug)]
+pub struct PathFile(pub PathBuf);
+
+impl egui::DroppedFile for PathFile {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+    fn bytes(&self) -> Result<Vec<u8>, String> {
+        std::fs::read(&self.0).map_err(|e| e.to_string())
+    }
+}
 
 /// The whole app in a 1280×800 window.
 pub fn harness(opts: AppOptions) -> App {
