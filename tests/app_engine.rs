@@ -58,6 +58,7 @@ impl Fixture {
             export_dir: Some(self.dir.join("exports")),
             autorun: false,
             print_events: false,
+            ..Default::default()
         }
     }
 

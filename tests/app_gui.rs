@@ -74,6 +74,7 @@ fn options(name: &str, steps: usize) -> AppOptions {
         export_dir: Some(dir.join("exports")),
         autorun: false,
         print_events: false,
+        ..Default::default()
     }
 }
 

@@ -54,6 +54,15 @@ impl MirrorApp {
                     self.worker.send(Command::LoadModel(path));
                 }
             }
+            Action::LoadDemoModel => {
+                if self.state.progress.running {
+                    self.state
+                        .error("Cancel the run before loading another model.");
+                } else {
+                    self.load_demo_model();
+                }
+            }
+            Action::NewDemoImage => self.new_demo_image(),
             Action::Download(repo) => {
                 super::ui::welcome::start_download(&self.worker, &mut self.state, repo)
             }

@@ -235,8 +235,35 @@ impl MirrorApp {
                     Pick::SaveTranslation => self.save_translation(path),
                 }
             }
+            JobOutput::DemoModelUnpacked(dir) => self.perform(super::Action::LoadModel(dir)),
             JobOutput::Cancelled => self.state.note("Stopped; nothing was changed."),
         }
+    }
+
+    /// Unpacks the built-in demo model on a job thread (the first time it writes ~20 MB).
+    pub(crate) fn load_demo_model(&mut self) {
+        self.jobs.spawn(UNPACKING_DEMO, false, |_| {
+            crate::demo::model_dir().map(JobOutput::DemoModelUnpacked)
+        });
+    }
+
+    /// Shows the next demo image (rendered here: 64×64 pixels take well under a millisecond)
+    /// with its caption as the source prompt and a one-word edit as the target.
+    pub(crate) fn new_demo_image(&mut self) {
+        let seed = self.state.demo_seed;
+        self.state.demo_seed += 1;
+        let example = crate::demo::example(seed);
+        self.state.source_prompt = example.source_prompt;
+        self.state.target_prompt = example.target_prompt;
+        let name = format!("demo image {}", seed + 1);
+        let loaded = LoadedImage {
+            content_hash: crate::engine::imageio::pixel_hash(&example.image),
+            original_size: example.image.dimensions(),
+            source: PathBuf::from(&name),
+            rgb: example.image,
+        };
+        self.set_image(loaded, name);
+        self.perform(super::Action::Tokenize);
     }
 
     fn set_image(&mut self, loaded: LoadedImage, name: String) {
@@ -256,3 +283,4 @@ impl MirrorApp {
 pub const DIALOG: &str = "Waiting for the file dialog";
 pub const EXPORTING: &str = "Exporting";
 pub const SAVING_SETTINGS: &str = "Saving settings";
+pub const UNPACKING_DEMO: &str = "Unpacking the demo model";

@@ -44,6 +44,8 @@ pub enum JobOutput {
         purpose: Pick,
         path: Option<PathBuf>,
     },
+    /// The demo model is unpacked in this folder, ready to load.
+    DemoModelUnpacked(PathBuf),
     /// The job was cancelled before it finished; nothing was changed.
     Cancelled,
 }

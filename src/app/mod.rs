@@ -45,6 +45,10 @@ pub enum Action {
         folder: bool,
     },
     LoadModel(PathBuf),
+    /// Mirror's own demo model (unpacked on a job thread, then loaded like any folder).
+    LoadDemoModel,
+    /// Render another demo image with its caption and a one-word edit.
+    NewDemoImage,
     Download(&'static str),
     Run,
     /// MirrorDiffusion, pix2pix-zero and plain DDIM from one inversion, side by side.
@@ -127,8 +131,16 @@ impl MirrorApp {
             autorun: options.autorun,
             pending: Vec::new(),
         };
-        if let Some(model) = options.model {
-            app.pending.push(Action::LoadModel(model));
+        let first_start = app.state.settings.recent_models.is_empty();
+        match options.model {
+            Some(model) => app.pending.push(Action::LoadModel(model)),
+            None if options.demo_at_start && first_start => {
+                app.pending.push(Action::LoadDemoModel);
+                if options.image.is_none() {
+                    app.pending.push(Action::NewDemoImage);
+                }
+            }
+            None => {}
         }
         if let Some(image) = options.image {
             app.pending.push(Action::LoadImage(image));

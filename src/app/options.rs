@@ -27,6 +27,9 @@ pub struct AppOptions {
     pub autorun: bool,
     /// Print `EVENT …` lines on stdout.
     pub print_events: bool,
+    /// With no model given and none used before, open the demo model with a demo image
+    /// (how `cargo run` starts; tests opt in).
+    pub demo_at_start: bool,
 }
 
 impl AppOptions {
@@ -46,6 +49,7 @@ impl AppOptions {
             export_dir: var("MIRROR_EXPORT_DIR").map(PathBuf::from),
             autorun: flag("MIRROR_AUTORUN"),
             print_events: flag("MIRROR_EVENTS"),
+            demo_at_start: true,
         }
     }
 

@@ -203,6 +203,8 @@ pub struct AppState {
     pub hide_frame_time: bool,
     /// The path field: an image or model path typed or pasted by the user.
     pub path_field: String,
+    /// The seed of the demo image shown last ("New demo image" takes the next one).
+    pub demo_seed: u64,
 }
 
 impl AppState {
@@ -225,6 +227,12 @@ impl AppState {
         if self.print_events {
             println!("EVENT {line}");
         }
+    }
+
+    /// True when the loaded model is Mirror's own demo model.
+    pub fn demo_model_loaded(&self) -> bool {
+        self.model_ready()
+            .is_some_and(|m| crate::demo::is_demo_path(&m.path))
     }
 
     pub fn model_ready(&self) -> Option<&ModelSummary> {
@@ -293,9 +301,15 @@ impl AppState {
                 self.emit(&format!("model_loading {}", path.display()));
                 self.model = ModelStatus::Loading(path);
             }
-            WorkerEvent::ModelLoaded(m) => {
+            WorkerEvent::ModelLoaded(mut m) => {
+                if crate::demo::is_demo_path(&m.path) {
+                    m.name = crate::demo::NAME.into();
+                }
                 self.emit(&format!("model_loaded {} {:.2}s", m.name, m.seconds));
-                self.settings.remember_model(&m.path);
+                // The demo model is always offered; only models the user chose are recent.
+                if !crate::demo::is_demo_path(&m.path) {
+                    self.settings.remember_model(&m.path);
+                }
                 self.note(format!(
                     "Loaded {} ({}) in {:.1} s",
                     m.name, m.kind, m.seconds

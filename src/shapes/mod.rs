@@ -5,6 +5,7 @@
 
 mod classify;
 mod dataset;
+pub mod evaluate;
 mod geometry;
 mod render;
 

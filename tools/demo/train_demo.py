@@ -41,7 +41,7 @@ WORDS = ["a", "on", "background",
          "red", "orange", "yellow", "green", "blue", "purple", "white", "black",
          "circle", "square", "triangle", "star"]
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
-MAX_LEN = 77
+MAX_LEN = 16  # the grammar needs 10 tokens with BOS/EOS; Mirror pads to max_position_embeddings
 SD1_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                      num_train_timesteps=1000, clip_sample=False, set_alpha_to_one=False,
                      steps_offset=1, prediction_type="epsilon")
@@ -188,6 +188,47 @@ def encode_all(args, vae, images):
     return {"means": means, "scaling": scaling}
 
 
+# ---------------------------------------------------------------- 3b. decoder
+def finetune_decoder(args, vae, images, latents):
+    """Sharpens the decoder on the cached latents while the encoder stays as it was, so the
+    latents the UNet learns from do not change (this stage can run beside the UNet's)."""
+    from diffusers import AutoencoderKL
+    rounds = [os.path.join(args.work, "vae_sharp" + (str(r) if r > 1 else "")) for r in range(1, args.decoder_rounds + 1)]
+    done = [p for p in rounds if os.path.exists(os.path.join(p, "config.json"))]
+    if len(done) == len(rounds):
+        return AutoencoderKL.from_pretrained(rounds[-1])
+    if args.decoder_steps == 0:
+        return AutoencoderKL.from_pretrained(done[-1]) if done else vae
+    if done:  # a later round goes on from the last one, at the same settings
+        vae = AutoencoderKL.from_pretrained(done[-1])
+    path = rounds[len(done)]
+    vae.train()
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    opt = torch.optim.AdamW(params, lr=args.decoder_lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(args.seed + 5 + len(done))
+    means = latents["means"]
+    noise_std = args.decoder_noise * float(means.std())
+    start = time.time()
+    for step in range(1, args.decoder_steps + 1):
+        idx = torch.randint(0, len(images), (args.vae_batch,), generator=gen)
+        x = images[idx]
+        # A little noise: the decoder also meets the UNet's imperfect latents.
+        z = means[idx] + noise_std * torch.randn(means[idx].shape, generator=gen)
+        y = vae.decode(z).sample
+        loss = F.l1_loss(y, x) + F.mse_loss(y, x)
+        lr = args.decoder_lr * min(1.0, step / 100) * (0.5 * (1 + math.cos(math.pi * step / args.decoder_steps)) * 0.9 + 0.1)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 50 == 0 or step == 1:
+            log_line(args.work, "decoder", step, loss=loss.item(), seconds=time.time() - start)
+            print(f"decoder {step}/{args.decoder_steps} loss {loss.item():.4f} ({time.time() - start:.0f} s)", flush=True)
+    vae.eval().save_pretrained(path)
+    return vae
+
+
 # ---------------------------------------------------------------- 4. unet + text encoder
 def make_text_encoder(args, vocab_size, bos, eos):
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -245,7 +286,10 @@ def train_unet(args, tok, latents, captions):
         zt = sched.add_noise(z0, noise, t)
         emb = text(ids)[0]
         eps = unet(zt, t, encoder_hidden_states=emb).sample
-        loss = F.mse_loss(eps, noise)
+        # Min-SNR-gamma weighting (Hang et al. 2023): the same model in fewer steps.
+        snr = sched.alphas_cumprod[t] / (1 - sched.alphas_cumprod[t])
+        weight = torch.clamp(snr, max=args.min_snr) / snr
+        loss = (F.mse_loss(eps, noise, reduction="none").mean(dim=(1, 2, 3)) * weight).mean()
         warm = min(1.0, step / 500)
         lr = args.unet_lr * warm * (0.5 * (1 + math.cos(math.pi * step / args.unet_steps)) * 0.9 + 0.1)
         for g in opt.param_groups:
@@ -292,6 +336,25 @@ def export(args, tok_dir, vae, unet, text, scaling):
     with open(os.path.join(out, "model_index.json"), "w") as f:
         json.dump(index, f, indent=2)
     shutil.copy(os.path.join(args.work, "log.csv"), os.path.join(out, "training_log.csv"))
+    write_model_notes(out)
+
+
+COLOURS = WORDS[3:11]
+SHAPES = WORDS[11:15]
+
+
+def write_model_notes(out):
+    """Mirror's per-model file: the words the model knows, its own caption grammar as
+    sentence templates for edit directions, and the settings tuned for it
+    (tools/demo/recommended.json, measured with `cargo bench --bench quality`)."""
+    captions = [f"a {c} {s} on a {b} background" for c in COLOURS for s in SHAPES for b in COLOURS if b != c]
+    notes = {"name": "Demo model", "vocabulary": WORDS, "sentence_templates": captions}
+    tuned = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recommended.json")
+    if os.path.exists(tuned):
+        with open(tuned) as f:
+            notes["recommended"] = json.load(f)
+    with open(os.path.join(out, "mirror.json"), "w") as f:
+        json.dump(notes, f, indent=1)
 
 
 def main():
@@ -303,13 +366,22 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--limit", type=int, default=None, help="use only the first N images")
-    ap.add_argument("--vae-channels", default="32,64,64,64")
+    ap.add_argument("--vae-channels", default="16,32,64,64")
     ap.add_argument("--vae-layers", type=int, default=1)
-    ap.add_argument("--vae-groups", type=int, default=16)
-    ap.add_argument("--vae-steps", type=int, default=3000)
+    ap.add_argument("--vae-groups", type=int, default=8)
+    ap.add_argument("--vae-steps", type=int, default=1500)
     ap.add_argument("--vae-batch", type=int, default=32)
     ap.add_argument("--vae-lr", type=float, default=1e-3)
     ap.add_argument("--vae-kl", type=float, default=1e-4)
+    ap.add_argument("--decoder-steps", type=int, default=2200)
+    ap.add_argument("--decoder-lr", type=float, default=5e-4)
+    ap.add_argument("--decoder-rounds", type=int, default=1,
+                    help="decoder stages of --decoder-steps each, each from the last (the colour pairs "
+                         "green-on-red and purple-on-blue need the second)")
+    ap.add_argument("--decoder-noise", type=float, default=0.05, help="latent noise, relative to the latents' std")
+    ap.add_argument("--only-decoder", action="store_true", help="run just the decoder stage (beside a running UNet stage)")
+    ap.add_argument("--decoder-beside-unet", action="store_true",
+                    help="the decoder stage runs in another process beside the UNet stage; export picks it up")
     ap.add_argument("--text-width", type=int, default=128)
     ap.add_argument("--text-layers", type=int, default=3)
     ap.add_argument("--text-heads", type=int, default=4)
@@ -317,11 +389,14 @@ def main():
     ap.add_argument("--unet-layers", type=int, default=1)
     ap.add_argument("--unet-heads", type=int, default=4)
     ap.add_argument("--unet-groups", type=int, default=32)
-    ap.add_argument("--unet-steps", type=int, default=12000)
+    ap.add_argument("--unet-steps", type=int, default=4200)
     ap.add_argument("--unet-batch", type=int, default=64)
-    ap.add_argument("--unet-lr", type=float, default=5e-4)
+    ap.add_argument("--unet-lr", type=float, default=8e-4)
     ap.add_argument("--ema", type=float, default=0.999)
-    ap.add_argument("--checkpoint-every", type=int, default=500)
+    ap.add_argument("--min-snr", type=float, default=5.0)
+    ap.add_argument("--checkpoint-every", type=int, default=250)
+    ap.add_argument("--export-checkpoint", action="store_true",
+                    help="export the EMA weights of the latest UNet checkpoint now and stop")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -329,8 +404,9 @@ def main():
     random.seed(args.seed)
     np.random.seed(args.seed)
     os.makedirs(args.work, exist_ok=True)
-    with open(os.path.join(args.work, "args.json"), "w") as f:
-        json.dump(vars(args), f, indent=2)
+    if not (args.export_checkpoint or args.only_decoder):
+        with open(os.path.join(args.work, "args.json"), "w") as f:
+            json.dump(vars(args), f, indent=2)
     begin = time.time()
     tok_dir = os.path.join(args.work, "tokenizer")
     tok = build_tokenizer(tok_dir)
@@ -339,7 +415,15 @@ def main():
     vae = train_vae(args, images).eval()
     latents = encode_all(args, vae, images)
     print(f"latents {tuple(latents['means'].shape)}, scaling factor {latents['scaling']:.5f}", flush=True)
+    if args.only_decoder or not args.decoder_beside_unet:
+        vae = finetune_decoder(args, vae, images, latents).eval()
+        if args.only_decoder:
+            return
+    if args.export_checkpoint:
+        args.unet_steps = 0  # load the checkpoint, train nothing, keep its EMA weights
     unet, text = train_unet(args, tok, latents, captions)
+    if args.decoder_beside_unet:
+        vae = finetune_decoder(args, vae, images, latents).eval()
     export(args, tok_dir, vae, unet, text, latents["scaling"])
     print(f"done in {(time.time() - begin) / 60:.1f} min -> {args.out}", flush=True)
 

@@ -97,6 +97,14 @@ fn image_section(ui: &mut Ui, state: &mut AppState, tex: &mut Textures, actions:
         {
             actions.push(Action::PasteImage);
         }
+        if state.demo_model_loaded()
+            && ui
+                .button("New demo image")
+                .on_hover_text("Draw another shape, with its caption and a one-word edit")
+                .clicked()
+        {
+            actions.push(Action::NewDemoImage);
+        }
     });
     if state.image.is_none() || state.dialog_hint {
         super::path_entry(ui, state, actions, "or type the image's path");

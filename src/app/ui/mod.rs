@@ -75,6 +75,13 @@ fn menu_bar(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) {
             if ui.button("Open checkpoint file…").clicked() {
                 actions.push(Action::OpenModelDialog { folder: false });
             }
+            if ui
+                .button(crate::demo::NAME)
+                .on_hover_text("Mirror's own small model of coloured shapes, built in")
+                .clicked()
+            {
+                actions.push(Action::LoadDemoModel);
+            }
             ui.separator();
             if ui.button("Export all  (Ctrl+S)").clicked() {
                 actions.push(Action::Export);

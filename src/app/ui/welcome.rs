@@ -62,6 +62,16 @@ pub fn welcome(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) {
             }
         });
         super::path_entry(ui, state, actions, "or type the model's folder or file path");
+        ui.add_space(6.0);
+        ui.horizontal(|ui| {
+            if ui.button(crate::demo::NAME).clicked() {
+                actions.push(Action::LoadDemoModel);
+            }
+            ui.label(
+                RichText::new("built in: coloured shapes, to see what Mirror does in a minute")
+                    .weak(),
+            );
+        });
         ui.add_space(10.0);
         let cached = cached_models();
         if !cached.is_empty() {

@@ -1,0 +1,97 @@
+//! The app as a new user first sees it: no settings, no model given. It opens the built-in
+//! demo model with a rendered demo image and a one-word edit, and one click on Run shows the
+//! mirror effect. Drives the real app and engine by accessibility labels (egui_kittest).
+
+mod app_support;
+
+use app_support::{App, Wait, harness, ready, step_until};
+use mirror_diffusion::app::AppOptions;
+use mirror_diffusion::app::state::ModelStatus;
+use mirror_diffusion::engine::pipeline::Branch;
+use mirror_diffusion::shapes::parse_caption;
+
+const RUN: Wait = Wait::secs(600);
+
+fn first_start(name: &str) -> (App, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("mirror-app-demo-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let h = harness(AppOptions {
+        settings_dir: Some(dir.join("config")),
+        memory_only_cache: true,
+        steps: Some(4),
+        demo_at_start: true,
+        ..Default::default()
+    });
+    (h, dir)
+}
+
+fn prompts(h: &App) -> (String, String) {
+    let s = &h.state().state;
+    (s.source_prompt.clone(), s.target_prompt.clone())
+}
+
+#[test]
+fn a_first_start_opens_the_demo_model_with_a_demo_image() {
+    let (mut h, dir) = first_start("open");
+    ready(&mut h);
+    let ModelStatus::Ready(model) = &h.state().state.model else {
+        unreachable!("ready waits for the model")
+    };
+    assert_eq!(model.name, mirror_diffusion::demo::NAME);
+    let (source, target) = prompts(&h);
+    let (colour, shape, background) = parse_caption(&source).expect("the caption of the image");
+    let (colour2, shape2, background2) = parse_caption(&target).expect("a caption too");
+    assert_eq!((colour, background), (colour2, background2));
+    assert_ne!(shape, shape2, "the target changes the shape word");
+    let image = h.state().state.image.as_ref().expect("a demo image");
+    let seen = mirror_diffusion::shapes::classify(&image.loaded.rgb);
+    assert_eq!(
+        seen.object.map(|o| o.shape),
+        Some(shape),
+        "the image shows its caption"
+    );
+
+    // "New demo image" draws another scene with its own caption.
+    h.get_by_label("New demo image").click();
+    step_until(&mut h, "a new demo image", Wait::secs(30), |a| {
+        a.state.source_prompt != source
+    });
+    let (next, _) = prompts(&h);
+    assert!(parse_caption(&next).is_some(), "{next}");
+
+    // The demo model is always offered; it is not added to the recent models.
+    assert!(h.state().state.settings.recent_models.is_empty());
+    drop(h);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn one_click_on_run_shows_the_mirror_effect() {
+    let (mut h, dir) = first_start("run");
+    ready(&mut h);
+    h.get_by_label("Run").click();
+    step_until(&mut h, "the run to start", RUN, |a| {
+        a.state.progress.running
+    });
+    step_until(&mut h, "the run to finish", RUN, |a| {
+        !a.state.progress.running
+    });
+    let state = &h.state().state;
+    let last = state.frames.last().expect("step frames");
+    let error = |branch: Branch| {
+        last.branches
+            .iter()
+            .find(|b| b.branch == branch)
+            .and_then(|b| b.mirror_error)
+            .unwrap_or_else(|| panic!("no {} error", branch.label()))
+    };
+    let mirror = error(Branch::MirrorReconstruction);
+    let ddim = error(Branch::DdimReconstruction);
+    assert!(
+        mirror < ddim,
+        "mirror error {mirror} not below plain DDIM's {ddim}"
+    );
+    assert!(state.result.is_some(), "the result is shown");
+    drop(h);
+    let _ = std::fs::remove_dir_all(dir);
+}
