@@ -235,6 +235,7 @@ impl MirrorApp {
                     Pick::SaveTranslation => self.save_translation(path),
                 }
             }
+            JobOutput::ModelWords { path, words } => self.apply_model_words(path, *words),
             JobOutput::Cancelled => self.state.note("Stopped; nothing was changed."),
         }
     }

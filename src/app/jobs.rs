@@ -44,6 +44,11 @@ pub enum JobOutput {
         purpose: Pick,
         path: Option<PathBuf>,
     },
+    /// The notes and tokenizer of the model at `path` (prompt checks, recommendations).
+    ModelWords {
+        path: PathBuf,
+        words: Box<crate::engine::model_notes::ModelWords>,
+    },
     /// The job was cancelled before it finished; nothing was changed.
     Cancelled,
 }

@@ -203,6 +203,8 @@ pub struct AppState {
     pub hide_frame_time: bool,
     /// The path field: an image or model path typed or pasted by the user.
     pub path_field: String,
+    /// The loaded model's notes and tokenizer, once read (prompt checks, recommendations).
+    pub model_words: Option<std::sync::Arc<crate::engine::model_notes::ModelWords>>,
 }
 
 impl AppState {
@@ -292,6 +294,7 @@ impl AppState {
             WorkerEvent::ModelLoading(path) => {
                 self.emit(&format!("model_loading {}", path.display()));
                 self.model = ModelStatus::Loading(path);
+                self.model_words = None;
             }
             WorkerEvent::ModelLoaded(m) => {
                 self.emit(&format!("model_loaded {} {:.2}s", m.name, m.seconds));

@@ -15,8 +15,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::engine::loader::{CheckpointConfigs, ModelSource, open_model_source};
 use crate::engine::methods::mirror::{MirrorPreset, MirrorSettings};
 use crate::engine::session::{DirectionChoice, TranslateRequest};
+use crate::engine::tokenizer::{ClipTokenizer, unknown_words_message};
 use crate::engine::{EngineError, Result};
 
 /// The file's name in a model folder.
@@ -57,6 +59,49 @@ pub struct Recommended {
     pub direction: Option<RecommendedDirection>,
     pub redescribe_iterations: Option<usize>,
     pub redescribe_lr: Option<f64>,
+}
+
+/// What checking prompts needs without the weights (the app's prompt fields): the model's
+/// notes and its tokenizer, read the way [`StableDiffusion::load`] reads them.
+///
+/// [`StableDiffusion::load`]: crate::engine::model::StableDiffusion::load
+pub struct ModelWords {
+    pub notes: ModelNotes,
+    tokenizer: ClipTokenizer,
+}
+
+impl std::fmt::Debug for ModelWords {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelWords")
+            .field("notes", &self.notes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ModelWords {
+    /// Notes and tokenizer of a diffusers folder, or of a single-file checkpoint with the
+    /// bundled SD 1.x tokenizer.
+    pub fn for_model(path: &Path) -> Result<Self> {
+        let tokenizer_dir = match open_model_source(path)? {
+            ModelSource::Diffusers(folder) => folder.tokenizer_dir,
+            ModelSource::SingleFile(_) => CheckpointConfigs::bundled_sd_v1().tokenizer_dir,
+        };
+        Ok(Self {
+            notes: ModelNotes::for_model(path)?,
+            tokenizer: ClipTokenizer::from_dir(&tokenizer_dir)?,
+        })
+    }
+
+    /// The words of `prompt` the model does not know (see [`ClipTokenizer::unknown_words`]).
+    pub fn unknown_words(&self, prompt: &str) -> Result<Vec<String>> {
+        self.tokenizer
+            .unknown_words(prompt, self.notes.vocabulary.as_deref())
+    }
+
+    /// The message for `unknown` words, with the words the model knows when it lists them.
+    pub fn message(&self, unknown: &[String]) -> String {
+        unknown_words_message(unknown, self.notes.vocabulary.as_deref())
+    }
 }
 
 const TOP_FIELDS: &str = "name, recommended, vocabulary, sentence_templates";
