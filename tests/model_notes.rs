@@ -308,3 +308,60 @@ fn no_matching_template_falls_back_to_the_prompts() {
         "{notes:?}"
     );
 }
+
+/// `translate` without flags takes the model's recommended steps, guidance and strength (the
+/// recipe in the output says so); flags still win.
+#[test]
+fn translate_takes_the_model_recommendations_and_flags_win() {
+    let fx = Fixtures::load();
+    let (caption, source, target) = edit(&fx);
+    let copy = ModelCopy::new(&fx, "translate");
+    copy.write_notes(&json!({
+        "recommended": {"steps": 2, "guidance_scale": 2.5, "edit_strength": 0.75}
+    }));
+    let translate = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "translate".to_string(),
+            "--model".into(),
+            copy.model.display().to_string(),
+            "--image".into(),
+            fx.test_image().display().to_string(),
+            "--source".into(),
+            caption.clone(),
+            "--target".into(),
+            caption.replace(&source, &target),
+            "--no-ddim".into(),
+            "--no-cache".into(),
+            "--direction".into(),
+            "prompt".into(),
+            "--out".into(),
+            out.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_mirror-diffusion"))
+            .args(&args)
+            .env("RAYON_NUM_THREADS", "1")
+            .output()
+            .expect("the binary runs");
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{stderr}");
+        let recipe = mirror_diffusion::engine::imageio::read_recipe(out)
+            .unwrap()
+            .expect("a recipe in the output");
+        (recipe, stderr)
+    };
+    let (recipe, stderr) = translate(&copy.root.join("a.png"), &[]);
+    assert_eq!(
+        (recipe.steps, recipe.guidance_scale, recipe.edit_strength),
+        (2, 2.5, 0.75)
+    );
+    assert!(stderr.contains("the model recommends 2 steps"), "{stderr}");
+    let (recipe, _) = translate(
+        &copy.root.join("b.png"),
+        &["--steps", "3", "--guidance", "4"],
+    );
+    assert_eq!(
+        (recipe.steps, recipe.guidance_scale, recipe.edit_strength),
+        (3, 4.0, 0.75)
+    );
+}

@@ -371,6 +371,27 @@ mod tests {
     }
 
     #[test]
+    fn a_request_from_defaults_takes_the_recommendations() {
+        let r = parse(r#"{"recommended": {"steps": 9, "edit_scale": 0.5, "direction": "prompt"}}"#)
+            .unwrap()
+            .recommended;
+        let image = image::RgbImage::new(8, 8);
+        let mut req = TranslateRequest::new(image.clone(), "a", "b");
+        r.apply(&mut req);
+        assert_eq!((req.steps, req.mirror.edit_scale), (9, 0.5));
+        assert_eq!(req.direction, DirectionChoice::PromptDifference);
+        // The authors' variant keeps the authors' values.
+        let mut req = TranslateRequest::new(image, "a", "b");
+        req.mirror = MirrorSettings::with_preset(MirrorPreset::Authors);
+        r.apply(&mut req);
+        assert_eq!(req.mirror.edit_scale, MirrorSettings::default().edit_scale);
+        assert_eq!(
+            r.describe(),
+            "9 steps, edit scale 0.5, prompt-difference direction"
+        );
+    }
+
+    #[test]
     fn errors_name_the_file_and_field() {
         let cases = [
             (r#"{"nmae": "x"}"#, "`nmae`"),
