@@ -172,7 +172,7 @@ impl ClipTokenizer {
         let mut unknown: Vec<String> = Vec::new();
         for (piece, is_word) in prompt_pieces(prompt) {
             let known = match vocabulary {
-                Some(words) if is_word => words.iter().any(|w| *w == piece),
+                Some(words) if is_word => words.contains(&piece),
                 _ => self.knows(&piece)?,
             };
             if !known && !unknown.contains(&piece) {
