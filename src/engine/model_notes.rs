@@ -24,8 +24,10 @@ use crate::engine::{EngineError, Result};
 /// The file's name in a model folder.
 pub const FILE_NAME: &str = "mirror.json";
 
-/// Everything `mirror.json` may say; all of it optional.
+/// Everything `mirror.json` may say; all of it optional. Read it with [`ModelNotes::parse`]
+/// (which checks the values and names the field of an error), not with serde alone.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ModelNotes {
     /// A display name.
     pub name: Option<String>,
@@ -49,6 +51,7 @@ pub enum RecommendedDirection {
 
 /// The model's recommended settings; a missing field keeps Mirror's own default.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Recommended {
     pub steps: Option<usize>,
     pub guidance_scale: Option<f64>,
