@@ -14,9 +14,9 @@ use crate::engine::loader::{
     CheckpointConfigs, ModelSource, SingleFileCheckpoint, ldm_names, open_model_source,
     weight_error,
 };
-use crate::engine::model_notes::{ModelNotes, Recommended};
+use crate::engine::model_notes::ModelNotes;
 use crate::engine::scheduler::DdimScheduler;
-use crate::engine::tokenizer::{ClipTokenizer, unknown_words_message};
+use crate::engine::tokenizer::ClipTokenizer;
 use crate::engine::unet::{UNet2DConditionModel, UNetConfig};
 use crate::engine::vae::{AutoencoderKL, VaeConfig};
 use crate::engine::{EngineError, Result};
@@ -123,43 +123,6 @@ impl StableDiffusion {
             },
             notes,
         })
-    }
-
-    /// What the model folder's `mirror.json` says (name, recommended settings, vocabulary,
-    /// sentence templates).
-    pub fn model_notes(&self) -> &ModelNotes {
-        &self.notes
-    }
-
-    /// The model's recommended settings (empty when it recommends nothing).
-    pub fn recommended(&self) -> &Recommended {
-        &self.notes.recommended
-    }
-
-    /// The words of `prompt` this model does not know (see [`ClipTokenizer::unknown_words`]).
-    pub fn unknown_words(&self, prompt: &str) -> Result<Vec<String>> {
-        self.tokenizer
-            .unknown_words(prompt, self.notes.vocabulary.as_deref())
-    }
-
-    /// An error naming the unknown words of any of `prompts` (and the words the model knows,
-    /// when it lists them), so that no word silently becomes the unknown token.
-    pub fn check_known_words(&self, prompts: &[&str]) -> Result<()> {
-        let mut unknown: Vec<String> = Vec::new();
-        for prompt in prompts {
-            for word in self.unknown_words(prompt)? {
-                if !unknown.contains(&word) {
-                    unknown.push(word);
-                }
-            }
-        }
-        if unknown.is_empty() {
-            return Ok(());
-        }
-        Err(EngineError::InvalidInput(unknown_words_message(
-            &unknown,
-            self.notes.vocabulary.as_deref(),
-        )))
     }
 
     /// Token ids of prompts, padded to the text encoder's length: [B, 77] u32.

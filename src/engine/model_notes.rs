@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 
 use crate::engine::loader::{CheckpointConfigs, ModelSource, open_model_source};
 use crate::engine::methods::mirror::{MirrorPreset, MirrorSettings};
+use crate::engine::model::StableDiffusion;
 use crate::engine::session::{DirectionChoice, TranslateRequest};
 use crate::engine::tokenizer::{ClipTokenizer, unknown_words_message};
 use crate::engine::{EngineError, Result};
@@ -62,6 +63,46 @@ pub struct Recommended {
     pub direction: Option<RecommendedDirection>,
     pub redescribe_iterations: Option<usize>,
     pub redescribe_lr: Option<f64>,
+}
+
+/// The notes of a loaded model, and its prompt check.
+impl StableDiffusion {
+    /// What the model folder's `mirror.json` says (name, recommended settings, vocabulary,
+    /// sentence templates).
+    pub fn model_notes(&self) -> &ModelNotes {
+        &self.notes
+    }
+
+    /// The model's recommended settings (empty when it recommends nothing).
+    pub fn recommended(&self) -> &Recommended {
+        &self.notes.recommended
+    }
+
+    /// The words of `prompt` this model does not know (see [`ClipTokenizer::unknown_words`]).
+    pub fn unknown_words(&self, prompt: &str) -> Result<Vec<String>> {
+        self.tokenizer
+            .unknown_words(prompt, self.notes.vocabulary.as_deref())
+    }
+
+    /// An error naming the unknown words of any of `prompts` (and the words the model knows,
+    /// when it lists them), so that no word silently becomes the unknown token.
+    pub fn check_known_words(&self, prompts: &[&str]) -> Result<()> {
+        let mut unknown: Vec<String> = Vec::new();
+        for prompt in prompts {
+            for word in self.unknown_words(prompt)? {
+                if !unknown.contains(&word) {
+                    unknown.push(word);
+                }
+            }
+        }
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        Err(EngineError::InvalidInput(unknown_words_message(
+            &unknown,
+            self.notes.vocabulary.as_deref(),
+        )))
+    }
 }
 
 /// What checking prompts needs without the weights (the app's prompt fields): the model's
