@@ -241,6 +241,7 @@ fn translate_full(
             kind: "random",
             fingerprint: "random".into(),
         },
+        notes: Default::default(),
     };
     let image = load_image(
         &root().join("../shared/fixtures/tiny-sd-ref/test_image.png"),

@@ -5,6 +5,7 @@
 mod app_support;
 
 use app_support::{App, Wait, harness, ready, step_until};
+use egui_kittest::kittest::Queryable;
 use mirror_diffusion::app::AppOptions;
 use mirror_diffusion::app::state::ModelStatus;
 use mirror_diffusion::engine::pipeline::Branch;

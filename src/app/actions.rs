@@ -13,6 +13,7 @@ use crate::worker::{Command, RunJob, RunPart};
 
 use super::jobs::{JobOutput, Pick};
 use super::state::{Progress, RunKind, RunShape};
+use super::words::apply_recommended_extras;
 use super::{Action, MirrorApp};
 
 /// The label of the job that resizes the image before a run.
@@ -176,6 +177,9 @@ impl MirrorApp {
                 "Type what the image shows (source) and what it should become (target).".into(),
             );
         }
+        if let Some(message) = self.state.unknown_words_message() {
+            return Err(message);
+        }
         for target in &targets {
             if let Err(e) = find_edit_phrase(&source, target) {
                 return Err(format!("The prompts give no edit (\"{target}\"): {e}"));
@@ -196,7 +200,7 @@ impl MirrorApp {
             Err(e) => return self.state.error(e),
         };
         let settings = &self.state.run;
-        let parts: Vec<RunPart> = match kind {
+        let mut parts: Vec<RunPart> = match kind {
             RunKind::Single => vec![RunPart {
                 label: method_label(settings.method).into(),
                 request: settings.request(image, &source, &targets[0]),
@@ -223,6 +227,9 @@ impl MirrorApp {
                 })
                 .collect(),
         };
+        for part in &mut parts {
+            apply_recommended_extras(&mut part.request, self.state.model_recommends());
+        }
         let first = &parts[0].request;
         self.state.result_recipe = Some(self.recipe(first));
         self.state.shape = Some(RunShape {

@@ -236,6 +236,7 @@ impl MirrorApp {
                 }
             }
             JobOutput::DemoModelUnpacked(dir) => self.perform(super::Action::LoadModel(dir)),
+            JobOutput::ModelWords { path, words } => self.apply_model_words(path, *words),
             JobOutput::Cancelled => self.state.note("Stopped; nothing was changed."),
         }
     }

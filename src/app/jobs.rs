@@ -46,6 +46,11 @@ pub enum JobOutput {
     },
     /// The demo model is unpacked in this folder, ready to load.
     DemoModelUnpacked(PathBuf),
+    /// The notes and tokenizer of the model at `path` (prompt checks, recommendations).
+    ModelWords {
+        path: PathBuf,
+        words: Box<crate::engine::model_notes::ModelWords>,
+    },
     /// The job was cancelled before it finished; nothing was changed.
     Cancelled,
 }

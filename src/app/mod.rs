@@ -13,6 +13,7 @@ pub mod settings;
 pub mod state;
 pub mod textures;
 pub mod ui;
+pub mod words;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -76,6 +77,8 @@ pub struct MirrorApp {
     last_save: Instant,
     /// Start a run as soon as model and image are ready (scripts).
     autorun: bool,
+    /// Steps given at start (scripts, tests): a model's recommended steps do not replace them.
+    steps_override: Option<usize>,
     pending: Vec<Action>,
 }
 
@@ -129,6 +132,7 @@ impl MirrorApp {
             settings_dir,
             last_save: Instant::now(),
             autorun: options.autorun,
+            steps_override: options.steps,
             pending: Vec::new(),
         };
         let first_start = app.state.settings.recent_models.is_empty();
@@ -194,7 +198,8 @@ impl MirrorApp {
         }
         for event in events {
             match &event {
-                WorkerEvent::ModelLoaded(_) => {
+                WorkerEvent::ModelLoaded(m) => {
+                    self.read_model_words(m.path.clone());
                     self.state.frames.clear();
                     self.state.result = None;
                     self.textures.forget("");

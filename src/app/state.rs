@@ -205,6 +205,8 @@ pub struct AppState {
     pub path_field: String,
     /// The seed of the demo image shown last ("New demo image" takes the next one).
     pub demo_seed: u64,
+    /// The loaded model's notes and tokenizer, once read (prompt checks, recommendations).
+    pub model_words: Option<std::sync::Arc<crate::engine::model_notes::ModelWords>>,
 }
 
 impl AppState {
@@ -300,6 +302,7 @@ impl AppState {
             WorkerEvent::ModelLoading(path) => {
                 self.emit(&format!("model_loading {}", path.display()));
                 self.model = ModelStatus::Loading(path);
+                self.model_words = None;
             }
             WorkerEvent::ModelLoaded(mut m) => {
                 if crate::demo::is_demo_path(&m.path) {

@@ -1,9 +1,10 @@
-//! The command line: `inspect` a model, `convert` a diffusers folder to a single file, and
-//! `translate` an image. Errors end the process with one line, `error: <message>`.
+//! The command line: `inspect` a model, `convert` a diffusers folder to a single file,
+//! `translate` an image and `generate` one from a prompt. Errors end the process with one line, `error: <message>`.
 
 mod convert;
 mod direction;
 mod dump;
+mod generate;
 mod inspect;
 mod interrupt;
 mod outputs;
@@ -23,6 +24,7 @@ pub const CLI_WORDS: &[&str] = &[
     "inspect",
     "convert",
     "translate",
+    "generate",
     "shapes",
     "help",
     "--help",
@@ -52,6 +54,8 @@ enum Command {
     Convert(convert::ConvertArgs),
     /// Translate an image from what it shows (--source) to what it should become (--target).
     Translate(Box<translate::TranslateArgs>),
+    /// Sample images from a prompt (DDIM with classifier-free guidance).
+    Generate(generate::GenerateArgs),
     /// Write a data set of rendered shapes with captions, or read the shapes in images.
     Shapes(shapes::ShapesArgs),
 }
@@ -98,6 +102,7 @@ where
         Command::Inspect(args) => inspect::run(&args),
         Command::Convert(args) => convert::run(&args),
         Command::Translate(args) => translate::run(&args),
+        Command::Generate(args) => generate::run(&args),
         Command::Shapes(args) => shapes::run(&args),
     };
     match result {
@@ -111,6 +116,11 @@ where
             ExitCode::FAILURE
         }
     }
+}
+
+/// The model used when `--model` is not given: the built-in demo model.
+pub fn default_model_path() -> anyhow::Result<std::path::PathBuf> {
+    crate::demo::model_dir().map_err(anyhow::Error::msg)
 }
 
 /// The run was cancelled (Ctrl-C); nothing was written.

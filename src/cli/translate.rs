@@ -12,7 +12,7 @@ use super::dump::{DUMP_HELP, write_dump};
 use super::inspect::checkpoint_configs;
 use super::outputs::{check_writable, comparison_tiles, save_comparison, save_tensor_png};
 use super::progress::Progress;
-use super::{Cancelled, interrupt};
+use super::{Cancelled, default_model_path, interrupt};
 use crate::engine::device;
 use crate::engine::imageio::{
     ImageLimits, RECIPE_VERSION, Recipe, ResizePolicy, describe_resize, load_image,
@@ -20,6 +20,7 @@ use crate::engine::imageio::{
 };
 use crate::engine::methods::mirror::{MirrorPreset, MirrorSettings};
 use crate::engine::model::StableDiffusion;
+use crate::engine::model_notes::{ModelNotes, Recommended, RecommendedDirection};
 use crate::engine::pipeline::CancelToken;
 use crate::engine::session::{InversionCache, Method, Session, TranslateRequest};
 
@@ -101,7 +102,7 @@ impl From<ResizeArg> for ResizePolicy {
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Size(pub u32, pub u32);
 
-fn parse_size(s: &str) -> std::result::Result<Size, String> {
+pub(super) fn parse_size(s: &str) -> std::result::Result<Size, String> {
     let bad = || format!("`{s}` is not a size like 512x512");
     let (w, h) = s.split_once(['x', 'X', '×']).ok_or_else(bad)?;
     Ok(Size(
@@ -115,7 +116,7 @@ fn parse_size(s: &str) -> std::result::Result<Size, String> {
 pub struct TranslateArgs {
     /// Diffusers model folder or single-file .safetensors checkpoint.
     #[arg(long, value_name = "DIR_OR_FILE")]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     /// Diffusers folder whose configs and tokenizer describe a single-file checkpoint
     /// (default: the bundled SD 1.x configs).
     #[arg(long, value_name = "DIR")]
@@ -138,16 +139,16 @@ pub struct TranslateArgs {
     /// MirrorDiffusion preset [default: recommended].
     #[arg(long, value_enum)]
     pub preset: Option<PresetArg>,
-    /// DDIM steps, shared by inversion and sampling [default: 50].
+    /// DDIM steps, shared by inversion and sampling [default: the model's recommended, else 50].
     #[arg(long, value_name = "N")]
     pub steps: Option<usize>,
     /// Seed of the random choices (used by the authors' preset) [default: 0].
     #[arg(long, value_name = "S")]
     pub seed: Option<u64>,
-    /// Multiplier of the edit direction [default: 1].
+    /// Multiplier of the edit direction [default: the model's recommended, else 1].
     #[arg(long, value_name = "ALPHA")]
     pub strength: Option<f64>,
-    /// How strongly the target prompt is followed [default: 5].
+    /// How strongly the target prompt is followed [default: the model's recommended, else 5].
     #[arg(long, value_name = "G")]
     pub guidance: Option<f64>,
     /// How strongly the photo's layout is held in place while editing [default: 0.1].
@@ -230,7 +231,9 @@ struct Plan {
     recipe: Option<Recipe>,
 }
 
-fn plan(args: &TranslateArgs) -> Result<Plan> {
+/// `recommended`: the model's recommended settings (`mirror.json`); they replace Mirror's own
+/// defaults (MirrorDiffusion's only with the recommended preset), never a flag or a recipe.
+fn plan(args: &TranslateArgs, recommended: &Recommended) -> Result<Plan> {
     let recipe = match &args.recipe {
         Some(path) => Some(
             read_recipe(path)?
@@ -263,7 +266,16 @@ fn plan(args: &TranslateArgs) -> Result<Plan> {
     let source = source.ok_or_else(|| anyhow!("--source is required (what the image shows)"))?;
     let target =
         target.ok_or_else(|| anyhow!("--target is required (what the image should become)"))?;
-    let defaults = MirrorSettings::with_preset(preset);
+    let defaults = match preset {
+        MirrorPreset::Recommended => recommended.mirror_settings(),
+        MirrorPreset::Authors => MirrorSettings::with_preset(preset),
+    };
+    let default_direction = match recommended.direction {
+        Some(RecommendedDirection::Prompt) => DirectionRecipe::Prompt,
+        _ => DirectionRecipe::Templates {
+            pairs: DirectionRecipe::default_pairs(),
+        },
+    };
     let direction = match (&args.direction, &args.sentences) {
         (_, Some(files)) => {
             let [src, tgt] = files.as_slice() else {
@@ -284,9 +296,7 @@ fn plan(args: &TranslateArgs) -> Result<Plan> {
         (None, None) => match r.and_then(|r| r.extra.get("direction")) {
             Some(v) => serde_json::from_value(v.clone())
                 .map_err(|e| anyhow!("recipe: field `extra.direction`: {e}"))?,
-            None => DirectionRecipe::Templates {
-                pairs: DirectionRecipe::default_pairs(),
-            },
+            None => default_direction,
         },
     };
     let wants_ddim_files = args.ddim_out.is_some()
@@ -312,9 +322,14 @@ fn plan(args: &TranslateArgs) -> Result<Plan> {
         steps: args
             .steps
             .or(r.map(|r| r.steps).filter(|&s| s > 0))
+            .or(recommended.steps)
             .unwrap_or(50),
         seed: args.seed.or(r.map(|r| r.seed)).unwrap_or(0),
-        strength: args.strength.or(r.map(|r| r.edit_strength)).unwrap_or(1.0),
+        strength: args
+            .strength
+            .or(r.map(|r| r.edit_strength))
+            .or(recommended.edit_strength)
+            .unwrap_or(1.0),
         guidance: args
             .guidance
             .or(r.map(|r| r.guidance_scale))
@@ -405,7 +420,12 @@ impl OutputPaths {
 }
 
 pub fn run(args: &TranslateArgs) -> Result<()> {
-    let plan = plan(args)?;
+    let model_path = match &args.model {
+        Some(path) => path.clone(),
+        None => default_model_path()?,
+    };
+    let notes = ModelNotes::for_model(&model_path)?;
+    let plan = plan(args, &notes.recommended)?;
     let outputs = OutputPaths::from_args(args);
     for path in outputs.all() {
         check_writable(path)?;
@@ -414,7 +434,7 @@ pub fn run(args: &TranslateArgs) -> Result<()> {
 
     let device = device::best_device();
     let sd = StableDiffusion::load_with_configs(
-        &args.model,
+        &model_path,
         &device,
         checkpoint_configs(args.configs.as_deref()),
     )?;
@@ -424,6 +444,13 @@ pub fn run(args: &TranslateArgs) -> Result<()> {
         sd.info.kind,
         device::describe(&device)
     );
+    sd.check_known_words(&[&plan.source, &plan.target])?;
+    if plan.preset == MirrorPreset::Recommended && !notes.recommended.is_empty() {
+        eprintln!(
+            "settings: the model recommends {} (flags still win)",
+            notes.recommended.describe()
+        );
+    }
     if let Some(r) = &plan.recipe {
         if !r.model_hash.is_empty() && r.model_hash != sd.info.fingerprint {
             eprintln!("note: the recipe was made with another model ({})", r.model);
@@ -451,7 +478,10 @@ pub fn run(args: &TranslateArgs) -> Result<()> {
     req.steps = plan.steps;
     req.seed = plan.seed;
     req.edit_strength = plan.strength;
-    req.mirror = MirrorSettings::with_preset(plan.preset);
+    req.mirror = match plan.preset {
+        MirrorPreset::Recommended => notes.recommended.mirror_settings(),
+        MirrorPreset::Authors => MirrorSettings::with_preset(plan.preset),
+    };
     req.mirror.guidance_scale = plan.guidance;
     req.mirror.xa_guidance = plan.xa_guidance;
     req.mirror.redescribe.iterations = plan.redescribe_iters;

@@ -9,6 +9,7 @@ pub mod imageio;
 pub mod loader;
 pub mod methods;
 pub mod model;
+pub mod model_notes;
 pub mod nn;
 pub mod pipeline;
 pub mod rng;

@@ -14,6 +14,7 @@ use crate::engine::loader::{
     CheckpointConfigs, ModelSource, SingleFileCheckpoint, ldm_names, open_model_source,
     weight_error,
 };
+use crate::engine::model_notes::ModelNotes;
 use crate::engine::scheduler::DdimScheduler;
 use crate::engine::tokenizer::ClipTokenizer;
 use crate::engine::unet::{UNet2DConditionModel, UNetConfig};
@@ -41,6 +42,8 @@ pub struct StableDiffusion {
     pub scheduler: DdimScheduler,
     pub device: Device,
     pub info: ModelInfo,
+    /// The folder's `mirror.json` (empty without one).
+    pub notes: ModelNotes,
 }
 
 impl StableDiffusion {
@@ -58,6 +61,7 @@ impl StableDiffusion {
         single_file_configs: CheckpointConfigs,
     ) -> Result<Self> {
         let dtype = DType::F32;
+        let notes = ModelNotes::for_model(path)?;
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -117,6 +121,7 @@ impl StableDiffusion {
                 kind,
                 fingerprint: fingerprint(&files)?,
             },
+            notes,
         })
     }
 

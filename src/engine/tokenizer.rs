@@ -40,6 +40,8 @@ pub struct ClipTokenizer {
     bos_id: u32,
     eos_id: u32,
     pad_id: u32,
+    /// The id a piece outside the vocabulary becomes, when the tokenizer has one.
+    unk_id: Option<u32>,
 }
 
 /// Special token names from `tokenizer_config.json` / `special_tokens_map.json`.
@@ -146,6 +148,40 @@ impl ClipTokenizer {
             .collect())
     }
 
+    /// Whether every BPE piece of `text` is in the vocabulary (none becomes the unknown token).
+    pub fn knows(&self, text: &str) -> Result<bool> {
+        let encoding = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| self.error(format!("cannot encode {text:?}: {e}")))?;
+        Ok(match self.unk_id {
+            Some(unk) => !encoding.get_ids().contains(&unk),
+            None => true,
+        })
+    }
+
+    /// The words of `prompt` the model does not know, lowercase, each once, in order. With a
+    /// `vocabulary` (a model's `mirror.json`), any word not in it; without one, any word the
+    /// tokenizer would turn into its unknown token. Punctuation is never a vocabulary word: a
+    /// mark counts as unknown only when the tokenizer cannot encode it.
+    pub fn unknown_words(
+        &self,
+        prompt: &str,
+        vocabulary: Option<&[String]>,
+    ) -> Result<Vec<String>> {
+        let mut unknown: Vec<String> = Vec::new();
+        for (piece, is_word) in prompt_pieces(prompt) {
+            let known = match vocabulary {
+                Some(words) if is_word => words.contains(&piece),
+                _ => self.knows(&piece)?,
+            };
+            if !known && !unknown.contains(&piece) {
+                unknown.push(piece);
+            }
+        }
+        Ok(unknown)
+    }
+
     fn encoding(&self, text: &str) -> Result<tokenizers::Encoding> {
         self.tokenizer
             .encode(text, true)
@@ -192,7 +228,7 @@ impl ClipTokenizer {
             token_id(&special.eos)?,
             token_id(&special.pad)?,
         );
-        token_id(&special.unk)?;
+        let unk_id = token_id(&special.unk)?;
         let merges = read_merges(merges_txt)?;
 
         let added_token = |id: u32, content: &str| {
@@ -244,6 +280,7 @@ impl ClipTokenizer {
             bos_id,
             eos_id,
             pad_id,
+            unk_id: Some(unk_id),
         })
     }
 
@@ -271,6 +308,7 @@ impl ClipTokenizer {
             token_id(&special.eos)?,
             token_id(&special.pad)?,
         );
+        let unk_id = tokenizer.token_to_id(&special.unk);
         Ok(Self {
             tokenizer,
             source: path.to_path_buf(),
@@ -278,8 +316,41 @@ impl ClipTokenizer {
             bos_id,
             eos_id,
             pad_id,
+            unk_id,
         })
     }
+}
+
+/// The pieces of a prompt, lowercase: words (letters and digits, an apostrophe inside a word
+/// kept) as `(word, true)`, runs of other marks as `(marks, false)`.
+pub fn prompt_pieces(prompt: &str) -> Vec<(String, bool)> {
+    let mut pieces: Vec<(String, bool)> = Vec::new();
+    let chars: Vec<char> = prompt.chars().collect();
+    for (i, &c) in chars.iter().enumerate() {
+        if c.is_whitespace() {
+            continue;
+        }
+        let next_is_word = chars.get(i + 1).is_some_and(|c| c.is_alphanumeric());
+        let is_word = c.is_alphanumeric()
+            || (c == '\'' && next_is_word && i > 0 && chars[i - 1].is_alphanumeric());
+        let joins = i > 0 && !chars[i - 1].is_whitespace();
+        match pieces.last_mut() {
+            Some((text, word)) if joins && *word == is_word => text.extend(c.to_lowercase()),
+            _ => pieces.push((c.to_lowercase().collect(), is_word)),
+        }
+    }
+    pieces
+}
+
+/// The message for unknown words: names them and, when the model lists its words, those.
+pub fn unknown_words_message(unknown: &[String], vocabulary: Option<&[String]>) -> String {
+    let quoted: Vec<String> = unknown.iter().map(|w| format!("\"{w}\"")).collect();
+    let what = if unknown.len() == 1 { "word" } else { "words" };
+    let mut text = format!("the model does not know the {what} {}", quoted.join(", "));
+    if let Some(words) = vocabulary {
+        text.push_str(&format!("; the words it knows: {}", words.join(", ")));
+    }
+    text
 }
 
 fn read_json(path: &Path) -> Result<Value> {
@@ -407,6 +478,40 @@ mod tests {
         }
         assert!(seen.iter().all(|s| *s));
         assert_eq!(byte_of_char('Ġ'), Some(b' '));
+    }
+
+    #[test]
+    fn prompt_pieces_split_words_and_marks() {
+        let pieces = prompt_pieces("A Red-circle, don't!  on");
+        let expected = [
+            ("a", true),
+            ("red", true),
+            ("-", false),
+            ("circle", true),
+            (",", false),
+            ("don't", true),
+            ("!", false),
+            ("on", true),
+        ];
+        let expected: Vec<(String, bool)> =
+            expected.iter().map(|(w, b)| (w.to_string(), *b)).collect();
+        assert_eq!(pieces, expected);
+        assert_eq!(prompt_pieces("'quoted'")[1], ("quoted".to_string(), true));
+    }
+
+    #[test]
+    fn unknown_words_message_names_words_and_vocabulary() {
+        let words = vec!["a".to_string(), "circle".to_string()];
+        let m = unknown_words_message(&["cat".into()], Some(&words));
+        assert!(
+            m.contains("word \"cat\"") && m.ends_with("a, circle"),
+            "{m}"
+        );
+        let m = unknown_words_message(&["cat".into(), "dog".into()], None);
+        assert!(
+            m.contains("words \"cat\", \"dog\"") && !m.contains("knows"),
+            "{m}"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ use crate::app::actions::method_label;
 use crate::app::presets::PRESETS;
 use crate::app::state::AppState;
 use crate::app::textures::Textures;
+use crate::app::words::apply_recommended;
 use crate::engine::direction::find_edit_phrase;
 use crate::engine::imageio::{ResizePolicy, describe_resize, processing_size};
 use crate::engine::methods::mirror::MirrorPreset;
@@ -193,6 +194,10 @@ fn prompt_section(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) 
     if a.lost_focus() || b.lost_focus() {
         actions.push(Action::Tokenize);
     }
+    // Before Run: a word the model does not know would silently become its unknown token.
+    if let Some(message) = state.unknown_words_message() {
+        ui.label(RichText::new(message).color(super::style::ERROR));
+    }
     let l = ui.label("More targets (one a line)");
     ui.add(
         egui::TextEdit::multiline(&mut state.more_targets)
@@ -236,7 +241,9 @@ fn prompt_section(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) 
 }
 
 fn advanced_section(ui: &mut Ui, state: &mut AppState) {
+    let recommends = state.model_recommends().cloned();
     let r = &mut state.run;
+    let variant_before = r.preset;
     egui::CollapsingHeader::new("Advanced")
         .open(state.show_advanced.then_some(true))
         .show(ui, |ui| {
@@ -278,14 +285,31 @@ fn advanced_section(ui: &mut Ui, state: &mut AppState) {
             {
                 r.seed = seed as u64;
             }
+            let label = |p: MirrorPreset| match (p, &recommends) {
+                (MirrorPreset::Recommended, Some(_)) => "recommended by the model",
+                _ => preset_label(p),
+            };
             egui::ComboBox::from_label("MirrorDiffusion variant")
-                .selected_text(preset_label(r.preset))
+                .selected_text(label(r.preset))
                 .show_ui(ui, |ui| {
                     for (p, hint) in PRESETS_SHOWN {
-                        ui.selectable_value(&mut r.preset, p, preset_label(p))
+                        ui.selectable_value(&mut r.preset, p, label(p))
                             .on_hover_text(hint);
                     }
                 });
+            if let Some(rec) = &recommends {
+                if r.preset != variant_before && r.preset == MirrorPreset::Recommended {
+                    apply_recommended(r, rec);
+                }
+                ui.label(
+                    RichText::new(format!(
+                        "This model recommends {}; the recommended variant uses them.",
+                        rec.describe()
+                    ))
+                    .small()
+                    .weak(),
+                );
+            }
             ui.checkbox(&mut r.compare_ddim, "Also run plain DDIM (for comparison)")
                 .on_hover_text("Shows what plain DDIM makes of the same photo, step by step.");
             ui.checkbox(
@@ -319,7 +343,7 @@ fn advanced_section(ui: &mut Ui, state: &mut AppState) {
 
 fn run_section(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) {
     let running = state.progress.running;
-    let can_run = !running && state.image.is_some();
+    let can_run = !running && state.image.is_some() && state.unknown_words_message().is_none();
     ui.horizontal_wrapped(|ui| {
         let run = egui::Button::new(RichText::new("Run").strong()).min_size(Vec2::new(90.0, 28.0));
         if ui

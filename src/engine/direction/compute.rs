@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Device, Tensor};
 
 use super::bank::template_bank;
+use super::model_templates::model_template_pairs;
 use super::phrase::find_edit_phrase;
 use crate::engine::clip::ClipTextTransformer;
 use crate::engine::tokenizer::ClipTokenizer;
@@ -23,6 +24,9 @@ pub enum DirectionSource {
     },
     /// E(target prompt) − E(source prompt): no sentence set at all.
     PromptDifference,
+    /// The model's own captions (its `mirror.json` `sentence_templates`), paired by
+    /// [`model_template_pairs`]; the prompt difference when none holds the source phrase.
+    ModelTemplates { templates: Vec<String> },
 }
 
 /// A computed (or loaded) edit direction.
@@ -34,7 +38,8 @@ pub struct EditDirection {
     pub target_phrase: String,
     /// Sentences encoded, both sides together.
     pub sentences: usize,
-    /// "templates", "sentences" or "prompt_difference".
+    /// "templates", "model_templates", "sentences" or "prompt_difference" (also when model
+    /// templates were asked for and none matched).
     pub method: String,
     /// μ_src and μ_tgt, `[1, 77, D]`, when known: Δ(a→b) = μ_b − μ_a mixes any two concepts.
     pub mean_source: Option<Tensor>,
@@ -206,6 +211,18 @@ fn shared_token_prefix<'a>(mut ids: impl Iterator<Item = &'a Vec<u32>>) -> usize
     })
 }
 
+type Sides = (Vec<String>, Vec<String>, (String, String), &'static str);
+
+fn prompt_difference(source_prompt: &str, target_prompt: &str) -> Result<Sides> {
+    let phrase = find_edit_phrase(source_prompt, target_prompt)?;
+    Ok((
+        vec![source_prompt.to_string()],
+        vec![target_prompt.to_string()],
+        (phrase.source, phrase.target),
+        "prompt_difference",
+    ))
+}
+
 /// Builds the direction for the two prompts the user typed, `(source, target)`, by `how`.
 pub fn build_direction(
     tokenizer: &ClipTokenizer,
@@ -234,14 +251,21 @@ pub fn build_direction(
                 .unwrap_or_default();
             (source.clone(), target.clone(), phrases, "sentences")
         }
-        DirectionSource::PromptDifference => {
+        DirectionSource::PromptDifference => prompt_difference(source_prompt, target_prompt)?,
+        DirectionSource::ModelTemplates { templates } => {
             let phrase = find_edit_phrase(source_prompt, target_prompt)?;
-            (
-                vec![source_prompt.to_string()],
-                vec![target_prompt.to_string()],
-                (phrase.source, phrase.target),
-                "prompt_difference",
-            )
+            let pairs = model_template_pairs(&phrase, templates);
+            if pairs.is_empty() {
+                prompt_difference(source_prompt, target_prompt)?
+            } else {
+                let (source, target) = pairs.into_iter().unzip();
+                (
+                    source,
+                    target,
+                    (phrase.source, phrase.target),
+                    "model_templates",
+                )
+            }
         }
     };
     let means = compute_means(

@@ -4,6 +4,7 @@
 //!
 //! - [`find_edit_phrase`]: what changed between the two prompts the user typed;
 //! - [`template_bank`]: paired template captions for both phrases (offline, deterministic);
+//! - [`model_template_pairs`]: pairs from a model's own captions (`mirror.json`);
 //! - [`compute_direction`] / [`build_direction`]: the text-encoder means and their difference;
 //! - [`read_sentence_file`], [`save_direction`], [`load_direction`]: custom sentences, files.
 
@@ -11,6 +12,7 @@ mod bank;
 mod compute;
 mod english;
 mod io;
+mod model_templates;
 mod phrase;
 
 pub use bank::template_bank;
@@ -19,4 +21,5 @@ pub use compute::{
     compute_means,
 };
 pub use io::{load_direction, read_sentence_file, save_direction};
+pub use model_templates::model_template_pairs;
 pub use phrase::{EditPhrase, find_edit_phrase};

@@ -1,9 +1,11 @@
 //! Stages shared by the methods (diffusers names: `encode_prompt`, `invert`, `redescribe`,
-//! `guide`, `decode`), plus cancellation, progress events and heat maps.
+//! `guide`, `decode`), plus cancellation, progress events and heat maps, and text-to-image
+//! sampling (`generate`).
 
 pub mod cancel;
 pub mod context;
 pub mod events;
+pub mod generate;
 pub mod heatmap;
 pub mod optim;
 pub mod stages;

@@ -1,12 +1,13 @@
-//! The edit direction of a run: α·Δc from a saved file, or built from templates, sentences or
-//! the prompt difference and cached per model and sentences.
+//! The edit direction of a run: α·Δc from a saved file, or built from templates (the model's
+//! own captions when its `mirror.json` has them), sentences or the prompt difference, and
+//! cached per model and sentences.
 
 use candle_core::Tensor;
 
 use super::cache::{CacheKey, InversionCache};
 use super::request::{DirectionChoice, TranslateRequest};
 use crate::engine::Result;
-use crate::engine::direction::{self, DirectionSource};
+use crate::engine::direction::{self, DirectionSource, find_edit_phrase, model_template_pairs};
 use crate::engine::model::StableDiffusion;
 use crate::engine::pipeline::{CancelToken, Event};
 
@@ -29,7 +30,16 @@ pub(super) fn edit_direction(
                 phrase,
             ));
         }
-        DirectionChoice::Templates { pairs } => DirectionSource::Templates { pairs: *pairs },
+        // A model with its own captions gets its edit directions from them.
+        DirectionChoice::Templates { pairs } => match sd.notes.templates() {
+            Some(templates) => {
+                model_template_note(req, templates, events)?;
+                DirectionSource::ModelTemplates {
+                    templates: templates.to_vec(),
+                }
+            }
+            None => DirectionSource::Templates { pairs: *pairs },
+        },
         DirectionChoice::Sentences { source, target } => DirectionSource::Sentences {
             source: source.clone(),
             target: target.clone(),
@@ -52,6 +62,10 @@ pub(super) fn edit_direction(
                 DirectionSource::Templates { pairs } => 2 * pairs,
                 DirectionSource::Sentences { source, target } => source.len() + target.len(),
                 DirectionSource::PromptDifference => 2,
+                DirectionSource::ModelTemplates { templates } => {
+                    let phrase = find_edit_phrase(&req.source_prompt, &req.target_prompt)?;
+                    (2 * model_template_pairs(&phrase, templates).len()).max(2)
+                }
             };
             const BATCH: usize = 32;
             // The builder asks "cancelled?" before each batch: that is also its progress.
@@ -89,6 +103,27 @@ pub(super) fn edit_direction(
     ))
 }
 
+/// Says where a direction from the model's own captions comes from: how many pairs, or that
+/// none holds the edited words there and the prompt difference is used instead.
+fn model_template_note(
+    req: &TranslateRequest,
+    templates: &[String],
+    events: &mut dyn FnMut(Event),
+) -> Result<()> {
+    let phrase = find_edit_phrase(&req.source_prompt, &req.target_prompt)?;
+    let pairs = model_template_pairs(&phrase, templates).len();
+    events(Event::Note(if pairs == 0 {
+        format!(
+            "none of the model's sentences has \"{}\" where the source prompt has it: the \
+             edit direction comes from the two prompts",
+            phrase.source
+        )
+    } else {
+        format!("edit direction from {pairs} pairs of the model's own sentences")
+    }));
+    Ok(())
+}
+
 fn direction_key(sd: &StableDiffusion, req: &TranslateRequest, how: &DirectionSource) -> String {
     let what = match how {
         DirectionSource::Templates { pairs } => {
@@ -103,6 +138,12 @@ fn direction_key(sd: &StableDiffusion, req: &TranslateRequest, how: &DirectionSo
         DirectionSource::PromptDifference => {
             format!("prompts|{}|{}", req.source_prompt, req.target_prompt)
         }
+        DirectionSource::ModelTemplates { templates } => format!(
+            "model templates|{}|{}|{}",
+            templates.join("\n"),
+            req.source_prompt,
+            req.target_prompt
+        ),
     };
     CacheKey {
         model: sd.info.fingerprint.clone(),

@@ -1,0 +1,135 @@
+//! The loaded model's words and recommendations in the app. Read on a job thread once the
+//! model is loaded (its `mirror.json` and tokenizer); a prompt with a word the model does not
+//! know gets a message under the prompt fields and cannot run; the model's recommended
+//! settings fill the recommended MirrorDiffusion variant.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::MirrorApp;
+use super::jobs::JobOutput;
+use super::settings::RunSettings;
+use super::state::AppState;
+use crate::engine::methods::mirror::MirrorPreset;
+use crate::engine::model_notes::{ModelWords, Recommended, RecommendedDirection};
+use crate::engine::session::TranslateRequest;
+
+/// The label of the job that reads the model's words.
+pub const READING_WORDS: &str = "Reading the model's words";
+
+impl AppState {
+    /// The prompts as a run would use them: source, target and the extra targets.
+    fn prompts(&self) -> Vec<&str> {
+        let mut prompts = vec![self.source_prompt.as_str(), self.target_prompt.as_str()];
+        prompts.extend(self.more_targets.lines());
+        prompts
+    }
+
+    /// What to tell the user when a prompt holds words the loaded model does not know
+    /// (naming them, and listing the words the model knows when it lists them).
+    pub fn unknown_words_message(&self) -> Option<String> {
+        let words = self.model_words.as_ref()?;
+        let mut unknown: Vec<String> = Vec::new();
+        for prompt in self.prompts() {
+            for word in words.unknown_words(prompt).unwrap_or_default() {
+                if !unknown.contains(&word) {
+                    unknown.push(word);
+                }
+            }
+        }
+        if unknown.is_empty() {
+            return None;
+        }
+        let message = words.message(&unknown);
+        let mut chars = message.chars();
+        let first = chars.next()?.to_uppercase();
+        Some(format!("{first}{}.", chars.as_str()))
+    }
+
+    /// The loaded model's recommended settings, when it has any.
+    pub fn model_recommends(&self) -> Option<&Recommended> {
+        self.model_words
+            .as_ref()
+            .map(|w| &w.notes.recommended)
+            .filter(|r| !r.is_empty())
+    }
+}
+
+/// Puts the model's recommended values into the run settings (the knobs it names).
+pub fn apply_recommended(run: &mut RunSettings, r: &Recommended) {
+    if let Some(n) = r.steps {
+        run.steps = n;
+    }
+    if let Some(g) = r.guidance_scale {
+        run.guidance = g;
+    }
+    if let Some(x) = r.xa_guidance {
+        run.xa_guidance = x;
+    }
+    if let Some(s) = r.edit_strength {
+        run.strength = s;
+    }
+    if let Some(k) = r.redescribe_iterations {
+        run.redescription_iterations = k;
+    }
+    if let Some(lr) = r.redescribe_lr {
+        run.redescription_lr = lr;
+    }
+    match r.direction {
+        Some(RecommendedDirection::Prompt) => run.direction_from_prompts = true,
+        Some(RecommendedDirection::Templates) => run.direction_from_prompts = false,
+        None => {}
+    }
+}
+
+/// The recommended values the app's knobs do not hold (edit scale and ramp), for the
+/// recommended variant.
+pub fn apply_recommended_extras(req: &mut TranslateRequest, r: Option<&Recommended>) {
+    let Some(r) = r else { return };
+    if req.mirror.preset != MirrorPreset::Recommended {
+        return;
+    }
+    if let Some(v) = r.edit_scale {
+        req.mirror.edit_scale = v;
+    }
+    if let Some(v) = r.ramp_total {
+        req.mirror.ramp_total = v;
+    }
+}
+
+impl MirrorApp {
+    /// Reads the notes and tokenizer of the model just loaded, on a job thread.
+    pub(crate) fn read_model_words(&mut self, path: PathBuf) {
+        self.state.model_words = None;
+        self.jobs.spawn(READING_WORDS, false, move |_| {
+            let words = ModelWords::for_model(&path)
+                .map_err(|e| format!("Could not read the model's words:\n{e}"))?;
+            Ok(JobOutput::ModelWords {
+                path,
+                words: Box::new(words),
+            })
+        });
+    }
+
+    /// Takes the words of the model still loaded; with the recommended variant chosen, its
+    /// recommended settings too (steps given at start, e.g. by a script, still win).
+    pub(crate) fn apply_model_words(&mut self, path: PathBuf, words: ModelWords) {
+        if self.state.model_ready().is_none_or(|m| m.path != path) {
+            return; // another model was loaded meanwhile
+        }
+        let words = Arc::new(words);
+        self.state.model_words = Some(words.clone());
+        let recommended = &words.notes.recommended;
+        if !recommended.is_empty() && self.state.run.preset == MirrorPreset::Recommended {
+            apply_recommended(&mut self.state.run, recommended);
+            if let Some(n) = self.steps_override {
+                self.state.run.steps = n;
+            }
+            self.state.note(format!(
+                "This model recommends {}; the recommended variant uses them.",
+                recommended.describe()
+            ));
+        }
+        self.state.emit("model_words_ready");
+    }
+}

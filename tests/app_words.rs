@@ -1,0 +1,149 @@
+//! The app with the real engine on a copy of the fixture model that carries a `mirror.json`
+//! (kittest, no display): a word outside the model's vocabulary gets a message under the
+//! prompt fields that names it and the words the model knows, and Run waits until it is gone;
+//! the model's recommended settings fill the recommended variant, and the app says so.
+
+mod app_support;
+mod common;
+
+use std::path::PathBuf;
+
+use app_support::{App, Wait, harness, ready, step_until};
+use egui::{Key, Modifiers};
+use egui_kittest::kittest::{NodeT, Queryable};
+use mirror_diffusion::app::AppOptions;
+use serde_json::json;
+
+struct Setup {
+    dir: PathBuf,
+    caption: String,
+    vocabulary: Vec<String>,
+    edit: (String, String),
+}
+
+impl Setup {
+    /// The fixture model copied with a `mirror.json`: the caption's words as vocabulary,
+    /// recommended steps and guidance.
+    fn new() -> Self {
+        let fx = common::Fixtures::load();
+        let dir = std::env::temp_dir().join(format!("mirror-app-words-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        common::copy_tree(&fx.model_dir(), &dir.join("model"));
+        let caption = fx.source_prompt();
+        let vocabulary: Vec<String> = caption.split_whitespace().map(String::from).collect();
+        let notes = json!({
+            "recommended": {"steps": 3, "guidance_scale": 2.5},
+            "vocabulary": vocabulary,
+        });
+        std::fs::write(dir.join("model/mirror.json"), notes.to_string()).unwrap();
+        let e = fx.settings("edit_direction");
+        let edit = (
+            e["source"].as_str().expect("edit source").to_string(),
+            e["target"].as_str().expect("edit target").to_string(),
+        );
+        assert!(caption.contains(&edit.0));
+        let image = fx.test_image();
+        std::fs::copy(&image, dir.join("image.png")).unwrap();
+        Setup {
+            dir,
+            caption,
+            vocabulary,
+            edit,
+        }
+    }
+
+    fn options(&self) -> AppOptions {
+        AppOptions {
+            model: Some(self.dir.join("model")),
+            image: Some(self.dir.join("image.png")),
+            settings_dir: Some(self.dir.join("config")),
+            memory_only_cache: true,
+            source_prompt: Some(String::new()),
+            target_prompt: Some(String::new()),
+            export_dir: Some(self.dir.join("exports")),
+            ..Default::default()
+        }
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn set_field(h: &mut App, label: &str, text: &str) {
+    h.get_by_label(label).click();
+    h.step();
+    h.key_press_modifiers(Modifiers::COMMAND, Key::A);
+    h.get_by_label(label).type_text(text);
+    h.step();
+    h.key_press(Key::Tab);
+    h.step();
+    h.step();
+}
+
+fn run_disabled(h: &App) -> bool {
+    h.get_by_label("Run").accesskit_node().is_disabled()
+}
+
+#[test]
+fn unknown_word_message_and_recommended_settings() {
+    let setup = Setup::new();
+    let mut h = harness(setup.options());
+    ready(&mut h);
+    step_until(&mut h, "the model's words", Wait::secs(60), |a| {
+        a.state.model_words.is_some()
+    });
+    let run = &h.state().state.run;
+    assert_eq!((run.steps, run.guidance), (3, 2.5), "the model's values");
+
+    // A target with a word the model does not know: message before Run, Run disabled.
+    let (source_word, _) = &setup.edit;
+    let unknown = "zebra";
+    let target = setup.caption.replace(source_word.as_str(), unknown);
+    set_field(&mut h, "Source prompt", &setup.caption);
+    set_field(&mut h, "Target prompt", &target);
+    let message = format!("does not know the word \"{unknown}\"");
+    let listed = format!(
+        "{message}; the words it knows: {}.",
+        setup.vocabulary.join(", ")
+    );
+    assert!(
+        h.query_by_label_contains(&listed).is_some(),
+        "a message naming the word and the words the model knows: {listed}"
+    );
+    assert!(run_disabled(&h), "Run waits while the word is there");
+    // Ctrl+Enter refuses too, with the same message, and starts nothing.
+    h.key_press_modifiers(Modifiers::COMMAND, Key::Enter);
+    h.step();
+    h.step();
+    let s = &h.state().state;
+    assert!(!s.progress.running);
+    assert!(
+        s.errors.iter().any(|e| e.contains(&message)),
+        "{:?}",
+        s.errors
+    );
+    h.state_mut().state.errors.clear();
+
+    // Known words only: the message goes, Run is back.
+    set_field(&mut h, "Target prompt", &setup.caption);
+    assert!(h.query_by_label_contains(&message).is_none());
+    assert!(!run_disabled(&h));
+
+    // The status line and the advanced section say what the model recommends.
+    let says = "This model recommends 3 steps, guidance 2.5";
+    let count = |h: &App| h.query_all_by_label_contains(says).count();
+    assert_eq!(count(&h), 1, "the status line");
+    h.get_by_label("Advanced").click();
+    h.step();
+    h.step();
+    assert_eq!(count(&h), 2, "and the advanced section");
+    let variant = h.get_by_label("MirrorDiffusion variant");
+    assert_eq!(
+        variant.accesskit_node().value().as_deref(),
+        Some("recommended by the model"),
+        "{variant:?}"
+    );
+}
