@@ -297,9 +297,13 @@ impl AppState {
                 self.emit(&format!("model_loaded {} {:.2}s", m.name, m.seconds));
                 self.settings.remember_model(&m.path);
                 self.note(format!(
-                    "Loaded {} ({}) in {:.1} s",
-                    m.name, m.kind, m.seconds
+                    "Loaded {} ({}) in {:.1} s on {}",
+                    m.name, m.kind, m.seconds, m.device
                 ));
+                if let Some(fallback) = &m.fallback {
+                    self.emit(&format!("device_fallback {fallback}"));
+                    self.note(fallback.clone());
+                }
                 self.model = ModelStatus::Ready(m);
             }
             WorkerEvent::ModelFailed { path, message } => {
