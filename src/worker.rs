@@ -80,6 +80,8 @@ pub struct ModelSummary {
     pub precision: String,
     /// Why the chosen device is not the one in use (it could not be used).
     pub fallback: Option<String>,
+    /// Why the chosen precision is not the one in use (the device cannot compute in it).
+    pub precision_note: Option<String>,
 }
 
 /// One branch of one step, ready to show.
@@ -327,6 +329,11 @@ fn worker_loop(
                             device: device::describe(&sd.device),
                             precision: device::dtype_word(sd.forward_dtype()).to_string(),
                             fallback: selected.fallback.clone(),
+                            precision_note: device::resolve_precision(
+                                &sd.device,
+                                compute.precision,
+                            )
+                            .1,
                         }));
                         session = Some(s);
                     }

@@ -37,6 +37,17 @@ fn loaded_device(h: &App) -> Option<(String, Option<String>)> {
     }
 }
 
+/// Steps a few frames until `shown` (an opening section animates over several frames).
+fn step_frames_until(h: &mut App, what: &str, shown: impl Fn(&App) -> bool) {
+    for _ in 0..100 {
+        if shown(h) {
+            return;
+        }
+        h.step();
+    }
+    panic!("{what} did not appear");
+}
+
 #[test]
 fn the_status_bar_names_the_device_and_a_missing_one_falls_back_to_the_cpu() {
     let fx = common::Fixtures::load();
@@ -74,9 +85,13 @@ fn the_status_bar_names_the_device_and_a_missing_one_falls_back_to_the_cpu() {
         return;
     };
     h.get_by_label("Advanced").click();
-    h.step();
+    step_frames_until(&mut h, "the Advanced section", |h| {
+        h.query_by_label("Compute device").is_some()
+    });
     h.get_by_label("Compute device").click();
-    h.step();
+    step_frames_until(&mut h, "the device list", |h| {
+        h.query_by_label(missing.label()).is_some()
+    });
     h.get_by_label(missing.label()).click();
     h.step();
     step_until(

@@ -246,3 +246,19 @@ fn an_overflow_in_a_half_pass_is_an_error_naming_the_step() {
     }
     let _ = std::fs::remove_dir_all(&model);
 }
+
+/// bf16 where the device cannot multiply in it (the CPU) loads no half copy: everything runs
+/// in f32, and the reason is given (`resolve_precision`).
+#[test]
+fn bf16_where_the_device_lacks_it_runs_in_f32() {
+    let (dtype, why) =
+        mirror_diffusion::engine::device::resolve_precision(&test_device(), Precision::Bf16);
+    if why.is_none() {
+        assert_eq!(dtype, DType::BF16);
+        return; // this device computes in bf16: the other tests cover it
+    }
+    let fx = Fixtures::load();
+    let sd = load(&fx.model_dir(), Precision::Bf16);
+    assert!(sd.half.is_none());
+    assert_eq!(sd.forward_dtype(), DType::F32);
+}

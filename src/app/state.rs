@@ -300,6 +300,9 @@ impl AppState {
                     "Loaded {} ({}) in {:.1} s on {}",
                     m.name, m.kind, m.seconds, m.device
                 ));
+                if let Some(note) = &m.precision_note {
+                    self.note(note.clone());
+                }
                 if let Some(fallback) = &m.fallback {
                     self.emit(&format!("device_fallback {fallback}"));
                     self.note(fallback.clone());

@@ -30,11 +30,15 @@ impl DeviceArgs {
         if let Some(message) = &selected.fallback {
             eprintln!("note: {message}");
         }
+        let precision = self.precision.unwrap_or_default();
+        if let (_, Some(message)) = device::resolve_precision(&selected.device, precision) {
+            eprintln!("note: {message}");
+        }
         Ok(StableDiffusion::load_with_precision(
             model,
             &selected.device,
             checkpoint_configs(configs),
-            self.precision.unwrap_or_default(),
+            precision,
         )?)
     }
 }

@@ -229,14 +229,22 @@ pub fn describe(device: &Device) -> String {
 /// `Auto` takes f16 on an accelerator (SD 1.x is published and commonly run in f16) and
 /// f32 on the CPU, where half types save memory but not time.
 pub fn forward_dtype(device: &Device, precision: Precision) -> DType {
-    match precision {
-        Precision::F32 => DType::F32,
-        Precision::F16 => DType::F16,
-        Precision::Bf16 => DType::BF16,
-        Precision::Auto => match device {
-            Device::Cpu => DType::F32,
-            Device::Cuda(_) | Device::Metal(_) => DType::F16,
-        },
+    resolve_precision(device, precision).0
+}
+
+/// As [`forward_dtype`], with the reason when the device cannot compute in the type asked for
+/// and f32 is used instead: candle 0.11's CPU matmul has no bf16 (f16, f32, f64 only).
+pub fn resolve_precision(device: &Device, precision: Precision) -> (DType, Option<String>) {
+    match (precision, device) {
+        (Precision::F32, _) => (DType::F32, None),
+        (Precision::F16, _) => (DType::F16, None),
+        (Precision::Bf16, Device::Cpu) => (
+            DType::F32,
+            Some("The CPU cannot multiply matrices in bf16; computing in f32 instead.".into()),
+        ),
+        (Precision::Bf16, _) => (DType::BF16, None),
+        (Precision::Auto, Device::Cpu) => (DType::F32, None),
+        (Precision::Auto, Device::Cuda(_) | Device::Metal(_)) => (DType::F16, None),
     }
 }
 
@@ -290,7 +298,21 @@ mod tests {
     #[test]
     fn automatic_precision_is_half_only_on_accelerators() {
         assert_eq!(forward_dtype(&Device::Cpu, Precision::Auto), DType::F32);
-        assert_eq!(forward_dtype(&Device::Cpu, Precision::Bf16), DType::BF16);
         assert_eq!(forward_dtype(&Device::Cpu, Precision::F16), DType::F16);
+        assert_eq!(resolve_precision(&Device::Cpu, Precision::F16).1, None);
+    }
+
+    #[test]
+    fn bf16_on_the_cpu_falls_back_to_f32_with_a_reason() {
+        let (dtype, why) = resolve_precision(&Device::Cpu, Precision::Bf16);
+        assert_eq!(dtype, DType::F32);
+        let why = why.unwrap_or_default();
+        assert!(why.contains("bf16") && why.contains("f32"), "{why}");
+        // The reason is real: candle's CPU matmul refuses bf16.
+        let a = candle_core::Tensor::ones((2, 2), DType::BF16, &Device::Cpu).unwrap();
+        assert!(
+            a.matmul(&a).is_err(),
+            "bf16 matmul works on the CPU now: drop the fallback"
+        );
     }
 }

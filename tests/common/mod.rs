@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor};
-use mirror_diffusion::engine::device::{DeviceChoice, Precision, select_device};
+use mirror_diffusion::engine::device::{DeviceChoice, Precision, resolve_precision, select_device};
 use serde_json::Value;
 
 /// The device tests compute on: `MIRROR_DEVICE` (cpu, cuda, metal or auto; default cpu), so
@@ -38,13 +38,22 @@ pub fn test_device() -> Device {
 }
 
 /// The half precisions the half-precision tests run: `MIRROR_PRECISION` (f16 or bf16) picks
-/// one; unset, both.
+/// one; unset, both where the test device computes in them (the CPU has no bf16 matmul: its
+/// fallback to f32 is tested on its own). Asking for one the device lacks fails.
 pub fn test_half_precisions() -> Vec<Precision> {
+    let supported = |p: &Precision| resolve_precision(&test_device(), *p).1.is_none();
     match std::env::var("MIRROR_PRECISION").as_deref() {
-        Err(_) => vec![Precision::F16, Precision::Bf16],
-        Ok("f16") => vec![Precision::F16],
-        Ok("bf16") => vec![Precision::Bf16],
-        Ok(other) => panic!("MIRROR_PRECISION: `{other}` is not a half precision (f16 or bf16)"),
+        Err(_) => [Precision::F16, Precision::Bf16]
+            .into_iter()
+            .filter(supported)
+            .collect(),
+        Ok(word) => {
+            let p: Precision = word
+                .parse()
+                .unwrap_or_else(|e| panic!("MIRROR_PRECISION: {e}"));
+            assert!(supported(&p), "MIRROR_PRECISION={word}: not on this device");
+            vec![p]
+        }
     }
 }
 
