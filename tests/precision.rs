@@ -247,7 +247,7 @@ fn an_overflow_in_a_half_pass_is_an_error_naming_the_step() {
     let _ = std::fs::remove_dir_all(&model);
 }
 
-/// bf16 where the device cannot multiply in it (the CPU) loads no half copy: everything runs
+/// bf16 where the device cannot convolve in it (the CPU) loads no half copy: everything runs
 /// in f32, and the reason is given (`resolve_precision`).
 #[test]
 fn bf16_where_the_device_lacks_it_runs_in_f32() {

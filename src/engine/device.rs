@@ -218,7 +218,10 @@ fn first_line(text: &str) -> &str {
 /// A short human-readable name ("CPU (2 threads)", "CUDA:0", "Metal").
 pub fn describe(device: &Device) -> String {
     match device {
-        Device::Cpu => format!("CPU ({} threads)", candle_core::utils::get_num_threads()),
+        Device::Cpu => match candle_core::utils::get_num_threads() {
+            1 => "CPU (1 thread)".to_string(),
+            n => format!("CPU ({n} threads)"),
+        },
         Device::Cuda(_) => "CUDA:0".to_string(),
         Device::Metal(_) => "Metal".to_string(),
     }
@@ -233,14 +236,15 @@ pub fn forward_dtype(device: &Device, precision: Precision) -> DType {
 }
 
 /// As [`forward_dtype`], with the reason when the device cannot compute in the type asked for
-/// and f32 is used instead: candle 0.11's CPU matmul has no bf16 (f16, f32, f64 only).
+/// and f32 is used instead: candle 0.11's CPU convolution calls its matrix product directly,
+/// which has no bf16 (f16, f32, f64 only; a plain bf16 matmul goes through f32 there).
 pub fn resolve_precision(device: &Device, precision: Precision) -> (DType, Option<String>) {
     match (precision, device) {
         (Precision::F32, _) => (DType::F32, None),
         (Precision::F16, _) => (DType::F16, None),
         (Precision::Bf16, Device::Cpu) => (
             DType::F32,
-            Some("The CPU cannot multiply matrices in bf16; computing in f32 instead.".into()),
+            Some("The CPU cannot compute convolutions in bf16; computing in f32 instead.".into()),
         ),
         (Precision::Bf16, _) => (DType::BF16, None),
         (Precision::Auto, Device::Cpu) => (DType::F32, None),
@@ -308,11 +312,12 @@ mod tests {
         assert_eq!(dtype, DType::F32);
         let why = why.unwrap_or_default();
         assert!(why.contains("bf16") && why.contains("f32"), "{why}");
-        // The reason is real: candle's CPU matmul refuses bf16.
-        let a = candle_core::Tensor::ones((2, 2), DType::BF16, &Device::Cpu).unwrap();
+        // The reason is real: candle's CPU convolution refuses bf16.
+        let x = candle_core::Tensor::ones((1, 2, 3, 3), DType::BF16, &Device::Cpu).unwrap();
+        let k = candle_core::Tensor::ones((2, 2, 1, 1), DType::BF16, &Device::Cpu).unwrap();
         assert!(
-            a.matmul(&a).is_err(),
-            "bf16 matmul works on the CPU now: drop the fallback"
+            x.conv2d(&k, 0, 1, 1, 1).is_err(),
+            "bf16 conv2d works on the CPU now: drop the fallback"
         );
     }
 }

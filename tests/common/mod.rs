@@ -38,7 +38,7 @@ pub fn test_device() -> Device {
 }
 
 /// The half precisions the half-precision tests run: `MIRROR_PRECISION` (f16 or bf16) picks
-/// one; unset, both where the test device computes in them (the CPU has no bf16 matmul: its
+/// one; unset, both where the test device computes in them (the CPU has no bf16 conv2d: its
 /// fallback to f32 is tested on its own). Asking for one the device lacks fails.
 pub fn test_half_precisions() -> Vec<Precision> {
     let supported = |p: &Precision| resolve_precision(&test_device(), *p).1.is_none();
