@@ -14,12 +14,32 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use mirror_diffusion::engine::clip::{ClipTextConfig, ClipTextTransformer};
+use mirror_diffusion::engine::device::{DeviceChoice, select_device};
 use mirror_diffusion::engine::imageio::{ImageLimits, ResizePolicy, load_image, resize};
 use mirror_diffusion::engine::model::StableDiffusion;
 use mirror_diffusion::engine::pipeline::CancelToken;
 use mirror_diffusion::engine::session::{DirectionChoice, Session, TranslateRequest};
 use mirror_diffusion::engine::unet::{UNet2DConditionModel, UNetConfig};
 use mirror_diffusion::engine::vae::{AutoencoderKL, VaeConfig};
+
+/// The device the cases run on: `MIRROR_DEVICE` (cpu, cuda, metal, auto; default cpu), opened
+/// once (tensors of two openings of one GPU cannot be mixed).
+fn bench_device() -> Device {
+    static DEVICE: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
+    DEVICE
+        .get_or_init(|| {
+            let choice: DeviceChoice = std::env::var("MIRROR_DEVICE")
+                .unwrap_or_else(|_| "cpu".into())
+                .parse()
+                .unwrap_or_else(|e| panic!("MIRROR_DEVICE: {e}"));
+            let selected = select_device(choice);
+            if let Some(why) = selected.fallback {
+                panic!("MIRROR_DEVICE={choice}: {why}");
+            }
+            selected.device
+        })
+        .clone()
+}
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -40,9 +60,9 @@ fn sd_config(component: &str) -> PathBuf {
 
 /// Random weights for a config, made here (nothing downloaded).
 fn random_vb(seed: u64) -> (VarMap, VarBuilder<'static>) {
-    Device::Cpu.set_seed(seed).ok();
+    bench_device().set_seed(seed).ok();
     let map = VarMap::new();
-    let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
+    let vb = VarBuilder::from_varmap(&map, DType::F32, &bench_device());
     (map, vb)
 }
 
@@ -59,6 +79,11 @@ fn peak_rss_mib() -> f64 {
 
 /// 1 warm-up, then `repeats` timed calls (fewer when one call is slow), as bench_torch.py.
 fn time_it(repeats: usize, mut f: impl FnMut()) -> Vec<f64> {
+    // A GPU queues work: each call is timed until the device has finished it.
+    let mut f = move || {
+        f();
+        bench_device().synchronize().expect("device synchronises");
+    };
     let t0 = Instant::now();
     f();
     let first = t0.elapsed().as_secs_f64();
@@ -107,7 +132,7 @@ fn run_case(case: &str, quick: bool) -> serde_json::Value {
                     VarBuilder::from_mmaped_safetensors(
                         &[tiny_model().join("unet/diffusion_pytorch_model.safetensors")],
                         DType::F32,
-                        &Device::Cpu,
+                        &bench_device(),
                     )
                     .unwrap()
                 };
@@ -117,8 +142,8 @@ fn run_case(case: &str, quick: bool) -> serde_json::Value {
                 mirror_diffusion::engine::unet::PerBlock::One(d) => *d,
                 mirror_diffusion::engine::unet::PerBlock::Each(v) => v[0],
             };
-            let x = Tensor::randn(0f32, 1., (bs, 4, hw, hw), &Device::Cpu).unwrap();
-            let emb = Tensor::randn(0f32, 1., (bs, 77, d), &Device::Cpu).unwrap();
+            let x = Tensor::randn(0f32, 1., (bs, 4, hw, hw), &bench_device()).unwrap();
+            let emb = Tensor::randn(0f32, 1., (bs, 77, d), &bench_device()).unwrap();
             if mode == "fwd" {
                 time_it(reps, || {
                     unet.forward(&x, 501.0, &emb).unwrap();
@@ -137,7 +162,7 @@ fn run_case(case: &str, quick: bool) -> serde_json::Value {
             let cfg = VaeConfig::from_file(&sd_config("vae")).unwrap();
             let (_map, vb) = random_vb(1);
             let vae = AutoencoderKL::new(vb, &cfg).unwrap();
-            let z = Tensor::randn(0f32, 1., (1, 4, px / 8, px / 8), &Device::Cpu).unwrap();
+            let z = Tensor::randn(0f32, 1., (1, 4, px / 8, px / 8), &bench_device()).unwrap();
             time_it(reps, || {
                 vae.decode(&z).unwrap();
             })
@@ -148,7 +173,7 @@ fn run_case(case: &str, quick: bool) -> serde_json::Value {
             let (_map, vb) = random_vb(2);
             let te = ClipTextTransformer::new(vb, &cfg).unwrap();
             let ids: Vec<u32> = (0..bs * 77).map(|k| (k as u32 * 7919) % 49408).collect();
-            let ids = Tensor::from_vec(ids, (bs, 77), &Device::Cpu).unwrap();
+            let ids = Tensor::from_vec(ids, (bs, 77), &bench_device()).unwrap();
             time_it(5, || {
                 te.forward(&ids).unwrap();
             })
@@ -157,7 +182,7 @@ fn run_case(case: &str, quick: bool) -> serde_json::Value {
             // Whole run on the tiny model: recommended preset, N steps, with the DDIM baseline
             // off (the PyTorch reference loop has none); then a re-edit with a new target.
             let steps: usize = rest.parse().unwrap();
-            let sd = StableDiffusion::load(&tiny_model(), &Device::Cpu).unwrap();
+            let sd = StableDiffusion::load(&tiny_model(), &bench_device()).unwrap();
             let mut session = Session::new(sd, None);
             let image = load_image(
                 &root().join("../shared/fixtures/tiny-sd-ref/test_image.png"),
@@ -234,7 +259,7 @@ fn translate_full(
         unet,
         vae,
         scheduler: DdimScheduler::from_file(&sd_config("scheduler")).unwrap(),
-        device: Device::Cpu,
+        device: bench_device(),
         info: mirror_diffusion::engine::model::ModelInfo {
             name: "random SD 1.5".into(),
             path: PathBuf::new(),
@@ -242,6 +267,7 @@ fn translate_full(
             fingerprint: "random".into(),
         },
         notes: Default::default(),
+        half: None,
     };
     let image = load_image(
         &root().join("../shared/fixtures/tiny-sd-ref/test_image.png"),
@@ -250,7 +276,7 @@ fn translate_full(
     .unwrap();
     let image = resize(&image.rgb, (256, 256), ResizePolicy::Stretch);
     let t0 = Instant::now();
-    let x = mirror_diffusion::engine::imageio::image_to_tensor(&image, &Device::Cpu).unwrap();
+    let x = mirror_diffusion::engine::imageio::image_to_tensor(&image, &bench_device()).unwrap();
     let z0 = stages::encode_image(&sd, &x, stages::Posterior::Mean).unwrap();
     let caption = sd.encode_prompt("a photo of a cat").unwrap();
     let dir = (sd.encode_prompt("a photo of a dog").unwrap() - &caption).unwrap();

@@ -7,11 +7,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use image::RgbImage;
 
 use crate::engine::EngineError;
+use crate::engine::device::{self, DeviceChoice, Precision};
 use crate::engine::imageio::{latent_preview, tensor_to_image};
 use crate::engine::pipeline::{Branch, CancelToken, Event, Phase, StepReport, TokenHeatmaps};
 use crate::engine::session::{BranchImages, Method, Session, TranslateRequest};
@@ -43,9 +44,17 @@ impl RunJob {
     }
 }
 
+/// Where and in which number format a model computes (the user's settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Compute {
+    pub device: DeviceChoice,
+    pub precision: Precision,
+}
+
 /// What the UI asks the worker to do.
 pub enum Command {
-    LoadModel(PathBuf),
+    /// Load a model on the chosen device (the CPU when that device cannot be used).
+    LoadModel(PathBuf, Compute),
     Run(Box<RunJob>),
     /// Prompt tokens for the attention-word picker (answered with `WorkerEvent::Tokens`).
     Tokenize {
@@ -65,6 +74,14 @@ pub struct ModelSummary {
     pub size_multiple: u32,
     pub default_side: u32,
     pub seconds: f64,
+    /// The device actually computing, e.g. "CPU (2 threads)" or "CUDA:0".
+    pub device: String,
+    /// "f32", or the half type of forward passes ("f16").
+    pub precision: String,
+    /// Why the chosen device is not the one in use (it could not be used).
+    pub fallback: Option<String>,
+    /// Why the chosen precision is not the one in use (the device cannot compute in it).
+    pub precision_note: Option<String>,
 }
 
 /// One branch of one step, ready to show.
@@ -284,13 +301,19 @@ fn worker_loop(
     while let Ok(command) = commands.recv() {
         match command {
             Command::Shutdown => break,
-            Command::LoadModel(path) => {
+            Command::LoadModel(path, compute) => {
                 send(WorkerEvent::ModelLoading(path.clone()));
                 session = None; // free the old model's memory first
                 let started = Instant::now();
+                let selected = device::select_device(compute.device);
                 let loaded = catch(|| {
-                    crate::engine::model::StableDiffusion::load(&path, &Device::Cpu)
-                        .map(|sd| Session::new(sd, cache_dir.clone()))
+                    crate::engine::model::StableDiffusion::load_with_precision(
+                        &path,
+                        &selected.device,
+                        crate::engine::loader::CheckpointConfigs::bundled_sd_v1(),
+                        compute.precision,
+                    )
+                    .map(|sd| Session::new(sd, cache_dir.clone()))
                 });
                 match loaded {
                     Ok(s) => {
@@ -303,6 +326,14 @@ fn worker_loop(
                             size_multiple: sd.size_multiple() as u32,
                             default_side: sd.default_image_side() as u32,
                             seconds: started.elapsed().as_secs_f64(),
+                            device: device::describe(&sd.device),
+                            precision: device::dtype_word(sd.forward_dtype()).to_string(),
+                            fallback: selected.fallback.clone(),
+                            precision_note: device::resolve_precision(
+                                &sd.device,
+                                compute.precision,
+                            )
+                            .1,
                         }));
                         session = Some(s);
                     }

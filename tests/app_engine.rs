@@ -382,7 +382,7 @@ fn an_engine_error_keeps_the_photo_prompts_and_settings() {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|e| e == "safetensors"))
         .expect("unet weights");
-    let mut tensors = candle_core::safetensors::load(&unet, &candle_core::Device::Cpu).unwrap();
+    let mut tensors = candle_core::safetensors::load(&unet, &common::test_device()).unwrap();
     let name = tensors
         .keys()
         .find(|k| k.contains("conv_in.weight"))
@@ -397,7 +397,7 @@ fn an_engine_error_keeps_the_photo_prompts_and_settings() {
         .to_vec1()
         .unwrap();
     values[0] = f32::NAN;
-    let nan = candle_core::Tensor::from_vec(values, w.dims(), &candle_core::Device::Cpu)
+    let nan = candle_core::Tensor::from_vec(values, w.dims(), &common::test_device())
         .unwrap()
         .to_dtype(w.dtype())
         .unwrap();

@@ -6,7 +6,6 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use candle_core::Device;
 use mirror_diffusion::engine::imageio::{
     ResizePolicy, SHEET_GAP, SHEET_LABEL_HEIGHT, processing_size, read_recipe,
 };
@@ -209,7 +208,7 @@ fn translate_writes_outputs_with_recipe_and_replays_identically() {
         (5 * w + 4 * SHEET_GAP, h + SHEET_LABEL_HEIGHT)
     );
 
-    let tensors = candle_core::safetensors::load(&dump, &Device::Cpu).unwrap();
+    let tensors = candle_core::safetensors::load(&dump, &common::test_device()).unwrap();
     let first_dim = |name: &str| {
         tensors
             .get(name)

@@ -7,7 +7,6 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use candle_core::Device;
 use image::imageops::{self, FilterType};
 use mirror_diffusion::engine::imageio::{ResizePolicy, processing_size, read_recipe};
 use mirror_diffusion::engine::model::StableDiffusion;
@@ -93,7 +92,8 @@ fn dims(path: &Path) -> (u32, u32) {
 fn a_landscape_photo_comes_back_in_its_own_shape() {
     let env = Env::new("keep");
     let (photo, size) = env.landscape();
-    let sd = StableDiffusion::load(&env.fx.model_dir(), &Device::Cpu).expect("fixture model");
+    let sd =
+        StableDiffusion::load(&env.fx.model_dir(), &common::test_device()).expect("fixture model");
     let (side, multiple) = (sd.default_image_side() as u32, sd.size_multiple() as u32);
     let expected = processing_size(size, None, ResizePolicy::Keep, side, multiple).unwrap();
     assert_ne!(

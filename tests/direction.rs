@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use mirror_diffusion::engine::EngineError;
 use mirror_diffusion::engine::clip::{ClipTextConfig, ClipTextTransformer};
 use mirror_diffusion::engine::direction::{
@@ -35,7 +35,7 @@ fn text_model(fx: &common::Fixtures) -> TextModel {
         .var_builder_mapped(
             Arc::new(loader::ldm_names::diffusers_text_encoder_map()),
             DType::F32,
-            &Device::Cpu,
+            &common::test_device(),
         );
     let encoder = ClipTextTransformer::new(vb, &cfg).expect("text encoder");
     TextModel { tokenizer, encoder }
@@ -79,7 +79,7 @@ fn fixture_templates_match_reference() {
     let means = compute_means(
         &m.tokenizer,
         &m.encoder,
-        &Device::Cpu,
+        &common::test_device(),
         &src,
         &tgt,
         3,
@@ -95,7 +95,7 @@ fn fixture_templates_match_reference() {
     let one_batch = compute_direction(
         &m.tokenizer,
         &m.encoder,
-        &Device::Cpu,
+        &common::test_device(),
         &src,
         &tgt,
         32,
@@ -376,7 +376,7 @@ fn templates_direction_row_zero_and_prompt_difference() {
     let dir = build_direction(
         &m.tokenizer,
         &m.encoder,
-        &Device::Cpu,
+        &common::test_device(),
         ("a cat sitting on a sofa", "a dog sitting on a sofa"),
         &DirectionSource::Templates { pairs: 500 },
         32,
@@ -407,7 +407,7 @@ fn templates_direction_row_zero_and_prompt_difference() {
     let diff = build_direction(
         &m.tokenizer,
         &m.encoder,
-        &Device::Cpu,
+        &common::test_device(),
         ("a photo of a cat", "a photo of a dog"),
         &DirectionSource::PromptDifference,
         8,
@@ -453,7 +453,7 @@ fn sentence_files_unpaired() {
     let dir = build_direction(
         &m.tokenizer,
         &m.encoder,
-        &Device::Cpu,
+        &common::test_device(),
         ("a cat", "a dog"),
         &how,
         2,
@@ -484,7 +484,7 @@ fn cancellation() {
     let err = compute_direction(
         &m.tokenizer,
         &m.encoder,
-        &Device::Cpu,
+        &common::test_device(),
         &src,
         &tgt,
         16,
@@ -500,7 +500,7 @@ fn cancellation() {
     let err = compute_direction(
         &m.tokenizer,
         &m.encoder,
-        &Device::Cpu,
+        &common::test_device(),
         &src,
         &tgt,
         16,
@@ -518,7 +518,7 @@ fn save_load_round_trip_and_errors() {
     let dir = build_direction(
         &m.tokenizer,
         &m.encoder,
-        &Device::Cpu,
+        &common::test_device(),
         ("a man", "an old woman"),
         &DirectionSource::Templates { pairs: 64 },
         32,
@@ -593,7 +593,7 @@ fn save_load_round_trip_and_errors() {
     let t = Tensor::zeros(
         (1, m.tokenizer.max_length(), hidden),
         DType::F32,
-        &Device::Cpu,
+        &common::test_device(),
     )
     .unwrap();
     candle_core::safetensors::save(

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use mirror_diffusion::app::settings::Settings;
 use mirror_diffusion::engine::direction::{EditDirection, load_direction, save_direction};
 use mirror_diffusion::engine::pipeline::stages::{InversionGrid, Trajectory};
@@ -101,7 +101,7 @@ fn settings_that_are_not_text_are_reported_and_kept() {
 fn tensor(shape: &[usize], offset: f32) -> Tensor {
     let n: usize = shape.iter().product();
     let v: Vec<f32> = (0..n).map(|i| offset + i as f32 * 0.25).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    Tensor::from_vec(v, shape, &common::test_device()).unwrap()
 }
 
 /// A valid cache entry of `steps` steps on `grid`, with or without the reconstruction branch.
@@ -136,7 +136,7 @@ fn exercise_cache_file(bytes: &[u8]) {
     let tmp = TempDir::new("cache");
     tmp.write(&format!("{KEY}.safetensors"), bytes);
     let mut cache = InversionCache::new(Some(tmp.path().to_path_buf()));
-    let (entry, peak) = measure("cache file", || cache.get(KEY, &Device::Cpu));
+    let (entry, peak) = measure("cache file", || cache.get(KEY, &common::test_device()));
     assert_bounded("cache file", peak, bytes.len(), TENSOR_BYTES_PER_BYTE);
     if let Some(entry) = entry {
         use_entry_like_the_session(&entry);
@@ -217,7 +217,7 @@ fn cache_spec() -> impl Strategy<Value = CacheSpec> {
 }
 
 fn build_cache_file(spec: &CacheSpec) -> Vec<u8> {
-    let dev = Device::Cpu;
+    let dev = common::test_device();
     let mut t: HashMap<String, Tensor> = HashMap::new();
     let meta = Tensor::new(spec.meta.as_slice(), &dev).unwrap();
     let meta = if spec.meta_as_f32 {
@@ -290,7 +290,7 @@ fn cache_file_with_short_meta_is_a_miss() {
         let tmp = TempDir::new("cache-meta");
         tmp.write(&format!("{KEY}.safetensors"), &build_cache_file(&spec));
         let mut cache = InversionCache::new(Some(tmp.path().to_path_buf()));
-        assert!(cache.get(KEY, &Device::Cpu).is_none());
+        assert!(cache.get(KEY, &common::test_device()).is_none());
     }
 }
 
@@ -305,7 +305,7 @@ fn valid_cache_entries_read_back() {
                 let entry = cache_entry(steps, grid, with_rec);
                 cache.put(KEY, entry.clone()).unwrap();
                 let mut fresh = InversionCache::new(Some(tmp.path().to_path_buf()));
-                let got = fresh.get(KEY, &Device::Cpu).unwrap_or_else(|| {
+                let got = fresh.get(KEY, &common::test_device()).unwrap_or_else(|| {
                     panic!("valid entry ({steps} steps, {grid:?}, rec {with_rec}) was a miss")
                 });
                 assert_eq!(got.trajectory.timesteps, entry.trajectory.timesteps);

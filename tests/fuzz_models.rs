@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use candle_core::{DType, Device};
+use candle_core::DType;
 use mirror_diffusion::engine::EngineError;
 use mirror_diffusion::engine::clip::{ClipTextConfig, ClipTextTransformer};
 use mirror_diffusion::engine::loader::config::{JsonConfig, UnetLayout, VaeLayout};
@@ -215,7 +215,7 @@ fn exercise_weight_file(file: &Path) {
     let input = std::fs::metadata(file)
         .map(|m| m.len() as usize)
         .unwrap_or(0);
-    let device = Device::Cpu;
+    let device = common::test_device();
     let (outcome, peak) = measure(&file.display().to_string(), || {
         let weights = WeightFiles::open(&[file.to_path_buf()])?;
         let mut errors = Vec::new();
@@ -527,7 +527,7 @@ fn build_component(component: Component, bytes: &[u8]) {
     let w = fixture_weights();
     let tmp = TempDir::new("build");
     let file = tmp.write("config.json", bytes);
-    let device = Device::Cpu;
+    let device = common::test_device();
     let (outcome, peak) = measure("component config", || -> Result<(), EngineError> {
         match component {
             Component::Unet => {
@@ -661,7 +661,7 @@ proptest! {
         let (outcome, peak) = measure("checkpoint", || {
             SingleFileCheckpoint::open(&file, configs.clone())?;
             inspect(&file)?;
-            StableDiffusion::load_with_configs(&file, &Device::Cpu, configs.clone()).map(|_| ())
+            StableDiffusion::load_with_configs(&file, &common::test_device(), configs.clone()).map(|_| ())
         });
         if let Err(e) = outcome {
             assert_names_file(&e.to_string(), &file);
@@ -685,7 +685,7 @@ proptest! {
         let root = model_with_file(&tmp, which, &bytes);
         let (outcome, peak) = measure(which, || {
             inspect(&root)?;
-            StableDiffusion::load(&root, &Device::Cpu).map(|_| ())
+            StableDiffusion::load(&root, &common::test_device()).map(|_| ())
         });
         if let Err(e) = outcome {
             let message = e.to_string();

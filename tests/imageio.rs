@@ -7,7 +7,7 @@ mod common;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use image::{ImageBuffer, ImageEncoder, Luma, Rgb, RgbImage, Rgba, RgbaImage};
 use mirror_diffusion::engine::EngineError;
 use mirror_diffusion::engine::imageio::*;
@@ -446,7 +446,7 @@ fn tensor_conversion_matches_the_reference_fixture() {
         .unwrap();
     assert_eq!(loaded.rgb.as_raw(), &u8_hwc);
 
-    let tensor = image_to_tensor(&loaded.rgb, &Device::Cpu).unwrap();
+    let tensor = image_to_tensor(&loaded.rgb, &common::test_device()).unwrap();
     let expected = fx.tensor("vae", "image");
     assert_eq!(tensor.dims(), expected.dims());
     let max_err = fx.assert_close("vae", "image", &tensor);
@@ -465,14 +465,14 @@ fn tensor_conversion_matches_the_reference_fixture() {
 #[test]
 fn tensor_round_trip_and_previews() {
     let img = pattern(40, 24);
-    let t = image_to_tensor(&img, &Device::Cpu).unwrap();
+    let t = image_to_tensor(&img, &common::test_device()).unwrap();
     assert_eq!(t.dims(), &[1, 3, 24, 40]);
     assert_eq!(tensor_to_image(&t).unwrap(), img);
     assert_eq!(tensor_to_image(&t.squeeze(0).unwrap()).unwrap(), img);
     // Out-of-range values clamp.
     let wild = Tensor::new(
         &[[[[-3f32, 3.0]], [[0.0, 0.0]], [[1.0, -1.0]]]],
-        &Device::Cpu,
+        &common::test_device(),
     )
     .unwrap();
     let out = tensor_to_image(&wild).unwrap();
@@ -480,16 +480,31 @@ fn tensor_round_trip_and_previews() {
     assert_eq!(*out.get_pixel(1, 0), Rgb([255, 128, 0]));
     assert!(
         tensor_to_image(
-            &Tensor::zeros((2, 3, 4, 4), candle_core::DType::F32, &Device::Cpu).unwrap()
+            &Tensor::zeros(
+                (2, 3, 4, 4),
+                candle_core::DType::F32,
+                &common::test_device()
+            )
+            .unwrap()
         )
         .is_err()
     );
 
-    let latent = Tensor::zeros((1, 4, 6, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let latent = Tensor::zeros(
+        (1, 4, 6, 5),
+        candle_core::DType::F32,
+        &common::test_device(),
+    )
+    .unwrap();
     let preview = latent_preview(&latent, 8).unwrap();
     assert_eq!(preview.dimensions(), (40, 48));
     assert!(preview.pixels().all(|p| *p == Rgb([128, 128, 128])));
-    let wrong = Tensor::zeros((1, 3, 6, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let wrong = Tensor::zeros(
+        (1, 3, 6, 5),
+        candle_core::DType::F32,
+        &common::test_device(),
+    )
+    .unwrap();
     assert!(latent_preview(&wrong, 8).is_err());
 }
 

@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use mirror_diffusion::engine::EngineError;
 use mirror_diffusion::engine::loader::{
     CheckpointConfigs, DiffusersFolder, ModelSource, SingleFileCheckpoint, WeightFiles,
@@ -63,7 +63,7 @@ fn diffusers(path: &Path) -> DiffusersFolder {
 }
 
 fn load_all(file: &Path) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(file, &Device::Cpu).unwrap()
+    candle_core::safetensors::load(file, &common::test_device()).unwrap()
 }
 
 fn bits(t: &Tensor) -> Vec<u32> {
@@ -103,7 +103,7 @@ fn opens_fixture_diffusers_folder() {
 
     // Straight VarBuilder: every stored tensor reads back with its shape.
     let weights = folder.unet.open_weights().unwrap();
-    let vb = weights.var_builder(DType::F32, &Device::Cpu);
+    let vb = weights.var_builder(DType::F32, &common::test_device());
     for (name, shape, _) in weights.shapes_and_dtypes() {
         let t = vb.get(shape.clone(), &name).unwrap();
         assert_eq!(t.dims(), shape.as_slice());
@@ -161,7 +161,7 @@ fn single_file_checkpoint_round_trip_is_bit_identical() {
         CheckpointConfigs::from_diffusers_folder(&fx.model_dir()),
     )
     .unwrap();
-    let dev = Device::Cpu;
+    let dev = common::test_device();
     let mut checked = 0;
     for (comp, vb) in [
         (&folder.unet, ckpt.unet_vb(DType::F32, &dev)),
@@ -344,7 +344,7 @@ fn text_encoder_without_text_model_prefix() {
     let vb = weights.var_builder_mapped(
         std::sync::Arc::new(ldm_names::diffusers_text_encoder_map()),
         DType::F32,
-        &Device::Cpu,
+        &common::test_device(),
     );
     for (name, t) in &original {
         assert_eq!(bits(&vb.get(t.dims(), name).unwrap()), bits(t), "{name}");
@@ -406,7 +406,7 @@ fn fp16_variant_and_shards_are_found() {
         .vae
         .open_weights()
         .unwrap()
-        .var_builder(DType::F32, &Device::Cpu);
+        .var_builder(DType::F32, &common::test_device());
     for (name, t) in &vae {
         let got = vb.get(t.dims(), name).unwrap();
         assert_eq!(got.dtype(), DType::F32);
@@ -422,7 +422,7 @@ fn fp16_variant_and_shards_are_found() {
         .unet
         .open_weights()
         .unwrap()
-        .var_builder(DType::F32, &Device::Cpu);
+        .var_builder(DType::F32, &common::test_device());
     for (name, t) in &unet {
         assert_eq!(bits(&vb.get(t.dims(), name).unwrap()), bits(t), "{name}");
     }
@@ -489,7 +489,7 @@ fn missing_tensor_is_typed() {
     candle_core::safetensors::save(&tensors, &file).unwrap();
 
     let weights = WeightFiles::open(std::slice::from_ref(&file)).unwrap();
-    let vb = weights.var_builder(DType::F32, &Device::Cpu);
+    let vb = weights.var_builder(DType::F32, &common::test_device());
     assert!(!vb.contains_tensor(removed));
     // As a model would ask for it: through prefixes.
     let e = vb
@@ -513,7 +513,7 @@ fn missing_tensor_is_typed() {
         EngineError::MissingTensor { .. }
     ));
     let plain = unsafe {
-        candle_nn::VarBuilder::from_mmaped_safetensors(&[&file], DType::F32, &Device::Cpu)
+        candle_nn::VarBuilder::from_mmaped_safetensors(&[&file], DType::F32, &common::test_device())
     }
     .unwrap();
     let err = weight_error(
@@ -530,7 +530,7 @@ fn missing_tensor_is_typed() {
     // Renamed lookups name both the requested and the stored name.
     let ckpt_map = std::sync::Arc::new(ldm_names::text_encoder_map());
     let e = weights
-        .var_builder_mapped(ckpt_map, DType::F32, &Device::Cpu)
+        .var_builder_mapped(ckpt_map, DType::F32, &common::test_device())
         .get(3, "text_model.x")
         .unwrap_err();
     let msg = weight_error(&file, e).to_string();
@@ -560,7 +560,7 @@ fn mis_shaped_tensor_is_typed() {
 
     let vb = WeightFiles::open(std::slice::from_ref(&file))
         .unwrap()
-        .var_builder(DType::F32, &Device::Cpu);
+        .var_builder(DType::F32, &common::test_device());
     let err = weight_error(&file, vb.get(good.clone(), name).unwrap_err());
     match &err {
         EngineError::ShapeMismatch {
@@ -665,7 +665,7 @@ fn non_models_are_rejected() {
     assert_names_file(&err, &unet);
     // Missing one of the three parts.
     let partial = tmp.0.join("partial.safetensors");
-    let t = Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap();
+    let t = Tensor::zeros(2, DType::F32, &common::test_device()).unwrap();
     candle_core::safetensors::save(
         &HashMap::from([("model.diffusion_model.out.2.bias".to_string(), t)]),
         &partial,

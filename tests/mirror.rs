@@ -3,7 +3,7 @@
 
 mod common;
 
-use candle_core::{D, DType, Device, IndexOp, Tensor};
+use candle_core::{D, DType, IndexOp, Tensor};
 use common::{Fixtures, assert_tensor_close};
 use mirror_diffusion::engine::methods::mirror::{
     self, MirrorInputs, MirrorPreset, MirrorSettings, MirrorState,
@@ -122,7 +122,8 @@ fn check_scalar(label: &str, expected: f64, got: Option<f64>, atol: f64) {
 
 fn load() -> (Fixtures, StableDiffusion) {
     let fx = Fixtures::load();
-    let sd = StableDiffusion::load(&fx.model_dir(), &Device::Cpu).expect("fixture model loads");
+    let sd = StableDiffusion::load(&fx.model_dir(), &common::test_device())
+        .expect("fixture model loads");
     (fx, sd)
 }
 
@@ -243,7 +244,7 @@ fn mirror_end_to_end_matches_reference() {
                 .iter()
                 .map(|r| f(r).map(|x| x as f32).unwrap_or(f32::NAN))
                 .collect();
-            Tensor::new(v, &Device::Cpu).unwrap()
+            Tensor::new(v, &common::test_device()).unwrap()
         };
         fx.assert_close(&name, "loss_probs", &series(&|r| Some(guidance(r).loss)));
         fx.assert_close(
@@ -282,7 +283,7 @@ fn mirror_end_to_end_matches_reference() {
         fx.assert_close(
             &name,
             "inner_losses",
-            &Tensor::from_vec(inner, (n, inner_w), &Device::Cpu).unwrap(),
+            &Tensor::from_vec(inner, (n, inner_w), &common::test_device()).unwrap(),
         );
         let steps: Vec<i64> = records
             .iter()
@@ -291,7 +292,7 @@ fn mirror_end_to_end_matches_reference() {
         fx.assert_close(
             &name,
             "inner_steps",
-            &Tensor::new(steps, &Device::Cpu).unwrap(),
+            &Tensor::new(steps, &common::test_device()).unwrap(),
         );
         let targets: Vec<i64> = records
             .iter()
@@ -300,10 +301,14 @@ fn mirror_end_to_end_matches_reference() {
         fx.assert_close(
             &name,
             "target_index",
-            &Tensor::new(targets, &Device::Cpu).unwrap(),
+            &Tensor::new(targets, &common::test_device()).unwrap(),
         );
         let ts: Vec<i64> = records.iter().map(|r| r.timestep as i64).collect();
-        fx.assert_close(&name, "timesteps", &Tensor::new(ts, &Device::Cpu).unwrap());
+        fx.assert_close(
+            &name,
+            "timesteps",
+            &Tensor::new(ts, &common::test_device()).unwrap(),
+        );
         fx.assert_close(
             &name,
             "rec_decoded",

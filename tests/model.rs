@@ -5,7 +5,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use common::Fixtures;
 use mirror_diffusion::engine::EngineError;
 use mirror_diffusion::engine::loader::{
@@ -42,10 +42,10 @@ fn single_file_checkpoint_gives_identical_outputs() {
         panic!("fixture model is a diffusers folder")
     };
     write_single_file(&folder, &file).unwrap();
-    let a = StableDiffusion::load(&fx.model_dir(), &Device::Cpu).unwrap();
+    let a = StableDiffusion::load(&fx.model_dir(), &common::test_device()).unwrap();
     let b = StableDiffusion::load_with_configs(
         &file,
-        &Device::Cpu,
+        &common::test_device(),
         CheckpointConfigs::from_diffusers_folder(&fx.model_dir()),
     )
     .unwrap();
@@ -62,7 +62,7 @@ fn single_file_checkpoint_gives_identical_outputs() {
         assert_eq!(diff, 0.0, "single-file and folder outputs differ");
     }
     // With the bundled SD 1.x configs the tiny weights do not fit: a typed shape error.
-    let err = StableDiffusion::load(&file, &Device::Cpu)
+    let err = StableDiffusion::load(&file, &common::test_device())
         .err()
         .expect("SD 1.x configs cannot load tiny weights");
     assert!(
@@ -85,7 +85,7 @@ fn broken_models_give_typed_errors_naming_the_file() {
     let cfg_path = dir.join("unet/config.json");
     let text = std::fs::read_to_string(&cfg_path).unwrap();
     common::edit_json(&cfg_path, |v| v["layers_per_block"] = "two".into());
-    let err = StableDiffusion::load(&dir, &Device::Cpu)
+    let err = StableDiffusion::load(&dir, &common::test_device())
         .err()
         .expect("bad config");
     assert!(matches!(err, EngineError::Config { .. }), "{err}");
@@ -102,7 +102,7 @@ fn broken_models_give_typed_errors_naming_the_file() {
             - 1;
         v["down_block_types"][last] = "FancyBlock2D".into();
     });
-    let err = StableDiffusion::load(&dir, &Device::Cpu)
+    let err = StableDiffusion::load(&dir, &common::test_device())
         .err()
         .expect("unknown block");
     assert!(matches!(err, EngineError::UnknownBlockType { .. }), "{err}");
@@ -112,7 +112,7 @@ fn broken_models_give_typed_errors_naming_the_file() {
     let vae_name = vae.file_name().unwrap().to_string_lossy().into_owned();
     let bytes = std::fs::read(&vae).unwrap();
     std::fs::write(&vae, &bytes[..bytes.len() / 2]).unwrap();
-    let err = StableDiffusion::load(&dir, &Device::Cpu)
+    let err = StableDiffusion::load(&dir, &common::test_device())
         .err()
         .expect("truncated weights");
     assert!(
@@ -123,7 +123,7 @@ fn broken_models_give_typed_errors_naming_the_file() {
     // Missing text encoder.
     std::fs::write(&vae, &bytes).unwrap();
     std::fs::remove_dir_all(dir.join("text_encoder")).unwrap();
-    let err = StableDiffusion::load(&dir, &Device::Cpu)
+    let err = StableDiffusion::load(&dir, &common::test_device())
         .err()
         .expect("missing component");
     assert!(matches!(err, EngineError::MissingComponent { .. }), "{err}");
@@ -133,7 +133,7 @@ fn broken_models_give_typed_errors_naming_the_file() {
 #[test]
 fn image_sizes_the_model_cannot_take_are_refused() {
     let fx = Fixtures::load();
-    let sd = StableDiffusion::load(&fx.model_dir(), &Device::Cpu).unwrap();
+    let sd = StableDiffusion::load(&fx.model_dir(), &common::test_device()).unwrap();
     let m = sd.size_multiple();
     assert!(
         sd.check_image_size(4 * m, 6 * m).is_ok(),

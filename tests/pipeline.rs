@@ -2,7 +2,7 @@
 
 mod common;
 
-use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_core::{DType, IndexOp, Tensor};
 use common::Fixtures;
 use mirror_diffusion::engine::methods::ddim::{self, DdimContexts, DdimInputs};
 use mirror_diffusion::engine::methods::pix2pix_zero::{
@@ -14,7 +14,8 @@ use mirror_diffusion::engine::pipeline::{CancelToken, LatentPair, StageContext};
 
 fn load() -> (Fixtures, StableDiffusion) {
     let fx = Fixtures::load();
-    let sd = StableDiffusion::load(&fx.model_dir(), &Device::Cpu).expect("fixture model loads");
+    let sd = StableDiffusion::load(&fx.model_dir(), &common::test_device())
+        .expect("fixture model loads");
     (fx, sd)
 }
 
@@ -35,7 +36,7 @@ fn kl(fx: &Fixtures, name: &str) -> KlRegularizer {
 fn i64s(v: &[usize]) -> Tensor {
     Tensor::new(
         v.iter().map(|&x| x as i64).collect::<Vec<_>>(),
-        &Device::Cpu,
+        &common::test_device(),
     )
     .unwrap()
 }
@@ -153,12 +154,12 @@ fn ddim_reconstruction_matches_reference() {
         fx.assert_close(
             name,
             &format!("mismatch_mse_{variant}"),
-            &Tensor::new(mse, &Device::Cpu).unwrap(),
+            &Tensor::new(mse, &common::test_device()).unwrap(),
         );
         fx.assert_close(
             name,
             &format!("mismatch_maxabs_{variant}"),
-            &Tensor::new(maxabs, &Device::Cpu).unwrap(),
+            &Tensor::new(maxabs, &common::test_device()).unwrap(),
         );
         let decoded = stages::decode(&sd, &latents[n]).unwrap();
         fx.assert_close(name, &format!("decoded_{variant}"), &decoded);
@@ -210,7 +211,7 @@ fn pix2pix_zero_matches_reference() {
     fx.assert_close(
         name,
         "xa_loss",
-        &Tensor::new(losses, &Device::Cpu)
+        &Tensor::new(losses, &common::test_device())
             .unwrap()
             .to_dtype(DType::F32)
             .unwrap(),

@@ -4,7 +4,7 @@
 
 mod common;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use common::Fixtures;
 use mirror_diffusion::engine::EngineError;
 use mirror_diffusion::engine::imageio::{ImageLimits, load_image};
@@ -17,7 +17,7 @@ use mirror_diffusion::engine::session::{
 
 fn session() -> (Fixtures, Session) {
     let fx = Fixtures::load();
-    let sd = StableDiffusion::load(&fx.model_dir(), &Device::Cpu).unwrap();
+    let sd = StableDiffusion::load(&fx.model_dir(), &common::test_device()).unwrap();
     (fx, Session::new(sd, None))
 }
 
@@ -215,7 +215,7 @@ fn runs_are_deterministic_and_the_disk_cache_survives_a_new_session() {
     let _ = std::fs::remove_dir_all(&dir);
     let load = || {
         Session::new(
-            StableDiffusion::load(&fx.model_dir(), &Device::Cpu).unwrap(),
+            StableDiffusion::load(&fx.model_dir(), &common::test_device()).unwrap(),
             Some(dir.clone()),
         )
     };

@@ -5,7 +5,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 use mirror_diffusion::engine::EngineError;
 use mirror_diffusion::engine::clip::{ClipTextConfig, ClipTextTransformer};
@@ -58,7 +58,12 @@ fn tokenizer_matches_fixture_ids() {
         .iter()
         .flat_map(|p| tok.encode(p).expect("encodes"))
         .collect();
-    let padded = Tensor::from_vec(padded, (prompts.len(), tok.max_length()), &Device::Cpu).unwrap();
+    let padded = Tensor::from_vec(
+        padded,
+        (prompts.len(), tok.max_length()),
+        &common::test_device(),
+    )
+    .unwrap();
     fx.assert_close("tokenizer", "input_ids", &padded);
 
     let unpadded: Vec<Vec<u32>> = prompts
@@ -66,7 +71,7 @@ fn tokenizer_matches_fixture_ids() {
         .map(|p| tok.encode_unpadded(p).expect("encodes"))
         .collect();
     let counts: Vec<i64> = unpadded.iter().map(|ids| ids.len() as i64).collect();
-    let counts = Tensor::new(counts.as_slice(), &Device::Cpu).unwrap();
+    let counts = Tensor::new(counts.as_slice(), &common::test_device()).unwrap();
     fx.assert_close("tokenizer", "num_tokens_untruncated", &counts);
 
     let expected = fx.fixture("tokenizer")["ids_unpadded_untruncated"]
@@ -143,8 +148,10 @@ fn tokenizer_errors_name_the_file() {
 fn load_text_encoder(fx: &common::Fixtures) -> ClipTextTransformer {
     let (config, weights) = text_encoder_paths(fx);
     let cfg = ClipTextConfig::from_file(&config).expect("config parses");
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &Device::Cpu) }
-        .expect("weights map");
+    let vb = unsafe {
+        VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &common::test_device())
+    }
+    .expect("weights map");
     ClipTextTransformer::new(vb, &cfg).expect("text encoder loads")
 }
 
@@ -178,7 +185,12 @@ fn tokenizer_and_text_encoder_reproduce_fixture_from_prompts() {
         .iter()
         .flat_map(|p| tok.encode(p).unwrap())
         .collect();
-    let ids = Tensor::from_vec(ids, (prompts.len(), tok.max_length()), &Device::Cpu).unwrap();
+    let ids = Tensor::from_vec(
+        ids,
+        (prompts.len(), tok.max_length()),
+        &common::test_device(),
+    )
+    .unwrap();
     fx.assert_close("text_encoder", "input_ids", &ids);
     let hidden = model.forward(&ids).unwrap();
     fx.assert_close("text_encoder", "last_hidden_state", &hidden);
@@ -189,7 +201,7 @@ fn text_encoder_accepts_weights_without_text_model_prefix() {
     let fx = common::Fixtures::load();
     let (config, weights) = text_encoder_paths(&fx);
     let cfg = ClipTextConfig::from_file(&config).unwrap();
-    let tensors = candle_core::safetensors::load(&weights, &Device::Cpu).unwrap();
+    let tensors = candle_core::safetensors::load(&weights, &common::test_device()).unwrap();
     assert!(
         tensors.keys().any(|k| k.starts_with("text_model.")),
         "fixture has the prefix"
@@ -204,12 +216,12 @@ fn text_encoder_accepts_weights_without_text_model_prefix() {
         })
         .collect();
     let prefixed = ClipTextTransformer::new(
-        VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu),
+        VarBuilder::from_tensors(tensors, DType::F32, &common::test_device()),
         &cfg,
     )
     .unwrap();
     let plain = ClipTextTransformer::new(
-        VarBuilder::from_tensors(stripped, DType::F32, &Device::Cpu),
+        VarBuilder::from_tensors(stripped, DType::F32, &common::test_device()),
         &cfg,
     )
     .unwrap();

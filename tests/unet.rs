@@ -5,7 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{D, DType, Device, IndexOp, Tensor, Var};
+use candle_core::{D, DType, IndexOp, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use mirror_diffusion::engine::EngineError;
 use mirror_diffusion::engine::unet::{
@@ -18,8 +18,10 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 fn load(fx: &common::Fixtures) -> UNet2DConditionModel {
     let cfg = UNetConfig::from_file(&fx.config_path("unet")).expect("config parses");
     let weights = fx.weights_path("unet");
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &Device::Cpu) }
-        .expect("weights load");
+    let vb = unsafe {
+        VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &common::test_device())
+    }
+    .expect("weights load");
     UNet2DConditionModel::new(vb, &cfg).expect("unet builds")
 }
 
@@ -306,7 +308,7 @@ fn non_square_latent_runs_and_bad_sizes_are_rejected() -> TestResult {
     let context = fx.tensor("unet", "encoder_hidden_states");
     let c = unet.config().in_channels;
     let (h, w) = (8 * f, 12 * f);
-    let x = Tensor::randn(0f32, 1., (1, c, h, w), &Device::Cpu)?;
+    let x = Tensor::randn(0f32, 1., (1, c, h, w), &common::test_device())?;
     unet.check_latent_size(h, w)?;
     let request = CaptureRequest {
         probs: true,
@@ -323,7 +325,7 @@ fn non_square_latent_runs_and_bad_sizes_are_rejected() -> TestResult {
             unet.check_latent_size(bad_h, w),
             Err(EngineError::LatentSize { height, width, .. }) if height == bad_h && width == w
         ));
-        let bad = Tensor::zeros((1, c, bad_h, w), DType::F32, &Device::Cpu)?;
+        let bad = Tensor::zeros((1, c, bad_h, w), DType::F32, &common::test_device())?;
         assert!(unet.forward(&bad, 501.0, &context).is_err());
     }
     assert!(matches!(
@@ -436,7 +438,7 @@ fn linear_projection_and_per_block_heads_build_and_run() -> TestResult {
     });
     let cfg = UNetConfig::from_file(&path)?;
     let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &common::test_device());
     // Built under a prefix (as inside a single-file checkpoint): names stay module-relative.
     let unet = UNet2DConditionModel::new(vb.pp("unet"), &cfg)?;
     {
@@ -462,8 +464,8 @@ fn linear_projection_and_per_block_heads_build_and_run() -> TestResult {
     assert_eq!(names.len(), 3 * total + layers[n - 1]);
     let f = cfg.downsample_factor();
     let (h, w) = (4 * f, 6 * f);
-    let x = Tensor::randn(0f32, 1., (2, cfg.in_channels, h, w), &Device::Cpu)?;
-    let context = Tensor::randn(0f32, 1., (2, 77, cross_dim), &Device::Cpu)?;
+    let x = Tensor::randn(0f32, 1., (2, cfg.in_channels, h, w), &common::test_device())?;
+    let context = Tensor::randn(0f32, 1., (2, 77, cross_dim), &common::test_device())?;
     let request = CaptureRequest {
         probs: true,
         keys_values: true,

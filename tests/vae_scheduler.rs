@@ -15,7 +15,7 @@ use mirror_diffusion::engine::scheduler::{
 use mirror_diffusion::engine::vae::{AutoencoderKL, VaeConfig};
 
 fn cpu() -> Device {
-    Device::Cpu
+    common::test_device()
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {

@@ -52,7 +52,8 @@ impl MirrorApp {
                     self.state
                         .error("Cancel the run before loading another model.");
                 } else {
-                    self.worker.send(Command::LoadModel(path));
+                    let compute = self.state.settings.compute();
+                    self.worker.send(Command::LoadModel(path, compute));
                 }
             }
             Action::LoadDemoModel => {

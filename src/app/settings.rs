@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::cli::DirectionRecipe;
+use crate::engine::device::{DeviceChoice, Precision};
 use crate::engine::imageio::{Recipe, ResizePolicy, write_atomic};
 use crate::engine::methods::mirror::{MirrorPreset, MirrorSettings};
 use crate::engine::session::{Method, TranslateRequest};
+use crate::worker::Compute;
 
 const FILE_NAME: &str = "settings.json";
 const MAX_RECENT: usize = 8;
@@ -166,6 +168,10 @@ pub struct Settings {
     pub export_dir: Option<PathBuf>,
     pub source_prompt: String,
     pub target_prompt: String,
+    /// Where models compute (applied when a model loads; the CPU when it cannot be used).
+    pub device: DeviceChoice,
+    /// Number format of the passes without gradients (applied when a model loads).
+    pub precision: Precision,
 }
 
 impl Default for Settings {
@@ -178,6 +184,8 @@ impl Default for Settings {
             export_dir: None,
             source_prompt: "a photo of a cat".into(),
             target_prompt: "a photo of a dog".into(),
+            device: DeviceChoice::default(),
+            precision: Precision::default(),
         }
     }
 }
@@ -229,6 +237,14 @@ impl Settings {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let text = serde_json::to_string_pretty(self).map_err(|e| e.to_string())?;
         write_atomic(&dir.join(FILE_NAME), text.as_bytes()).map_err(|e| e.to_string())
+    }
+
+    /// The device and precision a model loads with.
+    pub fn compute(&self) -> Compute {
+        Compute {
+            device: self.device,
+            precision: self.precision,
+        }
     }
 
     pub fn remember_model(&mut self, path: &Path) {

@@ -314,9 +314,16 @@ impl AppState {
                     self.settings.remember_model(&m.path);
                 }
                 self.note(format!(
-                    "Loaded {} ({}) in {:.1} s",
-                    m.name, m.kind, m.seconds
+                    "Loaded {} ({}) in {:.1} s on {}",
+                    m.name, m.kind, m.seconds, m.device
                 ));
+                if let Some(note) = &m.precision_note {
+                    self.note(note.clone());
+                }
+                if let Some(fallback) = &m.fallback {
+                    self.emit(&format!("device_fallback {fallback}"));
+                    self.note(fallback.clone());
+                }
                 self.model = ModelStatus::Ready(m);
             }
             WorkerEvent::ModelFailed { path, message } => {

@@ -7,12 +7,11 @@ use anyhow::Result;
 use candle_core::DType;
 use clap::Args;
 
-use crate::engine::device;
+use super::device::{DeviceArgs, describe as describe_compute};
 use crate::engine::loader::ldm_names::{CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX};
 use crate::engine::loader::{
     CheckpointConfigs, ModelSource, WeightFiles, inspect, open_model_source,
 };
-use crate::engine::model::StableDiffusion;
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
@@ -23,6 +22,8 @@ pub struct InspectArgs {
     /// (default: the bundled SD 1.x configs).
     #[arg(long, value_name = "DIR")]
     pub configs: Option<PathBuf>,
+    #[command(flatten)]
+    pub compute: DeviceArgs,
 }
 
 pub fn run(args: &InspectArgs) -> Result<()> {
@@ -30,15 +31,15 @@ pub fn run(args: &InspectArgs) -> Result<()> {
         (ModelSource::SingleFile(file), Some(dir)) => print_single_file(&file, dir)?,
         _ => println!("{}", inspect(&args.path)?),
     }
-    let configs = checkpoint_configs(args.configs.as_deref());
-    let device = device::best_device();
-    let sd = StableDiffusion::load_with_configs(&args.path, &device, configs)?;
+    let sd = args
+        .compute
+        .load_model(&args.path, args.configs.as_deref())?;
     let side = sd.default_image_side();
     println!(
         "loads: OK ({}, {} on {}; default image {side}×{side}, sides in multiples of {}; fingerprint {})",
         sd.info.name,
         sd.info.kind,
-        device::describe(&device),
+        describe_compute(&sd),
         sd.size_multiple(),
         short(&sd.info.fingerprint)
     );

@@ -2,6 +2,7 @@
 //! `translate` an image and `generate` one from a prompt. Errors end the process with one line, `error: <message>`.
 
 mod convert;
+mod device;
 mod direction;
 mod dump;
 mod generate;

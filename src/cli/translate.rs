@@ -7,19 +7,17 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, ValueEnum};
 
+use super::device::{DeviceArgs, describe as describe_compute};
 use super::direction::DirectionRecipe;
 use super::dump::{DUMP_HELP, write_dump};
-use super::inspect::checkpoint_configs;
 use super::outputs::{check_writable, comparison_tiles, save_comparison, save_tensor_png};
 use super::progress::Progress;
 use super::{Cancelled, default_model_path, interrupt};
-use crate::engine::device;
 use crate::engine::imageio::{
     ImageLimits, RECIPE_VERSION, Recipe, ResizePolicy, describe_resize, load_image,
     processing_size, read_recipe, resize,
 };
 use crate::engine::methods::mirror::{MirrorPreset, MirrorSettings};
-use crate::engine::model::StableDiffusion;
 use crate::engine::model_notes::{ModelNotes, Recommended, RecommendedDirection};
 use crate::engine::pipeline::CancelToken;
 use crate::engine::session::{InversionCache, Method, Session, TranslateRequest};
@@ -205,6 +203,8 @@ pub struct TranslateArgs {
     /// Neither read nor write the inversion cache.
     #[arg(long)]
     pub no_cache: bool,
+    #[command(flatten)]
+    pub compute: DeviceArgs,
     /// Compute threads (sets RAYON_NUM_THREADS).
     #[arg(long, value_name = "T")]
     pub threads: Option<usize>,
@@ -432,17 +432,14 @@ pub fn run(args: &TranslateArgs) -> Result<()> {
     }
     let loaded = load_image(&args.image, &ImageLimits::default())?;
 
-    let device = device::best_device();
-    let sd = StableDiffusion::load_with_configs(
-        &model_path,
-        &device,
-        checkpoint_configs(args.configs.as_deref()),
-    )?;
+    let sd = args
+        .compute
+        .load_model(&model_path, args.configs.as_deref())?;
     eprintln!(
         "model: {} ({}, {})",
         sd.info.name,
         sd.info.kind,
-        device::describe(&device)
+        describe_compute(&sd)
     );
     sd.check_known_words(&[&plan.source, &plan.target])?;
     if plan.preset == MirrorPreset::Recommended && !notes.recommended.is_empty() {

@@ -5,6 +5,7 @@ pub mod clip;
 pub mod device;
 pub mod direction;
 pub mod error;
+pub mod forward;
 pub mod imageio;
 pub mod loader;
 pub mod methods;

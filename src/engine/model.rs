@@ -10,6 +10,8 @@ use candle_nn::VarBuilder;
 use sha2::{Digest, Sha256};
 
 use crate::engine::clip::{ClipTextConfig, ClipTextTransformer};
+use crate::engine::device::{Precision, forward_dtype};
+use crate::engine::forward::{ForwardNets, ForwardUnet};
 use crate::engine::loader::{
     CheckpointConfigs, ModelSource, SingleFileCheckpoint, ldm_names, open_model_source,
     weight_error,
@@ -44,6 +46,9 @@ pub struct StableDiffusion {
     pub info: ModelInfo,
     /// The folder's `mirror.json` (empty without one).
     pub notes: ModelNotes,
+    /// Copies of the networks in a half type for forward-only passes (None: those passes
+    /// use the f32 networks above).
+    pub half: Option<ForwardNets>,
 }
 
 impl StableDiffusion {
@@ -60,13 +65,26 @@ impl StableDiffusion {
         device: &Device,
         single_file_configs: CheckpointConfigs,
     ) -> Result<Self> {
+        Self::load_with_precision(path, device, single_file_configs, Precision::F32)
+    }
+
+    /// As [`Self::load_with_configs`]; forward-only passes run in the type `precision` gives
+    /// on `device` ([`forward_dtype`]). A half type loads a second, half-size copy of the
+    /// networks once, so no pass pays for converting weights; gradient passes keep f32.
+    pub fn load_with_precision(
+        path: &Path,
+        device: &Device,
+        single_file_configs: CheckpointConfigs,
+        precision: Precision,
+    ) -> Result<Self> {
         let dtype = DType::F32;
         let notes = ModelNotes::for_model(path)?;
+        let half_dtype = Some(forward_dtype(device, precision)).filter(|d| *d != DType::F32);
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| path.display().to_string());
-        let (parts, kind, files) = match open_model_source(path)? {
+        let (parts, half, kind, files) = match open_model_source(path)? {
             ModelSource::Diffusers(folder) => {
                 let text_weights = folder.text_encoder.open_weights()?;
                 let unet_weights = folder.unet.open_weights()?;
@@ -79,35 +97,49 @@ impl StableDiffusion {
                     tokenizer_dir: folder.tokenizer_dir.clone(),
                 };
                 let text_map = Arc::new(ldm_names::diffusers_text_encoder_map());
-                let parts = build(
-                    &configs,
-                    (
-                        text_weights.var_builder_mapped(text_map, dtype, device),
-                        text_weights.label(),
-                    ),
-                    (
-                        unet_weights.var_builder(dtype, device),
-                        unet_weights.label(),
-                    ),
-                    (vae_weights.var_builder(dtype, device), vae_weights.label()),
-                )?;
+                let make = |dtype| {
+                    build(
+                        &configs,
+                        (
+                            text_weights.var_builder_mapped(text_map.clone(), dtype, device),
+                            text_weights.label(),
+                        ),
+                        (
+                            unet_weights.var_builder(dtype, device),
+                            unet_weights.label(),
+                        ),
+                        (vae_weights.var_builder(dtype, device), vae_weights.label()),
+                    )
+                };
+                let parts = make(dtype)?;
+                let half = half_dtype.map(make).transpose()?;
                 let mut files = text_weights.files().to_vec();
                 files.extend_from_slice(unet_weights.files());
                 files.extend_from_slice(vae_weights.files());
-                (parts, "diffusers folder", files)
+                (parts, half, "diffusers folder", files)
             }
             ModelSource::SingleFile(file) => {
                 let ckpt = SingleFileCheckpoint::open(&file, single_file_configs)?;
-                let parts = build(
-                    ckpt.configs(),
-                    (ckpt.text_encoder_vb(dtype, device), &file),
-                    (ckpt.unet_vb(dtype, device), &file),
-                    (ckpt.vae_vb(dtype, device), &file),
-                )?;
-                (parts, "single-file checkpoint", vec![file])
+                let make = |dtype| {
+                    build(
+                        ckpt.configs(),
+                        (ckpt.text_encoder_vb(dtype, device), &file),
+                        (ckpt.unet_vb(dtype, device), &file),
+                        (ckpt.vae_vb(dtype, device), &file),
+                    )
+                };
+                let parts = make(dtype)?;
+                let half = half_dtype.map(make).transpose()?;
+                (parts, half, "single-file checkpoint", vec![file])
             }
         };
         let (tokenizer, text_encoder, unet, vae, scheduler) = parts;
+        let half = half.map(|(_, text_encoder, unet, vae, _)| ForwardNets {
+            dtype: half_dtype.unwrap_or(DType::F32),
+            text_encoder,
+            unet,
+            vae,
+        });
         Ok(Self {
             tokenizer,
             text_encoder,
@@ -122,7 +154,52 @@ impl StableDiffusion {
                 fingerprint: fingerprint(&files)?,
             },
             notes,
+            half,
         })
+    }
+
+    /// The type forward-only passes run in (f32 unless loaded with a half precision).
+    pub fn forward_dtype(&self) -> DType {
+        self.half.as_ref().map_or(DType::F32, |h| h.dtype)
+    }
+
+    /// The UNet of forward-only passes: inputs are cast to its type and its outputs
+    /// (prediction and recorded attention) come back in f32, so latents stay f32 throughout.
+    pub fn forward_unet(&self) -> ForwardUnet<'_> {
+        match &self.half {
+            Some(h) => ForwardUnet::new(&h.unet, h.dtype),
+            None => ForwardUnet::new(&self.unet, DType::F32),
+        }
+    }
+
+    /// VAE decode (a forward-only pass, in the forward type): latent → image in f32. A half
+    /// decode that overflows is an error, never a black image.
+    pub fn decode_latent(&self, latent: &Tensor) -> Result<Tensor> {
+        let Some(half) = &self.half else {
+            return Ok(self.vae.latent_to_image(latent)?);
+        };
+        let image = half
+            .vae
+            .latent_to_image(&latent.to_dtype(half.dtype)?)?
+            .to_dtype(DType::F32)?;
+        if !crate::engine::pipeline::step::is_finite(&image)? {
+            return Err(EngineError::NonFinite {
+                what: format!("the decoded image{}", self.half_precision_hint()),
+            });
+        }
+        Ok(image)
+    }
+
+    /// " (computed in f16; full precision f32 may avoid this)" when forward passes run in a
+    /// half type, else nothing: appended to overflow errors of forward passes.
+    pub fn half_precision_hint(&self) -> String {
+        match &self.half {
+            Some(h) => format!(
+                " (computed in {}; full precision, f32, may avoid this)",
+                crate::engine::device::dtype_word(h.dtype)
+            ),
+            None => String::new(),
+        }
     }
 
     /// Token ids of prompts, padded to the text encoder's length: [B, 77] u32.
@@ -138,10 +215,15 @@ impl StableDiffusion {
         )?)
     }
 
-    /// Text-encoder hidden states of prompts: [B, 77, D].
+    /// Text-encoder hidden states of prompts: [B, 77, D] in f32 (the encoder runs in the
+    /// forward type).
     pub fn encode_prompts(&self, prompts: &[&str]) -> Result<Tensor> {
         let ids = self.tokenize(prompts)?;
-        Ok(self.text_encoder.forward(&ids)?)
+        let encoder = self
+            .half
+            .as_ref()
+            .map_or(&self.text_encoder, |h| &h.text_encoder);
+        Ok(encoder.forward(&ids)?.to_dtype(DType::F32)?)
     }
 
     /// Text-encoder hidden states of one prompt: [1, 77, D].

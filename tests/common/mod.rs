@@ -10,9 +10,64 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor};
+use mirror_diffusion::engine::device::{DeviceChoice, Precision, resolve_precision, select_device};
 use serde_json::Value;
+
+/// The device tests compute on: `MIRROR_DEVICE` (cpu, cuda, metal or auto; default cpu), so
+/// the same suite runs on a GPU unchanged. Opened once: tensors made on two openings of the
+/// same GPU cannot be mixed. A device that cannot be opened fails the test run (a silent
+/// fallback to the CPU would pass for a GPU run).
+pub fn test_device() -> Device {
+    static DEVICE: OnceLock<Device> = OnceLock::new();
+    DEVICE
+        .get_or_init(|| {
+            let choice: DeviceChoice = std::env::var("MIRROR_DEVICE")
+                .unwrap_or_else(|_| "cpu".into())
+                .parse()
+                .unwrap_or_else(|e| panic!("MIRROR_DEVICE: {e}"));
+            let selected = select_device(choice);
+            if let Some(why) = selected.fallback {
+                panic!("MIRROR_DEVICE={choice}: {why}");
+            }
+            selected.device
+        })
+        .clone()
+}
+
+/// The half precisions the half-precision tests run: `MIRROR_PRECISION` (f16 or bf16) picks
+/// one; unset, both where the test device computes in them (the CPU has no bf16 conv2d: its
+/// fallback to f32 is tested on its own). Asking for one the device lacks fails.
+pub fn test_half_precisions() -> Vec<Precision> {
+    let supported = |p: &Precision| resolve_precision(&test_device(), *p).1.is_none();
+    match std::env::var("MIRROR_PRECISION").as_deref() {
+        Err(_) => [Precision::F16, Precision::Bf16]
+            .into_iter()
+            .filter(supported)
+            .collect(),
+        Ok(word) => {
+            let p: Precision = word
+                .parse()
+                .unwrap_or_else(|e| panic!("MIRROR_PRECISION: {e}"));
+            assert!(supported(&p), "MIRROR_PRECISION={word}: not on this device");
+            vec![p]
+        }
+    }
+}
+
+/// A manifest tolerance (set for f32 against the reference) carried over to a half type: the
+/// f32 atol scaled by the ratio of the unit roundoffs (f16: 2⁻¹⁰/2⁻²³ = 8192; bf16: 65536),
+/// the first-order growth of the same rounding errors with a coarser format.
+pub fn half_atol(f32_atol: f64, half: DType) -> f64 {
+    let eps = |d: DType| match d {
+        DType::F16 => f64::from(half::f16::EPSILON.to_f32()),
+        DType::BF16 => f64::from(half::bf16::EPSILON.to_f32()),
+        _ => f64::from(f32::EPSILON),
+    };
+    f32_atol * eps(half) / eps(DType::F32)
+}
 
 pub struct Fixtures {
     pub root: PathBuf,
@@ -131,10 +186,10 @@ impl Fixtures {
         &self.fixture(name)["settings"]
     }
 
-    /// Every tensor of one fixture file, loaded on the CPU.
+    /// Every tensor of one fixture file, loaded on the test device.
     pub fn tensors(&self, name: &str) -> HashMap<String, Tensor> {
         let file = self.fixture(name)["file"].as_str().expect("file");
-        candle_core::safetensors::load(self.root.join(file), &Device::Cpu)
+        candle_core::safetensors::load(self.root.join(file), &test_device())
             .unwrap_or_else(|e| panic!("{file}: {e}"))
     }
 
@@ -163,6 +218,15 @@ impl Fixtures {
             .unwrap_or(0.0)
     }
 
+    /// As [`Self::assert_close`] for a tensor computed in the half type `half`: the manifest's
+    /// f32 atol carried over with [`half_atol`].
+    pub fn assert_close_half(&self, name: &str, tensor: &str, actual: &Tensor, half: DType) -> f64 {
+        let expected = self.tensor(name, tensor);
+        let atol = half_atol(self.atol(name, tensor), half);
+        let label = format!("{name}.{tensor} in {half:?}");
+        assert_tensor_close(&label, &expected, actual, atol)
+    }
+
     /// Checks `actual` against the fixture tensor: integers exactly, floats elementwise within
     /// the manifest's `atol` (NaN positions must match). Returns the max abs error.
     pub fn assert_close(&self, name: &str, tensor: &str, actual: &Tensor) -> f64 {
@@ -182,8 +246,10 @@ pub fn assert_tensor_close(label: &str, expected: &Tensor, actual: &Tensor, atol
         actual.dims()
     );
     let integer = matches!(expected.dtype(), DType::I64 | DType::U32 | DType::U8);
+    // Compared on the CPU (Metal has no f64).
     let flat = |t: &Tensor| -> Vec<f64> {
-        t.to_dtype(DType::F64)
+        t.to_device(&Device::Cpu)
+            .and_then(|t| t.to_dtype(DType::F64))
             .and_then(|t| t.flatten_all())
             .and_then(|t| t.to_vec1::<f64>())
             .expect("tensor converts to f64")

@@ -78,7 +78,7 @@ pub fn controls(ui: &mut Ui, state: &mut AppState, tex: &mut Textures, actions: 
     ui.separator();
     prompt_section(ui, state, actions);
     ui.separator();
-    advanced_section(ui, state);
+    advanced_section(ui, state, actions);
     ui.separator();
     run_section(ui, state, actions);
     ui.separator();
@@ -240,13 +240,15 @@ fn prompt_section(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) 
     }
 }
 
-fn advanced_section(ui: &mut Ui, state: &mut AppState) {
+fn advanced_section(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) {
+    let open = state.show_advanced.then_some(true);
     let recommends = state.model_recommends().cloned();
-    let r = &mut state.run;
-    let variant_before = r.preset;
+    let variant_before = state.run.preset;
     egui::CollapsingHeader::new("Advanced")
-        .open(state.show_advanced.then_some(true))
+        .open(open)
         .show(ui, |ui| {
+            super::compute::compute_settings(ui, state, actions);
+            let r = &mut state.run;
             ui.add(egui::Slider::new(&mut r.steps, 1..=100).text("Steps"))
                 .on_hover_text("More steps: finer results, longer runs.");
             ui.add(egui::Slider::new(&mut r.strength, 0.0..=2.0).text("Strength"))

@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod compare;
+pub mod compute;
 pub mod controls;
 pub mod status;
 pub mod steps;

@@ -1,4 +1,5 @@
-//! The status bar: run progress with phase and ETA, the latest message, and frame time.
+//! The status bar: run progress with phase and ETA, the latest message, the device in use,
+//! and frame time.
 
 use egui::{RichText, Ui};
 
@@ -35,12 +36,15 @@ pub fn status_bar(ui: &mut Ui, state: &AppState) {
         if state.hide_frame_time {
             return;
         }
+        // The device (and the frame time) vary by machine: left out of the steady status.
         ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
             let ms = state.frame_stats.last.as_secs_f64() * 1000.0;
             ui.label(RichText::new(format!("UI {ms:.1} ms/frame")).small().weak())
                 .on_hover_text(
                     "Time spent building this frame; the engine runs on its own thread.",
                 );
+            ui.separator();
+            super::compute::device_label(ui, state);
         });
     });
 }

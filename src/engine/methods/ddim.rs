@@ -47,7 +47,7 @@ pub fn denoise(
     contexts: &DdimContexts,
     want_maps: bool,
 ) -> Result<DdimStep> {
-    let unet = &ctx.sd.unet;
+    let unet = ctx.sd.forward_unet();
     let request = CaptureRequest {
         probs: want_maps,
         keys_values: false,

@@ -390,14 +390,16 @@ fn reconstruction_pass(
         };
         let pair = Tensor::cat(&[emb, emb], 0)?;
         let x = Tensor::cat(&[rec_latent, rec_latent], 0)?;
-        let (e, maps) = sd.unet.forward_with_capture(&x, t as f64, &pair, request)?;
+        let (e, maps) = sd
+            .forward_unet()
+            .forward_with_capture(&x, t as f64, &pair, request)?;
         (classifier_free_guidance(&e, settings.guidance_scale)?, maps)
     } else {
         let request = CaptureRequest {
             probs: true,
             keys_values: false,
         };
-        sd.unet
+        sd.forward_unet()
             .forward_with_capture(rec_latent, t as f64, emb, request)?
     };
     ctx.unet_call_done();

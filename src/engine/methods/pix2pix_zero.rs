@@ -58,9 +58,12 @@ pub fn step(
         probs: true,
         keys_values: false,
     };
-    let (rec_eps, rec_maps) =
-        sd.unet
-            .forward_with_capture(&state.reconstruction, t as f64, caption, request)?;
+    let (rec_eps, rec_maps) = sd.forward_unet().forward_with_capture(
+        &state.reconstruction,
+        t as f64,
+        caption,
+        request,
+    )?;
     ctx.unet_call_done();
     let rec_maps = rec_maps.detach();
     let rec = sd.scheduler.step(&rec_eps, t, &state.reconstruction, n)?;

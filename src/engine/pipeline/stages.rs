@@ -33,7 +33,7 @@ pub fn encode_image(sd: &StableDiffusion, image: &Tensor, posterior: Posterior) 
 
 /// Latent → image `[1, 3, H, W]` in [−1, 1] (unclamped).
 pub fn decode(sd: &StableDiffusion, latent: &Tensor) -> Result<Tensor> {
-    Ok(sd.vae.latent_to_image(latent)?)
+    sd.decode_latent(latent)
 }
 
 /// Which inverse DDIM grid the inversion walks (algorithm.md §2.3).
@@ -126,7 +126,7 @@ pub fn invert(
     let mut z = z0.clone();
     for (k, &t) in timesteps.iter().enumerate() {
         ctx.cancel.check()?;
-        let mut eps = sd.unet.forward(&z, t as f64, emb)?;
+        let mut eps = sd.forward_unet().forward(&z, t as f64, emb)?;
         if let Some(kl) = settings.kl {
             eps = kl_regularize(&eps, kl.lambda, kl.steps)?;
         }
@@ -136,7 +136,12 @@ pub fn invert(
         };
         check_finite(
             &z,
-            &format!("the inversion at step {} of {}", k + 1, timesteps.len()),
+            &format!(
+                "the inversion at step {} of {}{}",
+                k + 1,
+                timesteps.len(),
+                sd.half_precision_hint()
+            ),
         )?;
         latents.push(z.clone());
         events(Event::Inversion {
@@ -163,9 +168,9 @@ pub fn predict_noise(
     uncond: Option<(&Tensor, f64)>,
 ) -> Result<Tensor> {
     match uncond {
-        None => Ok(sd.unet.forward(z, t as f64, cond)?),
+        None => Ok(sd.forward_unet().forward(z, t as f64, cond)?),
         Some((u, w)) => {
-            let e = sd.unet.forward(
+            let e = sd.forward_unet().forward(
                 &Tensor::cat(&[z, z], 0)?,
                 t as f64,
                 &Tensor::cat(&[u, cond], 0)?,
@@ -194,7 +199,7 @@ pub fn guided_pair_step(
     };
     let (e, maps) = ctx
         .sd
-        .unet
+        .forward_unet()
         .forward_with_capture(x, t as f64, context, request)?;
     ctx.unet_call_done();
     let eps = classifier_free_guidance(&e, guidance_scale)?;

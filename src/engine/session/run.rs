@@ -61,7 +61,17 @@ pub(super) fn inversion_key(sd: &StableDiffusion, req: &TranslateRequest) -> Cac
         image: pixel_hash(&req.image),
         caption: req.source_prompt.clone(),
         steps: req.steps,
-        variant: format!("{:?}|{:?}|{:?}", plan.grid, plan.kl, posterior),
+        variant: format!("{:?}|{:?}|{:?}", plan.grid, plan.kl, posterior)
+            // A half-precision inversion is another trajectory (f32 keys stay as they were).
+            + &forward_type_key(sd),
+    }
+}
+
+/// `|forward f16` (or bf16) when forward passes run in a half type, else nothing.
+fn forward_type_key(sd: &StableDiffusion) -> String {
+    match sd.forward_dtype() {
+        candle_core::DType::F32 => String::new(),
+        dtype => format!("|forward {}", crate::engine::device::dtype_word(dtype)),
     }
 }
 
