@@ -1,21 +1,30 @@
 //! How well the built-in demo model does its job, judged by the shapes classifier:
-//! MirrorDiffusion edits of each kind (target word hit, other words kept, centroid kept,
-//! reconstruction against plain DDIM, attention inside the object).
+//! text-to-image quality (shape, shape colour and background of every caption of a fixed
+//! sample, two seeds, DDIM 25 steps at the model's recommended guidance) and MirrorDiffusion
+//! edits of each kind (target word hit, other words kept, centroid kept, reconstruction
+//! against plain DDIM, attention inside the object).
 //!
-//! `cargo bench --bench quality [-- --edits N --seed S --set key=value …]`; keys: steps,
-//! guidance_scale, xa_guidance, edit_scale, ramp_total, edit_strength, direction
-//! (prompt | pairs). Without `--set`, the model's recommended settings.
+//! `cargo bench --bench quality [-- --only model|edits --captions N --guidance G --edits N
+//! --seed S --set key=value …]`; keys: steps, guidance_scale, xa_guidance, edit_scale,
+//! ramp_total, edit_strength, direction (prompt | pairs). Without `--set`, the model's
+//! recommended settings.
 
 use std::time::Instant;
 
 use candle_core::Device;
 use mirror_diffusion::demo;
 use mirror_diffusion::engine::model::StableDiffusion;
+use mirror_diffusion::engine::pipeline::CancelToken;
+use mirror_diffusion::engine::pipeline::generate::{GenerateSettings, generate, to_rgb_images};
+use mirror_diffusion::engine::rng::SplitMix64;
 use mirror_diffusion::engine::session::{DirectionChoice, Session, TranslateRequest};
 use mirror_diffusion::shapes::evaluate::{EditCase, EditKind, EditRun, edit_cases, run_edit};
-use mirror_diffusion::shapes::{Colour, Shape, caption, parse_caption};
+use mirror_diffusion::shapes::{Colour, Shape, caption, classify, parse_caption};
 
 struct Options {
+    only: Option<String>,
+    captions: usize,
+    guidance: Option<f64>,
     edits: usize,
     seed: u64,
     sets: Vec<(String, String)>,
@@ -23,6 +32,9 @@ struct Options {
 
 fn options() -> Options {
     let mut o = Options {
+        only: None,
+        captions: 64,
+        guidance: None,
         edits: 8,
         seed: 1,
         sets: Vec::new(),
@@ -33,6 +45,9 @@ fn options() -> Options {
         let value = args.get(i + 1).cloned().unwrap_or_default();
         match args[i].as_str() {
             "--edits" => o.edits = value.parse().expect("--edits N"),
+            "--only" => o.only = Some(value),
+            "--captions" => o.captions = value.parse().expect("--captions N"),
+            "--guidance" => o.guidance = Some(value.parse().expect("--guidance G")),
             "--seed" => o.seed = value.parse().expect("--seed S"),
             "--set" => {
                 let (k, v) = value.split_once('=').expect("--set key=value");
@@ -89,7 +104,7 @@ fn request(sd: &StableDiffusion, sets: &[(String, String)]) -> (TranslateRequest
     let blank = image::RgbImage::new(demo::IMAGE_SIDE, demo::IMAGE_SIDE);
     let mut req = TranslateRequest::new(blank, "", "");
     req.use_cache = false;
-    let _ = sd;
+    sd.recommended().apply(&mut req);
     let mut pairs = false;
     for (k, v) in sets {
         let f = || {
@@ -119,6 +134,67 @@ fn main() {
     let o = options();
     let dir = demo::model_dir().expect("demo model");
     let sd = StableDiffusion::load(&dir, &Device::Cpu).expect("demo model loads");
+    if o.only.as_deref() != Some("edits") {
+        model_quality(&sd, &o);
+    }
+    if o.only.as_deref() != Some("model") {
+        edit_quality(sd, &o);
+    }
+}
+
+/// Text-to-image: every caption of a fixed sample, seeds 0 and 1.
+fn model_quality(sd: &StableDiffusion, o: &Options) {
+    let mut every = Vec::new();
+    for colour in Colour::ALL {
+        for shape in Shape::ALL {
+            for background in Colour::ALL.into_iter().filter(|b| *b != colour) {
+                every.push((colour, shape, background));
+            }
+        }
+    }
+    // A fixed shuffle (Fisher–Yates on SplitMix64), then the first N.
+    let mut rng = SplitMix64::new(2026);
+    for i in (1..every.len()).rev() {
+        every.swap(i, rng.below(i + 1));
+    }
+    every.truncate(o.captions);
+    let started = Instant::now();
+    let (mut shape_ok, mut colour_ok, mut background_ok, mut n) = (0, 0, 0, 0);
+    let mut guidance = 0.0;
+    for (colour, shape, background) in &every {
+        let mut settings = GenerateSettings::for_model(sd, &caption(*colour, *shape, *background));
+        settings.steps = 25;
+        if let Some(g) = o.guidance {
+            settings.guidance_scale = g;
+        }
+        settings.count = 2;
+        guidance = settings.guidance_scale;
+        let images =
+            generate(sd, &settings, &CancelToken::new(), &mut |_, _| {}).expect("generate");
+        for image in to_rgb_images(&images).expect("images") {
+            let seen = classify(&image);
+            n += 1;
+            background_ok += (seen.background == *background) as usize;
+            if let Some(object) = seen.object {
+                shape_ok += (object.shape == *shape) as usize;
+                colour_ok += (object.colour == *colour) as usize;
+            }
+        }
+    }
+    let pct = |k: usize| 100.0 * k as f64 / n.max(1) as f64;
+    println!(
+        "demo model text-to-image: {} captions x 2 seeds, DDIM 25 steps, guidance {guidance}: \
+         shape {:.1} %, shape colour {:.1} %, background {:.1} % ({:.0} s)",
+        every.len(),
+        pct(shape_ok),
+        pct(colour_ok),
+        pct(background_ok),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// MirrorDiffusion edits of each kind.
+fn edit_quality(sd: StableDiffusion, o: &Options) {
     let (template, pairs) = request(&sd, &o.sets);
     println!(
         "demo model edits: {} per kind, seed {}, {} steps, guidance {}, attention guidance {}, \

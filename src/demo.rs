@@ -97,9 +97,15 @@ fn is_complete(dir: &Path) -> bool {
     })
 }
 
-/// Writes the files into a fresh sibling folder, then renames it into place, so that a
-/// second Mirror starting at the same moment never sees half a model.
+/// Writes the files into a fresh sibling folder, then renames it into place, so that another
+/// Mirror starting at the same moment never sees half a model. Within one process, one
+/// thread unpacks at a time.
 fn unpack(dir: &Path) -> std::io::Result<()> {
+    static UNPACKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = UNPACKING.lock().unwrap_or_else(|e| e.into_inner());
+    if is_complete(dir) {
+        return Ok(());
+    }
     let parent = dir.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)?;
     let staging = parent.join(format!(".unpacking-{}", std::process::id()));
@@ -111,7 +117,10 @@ fn unpack(dir: &Path) -> std::io::Result<()> {
         }
         std::fs::write(&path, bytes)?;
     }
-    let _ = std::fs::remove_dir_all(dir);
+    // A folder left incomplete (a crash, a full disk) is replaced.
+    if dir.exists() && !is_complete(dir) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     match std::fs::rename(&staging, dir) {
         Ok(()) => Ok(()),
         // Another Mirror unpacked the same files first.
