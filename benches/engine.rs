@@ -14,7 +14,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use mirror_diffusion::engine::clip::{ClipTextConfig, ClipTextTransformer};
-use mirror_diffusion::engine::device::{DeviceChoice, select_device};
+use mirror_diffusion::engine::device::device_from_env;
 use mirror_diffusion::engine::imageio::{ImageLimits, ResizePolicy, load_image, resize};
 use mirror_diffusion::engine::model::StableDiffusion;
 use mirror_diffusion::engine::pipeline::CancelToken;
@@ -27,17 +27,7 @@ use mirror_diffusion::engine::vae::{AutoencoderKL, VaeConfig};
 fn bench_device() -> Device {
     static DEVICE: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
     DEVICE
-        .get_or_init(|| {
-            let choice: DeviceChoice = std::env::var("MIRROR_DEVICE")
-                .unwrap_or_else(|_| "cpu".into())
-                .parse()
-                .unwrap_or_else(|e| panic!("MIRROR_DEVICE: {e}"));
-            let selected = select_device(choice);
-            if let Some(why) = selected.fallback {
-                panic!("MIRROR_DEVICE={choice}: {why}");
-            }
-            selected.device
-        })
+        .get_or_init(|| device_from_env("MIRROR_DEVICE").unwrap_or_else(|e| panic!("{e}")))
         .clone()
 }
 

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use candle_core::{Device, Tensor};
-use common::Fixtures;
+use common::{Fixtures, max_diff};
 use mirror_diffusion::engine::methods::ddim::{self, DdimContexts};
 use mirror_diffusion::engine::model::StableDiffusion;
 use mirror_diffusion::engine::pipeline::generate::{
@@ -29,17 +29,6 @@ fn prompt(fx: &Fixtures) -> String {
         .as_str()
         .expect("reconstruction prompt")
         .to_string()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn settings(sd: &StableDiffusion, fx: &Fixtures, steps: usize, guidance: f64) -> GenerateSettings {

@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use common::Fixtures;
+use common::{Fixtures, max_diff};
 use mirror_diffusion::engine::direction::{
     DirectionSource, build_direction, find_edit_phrase, model_template_pairs,
 };
@@ -60,17 +60,6 @@ fn edit(fx: &Fixtures) -> (String, String, String) {
     let target = e["target"].as_str().expect("edit target").to_string();
     assert!(caption.contains(&source), "{caption:?} lacks {source:?}");
     (caption, source, target)
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn words(prompt: &str) -> Vec<String> {

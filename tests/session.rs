@@ -4,8 +4,7 @@
 
 mod common;
 
-use candle_core::Tensor;
-use common::Fixtures;
+use common::{Fixtures, max_diff};
 use mirror_diffusion::engine::EngineError;
 use mirror_diffusion::engine::imageio::{ImageLimits, load_image};
 use mirror_diffusion::engine::methods::mirror::MirrorPreset;
@@ -57,17 +56,6 @@ fn latent_hw(fx: &Fixtures) -> (usize, usize) {
         hw[0].as_u64().unwrap() as usize,
         hw[1].as_u64().unwrap() as usize,
     )
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn errors(reports: &[mirror_diffusion::engine::pipeline::StepReport], branch: Branch) -> Vec<f64> {

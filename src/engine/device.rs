@@ -127,6 +127,20 @@ pub struct SelectedDevice {
     pub fallback: Option<String>,
 }
 
+/// The device an environment variable names (cpu, cuda, metal, auto; unset: cpu), for tests
+/// and benchmarks, which must run where they are told or fail: no fallback to the CPU.
+pub fn device_from_env(var: &str) -> std::result::Result<Device, String> {
+    let choice: DeviceChoice = std::env::var(var)
+        .unwrap_or_else(|_| "cpu".into())
+        .parse()
+        .map_err(|e| format!("{var}: {e}"))?;
+    let selected = select_device(choice);
+    match selected.fallback {
+        Some(why) => Err(format!("{var}={choice}: {why}")),
+        None => Ok(selected.device),
+    }
+}
+
 /// Opens the device `choice` names. `Auto` tries CUDA, then Metal, then takes the CPU; a
 /// device missing from this build or failing to start falls back to the CPU with a message.
 pub fn select_device(choice: DeviceChoice) -> SelectedDevice {

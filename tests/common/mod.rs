@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor};
-use mirror_diffusion::engine::device::{DeviceChoice, Precision, resolve_precision, select_device};
+use mirror_diffusion::engine::device::{Precision, device_from_env, resolve_precision};
 use serde_json::Value;
 
 /// The device tests compute on: `MIRROR_DEVICE` (cpu, cuda, metal or auto; default cpu), so
@@ -23,17 +23,7 @@ use serde_json::Value;
 pub fn test_device() -> Device {
     static DEVICE: OnceLock<Device> = OnceLock::new();
     DEVICE
-        .get_or_init(|| {
-            let choice: DeviceChoice = std::env::var("MIRROR_DEVICE")
-                .unwrap_or_else(|_| "cpu".into())
-                .parse()
-                .unwrap_or_else(|e| panic!("MIRROR_DEVICE: {e}"));
-            let selected = select_device(choice);
-            if let Some(why) = selected.fallback {
-                panic!("MIRROR_DEVICE={choice}: {why}");
-            }
-            selected.device
-        })
+        .get_or_init(|| device_from_env("MIRROR_DEVICE").unwrap_or_else(|e| panic!("{e}")))
         .clone()
 }
 
@@ -327,4 +317,16 @@ pub fn copy_tree(from: &Path, to: &Path) {
             std::fs::set_permissions(&target, perms).unwrap();
         }
     }
+}
+
+/// The largest absolute difference between two f32 tensors of one shape.
+pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
