@@ -6,7 +6,7 @@
 //!
 //! `cargo bench --bench quality [-- --only model|edits --captions N --guidance G --edits N
 //! --seed S --set key=value …]`; keys: steps, guidance_scale, xa_guidance, edit_scale,
-//! ramp_total, edit_strength, direction (prompt | pairs). Without `--set`, the model's
+//! ramp_total, edit_strength, direction (prompt | templates). Without `--set`, the model's
 //! recommended settings.
 
 use std::time::Instant;
@@ -18,8 +18,8 @@ use mirror_diffusion::engine::pipeline::CancelToken;
 use mirror_diffusion::engine::pipeline::generate::{GenerateSettings, generate, to_rgb_images};
 use mirror_diffusion::engine::rng::SplitMix64;
 use mirror_diffusion::engine::session::{DirectionChoice, Session, TranslateRequest};
-use mirror_diffusion::shapes::evaluate::{EditCase, EditKind, EditRun, edit_cases, run_edit};
-use mirror_diffusion::shapes::{Colour, Shape, caption, classify, parse_caption};
+use mirror_diffusion::shapes::evaluate::{EditKind, EditRun, edit_cases, run_edit};
+use mirror_diffusion::shapes::{Colour, Shape, caption, classify};
 
 struct Options {
     only: Option<String>,
@@ -63,49 +63,11 @@ fn options() -> Options {
     o
 }
 
-/// Every caption of the grammar with the edited word in the same place, paired with its
-/// edited form (the demo model's own sentences).
-fn paired_captions(case: &EditCase) -> DirectionChoice {
-    let (mut source, mut target) = (Vec::new(), Vec::new());
-    for colour in Colour::ALL {
-        for shape in Shape::ALL {
-            for background in Colour::ALL {
-                if background == colour {
-                    continue;
-                }
-                let s = caption(colour, shape, background);
-                let t = match case.kind {
-                    EditKind::Shape if shape == case.source.shape => {
-                        caption(colour, case.target.shape, background)
-                    }
-                    EditKind::Colour
-                        if colour == case.source.colour && background != case.target.colour =>
-                    {
-                        caption(case.target.colour, shape, background)
-                    }
-                    EditKind::Background
-                        if background == case.source.background
-                            && colour != case.target.background =>
-                    {
-                        caption(colour, shape, case.target.background)
-                    }
-                    _ => continue,
-                };
-                debug_assert!(parse_caption(&t).is_some());
-                source.push(s);
-                target.push(t);
-            }
-        }
-    }
-    DirectionChoice::Sentences { source, target }
-}
-
-fn request(sd: &StableDiffusion, sets: &[(String, String)]) -> (TranslateRequest, bool) {
+fn request(sd: &StableDiffusion, sets: &[(String, String)]) -> TranslateRequest {
     let blank = image::RgbImage::new(demo::IMAGE_SIDE, demo::IMAGE_SIDE);
     let mut req = TranslateRequest::new(blank, "", "");
     req.use_cache = false;
     sd.recommended().apply(&mut req);
-    let mut pairs = false;
     for (k, v) in sets {
         let f = || {
             v.parse::<f64>()
@@ -119,11 +81,12 @@ fn request(sd: &StableDiffusion, sets: &[(String, String)]) -> (TranslateRequest
             "ramp_total" => req.mirror.ramp_total = f(),
             "edit_strength" => req.edit_strength = f(),
             "direction" if v == "prompt" => req.direction = DirectionChoice::PromptDifference,
-            "direction" if v == "pairs" => pairs = true,
+            // The model's own captions (its `sentence_templates`) when it has them.
+            "direction" if v == "templates" => req.direction = DirectionChoice::default(),
             other => panic!("unknown setting {other}"),
         }
     }
-    (req, pairs)
+    req
 }
 
 fn percent(runs: &[&EditRun], pass: impl Fn(&EditRun) -> bool) -> f64 {
@@ -195,10 +158,10 @@ fn model_quality(sd: &StableDiffusion, o: &Options) {
 
 /// MirrorDiffusion edits of each kind.
 fn edit_quality(sd: StableDiffusion, o: &Options) {
-    let (template, pairs) = request(&sd, &o.sets);
+    let template = request(&sd, &o.sets);
     println!(
         "demo model edits: {} per kind, seed {}, {} steps, guidance {}, attention guidance {}, \
-         edit scale {} (+{} ramp), strength {}, direction {}",
+         edit scale {} (+{} ramp), strength {}, direction {:?}",
         o.edits,
         o.seed,
         template.steps,
@@ -207,33 +170,16 @@ fn edit_quality(sd: StableDiffusion, o: &Options) {
         template.mirror.edit_scale,
         template.mirror.ramp_total,
         template.edit_strength,
-        if pairs {
-            "paired captions".to_string()
-        } else {
-            format!("{:?}", template.direction)
-        }
+        template.direction
     );
     let mut session = Session::new(sd, None);
     let started = Instant::now();
     let mut runs = Vec::new();
     for kind in EditKind::ALL {
         for case in edit_cases(kind, o.edits, o.seed) {
-            let mut req = template.clone();
-            if pairs {
-                req.direction = paired_captions(&case);
-            }
-            let run = run_edit(&mut session, &case, &req, demo::IMAGE_SIDE).expect("edit runs");
-            println!(
-                "  {:<12} {:<42} -> {:<42} saw {:<42} rec {:>7.1} vs ddim {:>7.1}  attn {:.2}/{:.2}",
-                kind.label(),
-                case.source_prompt(),
-                case.target_prompt(),
-                run.verdict.seen,
-                run.mirror_reconstruction_error,
-                run.ddim_reconstruction_error,
-                run.attention_inside,
-                run.mask_area
-            );
+            let run =
+                run_edit(&mut session, &case, &template, demo::IMAGE_SIDE).expect("edit runs");
+            println!("  {run}");
             runs.push(run);
         }
     }

@@ -95,18 +95,7 @@ fn edit_runs(kind: EditKind) -> Vec<EditRun> {
         .iter()
         .map(|case| {
             let run = run_edit(&mut session, case, &request, demo::IMAGE_SIDE).expect("edit runs");
-            eprintln!(
-                "{:<12} {} -> {}: saw {}; reconstruction error {:.1} vs plain DDIM {:.1}; \
-                 attention inside {:.2} (area {:.2})",
-                kind.label(),
-                case.source_prompt(),
-                case.target_prompt(),
-                run.verdict.seen,
-                run.mirror_reconstruction_error,
-                run.ddim_reconstruction_error,
-                run.attention_inside,
-                run.mask_area
-            );
+            eprintln!("{run}");
             run
         })
         .collect()

@@ -51,14 +51,7 @@ fn single_file_checkpoint_gives_identical_outputs() {
     .unwrap();
     assert_eq!(b.info.kind, "single-file checkpoint");
     for (x, y) in outputs(&a, &fx).iter().zip(outputs(&b, &fx)) {
-        let diff = (x - &y)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = common::max_diff(x, &y);
         assert_eq!(diff, 0.0, "single-file and folder outputs differ");
     }
     // With the bundled SD 1.x configs the tiny weights do not fit: a typed shape error.

@@ -113,14 +113,7 @@ fn ddim_reconstruction_matches_reference() {
         let mut latents = vec![state.reconstruction.clone()];
         for i in 0..n {
             state = ddim::step(&ctx, &inputs, &state, i).unwrap().0;
-            let same = (&state.reconstruction - &state.translation)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let same = common::max_diff(&state.reconstruction, &state.translation);
             assert_eq!(same, 0.0, "both branches of step {i} agree");
             latents.push(state.reconstruction.clone());
         }

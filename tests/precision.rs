@@ -141,19 +141,6 @@ fn mirror_errors(outcome: &TranslateOutcome) -> Vec<f64> {
         .collect()
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    f64::from(
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap(),
-    )
-}
-
 /// A whole MirrorDiffusion run (the fixtures' Preset R length) with half forward passes
 /// against the same run in f32: the final latents of both branches and the mirror error of
 /// every step stay within the fixtures' tolerances carried over to the half type. Prints the
@@ -174,7 +161,10 @@ fn a_whole_mirror_run_in_half_precision_tracks_the_f32_run() {
             (Branch::MirrorTranslation, "edit_latents"),
             (Branch::MirrorReconstruction, "rec_latents"),
         ] {
-            let d = max_abs_diff(&latent(&outcome, branch), &latent(&reference, branch));
+            let d = f64::from(common::max_diff(
+                &latent(&outcome, branch),
+                &latent(&reference, branch),
+            ));
             let tol = half_atol(fx.atol(name, tensor), half);
             line.push_str(&format!(
                 " {branch:?} latent max |Δ| {d:.3e} (tol {tol:.2e});"

@@ -226,6 +226,26 @@ pub struct EditRun {
     pub seconds: f64,
 }
 
+impl std::fmt::Display for EditRun {
+    /// One line: the edit, what the classifier saw, both reconstruction errors and the
+    /// attention inside the object against the object's area share.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:<12} {} -> {}: saw {}; reconstruction error {:.1} vs plain DDIM {:.1}; \
+             attention inside {:.2} (area {:.2})",
+            self.case.kind.label(),
+            self.case.source_prompt(),
+            self.case.target_prompt(),
+            self.verdict.seen,
+            self.mirror_reconstruction_error,
+            self.ddim_reconstruction_error,
+            self.attention_inside,
+            self.mask_area
+        )
+    }
+}
+
 /// Translates the rendered source of `case` with `request` (whose image and prompts are
 /// replaced; plain DDIM runs alongside for the comparison), then judges the result.
 pub fn run_edit(
