@@ -7,8 +7,10 @@
 use candle_core::{D, DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+pub mod attention;
 pub mod blocks;
 pub mod frozen;
+pub use attention::chunked_attention;
 pub use blocks::{
     Activation, Downsample2D, DownsampleConfig, ResnetBlock2D, ResnetConfig, Upsample2D,
 };

@@ -6,7 +6,7 @@ use candle_nn::VarBuilder;
 use crate::engine::nn::{Linear, linear, linear_no_bias};
 
 use super::capture::{CaptureSink, CapturedAttention};
-use crate::engine::nn::softmax_last_dim;
+use crate::engine::nn::{chunked_attention, softmax_last_dim};
 
 /// diffusers `Attention` with the classic softmax((q·scale) kᵀ) v path.
 #[derive(Debug, Clone)]
@@ -76,20 +76,29 @@ impl Attention {
         let q = (self.split_heads(&self.to_q.forward(x)?)? * self.scale)?;
         let k = self.split_heads(&self.to_k.forward(context)?)?;
         let v = self.split_heads(&self.to_v.forward(context)?)?;
-        let probs = softmax_last_dim(&q.matmul(&k.t()?)?)?;
-        let out = probs.matmul(&v)?;
-        if let (Some(sink), Some(name)) = (sink, &self.capture_name) {
-            let request = sink.request;
-            if request.any() {
-                sink.layers.push(CapturedAttention {
-                    name: name.clone(),
-                    heads: self.heads,
-                    spatial,
-                    probs: request.probs.then(|| probs.clone()),
-                    keys: request.keys_values.then(|| k.clone()),
-                    values: request.keys_values.then(|| v.clone()),
-                });
-            }
+        let request = match (&sink, &self.capture_name) {
+            (Some(sink), Some(_)) => sink.request,
+            _ => Default::default(),
+        };
+        // Recorded probabilities must stay in the autograd graph (the map losses differentiate
+        // them); they are `[rows, queries, tokens]`, small next to self-attention's matrix.
+        let (out, probs) = if request.probs {
+            let probs = softmax_last_dim(&q.matmul(&k.t()?)?)?;
+            (probs.matmul(&v)?, Some(probs))
+        } else {
+            (chunked_attention(&q, &k, &v)?, None)
+        };
+        if let (Some(sink), Some(name)) = (sink, &self.capture_name)
+            && request.any()
+        {
+            sink.layers.push(CapturedAttention {
+                name: name.clone(),
+                heads: self.heads,
+                spatial,
+                probs,
+                keys: request.keys_values.then(|| k.clone()),
+                values: request.keys_values.then(|| v.clone()),
+            });
         }
         self.to_out.forward(&self.merge_heads(&out, batch)?)
     }
