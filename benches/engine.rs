@@ -1,8 +1,9 @@
 //! Speed and peak memory of the engine's parts, the same cases as
 //! `../shared/tools/oracle/bench_torch.py` (SD 1.5-size UNet / VAE / CLIP with random weights
-//! made here, the tiny fixture UNet), plus whole translation runs.
+//! made here, the tiny fixture UNet), plus whole translation runs and one MirrorDiffusion
+//! step at 512² (`mirror_step:64`, its peak memory against `benches/torch_translate.py step 64`).
 //!
-//!     cargo bench --bench engine -- [--quick] [--only unet_full,unet_tiny,vae_full,clip_full,translate,translate_full] [--skip CASE,..] [--out FILE]
+//!     cargo bench --bench engine -- [--quick] [--only unet_full,unet_tiny,vae_full,clip_full,translate,translate_full,mirror_step] [--skip CASE,..] [--out FILE]
 //!
 //! Each case runs in its own process (`--case NAME`) so that its peak RSS is its own. Threads:
 //! `RAYON_NUM_THREADS` if set, else 2 (as the PyTorch side's `torch.set_num_threads(2)`).
@@ -48,12 +49,23 @@ fn sd_config(component: &str) -> PathBuf {
     root().join("assets/sd-v1").join(component).join(file)
 }
 
-/// Random weights for a config, made here (nothing downloaded).
+/// A builder whose variables are created on first use (as zeros: candle's default init);
+/// call [`randomise`] once the model is built.
 fn random_vb(seed: u64) -> (VarMap, VarBuilder<'static>) {
     bench_device().set_seed(seed).ok();
     let map = VarMap::new();
     let vb = VarBuilder::from_varmap(&map, DType::F32, &bench_device());
     (map, vb)
+}
+
+/// Gives every weight of a built model random values, N(0, 0.02²) like PyTorch's
+/// initialisers' scale: all-zero weights would make every softmax uniform and every
+/// activation zero, which is not what a real model computes.
+fn randomise(map: &VarMap) {
+    for var in map.all_vars() {
+        let noise = Tensor::randn(0f32, 0.02, var.shape(), &bench_device()).unwrap();
+        var.set(&noise).unwrap();
+    }
 }
 
 fn peak_rss_mib() -> f64 {
@@ -115,7 +127,9 @@ fn run_case(case: &str, quick: bool) -> serde_json::Value {
             let (_map, unet) = if kind == "unet_full" {
                 let cfg = UNetConfig::from_file(&sd_config("unet")).unwrap();
                 let (map, vb) = random_vb(0);
-                (Some(map), UNet2DConditionModel::new(vb, &cfg).unwrap())
+                let unet = UNet2DConditionModel::new(vb, &cfg).unwrap();
+                randomise(&map);
+                (Some(map), unet)
             } else {
                 let cfg = UNetConfig::from_file(&tiny_model().join("unet/config.json")).unwrap();
                 let vb = unsafe {
@@ -150,8 +164,9 @@ fn run_case(case: &str, quick: bool) -> serde_json::Value {
         "vae_full" => {
             let px: usize = rest.parse().unwrap();
             let cfg = VaeConfig::from_file(&sd_config("vae")).unwrap();
-            let (_map, vb) = random_vb(1);
+            let (map, vb) = random_vb(1);
             let vae = AutoencoderKL::new(vb, &cfg).unwrap();
+            randomise(&map);
             let z = Tensor::randn(0f32, 1., (1, 4, px / 8, px / 8), &bench_device()).unwrap();
             time_it(reps, || {
                 vae.decode(&z).unwrap();
@@ -160,8 +175,9 @@ fn run_case(case: &str, quick: bool) -> serde_json::Value {
         "clip_full" => {
             let bs: usize = rest.parse().unwrap();
             let cfg = ClipTextConfig::from_file(&sd_config("text_encoder")).unwrap();
-            let (_map, vb) = random_vb(2);
+            let (map, vb) = random_vb(2);
             let te = ClipTextTransformer::new(vb, &cfg).unwrap();
+            randomise(&map);
             let ids: Vec<u32> = (0..bs * 77).map(|k| (k as u32 * 7919) % 49408).collect();
             let ids = Tensor::from_vec(ids, (bs, 77), &bench_device()).unwrap();
             time_it(5, || {
@@ -208,6 +224,10 @@ fn run_case(case: &str, quick: bool) -> serde_json::Value {
             let t = translate_full(n, k, &mut extra);
             vec![t]
         }
+        "mirror_step" => {
+            let hw: usize = rest.parse().unwrap();
+            vec![mirror_step(hw, &mut extra)]
+        }
         other => panic!("unknown case {other}"),
     };
     let m = median(&mut times);
@@ -222,27 +242,21 @@ fn run_case(case: &str, quick: bool) -> serde_json::Value {
     out
 }
 
-/// Times inversion + K Mirror steps of an N-step run at SD 1.5 size (random weights).
-fn translate_full(
-    n: usize,
-    k: usize,
-    extra: &mut serde_json::Map<String, serde_json::Value>,
-) -> f64 {
-    use mirror_diffusion::engine::methods::mirror::{
-        self, MirrorInputs, MirrorSettings, MirrorState,
-    };
-    use mirror_diffusion::engine::pipeline::StageContext;
-    use mirror_diffusion::engine::pipeline::stages::{self, InversionGrid, KlRegularizer};
+/// SD 1.5-size UNet, VAE and CLIP with random weights, the SD 1.x tokenizer and scheduler.
+/// The variable maps own the weights and must live as long as the model.
+fn random_sd15() -> (StableDiffusion, [VarMap; 3]) {
     use mirror_diffusion::engine::scheduler::DdimScheduler;
     use mirror_diffusion::engine::tokenizer::ClipTokenizer;
-    let (_m1, vb) = random_vb(0);
+    let (m1, vb) = random_vb(0);
     let unet =
         UNet2DConditionModel::new(vb, &UNetConfig::from_file(&sd_config("unet")).unwrap()).unwrap();
-    let (_m2, vb) = random_vb(1);
+    let (m2, vb) = random_vb(1);
     let vae = AutoencoderKL::new(vb, &VaeConfig::from_file(&sd_config("vae")).unwrap()).unwrap();
-    let (_m3, vb) = random_vb(2);
+    let (m3, vb) = random_vb(2);
     let text_cfg = ClipTextConfig::from_file(&sd_config("text_encoder")).unwrap();
     let text_encoder = ClipTextTransformer::new(vb, &text_cfg).unwrap();
+    let maps = [m1, m2, m3];
+    maps.iter().for_each(randomise);
     let sd = StableDiffusion {
         tokenizer: ClipTokenizer::from_dir(&root().join("assets/sd-v1/tokenizer")).unwrap(),
         text_encoder,
@@ -259,6 +273,21 @@ fn translate_full(
         notes: Default::default(),
         half: None,
     };
+    (sd, maps)
+}
+
+/// Times inversion + K Mirror steps of an N-step run at SD 1.5 size (random weights).
+fn translate_full(
+    n: usize,
+    k: usize,
+    extra: &mut serde_json::Map<String, serde_json::Value>,
+) -> f64 {
+    use mirror_diffusion::engine::methods::mirror::{
+        self, MirrorInputs, MirrorSettings, MirrorState,
+    };
+    use mirror_diffusion::engine::pipeline::StageContext;
+    use mirror_diffusion::engine::pipeline::stages::{self, InversionGrid, KlRegularizer};
+    let (sd, _weights) = random_sd15();
     let image = load_image(
         &root().join("../shared/fixtures/tiny-sd-ref/test_image.png"),
         &ImageLimits::default(),
@@ -303,6 +332,55 @@ fn translate_full(
     inversion_s + per_step * n as f64 + decode_s
 }
 
+/// One MirrorDiffusion step (the first of 50) at SD 1.5 size on an `hw`² latent: the
+/// redescription's UNet forward + backward w.r.t. the embedding, the translation branch's
+/// forward + backward w.r.t. the latent through the recorded maps, the guided step. The
+/// trajectory is random latents (the step's cost does not depend on their values).
+fn mirror_step(hw: usize, extra: &mut serde_json::Map<String, serde_json::Value>) -> f64 {
+    use mirror_diffusion::engine::methods::mirror::{
+        self, MirrorInputs, MirrorSettings, MirrorState,
+    };
+    use mirror_diffusion::engine::pipeline::StageContext;
+    use mirror_diffusion::engine::pipeline::stages::{InversionGrid, Trajectory};
+    let steps = 50;
+    let (sd, _weights) = random_sd15();
+    let caption = sd.encode_prompt("a photo of a cat").unwrap();
+    let dir = (sd.encode_prompt("a photo of a dog").unwrap() - &caption).unwrap();
+    let trajectory = Trajectory {
+        latents: (0..=steps)
+            .map(|_| Tensor::randn(0f32, 1., (1, 4, hw, hw), &bench_device()).unwrap())
+            .collect(),
+        timesteps: sd.scheduler.timesteps(steps).into_iter().rev().collect(),
+        grid: InversionGrid::Consistent,
+        steps,
+    };
+    let cancel = CancelToken::new();
+    let ctx = StageContext::new(&sd, &cancel);
+    let settings = MirrorSettings::default();
+    let inputs = MirrorInputs {
+        settings: &settings,
+        trajectory: &trajectory,
+        direction: &dir,
+        want_edit_maps: false,
+    };
+    let state = MirrorState::start(&trajectory, &caption);
+    extra.insert("rss_before_step_mib".into(), current_rss_mib().into());
+    let t = Instant::now();
+    mirror::step(&ctx, &inputs, &state, 0, None).unwrap();
+    t.elapsed().as_secs_f64()
+}
+
+fn current_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| (kb / 102.4).round() / 10.0)
+        .unwrap_or(f64::NAN)
+}
+
 fn all_cases(only: &Option<Vec<String>>) -> Vec<String> {
     let mut cases = Vec::new();
     for hw in [32, 64] {
@@ -323,6 +401,7 @@ fn all_cases(only: &Option<Vec<String>>) -> Vec<String> {
             "clip_full:2",
             "translate:20",
             "translate_full:20,1",
+            "mirror_step:64",
         ]
         .map(String::from),
     );

@@ -6,6 +6,10 @@ timed on the same model and machine as `cargo bench --bench engine -- --only tra
   python benches/torch_translate.py tiny STEPS        # the tiny fixture model, whole run, 2 runs
   python benches/torch_translate.py full STEPS K      # SD 1.5-size random weights at 256x256:
                                                       # inversion + K timed Mirror steps, extrapolated
+  python benches/torch_translate.py step HW           # one Mirror step (the first of 50) at SD 1.5
+                                                      # size on an HW x HW latent, random trajectory;
+                                                      # SDPA=1: self-attention through
+                                                      # F.scaled_dot_product_attention (diffusers' default)
 Prints one JSON line. torch.set_num_threads(2) as bench_torch.py.
 """
 import json, os, resource, sys, time
@@ -52,10 +56,14 @@ def tiny(steps):
     return {"case": f"translate:{steps}", "times_s": times, "median_s": sorted(times)[len(times) // 2]}
 
 
-def full(steps, k):
+SD_SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+                "beta_schedule": "scaled_linear", "set_alpha_to_one": False, "steps_offset": 1}
+
+
+def random_sd15():
+    """SD 1.5-size UNet (recording processors on every attention), VAE and CLIP, random weights."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
-    sys.path.insert(0, ORACLE)
     import bench_torch as bt
     unet = UNet2DConditionModel(**bt.SD15_UNET).eval()
     vae = AutoencoderKL(**bt.SD_VAE).eval()
@@ -65,9 +73,12 @@ def full(steps, k):
         for p in m.parameters():
             p.requires_grad_(False)
     store = mr.install_recording_processors(unet)
-    cfg = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
-           "set_alpha_to_one": False, "steps_offset": 1}
-    sched = mr.DDIMSchedule(cfg, steps)
+    return unet, vae, te, store
+
+
+def full(steps, k):
+    unet, vae, te, store = random_sd15()
+    sched = mr.DDIMSchedule(SD_SCHEDULER, steps)
     x = torch.rand(1, 3, 256, 256) * 2 - 1
     ids = torch.randint(0, 49408, (2, 77))
     t0 = time.perf_counter()
@@ -93,8 +104,46 @@ def full(steps, k):
             "mirror_step_s": per_step, "decode_s": decode_s, "steps_timed": k}
 
 
+def step(hw):
+    steps = 50
+    unet, vae, te, store = random_sd15()
+    if os.environ.get("SDPA") == "1":
+        from diffusers.models.attention_processor import AttnProcessor2_0
+        procs = dict(unet.attn_processors)
+        for name in procs:
+            if ".attn1." in name:
+                procs[name] = AttnProcessor2_0()
+        unet.set_attn_processor(procs)
+    sched = mr.DDIMSchedule(SD_SCHEDULER, steps)
+    ids = torch.randint(0, 49408, (2, 77))
+    with torch.no_grad():
+        embs = te(ids)[0]
+    emb, edit_dir = embs[:1], embs[1:] - embs[:1]
+    inv = [torch.randn(1, 4, hw, hw) for _ in range(steps + 1)]
+    state = mr.MirrorRState(rec_latents=inv[-1], edit_latents=inv[-1], emb=emb.clone(), extra_done=0)
+    before = rss_now()
+    t0 = time.perf_counter()
+    mr.mirror_step_r(unet, store, sched, mr.MirrorSettings(num_inference_steps=steps), state, 0, inv, edit_dir,
+                     mr.preset_r_extra_steps(steps))
+    return {"case": f"mirror_step:{hw}", "median_s": time.perf_counter() - t0, "rss_before_step_mib": before,
+            "sdpa_self_attention": os.environ.get("SDPA") == "1"}
+
+
+def rss_now():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024.0, 1)
+    return float("nan")
+
+
 if __name__ == "__main__":
     kind = sys.argv[1]
-    res = tiny(int(sys.argv[2])) if kind == "tiny" else full(int(sys.argv[2]), int(sys.argv[3]))
+    if kind == "tiny":
+        res = tiny(int(sys.argv[2]))
+    elif kind == "step":
+        res = step(int(sys.argv[2]))
+    else:
+        res = full(int(sys.argv[2]), int(sys.argv[3]))
     res.update(threads=torch.get_num_threads(), torch=torch.__version__, peak_rss_mib=round(rss(), 1))
     print(json.dumps(res))

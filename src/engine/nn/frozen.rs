@@ -7,77 +7,82 @@
 //! input gradient only, with a regular (fast) convolution. Without a gradient they are the
 //! plain candle ops.
 
-#[cfg(any(feature = "cuda", feature = "metal"))]
 use candle_core::backend::BackendStorage;
-use candle_core::op::BackpropOp;
-use candle_core::{CpuStorage, CustomOp1, Layout, Module, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Layout, MetalStorage};
+use candle_core::{Module, Result, Shape, Storage, Tensor};
 use candle_nn::VarBuilder;
 
-/// Runs `f` on a tensor made from an op's input storage and returns the result's storage.
-fn run_on_storage(
-    storage: Storage,
-    layout: &Layout,
-    f: impl Fn(&Tensor) -> Result<Tensor>,
-) -> Result<(Storage, Shape)> {
-    if !layout.is_contiguous() || layout.start_offset() != 0 {
-        candle_core::bail!("frozen layer: input must be contiguous from offset 0");
-    }
-    let x = Tensor::from_storage(storage, layout.shape().clone(), BackpropOp::none(), false);
-    let y = f(&x)?.contiguous()?;
-    let (s, l) = y.storage_and_layout();
-    let out = if l.start_offset() == 0 {
-        s.try_clone(l)?
-    } else {
-        drop(s);
-        let y = y.copy()?;
-        let (s, l) = y.storage_and_layout();
-        s.try_clone(l)?
-    };
-    Ok((out, y.shape().clone()))
-}
+use super::col2im::{FoldGeometry, col2im};
 
-/// Inputs of the custom ops must start at offset 0 of a contiguous buffer.
-fn prepared(x: &Tensor) -> Result<Tensor> {
-    if x.is_contiguous() && x.layout().start_offset() == 0 {
-        Ok(x.clone())
-    } else {
-        x.copy()
+/// A layer whose weights never get a gradient: its backward maps ∂L/∂y to ∂L/∂x only.
+trait FrozenLayer: Clone + Send + Sync + 'static {
+    const NAME: &'static str;
+    fn apply(&self, x: &Tensor) -> Result<Tensor>;
+    fn input_gradient(&self, x: &Tensor, grad: &Tensor) -> Result<Tensor>;
+
+    /// `apply` attached to the autograd graph of `x`. The output is computed with plain ops
+    /// first; the custom op's forward only hands it over (no copy of the input).
+    fn tracked(&self, x: &Tensor) -> Result<Tensor> {
+        let output = self.apply(&x.detach())?;
+        let output = if output.is_contiguous() && output.layout().start_offset() == 0 {
+            output
+        } else {
+            output.copy()?
+        };
+        x.apply_op1(Tracked {
+            layer: self.clone(),
+            output,
+        })
     }
 }
 
-macro_rules! storage_forwards {
-    () => {
-        fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-            match run_on_storage(Storage::Cpu(s.clone()), l, |x| self.apply(x))? {
-                (Storage::Cpu(s), shape) => Ok((s, shape)),
-                _ => candle_core::bail!("frozen layer: device changed"),
-            }
-        }
+/// The autograd node of a frozen layer: forward returns the precomputed output.
+struct Tracked<L> {
+    layer: L,
+    output: Tensor,
+}
 
-        #[cfg(feature = "cuda")]
-        fn cuda_fwd(
-            &self,
-            s: &candle_core::CudaStorage,
-            l: &Layout,
-        ) -> Result<(candle_core::CudaStorage, Shape)> {
-            match run_on_storage(Storage::Cuda(s.try_clone(l)?), l, |x| self.apply(x))? {
-                (Storage::Cuda(s), shape) => Ok((s, shape)),
-                _ => candle_core::bail!("frozen layer: device changed"),
-            }
-        }
+impl<L: FrozenLayer> Tracked<L> {
+    fn output_storage(&self) -> Result<(Storage, Shape)> {
+        let (storage, layout) = self.output.storage_and_layout();
+        let copy = match &*storage {
+            Storage::Cpu(s) => Storage::Cpu(s.try_clone(layout)?),
+            Storage::Cuda(s) => Storage::Cuda(s.try_clone(layout)?),
+            Storage::Metal(s) => Storage::Metal(s.try_clone(layout)?),
+        };
+        Ok((copy, self.output.shape().clone()))
+    }
+}
 
-        #[cfg(feature = "metal")]
-        fn metal_fwd(
-            &self,
-            s: &candle_core::MetalStorage,
-            l: &Layout,
-        ) -> Result<(candle_core::MetalStorage, Shape)> {
-            match run_on_storage(Storage::Metal(s.try_clone(l)?), l, |x| self.apply(x))? {
-                (Storage::Metal(s), shape) => Ok((s, shape)),
-                _ => candle_core::bail!("frozen layer: device changed"),
-            }
+impl<L: FrozenLayer> CustomOp1 for Tracked<L> {
+    fn name(&self) -> &'static str {
+        L::NAME
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        match self.output_storage()? {
+            (Storage::Cpu(s), shape) => Ok((s, shape)),
+            _ => candle_core::bail!("{}: output is not on the CPU", L::NAME),
         }
-    };
+    }
+
+    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
+        match self.output_storage()? {
+            (Storage::Cuda(s), shape) => Ok((s, shape)),
+            _ => candle_core::bail!("{}: output is not on the CUDA device", L::NAME),
+        }
+    }
+
+    fn metal_fwd(&self, _: &MetalStorage, _: &Layout) -> Result<(MetalStorage, Shape)> {
+        match self.output_storage()? {
+            (Storage::Metal(s), shape) => Ok((s, shape)),
+            _ => candle_core::bail!("{}: output is not on the Metal device", L::NAME),
+        }
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(self.layer.input_gradient(arg, grad)?))
+    }
 }
 
 /// `y = x Wᵀ + b` with W, b constant.
@@ -95,6 +100,10 @@ impl Linear {
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
+}
+
+impl FrozenLayer for Linear {
+    const NAME: &'static str = "frozen-linear";
 
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
         let w = self.weight.t()?;
@@ -107,28 +116,19 @@ impl Linear {
             None => Ok(y),
         }
     }
-}
 
-impl CustomOp1 for Linear {
-    fn name(&self) -> &'static str {
-        "frozen-linear"
-    }
-
-    storage_forwards!();
-
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let g = match grad.rank() {
-            2 => grad.matmul(&self.weight)?,
-            _ => grad.broadcast_matmul(&self.weight)?,
-        };
-        Ok(Some(g))
+    fn input_gradient(&self, _x: &Tensor, grad: &Tensor) -> Result<Tensor> {
+        match grad.rank() {
+            2 => grad.matmul(&self.weight),
+            _ => grad.broadcast_matmul(&self.weight),
+        }
     }
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.track_op() {
-            prepared(x)?.apply_op1(self.clone())
+            self.tracked(x)
         } else {
             self.apply(x)
         }
@@ -178,23 +178,9 @@ impl Conv2d {
         &self.weight
     }
 
-    fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        let y = match &self.matrix {
-            Some(m) if x.device().is_cpu() => {
-                let (_, _, kh, kw) = self.weight.dims4()?;
-                conv2d_im2col(x, m, (kh, kw), self.padding, self.stride)?
-            }
-            _ => conv2d_gemm(x, &self.weight, self.padding, self.stride)?,
-        };
-        match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
-            None => Ok(y),
-        }
-    }
-
     /// ∂L/∂x from ∂L/∂y: a stride-1 convolution of the zero-dilated gradient with the
-    /// spatially flipped, channel-transposed kernel.
-    fn input_gradient(&self, grad: &Tensor, input_hw: (usize, usize)) -> Result<Tensor> {
+    /// spatially flipped, channel-transposed kernel (devices without the folded path).
+    fn transposed_convolution(&self, grad: &Tensor, input_hw: (usize, usize)) -> Result<Tensor> {
         let (_, _, kh, kw) = self.weight.dims4()?;
         let (b, c, gh, gw) = grad.dims4()?;
         let s = self.stride;
@@ -223,23 +209,53 @@ impl Conv2d {
     }
 }
 
-impl CustomOp1 for Conv2d {
-    fn name(&self) -> &'static str {
-        "frozen-conv2d"
+impl FrozenLayer for Conv2d {
+    const NAME: &'static str = "frozen-conv2d";
+
+    fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let y = match &self.matrix {
+            Some(m) if x.device().is_cpu() => {
+                let (_, _, kh, kw) = self.weight.dims4()?;
+                conv2d_im2col(x, m, (kh, kw), self.padding, self.stride)?
+            }
+            _ => conv2d_gemm(x, &self.weight, self.padding, self.stride)?,
+        };
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
+            None => Ok(y),
+        }
     }
 
-    storage_forwards!();
-
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let (_, _, h, w) = arg.dims4()?;
-        Ok(Some(self.input_gradient(grad, (h, w))?))
+    /// On the CPU in f32: `Kᵀ · G` against the forward's kernel matrix, folded back onto
+    /// the input grid (no kernel copies); elsewhere a transposed convolution.
+    fn input_gradient(&self, x: &Tensor, grad: &Tensor) -> Result<Tensor> {
+        let (_, c_in, h, w) = x.dims4()?;
+        let (b, c_out, ho, wo) = grad.dims4()?;
+        match &self.matrix {
+            Some(m) if grad.device().is_cpu() && grad.dtype() == DType::F32 => {
+                let (_, _, kh, kw) = self.weight.dims4()?;
+                let columns = m
+                    .t()?
+                    .broadcast_matmul(&grad.reshape((b, c_out, ho * wo))?)?;
+                let geometry = FoldGeometry {
+                    channels: c_in,
+                    kernel: (kh, kw),
+                    padding: self.padding,
+                    stride: self.stride,
+                    input: (h, w),
+                    output: (ho, wo),
+                };
+                col2im(&columns, geometry)
+            }
+            _ => self.transposed_convolution(grad, (h, w)),
+        }
     }
 }
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.track_op() {
-            prepared(x)?.apply_op1(self.clone())
+            self.tracked(x)
         } else {
             self.apply(x)
         }
@@ -401,6 +417,27 @@ mod tests {
             let bias = Tensor::randn(0f32, 0.5, 3, &dev)?;
             let conv = Conv2d::new(weight, Some(bias), pad, stride);
             finite_difference_check(&conv, (2, 2, h, w))?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn folded_input_gradient_equals_the_transposed_convolution() -> Result<()> {
+        let dev = Device::Cpu;
+        for (k, pad, stride, h, w) in [
+            (3, 1, 1, 9, 7),
+            (3, 1, 2, 9, 8),
+            (3, 0, 2, 6, 9),
+            (5, 2, 3, 11, 10),
+        ] {
+            let weight = Tensor::randn(0f32, 0.5, (6, 4, k, k), &dev)?;
+            let conv = Conv2d::new(weight, None, pad, stride);
+            let x = Tensor::randn(0f32, 1., (2, 4, h, w), &dev)?;
+            let grad = Tensor::randn(0f32, 1., conv.forward(&x)?.shape(), &dev)?;
+            let folded = conv.input_gradient(&x, &grad)?;
+            let reference = conv.transposed_convolution(&grad, (h, w))?;
+            let err = (folded - reference)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(err < 1e-5, "k {k} pad {pad} stride {stride} {h}x{w}: {err}");
         }
         Ok(())
     }

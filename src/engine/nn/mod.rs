@@ -9,6 +9,7 @@ use candle_nn::VarBuilder;
 
 pub mod attention;
 pub mod blocks;
+mod col2im;
 pub mod frozen;
 pub use attention::chunked_attention;
 pub use blocks::{

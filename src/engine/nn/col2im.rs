@@ -1,0 +1,97 @@
+//! col2im: folding convolution columns back onto the input grid, summing overlaps.
+//!
+//! The input gradient of an im2col convolution is `Kᵀ · G` (one GEMM against the kernel
+//! matrix the forward already holds) followed by this fold, instead of a convolution of the
+//! gradient with a flipped, transposed copy of the kernel (three weight copies per call).
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+
+/// The geometry of the convolution whose columns are folded.
+#[derive(Debug, Clone, Copy)]
+pub struct FoldGeometry {
+    pub channels: usize,
+    pub kernel: (usize, usize),
+    pub padding: usize,
+    pub stride: usize,
+    /// Input grid (height, width) the columns fold onto.
+    pub input: (usize, usize),
+    /// Output grid (height, width) of the convolution: one column per position.
+    pub output: (usize, usize),
+}
+
+/// `columns` `[B, kh·kw·C, Ho·Wo]` (rows in `(ky, kx, c)` order, as `conv2d_im2col`'s kernel
+/// matrix) → `[B, C, H, W]`, each column entry added to the input pixel it was read from.
+/// CPU, f32 only (gradient passes run in f32).
+pub fn col2im(columns: &Tensor, geometry: FoldGeometry) -> Result<Tensor> {
+    columns.contiguous()?.apply_op1_no_bwd(&Fold(geometry))
+}
+
+struct Fold(FoldGeometry);
+
+impl CustomOp1 for Fold {
+    fn name(&self) -> &'static str {
+        "col2im"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let FoldGeometry {
+            channels: c,
+            kernel: (kh, kw),
+            input: (h, w),
+            output: (ho, wo),
+            ..
+        } = self.0;
+        let (batch, rows, cols) = layout.shape().dims3()?;
+        if rows != kh * kw * c || cols != ho * wo {
+            candle_core::bail!("col2im: columns {rows}×{cols} do not fit the geometry");
+        }
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("col2im: only f32 columns are supported");
+        };
+        let data = &data[layout.start_offset()..layout.start_offset() + batch * rows * cols];
+        let mut out = vec![0f32; batch * c * h * w];
+        for (sample, image) in data.chunks(rows * cols).zip(out.chunks_mut(c * h * w)) {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let block = &sample[(ky * kw + kx) * c * cols..][..c * cols];
+                    fold_shift(block, image, &self.0, (ky, kx));
+                }
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((batch, c, h, w))))
+    }
+}
+
+/// Adds one kernel offset's `[C, Ho·Wo]` block onto `[C, H, W]`.
+fn fold_shift(block: &[f32], image: &mut [f32], g: &FoldGeometry, (ky, kx): (usize, usize)) {
+    let ((h, w), (ho, wo)) = (g.input, g.output);
+    // Output column ox reads input x = ox·stride + kx − padding; keep those inside 0..w.
+    let first_ox = g.padding.saturating_sub(kx).div_ceil(g.stride);
+    let last_ox = (w + g.padding)
+        .saturating_sub(kx)
+        .div_ceil(g.stride)
+        .min(wo);
+    for (plane, dst) in block.chunks(ho * wo).zip(image.chunks_mut(h * w)) {
+        for oy in 0..ho {
+            let Some(y) = (oy * g.stride + ky)
+                .checked_sub(g.padding)
+                .filter(|&y| y < h)
+            else {
+                continue;
+            };
+            let src = &plane[oy * wo..][..wo];
+            let row = &mut dst[y * w..][..w];
+            if g.stride == 1 {
+                let x0 = first_ox + kx - g.padding;
+                let n = last_ox.saturating_sub(first_ox);
+                for (d, s) in row[x0..x0 + n].iter_mut().zip(&src[first_ox..first_ox + n]) {
+                    *d += s;
+                }
+            } else {
+                for ox in first_ox..last_ox {
+                    row[ox * g.stride + kx - g.padding] += src[ox];
+                }
+            }
+        }
+    }
+}
