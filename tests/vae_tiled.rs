@@ -435,3 +435,29 @@ proptest! {
         prop_assert!(err <= 1e-5, "{}", err);
     }
 }
+
+/// Mirror against diffusers' own tiling on the tensors `tools/check_tiled_vae.py` saves
+/// (`MIRROR_TILED_VAE_CHECK` = that file); run by hand, needs Python.
+#[test]
+#[ignore = "needs the output of tools/check_tiled_vae.py (MIRROR_TILED_VAE_CHECK)"]
+fn tiled_vae_matches_diffusers() {
+    let path = std::env::var_os("MIRROR_TILED_VAE_CHECK")
+        .expect("MIRROR_TILED_VAE_CHECK: the file tools/check_tiled_vae.py wrote");
+    let fx = Fixtures::load();
+    let vae = load_vae(&fx, DType::F32);
+    let saved = candle_core::safetensors::load(&path, &test_device()).expect("saved tensors");
+    let decoded = vae.decode(&saved["latent"]).unwrap();
+    let posterior = vae.encode(&saved["image"]).unwrap();
+    for (name, actual, fixture) in [
+        ("decoded", &decoded, "decoded"),
+        ("posterior_mean", &posterior.mean, "posterior_mean"),
+        ("posterior_logvar", &posterior.logvar, "posterior_logvar"),
+    ] {
+        common::assert_tensor_close(
+            &format!("tiled {name} vs diffusers"),
+            &saved[name],
+            actual,
+            fx.atol("vae", fixture),
+        );
+    }
+}
