@@ -2,13 +2,15 @@
 //!
 //! Weight names follow the diffusers checkpoint (`encoder.down_blocks.0.resnets.0.conv1`, …).
 //! The mid-block attention accepts today's names (`to_q/to_k/to_v/to_out.0`) and the original
-//! ones (`query/key/value/proj_attn`, also as 1×1 conv weights).
+//! ones (`query/key/value/proj_attn`, also as 1×1 conv weights). Images larger than the
+//! model's native size go through in tiles ([`tiled`]).
 
 pub mod attention;
 pub mod blocks;
 pub mod coder;
 pub mod config;
 pub mod gaussian;
+pub mod tiled;
 
 use std::path::Path;
 
@@ -20,6 +22,7 @@ use crate::engine::nn::{Conv2d, conv2d};
 pub use coder::{Decoder, Encoder};
 pub use config::VaeConfig;
 pub use gaussian::DiagonalGaussian;
+pub use tiled::TilingSettings;
 
 #[derive(Debug, Clone)]
 pub struct AutoencoderKL {
@@ -28,6 +31,7 @@ pub struct AutoencoderKL {
     quant_conv: Option<Conv2d>,
     post_quant_conv: Option<Conv2d>,
     config: VaeConfig,
+    tiling: TilingSettings,
 }
 
 impl AutoencoderKL {
@@ -53,6 +57,7 @@ impl AutoencoderKL {
             quant_conv,
             post_quant_conv,
             config: cfg.clone(),
+            tiling: TilingSettings::from_config(cfg),
         })
     }
 
@@ -60,37 +65,51 @@ impl AutoencoderKL {
         &self.config
     }
 
-    /// Image [B, C, H, W] in [−1, 1] → posterior over the latent [B, latent, H/f, W/f].
-    pub fn encode(&self, image: &Tensor) -> Result<DiagonalGaussian> {
-        let (_, c, _, _) = image.dims4()?;
-        if c != self.config.in_channels {
-            candle_core::bail!(
-                "VAE expects {} image channels, got {c}",
-                self.config.in_channels
-            );
-        }
-        let moments = self.encoder.forward(image)?;
-        let moments = match &self.quant_conv {
-            Some(conv) => conv.forward(&moments)?,
-            None => moments,
-        };
-        DiagonalGaussian::from_moments(&moments)
+    /// How images larger than the native size are split (from the config unless set).
+    pub fn tiling(&self) -> &TilingSettings {
+        &self.tiling
     }
 
-    /// The raw decoder on z (not divided by the scaling factor).
+    pub fn set_tiling(&mut self, tiling: TilingSettings) {
+        self.tiling = tiling;
+    }
+
+    /// Image [B, C, H, W] in [−1, 1] → posterior over the latent [B, latent, H/f, W/f]; in
+    /// tiles when the latent is larger than the native size.
+    pub fn encode(&self, image: &Tensor) -> Result<DiagonalGaussian> {
+        self.encode_with(image, &self.tiling)
+    }
+
+    /// The raw decoder on z (not divided by the scaling factor); in tiles when z is larger than
+    /// the native size.
     pub fn decode(&self, z: &Tensor) -> Result<Tensor> {
-        let (_, c, _, _) = z.dims4()?;
-        if c != self.config.latent_channels {
-            candle_core::bail!(
-                "VAE expects {} latent channels, got {c}",
-                self.config.latent_channels
-            );
+        self.decode_with(z, &self.tiling)
+    }
+
+    /// Encoder moments [B, 2·latent, H/f, W/f] of the whole image at once.
+    fn encode_moments(&self, image: &Tensor) -> Result<Tensor> {
+        let moments = self.encoder.forward(image)?;
+        match &self.quant_conv {
+            Some(conv) => conv.forward(&moments),
+            None => Ok(moments),
         }
+    }
+
+    /// The decoder on the whole of z at once.
+    fn decode_whole(&self, z: &Tensor) -> Result<Tensor> {
         let z = match &self.post_quant_conv {
             Some(conv) => conv.forward(z)?,
             None => z.clone(),
         };
         self.decoder.forward(&z)
+    }
+
+    fn check_channels(&self, x: &Tensor, expected: usize, what: &str) -> Result<()> {
+        let (_, c, _, _) = x.dims4()?;
+        if c != expected {
+            candle_core::bail!("VAE expects {expected} {what} channels, got {c}");
+        }
+        Ok(())
     }
 
     /// Deterministic latent: posterior mean × scaling factor (minus shift, where configured).

@@ -1,0 +1,269 @@
+//! Tiled VAE encode and decode for images above the model's native size (diffusers'
+//! `AutoencoderKL.enable_tiling`): overlapping native-size tiles, each through the network on
+//! its own, the overlaps faded linearly into each other, so memory stays that of one tile.
+//!
+//! The grid is laid out in latent pixels and shared by both directions: tile `k` of an axis
+//! starts at `k · stride` and is `tile` long (shorter at the far edge); a tile keeps its first
+//! `stride` rows and columns, of which the first `tile − stride` are faded in from the
+//! neighbour above or to the left. With the diffusers defaults (tile = `sample_size / f`,
+//! overlap 0.25) this is diffusers' `tiled_decode` / `_tiled_encode` exactly.
+
+use candle_core::{Result, Tensor};
+
+use super::AutoencoderKL;
+use super::config::VaeConfig;
+use super::gaussian::DiagonalGaussian;
+
+/// diffusers' `tile_overlap_factor`.
+pub const DEFAULT_TILE_OVERLAP: f64 = 0.25;
+
+/// When and how the VAE works in tiles.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TilingSettings {
+    /// Off: every image goes through the VAE whole, whatever its size.
+    pub enabled: bool,
+    /// Image side of one tile in pixels (the VAE's native `sample_size`); rounded down to
+    /// whole latent pixels.
+    pub tile_sample_size: usize,
+    /// Fraction of a tile shared with each neighbour and faded across.
+    pub overlap: f64,
+}
+
+impl TilingSettings {
+    /// Tiles of the VAE's native size with diffusers' overlap; on wherever a tile holds at
+    /// least one latent pixel.
+    pub fn from_config(cfg: &VaeConfig) -> Self {
+        Self {
+            enabled: cfg.sample_size >= cfg.downsample_factor(),
+            tile_sample_size: cfg.sample_size,
+            overlap: DEFAULT_TILE_OVERLAP,
+        }
+    }
+
+    /// The tile grid for a VAE with `factor` image pixels per latent pixel.
+    pub fn layout(&self, factor: usize) -> Result<TileLayout> {
+        let tile = self.tile_sample_size / factor.max(1);
+        if tile == 0 {
+            candle_core::bail!(
+                "a VAE tile of {} px is smaller than one latent pixel ({factor} px)",
+                self.tile_sample_size
+            );
+        }
+        if !(0.0..1.0).contains(&self.overlap) {
+            candle_core::bail!(
+                "VAE tile overlap {} must be at least 0 and below 1",
+                self.overlap
+            );
+        }
+        // Rounded down as diffusers' `int(tile * (1 - overlap))`; at least one pixel of progress.
+        let stride = ((tile as f64 * (1.0 - self.overlap)) as usize).max(1);
+        Ok(TileLayout { tile, stride })
+    }
+
+    /// Whether a latent of `latent_hw` goes through in tiles: tiling is on and the latent is
+    /// larger than one tile in either direction (at or below it, the whole-image path runs).
+    pub fn applies(&self, latent_hw: (usize, usize), factor: usize) -> bool {
+        let Ok(layout) = self.layout(factor) else {
+            return self.enabled;
+        };
+        self.enabled && (latent_hw.0 > layout.tile || latent_hw.1 > layout.tile)
+    }
+}
+
+/// The tile grid of one axis, in latent pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TileLayout {
+    /// Side of one tile.
+    pub tile: usize,
+    /// Distance between the starts of neighbouring tiles; `tile − stride` is the overlap.
+    pub stride: usize,
+}
+
+/// One tile along one axis: `[start, start + len)` in latent pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TileSpan {
+    pub start: usize,
+    pub len: usize,
+}
+
+impl TileLayout {
+    /// Length of the faded overlap between neighbours.
+    pub fn blend(&self) -> usize {
+        self.tile - self.stride
+    }
+
+    /// The tiles covering `[0, latent_len)`: diffusers' `range(0, len, stride)`.
+    pub fn spans(&self, latent_len: usize) -> Vec<TileSpan> {
+        (0..latent_len)
+            .step_by(self.stride)
+            .map(|start| TileSpan {
+                start,
+                len: self.tile.min(latent_len - start),
+            })
+            .collect()
+    }
+}
+
+/// A network run tile by tile over the grid: decode (latent in, image out) or encode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TiledMap {
+    pub layout: TileLayout,
+    /// Input pixels per latent pixel (decode 1, encode the VAE factor).
+    pub input_scale: usize,
+    /// Output pixels per latent pixel (decode the VAE factor, encode 1).
+    pub output_scale: usize,
+}
+
+impl TiledMap {
+    /// Runs `net` on every tile of `input` [B, C, H, W] and assembles the outputs: each tile
+    /// fades in from the (already faded) tile above, then from the one to its left, and keeps
+    /// its first `stride` rows and columns. The result is exactly `latent · output_scale` on
+    /// each side, the size `net` would give for the whole input. Only two rows of tiles are
+    /// held at a time.
+    pub fn apply(
+        &self,
+        input: &Tensor,
+        mut net: impl FnMut(&Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let (_, _, in_h, in_w) = input.dims4()?;
+        let (latent_h, latent_w) = (in_h / self.input_scale, in_w / self.input_scale);
+        if latent_h == 0 || latent_w == 0 {
+            candle_core::bail!(
+                "a {in_h}×{in_w} input is smaller than one latent pixel ({} px)",
+                self.input_scale
+            );
+        }
+        let (rows, cols) = (self.layout.spans(latent_h), self.layout.spans(latent_w));
+        let blend = self.layout.blend() * self.output_scale;
+        let keep = self.layout.stride * self.output_scale;
+        let mut above: Vec<Tensor> = Vec::new();
+        let mut strips = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let (y0, y_len) = self.input_range(*row, latent_h, in_h);
+            let band = input.narrow(2, y0, y_len)?;
+            let mut current: Vec<Tensor> = Vec::with_capacity(cols.len());
+            let mut pieces = Vec::with_capacity(cols.len());
+            for (j, col) in cols.iter().enumerate() {
+                let (x0, x_len) = self.input_range(*col, latent_w, in_w);
+                let tile = band.narrow(3, x0, x_len)?.contiguous()?;
+                let mut out = net(&tile)?;
+                let expected = (row.len * self.output_scale, col.len * self.output_scale);
+                let (_, _, out_h, out_w) = out.dims4()?;
+                if (out_h, out_w) != expected {
+                    candle_core::bail!(
+                        "a VAE tile gave {out_h}×{out_w}, expected {}×{}",
+                        expected.0,
+                        expected.1
+                    );
+                }
+                if let Some(up) = above.get(j) {
+                    out = blend_into(up, &out, 2, blend)?;
+                }
+                if let Some(left) = current.last() {
+                    out = blend_into(left, &out, 3, blend)?;
+                }
+                pieces.push(
+                    out.narrow(2, 0, keep.min(out_h))?
+                        .narrow(3, 0, keep.min(out_w))?,
+                );
+                current.push(out);
+            }
+            // The strip is a copy: the pieces no longer pin the whole tiles in memory.
+            strips.push(Tensor::cat(&pieces, 3)?);
+            above = current;
+        }
+        let out = Tensor::cat(&strips, 2)?;
+        let (_, _, out_h, out_w) = out.dims4()?;
+        // The pieces add up to the exact size; cropping guards a layout where they would not.
+        out.narrow(2, 0, out_h.min(latent_h * self.output_scale))?
+            .narrow(3, 0, out_w.min(latent_w * self.output_scale))
+    }
+
+    /// The input rows (or columns) of a tile: its latent span scaled; the last tile also takes
+    /// the pixels past the last whole latent pixel, as the whole-image encoder sees them.
+    fn input_range(&self, span: TileSpan, latent_len: usize, input_len: usize) -> (usize, usize) {
+        let start = span.start * self.input_scale;
+        let end = if span.start + span.len == latent_len {
+            input_len
+        } else {
+            (span.start + span.len) * self.input_scale
+        };
+        (start, end - start)
+    }
+}
+
+/// Weight of the later tile at `offset` into a fade of `extent` (diffusers: `y / extent`, in
+/// double precision and then rounded to the tensor's type); the earlier tile gets 1 − that.
+pub fn fade_weights(offset: usize, extent: usize) -> (f32, f32) {
+    let later = offset as f64 / extent as f64;
+    ((1.0 - later) as f32, later as f32)
+}
+
+/// diffusers' `blend_v` (dim 2) / `blend_h` (dim 3): the first `extent` rows or columns of
+/// `next` fade linearly from the last ones of `previous` into its own. The extent shrinks to
+/// what both tiles have (edge tiles).
+pub fn blend_into(previous: &Tensor, next: &Tensor, dim: usize, extent: usize) -> Result<Tensor> {
+    let (prev_len, next_len) = (previous.dim(dim)?, next.dim(dim)?);
+    let extent = extent.min(prev_len).min(next_len);
+    if extent == 0 {
+        return Ok(next.clone());
+    }
+    let (to_prev, to_next): (Vec<f32>, Vec<f32>) =
+        (0..extent).map(|y| fade_weights(y, extent)).unzip();
+    let mut shape = [1usize; 4];
+    shape[dim] = extent;
+    // Built on the host in f32 and cast to the tiles' type: no f64 on the device.
+    let weights =
+        |w: Vec<f32>| Tensor::from_vec(w, &shape[..], next.device())?.to_dtype(next.dtype());
+    let faded = (previous
+        .narrow(dim, prev_len - extent, extent)?
+        .broadcast_mul(&weights(to_prev)?)?
+        + next
+            .narrow(dim, 0, extent)?
+            .broadcast_mul(&weights(to_next)?)?)?;
+    if extent == next_len {
+        return Ok(faded);
+    }
+    Tensor::cat(
+        &[&faded, &next.narrow(dim, extent, next_len - extent)?],
+        dim,
+    )
+}
+
+impl AutoencoderKL {
+    /// [`AutoencoderKL::encode`] with explicit tiling settings: in tiles when the latent
+    /// would be larger than one tile, else whole.
+    pub fn encode_with(&self, image: &Tensor, tiling: &TilingSettings) -> Result<DiagonalGaussian> {
+        self.check_channels(image, self.config.in_channels, "image")?;
+        let (_, _, h, w) = image.dims4()?;
+        let factor = self.config.downsample_factor();
+        let moments = if tiling.applies((h / factor, w / factor), factor) {
+            let map = TiledMap {
+                layout: tiling.layout(factor)?,
+                input_scale: factor,
+                output_scale: 1,
+            };
+            map.apply(image, |tile| self.encode_moments(tile))?
+        } else {
+            self.encode_moments(image)?
+        };
+        DiagonalGaussian::from_moments(&moments)
+    }
+
+    /// [`AutoencoderKL::decode`] with explicit tiling settings: in tiles when the latent is
+    /// larger than one tile, else whole.
+    pub fn decode_with(&self, z: &Tensor, tiling: &TilingSettings) -> Result<Tensor> {
+        self.check_channels(z, self.config.latent_channels, "latent")?;
+        let (_, _, h, w) = z.dims4()?;
+        let factor = self.config.downsample_factor();
+        if !tiling.applies((h, w), factor) {
+            return self.decode_whole(z);
+        }
+        let map = TiledMap {
+            layout: tiling.layout(factor)?,
+            input_scale: 1,
+            output_scale: factor,
+        };
+        map.apply(z, |tile| self.decode_whole(tile))
+    }
+}
