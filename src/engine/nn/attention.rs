@@ -8,10 +8,10 @@
 //! block's `[rows, chunk, keys]` matrix whatever the image size. Only tensor ops are used, so
 //! it runs on every device and dtype the engine supports.
 
-use candle_core::backend::BackendStorage;
+use candle_core::Tensor;
 use candle_core::{CpuStorage, CudaStorage, CustomOp3, D, Layout, MetalStorage, Result, Shape};
-use candle_core::{Storage, Tensor};
 
+use super::precomputed::PrecomputedOutput;
 use super::softmax_last_dim;
 
 /// Bytes one block's probability matrix may take (all rows of the batch together).
@@ -31,7 +31,8 @@ pub fn chunked_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     if !(q.track_op() || k.track_op() || v.track_op()) {
         return Ok(out);
     }
-    q.apply_op3(k, v, ChunkedAttention { output: out })
+    let output = PrecomputedOutput::new(out, "chunked attention");
+    q.apply_op3(k, v, ChunkedAttention { output })
 }
 
 fn chunk_for(q: &Tensor, k: &Tensor) -> Result<usize> {
@@ -98,22 +99,10 @@ fn backward_chunks(saved: &Saved, chunk: usize) -> Result<(Tensor, Tensor, Tenso
     Ok((Tensor::cat(&grad_q, 1)?, grad_k, grad_v))
 }
 
-/// The autograd node: its forward hands back the output already computed block by block,
+/// The autograd node: its forward hands over the output already computed block by block,
 /// its backward is [`backward_chunks`].
 struct ChunkedAttention {
-    output: Tensor,
-}
-
-impl ChunkedAttention {
-    fn output_storage(&self) -> Result<(Storage, Shape)> {
-        let (storage, layout) = self.output.storage_and_layout();
-        let copy = match &*storage {
-            Storage::Cpu(s) => Storage::Cpu(s.try_clone(layout)?),
-            Storage::Cuda(s) => Storage::Cuda(s.try_clone(layout)?),
-            Storage::Metal(s) => Storage::Metal(s.try_clone(layout)?),
-        };
-        Ok((copy, self.output.shape().clone()))
-    }
+    output: PrecomputedOutput,
 }
 
 impl CustomOp3 for ChunkedAttention {
@@ -130,10 +119,7 @@ impl CustomOp3 for ChunkedAttention {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        match self.output_storage()? {
-            (Storage::Cpu(s), shape) => Ok((s, shape)),
-            _ => candle_core::bail!("chunked attention: output is not on the CPU"),
-        }
+        self.output.cpu()
     }
 
     fn cuda_fwd(
@@ -145,10 +131,7 @@ impl CustomOp3 for ChunkedAttention {
         _: &CudaStorage,
         _: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        match self.output_storage()? {
-            (Storage::Cuda(s), shape) => Ok((s, shape)),
-            _ => candle_core::bail!("chunked attention: output is not on the CUDA device"),
-        }
+        self.output.cuda()
     }
 
     fn metal_fwd(
@@ -160,10 +143,7 @@ impl CustomOp3 for ChunkedAttention {
         _: &MetalStorage,
         _: &Layout,
     ) -> Result<(MetalStorage, Shape)> {
-        match self.output_storage()? {
-            (Storage::Metal(s), shape) => Ok((s, shape)),
-            _ => candle_core::bail!("chunked attention: output is not on the Metal device"),
-        }
+        self.output.metal()
     }
 
     fn bwd(

@@ -7,12 +7,12 @@
 //! input gradient only, with a regular (fast) convolution. Without a gradient they are the
 //! plain candle ops.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Layout, MetalStorage};
-use candle_core::{Module, Result, Shape, Storage, Tensor};
+use candle_core::{Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 
 use super::col2im::{FoldGeometry, col2im};
+use super::precomputed::PrecomputedOutput;
 
 /// A layer whose weights never get a gradient: its backward maps ∂L/∂y to ∂L/∂x only.
 trait FrozenLayer: Clone + Send + Sync + 'static {
@@ -31,27 +31,15 @@ trait FrozenLayer: Clone + Send + Sync + 'static {
         };
         x.apply_op1(Tracked {
             layer: self.clone(),
-            output,
+            output: PrecomputedOutput::new(output, Self::NAME),
         })
     }
 }
 
-/// The autograd node of a frozen layer: forward returns the precomputed output.
+/// The autograd node of a frozen layer: forward hands over the precomputed output.
 struct Tracked<L> {
     layer: L,
-    output: Tensor,
-}
-
-impl<L: FrozenLayer> Tracked<L> {
-    fn output_storage(&self) -> Result<(Storage, Shape)> {
-        let (storage, layout) = self.output.storage_and_layout();
-        let copy = match &*storage {
-            Storage::Cpu(s) => Storage::Cpu(s.try_clone(layout)?),
-            Storage::Cuda(s) => Storage::Cuda(s.try_clone(layout)?),
-            Storage::Metal(s) => Storage::Metal(s.try_clone(layout)?),
-        };
-        Ok((copy, self.output.shape().clone()))
-    }
+    output: PrecomputedOutput,
 }
 
 impl<L: FrozenLayer> CustomOp1 for Tracked<L> {
@@ -60,24 +48,15 @@ impl<L: FrozenLayer> CustomOp1 for Tracked<L> {
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        match self.output_storage()? {
-            (Storage::Cpu(s), shape) => Ok((s, shape)),
-            _ => candle_core::bail!("{}: output is not on the CPU", L::NAME),
-        }
+        self.output.cpu()
     }
 
     fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
-        match self.output_storage()? {
-            (Storage::Cuda(s), shape) => Ok((s, shape)),
-            _ => candle_core::bail!("{}: output is not on the CUDA device", L::NAME),
-        }
+        self.output.cuda()
     }
 
     fn metal_fwd(&self, _: &MetalStorage, _: &Layout) -> Result<(MetalStorage, Shape)> {
-        match self.output_storage()? {
-            (Storage::Metal(s), shape) => Ok((s, shape)),
-            _ => candle_core::bail!("{}: output is not on the Metal device", L::NAME),
-        }
+        self.output.metal()
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -109,7 +88,7 @@ impl FrozenLayer for Linear {
         let w = self.weight.t()?;
         let y = match x.rank() {
             2 => x.matmul(&w)?,
-            _ => x.broadcast_matmul(&w)?,
+            _ => x.contiguous()?.broadcast_matmul(&w)?,
         };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
@@ -120,7 +99,9 @@ impl FrozenLayer for Linear {
     fn input_gradient(&self, _x: &Tensor, grad: &Tensor) -> Result<Tensor> {
         match grad.rank() {
             2 => grad.matmul(&self.weight),
-            _ => grad.broadcast_matmul(&self.weight),
+            // Contiguous, the batch folds into one product; otherwise candle would copy the
+            // weight once per batch row.
+            _ => grad.contiguous()?.broadcast_matmul(&self.weight),
         }
     }
 }
@@ -165,6 +146,11 @@ impl Conv2d {
         } else {
             None
         };
+        // The kernel is held once: as a view of the matrix where there is one.
+        let weight = match &matrix {
+            Some(m) => kernel_view(m, weight.dims4().unwrap_or_default()).unwrap_or(weight),
+            None => weight,
+        };
         Self {
             weight,
             matrix,
@@ -195,7 +181,13 @@ impl Conv2d {
         } else {
             grad.clone()
         };
-        let flipped = self.weight.flip(&[2, 3])?.transpose(0, 1)?.contiguous()?;
+        // `flip` needs a contiguous kernel (the weight may be a view of the im2col matrix).
+        let flipped = self
+            .weight
+            .contiguous()?
+            .flip(&[2, 3])?
+            .transpose(0, 1)?
+            .contiguous()?;
         let (ih, iw) = input_hw;
         let (dh, dw) = (grad.dim(2)?, grad.dim(3)?);
         let (ph, pw) = (kh - 1 - self.padding, kw - 1 - self.padding);
@@ -234,9 +226,6 @@ impl FrozenLayer for Conv2d {
         match &self.matrix {
             Some(m) if grad.device().is_cpu() && grad.dtype() == DType::F32 => {
                 let (_, _, kh, kw) = self.weight.dims4()?;
-                let columns = m
-                    .t()?
-                    .broadcast_matmul(&grad.reshape((b, c_out, ho * wo))?)?;
                 let geometry = FoldGeometry {
                     channels: c_in,
                     kernel: (kh, kw),
@@ -245,7 +234,15 @@ impl FrozenLayer for Conv2d {
                     input: (h, w),
                     output: (ho, wo),
                 };
-                col2im(&columns, geometry)
+                // One 2-D product per sample: a batched product would copy the kernel matrix
+                // once per sample (candle concretises a broadcast left operand).
+                let samples = (0..b)
+                    .map(|n| {
+                        let g = grad.get(n)?.reshape((c_out, ho * wo))?;
+                        col2im(&m.t()?.matmul(&g)?.unsqueeze(0)?, geometry)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&samples, 0)
             }
             _ => self.transposed_convolution(grad, (h, w)),
         }
@@ -282,6 +279,14 @@ fn kernel_matrix(weight: &Tensor) -> Result<Tensor> {
         .permute((0, 2, 3, 1))?
         .contiguous()?
         .reshape((c_out, kh * kw * c_in))
+}
+
+/// The inverse of [`kernel_matrix`] as a view: `[C_out, kh·kw·C_in]` → `[C_out, C_in, kh, kw]`.
+fn kernel_view(
+    matrix: &Tensor,
+    (c_out, c_in, kh, kw): (usize, usize, usize, usize),
+) -> Result<Tensor> {
+    matrix.reshape((c_out, kh, kw, c_in))?.permute((0, 3, 1, 2))
 }
 
 fn conv2d_im2col(

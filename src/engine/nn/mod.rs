@@ -11,6 +11,7 @@ pub mod attention;
 pub mod blocks;
 mod col2im;
 pub mod frozen;
+mod precomputed;
 pub use attention::chunked_attention;
 pub use blocks::{
     Activation, Downsample2D, DownsampleConfig, ResnetBlock2D, ResnetConfig, Upsample2D,
