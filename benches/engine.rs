@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::VarBuilder;
 use mirror_diffusion::engine::clip::{ClipTextConfig, ClipTextTransformer};
 use mirror_diffusion::engine::device::device_from_env;
 use mirror_diffusion::engine::imageio::{ImageLimits, ResizePolicy, load_image, resize};
@@ -49,23 +49,34 @@ fn sd_config(component: &str) -> PathBuf {
     root().join("assets/sd-v1").join(component).join(file)
 }
 
-/// A builder whose variables are created on first use (as zeros: candle's default init);
-/// call [`randomise`] once the model is built.
-fn random_vb(seed: u64) -> (VarMap, VarBuilder<'static>) {
-    bench_device().set_seed(seed).ok();
-    let map = VarMap::new();
-    let vb = VarBuilder::from_varmap(&map, DType::F32, &bench_device());
-    (map, vb)
+/// Weights drawn from N(0, 0.02²) (PyTorch's initialisers' scale) as the model asks for
+/// them: nothing downloaded, and nothing kept besides what the model holds.
+struct RandomWeights;
+
+impl candle_nn::var_builder::SimpleBackend for RandomWeights {
+    fn get(
+        &self,
+        shape: candle_core::Shape,
+        _name: &str,
+        _hints: candle_nn::Init,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        Tensor::randn(0f32, 0.02, shape, device)?.to_dtype(dtype)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("random weights have no tensor {name} of unknown shape")
+    }
+
+    fn contains_tensor(&self, _name: &str) -> bool {
+        false
+    }
 }
 
-/// Gives every weight of a built model random values, N(0, 0.02²) like PyTorch's
-/// initialisers' scale: all-zero weights would make every softmax uniform and every
-/// activation zero, which is not what a real model computes.
-fn randomise(map: &VarMap) {
-    for var in map.all_vars() {
-        let noise = Tensor::randn(0f32, 0.02, var.shape(), &bench_device()).unwrap();
-        var.set(&noise).unwrap();
-    }
+fn random_vb(seed: u64) -> VarBuilder<'static> {
+    bench_device().set_seed(seed).ok();
+    VarBuilder::from_backend(Box::new(RandomWeights), DType::F32, bench_device())
 }
 
 fn peak_rss_mib() -> f64 {
@@ -124,12 +135,9 @@ fn run_case(case: &str, quick: bool) -> serde_json::Value {
                 parts[1].parse::<usize>().unwrap(),
                 parts[2].parse::<usize>().unwrap(),
             );
-            let (_map, unet) = if kind == "unet_full" {
+            let unet = if kind == "unet_full" {
                 let cfg = UNetConfig::from_file(&sd_config("unet")).unwrap();
-                let (map, vb) = random_vb(0);
-                let unet = UNet2DConditionModel::new(vb, &cfg).unwrap();
-                randomise(&map);
-                (Some(map), unet)
+                UNet2DConditionModel::new(random_vb(0), &cfg).unwrap()
             } else {
                 let cfg = UNetConfig::from_file(&tiny_model().join("unet/config.json")).unwrap();
                 let vb = unsafe {
@@ -140,7 +148,7 @@ fn run_case(case: &str, quick: bool) -> serde_json::Value {
                     )
                     .unwrap()
                 };
-                (None, UNet2DConditionModel::new(vb, &cfg).unwrap())
+                UNet2DConditionModel::new(vb, &cfg).unwrap()
             };
             let d = match &unet.config().cross_attention_dim {
                 mirror_diffusion::engine::unet::PerBlock::One(d) => *d,
@@ -164,9 +172,7 @@ fn run_case(case: &str, quick: bool) -> serde_json::Value {
         "vae_full" => {
             let px: usize = rest.parse().unwrap();
             let cfg = VaeConfig::from_file(&sd_config("vae")).unwrap();
-            let (map, vb) = random_vb(1);
-            let vae = AutoencoderKL::new(vb, &cfg).unwrap();
-            randomise(&map);
+            let vae = AutoencoderKL::new(random_vb(1), &cfg).unwrap();
             let z = Tensor::randn(0f32, 1., (1, 4, px / 8, px / 8), &bench_device()).unwrap();
             time_it(reps, || {
                 vae.decode(&z).unwrap();
@@ -175,9 +181,7 @@ fn run_case(case: &str, quick: bool) -> serde_json::Value {
         "clip_full" => {
             let bs: usize = rest.parse().unwrap();
             let cfg = ClipTextConfig::from_file(&sd_config("text_encoder")).unwrap();
-            let (map, vb) = random_vb(2);
-            let te = ClipTextTransformer::new(vb, &cfg).unwrap();
-            randomise(&map);
+            let te = ClipTextTransformer::new(random_vb(2), &cfg).unwrap();
             let ids: Vec<u32> = (0..bs * 77).map(|k| (k as u32 * 7919) % 49408).collect();
             let ids = Tensor::from_vec(ids, (bs, 77), &bench_device()).unwrap();
             time_it(5, || {
@@ -243,21 +247,16 @@ fn run_case(case: &str, quick: bool) -> serde_json::Value {
 }
 
 /// SD 1.5-size UNet, VAE and CLIP with random weights, the SD 1.x tokenizer and scheduler.
-/// The variable maps own the weights and must live as long as the model.
-fn random_sd15() -> (StableDiffusion, [VarMap; 3]) {
+fn random_sd15() -> StableDiffusion {
     use mirror_diffusion::engine::scheduler::DdimScheduler;
     use mirror_diffusion::engine::tokenizer::ClipTokenizer;
-    let (m1, vb) = random_vb(0);
-    let unet =
-        UNet2DConditionModel::new(vb, &UNetConfig::from_file(&sd_config("unet")).unwrap()).unwrap();
-    let (m2, vb) = random_vb(1);
-    let vae = AutoencoderKL::new(vb, &VaeConfig::from_file(&sd_config("vae")).unwrap()).unwrap();
-    let (m3, vb) = random_vb(2);
+    let unet_cfg = UNetConfig::from_file(&sd_config("unet")).unwrap();
+    let unet = UNet2DConditionModel::new(random_vb(0), &unet_cfg).unwrap();
+    let vae_cfg = VaeConfig::from_file(&sd_config("vae")).unwrap();
+    let vae = AutoencoderKL::new(random_vb(1), &vae_cfg).unwrap();
     let text_cfg = ClipTextConfig::from_file(&sd_config("text_encoder")).unwrap();
-    let text_encoder = ClipTextTransformer::new(vb, &text_cfg).unwrap();
-    let maps = [m1, m2, m3];
-    maps.iter().for_each(randomise);
-    let sd = StableDiffusion {
+    let text_encoder = ClipTextTransformer::new(random_vb(2), &text_cfg).unwrap();
+    StableDiffusion {
         tokenizer: ClipTokenizer::from_dir(&root().join("assets/sd-v1/tokenizer")).unwrap(),
         text_encoder,
         unet,
@@ -272,8 +271,7 @@ fn random_sd15() -> (StableDiffusion, [VarMap; 3]) {
         },
         notes: Default::default(),
         half: None,
-    };
-    (sd, maps)
+    }
 }
 
 /// Times inversion + K Mirror steps of an N-step run at SD 1.5 size (random weights).
@@ -287,7 +285,7 @@ fn translate_full(
     };
     use mirror_diffusion::engine::pipeline::StageContext;
     use mirror_diffusion::engine::pipeline::stages::{self, InversionGrid, KlRegularizer};
-    let (sd, _weights) = random_sd15();
+    let sd = random_sd15();
     let image = load_image(
         &root().join("../shared/fixtures/tiny-sd-ref/test_image.png"),
         &ImageLimits::default(),
@@ -343,7 +341,7 @@ fn mirror_step(hw: usize, extra: &mut serde_json::Map<String, serde_json::Value>
     use mirror_diffusion::engine::pipeline::StageContext;
     use mirror_diffusion::engine::pipeline::stages::{InversionGrid, Trajectory};
     let steps = 50;
-    let (sd, _weights) = random_sd15();
+    let sd = random_sd15();
     let caption = sd.encode_prompt("a photo of a cat").unwrap();
     let dir = (sd.encode_prompt("a photo of a dog").unwrap() - &caption).unwrap();
     let trajectory = Trajectory {

@@ -11,6 +11,7 @@ pub mod attention;
 pub mod blocks;
 mod col2im;
 pub mod frozen;
+pub mod norm_backward;
 mod precomputed;
 pub use attention::chunked_attention;
 pub use blocks::{
@@ -51,6 +52,21 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if !x.track_op() {
+            return self.normalise(x);
+        }
+        // One graph node instead of the elementary ops' intermediates.
+        let gradient = norm_backward::NormGradient {
+            axes: norm_backward::NormAxes::LastDim,
+            weight: self.weight.clone(),
+            eps: self.eps,
+        };
+        gradient.attach(x, self.normalise(&x.detach())?)
+    }
+}
+
+impl LayerNorm {
+    fn normalise(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
         let x = match dtype {
             DType::F16 | DType::BF16 => x.to_dtype(DType::F32)?,
