@@ -13,6 +13,8 @@ use candle_core::op::BackpropOp;
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Result, Shape, Storage, Tensor};
 use candle_nn::VarBuilder;
 
+use super::conv_cpu;
+
 /// Runs `f` on a tensor made from an op's input storage and returns the result's storage.
 fn run_on_storage(
     storage: Storage,
@@ -152,6 +154,8 @@ pub struct Conv2d {
     weight: Tensor,
     /// The kernel as the im2col product wants it (CPU, kernels larger than 1×1).
     matrix: Option<Tensor>,
+    /// The kernel as the shifted-product convolution wants it (CPU, stride 1).
+    taps: Option<Tensor>,
     bias: Option<Tensor>,
     padding: usize,
     stride: usize,
@@ -160,14 +164,21 @@ pub struct Conv2d {
 impl Conv2d {
     pub fn new(weight: Tensor, bias: Option<Tensor>, padding: usize, stride: usize) -> Self {
         let (_, _, kh, kw) = weight.dims4().unwrap_or((0, 0, 1, 1));
-        let matrix = if weight.device().is_cpu() && kh * kw > 1 {
+        let on_cpu = weight.device().is_cpu();
+        let matrix = if on_cpu && kh * kw > 1 && stride > 1 {
             kernel_matrix(&weight).ok()
+        } else {
+            None
+        };
+        let taps = if on_cpu && stride == 1 && conv_cpu::supports(weight.dtype()) {
+            conv_cpu::tap_matrices(&weight).ok()
         } else {
             None
         };
         Self {
             weight,
             matrix,
+            taps,
             bias,
             padding,
             stride,
@@ -179,6 +190,12 @@ impl Conv2d {
     }
 
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(taps) = &self.taps
+            && x.device().is_cpu()
+            && conv_cpu::supports(x.dtype())
+        {
+            return conv_cpu::conv2d_stride1(x, taps, self.bias.as_ref(), self.padding);
+        }
         let y = match &self.matrix {
             Some(m) if x.device().is_cpu() => {
                 let (_, _, kh, kw) = self.weight.dims4()?;
@@ -246,14 +263,20 @@ impl Module for Conv2d {
     }
 }
 
-/// Convolution as explicit im2col (k² shifted views of the padded input, stacked along a new
-/// leading axis: a plain memory copy) and one matrix product with the kernel reordered to
-/// `[C_out, (ky, kx, C_in)]`. On the CPU this beats candle's tiled kernel several times over,
-/// because the product runs in the optimised GEMM. Elsewhere, and for 1×1 kernels (already a
-/// GEMM in candle), candle's own convolution is used.
+/// Convolution on the CPU through the optimised GEMM, which beats candle's tiled kernel
+/// several times over: stride 1 as k² shifted products (`conv_cpu`), larger strides as
+/// explicit im2col (k² shifted views of the padded input, stacked along a new leading axis:
+/// a plain memory copy) and one matrix product with the kernel reordered to
+/// `[C_out, (ky, kx, C_in)]`. Elsewhere candle's own convolution is used.
 pub fn conv2d_gemm(x: &Tensor, weight: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
     let (_, _, kh, kw) = weight.dims4()?;
-    if (kh == 1 && kw == 1 && stride == 1 && padding == 0) || !x.device().is_cpu() {
+    if !x.device().is_cpu() {
+        return x.conv2d(weight, padding, stride, 1, 1);
+    }
+    if stride == 1 && conv_cpu::supports(x.dtype()) && x.dtype() == weight.dtype() {
+        return conv_cpu::conv2d_stride1(x, &conv_cpu::tap_matrices(weight)?, None, padding);
+    }
+    if kh == 1 && kw == 1 && stride == 1 && padding == 0 {
         return x.conv2d(weight, padding, stride, 1, 1);
     }
     conv2d_im2col(x, &kernel_matrix(weight)?, (kh, kw), padding, stride)
