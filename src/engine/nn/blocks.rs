@@ -174,7 +174,10 @@ impl Upsample2D {
 
 impl Module for Upsample2D {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.conv.forward(&upsample_nearest_x2(x)?)
+        match self.conv.forward_upsampled_x2(x)? {
+            Some(y) => Ok(y),
+            None => self.conv.forward(&upsample_nearest_x2(x)?),
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 
 use candle_core::{DType, Layout, Result, Storage, Tensor, WithDType};
 use gemm::{Parallelism, gemm};
+use rayon::prelude::*;
 
 /// The kernel as [`conv2d_stride1`] wants it: `[kh, kw, C_out, C_in]`, contiguous.
 pub fn tap_matrices(weight: &Tensor) -> Result<Tensor> {
@@ -21,19 +22,28 @@ pub fn supports(dtype: DType) -> bool {
     matches!(dtype, DType::F32 | DType::F16 | DType::F64)
 }
 
-/// `x` `[B, C_in, H, W]` convolved with `taps` (from [`tap_matrices`]), stride 1, `padding`
-/// zeros on every side, plus `bias` `[C_out]`. CPU tensors of one [`supports`]ed dtype.
-/// The result is a new tensor outside any autograd graph.
+/// How the input is read: zero padding on every side, and optionally a nearest-neighbour ×2
+/// upsampling first (diffusers' `Upsample2D`), done while filling the padded buffer instead
+/// of in a tensor four times the input.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InputPrep {
+    pub padding: usize,
+    pub upsample_x2: bool,
+}
+
+/// `x` `[B, C_in, H, W]` (prepared as `prep` says) convolved with `taps` (from
+/// [`tap_matrices`]), stride 1, plus `bias` `[C_out]`. CPU tensors of one [`supports`]ed
+/// dtype. The result is a new tensor outside any autograd graph.
 pub fn conv2d_stride1(
     x: &Tensor,
     taps: &Tensor,
     bias: Option<&Tensor>,
-    padding: usize,
+    prep: InputPrep,
 ) -> Result<Tensor> {
     match x.dtype() {
-        DType::F32 => run::<f32>(x, taps, bias, padding),
-        DType::F16 => run::<half::f16>(x, taps, bias, padding),
-        DType::F64 => run::<f64>(x, taps, bias, padding),
+        DType::F32 => run::<f32>(x, taps, bias, prep),
+        DType::F16 => run::<half::f16>(x, taps, bias, prep),
+        DType::F64 => run::<f64>(x, taps, bias, prep),
         other => candle_core::bail!("conv2d: no CPU matrix-product path for {other:?}"),
     }
 }
@@ -53,9 +63,11 @@ fn run<T: WithDType>(
     x: &Tensor,
     taps: &Tensor,
     bias: Option<&Tensor>,
-    padding: usize,
+    prep: InputPrep,
 ) -> Result<Tensor> {
-    let (b, c_in, h, w) = x.dims4()?;
+    let (b, c_in, h_in, w_in) = x.dims4()?;
+    let factor = if prep.upsample_x2 { 2 } else { 1 };
+    let (h, w, padding) = (h_in * factor, w_in * factor, prep.padding);
     let (kh, kw, c_out, tap_in) = taps.dims4()?;
     if tap_in != c_in {
         candle_core::bail!("conv2d: input has {c_in} channels, kernel expects {tap_in}");
@@ -92,22 +104,36 @@ fn run<T: WithDType>(
     } else {
         Parallelism::None
     };
-    let mut padded = if padding > 0 {
+    let copy_input = padding > 0 || prep.upsample_x2;
+    let mut padded = if copy_input {
         vec![T::zero(); c_in * plane]
     } else {
         Vec::new()
     };
     let sample_out = c_out * ho * wp;
     let mut out = vec![T::zero(); b * sample_out];
+    let sample_len = c_in * h_in * w_in;
     for s in 0..b {
-        let sample = &input[s * c_in * h * w..(s + 1) * c_in * h * w];
-        let src: &[T] = if padding > 0 {
-            for (c, channel) in sample.chunks_exact(h * w).enumerate() {
-                for (y, row) in channel.chunks_exact(w).enumerate() {
-                    let at = c * plane + (y + padding) * wp + padding;
-                    padded[at..at + w].copy_from_slice(row);
-                }
-            }
+        let sample = &input[s * sample_len..(s + 1) * sample_len];
+        let src: &[T] = if copy_input {
+            // Only the interior is written: the zero border stays from the allocation.
+            padded
+                .par_chunks_mut(plane)
+                .zip(sample.par_chunks(h_in * w_in))
+                .for_each(|(plane, channel)| {
+                    for y in 0..h {
+                        let row = &channel[(y / factor) * w_in..][..w_in];
+                        let at = (y + padding) * wp + padding;
+                        let dst = &mut plane[at..at + w];
+                        if factor == 1 {
+                            dst.copy_from_slice(row);
+                        } else {
+                            for (pair, v) in dst.chunks_exact_mut(2).zip(row) {
+                                pair.fill(*v);
+                            }
+                        }
+                    }
+                });
             &padded
         } else {
             sample
@@ -188,11 +214,15 @@ mod tests {
                 .conv2d(&weight.to_dtype(DType::F64)?, pad, 1, 1, 1)?
                 .broadcast_add(&bias.to_dtype(DType::F64)?.reshape((1, c_out, 1, 1))?)?;
             for (dtype, tol) in [(DType::F32, 1e-5), (DType::F16, 2e-2), (DType::F64, 1e-12)] {
+                let prep = InputPrep {
+                    padding: pad,
+                    upsample_x2: false,
+                };
                 let got = conv2d_stride1(
                     &x.to_dtype(dtype)?,
                     &tap_matrices(&weight.to_dtype(dtype)?)?,
                     Some(&bias.to_dtype(dtype)?),
-                    pad,
+                    prep,
                 )?;
                 assert_eq!(got.dims(), want.dims());
                 let err = (got.to_dtype(DType::F64)? - &want)?
@@ -215,9 +245,46 @@ mod tests {
         let dev = Device::Cpu;
         let x = Tensor::randn(0f32, 1., (1, 3, 6, 5), &dev)?.transpose(2, 3)?;
         let taps = tap_matrices(&Tensor::randn(0f32, 1., (2, 3, 3, 3), &dev)?)?;
-        let a = conv2d_stride1(&x, &taps, None, 1)?;
-        let b = conv2d_stride1(&x.contiguous()?, &taps, None, 1)?;
+        let prep = InputPrep {
+            padding: 1,
+            upsample_x2: false,
+        };
+        let a = conv2d_stride1(&x, &taps, None, prep)?;
+        let b = conv2d_stride1(&x.contiguous()?, &taps, None, prep)?;
         assert_eq!((a - b)?.abs()?.max_all()?.to_scalar::<f32>()?, 0.0);
+        Ok(())
+    }
+
+    /// Upsampling while filling the buffer equals candle's nearest upsampling, then the
+    /// convolution (with and without padding, batch 1 and 2).
+    #[test]
+    fn upsampled_input_matches_upsample_then_convolution() -> Result<()> {
+        let dev = Device::Cpu;
+        for (b, padding, h, w) in [(1, 1, 4, 5), (2, 0, 3, 3), (1, 1, 1, 2)] {
+            let x = Tensor::randn(0f32, 1., (b, 3, h, w), &dev)?;
+            let taps = tap_matrices(&Tensor::randn(0f32, 1., (4, 3, 3, 3), &dev)?)?;
+            let bias = Tensor::randn(0f32, 1., 4, &dev)?;
+            let fused = conv2d_stride1(
+                &x,
+                &taps,
+                Some(&bias),
+                InputPrep {
+                    padding,
+                    upsample_x2: true,
+                },
+            )?;
+            let plain = conv2d_stride1(
+                &x.upsample_nearest2d(2 * h, 2 * w)?,
+                &taps,
+                Some(&bias),
+                InputPrep {
+                    padding,
+                    upsample_x2: false,
+                },
+            )?;
+            assert_eq!(fused.dims(), plain.dims());
+            assert_eq!((fused - plain)?.abs()?.max_all()?.to_scalar::<f32>()?, 0.0);
+        }
         Ok(())
     }
 }

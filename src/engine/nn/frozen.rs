@@ -194,7 +194,11 @@ impl Conv2d {
             && x.device().is_cpu()
             && conv_cpu::supports(x.dtype())
         {
-            return conv_cpu::conv2d_stride1(x, taps, self.bias.as_ref(), self.padding);
+            let prep = conv_cpu::InputPrep {
+                padding: self.padding,
+                upsample_x2: false,
+            };
+            return conv_cpu::conv2d_stride1(x, taps, self.bias.as_ref(), prep);
         }
         let y = match &self.matrix {
             Some(m) if x.device().is_cpu() => {
@@ -207,6 +211,22 @@ impl Conv2d {
             Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
             None => Ok(y),
         }
+    }
+
+    /// The convolution of `x` upsampled ×2 (nearest), without the upsampled tensor, when no
+    /// gradient can flow and the CPU path applies; `None` otherwise.
+    pub fn forward_upsampled_x2(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        let Some(taps) = &self.taps else {
+            return Ok(None);
+        };
+        if x.track_op() || !x.device().is_cpu() || !conv_cpu::supports(x.dtype()) {
+            return Ok(None);
+        }
+        let prep = conv_cpu::InputPrep {
+            padding: self.padding,
+            upsample_x2: true,
+        };
+        conv_cpu::conv2d_stride1(x, taps, self.bias.as_ref(), prep).map(Some)
     }
 
     /// ∂L/∂x from ∂L/∂y: a stride-1 convolution of the zero-dilated gradient with the
@@ -274,7 +294,11 @@ pub fn conv2d_gemm(x: &Tensor, weight: &Tensor, padding: usize, stride: usize) -
         return x.conv2d(weight, padding, stride, 1, 1);
     }
     if stride == 1 && conv_cpu::supports(x.dtype()) && x.dtype() == weight.dtype() {
-        return conv_cpu::conv2d_stride1(x, &conv_cpu::tap_matrices(weight)?, None, padding);
+        let prep = conv_cpu::InputPrep {
+            padding,
+            upsample_x2: false,
+        };
+        return conv_cpu::conv2d_stride1(x, &conv_cpu::tap_matrices(weight)?, None, prep);
     }
     if kh == 1 && kw == 1 && stride == 1 && padding == 0 {
         return x.conv2d(weight, padding, stride, 1, 1);

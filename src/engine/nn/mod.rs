@@ -352,7 +352,7 @@ mod tests {
             let gn = random_group_norm(channels, groups, 1e-6)?;
             // An offset and scale that a one-pass variance would lose precision on.
             let x = ((Tensor::randn(0f32, 2., shape.as_slice(), &dev)? + 3.0)?).contiguous()?;
-            for (dtype, tol) in [(DType::F32, 2e-5), (DType::F16, 1e-2), (DType::BF16, 6e-2)] {
+            for (dtype, tol) in [(DType::F32, 1e-5), (DType::F16, 4e-3), (DType::BF16, 3e-2)] {
                 let x = x.to_dtype(dtype)?;
                 // The weights in the model's dtype, as loaded.
                 let gn = GroupNorm::new(
@@ -369,9 +369,16 @@ mod tests {
                         Some(act) => act.apply(&want)?,
                         None => want.clone(),
                     };
+                    // Relative to the output's size: the elementary form rounds to the
+                    // storage type after each of its steps, the kernel once.
+                    let scale = want
+                        .to_dtype(DType::F32)?
+                        .abs()?
+                        .max_all()?
+                        .to_scalar::<f32>()?;
                     let err = max_abs_diff(&got, &want)?;
                     assert!(
-                        err <= tol,
+                        err <= tol * scale.max(1.0),
                         "{shape:?}/{groups} {dtype:?} {act:?}: error {err}"
                     );
                 }
