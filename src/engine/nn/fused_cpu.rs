@@ -158,7 +158,7 @@ impl CustomOp1 for GroupNormOp {
         let dims = layout.dims();
         if dims.len() < 2
             || dims[1] != self.weight.len()
-            || self.weight.len() % self.num_groups != 0
+            || !self.weight.len().is_multiple_of(self.num_groups)
             || layout.shape().elem_count() != dims[0] * dims[1] * self.channel_len
         {
             candle_core::bail!("fused group norm: input {dims:?} does not match the layer");

@@ -128,7 +128,7 @@ impl GroupNorm {
 
     pub fn new(weight: Tensor, bias: Tensor, num_groups: usize, eps: f64) -> Result<Self> {
         let channels = weight.dim(0)?;
-        if num_groups == 0 || channels % num_groups != 0 {
+        if num_groups == 0 || !channels.is_multiple_of(num_groups) {
             candle_core::bail!(
                 "GroupNorm: {channels} channels do not split into {num_groups} groups"
             );
