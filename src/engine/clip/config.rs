@@ -25,11 +25,8 @@ pub enum ClipActivation {
 impl ClipActivation {
     pub fn apply(self, x: &Tensor) -> CandleResult<Tensor> {
         match self {
-            // Elementary ops so that the activation always has a backward pass.
-            ClipActivation::QuickGelu => {
-                let sigmoid = ((x * -1.702)?.exp()? + 1.0)?.recip()?;
-                x * sigmoid
-            }
+            // Fused without gradient, elementary (with a backward pass) otherwise.
+            ClipActivation::QuickGelu => crate::engine::nn::quick_gelu(x),
             ClipActivation::Gelu => x.gelu_erf(),
             ClipActivation::GeluTanh => x.gelu(),
         }

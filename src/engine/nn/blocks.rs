@@ -2,9 +2,9 @@
 //! `ResnetBlock2D`, `Downsample2D`, `Upsample2D`).
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
 
-use super::{Conv2d, Linear, conv2d, group_norm, linear};
+use super::{Conv2d, GroupNorm, Linear, conv2d, linear};
 
 /// `act_fn` of a model config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,10 +85,10 @@ impl ResnetBlock2D {
             .map(|t| linear(t, o, vb.pp("time_emb_proj")))
             .transpose()?;
         Ok(Self {
-            norm1: group_norm(cfg.groups, i, cfg.eps, vb.pp("norm1"))?,
+            norm1: GroupNorm::load(cfg.groups, i, cfg.eps, vb.pp("norm1"))?,
             conv1: conv3x3(i, o, 1, 1, vb.pp("conv1"))?,
             time_emb_proj,
-            norm2: group_norm(cfg.groups, o, cfg.eps, vb.pp("norm2"))?,
+            norm2: GroupNorm::load(cfg.groups, o, cfg.eps, vb.pp("norm2"))?,
             conv2: conv3x3(o, o, 1, 1, vb.pp("conv2"))?,
             conv_shortcut,
             act: cfg.act,
@@ -98,13 +98,16 @@ impl ResnetBlock2D {
 
     /// `temb` is the time embedding `[B, temb_channels]`; blocks built without one ignore it.
     pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
-        let act = |t: &Tensor| self.act.apply(t);
-        let mut h = self.conv1.forward(&act(&self.norm1.forward(x)?)?)?;
+        let act = Some(self.act);
+        let mut h = self.conv1.forward(&self.norm1.forward_then(x, act)?)?;
         if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
-            let t = proj.forward(&act(temb)?)?.unsqueeze(2)?.unsqueeze(3)?;
+            let t = proj
+                .forward(&self.act.apply(temb)?)?
+                .unsqueeze(2)?
+                .unsqueeze(3)?;
             h = h.broadcast_add(&t)?;
         }
-        let h = self.conv2.forward(&act(&self.norm2.forward(&h)?)?)?;
+        let h = self.conv2.forward(&self.norm2.forward_then(&h, act)?)?;
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(x)?,
             None => x.clone(),
@@ -171,7 +174,10 @@ impl Upsample2D {
 
 impl Module for Upsample2D {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.conv.forward(&upsample_nearest_x2(x)?)
+        match self.conv.forward_upsampled_x2(x)? {
+            Some(y) => Ok(y),
+            None => self.conv.forward(&upsample_nearest_x2(x)?),
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use candle_core::{Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 
 use super::col2im::{FoldGeometry, col2im};
+use super::conv_cpu;
 use super::precomputed::PrecomputedOutput;
 
 /// A layer whose weights never get a gradient: its backward maps ∂L/∂y to ∂L/∂x only.
@@ -130,8 +131,11 @@ pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<L
 /// 2-D convolution (groups 1, dilation 1) with a constant kernel and optional bias.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
+    /// `[C_out, C_in, kh, kw]`; where `matrix` exists, a view of it (the kernel is held once).
     weight: Tensor,
-    /// The kernel as the im2col product wants it (CPU, kernels larger than 1×1).
+    /// The kernel as `[C_out, kh, kw, C_in]`, contiguous (CPU, the GEMM's dtypes): the
+    /// stride-1 shifted products read one `[C_out, C_in]` tap of it, im2col and the input
+    /// gradient use it as `[C_out, kh·kw·C_in]`.
     matrix: Option<Tensor>,
     bias: Option<Tensor>,
     padding: usize,
@@ -140,15 +144,13 @@ pub struct Conv2d {
 
 impl Conv2d {
     pub fn new(weight: Tensor, bias: Option<Tensor>, padding: usize, stride: usize) -> Self {
-        let (_, _, kh, kw) = weight.dims4().unwrap_or((0, 0, 1, 1));
-        let matrix = if weight.device().is_cpu() && kh * kw > 1 {
-            kernel_matrix(&weight).ok()
+        let matrix = if weight.device().is_cpu() && conv_cpu::supports(weight.dtype()) {
+            conv_cpu::tap_matrices(&weight).ok()
         } else {
             None
         };
-        // The kernel is held once: as a view of the matrix where there is one.
         let weight = match &matrix {
-            Some(m) => kernel_view(m, weight.dims4().unwrap_or_default()).unwrap_or(weight),
+            Some(m) => m.permute((0, 3, 1, 2)).unwrap_or(weight),
             None => weight,
         };
         Self {
@@ -162,6 +164,29 @@ impl Conv2d {
 
     pub fn weight(&self) -> &Tensor {
         &self.weight
+    }
+
+    /// The kernel matrix, when the CPU GEMM paths apply to `x`.
+    fn cpu_matrix(&self, x: &Tensor) -> Option<&Tensor> {
+        self.matrix
+            .as_ref()
+            .filter(|_| x.device().is_cpu() && conv_cpu::supports(x.dtype()))
+    }
+
+    /// The convolution of `x` upsampled ×2 (nearest), without the upsampled tensor, when no
+    /// gradient can flow and the CPU path applies; `None` otherwise.
+    pub fn forward_upsampled_x2(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        let Some(matrix) = self.cpu_matrix(x).filter(|_| self.stride == 1) else {
+            return Ok(None);
+        };
+        if x.track_op() {
+            return Ok(None);
+        }
+        let prep = conv_cpu::InputPrep {
+            padding: self.padding,
+            upsample_x2: true,
+        };
+        conv_cpu::conv2d_stride1(x, matrix, self.bias.as_ref(), prep).map(Some)
     }
 
     /// ∂L/∂x from ∂L/∂y: a stride-1 convolution of the zero-dilated gradient with the
@@ -181,7 +206,7 @@ impl Conv2d {
         } else {
             grad.clone()
         };
-        // `flip` needs a contiguous kernel (the weight may be a view of the im2col matrix).
+        // `flip` needs a contiguous kernel (the weight may be a view of the kernel matrix).
         let flipped = self
             .weight
             .contiguous()?
@@ -205,47 +230,56 @@ impl FrozenLayer for Conv2d {
     const NAME: &'static str = "frozen-conv2d";
 
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        let y = match &self.matrix {
-            Some(m) if x.device().is_cpu() => {
-                let (_, _, kh, kw) = self.weight.dims4()?;
-                conv2d_im2col(x, m, (kh, kw), self.padding, self.stride)?
-            }
-            _ => conv2d_gemm(x, &self.weight, self.padding, self.stride)?,
+        let Some(matrix) = self.cpu_matrix(x) else {
+            let y = conv2d_gemm(x, &self.weight, self.padding, self.stride)?;
+            return match &self.bias {
+                Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
+                None => Ok(y),
+            };
         };
+        if self.stride == 1 {
+            let prep = conv_cpu::InputPrep {
+                padding: self.padding,
+                upsample_x2: false,
+            };
+            return conv_cpu::conv2d_stride1(x, matrix, self.bias.as_ref(), prep);
+        }
+        let (c_out, kh, kw, c_in) = matrix.dims4()?;
+        let flat = matrix.reshape((c_out, kh * kw * c_in))?;
+        let y = conv2d_im2col(x, &flat, (kh, kw), self.padding, self.stride)?;
         match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
+            Some(b) => y.broadcast_add(&b.reshape((1, c_out, 1, 1))?),
             None => Ok(y),
         }
     }
 
-    /// On the CPU in f32: `Kᵀ · G` against the forward's kernel matrix, folded back onto
-    /// the input grid (no kernel copies); elsewhere a transposed convolution.
+    /// On the CPU in f32: `Kᵀ · G` against the kernel matrix, folded back onto the input
+    /// grid (no kernel copies); elsewhere a transposed convolution.
     fn input_gradient(&self, x: &Tensor, grad: &Tensor) -> Result<Tensor> {
         let (_, c_in, h, w) = x.dims4()?;
         let (b, c_out, ho, wo) = grad.dims4()?;
-        match &self.matrix {
-            Some(m) if grad.device().is_cpu() && grad.dtype() == DType::F32 => {
-                let (_, _, kh, kw) = self.weight.dims4()?;
-                let geometry = FoldGeometry {
-                    channels: c_in,
-                    kernel: (kh, kw),
-                    padding: self.padding,
-                    stride: self.stride,
-                    input: (h, w),
-                    output: (ho, wo),
-                };
-                // One 2-D product per sample: a batched product would copy the kernel matrix
-                // once per sample (candle concretises a broadcast left operand).
-                let samples = (0..b)
-                    .map(|n| {
-                        let g = grad.get(n)?.reshape((c_out, ho * wo))?;
-                        col2im(&m.t()?.matmul(&g)?.unsqueeze(0)?, geometry)
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                Tensor::cat(&samples, 0)
-            }
-            _ => self.transposed_convolution(grad, (h, w)),
-        }
+        let Some(matrix) = self.cpu_matrix(grad).filter(|_| grad.dtype() == DType::F32) else {
+            return self.transposed_convolution(grad, (h, w));
+        };
+        let (_, kh, kw, _) = matrix.dims4()?;
+        let flat = matrix.reshape((c_out, kh * kw * c_in))?;
+        let geometry = FoldGeometry {
+            channels: c_in,
+            kernel: (kh, kw),
+            padding: self.padding,
+            stride: self.stride,
+            input: (h, w),
+            output: (ho, wo),
+        };
+        // One 2-D product per sample: a batched product would copy the kernel matrix once
+        // per sample (candle concretises a broadcast left operand).
+        let samples = (0..b)
+            .map(|n| {
+                let g = grad.get(n)?.reshape((c_out, ho * wo))?;
+                col2im(&flat.t()?.matmul(&g)?.unsqueeze(0)?, geometry)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&samples, 0)
     }
 }
 
@@ -259,34 +293,28 @@ impl Module for Conv2d {
     }
 }
 
-/// Convolution as explicit im2col (k² shifted views of the padded input, stacked along a new
-/// leading axis: a plain memory copy) and one matrix product with the kernel reordered to
-/// `[C_out, (ky, kx, C_in)]`. On the CPU this beats candle's tiled kernel several times over,
-/// because the product runs in the optimised GEMM. Elsewhere, and for 1×1 kernels (already a
-/// GEMM in candle), candle's own convolution is used.
+/// Convolution on the CPU through the optimised GEMM, which beats candle's tiled kernel
+/// several times over: stride 1 as k² shifted products (`conv_cpu`), larger strides as
+/// explicit im2col (k² shifted views of the padded input, stacked along a new leading axis:
+/// a plain memory copy) and one matrix product with the kernel reordered to
+/// `[C_out, (ky, kx, C_in)]`. Elsewhere candle's own convolution is used.
 pub fn conv2d_gemm(x: &Tensor, weight: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
-    let (_, _, kh, kw) = weight.dims4()?;
-    if (kh == 1 && kw == 1 && stride == 1 && padding == 0) || !x.device().is_cpu() {
+    let (c_out, c_in, kh, kw) = weight.dims4()?;
+    if !x.device().is_cpu() {
         return x.conv2d(weight, padding, stride, 1, 1);
     }
-    conv2d_im2col(x, &kernel_matrix(weight)?, (kh, kw), padding, stride)
-}
-
-/// `[C_out, C_in, kh, kw]` → `[C_out, kh·kw·C_in]`, the column order of [`conv2d_im2col`].
-fn kernel_matrix(weight: &Tensor) -> Result<Tensor> {
-    let (c_out, c_in, kh, kw) = weight.dims4()?;
-    weight
-        .permute((0, 2, 3, 1))?
-        .contiguous()?
-        .reshape((c_out, kh * kw * c_in))
-}
-
-/// The inverse of [`kernel_matrix`] as a view: `[C_out, kh·kw·C_in]` → `[C_out, C_in, kh, kw]`.
-fn kernel_view(
-    matrix: &Tensor,
-    (c_out, c_in, kh, kw): (usize, usize, usize, usize),
-) -> Result<Tensor> {
-    matrix.reshape((c_out, kh, kw, c_in))?.permute((0, 3, 1, 2))
+    if stride == 1 && conv_cpu::supports(x.dtype()) && x.dtype() == weight.dtype() {
+        let prep = conv_cpu::InputPrep {
+            padding,
+            upsample_x2: false,
+        };
+        return conv_cpu::conv2d_stride1(x, &conv_cpu::tap_matrices(weight)?, None, prep);
+    }
+    if kh == 1 && kw == 1 && stride == 1 && padding == 0 {
+        return x.conv2d(weight, padding, stride, 1, 1);
+    }
+    let matrix = conv_cpu::tap_matrices(weight)?.reshape((c_out, kh * kw * c_in))?;
+    conv2d_im2col(x, &matrix, (kh, kw), padding, stride)
 }
 
 fn conv2d_im2col(

@@ -2,7 +2,8 @@
 //!
 //! candle's fused softmax and layer-norm kernels have no backward pass: a gradient that
 //! reaches them silently becomes zero. Everything here is either written with elementary
-//! (differentiable) ops, or uses a fused kernel only when no gradient can flow.
+//! (differentiable) ops, or uses a fused kernel (candle's, or `fused_cpu`'s) only when no
+//! gradient can flow.
 
 use candle_core::{D, DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -10,7 +11,9 @@ use candle_nn::VarBuilder;
 pub mod attention;
 pub mod blocks;
 mod col2im;
+pub mod conv_cpu;
 pub mod frozen;
+mod fused_cpu;
 pub mod norm_backward;
 mod precomputed;
 pub use attention::chunked_attention;
@@ -18,6 +21,7 @@ pub use blocks::{
     Activation, Downsample2D, DownsampleConfig, ResnetBlock2D, ResnetConfig, Upsample2D,
 };
 pub use frozen::{Conv2d, Linear, conv2d, linear, linear_no_bias};
+use norm_backward::{NormAxes, NormGradient};
 
 /// Softmax over the last dimension. The fused kernel is used only when the input is not
 /// part of an autograd graph; otherwise the composable form, which has a backward.
@@ -31,8 +35,31 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
 }
 
+/// Whether the fused CPU kernels may run on `x`: no gradient can flow, and a dtype they
+/// read.
+fn fused_kernel_applies(x: &Tensor) -> bool {
+    !x.track_op()
+        && x.device().is_cpu()
+        && matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16)
+}
+
+/// The values of a per-channel parameter as the fused kernels take them.
+fn f32_values(t: &Tensor) -> Result<Vec<f32>> {
+    t.to_dtype(DType::F32)?.to_vec1::<f32>()
+}
+
+/// CLIP's quick GELU, `x · σ(1.702 x)`: a fused kernel when no gradient can flow, else
+/// elementary ops.
+pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
+    if fused_kernel_applies(x) {
+        return x.contiguous()?.apply_op1_no_bwd(&fused_cpu::QuickGeluOp);
+    }
+    let sigmoid = ((x * -1.702)?.exp()? + 1.0)?.recip()?;
+    x * sigmoid
+}
+
 /// LayerNorm over the last dimension, two-pass (mean, then variance of the centred values)
-/// like PyTorch, written with elementary ops so that it always has a backward.
+/// like PyTorch: a fused kernel when no gradient can flow, else elementary ops.
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
     weight: Tensor,
@@ -50,23 +77,9 @@ impl LayerNorm {
     }
 }
 
-impl Module for LayerNorm {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if !x.track_op() {
-            return self.normalise(x);
-        }
-        // One graph node instead of the elementary ops' intermediates.
-        let gradient = norm_backward::NormGradient {
-            axes: norm_backward::NormAxes::LastDim,
-            weight: self.weight.clone(),
-            eps: self.eps,
-        };
-        gradient.attach(x, self.normalise(&x.detach())?)
-    }
-}
-
 impl LayerNorm {
-    fn normalise(&self, x: &Tensor) -> Result<Tensor> {
+    /// The differentiable form.
+    fn elementary(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
         let x = match dtype {
             DType::F16 | DType::BF16 => x.to_dtype(DType::F32)?,
@@ -83,14 +96,155 @@ impl LayerNorm {
     }
 }
 
-/// GroupNorm (candle-nn's is written with elementary, two-pass ops: differentiable).
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.track_op() {
+            // One graph node instead of the elementary ops' intermediates.
+            let gradient = NormGradient {
+                axes: NormAxes::LastDim,
+                weight: self.weight.clone(),
+                eps: self.eps,
+            };
+            return gradient.attach(x, self.forward(&x.detach())?);
+        }
+        if !fused_kernel_applies(x) {
+            return self.elementary(x);
+        }
+        let op = fused_cpu::LayerNormOp {
+            eps: self.eps,
+            weight: f32_values(&self.weight)?,
+            bias: f32_values(&self.bias)?,
+        };
+        x.contiguous()?.apply_op1_no_bwd(&op)
+    }
+}
+
+/// GroupNorm over `[B, C, …]`, two-pass like PyTorch, optionally followed by an activation:
+/// a fused kernel (with SiLU folded in) when no gradient can flow, else elementary ops (the
+/// form of candle-nn's GroupNorm).
+#[derive(Debug, Clone)]
+pub struct GroupNorm {
+    weight: Tensor,
+    bias: Tensor,
+    num_groups: usize,
+    eps: f64,
+}
+
+impl GroupNorm {
+    /// A layer loaded from `weight` / `bias`.
+    pub fn load(num_groups: usize, num_channels: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Self::new(
+            vb.get(num_channels, "weight")?,
+            vb.get(num_channels, "bias")?,
+            num_groups,
+            eps,
+        )
+    }
+
+    pub fn new(weight: Tensor, bias: Tensor, num_groups: usize, eps: f64) -> Result<Self> {
+        let channels = weight.dim(0)?;
+        if num_groups == 0 || !channels.is_multiple_of(num_groups) {
+            candle_core::bail!(
+                "GroupNorm: {channels} channels do not split into {num_groups} groups"
+            );
+        }
+        Ok(Self {
+            weight,
+            bias,
+            num_groups,
+            eps,
+        })
+    }
+
+    /// Normalises `x`, then applies `act` (if any).
+    pub fn forward_then(&self, x: &Tensor, act: Option<Activation>) -> Result<Tensor> {
+        if x.track_op() {
+            // One graph node for the normalisation instead of its elementary intermediates.
+            let gradient = NormGradient {
+                axes: NormAxes::Groups(self.num_groups),
+                weight: self.weight.clone(),
+                eps: self.eps,
+            };
+            let y = gradient.attach(x, self.forward_then(&x.detach(), None)?)?;
+            return match act {
+                Some(act) => act.apply(&y),
+                None => Ok(y),
+            };
+        }
+        if !fused_kernel_applies(x) {
+            let y = self.elementary(x)?;
+            return match act {
+                Some(act) => act.apply(&y),
+                None => Ok(y),
+            };
+        }
+        let (b, c) = (x.dim(0)?, x.dim(1)?);
+        let silu = act == Some(Activation::Silu);
+        let op = fused_cpu::GroupNormOp {
+            num_groups: self.num_groups,
+            eps: self.eps,
+            weight: f32_values(&self.weight)?,
+            bias: f32_values(&self.bias)?,
+            silu,
+            channel_len: x.elem_count() / (b * c).max(1),
+        };
+        let y = x.contiguous()?.apply_op1_no_bwd(&op)?;
+        match act {
+            Some(act) if !silu => act.apply(&y),
+            _ => Ok(y),
+        }
+    }
+
+    /// The differentiable form (candle-nn's GroupNorm).
+    fn elementary(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        if dims.len() < 3 {
+            candle_core::bail!("GroupNorm: input rank must be at least 3, got {dims:?}");
+        }
+        let (b, c) = (dims[0], dims[1]);
+        if c != self.weight.dim(0)? {
+            candle_core::bail!(
+                "GroupNorm: {c} channels, the layer has {}",
+                self.weight.dim(0)?
+            );
+        }
+        let group_len = x.elem_count() / (b * self.num_groups);
+        let dtype = x.dtype();
+        let internal = match dtype {
+            DType::F16 | DType::BF16 => DType::F32,
+            d => d,
+        };
+        let xg = x
+            .reshape((b, self.num_groups, group_len))?
+            .to_dtype(internal)?;
+        let mean = (xg.sum_keepdim(2)? / group_len as f64)?;
+        let centred = xg.broadcast_sub(&mean)?;
+        let var = (centred.sqr()?.sum_keepdim(2)? / group_len as f64)?;
+        let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        let mut param_dims = vec![1; dims.len()];
+        param_dims[1] = c;
+        normed
+            .to_dtype(dtype)?
+            .reshape(dims)?
+            .broadcast_mul(&self.weight.reshape(param_dims.as_slice())?)?
+            .broadcast_add(&self.bias.reshape(param_dims.as_slice())?)
+    }
+}
+
+impl Module for GroupNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_then(x, None)
+    }
+}
+
+/// A GroupNorm loaded from `weight` / `bias` ([`GroupNorm::load`]).
 pub fn group_norm(
     num_groups: usize,
     num_channels: usize,
     eps: f64,
     vb: VarBuilder,
-) -> Result<candle_nn::GroupNorm> {
-    candle_nn::group_norm(num_groups, num_channels, eps, vb)
+) -> Result<GroupNorm> {
+    GroupNorm::load(num_groups, num_channels, eps, vb)
 }
 
 #[cfg(test)]
@@ -188,6 +342,165 @@ mod tests {
         let (mean, var) = (1.5f32, ((0.25 + 0.25 + 6.25 + 6.25) / 4.0f32));
         let expect0 = (1.0 - mean) / (var + 1e-5).sqrt() * 1.5 + 0.1;
         assert!((row[0] - expect0).abs() < 1e-5);
+        Ok(())
+    }
+    /// Random per-channel weights and a GroupNorm layer.
+    fn random_group_norm(channels: usize, groups: usize, eps: f64) -> Result<GroupNorm> {
+        let dev = Device::Cpu;
+        GroupNorm::new(
+            Tensor::randn(1f32, 0.5, channels, &dev)?,
+            Tensor::randn(0f32, 0.5, channels, &dev)?,
+            groups,
+            eps,
+        )
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+        (a.to_dtype(DType::F32)? - b.to_dtype(DType::F32)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()
+    }
+
+    /// The fused kernel (with and without SiLU) against the elementary form followed by
+    /// candle's activations, in f32, f16 and bf16, for several shapes (ranks 3–5, one channel
+    /// per group, one group, batch 1 and 3, an offset, shifted input).
+    #[test]
+    fn fused_group_norm_matches_elementary_form() -> Result<()> {
+        let dev = Device::Cpu;
+        for (shape, groups) in [
+            (vec![1, 8, 5, 7], 4),
+            (vec![3, 6, 4, 4], 6),
+            (vec![2, 12, 9], 1),
+            (vec![1, 32, 3, 3, 2], 8),
+            (vec![2, 64, 16, 16], 32),
+        ] {
+            let channels = shape[1];
+            let gn = random_group_norm(channels, groups, 1e-6)?;
+            // An offset and scale that a one-pass variance would lose precision on.
+            let x = ((Tensor::randn(0f32, 2., shape.as_slice(), &dev)? + 3.0)?).contiguous()?;
+            for (dtype, tol) in [(DType::F32, 1e-5), (DType::F16, 4e-3), (DType::BF16, 3e-2)] {
+                let x = x.to_dtype(dtype)?;
+                // The weights in the model's dtype, as loaded.
+                let gn = GroupNorm::new(
+                    gn.weight.to_dtype(dtype)?,
+                    gn.bias.to_dtype(dtype)?,
+                    groups,
+                    gn.eps,
+                )?;
+                let want = gn.elementary(&x)?;
+                for act in [None, Some(Activation::Silu), Some(Activation::Gelu)] {
+                    let got = gn.forward_then(&x, act)?;
+                    assert_eq!(got.dtype(), dtype);
+                    let want = match act {
+                        Some(act) => act.apply(&want)?,
+                        None => want.clone(),
+                    };
+                    // Relative to the output's size: the elementary form rounds to the
+                    // storage type after each of its steps, the kernel once.
+                    let scale = want
+                        .to_dtype(DType::F32)?
+                        .abs()?
+                        .max_all()?
+                        .to_scalar::<f32>()?;
+                    let err = max_abs_diff(&got, &want)?;
+                    assert!(
+                        err <= tol * scale.max(1.0),
+                        "{shape:?}/{groups} {dtype:?} {act:?}: error {err}"
+                    );
+                }
+            }
+        }
+        // A transposed (strided) input is normalised as its contiguous copy.
+        let gn = random_group_norm(4, 2, 1e-5)?;
+        let x = Tensor::randn(0f32, 1., (1, 4, 5, 3), &dev)?;
+        let strided = x.transpose(2, 3)?;
+        let err = max_abs_diff(
+            &gn.forward(&strided)?,
+            &gn.elementary(&strided.contiguous()?)?,
+        )?;
+        assert!(err < 2e-5, "strided: {err}");
+        Ok(())
+    }
+
+    /// The fused kernel would drop the gradient: a tracked input takes the elementary path,
+    /// whose gradient matches finite differences.
+    #[test]
+    fn group_norm_has_gradient_when_tracked() -> Result<()> {
+        let dev = Device::Cpu;
+        let gn = random_group_norm(4, 2, 1e-5)?;
+        let shape = (1, 4, 2, 3);
+        let x0 = Tensor::randn(0f32, 1., shape, &dev)?;
+        let w = Tensor::randn(0f32, 1., shape, &dev)?;
+        for act in [None, Some(Activation::Silu)] {
+            let loss = |x: &Tensor| gn.forward_then(x, act)?.mul(&w)?.sum_all();
+            let var = Var::from_tensor(&x0)?;
+            let g = loss(var.as_tensor())?
+                .backward()?
+                .get(var.as_tensor())
+                .expect("gradient")
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let base = x0.flatten_all()?.to_vec1::<f32>()?;
+            let mut nonzero = 0;
+            for i in 0..base.len() {
+                let bump = |d: f32| -> Result<f32> {
+                    let mut v = base.clone();
+                    v[i] += d;
+                    loss(&Tensor::from_vec(v, shape, &dev)?)?.to_scalar::<f32>()
+                };
+                let fd = (bump(1e-2)? - bump(-1e-2)?) / 2e-2;
+                assert!(
+                    (fd - g[i]).abs() < 5e-3 * (1.0 + fd.abs()),
+                    "{act:?} [{i}]: fd {fd} vs {}",
+                    g[i]
+                );
+                nonzero += (g[i].abs() > 1e-3) as usize;
+            }
+            assert!(nonzero >= base.len() / 2, "{act:?}: gradient vanished");
+        }
+        Ok(())
+    }
+
+    /// The fused LayerNorm against the elementary form (f32, f16, bf16; rank 2 and 3).
+    #[test]
+    fn fused_layer_norm_matches_elementary_form() -> Result<()> {
+        let dev = Device::Cpu;
+        for (shape, d) in [
+            (vec![3, 8], 8),
+            (vec![2, 77, 48], 48),
+            (vec![1, 5, 768], 768),
+        ] {
+            let ln = LayerNorm {
+                weight: Tensor::randn(1f32, 0.5, d, &dev)?,
+                bias: Tensor::randn(0f32, 0.5, d, &dev)?,
+                eps: 1e-5,
+            };
+            let x = (Tensor::randn(0f32, 3., shape.as_slice(), &dev)? - 2.0)?;
+            for (dtype, tol) in [(DType::F32, 2e-5), (DType::F16, 1e-2), (DType::BF16, 6e-2)] {
+                let x = x.to_dtype(dtype)?;
+                let ln = LayerNorm {
+                    weight: ln.weight.to_dtype(dtype)?,
+                    bias: ln.bias.to_dtype(dtype)?,
+                    eps: ln.eps,
+                };
+                let err = max_abs_diff(&ln.forward(&x)?, &ln.elementary(&x)?)?;
+                assert!(err <= tol, "{shape:?} {dtype:?}: error {err}");
+            }
+        }
+        Ok(())
+    }
+
+    /// The fused quick GELU against the elementary form (which a tracked input takes).
+    #[test]
+    fn fused_quick_gelu_matches_elementary_form() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = (Tensor::randn(0f32, 3., (2, 77, 40), &dev)? - 0.5)?;
+        let want = quick_gelu(Var::from_tensor(&x)?.as_tensor())?.detach();
+        for (dtype, tol) in [(DType::F32, 1e-5), (DType::F16, 1e-2), (DType::BF16, 6e-2)] {
+            let err = max_abs_diff(&quick_gelu(&x.to_dtype(dtype)?)?, &want)?;
+            assert!(err <= tol, "{dtype:?}: error {err}");
+        }
         Ok(())
     }
 }

@@ -15,12 +15,12 @@ mod embeddings;
 mod transformer;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
 
 use crate::engine::nn::{Conv2d, conv2d};
 
 use crate::engine::EngineError;
-use crate::engine::nn::group_norm;
+use crate::engine::nn::{GroupNorm, group_norm};
 use blocks::{BlockAttention, BlockCommon, DownBlock, DownLayout, MidBlock, UpBlock, UpChannels};
 use capture::{CaptureSink, module_order_rank};
 use config::{DownKind, UpKind};

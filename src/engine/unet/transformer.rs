@@ -1,13 +1,13 @@
 //! `Transformer2DModel` (continuous input) and its `BasicTransformerBlock`s.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
 
 use crate::engine::nn::{Conv2d, Linear, conv2d, linear};
 
 use super::attention::{Attention, FeedForward};
 use super::capture::CaptureSink;
-use crate::engine::nn::{LayerNorm, group_norm};
+use crate::engine::nn::{GroupNorm, LayerNorm, group_norm};
 
 /// diffusers' fixed epsilons inside the transformer (not in the config).
 const TRANSFORMER_GROUP_NORM_EPS: f64 = 1e-6;

@@ -1,11 +1,11 @@
 //! The VAE mid block: resnet → single-head self-attention → resnet.
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{GroupNorm, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 
 use super::blocks::{BlockSettings, VAE_NORM_EPS};
 use crate::engine::nn::ResnetBlock2D;
-use crate::engine::nn::{group_norm, softmax_last_dim};
+use crate::engine::nn::{GroupNorm, softmax_last_dim};
 
 /// Loads a C→C projection stored under today's diffusers name (`to_q`, Linear [C, C]) or the
 /// original one (`query`, possibly a 1×1 conv [C, C, 1, 1]).
@@ -49,7 +49,7 @@ pub struct VaeAttention {
 impl VaeAttention {
     pub fn new(vb: VarBuilder, channels: usize, groups: usize) -> Result<Self> {
         Ok(Self {
-            group_norm: group_norm(groups, channels, VAE_NORM_EPS, vb.pp("group_norm"))?,
+            group_norm: GroupNorm::load(groups, channels, VAE_NORM_EPS, vb.pp("group_norm"))?,
             to_q: projection(&vb, ["to_q", "query"], channels)?,
             to_k: projection(&vb, ["to_k", "key"], channels)?,
             to_v: projection(&vb, ["to_v", "value"], channels)?,

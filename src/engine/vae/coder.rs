@@ -1,16 +1,15 @@
 //! diffusers `Encoder` and `Decoder` (norm_type "group", no time embedding).
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
 
-use crate::engine::nn::{Conv2d, conv2d};
+use crate::engine::nn::{Conv2d, GroupNorm, conv2d};
 
 use super::attention::MidBlock;
 use super::blocks::{
     Activation, BlockSettings, DownEncoderBlock2D, UpDecoderBlock2D, VAE_NORM_EPS,
 };
 use super::config::VaeConfig;
-use crate::engine::nn::group_norm;
 
 fn conv3x3(vb: VarBuilder, in_c: usize, out_c: usize) -> Result<Conv2d> {
     conv2d(in_c, out_c, 3, 1, 1, vb)
@@ -60,7 +59,7 @@ impl Encoder {
             conv_in: conv3x3(vb.pp("conv_in"), cfg.in_channels, channels[0])?,
             down_blocks,
             mid_block: MidBlock::new(vb.pp("mid_block"), last, cfg.mid_block_add_attention, s)?,
-            conv_norm_out: group_norm(s.groups, last, VAE_NORM_EPS, vb.pp("conv_norm_out"))?,
+            conv_norm_out: GroupNorm::load(s.groups, last, VAE_NORM_EPS, vb.pp("conv_norm_out"))?,
             conv_out: conv3x3(vb.pp("conv_out"), last, 2 * cfg.latent_channels)?,
             act: s.act,
         })
@@ -74,7 +73,7 @@ impl Module for Encoder {
             h = block.forward(&h)?;
         }
         let h = self.mid_block.forward(&h)?;
-        let h = self.act.apply(&self.conv_norm_out.forward(&h)?)?;
+        let h = self.conv_norm_out.forward_then(&h, Some(self.act))?;
         self.conv_out.forward(&h)
     }
 }
@@ -117,7 +116,7 @@ impl Decoder {
             conv_in: conv3x3(vb.pp("conv_in"), cfg.latent_channels, first)?,
             mid_block: MidBlock::new(vb.pp("mid_block"), first, cfg.mid_block_add_attention, s)?,
             up_blocks,
-            conv_norm_out: group_norm(s.groups, out_c0, VAE_NORM_EPS, vb.pp("conv_norm_out"))?,
+            conv_norm_out: GroupNorm::load(s.groups, out_c0, VAE_NORM_EPS, vb.pp("conv_norm_out"))?,
             conv_out: conv3x3(vb.pp("conv_out"), out_c0, cfg.out_channels)?,
             act: s.act,
         })
@@ -130,7 +129,7 @@ impl Module for Decoder {
         for block in &self.up_blocks {
             h = block.forward(&h)?;
         }
-        let h = self.act.apply(&self.conv_norm_out.forward(&h)?)?;
+        let h = self.conv_norm_out.forward_then(&h, Some(self.act))?;
         self.conv_out.forward(&h)
     }
 }

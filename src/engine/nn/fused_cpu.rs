@@ -1,0 +1,247 @@
+//! Fused CPU kernels for passes without gradient: GroupNorm (optionally followed by SiLU),
+//! LayerNorm, quick GELU.
+//!
+//! The elementary forms are five to ten passes over the tensor, each into a fresh buffer
+//! (and on the CPU each a hand-off to candle's thread pool). The norm kernels read the input
+//! twice (mean, then the variance of the centred values, as PyTorch does) and write the
+//! output once, in f32 whatever the storage type. They have no backward: callers use them
+//! only when no gradient can flow.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape};
+use rayon::prelude::*;
+
+/// Storage types the kernels read and write, computed in f32.
+trait Element: Copy + Send + Sync + 'static {
+    fn to_f32(self) -> f32;
+    fn from_f32(v: f32) -> Self;
+}
+
+impl Element for f32 {
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+}
+
+impl Element for half::f16 {
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+    fn from_f32(v: f32) -> Self {
+        half::f16::from_f32(v)
+    }
+}
+
+impl Element for half::bf16 {
+    fn to_f32(self) -> f32 {
+        half::bf16::to_f32(self)
+    }
+    fn from_f32(v: f32) -> Self {
+        half::bf16::from_f32(v)
+    }
+}
+
+/// Σ f(x): f32 lanes over short blocks (vectorised), the blocks summed in f64, so that a
+/// million-element group loses no more precision than a short row.
+fn sum_of<E: Element>(xs: &[E], f: impl Fn(f32) -> f32) -> f64 {
+    const LANES: usize = 16;
+    let mut total = 0f64;
+    for block in xs.chunks(64 * LANES) {
+        let mut lanes = [0f32; LANES];
+        let mut full = block.chunks_exact(LANES);
+        for chunk in &mut full {
+            for (lane, v) in lanes.iter_mut().zip(chunk) {
+                *lane += f(v.to_f32());
+            }
+        }
+        let rest: f32 = full.remainder().iter().map(|v| f(v.to_f32())).sum();
+        total += (lanes.iter().sum::<f32>() + rest) as f64;
+    }
+    total
+}
+
+/// (mean, 1/√(var + eps)) of a slice, two-pass.
+fn moments<E: Element>(xs: &[E], eps: f64) -> (f32, f32) {
+    let n = xs.len() as f64;
+    let mean = (sum_of(xs, |v| v) / n) as f32;
+    let var = sum_of(xs, |v| (v - mean) * (v - mean)) / n;
+    (mean, (1.0 / (var + eps).sqrt()) as f32)
+}
+
+fn silu(y: f32) -> f32 {
+    y / (1.0 + (-y).exp())
+}
+
+/// The contiguous values of a kernel's input.
+fn contiguous<'a, E: candle_core::WithDType>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+) -> Result<&'a [E]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&storage.as_slice::<E>()?[start..end]),
+        None => candle_core::bail!("norm kernel: input must be contiguous"),
+    }
+}
+
+/// Dispatches `$f::<T>(values, layout)` on the storage type.
+macro_rules! by_dtype {
+    ($self:ident, $storage:ident, $layout:ident, $f:ident) => {
+        match $storage {
+            CpuStorage::F32(_) => Ok((
+                CpuStorage::F32($self.$f(contiguous::<f32>($storage, $layout)?)),
+                $layout.shape().clone(),
+            )),
+            CpuStorage::F16(_) => Ok((
+                CpuStorage::F16($self.$f(contiguous::<half::f16>($storage, $layout)?)),
+                $layout.shape().clone(),
+            )),
+            CpuStorage::BF16(_) => Ok((
+                CpuStorage::BF16($self.$f(contiguous::<half::bf16>($storage, $layout)?)),
+                $layout.shape().clone(),
+            )),
+            other => candle_core::bail!("norm kernel: unsupported dtype {:?}", other.dtype()),
+        }
+    };
+}
+
+/// GroupNorm over `[B, C, …]` with per-channel affine weights, then SiLU if `silu`.
+#[derive(Debug, Clone)]
+pub struct GroupNormOp {
+    pub num_groups: usize,
+    pub eps: f64,
+    /// `[C]`, f32.
+    pub weight: Vec<f32>,
+    /// `[C]`, f32.
+    pub bias: Vec<f32>,
+    pub silu: bool,
+    /// Elements per channel (the product of the dims after C).
+    pub channel_len: usize,
+}
+
+impl GroupNormOp {
+    fn run<E: Element>(&self, xs: &[E]) -> Vec<E> {
+        let channels = self.weight.len();
+        let per_group = channels / self.num_groups;
+        let group_len = per_group * self.channel_len;
+        let mut out = vec![E::from_f32(0.0); xs.len()];
+        out.par_chunks_mut(group_len)
+            .zip(xs.par_chunks(group_len))
+            .enumerate()
+            .for_each(|(index, (out, xs))| {
+                let (mean, rstd) = moments(xs, self.eps);
+                let first_channel = (index % self.num_groups) * per_group;
+                let rows = out
+                    .chunks_mut(self.channel_len)
+                    .zip(xs.chunks(self.channel_len));
+                for (c, (out, xs)) in (first_channel..).zip(rows) {
+                    let scale = self.weight[c] * rstd;
+                    let shift = self.bias[c] - mean * scale;
+                    for (o, x) in out.iter_mut().zip(xs) {
+                        let y = x.to_f32() * scale + shift;
+                        *o = E::from_f32(if self.silu { silu(y) } else { y });
+                    }
+                }
+            });
+        out
+    }
+}
+
+impl CustomOp1 for GroupNormOp {
+    fn name(&self) -> &'static str {
+        "fused-group-norm"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dims = layout.dims();
+        if dims.len() < 2
+            || dims[1] != self.weight.len()
+            || !self.weight.len().is_multiple_of(self.num_groups)
+            || layout.shape().elem_count() != dims[0] * dims[1] * self.channel_len
+        {
+            candle_core::bail!("fused group norm: input {dims:?} does not match the layer");
+        }
+        by_dtype!(self, storage, layout, run)
+    }
+}
+
+/// LayerNorm over the last dimension with affine weights.
+#[derive(Debug, Clone)]
+pub struct LayerNormOp {
+    pub eps: f64,
+    /// `[D]`, f32.
+    pub weight: Vec<f32>,
+    /// `[D]`, f32.
+    pub bias: Vec<f32>,
+}
+
+impl LayerNormOp {
+    fn run<E: Element>(&self, xs: &[E]) -> Vec<E> {
+        let d = self.weight.len();
+        let mut out = vec![E::from_f32(0.0); xs.len()];
+        // Rows are short: hand rayon a few dozen at a time.
+        out.par_chunks_mut(d * 16)
+            .zip(xs.par_chunks(d * 16))
+            .for_each(|(out, xs)| {
+                for (out, xs) in out.chunks_mut(d).zip(xs.chunks(d)) {
+                    let (mean, rstd) = moments(xs, self.eps);
+                    for ((o, x), (w, b)) in out
+                        .iter_mut()
+                        .zip(xs)
+                        .zip(self.weight.iter().zip(&self.bias))
+                    {
+                        *o = E::from_f32((x.to_f32() - mean) * rstd * w + b);
+                    }
+                }
+            });
+        out
+    }
+}
+
+impl CustomOp1 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "fused-layer-norm"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        if layout.dims().last() != Some(&self.weight.len()) {
+            candle_core::bail!(
+                "fused layer norm: input {:?} does not end in {}",
+                layout.dims(),
+                self.weight.len()
+            );
+        }
+        by_dtype!(self, storage, layout, run)
+    }
+}
+
+/// `x · σ(1.702 x)` (CLIP's quick GELU), elementwise.
+#[derive(Debug, Clone, Copy)]
+pub struct QuickGeluOp;
+
+impl QuickGeluOp {
+    fn run<E: Element>(&self, xs: &[E]) -> Vec<E> {
+        let mut out = vec![E::from_f32(0.0); xs.len()];
+        out.par_chunks_mut(1 << 14)
+            .zip(xs.par_chunks(1 << 14))
+            .for_each(|(out, xs)| {
+                for (o, x) in out.iter_mut().zip(xs) {
+                    let x = x.to_f32();
+                    *o = E::from_f32(x / (1.0 + (-1.702 * x).exp()));
+                }
+            });
+        out
+    }
+}
+
+impl CustomOp1 for QuickGeluOp {
+    fn name(&self) -> &'static str {
+        "fused-quick-gelu"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        by_dtype!(self, storage, layout, run)
+    }
+}
