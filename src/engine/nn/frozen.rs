@@ -7,61 +7,21 @@
 //! input gradient only, with a regular (fast) convolution. Without a gradient they are the
 //! plain candle ops.
 
-use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Layout, MetalStorage};
-use candle_core::{Module, Result, Shape, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::col2im::{FoldGeometry, col2im};
 use super::conv_cpu;
-use super::precomputed::PrecomputedOutput;
+use super::precomputed::{InputGradient, attach};
 
 /// A layer whose weights never get a gradient: its backward maps ∂L/∂y to ∂L/∂x only.
-trait FrozenLayer: Clone + Send + Sync + 'static {
-    const NAME: &'static str;
+trait FrozenLayer: InputGradient + Clone {
     fn apply(&self, x: &Tensor) -> Result<Tensor>;
-    fn input_gradient(&self, x: &Tensor, grad: &Tensor) -> Result<Tensor>;
 
     /// `apply` attached to the autograd graph of `x`. The output is computed with plain ops
-    /// first; the custom op's forward only hands it over (no copy of the input).
+    /// first; the graph node only hands it over (no copy of the input).
     fn tracked(&self, x: &Tensor) -> Result<Tensor> {
-        let output = self.apply(&x.detach())?;
-        let output = if output.is_contiguous() && output.layout().start_offset() == 0 {
-            output
-        } else {
-            output.copy()?
-        };
-        x.apply_op1(Tracked {
-            layer: self.clone(),
-            output: PrecomputedOutput::new(output, Self::NAME),
-        })
-    }
-}
-
-/// The autograd node of a frozen layer: forward hands over the precomputed output.
-struct Tracked<L> {
-    layer: L,
-    output: PrecomputedOutput,
-}
-
-impl<L: FrozenLayer> CustomOp1 for Tracked<L> {
-    fn name(&self) -> &'static str {
-        L::NAME
-    }
-
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.output.cpu()
-    }
-
-    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
-        self.output.cuda()
-    }
-
-    fn metal_fwd(&self, _: &MetalStorage, _: &Layout) -> Result<(MetalStorage, Shape)> {
-        self.output.metal()
-    }
-
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(self.layer.input_gradient(arg, grad)?))
+        attach(x, self.apply(&x.detach())?, self.clone())
     }
 }
 
@@ -83,8 +43,6 @@ impl Linear {
 }
 
 impl FrozenLayer for Linear {
-    const NAME: &'static str = "frozen-linear";
-
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
         let w = self.weight.t()?;
         let y = match x.rank() {
@@ -96,6 +54,10 @@ impl FrozenLayer for Linear {
             None => Ok(y),
         }
     }
+}
+
+impl InputGradient for Linear {
+    const NAME: &'static str = "frozen-linear";
 
     fn input_gradient(&self, _x: &Tensor, grad: &Tensor) -> Result<Tensor> {
         match grad.rank() {
@@ -227,8 +189,6 @@ impl Conv2d {
 }
 
 impl FrozenLayer for Conv2d {
-    const NAME: &'static str = "frozen-conv2d";
-
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
         let Some(matrix) = self.cpu_matrix(x) else {
             let y = conv2d_gemm(x, &self.weight, self.padding, self.stride)?;
@@ -252,6 +212,10 @@ impl FrozenLayer for Conv2d {
             None => Ok(y),
         }
     }
+}
+
+impl InputGradient for Conv2d {
+    const NAME: &'static str = "frozen-conv2d";
 
     /// On the CPU in f32: `Kᵀ · G` against the kernel matrix, folded back onto the input
     /// grid (no kernel copies); elsewhere a transposed convolution.

@@ -6,10 +6,9 @@
 //! recomputes the statistics in the backward, as PyTorch's kernels do:
 //! `∂L/∂x = (ĝ − mean(ĝ) − x̂ · mean(ĝ · x̂)) / σ` per normalised group, with `ĝ = γ · ∂L/∂y`.
 
-use candle_core::{CpuStorage, CudaStorage, CustomOp1, D, Layout, MetalStorage, Result, Shape};
-use candle_core::{DType, Tensor};
+use candle_core::{D, DType, Result, Shape, Tensor};
 
-use super::precomputed::PrecomputedOutput;
+use super::precomputed::{InputGradient, attach};
 
 /// Which elements are normalised together.
 #[derive(Debug, Clone, Copy)]
@@ -32,15 +31,7 @@ pub struct NormGradient {
 impl NormGradient {
     /// `output` (computed from `x` without a graph) attached to `x`'s autograd graph.
     pub fn attach(&self, x: &Tensor, output: Tensor) -> Result<Tensor> {
-        let output = if output.is_contiguous() && output.layout().start_offset() == 0 {
-            output
-        } else {
-            output.copy()?
-        };
-        x.apply_op1(TrackedNorm {
-            output: PrecomputedOutput::new(output, "normalisation"),
-            gradient: self.clone(),
-        })
+        attach(x, output, self.clone())
     }
 
     /// `[rows, n]`: one row per normalised group.
@@ -50,7 +41,7 @@ impl NormGradient {
             NormAxes::Groups(groups) => shape.dims().first().copied().unwrap_or(1) * groups,
             NormAxes::LastDim => count / shape.dims().last().copied().unwrap_or(1).max(1),
         };
-        if rows == 0 || count % rows != 0 {
+        if rows == 0 || !count.is_multiple_of(rows) {
             candle_core::bail!("normalisation: shape {shape:?} does not split into groups");
         }
         Ok((rows, count / rows))
@@ -67,8 +58,12 @@ impl NormGradient {
             NormAxes::LastDim => Ok(self.weight.clone()),
         }
     }
+}
 
-    pub fn input_gradient(&self, x: &Tensor, grad: &Tensor) -> Result<Tensor> {
+impl InputGradient for NormGradient {
+    const NAME: &'static str = "normalisation";
+
+    fn input_gradient(&self, x: &Tensor, grad: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
         let to_f32 = |t: &Tensor| t.to_dtype(DType::F32);
         let rows = self.rows(x.shape())?;
@@ -87,34 +82,6 @@ impl NormGradient {
             .sub(&normed.broadcast_mul(&proj)?)?
             .broadcast_mul(&inv_std)?;
         dx.reshape(grad.shape())?.to_dtype(dtype)
-    }
-}
-
-struct TrackedNorm {
-    output: PrecomputedOutput,
-    gradient: NormGradient,
-}
-
-impl CustomOp1 for TrackedNorm {
-    fn name(&self) -> &'static str {
-        "normalisation"
-    }
-
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.output.cpu()
-    }
-
-    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
-        self.output.cuda()
-    }
-
-    fn metal_fwd(&self, _: &MetalStorage, _: &Layout) -> Result<(MetalStorage, Shape)> {
-        self.output.metal()
-    }
-
-    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let grad_x = self.gradient.input_gradient(&x.detach(), &grad.detach())?;
-        Ok(Some(grad_x))
     }
 }
 

@@ -58,3 +58,55 @@ impl PrecomputedOutput {
         }
     }
 }
+
+/// The input gradient of a one-input op whose parameters are constants.
+pub(crate) trait InputGradient: Send + Sync + 'static {
+    const NAME: &'static str;
+    fn input_gradient(&self, x: &Tensor, grad: &Tensor) -> Result<Tensor>;
+}
+
+/// `output`, computed from `x` outside any graph, attached to `x`'s autograd graph with
+/// `gradient` as its backward.
+pub(crate) fn attach<G: InputGradient>(x: &Tensor, output: Tensor, gradient: G) -> Result<Tensor> {
+    let output = if output.is_contiguous() && output.layout().start_offset() == 0 {
+        output
+    } else {
+        output.copy()?
+    };
+    x.apply_op1(Node {
+        output: PrecomputedOutput::new(output, G::NAME),
+        gradient,
+    })
+}
+
+struct Node<G> {
+    output: PrecomputedOutput,
+    gradient: G,
+}
+
+impl<G: InputGradient> candle_core::CustomOp1 for Node<G> {
+    fn name(&self) -> &'static str {
+        G::NAME
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &candle_core::Layout) -> Result<(CpuStorage, Shape)> {
+        self.output.cpu()
+    }
+
+    fn cuda_fwd(&self, _: &CudaStorage, _: &candle_core::Layout) -> Result<(CudaStorage, Shape)> {
+        self.output.cuda()
+    }
+
+    fn metal_fwd(
+        &self,
+        _: &MetalStorage,
+        _: &candle_core::Layout,
+    ) -> Result<(MetalStorage, Shape)> {
+        self.output.metal()
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let grad_x = self.gradient.input_gradient(&x.detach(), &grad.detach())?;
+        Ok(Some(grad_x))
+    }
+}
