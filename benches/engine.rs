@@ -79,14 +79,15 @@ fn random_vb(seed: u64) -> VarBuilder<'static> {
     VarBuilder::from_backend(Box::new(RandomWeights), DType::F32, bench_device())
 }
 
-fn peak_rss_mib() -> f64 {
+/// A memory figure of this process from /proc/self/status (`VmHWM`: peak, `VmRSS`: now), MiB.
+fn status_mib(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
+        .map(|kb| (kb / 102.4).round() / 10.0)
         .unwrap_or(f64::NAN)
 }
 
@@ -240,7 +241,7 @@ fn run_case(case: &str, quick: bool) -> serde_json::Value {
         "threads": candle_core::utils::get_num_threads(),
         "times_s": times.iter().map(|t| (t * 1e4).round() / 1e4).collect::<Vec<_>>(),
         "median_s": (m * 1e4).round() / 1e4,
-        "peak_rss_mib": (peak_rss_mib() * 10.0).round() / 10.0,
+        "peak_rss_mib": status_mib("VmHWM:"),
     });
     out.as_object_mut().unwrap().extend(extra);
     out
@@ -362,21 +363,10 @@ fn mirror_step(hw: usize, extra: &mut serde_json::Map<String, serde_json::Value>
         want_edit_maps: false,
     };
     let state = MirrorState::start(&trajectory, &caption);
-    extra.insert("rss_before_step_mib".into(), current_rss_mib().into());
+    extra.insert("rss_before_step_mib".into(), status_mib("VmRSS:").into());
     let t = Instant::now();
     mirror::step(&ctx, &inputs, &state, 0, None).unwrap();
     t.elapsed().as_secs_f64()
-}
-
-fn current_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map(|kb| (kb / 102.4).round() / 10.0)
-        .unwrap_or(f64::NAN)
 }
 
 fn all_cases(only: &Option<Vec<String>>) -> Vec<String> {
