@@ -55,13 +55,7 @@ fn half_forward_passes_match_the_fixtures_within_carried_over_tolerances() {
         // UNet noise prediction at every fixture timestep.
         let latents = fx.tensor("unet", "latents");
         let context = fx.tensor("unet", "encoder_hidden_states");
-        let timesteps = fx.settings("unet")["timesteps"]
-            .as_array()
-            .expect("timesteps")
-            .clone();
-        assert!(!timesteps.is_empty());
-        for t in timesteps {
-            let t = t.as_f64().expect("numeric timestep");
+        for t in fx.timesteps("unet") {
             let eps = sd.forward_unet().forward(&latents, t, &context).unwrap();
             assert_eq!(eps.dtype(), DType::F32, "results come back in f32");
             fx.assert_close_half("unet", &format!("eps_t{t}"), &eps, half);

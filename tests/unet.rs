@@ -41,13 +41,7 @@ fn unet_eps_and_time_embedding_match_fixture() -> TestResult {
     let unet = load(&fx);
     let latents = fx.tensor("unet", "latents");
     let context = fx.tensor("unet", "encoder_hidden_states");
-    let timesteps = fx.settings("unet")["timesteps"]
-        .as_array()
-        .expect("timesteps")
-        .clone();
-    assert!(!timesteps.is_empty());
-    for t in timesteps {
-        let t = t.as_f64().expect("numeric timestep");
+    for t in fx.timesteps("unet") {
         let name = |kind: &str| format!("{kind}_t{t}");
         fx.assert_close("unet", &name("time_proj"), &unet.time_proj(t, 1)?);
         fx.assert_close("unet", &name("time_embedding"), &unet.time_embedding(t, 1)?);

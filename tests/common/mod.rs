@@ -176,6 +176,21 @@ impl Fixtures {
         &self.fixture(name)["settings"]
     }
 
+    /// The timesteps a fixture was made at (`settings.timesteps`), at least one.
+    pub fn timesteps(&self, name: &str) -> Vec<f64> {
+        let timesteps: Vec<f64> = self.settings(name)["timesteps"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name}: no timesteps in the manifest"))
+            .iter()
+            .map(|t| t.as_f64().expect("numeric timestep"))
+            .collect();
+        assert!(
+            !timesteps.is_empty(),
+            "{name}: no timesteps in the manifest"
+        );
+        timesteps
+    }
+
     /// Every tensor of one fixture file, loaded on the test device.
     pub fn tensors(&self, name: &str) -> HashMap<String, Tensor> {
         let file = self.fixture(name)["file"].as_str().expect("file");

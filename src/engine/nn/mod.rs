@@ -237,16 +237,6 @@ impl Module for GroupNorm {
     }
 }
 
-/// A GroupNorm loaded from `weight` / `bias` ([`GroupNorm::load`]).
-pub fn group_norm(
-    num_groups: usize,
-    num_channels: usize,
-    eps: f64,
-    vb: VarBuilder,
-) -> Result<GroupNorm> {
-    GroupNorm::load(num_groups, num_channels, eps, vb)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

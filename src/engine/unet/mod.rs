@@ -20,7 +20,7 @@ use candle_nn::VarBuilder;
 use crate::engine::nn::{Conv2d, conv2d};
 
 use crate::engine::EngineError;
-use crate::engine::nn::{GroupNorm, group_norm};
+use crate::engine::nn::GroupNorm;
 use blocks::{BlockAttention, BlockCommon, DownBlock, DownLayout, MidBlock, UpBlock, UpChannels};
 use capture::{CaptureSink, module_order_rank};
 use config::{DownKind, UpKind};
@@ -146,7 +146,7 @@ impl UNet2DConditionModel {
             down_blocks,
             mid_block,
             up_blocks,
-            conv_norm_out: group_norm(
+            conv_norm_out: GroupNorm::load(
                 cfg.norm_num_groups,
                 ch0,
                 cfg.norm_eps,

@@ -7,7 +7,7 @@ use crate::engine::nn::{Conv2d, Linear, conv2d, linear};
 
 use super::attention::{Attention, FeedForward};
 use super::capture::CaptureSink;
-use crate::engine::nn::{GroupNorm, LayerNorm, group_norm};
+use crate::engine::nn::{GroupNorm, LayerNorm};
 
 /// diffusers' fixed epsilons inside the transformer (not in the config).
 const TRANSFORMER_GROUP_NORM_EPS: f64 = 1e-6;
@@ -106,7 +106,7 @@ impl Transformer2DModel {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            norm: group_norm(cfg.groups, c, TRANSFORMER_GROUP_NORM_EPS, vb.pp("norm"))?,
+            norm: GroupNorm::load(cfg.groups, c, TRANSFORMER_GROUP_NORM_EPS, vb.pp("norm"))?,
             proj_in: projection(c, inner, vb.pp("proj_in"))?,
             blocks,
             proj_out: projection(inner, c, vb.pp("proj_out"))?,
