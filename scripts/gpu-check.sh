@@ -27,12 +27,13 @@ prepare() {
     # shellcheck disable=SC1091
     source "$prefix/env.sh"
     local target=${CARGO_TARGET_DIR:-$ROOT/target}
-    cargo build --release --locked --features cuda --example random_sd15
-    cargo bench --locked --features cuda --bench engine --no-run
+    cargo build --release --locked --features cuda
+    cargo build --release --locked -p mirror-engine --features cuda --example random_sd15
+    cargo bench --locked -p mirror-engine --features cuda --bench engine --no-run
     local test_bins=()
     for t in "${TESTS[@]}"; do
         local bin
-        bin=$(cargo test --release --locked --features cuda --test "$t" --no-run --message-format=json 2>/dev/null |
+        bin=$(cargo test --release --locked -p mirror-engine --features cuda --test "$t" --no-run --message-format=json 2>/dev/null |
             python3 -c 'import json,sys
 for l in sys.stdin:
     m=json.loads(l)
@@ -64,7 +65,7 @@ run() {
     local built
     built=$(cat "$work/build-root.txt")
     if [ ! -e "$built" ]; then mkdir -p "$(dirname "$built")" && ln -sfn "$ROOT" "$built"; fi
-    export MIRROR_FIXTURES=$work/fixtures/tiny-sd-ref MIRROR_ASSETS=$ROOT/assets
+    export MIRROR_FIXTURES=$work/fixtures/tiny-sd-ref MIRROR_ASSETS=$ROOT/crates/mirror-engine/assets
     local nvlib
     nvlib=$(python3 -c "import nvidia,os;print(os.path.join(list(nvidia.__path__)[0],'cu13','lib'))" 2>/dev/null || true)
     export LD_LIBRARY_PATH=${nvlib}:/usr/local/cuda/lib64:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}

@@ -11,12 +11,12 @@ use candle_core::Tensor;
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use image::RgbImage;
 
-use crate::engine::EngineError;
-use crate::engine::device::{self, DeviceChoice, Precision};
-use crate::engine::imageio::{latent_preview, tensor_to_image};
-use crate::engine::pipeline::{Branch, CancelToken, Event, Phase, StepReport, TokenHeatmaps};
-use crate::engine::session::{BranchImages, Method, Session, TranslateRequest};
-use crate::engine::tokenizer::TokenWord;
+use mirror_engine::EngineError;
+use mirror_engine::device::{self, DeviceChoice, Precision};
+use mirror_engine::imageio::{latent_preview, tensor_to_image};
+use mirror_engine::pipeline::{Branch, CancelToken, Event, Phase, StepReport, TokenHeatmaps};
+use mirror_engine::session::{BranchImages, Method, Session, TranslateRequest};
+use mirror_engine::tokenizer::TokenWord;
 
 /// One translation of a job, with the name the UI shows for it.
 #[derive(Debug, Clone)]
@@ -307,10 +307,10 @@ fn worker_loop(
                 let started = Instant::now();
                 let selected = device::select_device(compute.device);
                 let loaded = catch(|| {
-                    crate::engine::model::StableDiffusion::load_with_precision(
+                    mirror_engine::model::StableDiffusion::load_with_precision(
                         &path,
                         &selected.device,
-                        crate::engine::loader::CheckpointConfigs::bundled_sd_v1(),
+                        mirror_engine::loader::CheckpointConfigs::bundled_sd_v1(),
                         compute.precision,
                     )
                     .map(|sd| Session::new(sd, cache_dir.clone()))
@@ -457,7 +457,7 @@ fn final_images(method: Method, images: &BranchImages) -> Vec<(Branch, RgbImage)
 }
 
 /// Runs engine code, turning errors and panics into readable messages.
-fn catch<T>(f: impl FnOnce() -> crate::engine::Result<T>) -> Result<T, String> {
+fn catch<T>(f: impl FnOnce() -> mirror_engine::Result<T>) -> Result<T, String> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(describe_error(&e)),

@@ -8,8 +8,8 @@ use app_support::{App, Wait, harness, ready, step_until};
 use egui_kittest::kittest::Queryable;
 use mirror_diffusion::app::AppOptions;
 use mirror_diffusion::app::state::ModelStatus;
-use mirror_diffusion::engine::pipeline::Branch;
-use mirror_diffusion::shapes::parse_caption;
+use mirror_engine::pipeline::Branch;
+use mirror_engine::shapes::parse_caption;
 
 const RUN: Wait = Wait::secs(600);
 
@@ -38,14 +38,14 @@ fn a_first_start_opens_the_demo_model_with_a_demo_image() {
     let ModelStatus::Ready(model) = &h.state().state.model else {
         unreachable!("ready waits for the model")
     };
-    assert_eq!(model.name, mirror_diffusion::demo::NAME);
+    assert_eq!(model.name, mirror_engine::demo::NAME);
     let (source, target) = prompts(&h);
     let (colour, shape, background) = parse_caption(&source).expect("the caption of the image");
     let (colour2, shape2, background2) = parse_caption(&target).expect("a caption too");
     assert_eq!((colour, background), (colour2, background2));
     assert_ne!(shape, shape2, "the target changes the shape word");
     let image = h.state().state.image.as_ref().expect("a demo image");
-    let seen = mirror_diffusion::shapes::classify(&image.loaded.rgb);
+    let seen = mirror_engine::shapes::classify(&image.loaded.rgb);
     assert_eq!(
         seen.object.map(|o| o.shape),
         Some(shape),

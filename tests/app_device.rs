@@ -3,6 +3,7 @@
 //! the model on the CPU with the fallback message shown, instead of crashing.
 
 mod app_support;
+#[path = "../crates/mirror-engine/tests/common/mod.rs"]
 mod common;
 
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ use egui_kittest::kittest::Queryable;
 use mirror_diffusion::app::AppOptions;
 use mirror_diffusion::app::settings::Settings;
 use mirror_diffusion::app::state::ModelStatus;
-use mirror_diffusion::engine::device::{self, DeviceChoice, compiled_in};
+use mirror_engine::device::{self, DeviceChoice, compiled_in};
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("mirror-app-{name}-{}", std::process::id()));

@@ -4,6 +4,7 @@
 //! stop the window drawing, and an engine error that loses nothing.
 
 mod app_support;
+#[path = "../crates/mirror-engine/tests/common/mod.rs"]
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -15,9 +16,9 @@ use egui::{Key, Modifiers};
 use egui_kittest::kittest::Queryable;
 use mirror_diffusion::app::AppOptions;
 use mirror_diffusion::app::settings::RunSettings;
-use mirror_diffusion::engine::imageio::{ResizePolicy, processing_size, read_recipe};
-use mirror_diffusion::engine::pipeline::Branch;
-use mirror_diffusion::engine::session::Method;
+use mirror_engine::imageio::{ResizePolicy, processing_size, read_recipe};
+use mirror_engine::pipeline::Branch;
+use mirror_engine::session::Method;
 
 const STEPS: usize = 2;
 /// A whole run on the tiny model, with room for a slow machine.

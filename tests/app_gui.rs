@@ -2,6 +2,7 @@
 //! labels with egui_kittest (rendered on lavapipe / llvmpipe; no display needed).
 
 mod app_support;
+#[path = "../crates/mirror-engine/tests/common/mod.rs"]
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -11,7 +12,7 @@ use egui::{Key, Modifiers};
 use egui_kittest::kittest::Queryable;
 use mirror_diffusion::app::state::{ModelStatus, View};
 use mirror_diffusion::app::{AppOptions, MirrorApp};
-use mirror_diffusion::engine::pipeline::Branch;
+use mirror_engine::pipeline::Branch;
 
 /// The fixture model folder and test image, from the fixture manifest.
 fn fixture_model_and_image() -> (PathBuf, PathBuf) {
@@ -213,7 +214,7 @@ fn run_scrub_attention_export_and_reedit() {
         );
     }
     let png = exports.join("test_image-to-a-photo-of-a-dog-translation.png");
-    let recipe = mirror_diffusion::engine::imageio::read_recipe(&png)
+    let recipe = mirror_engine::imageio::read_recipe(&png)
         .expect("readable")
         .expect("a recipe");
     assert_eq!(recipe.target_prompt, "a photo of a dog");

@@ -4,6 +4,7 @@
 //! the model's recommended settings fill the recommended variant, and the app says so.
 
 mod app_support;
+#[path = "../crates/mirror-engine/tests/common/mod.rs"]
 mod common;
 
 use std::path::PathBuf;

@@ -1,12 +1,13 @@
 //! The `mirror-diffusion` binary on the tiny fixture model: translate (outputs, recipe,
 //! comparison sheet, dump), recipe replay, inspect, convert, and clear failures.
 
+#[path = "../crates/mirror-engine/tests/common/mod.rs"]
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use mirror_diffusion::engine::imageio::{
+use mirror_engine::imageio::{
     ResizePolicy, SHEET_GAP, SHEET_LABEL_HEIGHT, processing_size, read_recipe,
 };
 

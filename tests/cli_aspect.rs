@@ -2,14 +2,15 @@
 //! area at its aspect ratio, delivered at its own size; crop stays available and recipes
 //! replay the same processing size.
 
+#[path = "../crates/mirror-engine/tests/common/mod.rs"]
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use image::imageops::{self, FilterType};
-use mirror_diffusion::engine::imageio::{ResizePolicy, processing_size, read_recipe};
-use mirror_diffusion::engine::model::StableDiffusion;
+use mirror_engine::imageio::{ResizePolicy, processing_size, read_recipe};
+use mirror_engine::model::StableDiffusion;
 
 struct Env {
     fx: common::Fixtures,

@@ -7,7 +7,9 @@
 //! other cases than CI's):
 //!     PROPTEST_CASES=100000 cargo test --release --test fuzz_files
 
+#[path = "../crates/mirror-engine/tests/common/mod.rs"]
 mod common;
+#[path = "../crates/mirror-engine/tests/fuzz_support/mod.rs"]
 mod fuzz_support;
 
 use std::collections::{BTreeMap, HashMap};
@@ -16,10 +18,10 @@ use std::sync::OnceLock;
 
 use candle_core::{DType, Tensor};
 use mirror_diffusion::app::settings::Settings;
-use mirror_diffusion::engine::direction::{EditDirection, load_direction, save_direction};
-use mirror_diffusion::engine::pipeline::stages::{InversionGrid, Trajectory};
-use mirror_diffusion::engine::session::{CachedInversion, CachedReconstruction, InversionCache};
-use mirror_diffusion::engine::tokenizer::ClipTokenizer;
+use mirror_engine::direction::{EditDirection, load_direction, save_direction};
+use mirror_engine::pipeline::stages::{InversionGrid, Trajectory};
+use mirror_engine::session::{CachedInversion, CachedReconstruction, InversionCache};
+use mirror_engine::tokenizer::ClipTokenizer;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -567,7 +569,7 @@ proptest! {
                 assert_eq!(ids.len(), tok.max_length());
                 tok.token_words(text)?;
             }
-            Ok::<_, mirror_diffusion::engine::EngineError>(())
+            Ok::<_, mirror_engine::EngineError>(())
         });
         if let Err(e) = outcome {
             assert_names_file(&e.to_string(), &changed);

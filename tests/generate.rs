@@ -3,6 +3,7 @@
 //! reproduce and differ, guidance 1 = the prompt alone, CFG = the DDIM baseline's step, the
 //! model's recommended defaults, unknown words refused, and the `generate` command.
 
+#[path = "../crates/mirror-engine/tests/common/mod.rs"]
 mod common;
 
 use std::path::PathBuf;
@@ -10,14 +11,14 @@ use std::process::Command;
 
 use candle_core::{Device, Tensor};
 use common::{Fixtures, max_diff};
-use mirror_diffusion::engine::methods::ddim::{self, DdimContexts};
-use mirror_diffusion::engine::model::StableDiffusion;
-use mirror_diffusion::engine::pipeline::generate::{
+use mirror_engine::methods::ddim::{self, DdimContexts};
+use mirror_engine::model::StableDiffusion;
+use mirror_engine::pipeline::generate::{
     DEFAULT_GUIDANCE, DEFAULT_STEPS, GenerateSettings, denoise, encode_prompt, generate,
     initial_noise,
 };
-use mirror_diffusion::engine::pipeline::stages::{decode, predict_noise};
-use mirror_diffusion::engine::pipeline::{CancelToken, StageContext};
+use mirror_engine::pipeline::stages::{decode, predict_noise};
+use mirror_engine::pipeline::{CancelToken, StageContext};
 use serde_json::json;
 
 fn model(fx: &Fixtures) -> StableDiffusion {

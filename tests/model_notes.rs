@@ -2,21 +2,22 @@
 //! broken files named, unknown words found (by vocabulary and by the tokenizer), and edit
 //! directions built from the model's own sentences, or from the prompts when none matches.
 
+#[path = "../crates/mirror-engine/tests/common/mod.rs"]
 mod common;
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use common::{Fixtures, max_diff};
-use mirror_diffusion::engine::direction::{
+use mirror_engine::direction::{
     DirectionSource, build_direction, find_edit_phrase, model_template_pairs,
 };
-use mirror_diffusion::engine::imageio::{ImageLimits, load_image};
-use mirror_diffusion::engine::model::StableDiffusion;
-use mirror_diffusion::engine::model_notes::RecommendedDirection;
-use mirror_diffusion::engine::pipeline::{CancelToken, Event};
-use mirror_diffusion::engine::session::{DirectionChoice, Method, Session, TranslateRequest};
-use mirror_diffusion::engine::tokenizer::ClipTokenizer;
+use mirror_engine::imageio::{ImageLimits, load_image};
+use mirror_engine::model::StableDiffusion;
+use mirror_engine::model_notes::RecommendedDirection;
+use mirror_engine::pipeline::{CancelToken, Event};
+use mirror_engine::session::{DirectionChoice, Method, Session, TranslateRequest};
+use mirror_engine::tokenizer::ClipTokenizer;
 use serde_json::json;
 
 /// A writable copy of the fixture model in a fresh temp folder.
@@ -334,7 +335,7 @@ fn translate_takes_the_model_recommendations_and_flags_win() {
             .expect("the binary runs");
         let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
         assert!(o.status.success(), "{stderr}");
-        let recipe = mirror_diffusion::engine::imageio::read_recipe(out)
+        let recipe = mirror_engine::imageio::read_recipe(out)
             .unwrap()
             .expect("a recipe in the output");
         (recipe, stderr)

@@ -6,10 +6,10 @@ use std::time::Instant;
 
 use image::RgbImage;
 
-use crate::engine::direction::find_edit_phrase;
-use crate::engine::imageio::{Recipe, processing_size, resize};
-use crate::engine::session::Method;
 use crate::worker::{Command, RunJob, RunPart};
+use mirror_engine::direction::find_edit_phrase;
+use mirror_engine::imageio::{Recipe, processing_size, resize};
+use mirror_engine::session::Method;
 
 use super::jobs::{JobOutput, Pick};
 use super::state::{Progress, RunKind, RunShape};
@@ -258,7 +258,7 @@ impl MirrorApp {
         self.worker.send(Command::Run(Box::new(RunJob { parts })));
     }
 
-    pub(crate) fn recipe(&self, req: &crate::engine::session::TranslateRequest) -> Recipe {
+    pub(crate) fn recipe(&self, req: &mirror_engine::session::TranslateRequest) -> Recipe {
         let model = self.state.model_ready();
         let mut extra = serde_json::Map::new();
         if let Ok(direction) = serde_json::to_value(self.state.run.direction()) {
@@ -266,7 +266,7 @@ impl MirrorApp {
         }
         extra.insert("compare_ddim".into(), req.compare_ddim.into());
         Recipe {
-            version: crate::engine::imageio::RECIPE_VERSION,
+            version: mirror_engine::imageio::RECIPE_VERSION,
             method: req.method.name().into(),
             preset: req.mirror.preset.to_string(),
             source_prompt: req.source_prompt.clone(),
@@ -283,7 +283,7 @@ impl MirrorApp {
             height: req.image.height(),
             model: model.map(|m| m.name.clone()).unwrap_or_default(),
             model_hash: model.map(|m| m.fingerprint.clone()).unwrap_or_default(),
-            image_hash: crate::engine::imageio::pixel_hash(&req.image),
+            image_hash: mirror_engine::imageio::pixel_hash(&req.image),
             extra,
         }
     }

@@ -9,11 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use image::RgbImage;
 
-use crate::engine::imageio::{
+use mirror_engine::imageio::{
     Recipe, ResizePolicy, comparison_sheet, resize, restore_size, save_animation,
     save_png_with_recipe,
 };
-use crate::engine::pipeline::Branch;
+use mirror_engine::pipeline::Branch;
 
 use super::state::AppState;
 use super::textures::overlay;

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::engine::imageio::{
+use mirror_engine::imageio::{
     ImageLimits, LoadedImage, load_image, load_image_from_memory, read_recipe,
 };
 
@@ -53,7 +53,7 @@ impl MirrorApp {
         self.jobs.spawn(OPENING, false, move |_| {
             let loaded = load_image_from_memory(&bytes, &name, &ImageLimits::default())
                 .map_err(|e| format!("Could not open the image:\n{e}"))?;
-            let recipe = crate::engine::imageio::read_recipe_from_memory(&bytes, &name)
+            let recipe = mirror_engine::imageio::read_recipe_from_memory(&bytes, &name)
                 .ok()
                 .flatten()
                 .map(Box::new);
@@ -79,7 +79,7 @@ impl MirrorApp {
             let loaded = LoadedImage {
                 original_size: rgb.dimensions(),
                 source: PathBuf::from("pasted image"),
-                content_hash: crate::engine::imageio::pixel_hash(&rgb),
+                content_hash: mirror_engine::imageio::pixel_hash(&rgb),
                 rgb,
             };
             Ok(JobOutput::ImageLoaded {
@@ -244,7 +244,7 @@ impl MirrorApp {
     /// Unpacks the built-in demo model on a job thread (the first time it writes ~20 MB).
     pub(crate) fn load_demo_model(&mut self) {
         self.jobs.spawn(UNPACKING_DEMO, false, |_| {
-            crate::demo::model_dir().map(JobOutput::DemoModelUnpacked)
+            mirror_engine::demo::model_dir().map(JobOutput::DemoModelUnpacked)
         });
     }
 
@@ -253,12 +253,12 @@ impl MirrorApp {
     pub(crate) fn new_demo_image(&mut self) {
         let seed = self.state.demo_seed;
         self.state.demo_seed += 1;
-        let example = crate::demo::example(seed);
+        let example = mirror_engine::demo::example(seed);
         self.state.source_prompt = example.source_prompt;
         self.state.target_prompt = example.target_prompt;
         let name = format!("demo image {}", seed + 1);
         let loaded = LoadedImage {
-            content_hash: crate::engine::imageio::pixel_hash(&example.image),
+            content_hash: mirror_engine::imageio::pixel_hash(&example.image),
             original_size: example.image.dimensions(),
             source: PathBuf::from(&name),
             rgb: example.image,

@@ -10,7 +10,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use image::RgbImage;
 
-use crate::engine::imageio::{LoadedImage, Recipe};
+use mirror_engine::imageio::{LoadedImage, Recipe};
 
 use super::state::RunKind;
 
@@ -49,7 +49,7 @@ pub enum JobOutput {
     /// The notes and tokenizer of the model at `path` (prompt checks, recommendations).
     ModelWords {
         path: PathBuf,
-        words: Box<crate::engine::model_notes::ModelWords>,
+        words: Box<mirror_engine::model_notes::ModelWords>,
     },
     /// The job was cancelled before it finished; nothing was changed.
     Cancelled,

@@ -57,7 +57,7 @@ impl AppOptions {
         if self.memory_only_cache {
             None
         } else {
-            crate::engine::session::InversionCache::default_dir()
+            mirror_engine::session::InversionCache::default_dir()
         }
     }
 

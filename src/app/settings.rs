@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::cli::DirectionRecipe;
-use crate::engine::device::{DeviceChoice, Precision};
-use crate::engine::imageio::{Recipe, ResizePolicy, write_atomic};
-use crate::engine::methods::mirror::{MirrorPreset, MirrorSettings};
-use crate::engine::session::{Method, TranslateRequest};
 use crate::worker::Compute;
+use mirror_engine::device::{DeviceChoice, Precision};
+use mirror_engine::imageio::{Recipe, ResizePolicy, write_atomic};
+use mirror_engine::methods::mirror::{MirrorPreset, MirrorSettings};
+use mirror_engine::session::{Method, TranslateRequest};
 
 const FILE_NAME: &str = "settings.json";
 const MAX_RECENT: usize = 8;

@@ -6,14 +6,14 @@ use std::time::{Duration, Instant};
 
 use image::RgbImage;
 
-use crate::engine::imageio::{LoadedImage, Recipe, ResizePolicy};
-use crate::engine::pipeline::{Branch, Phase};
-use crate::engine::session::Method;
-use crate::engine::tokenizer::TokenWord;
 use crate::worker::{
     ModelSummary, RunSummary, StepFrame, StepWorkInfo, WorkerEvent, reconstruction_branch,
     translation_branch,
 };
+use mirror_engine::imageio::{LoadedImage, Recipe, ResizePolicy};
+use mirror_engine::pipeline::{Branch, Phase};
+use mirror_engine::session::Method;
+use mirror_engine::tokenizer::TokenWord;
 
 use super::jobs::BusyJob;
 use super::settings::{RunSettings, Settings};
@@ -206,7 +206,7 @@ pub struct AppState {
     /// The seed of the demo image shown last ("New demo image" takes the next one).
     pub demo_seed: u64,
     /// The loaded model's notes and tokenizer, once read (prompt checks, recommendations).
-    pub model_words: Option<std::sync::Arc<crate::engine::model_notes::ModelWords>>,
+    pub model_words: Option<std::sync::Arc<mirror_engine::model_notes::ModelWords>>,
 }
 
 impl AppState {
@@ -234,7 +234,7 @@ impl AppState {
     /// True when the loaded model is Mirror's own demo model.
     pub fn demo_model_loaded(&self) -> bool {
         self.model_ready()
-            .is_some_and(|m| crate::demo::is_demo_path(&m.path))
+            .is_some_and(|m| mirror_engine::demo::is_demo_path(&m.path))
     }
 
     pub fn model_ready(&self) -> Option<&ModelSummary> {
@@ -305,12 +305,12 @@ impl AppState {
                 self.model_words = None;
             }
             WorkerEvent::ModelLoaded(mut m) => {
-                if crate::demo::is_demo_path(&m.path) {
-                    m.name = crate::demo::NAME.into();
+                if mirror_engine::demo::is_demo_path(&m.path) {
+                    m.name = mirror_engine::demo::NAME.into();
                 }
                 self.emit(&format!("model_loaded {} {:.2}s", m.name, m.seconds));
                 // The demo model is always offered; only models the user chose are recent.
-                if !crate::demo::is_demo_path(&m.path) {
+                if !mirror_engine::demo::is_demo_path(&m.path) {
                     self.settings.remember_model(&m.path);
                 }
                 self.note(format!(

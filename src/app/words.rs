@@ -10,9 +10,9 @@ use super::MirrorApp;
 use super::jobs::JobOutput;
 use super::settings::RunSettings;
 use super::state::AppState;
-use crate::engine::methods::mirror::MirrorPreset;
-use crate::engine::model_notes::{ModelWords, Recommended, RecommendedDirection};
-use crate::engine::session::TranslateRequest;
+use mirror_engine::methods::mirror::MirrorPreset;
+use mirror_engine::model_notes::{ModelWords, Recommended, RecommendedDirection};
+use mirror_engine::session::TranslateRequest;
 
 /// The label of the job that reads the model's words.
 pub const READING_WORDS: &str = "Reading the model's words";

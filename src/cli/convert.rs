@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 
 use super::outputs::{check_writable, temp_path_for};
-use crate::engine::loader::{ModelSource, open_model_source, write_single_file};
+use mirror_engine::loader::{ModelSource, open_model_source, write_single_file};
 
 #[derive(Args, Debug)]
 pub struct ConvertArgs {

@@ -3,22 +3,22 @@
 use std::path::Path;
 
 use anyhow::Result;
-use clap::builder::PossibleValue;
-use clap::{Args, ValueEnum};
+use clap::Args;
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 
 use super::inspect::checkpoint_configs;
-use crate::engine::device::{self, DeviceChoice, Precision};
-use crate::engine::model::StableDiffusion;
+use mirror_engine::device::{self, DeviceChoice, Precision};
+use mirror_engine::model::StableDiffusion;
 
 #[derive(Args, Debug, Clone, Copy, Default)]
 pub struct DeviceArgs {
     /// Where to compute [default: auto: an NVIDIA GPU, then an Apple GPU, else the CPU]. A
     /// GPU that cannot be used falls back to the CPU with a message.
-    #[arg(long, value_name = "DEVICE")]
+    #[arg(long, value_name = "DEVICE", value_parser = device_parser())]
     pub device: Option<DeviceChoice>,
     /// Number format of the passes that need no gradient (text, analysis, plain DDIM,
     /// decoding) [default: auto: f16 on a GPU, f32 on the CPU]. Gradient passes stay f32.
-    #[arg(long, value_name = "FORMAT")]
+    #[arg(long, value_name = "FORMAT", value_parser = precision_parser())]
     pub precision: Option<Precision>,
 }
 
@@ -55,22 +55,18 @@ pub fn describe(sd: &StableDiffusion) -> String {
     }
 }
 
-impl ValueEnum for DeviceChoice {
-    fn value_variants<'a>() -> &'a [Self] {
-        &DeviceChoice::ALL
-    }
-
-    fn to_possible_value(&self) -> Option<PossibleValue> {
-        Some(PossibleValue::new(self.word()).help(self.label()))
-    }
+/// Parses `--device`: the engine's words, each listed with its label in `--help`.
+fn device_parser() -> impl TypedValueParser<Value = DeviceChoice> {
+    PossibleValuesParser::new(
+        DeviceChoice::ALL.map(|choice| PossibleValue::new(choice.word()).help(choice.label())),
+    )
+    .try_map(|word| word.parse::<DeviceChoice>())
 }
 
-impl ValueEnum for Precision {
-    fn value_variants<'a>() -> &'a [Self] {
-        &Precision::ALL
-    }
-
-    fn to_possible_value(&self) -> Option<PossibleValue> {
-        Some(PossibleValue::new(self.word()).help(self.label()))
-    }
+/// Parses `--precision` the same way.
+fn precision_parser() -> impl TypedValueParser<Value = Precision> {
+    PossibleValuesParser::new(
+        Precision::ALL.map(|format| PossibleValue::new(format.word()).help(format.label())),
+    )
+    .try_map(|word| word.parse::<Precision>())
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::session::DirectionChoice;
+use mirror_engine::session::DirectionChoice;
 
 /// How the edit direction was chosen.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]

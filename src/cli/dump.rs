@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use candle_core::Tensor;
 
-use crate::engine::imageio::write_atomic;
+use mirror_engine::imageio::write_atomic;
 
 /// What `--dump` writes (shown in `translate --help`).
 pub const DUMP_HELP: &str = "\

@@ -10,12 +10,12 @@ use super::inspect::checkpoint_configs;
 use super::outputs::check_writable;
 use super::translate::{Size, parse_size};
 use super::{Cancelled, default_model_path, interrupt};
-use crate::engine::EngineError;
-use crate::engine::device;
-use crate::engine::imageio::save_png_with_recipe;
-use crate::engine::model::StableDiffusion;
-use crate::engine::pipeline::CancelToken;
-use crate::engine::pipeline::generate::{GenerateSettings, generate, to_rgb_images};
+use mirror_engine::EngineError;
+use mirror_engine::device;
+use mirror_engine::imageio::save_png_with_recipe;
+use mirror_engine::model::StableDiffusion;
+use mirror_engine::pipeline::CancelToken;
+use mirror_engine::pipeline::generate::{GenerateSettings, generate, to_rgb_images};
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {

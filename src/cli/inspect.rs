@@ -8,8 +8,8 @@ use candle_core::DType;
 use clap::Args;
 
 use super::device::{DeviceArgs, describe as describe_compute};
-use crate::engine::loader::ldm_names::{CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX};
-use crate::engine::loader::{
+use mirror_engine::loader::ldm_names::{CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX};
+use mirror_engine::loader::{
     CheckpointConfigs, ModelSource, WeightFiles, inspect, open_model_source,
 };
 

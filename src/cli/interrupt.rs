@@ -1,13 +1,13 @@
 //! Ctrl-C cancels the run through its `CancelToken`; a second Ctrl-C exits at once.
 //! Outputs are written atomically after the run, so neither leaves a partial file.
 
-use crate::engine::pipeline::CancelToken;
+use mirror_engine::pipeline::CancelToken;
 
 #[cfg(unix)]
 mod imp {
     use std::sync::OnceLock;
 
-    use crate::engine::pipeline::CancelToken;
+    use mirror_engine::pipeline::CancelToken;
 
     static TOKEN: OnceLock<CancelToken> = OnceLock::new();
 
@@ -33,7 +33,7 @@ mod imp {
 
 #[cfg(not(unix))]
 mod imp {
-    use crate::engine::pipeline::CancelToken;
+    use mirror_engine::pipeline::CancelToken;
 
     /// Elsewhere Ctrl-C ends the process (outputs are still never partial).
     pub fn install(_token: &CancelToken) {}

@@ -98,7 +98,6 @@ where
         // SAFETY: no other thread exists yet.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.max(1).to_string()) };
     }
-    init_logging();
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(&args),
         Command::Convert(args) => convert::run(&args),
@@ -121,7 +120,7 @@ where
 
 /// The model used when `--model` is not given: the built-in demo model.
 pub fn default_model_path() -> anyhow::Result<std::path::PathBuf> {
-    crate::demo::model_dir().map_err(anyhow::Error::msg)
+    mirror_engine::demo::model_dir().map_err(anyhow::Error::msg)
 }
 
 /// The run was cancelled (Ctrl-C); nothing was written.
@@ -150,13 +149,4 @@ fn one_line(e: &anyhow::Error) -> String {
         line.push_str(&text);
     }
     line.replace(['\n', '\r'], " ")
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }

@@ -6,11 +6,11 @@ use anyhow::{Context, Result, bail};
 use candle_core::Tensor;
 use image::{RgbImage, imageops};
 
-use crate::engine::imageio::{
+use mirror_engine::imageio::{
     Recipe, ResizePolicy, comparison_sheet, restore_size, save_png_with_recipe, tensor_to_image,
 };
-use crate::engine::pipeline::Branch;
-use crate::engine::session::{Method, TranslateOutcome};
+use mirror_engine::pipeline::Branch;
+use mirror_engine::session::{Method, TranslateOutcome};
 
 /// Fails with a clear message unless a file can be created at `path` (its folder exists and
 /// is writable, and `path` is not a folder). Leaves nothing behind.

@@ -4,7 +4,7 @@
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-use crate::engine::pipeline::{Event, Phase};
+use mirror_engine::pipeline::{Event, Phase};
 
 const BAR_WIDTH: usize = 24;
 

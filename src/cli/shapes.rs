@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use crate::shapes::{DatasetSettings, caption, classify, write_dataset};
+use mirror_engine::shapes::{DatasetSettings, caption, classify, write_dataset};
 
 #[derive(Args, Debug)]
 pub struct ShapesArgs {

@@ -13,14 +13,14 @@ use super::dump::{DUMP_HELP, write_dump};
 use super::outputs::{check_writable, comparison_tiles, save_comparison, save_tensor_png};
 use super::progress::Progress;
 use super::{Cancelled, default_model_path, interrupt};
-use crate::engine::imageio::{
+use mirror_engine::imageio::{
     ImageLimits, RECIPE_VERSION, Recipe, ResizePolicy, describe_resize, load_image,
     processing_size, read_recipe, resize,
 };
-use crate::engine::methods::mirror::{MirrorPreset, MirrorSettings};
-use crate::engine::model_notes::{ModelNotes, Recommended, RecommendedDirection};
-use crate::engine::pipeline::CancelToken;
-use crate::engine::session::{InversionCache, Method, Session, TranslateRequest};
+use mirror_engine::methods::mirror::{MirrorPreset, MirrorSettings};
+use mirror_engine::model_notes::{ModelNotes, Recommended, RecommendedDirection};
+use mirror_engine::pipeline::CancelToken;
+use mirror_engine::session::{InversionCache, Method, Session, TranslateRequest};
 
 const AFTER_HELP: &str = "\
 Threads: --threads T sets RAYON_NUM_THREADS before anything runs (candle reads it). On small

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Trains Mirror's demo model from scratch, reproducibly (fixed seeds), into assets/demo/model.
+# Trains Mirror's demo model from scratch, reproducibly (fixed seeds), into crates/mirror-engine/assets/demo/model.
 # Needs Python with torch, diffusers and transformers (training only: Mirror itself never
 # needs Python). Wall time on a 2-core machine: about 2 h 10 min with one thread (stage times
 # are in the log); with a free second core, the decoder stage can run beside the UNet stage
@@ -15,9 +15,9 @@ if [ ! -f "$data/metadata.jsonl" ]; then
   cargo run --release --quiet -- shapes --out "$data" --count 20000 --seed 1 --size 64
 fi
 # VAE, latents, decoder round 1, UNet + text encoder, export.
-"$python" tools/demo/train_demo.py --threads 1 --data "$data" --out assets/demo/model --work "$work"
+"$python" tools/demo/train_demo.py --threads 1 --data "$data" --out crates/mirror-engine/assets/demo/model --work "$work"
 # Decoder round 2 (sharper colours on the hard pairs), then the export with it.
 "$python" tools/demo/train_demo.py --threads 1 --only-decoder --decoder-rounds 2 --decoder-steps 1500 \
-  --decoder-lr 3e-4 --data "$data" --out assets/demo/model --work "$work"
+  --decoder-lr 3e-4 --data "$data" --out crates/mirror-engine/assets/demo/model --work "$work"
 "$python" tools/demo/train_demo.py --threads 1 --export-checkpoint --decoder-rounds 2 --decoder-steps 0 \
-  --data "$data" --out assets/demo/model --work "$work"
+  --data "$data" --out crates/mirror-engine/assets/demo/model --work "$work"

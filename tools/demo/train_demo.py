@@ -20,7 +20,7 @@ Stages (each resumable from its checkpoint in --work):
   5. export      the diffusers folder, float16, with the loss curves
 
 Usage (2 threads, fixed seed; wall time and losses go to --work/log.csv):
-  python3 tools/demo/train_demo.py --data /tmp/shapes --out assets/demo/model --work /tmp/demo-work
+  python3 tools/demo/train_demo.py --data /tmp/shapes --out crates/mirror-engine/assets/demo/model --work /tmp/demo-work
 """
 import argparse
 import csv
@@ -346,7 +346,7 @@ SHAPES = WORDS[11:15]
 def write_model_notes(out):
     """Mirror's per-model file: the words the model knows, its own caption grammar as
     sentence templates for edit directions, and the settings tuned for it
-    (tools/demo/recommended.json, measured with `cargo bench --bench quality`)."""
+    (tools/demo/recommended.json, measured with `cargo bench -p mirror-engine --bench quality`)."""
     captions = [f"a {c} {s} on a {b} background" for c in COLOURS for s in SHAPES for b in COLOURS if b != c]
     notes = {"name": "Demo model", "vocabulary": WORDS, "sentence_templates": captions}
     tuned = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recommended.json")

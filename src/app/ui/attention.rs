@@ -7,9 +7,9 @@ use egui::{RichText, Ui, Vec2};
 
 use crate::app::state::AppState;
 use crate::app::textures::{Textures, color_image, overlay};
-use crate::engine::pipeline::{Branch, TokenHeatmaps};
-use crate::engine::tokenizer::TokenWord;
 use crate::worker::{reconstruction_branch, translation_branch};
+use mirror_engine::pipeline::{Branch, TokenHeatmaps};
+use mirror_engine::tokenizer::TokenWord;
 
 /// The main method's reconstruction and translation (attention is recorded for both).
 fn branches(state: &AppState) -> [Branch; 2] {

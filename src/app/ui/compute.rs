@@ -5,7 +5,7 @@ use egui::{RichText, Ui};
 
 use crate::app::Action;
 use crate::app::state::AppState;
-use crate::engine::device::{DeviceChoice, Precision, compiled_in};
+use mirror_engine::device::{DeviceChoice, Precision, compiled_in};
 
 /// Device and precision choices; a change reloads the model on the new choice.
 pub fn compute_settings(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) {

@@ -8,11 +8,11 @@ use crate::app::presets::PRESETS;
 use crate::app::state::AppState;
 use crate::app::textures::Textures;
 use crate::app::words::apply_recommended;
-use crate::engine::direction::find_edit_phrase;
-use crate::engine::imageio::{ResizePolicy, describe_resize, processing_size};
-use crate::engine::methods::mirror::MirrorPreset;
-use crate::engine::pipeline::Phase;
-use crate::engine::session::Method;
+use mirror_engine::direction::find_edit_phrase;
+use mirror_engine::imageio::{ResizePolicy, describe_resize, processing_size};
+use mirror_engine::methods::mirror::MirrorPreset;
+use mirror_engine::pipeline::Phase;
+use mirror_engine::session::Method;
 
 /// The methods the app offers, with what each does.
 const METHODS: [(Method, &str); 3] = [

@@ -77,7 +77,7 @@ fn menu_bar(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) {
                 actions.push(Action::OpenModelDialog { folder: false });
             }
             if ui
-                .button(crate::demo::NAME)
+                .button(mirror_engine::demo::NAME)
                 .on_hover_text("Mirror's own small model of coloured shapes, built in")
                 .clicked()
             {

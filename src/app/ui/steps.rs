@@ -6,7 +6,7 @@ use egui_plot::{Legend, Line, Plot, PlotPoints};
 
 use crate::app::state::AppState;
 use crate::app::textures::Textures;
-use crate::engine::pipeline::Branch;
+use mirror_engine::pipeline::Branch;
 
 pub fn steps_view(ui: &mut Ui, state: &mut AppState, tex: &mut Textures) {
     if !state.target_results.is_empty() {

@@ -8,8 +8,8 @@ pub const ERROR: Color32 = Color32::from_rgb(240, 100, 100);
 pub const EMPTY_TILE: Color32 = Color32::from_rgb(38, 38, 44);
 
 /// The colour a branch has in plots and captions.
-pub fn branch_colour(branch: crate::engine::pipeline::Branch) -> Color32 {
-    use crate::engine::pipeline::Branch::*;
+pub fn branch_colour(branch: mirror_engine::pipeline::Branch) -> Color32 {
+    use mirror_engine::pipeline::Branch::*;
     match branch {
         MirrorReconstruction => Color32::from_rgb(255, 170, 90),
         MirrorTranslation => Color32::from_rgb(240, 100, 130),

@@ -7,8 +7,8 @@ use egui::{RichText, Ui};
 
 use crate::app::Action;
 use crate::app::state::{AppState, ModelStatus};
-use crate::engine::loader::{CachedModel, find_cached_models};
 use crate::worker::{Worker, WorkerEvent};
+use mirror_engine::loader::{CachedModel, find_cached_models};
 
 /// The Hub repositories offered for download.
 pub const DOWNLOADS: [(&str, &str); 2] = [
@@ -64,7 +64,7 @@ pub fn welcome(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) {
         super::path_entry(ui, state, actions, "or type the model's folder or file path");
         ui.add_space(6.0);
         ui.horizontal(|ui| {
-            if ui.button(crate::demo::NAME).clicked() {
+            if ui.button(mirror_engine::demo::NAME).clicked() {
                 actions.push(Action::LoadDemoModel);
             }
             ui.label(

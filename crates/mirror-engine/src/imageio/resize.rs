@@ -1,0 +1,335 @@
+//! Bringing an image to the size the model runs at: its own shape at the model's native area
+//! (the default), centre-crop, stretch, or letterbox; and the results back to the source's size.
+
+use std::fmt;
+use std::str::FromStr;
+
+use image::imageops::{self, FilterType};
+use image::{Rgb, RgbImage};
+use serde::{Deserialize, Serialize};
+
+use crate::{EngineError, Result};
+
+/// The letterbox colour for `ResizePolicy::Pad`: mid-grey, i.e. ~0 in the model's [-1, 1] range.
+pub const PAD_GREY: Rgb<u8> = Rgb([128, 128, 128]);
+
+/// How an image whose aspect ratio differs from the target is fitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResizePolicy {
+    /// Keep the aspect ratio: the model's native area at the source's shape, each side rounded
+    /// to the model's size multiple; results come back at the source's size.
+    #[default]
+    Keep,
+    /// Centre-crop to the target aspect ratio, then resize (Lanczos3).
+    Crop,
+    /// Resize directly, distorting the aspect ratio.
+    Stretch,
+    /// Resize to fit inside the target, then fill the borders with mid-grey.
+    Pad,
+}
+
+impl ResizePolicy {
+    pub const ALL: [ResizePolicy; 4] = [
+        ResizePolicy::Keep,
+        ResizePolicy::Crop,
+        ResizePolicy::Stretch,
+        ResizePolicy::Pad,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ResizePolicy::Keep => "keep",
+            ResizePolicy::Crop => "crop",
+            ResizePolicy::Stretch => "stretch",
+            ResizePolicy::Pad => "pad",
+        }
+    }
+
+    /// What the policy does, in a user's words (menus, tooltips).
+    pub fn describe(self) -> &'static str {
+        match self {
+            ResizePolicy::Keep => "keep the shape (recommended): the result has the photo's size",
+            ResizePolicy::Crop => "crop to the model's square (centre)",
+            ResizePolicy::Stretch => "stretch to the model's square (distorts)",
+            ResizePolicy::Pad => "fit inside the model's square, grey borders",
+        }
+    }
+
+    /// The size results are delivered at: the source's own for `Keep`, else the processing size.
+    pub fn output_size(self, original: (u32, u32), processing: (u32, u32)) -> (u32, u32) {
+        match self {
+            ResizePolicy::Keep => original,
+            _ => processing,
+        }
+    }
+}
+
+impl fmt::Display for ResizePolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for ResizePolicy {
+    type Err = EngineError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let wanted = s.trim().to_ascii_lowercase();
+        ResizePolicy::ALL
+            .into_iter()
+            .find(|p| p.name() == wanted)
+            .ok_or_else(|| {
+                EngineError::InvalidInput(format!(
+                    "unknown resize policy `{s}` (expected keep, crop, stretch or pad)"
+                ))
+            })
+    }
+}
+
+/// The size an image will be processed at: `target` (w, h) if given (each side must be a
+/// positive multiple of `factor`), else the model's default square `default_side`.
+pub fn plan_size(
+    original: (u32, u32),
+    target: Option<(u32, u32)>,
+    default_side: u32,
+    factor: u32,
+) -> Result<(u32, u32)> {
+    if factor == 0 {
+        return Err(EngineError::InvalidInput(
+            "size factor must be positive".into(),
+        ));
+    }
+    if original.0 == 0 || original.1 == 0 {
+        return Err(EngineError::InvalidInput(format!(
+            "image has no pixels ({}×{})",
+            original.0, original.1
+        )));
+    }
+    let (width, height) = target.unwrap_or((default_side, default_side));
+    let fits = |side: u32| side > 0 && side.is_multiple_of(factor);
+    if !fits(width) || !fits(height) {
+        let what = if target.is_some() {
+            "requested size"
+        } else {
+            "model default size"
+        };
+        return Err(EngineError::InvalidInput(format!(
+            "{what} {width}×{height}: width and height must be positive multiples of {factor} \
+             (the model's latent downsampling factor); nearest: {}×{}",
+            round_to_multiple(width, factor),
+            round_to_multiple(height, factor)
+        )));
+    }
+    Ok((width, height))
+}
+
+/// The size an image is processed at under `policy`. An explicit `target` wins (checked by
+/// [`plan_size`]); otherwise `Keep` gives the model's native area (`default_side`²) at the
+/// source's aspect ratio, each side rounded to a multiple of `factor`, and the other policies
+/// the model's square.
+pub fn processing_size(
+    original: (u32, u32),
+    target: Option<(u32, u32)>,
+    policy: ResizePolicy,
+    default_side: u32,
+    factor: u32,
+) -> Result<(u32, u32)> {
+    if target.is_some() || policy != ResizePolicy::Keep {
+        return plan_size(original, target, default_side, factor);
+    }
+    // Validates the factor, the source and the model's default side.
+    plan_size(original, None, default_side, factor)?;
+    let area = f64::from(default_side) * f64::from(default_side);
+    let aspect = f64::from(original.0) / f64::from(original.1);
+    let width = (area * aspect).sqrt();
+    let height = (area / aspect).sqrt();
+    let round = |side: f64| ((side / f64::from(factor)).round().max(1.0) as u32) * factor;
+    Ok((round(width), round(height)))
+}
+
+fn round_to_multiple(side: u32, factor: u32) -> u32 {
+    (((side as f64) / factor as f64).round() as u32).max(1) * factor
+}
+
+/// Human-readable description of what `resize` will do, e.g.
+/// "1024×768 → crop 768×768 centre → 512×512".
+pub fn describe_resize(original: (u32, u32), target: (u32, u32), policy: ResizePolicy) -> String {
+    let (w, h) = original;
+    let (tw, th) = target;
+    if original == target {
+        return format!("{w}×{h} (no resize)");
+    }
+    match policy {
+        ResizePolicy::Keep => format!("{w}×{h} → {tw}×{th} (shape kept) → result {w}×{h}"),
+        ResizePolicy::Stretch => format!("{w}×{h} → stretch → {tw}×{th}"),
+        ResizePolicy::Crop => {
+            let (cw, ch) = crop_size(original, target);
+            if (cw, ch) == original {
+                format!("{w}×{h} → resize → {tw}×{th}")
+            } else if (cw, ch) == target {
+                format!("{w}×{h} → crop {cw}×{ch} centre")
+            } else {
+                format!("{w}×{h} → crop {cw}×{ch} centre → {tw}×{th}")
+            }
+        }
+        ResizePolicy::Pad => {
+            let (fw, fh) = fit_size(original, target);
+            if (fw, fh) == target {
+                format!("{w}×{h} → resize → {tw}×{th}")
+            } else {
+                format!("{w}×{h} → fit {fw}×{fh}, pad grey → {tw}×{th}")
+            }
+        }
+    }
+}
+
+/// Resizes `img` to exactly `target` (w, h) following `policy`.
+pub fn resize(img: &RgbImage, target: (u32, u32), policy: ResizePolicy) -> RgbImage {
+    let (tw, th) = (target.0.max(1), target.1.max(1));
+    if img.dimensions() == (tw, th) || img.width() == 0 || img.height() == 0 {
+        return if img.width() == 0 || img.height() == 0 {
+            RgbImage::from_pixel(tw, th, PAD_GREY)
+        } else {
+            img.clone()
+        };
+    }
+    match policy {
+        // The planned size has the source's shape up to rounding: a plain resize.
+        ResizePolicy::Keep | ResizePolicy::Stretch => lanczos(img, (tw, th)),
+        ResizePolicy::Crop => {
+            let (cw, ch) = crop_size(img.dimensions(), (tw, th));
+            let x = (img.width() - cw) / 2;
+            let y = (img.height() - ch) / 2;
+            let cropped = imageops::crop_imm(img, x, y, cw, ch).to_image();
+            lanczos(&cropped, (tw, th))
+        }
+        ResizePolicy::Pad => {
+            let (fw, fh) = fit_size(img.dimensions(), (tw, th));
+            let fitted = lanczos(img, (fw, fh));
+            let mut canvas = RgbImage::from_pixel(tw, th, PAD_GREY);
+            let x = (tw - fw) / 2;
+            let y = (th - fh) / 2;
+            imageops::replace(&mut canvas, &fitted, i64::from(x), i64::from(y));
+            canvas
+        }
+    }
+}
+
+/// Brings a result made at the processing size back to the size `policy` delivers it at
+/// (the source's own for `Keep`).
+pub fn restore_size(img: &RgbImage, original: (u32, u32), policy: ResizePolicy) -> RgbImage {
+    lanczos(img, policy.output_size(original, img.dimensions()))
+}
+
+fn lanczos(img: &RgbImage, (w, h): (u32, u32)) -> RgbImage {
+    if img.dimensions() == (w, h) {
+        img.clone()
+    } else {
+        imageops::resize(img, w, h, FilterType::Lanczos3)
+    }
+}
+
+/// The largest centred region of `original` with the aspect ratio of `target`.
+fn crop_size(original: (u32, u32), target: (u32, u32)) -> (u32, u32) {
+    let (w, h) = (original.0 as u64, original.1 as u64);
+    let (tw, th) = (target.0.max(1) as u64, target.1.max(1) as u64);
+    if w * th > h * tw {
+        // Wider than the target: keep the full height.
+        let cw = ((h * tw) as f64 / th as f64).round() as u64;
+        (cw.clamp(1, w) as u32, h as u32)
+    } else {
+        let ch = ((w * th) as f64 / tw as f64).round() as u64;
+        (w as u32, ch.clamp(1, h) as u32)
+    }
+}
+
+/// The largest size with the aspect ratio of `original` that fits inside `target`.
+fn fit_size(original: (u32, u32), target: (u32, u32)) -> (u32, u32) {
+    let (w, h) = (original.0.max(1) as u64, original.1.max(1) as u64);
+    let (tw, th) = (target.0.max(1) as u64, target.1.max(1) as u64);
+    if w * th > h * tw {
+        let fh = ((h * tw) as f64 / w as f64).round() as u64;
+        (tw as u32, fh.clamp(1, th) as u32)
+    } else {
+        let fw = ((w * th) as f64 / h as f64).round() as u64;
+        (fw.clamp(1, tw) as u32, th as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crop_and_fit_sizes() {
+        assert_eq!(crop_size((1024, 768), (512, 512)), (768, 768));
+        assert_eq!(crop_size((768, 1024), (96, 64)), (768, 512));
+        assert_eq!(fit_size((1024, 768), (512, 512)), (512, 384));
+        assert_eq!(fit_size((100, 400), (64, 64)), (16, 64));
+    }
+
+    #[test]
+    fn descriptions() {
+        assert_eq!(
+            describe_resize((1024, 768), (512, 512), ResizePolicy::Crop),
+            "1024×768 → crop 768×768 centre → 512×512"
+        );
+        assert_eq!(
+            describe_resize((1024, 768), (512, 512), ResizePolicy::Pad),
+            "1024×768 → fit 512×384, pad grey → 512×512"
+        );
+        assert_eq!(
+            describe_resize((64, 64), (64, 64), ResizePolicy::Pad),
+            "64×64 (no resize)"
+        );
+    }
+
+    #[test]
+    fn keep_uses_the_native_area_at_the_source_shape() {
+        // 3:2 at SD's 512² area, multiples of 8.
+        assert_eq!(
+            processing_size((3000, 2000), None, ResizePolicy::Keep, 512, 8).unwrap(),
+            (624, 416)
+        );
+        assert_eq!(
+            processing_size((2000, 3000), None, ResizePolicy::Keep, 512, 8).unwrap(),
+            (416, 624)
+        );
+        assert_eq!(
+            processing_size((96, 64), None, ResizePolicy::Keep, 64, 4).unwrap(),
+            (80, 52)
+        );
+        // Squares and the other policies: the model's square; an explicit size wins.
+        assert_eq!(
+            processing_size((700, 700), None, ResizePolicy::Keep, 512, 8).unwrap(),
+            (512, 512)
+        );
+        assert_eq!(
+            processing_size((3000, 2000), None, ResizePolicy::Crop, 512, 8).unwrap(),
+            (512, 512)
+        );
+        assert_eq!(
+            processing_size((3000, 2000), Some((96, 64)), ResizePolicy::Keep, 512, 8).unwrap(),
+            (96, 64)
+        );
+        // Extreme shapes keep at least one multiple per side.
+        assert_eq!(
+            processing_size((10000, 10), None, ResizePolicy::Keep, 64, 8).unwrap(),
+            (2024, 8)
+        );
+        assert_eq!(ResizePolicy::default(), ResizePolicy::Keep);
+        assert_eq!(ResizePolicy::Keep.output_size((96, 64), (80, 52)), (96, 64));
+        assert_eq!(ResizePolicy::Crop.output_size((96, 64), (64, 64)), (64, 64));
+    }
+
+    #[test]
+    fn policy_parses_and_prints() {
+        for p in ResizePolicy::ALL {
+            assert_eq!(p.to_string().parse::<ResizePolicy>().unwrap(), p);
+            assert_eq!(serde_json::to_string(&p).unwrap(), format!("\"{p}\""));
+        }
+        assert_eq!(" PAD ".parse::<ResizePolicy>().unwrap(), ResizePolicy::Pad);
+        assert!("zoom".parse::<ResizePolicy>().is_err());
+    }
+}

@@ -1,0 +1,325 @@
+//! A whole Stable Diffusion pipeline (tokenizer, text encoder, UNet, VAE, DDIM scheduler)
+//! loaded from a diffusers folder or a single-file checkpoint.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use sha2::{Digest, Sha256};
+
+use crate::clip::{ClipTextConfig, ClipTextTransformer};
+use crate::device::{Precision, forward_dtype};
+use crate::forward::{ForwardNets, ForwardUnet};
+use crate::loader::{
+    CheckpointConfigs, ModelSource, SingleFileCheckpoint, ldm_names, open_model_source,
+    weight_error,
+};
+use crate::model_notes::ModelNotes;
+use crate::scheduler::DdimScheduler;
+use crate::tokenizer::ClipTokenizer;
+use crate::unet::{UNet2DConditionModel, UNetConfig};
+use crate::vae::{AutoencoderKL, VaeConfig};
+use crate::{EngineError, Result};
+
+/// What a loaded model is, for display, recipes and cache keys.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    /// Folder or file name.
+    pub name: String,
+    pub path: PathBuf,
+    /// "diffusers folder" or "single-file checkpoint".
+    pub kind: &'static str,
+    /// Fingerprint of the weight files (headers plus sampled bytes): cheap, stable, and
+    /// different for different weights in practice.
+    pub fingerprint: String,
+}
+
+pub struct StableDiffusion {
+    pub tokenizer: ClipTokenizer,
+    pub text_encoder: ClipTextTransformer,
+    pub unet: UNet2DConditionModel,
+    pub vae: AutoencoderKL,
+    pub scheduler: DdimScheduler,
+    pub device: Device,
+    pub info: ModelInfo,
+    /// The folder's `mirror.json` (empty without one).
+    pub notes: ModelNotes,
+    /// Copies of the networks in a half type for forward-only passes (None: those passes
+    /// use the f32 networks above).
+    pub half: Option<ForwardNets>,
+}
+
+impl StableDiffusion {
+    /// Loads a diffusers folder or an SD 1.x single-file checkpoint (with the bundled SD 1.x
+    /// configs) on `device`, in f32 (the methods differentiate through the UNet).
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        Self::load_with_configs(path, device, CheckpointConfigs::bundled_sd_v1())
+    }
+
+    /// As [`Self::load`]; `single_file_configs` describe the architecture of a single-file
+    /// checkpoint (ignored for diffusers folders, which carry their configs).
+    pub fn load_with_configs(
+        path: &Path,
+        device: &Device,
+        single_file_configs: CheckpointConfigs,
+    ) -> Result<Self> {
+        Self::load_with_precision(path, device, single_file_configs, Precision::F32)
+    }
+
+    /// As [`Self::load_with_configs`]; forward-only passes run in the type `precision` gives
+    /// on `device` ([`forward_dtype`]). A half type loads a second, half-size copy of the
+    /// networks once, so no pass pays for converting weights; gradient passes keep f32.
+    pub fn load_with_precision(
+        path: &Path,
+        device: &Device,
+        single_file_configs: CheckpointConfigs,
+        precision: Precision,
+    ) -> Result<Self> {
+        let dtype = DType::F32;
+        let notes = ModelNotes::for_model(path)?;
+        let half_dtype = Some(forward_dtype(device, precision)).filter(|d| *d != DType::F32);
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string());
+        let (parts, half, kind, files) = match open_model_source(path)? {
+            ModelSource::Diffusers(folder) => {
+                let text_weights = folder.text_encoder.open_weights()?;
+                let unet_weights = folder.unet.open_weights()?;
+                let vae_weights = folder.vae.open_weights()?;
+                let configs = CheckpointConfigs {
+                    unet_config: folder.unet.config.clone(),
+                    vae_config: folder.vae.config.clone(),
+                    text_encoder_config: folder.text_encoder.config.clone(),
+                    scheduler_config: folder.scheduler_config.clone(),
+                    tokenizer_dir: folder.tokenizer_dir.clone(),
+                };
+                let text_map = Arc::new(ldm_names::diffusers_text_encoder_map());
+                let make = |dtype| {
+                    build(
+                        &configs,
+                        (
+                            text_weights.var_builder_mapped(text_map.clone(), dtype, device),
+                            text_weights.label(),
+                        ),
+                        (
+                            unet_weights.var_builder(dtype, device),
+                            unet_weights.label(),
+                        ),
+                        (vae_weights.var_builder(dtype, device), vae_weights.label()),
+                    )
+                };
+                let parts = make(dtype)?;
+                let half = half_dtype.map(make).transpose()?;
+                let mut files = text_weights.files().to_vec();
+                files.extend_from_slice(unet_weights.files());
+                files.extend_from_slice(vae_weights.files());
+                (parts, half, "diffusers folder", files)
+            }
+            ModelSource::SingleFile(file) => {
+                let ckpt = SingleFileCheckpoint::open(&file, single_file_configs)?;
+                let make = |dtype| {
+                    build(
+                        ckpt.configs(),
+                        (ckpt.text_encoder_vb(dtype, device), &file),
+                        (ckpt.unet_vb(dtype, device), &file),
+                        (ckpt.vae_vb(dtype, device), &file),
+                    )
+                };
+                let parts = make(dtype)?;
+                let half = half_dtype.map(make).transpose()?;
+                (parts, half, "single-file checkpoint", vec![file])
+            }
+        };
+        let (tokenizer, text_encoder, unet, vae, scheduler) = parts;
+        let half = half.map(|(_, text_encoder, unet, vae, _)| ForwardNets {
+            dtype: half_dtype.unwrap_or(DType::F32),
+            text_encoder,
+            unet,
+            vae,
+        });
+        Ok(Self {
+            tokenizer,
+            text_encoder,
+            unet,
+            vae,
+            scheduler,
+            device: device.clone(),
+            info: ModelInfo {
+                name,
+                path: path.to_path_buf(),
+                kind,
+                fingerprint: fingerprint(&files)?,
+            },
+            notes,
+            half,
+        })
+    }
+
+    /// The type forward-only passes run in (f32 unless loaded with a half precision).
+    pub fn forward_dtype(&self) -> DType {
+        self.half.as_ref().map_or(DType::F32, |h| h.dtype)
+    }
+
+    /// The UNet of forward-only passes: inputs are cast to its type and its outputs
+    /// (prediction and recorded attention) come back in f32, so latents stay f32 throughout.
+    pub fn forward_unet(&self) -> ForwardUnet<'_> {
+        match &self.half {
+            Some(h) => ForwardUnet::new(&h.unet, h.dtype),
+            None => ForwardUnet::new(&self.unet, DType::F32),
+        }
+    }
+
+    /// VAE decode (a forward-only pass, in the forward type): latent → image in f32. A half
+    /// decode that overflows is an error, never a black image.
+    pub fn decode_latent(&self, latent: &Tensor) -> Result<Tensor> {
+        let Some(half) = &self.half else {
+            return Ok(self.vae.latent_to_image(latent)?);
+        };
+        let image = half
+            .vae
+            .latent_to_image(&latent.to_dtype(half.dtype)?)?
+            .to_dtype(DType::F32)?;
+        if !crate::pipeline::step::is_finite(&image)? {
+            return Err(EngineError::NonFinite {
+                what: format!("the decoded image{}", self.half_precision_hint()),
+            });
+        }
+        Ok(image)
+    }
+
+    /// " (computed in f16; full precision f32 may avoid this)" when forward passes run in a
+    /// half type, else nothing: appended to overflow errors of forward passes.
+    pub fn half_precision_hint(&self) -> String {
+        match &self.half {
+            Some(h) => format!(
+                " (computed in {}; full precision, f32, may avoid this)",
+                crate::device::dtype_word(h.dtype)
+            ),
+            None => String::new(),
+        }
+    }
+
+    /// Token ids of prompts, padded to the text encoder's length: [B, 77] u32.
+    pub fn tokenize(&self, prompts: &[&str]) -> Result<Tensor> {
+        let mut ids = Vec::with_capacity(prompts.len() * self.tokenizer.max_length());
+        for prompt in prompts {
+            ids.extend(self.tokenizer.encode(prompt)?);
+        }
+        Ok(Tensor::from_vec(
+            ids,
+            (prompts.len(), self.tokenizer.max_length()),
+            &self.device,
+        )?)
+    }
+
+    /// Text-encoder hidden states of prompts: [B, 77, D] in f32 (the encoder runs in the
+    /// forward type).
+    pub fn encode_prompts(&self, prompts: &[&str]) -> Result<Tensor> {
+        let ids = self.tokenize(prompts)?;
+        let encoder = self
+            .half
+            .as_ref()
+            .map_or(&self.text_encoder, |h| &h.text_encoder);
+        Ok(encoder.forward(&ids)?.to_dtype(DType::F32)?)
+    }
+
+    /// Text-encoder hidden states of one prompt: [1, 77, D].
+    pub fn encode_prompt(&self, prompt: &str) -> Result<Tensor> {
+        self.encode_prompts(&[prompt])
+    }
+
+    /// Pixels per latent cell (8 for SD, 4 for the tiny fixture model).
+    pub fn latent_factor(&self) -> usize {
+        self.vae.config().downsample_factor()
+    }
+
+    /// Image pixels must be a multiple of this for the whole pipeline (VAE × UNet factors).
+    pub fn size_multiple(&self) -> usize {
+        self.latent_factor() * self.unet.config().downsample_factor()
+    }
+
+    /// The square image side the model was trained at (UNet sample size × VAE factor).
+    pub fn default_image_side(&self) -> usize {
+        self.unet.config().sample_size * self.latent_factor()
+    }
+
+    /// Checks that an image of `width`×`height` pixels can go through VAE and UNet.
+    pub fn check_image_size(&self, width: usize, height: usize) -> Result<()> {
+        let multiple = self.size_multiple();
+        if width == 0
+            || height == 0
+            || !width.is_multiple_of(multiple)
+            || !height.is_multiple_of(multiple)
+        {
+            return Err(EngineError::InvalidInput(format!(
+                "image size {width}×{height} is not a multiple of {multiple} pixels, which this model needs"
+            )));
+        }
+        let factor = self.latent_factor();
+        self.unet.check_latent_size(height / factor, width / factor)
+    }
+}
+
+type Parts = (
+    ClipTokenizer,
+    ClipTextTransformer,
+    UNet2DConditionModel,
+    AutoencoderKL,
+    DdimScheduler,
+);
+
+/// Builds every component from its config and weights; weight errors name `file`.
+fn build(
+    configs: &CheckpointConfigs,
+    text: (VarBuilder, &Path),
+    unet: (VarBuilder, &Path),
+    vae: (VarBuilder, &Path),
+) -> Result<Parts> {
+    let text_cfg = ClipTextConfig::from_file(&configs.text_encoder_config)?;
+    let tokenizer = ClipTokenizer::from_dir(&configs.tokenizer_dir)?
+        .with_max_length(text_cfg.max_position_embeddings)?;
+    let text_encoder =
+        ClipTextTransformer::new(text.0, &text_cfg).map_err(|e| weight_error(text.1, e))?;
+    let unet_cfg = UNetConfig::from_file(&configs.unet_config)?;
+    let unet_model =
+        UNet2DConditionModel::new(unet.0, &unet_cfg).map_err(|e| weight_error(unet.1, e))?;
+    let vae_cfg = VaeConfig::from_file(&configs.vae_config)?;
+    let vae_model = AutoencoderKL::new(vae.0, &vae_cfg).map_err(|e| weight_error(vae.1, e))?;
+    let scheduler = DdimScheduler::from_file(&configs.scheduler_config)?;
+    Ok((tokenizer, text_encoder, unet_model, vae_model, scheduler))
+}
+
+/// Hash of each file's safetensors header plus 64 KiB samples at 16 evenly spaced offsets:
+/// reading a few MiB instead of gigabytes, yet different whenever the weights differ.
+fn fingerprint(files: &[PathBuf]) -> Result<String> {
+    let mut hasher = Sha256::new();
+    for file in files {
+        let io = |source| EngineError::Io {
+            path: file.clone(),
+            source,
+        };
+        let mut f = std::fs::File::open(file).map_err(io)?;
+        let len = f.metadata().map_err(io)?.len();
+        hasher.update(len.to_le_bytes());
+        let mut header_len = [0u8; 8];
+        f.read_exact(&mut header_len).map_err(io)?;
+        let header_len = u64::from_le_bytes(header_len).min(len.saturating_sub(8));
+        let mut buf = vec![0u8; header_len as usize];
+        f.read_exact(&mut buf).map_err(io)?;
+        hasher.update(&buf);
+        let data_start = 8 + header_len;
+        let data_len = len - data_start;
+        let mut sample = vec![0u8; 65536];
+        for k in 0..16u64 {
+            let offset = data_start + data_len * k / 16;
+            f.seek(SeekFrom::Start(offset)).map_err(io)?;
+            let n = f.read(&mut sample).map_err(io)?;
+            hasher.update(&sample[..n]);
+        }
+    }
+    let digest = hasher.finalize();
+    Ok(digest.iter().take(8).map(|b| format!("{b:02x}")).collect())
+}

@@ -1,0 +1,465 @@
+//! `mirror.json`: what a model folder says about itself, next to `model_index.json`: a display
+//! name, the settings it recommends, the words it knows and captions of its own grammar for
+//! edit directions. Optional; every model is read the same way.
+//!
+//! ```json
+//! { "name": "Mirror demo model",
+//!   "recommended": { "steps": 25, "guidance_scale": 3.0, "direction": "templates" },
+//!   "vocabulary": ["a", "on", "background", "red", "circle"],
+//!   "sentence_templates": ["a red circle on a blue background"] }
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::loader::{CheckpointConfigs, ModelSource, open_model_source};
+use crate::methods::mirror::{MirrorPreset, MirrorSettings};
+use crate::model::StableDiffusion;
+use crate::session::{DirectionChoice, TranslateRequest};
+use crate::tokenizer::{ClipTokenizer, unknown_words_message};
+use crate::{EngineError, Result};
+
+/// The file's name in a model folder.
+pub const FILE_NAME: &str = "mirror.json";
+
+/// Everything `mirror.json` may say; all of it optional. Read it with [`ModelNotes::parse`]
+/// (which checks the values and names the field of an error), not with serde alone.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelNotes {
+    /// A display name.
+    pub name: Option<String>,
+    /// The settings the model works best with.
+    pub recommended: Recommended,
+    /// The words the model knows (lowercase); `None`: whatever its tokenizer encodes.
+    pub vocabulary: Option<Vec<String>>,
+    /// Captions of the model's own grammar; edit directions are built from them.
+    pub sentence_templates: Option<Vec<String>>,
+}
+
+/// How the recommended edit direction is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecommendedDirection {
+    /// Template sentences (the model's own when it has them).
+    Templates,
+    /// The difference of the two prompts.
+    Prompt,
+}
+
+/// The model's recommended settings; a missing field keeps Mirror's own default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Recommended {
+    pub steps: Option<usize>,
+    pub guidance_scale: Option<f64>,
+    pub xa_guidance: Option<f64>,
+    pub edit_strength: Option<f64>,
+    pub edit_scale: Option<f64>,
+    pub ramp_total: Option<f64>,
+    pub direction: Option<RecommendedDirection>,
+    pub redescribe_iterations: Option<usize>,
+    pub redescribe_lr: Option<f64>,
+}
+
+/// The notes of a loaded model, and its prompt check.
+impl StableDiffusion {
+    /// What the model folder's `mirror.json` says (name, recommended settings, vocabulary,
+    /// sentence templates).
+    pub fn model_notes(&self) -> &ModelNotes {
+        &self.notes
+    }
+
+    /// The model's recommended settings (empty when it recommends nothing).
+    pub fn recommended(&self) -> &Recommended {
+        &self.notes.recommended
+    }
+
+    /// The words of `prompt` this model does not know (see [`ClipTokenizer::unknown_words`]).
+    pub fn unknown_words(&self, prompt: &str) -> Result<Vec<String>> {
+        self.tokenizer
+            .unknown_words(prompt, self.notes.vocabulary.as_deref())
+    }
+
+    /// An error naming the unknown words of any of `prompts` (and the words the model knows,
+    /// when it lists them), so that no word silently becomes the unknown token.
+    pub fn check_known_words(&self, prompts: &[&str]) -> Result<()> {
+        let mut unknown: Vec<String> = Vec::new();
+        for prompt in prompts {
+            for word in self.unknown_words(prompt)? {
+                if !unknown.contains(&word) {
+                    unknown.push(word);
+                }
+            }
+        }
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        Err(EngineError::InvalidInput(unknown_words_message(
+            &unknown,
+            self.notes.vocabulary.as_deref(),
+        )))
+    }
+}
+
+/// What checking prompts needs without the weights (the app's prompt fields): the model's
+/// notes and its tokenizer, read the way [`StableDiffusion::load`] reads them.
+///
+/// [`StableDiffusion::load`]: crate::model::StableDiffusion::load
+pub struct ModelWords {
+    pub notes: ModelNotes,
+    tokenizer: ClipTokenizer,
+}
+
+impl std::fmt::Debug for ModelWords {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelWords")
+            .field("notes", &self.notes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ModelWords {
+    /// Notes and tokenizer of a diffusers folder, or of a single-file checkpoint with the
+    /// bundled SD 1.x tokenizer.
+    pub fn for_model(path: &Path) -> Result<Self> {
+        let tokenizer_dir = match open_model_source(path)? {
+            ModelSource::Diffusers(folder) => folder.tokenizer_dir,
+            ModelSource::SingleFile(_) => CheckpointConfigs::bundled_sd_v1().tokenizer_dir,
+        };
+        Ok(Self {
+            notes: ModelNotes::for_model(path)?,
+            tokenizer: ClipTokenizer::from_dir(&tokenizer_dir)?,
+        })
+    }
+
+    /// The words of `prompt` the model does not know (see [`ClipTokenizer::unknown_words`]).
+    pub fn unknown_words(&self, prompt: &str) -> Result<Vec<String>> {
+        self.tokenizer
+            .unknown_words(prompt, self.notes.vocabulary.as_deref())
+    }
+
+    /// The message for `unknown` words, with the words the model knows when it lists them.
+    pub fn message(&self, unknown: &[String]) -> String {
+        unknown_words_message(unknown, self.notes.vocabulary.as_deref())
+    }
+}
+
+const TOP_FIELDS: &str = "name, recommended, vocabulary, sentence_templates";
+const RECOMMENDED_FIELDS: &str = "steps, guidance_scale, xa_guidance, edit_strength, \
+     edit_scale, ramp_total, direction, redescribe_iterations, redescribe_lr";
+
+impl ModelNotes {
+    /// Reads `mirror.json` of a model folder; a checkpoint file or a folder without one gives
+    /// the empty notes. A broken file is an error naming it and the field.
+    pub fn for_model(model_path: &Path) -> Result<Self> {
+        let file = model_path.join(FILE_NAME);
+        if !model_path.is_dir() || !file.exists() {
+            return Ok(Self::default());
+        }
+        let text = std::fs::read_to_string(&file).map_err(|source| EngineError::Io {
+            path: file.clone(),
+            source,
+        })?;
+        Self::parse(&text, &file)
+    }
+
+    /// Parses the text of a `mirror.json` (`file` names it in errors).
+    pub fn parse(text: &str, file: &Path) -> Result<Self> {
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| config_error(file, "(the whole file)", format!("invalid JSON: {e}")))?;
+        let mut notes = Self::default();
+        for (key, value) in object(file, "(the whole file)", value)? {
+            match key.as_str() {
+                "name" => notes.name = Some(field(file, &key, value)?),
+                "recommended" => notes.recommended = Recommended::parse(file, value)?,
+                "vocabulary" => {
+                    let words: Vec<String> = field(file, &key, value)?;
+                    notes.vocabulary = Some(check_words(file, &key, words)?);
+                }
+                "sentence_templates" => {
+                    let sentences: Vec<String> = field(file, &key, value)?;
+                    if sentences.iter().any(|s| s.trim().is_empty()) || sentences.is_empty() {
+                        return Err(config_error(
+                            file,
+                            &key,
+                            "expected a non-empty list of non-empty sentences".into(),
+                        ));
+                    }
+                    notes.sentence_templates = Some(sentences);
+                }
+                other => return Err(unknown_field(file, other, TOP_FIELDS)),
+            }
+        }
+        Ok(notes)
+    }
+
+    /// The model's templates, if it has any.
+    pub fn templates(&self) -> Option<&[String]> {
+        self.sentence_templates.as_deref()
+    }
+}
+
+impl Recommended {
+    fn parse(file: &Path, value: Value) -> Result<Self> {
+        let mut r = Self::default();
+        for (key, value) in object(file, "recommended", value)? {
+            let name = format!("recommended.{key}");
+            match key.as_str() {
+                "steps" => r.steps = Some(positive(file, &name, field(file, &name, value)?)?),
+                "guidance_scale" => r.guidance_scale = Some(finite(file, &name, value)?),
+                "xa_guidance" => r.xa_guidance = Some(finite(file, &name, value)?),
+                "edit_strength" => r.edit_strength = Some(finite(file, &name, value)?),
+                "edit_scale" => r.edit_scale = Some(finite(file, &name, value)?),
+                "ramp_total" => r.ramp_total = Some(finite(file, &name, value)?),
+                "direction" => r.direction = Some(field(file, &name, value)?),
+                "redescribe_iterations" => {
+                    r.redescribe_iterations = Some(field(file, &name, value)?)
+                }
+                "redescribe_lr" => r.redescribe_lr = Some(finite(file, &name, value)?),
+                other => {
+                    return Err(unknown_field(
+                        file,
+                        &format!("recommended.{other}"),
+                        RECOMMENDED_FIELDS,
+                    ));
+                }
+            }
+        }
+        Ok(r)
+    }
+
+    /// Whether the model recommends anything at all.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// MirrorDiffusion's recommended preset with the model's values in place of Mirror's own.
+    pub fn mirror_settings(&self) -> MirrorSettings {
+        let mut m = MirrorSettings::with_preset(MirrorPreset::Recommended);
+        self.apply_to_mirror(&mut m);
+        m
+    }
+
+    /// Puts the model's values into `m` (the fields it names; the others stay).
+    pub fn apply_to_mirror(&self, m: &mut MirrorSettings) {
+        if let Some(v) = self.guidance_scale {
+            m.guidance_scale = v;
+        }
+        if let Some(v) = self.xa_guidance {
+            m.xa_guidance = v;
+        }
+        if let Some(v) = self.edit_scale {
+            m.edit_scale = v;
+        }
+        if let Some(v) = self.ramp_total {
+            m.ramp_total = v;
+        }
+        if let Some(v) = self.redescribe_iterations {
+            m.redescribe.iterations = v;
+        }
+        if let Some(v) = self.redescribe_lr {
+            m.redescribe.lr = v;
+        }
+    }
+
+    /// Puts every recommended value into a request built from defaults: steps, edit strength,
+    /// direction and (for the recommended preset) the MirrorDiffusion settings.
+    pub fn apply(&self, req: &mut TranslateRequest) {
+        if let Some(n) = self.steps {
+            req.steps = n;
+        }
+        if let Some(s) = self.edit_strength {
+            req.edit_strength = s;
+        }
+        match self.direction {
+            Some(RecommendedDirection::Prompt) => req.direction = DirectionChoice::PromptDifference,
+            Some(RecommendedDirection::Templates) => req.direction = DirectionChoice::default(),
+            None => {}
+        }
+        if req.mirror.preset == MirrorPreset::Recommended {
+            self.apply_to_mirror(&mut req.mirror);
+        }
+    }
+
+    /// The values in words, e.g. "25 steps, guidance 3, structure guidance 0.1".
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(n) = self.steps {
+            parts.push(format!("{n} steps"));
+        }
+        let named = [
+            ("guidance", self.guidance_scale),
+            ("structure guidance", self.xa_guidance),
+            ("strength", self.edit_strength),
+            ("edit scale", self.edit_scale),
+            ("edit ramp", self.ramp_total),
+            ("redescription step size", self.redescribe_lr),
+        ];
+        for (name, value) in named {
+            if let Some(v) = value {
+                parts.push(format!("{name} {v}"));
+            }
+        }
+        if let Some(k) = self.redescribe_iterations {
+            parts.push(format!("{k} redescription iterations"));
+        }
+        match self.direction {
+            Some(RecommendedDirection::Templates) => parts.push("template directions".into()),
+            Some(RecommendedDirection::Prompt) => parts.push("prompt-difference direction".into()),
+            None => {}
+        }
+        parts.join(", ")
+    }
+}
+
+fn config_error(file: &Path, field: &str, reason: String) -> EngineError {
+    EngineError::Config {
+        file: PathBuf::from(file),
+        field: field.to_string(),
+        reason,
+    }
+}
+
+fn unknown_field(file: &Path, field: &str, expected: &str) -> EngineError {
+    config_error(
+        file,
+        field,
+        format!("unknown field (expected one of: {expected})"),
+    )
+}
+
+fn object(file: &Path, name: &str, value: Value) -> Result<Map<String, Value>> {
+    match value {
+        Value::Object(map) => Ok(map),
+        other => Err(config_error(
+            file,
+            name,
+            format!("expected a JSON object, found {other}"),
+        )),
+    }
+}
+
+fn field<T: DeserializeOwned>(file: &Path, name: &str, value: Value) -> Result<T> {
+    serde_json::from_value(value).map_err(|e| config_error(file, name, e.to_string()))
+}
+
+fn finite(file: &Path, name: &str, value: Value) -> Result<f64> {
+    let v: f64 = field(file, name, value)?;
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(config_error(file, name, format!("{v} is not a number")))
+    }
+}
+
+fn positive(file: &Path, name: &str, n: usize) -> Result<usize> {
+    if n == 0 {
+        return Err(config_error(file, name, "must be at least 1".into()));
+    }
+    Ok(n)
+}
+
+/// Lowercase words, each a single word.
+fn check_words(file: &Path, name: &str, words: Vec<String>) -> Result<Vec<String>> {
+    if words.is_empty() {
+        return Err(config_error(file, name, "the list is empty".into()));
+    }
+    words
+        .into_iter()
+        .map(|w| {
+            let w = w.trim().to_lowercase();
+            if w.is_empty() || w.contains(char::is_whitespace) {
+                Err(config_error(
+                    file,
+                    name,
+                    format!("{w:?} is not a single word"),
+                ))
+            } else {
+                Ok(w)
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ModelNotes> {
+        ModelNotes::parse(text, Path::new("model/mirror.json"))
+    }
+
+    #[test]
+    fn reads_every_field() {
+        let notes = parse(
+            r#"{"name": "demo", "recommended": {"steps": 25, "guidance_scale": 3.0,
+               "direction": "prompt", "redescribe_iterations": 4},
+               "vocabulary": ["A", "circle"], "sentence_templates": ["a circle"]}"#,
+        )
+        .unwrap();
+        assert_eq!(notes.name.as_deref(), Some("demo"));
+        assert_eq!(notes.recommended.steps, Some(25));
+        assert_eq!(
+            notes.recommended.direction,
+            Some(RecommendedDirection::Prompt)
+        );
+        assert_eq!(notes.vocabulary, Some(vec!["a".into(), "circle".into()]));
+        let m = notes.recommended.mirror_settings();
+        assert_eq!((m.guidance_scale, m.redescribe.iterations), (3.0, 4));
+        assert_eq!(m.xa_guidance, MirrorSettings::default().xa_guidance);
+        assert!(parse("{}").unwrap().recommended.is_empty());
+    }
+
+    #[test]
+    fn a_request_from_defaults_takes_the_recommendations() {
+        let r = parse(r#"{"recommended": {"steps": 9, "edit_scale": 0.5, "direction": "prompt"}}"#)
+            .unwrap()
+            .recommended;
+        let image = image::RgbImage::new(8, 8);
+        let mut req = TranslateRequest::new(image.clone(), "a", "b");
+        r.apply(&mut req);
+        assert_eq!((req.steps, req.mirror.edit_scale), (9, 0.5));
+        assert_eq!(req.direction, DirectionChoice::PromptDifference);
+        // The authors' variant keeps the authors' values.
+        let mut req = TranslateRequest::new(image, "a", "b");
+        req.mirror = MirrorSettings::with_preset(MirrorPreset::Authors);
+        r.apply(&mut req);
+        assert_eq!(req.mirror.edit_scale, MirrorSettings::default().edit_scale);
+        assert_eq!(
+            r.describe(),
+            "9 steps, edit scale 0.5, prompt-difference direction"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_file_and_field() {
+        let cases = [
+            (r#"{"nmae": "x"}"#, "`nmae`"),
+            (r#"{"recommended": {"stepz": 3}}"#, "`recommended.stepz`"),
+            (
+                r#"{"recommended": {"steps": "many"}}"#,
+                "`recommended.steps`",
+            ),
+            (r#"{"recommended": {"steps": 0}}"#, "`recommended.steps`"),
+            (
+                r#"{"recommended": {"direction": "up"}}"#,
+                "`recommended.direction`",
+            ),
+            (r#"{"vocabulary": ["two words"]}"#, "`vocabulary`"),
+            (r#"{"sentence_templates": []}"#, "`sentence_templates`"),
+            ("[1]", "whole file"),
+            ("{", "whole file"),
+        ];
+        for (text, field) in cases {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(
+                e.contains("model/mirror.json") && e.contains(field),
+                "{text}: {e}"
+            );
+        }
+    }
+}

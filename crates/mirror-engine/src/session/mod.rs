@@ -1,0 +1,71 @@
+//! A loaded model plus its caches, running translation requests step by step with events.
+//! This is the engine's front door for the worker thread and the CLI.
+
+mod cache;
+mod direction;
+mod request;
+mod run;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+
+pub use cache::{CacheKey, CachedInversion, CachedReconstruction, InversionCache};
+pub use request::{
+    BranchImages, DdimTranslation, DirectionChoice, InversionChoice, Method, TranslateOutcome,
+    TranslateRequest,
+};
+
+#[cfg(doc)]
+use crate::EngineError;
+use crate::Result;
+use crate::model::StableDiffusion;
+use crate::pipeline::{CancelToken, Event};
+
+pub struct Session {
+    sd: StableDiffusion,
+    cache: InversionCache,
+}
+
+impl Session {
+    /// Loads a model; inversions are cached in memory and in the user cache folder.
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        Ok(Self::new(
+            StableDiffusion::load(path, device)?,
+            InversionCache::default_dir(),
+        ))
+    }
+
+    /// A session around a loaded model; `cache_dir` None keeps the cache in memory only.
+    pub fn new(sd: StableDiffusion, cache_dir: Option<PathBuf>) -> Self {
+        Self {
+            sd,
+            cache: InversionCache::new(cache_dir),
+        }
+    }
+
+    pub fn model(&self) -> &StableDiffusion {
+        &self.sd
+    }
+
+    /// Whether `req` would reuse a cached inversion (a re-edit).
+    pub fn has_cached_inversion(&self, req: &TranslateRequest) -> bool {
+        req.use_cache
+            && self
+                .cache
+                .contains(&run::inversion_key(&self.sd, req).key())
+    }
+
+    /// Runs `req`, streaming events; a cancelled run returns `Ok` with `cancelled` set and
+    /// whatever it had. A step that turns NaN fails with [`EngineError::StepNotFinite`], a
+    /// device out of memory with [`EngineError::OutOfMemory`]; the session stays usable.
+    pub fn translate(
+        &mut self,
+        req: &TranslateRequest,
+        cancel: &CancelToken,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<TranslateOutcome> {
+        run::translate(&self.sd, &mut self.cache, req, cancel, events)
+            .map_err(|e| e.classified(&self.sd.device))
+    }
+}

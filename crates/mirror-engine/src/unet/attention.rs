@@ -1,0 +1,133 @@
+//! Multi-head attention (`attn1` self, `attn2` cross) and the GEGLU feed-forward.
+
+use candle_core::{D, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::nn::{Linear, linear, linear_no_bias};
+
+use super::capture::{CaptureSink, CapturedAttention};
+use crate::nn::{chunked_attention, softmax_last_dim};
+
+/// diffusers `Attention` with the classic softmax((q·scale) kᵀ) v path.
+#[derive(Debug, Clone)]
+pub struct Attention {
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
+    heads: usize,
+    head_dim: usize,
+    scale: f64,
+    /// Module path, for cross-attention layers that may be recorded.
+    capture_name: Option<String>,
+}
+
+impl Attention {
+    /// `context_dim`: `None` for self-attention. Cross-attention layers are recordable.
+    pub fn new(
+        vb: VarBuilder,
+        query_dim: usize,
+        context_dim: Option<usize>,
+        heads: usize,
+        head_dim: usize,
+    ) -> Result<Self> {
+        let inner = heads * head_dim;
+        let kv_dim = context_dim.unwrap_or(query_dim);
+        Ok(Self {
+            to_q: linear_no_bias(query_dim, inner, vb.pp("to_q"))?,
+            to_k: linear_no_bias(kv_dim, inner, vb.pp("to_k"))?,
+            to_v: linear_no_bias(kv_dim, inner, vb.pp("to_v"))?,
+            to_out: linear(inner, query_dim, vb.pp("to_out").pp("0"))?,
+            heads,
+            head_dim,
+            scale: 1.0 / (head_dim as f64).sqrt(),
+            capture_name: context_dim.map(|_| vb.prefix()),
+        })
+    }
+
+    /// `[B, S, heads·d]` → `[B·heads, S, d]` (row b·heads + h), contiguous for the matmuls.
+    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        x.reshape((b, s, self.heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b * self.heads, s, self.head_dim))
+    }
+
+    fn merge_heads(&self, x: &Tensor, batch: usize) -> Result<Tensor> {
+        let (_, s, d) = x.dims3()?;
+        x.reshape((batch, self.heads, s, d))?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((batch, s, self.heads * d))
+    }
+
+    /// `x` `[B, S, C]`; `context` `[B, L, D]` for cross-attention (self-attention when `None`).
+    /// `spatial` is the query grid, only used to label captures.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        context: Option<&Tensor>,
+        spatial: (usize, usize),
+        sink: Option<&mut CaptureSink<'_>>,
+    ) -> Result<Tensor> {
+        let batch = x.dim(0)?;
+        let context = context.unwrap_or(x);
+        let q = (self.split_heads(&self.to_q.forward(x)?)? * self.scale)?;
+        let k = self.split_heads(&self.to_k.forward(context)?)?;
+        let v = self.split_heads(&self.to_v.forward(context)?)?;
+        let request = match (&sink, &self.capture_name) {
+            (Some(sink), Some(_)) => sink.request,
+            _ => Default::default(),
+        };
+        // Recorded probabilities must stay in the autograd graph (the map losses differentiate
+        // them); they are `[rows, queries, tokens]`, small next to self-attention's matrix.
+        let (out, probs) = if request.probs {
+            let probs = softmax_last_dim(&q.matmul(&k.t()?)?)?;
+            (probs.matmul(&v)?, Some(probs))
+        } else {
+            (chunked_attention(&q, &k, &v)?, None)
+        };
+        if let (Some(sink), Some(name)) = (sink, &self.capture_name)
+            && request.any()
+        {
+            sink.layers.push(CapturedAttention {
+                name: name.clone(),
+                heads: self.heads,
+                spatial,
+                probs,
+                keys: request.keys_values.then(|| k.clone()),
+                values: request.keys_values.then(|| v.clone()),
+            });
+        }
+        self.to_out.forward(&self.merge_heads(&out, batch)?)
+    }
+}
+
+/// `FeedForward` with GEGLU: proj to 2·inner, value · GELU_erf(gate), back to `dim`.
+#[derive(Debug, Clone)]
+pub struct FeedForward {
+    proj: Linear,
+    out: Linear,
+    inner: usize,
+}
+
+impl FeedForward {
+    pub fn new(vb: VarBuilder, dim: usize, mult: usize) -> Result<Self> {
+        let inner = dim * mult;
+        Ok(Self {
+            proj: linear(dim, inner * 2, vb.pp("net").pp("0").pp("proj"))?,
+            out: linear(inner, dim, vb.pp("net").pp("2"))?,
+            inner,
+        })
+    }
+}
+
+impl Module for FeedForward {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.proj.forward(x)?;
+        let value = h.narrow(D::Minus1, 0, self.inner)?;
+        let gate = h.narrow(D::Minus1, self.inner, self.inner)?;
+        self.out.forward(&(value * gate.gelu_erf()?)?)
+    }
+}

@@ -1,0 +1,147 @@
+//! `Transformer2DModel` (continuous input) and its `BasicTransformerBlock`s.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::nn::{Conv2d, Linear, conv2d, linear};
+
+use super::attention::{Attention, FeedForward};
+use super::capture::CaptureSink;
+use crate::nn::{GroupNorm, LayerNorm};
+
+/// diffusers' fixed epsilons inside the transformer (not in the config).
+const TRANSFORMER_GROUP_NORM_EPS: f64 = 1e-6;
+const LAYER_NORM_EPS: f64 = 1e-5;
+
+/// Pre-norm self-attention, cross-attention and GEGLU feed-forward, each with a residual.
+#[derive(Debug, Clone)]
+pub struct BasicTransformerBlock {
+    norm1: LayerNorm,
+    attn1: Attention,
+    norm2: LayerNorm,
+    attn2: Attention,
+    norm3: LayerNorm,
+    ff: FeedForward,
+}
+
+impl BasicTransformerBlock {
+    pub fn new(
+        vb: VarBuilder,
+        dim: usize,
+        heads: usize,
+        head_dim: usize,
+        context_dim: usize,
+    ) -> Result<Self> {
+        Ok(Self {
+            norm1: LayerNorm::new(dim, LAYER_NORM_EPS, vb.pp("norm1"))?,
+            attn1: Attention::new(vb.pp("attn1"), dim, None, heads, head_dim)?,
+            norm2: LayerNorm::new(dim, LAYER_NORM_EPS, vb.pp("norm2"))?,
+            attn2: Attention::new(vb.pp("attn2"), dim, Some(context_dim), heads, head_dim)?,
+            norm3: LayerNorm::new(dim, LAYER_NORM_EPS, vb.pp("norm3"))?,
+            ff: FeedForward::new(vb.pp("ff"), dim, 4)?,
+        })
+    }
+
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        context: &Tensor,
+        spatial: (usize, usize),
+        sink: Option<&mut CaptureSink<'_>>,
+    ) -> Result<Tensor> {
+        let x = (self
+            .attn1
+            .forward(&self.norm1.forward(x)?, None, spatial, None)?
+            + x)?;
+        let x = (self
+            .attn2
+            .forward(&self.norm2.forward(&x)?, Some(context), spatial, sink)?
+            + &x)?;
+        self.ff.forward(&self.norm3.forward(&x)?)? + x
+    }
+}
+
+/// 1x1 conv (SD 1.x) or linear (`use_linear_projection`, SD 2.x) projections around the blocks.
+#[derive(Debug, Clone)]
+enum Projection {
+    Conv(Conv2d),
+    Linear(Linear),
+}
+
+/// Sizes of one `Transformer2DModel`.
+#[derive(Debug, Clone, Copy)]
+pub struct Transformer2DConfig {
+    pub channels: usize,
+    pub heads: usize,
+    pub num_layers: usize,
+    pub context_dim: usize,
+    pub groups: usize,
+    pub use_linear_projection: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Transformer2DModel {
+    norm: GroupNorm,
+    proj_in: Projection,
+    blocks: Vec<BasicTransformerBlock>,
+    proj_out: Projection,
+}
+
+impl Transformer2DModel {
+    pub fn new(vb: VarBuilder, cfg: &Transformer2DConfig) -> Result<Self> {
+        let c = cfg.channels;
+        let head_dim = c / cfg.heads;
+        let inner = cfg.heads * head_dim;
+        let projection = |i: usize, o: usize, vb: VarBuilder| -> Result<Projection> {
+            Ok(if cfg.use_linear_projection {
+                Projection::Linear(linear(i, o, vb)?)
+            } else {
+                Projection::Conv(conv2d(i, o, 1, 0, 1, vb)?)
+            })
+        };
+        let blocks = (0..cfg.num_layers)
+            .map(|i| {
+                let vb = vb.pp("transformer_blocks").pp(i);
+                BasicTransformerBlock::new(vb, inner, cfg.heads, head_dim, cfg.context_dim)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            norm: GroupNorm::load(cfg.groups, c, TRANSFORMER_GROUP_NORM_EPS, vb.pp("norm"))?,
+            proj_in: projection(c, inner, vb.pp("proj_in"))?,
+            blocks,
+            proj_out: projection(inner, c, vb.pp("proj_out"))?,
+        })
+    }
+
+    /// `x` `[B, C, H, W]`, `context` `[B, L, D]`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        context: &Tensor,
+        mut sink: Option<&mut CaptureSink<'_>>,
+    ) -> Result<Tensor> {
+        let (b, _, h, w) = x.dims4()?;
+        let normed = self.norm.forward(x)?;
+        // [B, C, H, W] → tokens [B, H·W, C].
+        let to_tokens = |t: &Tensor| -> Result<Tensor> {
+            let c = t.dim(1)?;
+            t.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()
+        };
+        let mut tokens = match &self.proj_in {
+            Projection::Conv(conv) => to_tokens(&conv.forward(&normed)?)?,
+            Projection::Linear(lin) => lin.forward(&to_tokens(&normed)?)?,
+        };
+        for block in &self.blocks {
+            tokens = block.forward(&tokens, context, (h, w), sink.as_deref_mut())?;
+        }
+        let to_image = |t: &Tensor| -> Result<Tensor> {
+            let c = t.dim(2)?;
+            t.transpose(1, 2)?.contiguous()?.reshape((b, c, h, w))
+        };
+        let out = match &self.proj_out {
+            Projection::Conv(conv) => conv.forward(&to_image(&tokens)?)?,
+            Projection::Linear(lin) => to_image(&lin.forward(&tokens)?)?,
+        };
+        out + x
+    }
+}

@@ -1,0 +1,206 @@
+//! The built-in demo model checked for meaning: what its images show, judged by the shapes
+//! classifier (no learning). Random-weight fixtures check numbers; this file checks that a
+//! red circle edited into a square becomes a red square at the same place.
+
+use candle_core::Device;
+use image::RgbImage;
+use mirror_engine::demo;
+use mirror_engine::imageio::{image_to_tensor, tensor_to_image};
+use mirror_engine::model::StableDiffusion;
+use mirror_engine::rng::SplitMix64;
+use mirror_engine::session::{Session, TranslateRequest};
+use mirror_engine::shapes::evaluate::{EditKind, EditRun, edit_cases, run_edit};
+use mirror_engine::shapes::{Colour, Scene, Shape, classify, render};
+
+fn demo_model() -> StableDiffusion {
+    let dir = demo::model_dir().expect("the demo model unpacks");
+    StableDiffusion::load(&dir, &Device::Cpu).expect("the demo model loads")
+}
+
+/// Every colour on every shape, on two backgrounds each, at random places and sizes.
+fn every_pair(seed: u64) -> Vec<Scene> {
+    let mut rng = SplitMix64::new(seed);
+    let mut scenes = Vec::new();
+    for colour in Colour::ALL {
+        for shape in Shape::ALL {
+            for k in 0..2 {
+                let others: Vec<Colour> =
+                    Colour::ALL.into_iter().filter(|c| *c != colour).collect();
+                let background = others[(rng.below(others.len()) + k * 3) % others.len()];
+                scenes.push(Scene::random_placement(shape, colour, background, &mut rng));
+            }
+        }
+    }
+    scenes
+}
+
+fn reads_as(scene: &Scene, image: &RgbImage) -> bool {
+    let seen = classify(image);
+    seen.background == scene.background
+        && seen
+            .object
+            .is_some_and(|o| o.shape == scene.shape && o.colour == scene.colour)
+}
+
+#[test]
+fn the_classifier_reads_shapes_after_the_demo_autoencoder() {
+    let sd = demo_model();
+    let scenes = every_pair(11);
+    let (mut fresh, mut round_trip) = (0, 0);
+    let mut misses = Vec::new();
+    for scene in &scenes {
+        let image = render(scene, demo::IMAGE_SIDE);
+        fresh += reads_as(scene, &image) as usize;
+        let x = image_to_tensor(&image, &sd.device).unwrap();
+        let z = sd.vae.image_to_latent(&x).unwrap();
+        let back = tensor_to_image(&sd.vae.latent_to_image(&z).unwrap()).unwrap();
+        if reads_as(scene, &back) {
+            round_trip += 1;
+        } else {
+            misses.push(scene.caption());
+        }
+    }
+    let n = scenes.len() as f64;
+    eprintln!(
+        "classifier on {} renders: fresh {:.1} %, after the autoencoder {:.1} % (missed: {misses:?})",
+        scenes.len(),
+        100.0 * fresh as f64 / n,
+        100.0 * round_trip as f64 / n
+    );
+    assert!(fresh as f64 >= 0.99 * n, "fresh renders: {fresh} of {n}");
+    assert!(
+        round_trip as f64 >= 0.95 * n,
+        "after the autoencoder: {round_trip} of {n}"
+    );
+}
+
+/// Sources per edit kind: every shape twice, colours rotating (`edit_cases`).
+const SOURCES_PER_KIND: usize = 8;
+/// The seed of the rendered sources (positions, sizes, colours).
+const SOURCE_SEED: u64 = 2026;
+
+/// What MirrorDiffusion with the model's recommended settings did on the sources of one kind.
+fn edit_runs(kind: EditKind) -> Vec<EditRun> {
+    let sd = demo_model();
+    let blank = RgbImage::new(demo::IMAGE_SIDE, demo::IMAGE_SIDE);
+    let mut request = TranslateRequest::new(blank, "", "");
+    request.use_cache = false;
+    sd.recommended().apply(&mut request);
+    assert!(
+        !sd.recommended().is_empty(),
+        "the demo model's folder recommends its settings"
+    );
+    let mut session = Session::new(sd, None);
+    edit_cases(kind, SOURCES_PER_KIND, SOURCE_SEED)
+        .iter()
+        .map(|case| {
+            let run = run_edit(&mut session, case, &request, demo::IMAGE_SIDE).expect("edit runs");
+            eprintln!("{run}");
+            run
+        })
+        .collect()
+}
+
+/// How many of the `SOURCES_PER_KIND` runs of one kind must pass each check. The issue's
+/// bars are 75 % (target word), 90 % (other words kept, centroid kept within 6 % of the width,
+/// reconstruction closer to the source than plain DDIM's, shape-word attention inside the
+/// object). Where MirrorDiffusion on the demo model measured lower (model card, "What Mirror
+/// does with it"), the level asserted is the measured count less one run, so that a change
+/// that makes the edits worse fails; a bar reached is asserted as the bar.
+struct Levels {
+    target: usize,
+    kept: usize,
+    centroid: usize,
+    mirror: usize,
+    attention: usize,
+}
+
+fn check_edits(kind: EditKind, levels: Levels) {
+    let runs = edit_runs(kind);
+    let count = |pass: &dyn Fn(&EditRun) -> bool| runs.iter().filter(|r| pass(r)).count();
+    let measured = Levels {
+        target: count(&|r| r.verdict.target_hit),
+        kept: count(&|r| r.verdict.others_kept),
+        centroid: count(&|r| r.verdict.centroid_shift.is_some_and(|d| d <= 0.06)),
+        mirror: count(&|r| r.mirror_reconstruction_error < r.ddim_reconstruction_error),
+        attention: count(&|r| r.attention_inside > r.mask_area),
+    };
+    let n = runs.len();
+    eprintln!(
+        "{} ({n} runs): target word {}, other words kept {}, centroid kept {}, reconstruction \
+         closer than plain DDIM's {}, shape-word attention inside the object {}",
+        kind.label(),
+        measured.target,
+        measured.kept,
+        measured.centroid,
+        measured.mirror,
+        measured.attention
+    );
+    for (what, got, want) in [
+        ("target word hit", measured.target, levels.target),
+        ("other words kept", measured.kept, levels.kept),
+        ("centroid kept", measured.centroid, levels.centroid),
+        (
+            "reconstruction closer than DDIM's",
+            measured.mirror,
+            levels.mirror,
+        ),
+        (
+            "attention inside the object",
+            measured.attention,
+            levels.attention,
+        ),
+    ] {
+        assert!(
+            got >= want,
+            "{}: {what} in {got} of {n} runs, expected at least {want}",
+            kind.label()
+        );
+    }
+}
+
+#[test]
+fn mirror_diffusion_changes_the_shape_word() {
+    // Measured 8, 6, 8, 6, 6 of 8.
+    check_edits(
+        EditKind::Shape,
+        Levels {
+            target: 6,
+            kept: 5,
+            centroid: 8,
+            mirror: 5,
+            attention: 5,
+        },
+    );
+}
+
+#[test]
+fn mirror_diffusion_changes_the_shape_colour() {
+    // Measured 4, 8, 7, 8, 4 of 8.
+    check_edits(
+        EditKind::Colour,
+        Levels {
+            target: 3,
+            kept: 8,
+            centroid: 6,
+            mirror: 8,
+            attention: 3,
+        },
+    );
+}
+
+#[test]
+fn mirror_diffusion_changes_the_background() {
+    // Measured 5, 1, 6, 7, 6 of 8: the background word also recolours the shape (see the
+    // model card). "Kept" is asserted at the one run measured: one less could not fail.
+    check_edits(
+        EditKind::Background,
+        Levels {
+            target: 4,
+            kept: 1,
+            centroid: 5,
+            mirror: 6,
+            attention: 5,
+        },
+    );
+}
