@@ -284,6 +284,8 @@ impl MirrorApp {
             model: model.map(|m| m.name.clone()).unwrap_or_default(),
             model_hash: model.map(|m| m.fingerprint.clone()).unwrap_or_default(),
             image_hash: mirror_engine::imageio::pixel_hash(&req.image),
+            // Known once the run finishes (`AppState::finish`).
+            vae_tiles_used: None,
             extra,
         }
     }
