@@ -136,6 +136,32 @@ fn a_landscape_photo_comes_back_in_its_own_shape() {
     assert_eq!(dims(&cropped), (side, side));
 }
 
+/// A 1×20000 strip (once processed as 32×9056: minutes for 4 steps) is letterboxed to 1:4 at
+/// the native area, says so, and finishes like any other photo; delivered at the 1:4 frame.
+#[test]
+fn an_extreme_strip_is_letterboxed_to_one_to_four_and_finishes_quickly() {
+    let env = Env::new("strip");
+    let strip = image::RgbImage::from_pixel(1, 20_000, image::Rgb([200, 30, 30]));
+    let photo = env.dir.join("strip.png");
+    strip.save(&photo).unwrap();
+    let sd =
+        StableDiffusion::load(&env.fx.model_dir(), &common::test_device()).expect("fixture model");
+    let (side, multiple) = (sd.default_image_side() as u32, sd.size_multiple() as u32);
+    let expected = processing_size((1, 20_000), None, ResizePolicy::Keep, side, multiple).unwrap();
+    assert!(expected.0 * expected.1 <= side * side, "{expected:?}");
+    assert!(expected.1 <= 4 * expected.0 + multiple, "{expected:?}");
+
+    let out = env.dir.join("strip-dog.png");
+    let started = std::time::Instant::now();
+    let o = env.translate(&photo, &out, &[]);
+    assert_ok(&o);
+    let seconds = started.elapsed().as_secs_f64();
+    assert!(seconds < 120.0, "took {seconds:.0} s");
+    assert_eq!(dims(&out), expected, "delivered at the 1:4 frame");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("longer than 1:4"), "{stderr}");
+}
+
 /// `--vae-tiles on` runs the VAE in tiles above its native size and the recipe says so; its
 /// replay runs in tiles again (the same pixels), and `off` is recorded as not tiled.
 #[test]
