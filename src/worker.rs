@@ -14,6 +14,7 @@ use image::RgbImage;
 use mirror_engine::EngineError;
 use mirror_engine::device::{self, DeviceChoice, Precision};
 use mirror_engine::imageio::{latent_preview, tensor_to_image};
+use mirror_engine::model::VaeTilesReport;
 use mirror_engine::pipeline::{Branch, CancelToken, Event, Phase, StepReport, TokenHeatmaps};
 use mirror_engine::session::{BranchImages, Method, Session, TranslateRequest};
 use mirror_engine::tokenizer::TokenWord;
@@ -154,6 +155,8 @@ pub struct RunSummary {
     pub reused_inversion: bool,
     pub edit_phrase: Option<(String, String)>,
     pub seconds: f64,
+    /// What the VAE passes of every part did about tiles (any part counts).
+    pub vae_tiles: VaeTilesReport,
 }
 
 /// Progress inside one denoising step.
@@ -371,6 +374,7 @@ fn run(session: &mut Session, job: &RunJob, cancel: &CancelToken, send: &dyn Fn(
         reused_inversion: false,
         edit_phrase: None,
         seconds: 0.0,
+        vae_tiles: VaeTilesReport::default(),
     };
     for (index, part) in job.parts.iter().enumerate() {
         let req = &part.request;
@@ -408,6 +412,8 @@ fn run(session: &mut Session, job: &RunJob, cancel: &CancelToken, send: &dyn Fn(
         } else {
             total.reused_inversion
         };
+        total.vae_tiles.used |= outcome.vae_tiles.used;
+        total.vae_tiles.fell_back |= outcome.vae_tiles.fell_back;
         if total.edit_phrase.is_none() {
             total.edit_phrase = outcome.edit_phrase.clone();
         }

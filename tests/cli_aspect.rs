@@ -135,3 +135,73 @@ fn a_landscape_photo_comes_back_in_its_own_shape() {
     assert_ok(&env.translate(&photo, &cropped, &["--resize", "crop"]));
     assert_eq!(dims(&cropped), (side, side));
 }
+
+/// A 1×20000 strip (once processed as 32×9056: minutes for 4 steps) is letterboxed to 1:4 at
+/// the native area, says so, and finishes like any other photo; delivered at the 1:4 frame.
+#[test]
+fn an_extreme_strip_is_letterboxed_to_one_to_four_and_finishes_quickly() {
+    let env = Env::new("strip");
+    let strip = image::RgbImage::from_pixel(1, 20_000, image::Rgb([200, 30, 30]));
+    let photo = env.dir.join("strip.png");
+    strip.save(&photo).unwrap();
+    let sd =
+        StableDiffusion::load(&env.fx.model_dir(), &common::test_device()).expect("fixture model");
+    let (side, multiple) = (sd.default_image_side() as u32, sd.size_multiple() as u32);
+    let expected = processing_size((1, 20_000), None, ResizePolicy::Keep, side, multiple).unwrap();
+    assert!(expected.0 * expected.1 <= side * side, "{expected:?}");
+    assert!(expected.1 <= 4 * expected.0 + multiple, "{expected:?}");
+
+    let out = env.dir.join("strip-dog.png");
+    let started = std::time::Instant::now();
+    let o = env.translate(&photo, &out, &[]);
+    assert_ok(&o);
+    let seconds = started.elapsed().as_secs_f64();
+    assert!(seconds < 120.0, "took {seconds:.0} s");
+    assert_eq!(dims(&out), expected, "delivered at the 1:4 frame");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("longer than 1:4"), "{stderr}");
+}
+
+/// `--vae-tiles on` runs the VAE in tiles above its native size and the recipe says so; its
+/// replay runs in tiles again (the same pixels), and `off` is recorded as not tiled.
+#[test]
+fn vae_tiles_are_recorded_and_replayed() {
+    let env = Env::new("tiles");
+    let (photo, _) = env.landscape();
+    let sd =
+        StableDiffusion::load(&env.fx.model_dir(), &common::test_device()).expect("fixture model");
+    let (side, multiple) = (sd.default_image_side() as u32, sd.size_multiple() as u32);
+    let size = processing_size(dims(&photo), None, ResizePolicy::Keep, side, multiple).unwrap();
+    let above_native = size.0.max(size.1) as usize > sd.vae.config().sample_size;
+    let tiled = env.dir.join("tiled.png");
+    assert_ok(&env.translate(&photo, &tiled, &["--vae-tiles", "on"]));
+    let recipe = read_recipe(&tiled).unwrap().expect("a recipe");
+    assert_eq!(recipe.vae_tiles_used, Some(above_native));
+    let again = env.dir.join("again.png");
+    assert_ok(&env.translate(&photo, &again, &["--recipe", tiled.to_str().unwrap()]));
+    assert_eq!(
+        read_recipe(&again).unwrap().unwrap().vae_tiles_used,
+        Some(above_native)
+    );
+    assert_eq!(
+        image::open(&again).unwrap().to_rgb8(),
+        image::open(&tiled).unwrap().to_rgb8(),
+        "the replay is the same picture"
+    );
+    let whole = env.dir.join("whole.png");
+    assert_ok(&env.translate(&photo, &whole, &["--vae-tiles", "off"]));
+    assert_eq!(
+        read_recipe(&whole).unwrap().unwrap().vae_tiles_used,
+        Some(false)
+    );
+    if above_native {
+        assert_ne!(
+            image::open(&whole).unwrap().to_rgb8(),
+            image::open(&tiled).unwrap().to_rgb8(),
+            "tiles change the pixels"
+        );
+    }
+    let bad = env.translate(&photo, &whole, &["--vae-tiles", "sometimes"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("auto, on or off"));
+}

@@ -8,7 +8,9 @@ use image::RgbImage;
 
 use crate::worker::{Command, RunJob, RunPart};
 use mirror_engine::direction::find_edit_phrase;
-use mirror_engine::imageio::{Recipe, processing_size, resize};
+use mirror_engine::imageio::{
+    MAX_ASPECT, Recipe, ResizePolicy, beyond_aspect_limit, processing_size, resize,
+};
 use mirror_engine::session::Method;
 
 use super::jobs::{JobOutput, Pick};
@@ -150,6 +152,13 @@ impl MirrorApp {
             return self.state.error(e);
         }
         let (source, policy) = (img.loaded.rgb.clone(), self.state.resize);
+        if policy == ResizePolicy::Keep && beyond_aspect_limit(img.loaded.original_size) {
+            self.state.note(format!(
+                "The photo is longer than 1:{MAX_ASPECT}: it is processed in a 1:{MAX_ASPECT} \
+                 frame with grey borders ({}×{}).",
+                size.0, size.1
+            ));
+        }
         self.state.emit("run_preparing");
         self.jobs.spawn(PREPARING, false, move |_| {
             Ok(JobOutput::RunImage {
@@ -284,6 +293,8 @@ impl MirrorApp {
             model: model.map(|m| m.name.clone()).unwrap_or_default(),
             model_hash: model.map(|m| m.fingerprint.clone()).unwrap_or_default(),
             image_hash: mirror_engine::imageio::pixel_hash(&req.image),
+            // Known once the run finishes (`AppState::finish`).
+            vae_tiles_used: None,
             extra,
         }
     }

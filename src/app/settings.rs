@@ -11,6 +11,7 @@ use mirror_engine::device::{DeviceChoice, Precision};
 use mirror_engine::imageio::{Recipe, ResizePolicy, write_atomic};
 use mirror_engine::methods::mirror::{MirrorPreset, MirrorSettings};
 use mirror_engine::session::{Method, TranslateRequest};
+use mirror_engine::vae::VaeTiles;
 
 const FILE_NAME: &str = "settings.json";
 const MAX_RECENT: usize = 8;
@@ -41,6 +42,8 @@ pub struct RunSettings {
     pub direction_from_prompts: bool,
     /// A saved edit direction (.safetensors); empty: none.
     pub direction_file: String,
+    /// When the VAE works in tiles.
+    pub vae_tiles: VaeTiles,
 }
 
 impl Default for RunSettings {
@@ -62,6 +65,7 @@ impl Default for RunSettings {
             target_sentences: String::new(),
             direction_from_prompts: false,
             direction_file: String::new(),
+            vae_tiles: VaeTiles::default(),
         }
     }
 }
@@ -82,6 +86,7 @@ impl RunSettings {
         req.attention_maps = true;
         req.decode_every = (self.decode_every > 0).then_some(self.decode_every);
         req.direction = self.direction().choice();
+        req.vae_tiles = self.vae_tiles;
         req
     }
 
@@ -131,6 +136,7 @@ impl RunSettings {
         next.xa_guidance = r.xa_guidance;
         next.redescription_iterations = r.redescription_iterations;
         next.redescription_lr = r.redescription_lr;
+        next.vae_tiles = r.vae_tiles();
         next.compare_ddim = r
             .extra
             .get("compare_ddim")

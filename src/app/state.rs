@@ -471,8 +471,18 @@ impl AppState {
                 "Cancelled after {} steps; the steps done so far stay viewable.",
                 summary.steps_done
             ));
+        } else if summary.vae_tiles.fell_back {
+            self.note(format!(
+                "Finished in {:.1} s. The image did not fit in memory in one piece, so the VAE \
+                 worked on it in tiles.",
+                summary.seconds
+            ));
         } else {
             self.note(format!("Finished in {:.1} s.", summary.seconds));
+        }
+        // The recipe replays the tiles the run actually used.
+        if let Some(recipe) = &mut self.result_recipe {
+            recipe.vae_tiles_used = Some(summary.vae_tiles.used);
         }
         self.result = Some(summary);
     }

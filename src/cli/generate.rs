@@ -13,9 +13,10 @@ use super::{Cancelled, default_model_path, interrupt};
 use mirror_engine::EngineError;
 use mirror_engine::device;
 use mirror_engine::imageio::save_png_with_recipe;
-use mirror_engine::model::StableDiffusion;
+use mirror_engine::model::{StableDiffusion, VAE_TILES_FALLBACK_NOTE};
 use mirror_engine::pipeline::CancelToken;
 use mirror_engine::pipeline::generate::{GenerateSettings, generate, to_rgb_images};
+use mirror_engine::vae::VaeTiles;
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
@@ -49,6 +50,10 @@ pub struct GenerateArgs {
     /// Image size [default: the model's native size].
     #[arg(long, value_name = "WxH", value_parser = parse_size)]
     pub size: Option<Size>,
+    /// VAE decode in tiles: auto (only when the image does not fit in memory), on (diffusers'
+    /// tiling above the model's size), off.
+    #[arg(long, value_name = "auto|on|off", default_value_t = VaeTiles::Auto)]
+    pub vae_tiles: VaeTiles,
 }
 
 /// Where image `k` (seed `seed`) goes.
@@ -121,6 +126,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         settings.width = w as usize;
         settings.height = h as usize;
     }
+    settings.vae_tiles = args.vae_tiles;
     eprintln!(
         "{} image(s) of {}×{}, {} steps, guidance {}",
         settings.count, settings.width, settings.height, settings.steps, settings.guidance_scale
@@ -136,6 +142,9 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         Err(EngineError::Cancelled) => return Err(Cancelled.into()),
         other => other?,
     };
+    if sd.vae_tiles_report().fell_back {
+        eprintln!("{VAE_TILES_FALLBACK_NOTE}");
+    }
     for (image, path) in to_rgb_images(&images)?.iter().zip(&paths) {
         save_png_with_recipe(image, None, path)?;
         println!("wrote {}", path.display());

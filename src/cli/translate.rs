@@ -21,6 +21,7 @@ use mirror_engine::methods::mirror::{MirrorPreset, MirrorSettings};
 use mirror_engine::model_notes::{ModelNotes, Recommended, RecommendedDirection};
 use mirror_engine::pipeline::CancelToken;
 use mirror_engine::session::{InversionCache, Method, Session, TranslateRequest};
+use mirror_engine::vae::VaeTiles;
 
 const AFTER_HELP: &str = "\
 Threads: --threads T sets RAYON_NUM_THREADS before anything runs (candle reads it). On small
@@ -203,6 +204,10 @@ pub struct TranslateArgs {
     /// Neither read nor write the inversion cache.
     #[arg(long)]
     pub no_cache: bool,
+    /// VAE in tiles: auto (only when the image does not fit in memory), on (diffusers'
+    /// tiling above the model's size), off [default: the recipe's, else auto].
+    #[arg(long, value_name = "auto|on|off")]
+    pub vae_tiles: Option<VaeTiles>,
     #[command(flatten)]
     pub compute: DeviceArgs,
     /// Compute threads (sets RAYON_NUM_THREADS).
@@ -487,6 +492,10 @@ pub fn run(args: &TranslateArgs) -> Result<()> {
     req.compare_ddim = plan.compare_ddim;
     req.use_cache = !args.no_cache;
     req.record_dump = outputs.dump.is_some();
+    req.vae_tiles = args
+        .vae_tiles
+        .or(plan.recipe.as_ref().map(Recipe::vae_tiles))
+        .unwrap_or_default();
     let cache_dir = if args.no_cache {
         None
     } else {
@@ -529,6 +538,7 @@ pub fn run(args: &TranslateArgs) -> Result<()> {
         model: model_name,
         model_hash,
         image_hash: loaded.content_hash.clone(),
+        vae_tiles_used: Some(outcome.vae_tiles.used),
         extra,
     };
 

@@ -3,7 +3,7 @@
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -20,8 +20,34 @@ use crate::model_notes::ModelNotes;
 use crate::scheduler::DdimScheduler;
 use crate::tokenizer::ClipTokenizer;
 use crate::unet::{UNet2DConditionModel, UNetConfig};
-use crate::vae::{AutoencoderKL, VaeConfig};
+use crate::vae::tiled::{VaeTiles, fits_whole, free_memory_bytes, untiled_peak_bytes};
+use crate::vae::{AutoencoderKL, DiagonalGaussian, TilingSettings, VaeConfig};
 use crate::{EngineError, Result};
+
+/// What a run says when `auto` worked the VAE in tiles.
+pub const VAE_TILES_FALLBACK_NOTE: &str = "the image was too large for memory in one piece: \
+     the VAE worked on it in tiles (results differ slightly from a run in one piece)";
+
+/// What a run's VAE passes did about tiles.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VaeTilesReport {
+    /// At least one pass went through in tiles.
+    pub used: bool,
+    /// `auto` chose tiles: the whole pass would not fit in memory, or ran out of it.
+    pub fell_back: bool,
+}
+
+/// The tiles mode of the current run and its report. Behind a lock because the model is
+/// shared by reference with every stage of a run; a session runs one request at a time.
+#[derive(Debug, Default)]
+pub struct VaeTilesState(Mutex<(VaeTiles, VaeTilesReport)>);
+
+impl VaeTilesState {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (VaeTiles, VaeTilesReport)> {
+        // A panicked pass leaves a plain value behind: still usable.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 /// What a loaded model is, for display, recipes and cache keys.
 #[derive(Debug, Clone)]
@@ -49,6 +75,8 @@ pub struct StableDiffusion {
     /// Copies of the networks in a half type for forward-only passes (None: those passes
     /// use the f32 networks above).
     pub half: Option<ForwardNets>,
+    /// When VAE passes go through in tiles, and whether they did.
+    pub vae_tiles: VaeTilesState,
 }
 
 impl StableDiffusion {
@@ -155,6 +183,76 @@ impl StableDiffusion {
             },
             notes,
             half,
+            vae_tiles: VaeTilesState::default(),
+        })
+    }
+
+    /// Sets the tiles mode of the coming VAE passes and clears the report.
+    pub fn set_vae_tiles(&self, mode: VaeTiles) {
+        *self.vae_tiles.lock() = (mode, VaeTilesReport::default());
+    }
+
+    /// The tiles mode VAE passes follow now.
+    pub fn vae_tiles_mode(&self) -> VaeTiles {
+        self.vae_tiles.lock().0
+    }
+
+    /// What the VAE passes since the last [`Self::set_vae_tiles`] did about tiles.
+    pub fn vae_tiles_report(&self) -> VaeTilesReport {
+        self.vae_tiles.lock().1
+    }
+
+    fn note_tiles(&self, fell_back: bool) {
+        let report = &mut self.vae_tiles.lock().1;
+        report.used = true;
+        report.fell_back |= fell_back;
+    }
+
+    /// One VAE pass of `vae` on a latent of `latent_hw`, whole or in tiles as the mode says:
+    /// `off` whole, `on` in tiles (above the native size), `auto` whole unless the estimated
+    /// peak would not fit the free memory, and again in tiles after an out-of-memory error
+    /// (ComfyUI's fallback to its tiled decode).
+    fn vae_pass<T>(
+        &self,
+        vae: &AutoencoderKL,
+        latent_hw: (usize, usize),
+        dtype: DType,
+        pass: impl Fn(&TilingSettings) -> candle_core::Result<T>,
+    ) -> Result<T> {
+        let whole = vae.tiling().with_enabled(false);
+        let tiled = vae.tiling().with_enabled(true);
+        let applies = tiled.applies(latent_hw, vae.config().downsample_factor());
+        match self.vae_tiles_mode() {
+            _ if !applies => Ok(pass(&whole)?),
+            VaeTiles::Off => Ok(pass(&whole)?),
+            VaeTiles::On => {
+                self.note_tiles(false);
+                Ok(pass(&tiled)?)
+            }
+            VaeTiles::Auto => {
+                let peak = untiled_peak_bytes(vae.config(), latent_hw, dtype);
+                if !fits_whole(peak, free_memory_bytes(&self.device)) {
+                    self.note_tiles(true);
+                    return Ok(pass(&tiled)?);
+                }
+                match pass(&whole) {
+                    Err(e) if crate::error::is_out_of_memory(&e.to_string()) => {
+                        self.note_tiles(true);
+                        Ok(pass(&tiled)?)
+                    }
+                    other => Ok(other?),
+                }
+            }
+        }
+    }
+
+    /// VAE encode (f32, the posterior feeds gradients' inputs): image [1, 3, H, W] in
+    /// [−1, 1] → posterior, whole or in tiles as [`Self::set_vae_tiles`] says.
+    pub fn encode_posterior(&self, image: &Tensor) -> Result<DiagonalGaussian> {
+        let (_, _, h, w) = image.dims4()?;
+        let factor = self.latent_factor();
+        self.vae_pass(&self.vae, (h / factor, w / factor), DType::F32, |t| {
+            self.vae.encode_with(image, t)
         })
     }
 
@@ -175,12 +273,17 @@ impl StableDiffusion {
     /// VAE decode (a forward-only pass, in the forward type): latent → image in f32. A half
     /// decode that overflows is an error, never a black image.
     pub fn decode_latent(&self, latent: &Tensor) -> Result<Tensor> {
+        let (_, _, h, w) = latent.dims4()?;
         let Some(half) = &self.half else {
-            return Ok(self.vae.latent_to_image(latent)?);
+            return self.vae_pass(&self.vae, (h, w), DType::F32, |t| {
+                self.vae.latent_to_image_with(latent, t)
+            });
         };
-        let image = half
-            .vae
-            .latent_to_image(&latent.to_dtype(half.dtype)?)?
+        let latent = latent.to_dtype(half.dtype)?;
+        let image = self
+            .vae_pass(&half.vae, (h, w), half.dtype, |t| {
+                half.vae.latent_to_image_with(&latent, t)
+            })?
             .to_dtype(DType::F32)?;
         if !crate::pipeline::step::is_finite(&image)? {
             return Err(EngineError::NonFinite {

@@ -328,6 +328,7 @@ fn sample_recipe() -> Recipe {
         model: "tiny".into(),
         model_hash: "0123456789abcdef".into(),
         image_hash: "fedcba".into(),
+        vae_tiles_used: Some(true),
         extra: Default::default(),
     }
 }

@@ -344,8 +344,40 @@ fn sample_recipe() -> Recipe {
         model: "tiny-sd".into(),
         model_hash: "0123456789abcdef".into(),
         image_hash: "feedface".into(),
+        vae_tiles_used: Some(true),
         extra,
     }
+}
+
+/// The recipe records whether the VAE worked in tiles; a replay asks for the same (on / off),
+/// and a recipe from before the field loads and decides afresh (auto).
+#[test]
+fn recipe_replays_the_vae_tiles_it_used() {
+    use mirror_engine::vae::VaeTiles;
+    let mut recipe = sample_recipe();
+    for (used, replay) in [(true, VaeTiles::On), (false, VaeTiles::Off)] {
+        recipe.vae_tiles_used = Some(used);
+        let back = Recipe::from_json(&recipe.to_json(), "test").unwrap();
+        assert_eq!(back.vae_tiles_used, Some(used));
+        assert_eq!(back.vae_tiles(), replay);
+    }
+    let mut old: serde_json::Value = serde_json::from_str(&recipe.to_json()).unwrap();
+    old.as_object_mut().unwrap().remove("vae_tiles_used");
+    let old = Recipe::from_json(&old.to_string(), "old").unwrap();
+    assert_eq!(old.vae_tiles_used, None);
+    assert_eq!(old.vae_tiles(), VaeTiles::Auto);
+    assert!(recipe.a1111_parameters().contains("Tiled VAE") == recipe.vae_tiles_used.unwrap());
+    for mode in VaeTiles::ALL {
+        assert_eq!(mode.word().parse::<VaeTiles>(), Ok(mode));
+        let json = serde_json::to_string(&mode).unwrap();
+        assert_eq!(json, format!("\"{}\"", mode.word()));
+    }
+    assert!(
+        "sometimes"
+            .parse::<VaeTiles>()
+            .unwrap_err()
+            .contains("auto, on or off")
+    );
 }
 
 fn png_text(path: &Path, keyword: &str) -> Option<String> {

@@ -13,6 +13,7 @@ use mirror_engine::imageio::{ResizePolicy, describe_resize, processing_size};
 use mirror_engine::methods::mirror::MirrorPreset;
 use mirror_engine::pipeline::Phase;
 use mirror_engine::session::Method;
+use mirror_engine::vae::VaeTiles;
 
 /// The methods the app offers, with what each does.
 const METHODS: [(Method, &str); 3] = [
@@ -275,6 +276,19 @@ fn advanced_section(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>
             ui.add(egui::Slider::new(&mut r.decode_every, 0..=20).text("Decode previews every"))
                 .on_hover_text(
                     "Full VAE decode of the previews every k steps (0: fast latent previews only)",
+                );
+            egui::ComboBox::from_label("VAE tiles")
+                .selected_text(r.vae_tiles.word())
+                .show_ui(ui, |ui| {
+                    for mode in VaeTiles::ALL {
+                        ui.selectable_value(&mut r.vae_tiles, mode, mode.label());
+                    }
+                })
+                .response
+                .on_hover_text(
+                    "Large images can go through the image encoder and decoder in overlapping \
+                     tiles: less memory, slightly different pixels. auto uses tiles only when \
+                     the image would not fit in memory.",
                 );
             let mut seed = r.seed as f64;
             if ui

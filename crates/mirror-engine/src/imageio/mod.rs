@@ -22,6 +22,7 @@ pub use recipe::{
     read_recipe_from_memory, save_png_with_recipe,
 };
 pub use resize::{
-    PAD_GREY, ResizePolicy, describe_resize, plan_size, processing_size, resize, restore_size,
+    MAX_ASPECT, PAD_GREY, ResizePolicy, beyond_aspect_limit, describe_resize, plan_size,
+    processing_size, resize, restore_size,
 };
 pub use sheet::{SHEET_GAP, SHEET_LABEL_HEIGHT, comparison_sheet, draw_text, sheet_size};

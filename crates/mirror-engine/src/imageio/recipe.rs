@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::atomic::write_atomic;
 use super::resize::ResizePolicy;
+use crate::vae::VaeTiles;
 use crate::{EngineError, Result};
 
 /// Version of the JSON recipe layout written by this build.
@@ -43,11 +44,22 @@ pub struct Recipe {
     pub model: String,
     pub model_hash: String,
     pub image_hash: String,
+    /// Whether the VAE worked in tiles (so a replay does the same; older recipes have no
+    /// such field: their replay decides afresh, `auto`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vae_tiles_used: Option<bool>,
     #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Recipe {
+    /// The tiles mode that replays this recipe's pixels: `on` if it used tiles, `off` if not,
+    /// `auto` when it does not say.
+    pub fn vae_tiles(&self) -> VaeTiles {
+        self.vae_tiles_used
+            .map_or(VaeTiles::Auto, VaeTiles::replaying)
+    }
+
     /// The A1111 "parameters" text: prompt line, negative prompt line, then `Key: value` pairs.
     /// The source prompt is shown as the negative prompt (what the edit moves away from).
     pub fn a1111_parameters(&self) -> String {
@@ -74,6 +86,15 @@ impl Recipe {
             ),
             ("Redescription lr", self.redescription_lr.to_string()),
             ("Resize", self.resize.to_string()),
+            (
+                "Tiled VAE",
+                if self.vae_tiles_used == Some(true) {
+                    "True"
+                } else {
+                    ""
+                }
+                .into(),
+            ),
             ("Mirror version", env!("CARGO_PKG_VERSION").into()),
         ];
         let fields: Vec<String> = pairs

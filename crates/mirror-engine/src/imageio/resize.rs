@@ -1,5 +1,7 @@
 //! Bringing an image to the size the model runs at: its own shape at the model's native area
 //! (the default), centre-crop, stretch, or letterbox; and the results back to the source's size.
+//! A shape beyond 1:4 is letterboxed to 1:4 (as SD tools bucket their sizes): the native area
+//! at any aspect ratio keeps every run as cheap as a square one.
 
 use std::fmt;
 use std::str::FromStr;
@@ -12,6 +14,17 @@ use crate::{EngineError, Result};
 
 /// The letterbox colour for `ResizePolicy::Pad`: mid-grey, i.e. ~0 in the model's [-1, 1] range.
 pub const PAD_GREY: Rgb<u8> = Rgb([128, 128, 128]);
+
+/// The most elongated shape "keep the shape" processes, long side : short side. SD models are
+/// trained on buckets up to about this (SDXL's go to 1:4); a photo beyond it is fitted into
+/// a 1:4 frame with grey borders rather than cropped, so nothing of it is lost.
+pub const MAX_ASPECT: f64 = 4.0;
+
+/// Whether an image of `original` (w, h) is more elongated than [`MAX_ASPECT`].
+pub fn beyond_aspect_limit(original: (u32, u32)) -> bool {
+    let (w, h) = (f64::from(original.0.max(1)), f64::from(original.1.max(1)));
+    w.max(h) / w.min(h) > MAX_ASPECT
+}
 
 /// How an image whose aspect ratio differs from the target is fitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -56,10 +69,11 @@ impl ResizePolicy {
         }
     }
 
-    /// The size results are delivered at: the source's own for `Keep`, else the processing size.
+    /// The size results are delivered at: the source's own for `Keep`, else the processing size
+    /// (also for `Keep` beyond [`MAX_ASPECT`]: the result is the letterboxed frame).
     pub fn output_size(self, original: (u32, u32), processing: (u32, u32)) -> (u32, u32) {
         match self {
-            ResizePolicy::Keep => original,
+            ResizePolicy::Keep if !beyond_aspect_limit(original) => original,
             _ => processing,
         }
     }
@@ -126,8 +140,9 @@ pub fn plan_size(
 
 /// The size an image is processed at under `policy`. An explicit `target` wins (checked by
 /// [`plan_size`]); otherwise `Keep` gives the model's native area (`default_side`²) at the
-/// source's aspect ratio, each side rounded to a multiple of `factor`, and the other policies
-/// the model's square.
+/// source's aspect ratio (at most [`MAX_ASPECT`]), each side rounded to a multiple of
+/// `factor`, and the other policies the model's square. So without an explicit size no image,
+/// however elongated, is processed at more than about the native area.
 pub fn processing_size(
     original: (u32, u32),
     target: Option<(u32, u32)>,
@@ -141,7 +156,8 @@ pub fn processing_size(
     // Validates the factor, the source and the model's default side.
     plan_size(original, None, default_side, factor)?;
     let area = f64::from(default_side) * f64::from(default_side);
-    let aspect = f64::from(original.0) / f64::from(original.1);
+    let aspect =
+        (f64::from(original.0) / f64::from(original.1)).clamp(1.0 / MAX_ASPECT, MAX_ASPECT);
     let width = (area * aspect).sqrt();
     let height = (area / aspect).sqrt();
     let round = |side: f64| ((side / f64::from(factor)).round().max(1.0) as u32) * factor;
@@ -161,6 +177,13 @@ pub fn describe_resize(original: (u32, u32), target: (u32, u32), policy: ResizeP
         return format!("{w}×{h} (no resize)");
     }
     match policy {
+        ResizePolicy::Keep if beyond_aspect_limit(original) => {
+            let (fw, fh) = fit_size(original, target);
+            format!(
+                "{w}×{h} is longer than 1:{MAX_ASPECT}: fit {fw}×{fh}, pad grey → {tw}×{th} \
+                 (a 1:{MAX_ASPECT} frame) → result {tw}×{th}"
+            )
+        }
         ResizePolicy::Keep => format!("{w}×{h} → {tw}×{th} (shape kept) → result {w}×{h}"),
         ResizePolicy::Stretch => format!("{w}×{h} → stretch → {tw}×{th}"),
         ResizePolicy::Crop => {
@@ -195,6 +218,10 @@ pub fn resize(img: &RgbImage, target: (u32, u32), policy: ResizePolicy) -> RgbIm
         };
     }
     match policy {
+        // Beyond the aspect limit the planned size is a 1:4 frame: letterboxed as `Pad`.
+        ResizePolicy::Keep if beyond_aspect_limit(img.dimensions()) => {
+            resize(img, (tw, th), ResizePolicy::Pad)
+        }
         // The planned size has the source's shape up to rounding: a plain resize.
         ResizePolicy::Keep | ResizePolicy::Stretch => lanczos(img, (tw, th)),
         ResizePolicy::Crop => {
@@ -313,14 +340,57 @@ mod tests {
             processing_size((3000, 2000), Some((96, 64)), ResizePolicy::Keep, 512, 8).unwrap(),
             (96, 64)
         );
-        // Extreme shapes keep at least one multiple per side.
+        // Shapes beyond 1:4 are processed at 1:4 (the native area).
         assert_eq!(
             processing_size((10000, 10), None, ResizePolicy::Keep, 64, 8).unwrap(),
-            (2024, 8)
+            (128, 32)
+        );
+        assert_eq!(
+            processing_size((4000, 1000), None, ResizePolicy::Keep, 64, 8).unwrap(),
+            (128, 32)
         );
         assert_eq!(ResizePolicy::default(), ResizePolicy::Keep);
         assert_eq!(ResizePolicy::Keep.output_size((96, 64), (80, 52)), (96, 64));
         assert_eq!(ResizePolicy::Crop.output_size((96, 64), (64, 64)), (64, 64));
+    }
+
+    /// A 1×20000 strip (once processed as 32×9056, a run that stalled for minutes) is
+    /// letterboxed into a 1:4 frame of the native area, at once, and says so.
+    #[test]
+    fn extreme_shapes_are_letterboxed_to_one_to_four_quickly() {
+        let started = std::time::Instant::now();
+        for original in [(1, 20_000), (20_000, 1), (3, 17_001)] {
+            let img = RgbImage::from_pixel(original.0, original.1, Rgb([200, 10, 10]));
+            let size = processing_size(original, None, ResizePolicy::Keep, 64, 8).unwrap();
+            let (long, short) = (size.0.max(size.1), size.0.min(size.1));
+            assert_eq!((long, short), (128, 32), "{original:?} → {size:?}");
+            assert!(size.0 * size.1 <= 64 * 64, "no more than the native area");
+            let out = resize(&img, size, ResizePolicy::Keep);
+            assert_eq!(out.dimensions(), size);
+            // The strip in the middle, grey borders around it.
+            assert_eq!(*out.get_pixel(0, 0), PAD_GREY);
+            assert_eq!(ResizePolicy::Keep.output_size(original, size), size);
+            assert_eq!(
+                restore_size(&out, original, ResizePolicy::Keep).dimensions(),
+                size
+            );
+            let message = describe_resize(original, size, ResizePolicy::Keep);
+            assert!(
+                message.contains("longer than 1:4") && message.contains("pad grey"),
+                "{message}"
+            );
+        }
+        assert!(
+            started.elapsed().as_secs_f64() < 5.0,
+            "{:?}",
+            started.elapsed()
+        );
+        // At the limit the shape is still kept.
+        assert!(!beyond_aspect_limit((4000, 1000)));
+        assert_eq!(
+            ResizePolicy::Keep.output_size((4000, 1000), (128, 32)),
+            (4000, 1000)
+        );
     }
 
     #[test]

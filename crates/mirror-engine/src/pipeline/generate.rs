@@ -11,6 +11,7 @@ use super::{CancelToken, stages};
 use crate::imageio::tensor_to_image;
 use crate::methods::ddim::{self, DdimContexts};
 use crate::model::StableDiffusion;
+use crate::vae::VaeTiles;
 use crate::vae::gaussian::standard_normal;
 use crate::{EngineError, Result};
 
@@ -31,6 +32,8 @@ pub struct GenerateSettings {
     pub count: usize,
     pub width: usize,
     pub height: usize,
+    /// Whether the VAE decode goes through in tiles.
+    pub vae_tiles: VaeTiles,
 }
 
 impl GenerateSettings {
@@ -47,6 +50,7 @@ impl GenerateSettings {
             count: 1,
             width: side,
             height: side,
+            vae_tiles: VaeTiles::default(),
         }
     }
 }
@@ -108,6 +112,7 @@ pub fn denoise(
 
 /// `settings.count` images of the prompt, `[N, 3, H, W]` in [−1, 1] (unclamped).
 /// `on_step(image, step)` is told after each step. Words the model does not know are an error.
+/// Whether the decode went through in tiles is in `sd.vae_tiles_report()` afterwards.
 pub fn generate(
     sd: &StableDiffusion,
     settings: &GenerateSettings,
@@ -130,6 +135,7 @@ pub fn generate(
     sd.check_image_size(settings.width, settings.height)?;
     sd.scheduler.check_num_inference_steps(settings.steps)?;
     let contexts = encode_prompt(sd, &settings.prompt, settings.guidance_scale)?;
+    sd.set_vae_tiles(settings.vae_tiles);
     let ctx = StageContext::new(sd, cancel);
     let mut images = Vec::with_capacity(settings.count);
     for k in 0..settings.count {

@@ -23,7 +23,7 @@ pub enum Posterior {
 
 /// Image `[1, 3, H, W]` in [−1, 1] → latent `[1, 4, H/f, W/f]` (× scaling factor).
 pub fn encode_image(sd: &StableDiffusion, image: &Tensor, posterior: Posterior) -> Result<Tensor> {
-    let dist = sd.vae.encode(image)?;
+    let dist = sd.encode_posterior(image)?;
     let z = match posterior {
         Posterior::Mean => dist.mean,
         Posterior::Sample(seed) => dist.sample(seed)?,

@@ -7,7 +7,9 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 use crate::methods::mirror::{MirrorPreset, MirrorSettings};
+use crate::model::VaeTilesReport;
 use crate::pipeline::StepReport;
+use crate::vae::VaeTiles;
 
 /// The editing method of the main (translation) branch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -134,6 +136,8 @@ pub struct TranslateRequest {
     pub use_cache: bool,
     /// Keep every per-step tensor for `--dump`.
     pub record_dump: bool,
+    /// Whether the VAE encode and decodes go through in tiles.
+    pub vae_tiles: VaeTiles,
 }
 
 impl TranslateRequest {
@@ -155,6 +159,7 @@ impl TranslateRequest {
             decode_every: None,
             use_cache: true,
             record_dump: false,
+            vae_tiles: VaeTiles::default(),
         }
     }
 
@@ -191,4 +196,6 @@ pub struct TranslateOutcome {
     pub dump: Vec<(String, Tensor)>,
     /// Wall-clock seconds of the whole run.
     pub seconds: f64,
+    /// What the VAE passes did about tiles (a recipe replays `used` as on, else off).
+    pub vae_tiles: VaeTilesReport,
 }

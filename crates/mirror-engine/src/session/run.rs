@@ -17,7 +17,7 @@ use crate::imageio::{image_to_tensor, pixel_hash};
 use crate::methods::ddim::{self, DdimContexts, DdimInputs};
 use crate::methods::mirror::{self, MirrorInputs, MirrorPreset, MirrorState};
 use crate::methods::pix2pix_zero::{self, Pix2PixZeroInputs, Pix2PixZeroSettings};
-use crate::model::StableDiffusion;
+use crate::model::{StableDiffusion, VAE_TILES_FALLBACK_NOTE};
 use crate::pipeline::stages::{
     self, InversionGrid, InversionSettings, KlRegularizer, Posterior, Trajectory, decode,
     encode_image, mse,
@@ -27,6 +27,7 @@ use crate::pipeline::{
     StepReport, StepWork, TokenHeatmaps, UnetCall,
 };
 use crate::unet::AttentionMaps;
+use crate::vae::VaeTiles;
 use crate::{EngineError, Result};
 
 /// The inversion a request needs: grid, regulariser and posterior follow the preset (and,
@@ -63,7 +64,9 @@ pub(super) fn inversion_key(sd: &StableDiffusion, req: &TranslateRequest) -> Cac
         steps: req.steps,
         variant: format!("{:?}|{:?}|{:?}", plan.grid, plan.kl, posterior)
             // A half-precision inversion is another trajectory (f32 keys stay as they were).
-            + &forward_type_key(sd),
+            + &forward_type_key(sd)
+            // So is one from a tiled encode (whole-image keys stay as they were).
+            + if req.vae_tiles == VaeTiles::On { "|vae tiles" } else { "" },
     }
 }
 
@@ -178,8 +181,10 @@ pub(super) fn translate(
 ) -> Result<TranslateOutcome> {
     let started = Instant::now();
     check_inputs(sd, req)?;
+    sd.set_vae_tiles(req.vae_tiles);
     let prepared = prepare(sd, cache, req, cancel, events)?;
     let inversion = invert_or_reuse(sd, cache, req, &prepared, cancel, events)?;
+    let told_tiles = note_tiles_fallback(sd, false, events);
     let mut progress = Progress::default();
     let cancelled = match run_steps(
         sd,
@@ -202,6 +207,7 @@ pub(super) fn translate(
     } else {
         decode_branches(sd, req, &progress, events)?
     };
+    note_tiles_fallback(sd, told_tiles, events);
     let dump = if req.record_dump {
         dump_tensors(&prepared, &inversion, std::mem::take(&mut progress.dump))?
     } else {
@@ -219,7 +225,17 @@ pub(super) fn translate(
         reports: progress.reports,
         dump,
         seconds: started.elapsed().as_secs_f64(),
+        vae_tiles: sd.vae_tiles_report(),
     })
+}
+
+/// Says once per run that `auto` had to work the VAE in tiles; returns whether it has said so.
+fn note_tiles_fallback(sd: &StableDiffusion, told: bool, events: &mut dyn FnMut(Event)) -> bool {
+    if told || !sd.vae_tiles_report().fell_back {
+        return told;
+    }
+    events(Event::Note(VAE_TILES_FALLBACK_NOTE.into()));
+    true
 }
 
 /// Stage 1: what a run cannot start without.

@@ -3,7 +3,7 @@
 //! Weight names follow the diffusers checkpoint (`encoder.down_blocks.0.resnets.0.conv1`, …).
 //! The mid-block attention accepts today's names (`to_q/to_k/to_v/to_out.0`) and the original
 //! ones (`query/key/value/proj_attn`, also as 1×1 conv weights). Images larger than the
-//! model's native size go through in tiles ([`tiled`]).
+//! model's native size can go through in tiles ([`tiled`]; off by default, as diffusers).
 
 pub mod attention;
 pub mod blocks;
@@ -22,7 +22,7 @@ use crate::nn::{Conv2d, conv2d};
 pub use coder::{Decoder, Encoder};
 pub use config::VaeConfig;
 pub use gaussian::DiagonalGaussian;
-pub use tiled::TilingSettings;
+pub use tiled::{TilingSettings, VaeTiles};
 
 #[derive(Debug, Clone)]
 pub struct AutoencoderKL {
@@ -65,7 +65,8 @@ impl AutoencoderKL {
         &self.config
     }
 
-    /// How images larger than the native size are split (from the config unless set).
+    /// How images larger than the native size are split (from the config unless set; off
+    /// unless set, as diffusers before `enable_tiling()`).
     pub fn tiling(&self) -> &TilingSettings {
         &self.tiling
     }
@@ -75,13 +76,13 @@ impl AutoencoderKL {
     }
 
     /// Image [B, C, H, W] in [−1, 1] → posterior over the latent [B, latent, H/f, W/f]; in
-    /// tiles when the latent is larger than the native size.
+    /// tiles when tiling is on and the latent is larger than the native size.
     pub fn encode(&self, image: &Tensor) -> Result<DiagonalGaussian> {
         self.encode_with(image, &self.tiling)
     }
 
-    /// The raw decoder on z (not divided by the scaling factor); in tiles when z is larger than
-    /// the native size.
+    /// The raw decoder on z (not divided by the scaling factor); in tiles when tiling is on
+    /// and z is larger than the native size.
     pub fn decode(&self, z: &Tensor) -> Result<Tensor> {
         self.decode_with(z, &self.tiling)
     }
@@ -124,6 +125,11 @@ impl AutoencoderKL {
 
     /// decode(latent / scaling factor (+ shift)), unclamped (about [−1, 1]).
     pub fn latent_to_image(&self, latent: &Tensor) -> Result<Tensor> {
+        self.latent_to_image_with(latent, &self.tiling)
+    }
+
+    /// [`Self::latent_to_image`] with explicit tiling settings.
+    pub fn latent_to_image_with(&self, latent: &Tensor, tiling: &TilingSettings) -> Result<Tensor> {
         // A true division in the latent's dtype, as torch does (candle's `/ f64` would multiply
         // by the reciprocal).
         let scale = Tensor::new(self.config.scaling_factor() as f32, latent.device())?
@@ -133,6 +139,6 @@ impl AutoencoderKL {
             Some(shift) => (z + shift)?,
             None => z,
         };
-        self.decode(&z)
+        self.decode_with(&z, tiling)
     }
 }

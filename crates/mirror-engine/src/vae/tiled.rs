@@ -1,6 +1,7 @@
 //! Tiled VAE encode and decode for images above the model's native size (diffusers'
 //! `AutoencoderKL.enable_tiling`): overlapping native-size tiles, each through the network on
 //! its own, the overlaps faded linearly into each other, so memory stays that of one tile.
+//! Off unless asked for, as in diffusers ([`VaeTiles`] says when a run asks).
 //!
 //! The grid is laid out in latent pixels and shared by both directions: tile `k` of an axis
 //! starts at `k · stride` and is `tile` long (shorter at the far edge); a tile keeps its first
@@ -8,7 +9,11 @@
 //! neighbour above or to the left. With the diffusers defaults (tile = `sample_size / f`,
 //! overlap 0.25) this is diffusers' `tiled_decode` / `_tiled_encode` exactly.
 
+use std::fmt;
+use std::str::FromStr;
+
 use candle_core::{Result, Tensor};
+use serde::{Deserialize, Serialize};
 
 use super::AutoencoderKL;
 use super::config::VaeConfig;
@@ -30,14 +35,19 @@ pub struct TilingSettings {
 }
 
 impl TilingSettings {
-    /// Tiles of the VAE's native size with diffusers' overlap; on wherever a tile holds at
-    /// least one latent pixel.
+    /// Tiles of the VAE's native size with diffusers' overlap, off: diffusers tiles only after
+    /// `enable_tiling()`, and the default path must be diffusers' default path.
     pub fn from_config(cfg: &VaeConfig) -> Self {
         Self {
-            enabled: cfg.sample_size >= cfg.downsample_factor(),
+            enabled: false,
             tile_sample_size: cfg.sample_size,
             overlap: DEFAULT_TILE_OVERLAP,
         }
+    }
+
+    /// The same grid, on or off.
+    pub fn with_enabled(self, enabled: bool) -> Self {
+        Self { enabled, ..self }
     }
 
     /// The tile grid for a VAE with `factor` image pixels per latent pixel.
@@ -68,6 +78,132 @@ impl TilingSettings {
         };
         self.enabled && (latent_hw.0 > layout.tile || latent_hw.1 > layout.tile)
     }
+}
+
+/// When a run's VAE passes go through in tiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VaeTiles {
+    /// Whole unless the whole pass would not fit in the device's free memory, or ran out of it
+    /// (then the pass is redone in tiles and the run says so).
+    #[default]
+    Auto,
+    /// Always in tiles when the image is above the VAE's native size (diffusers'
+    /// `enable_tiling()`).
+    On,
+    /// Never in tiles.
+    Off,
+}
+
+impl VaeTiles {
+    pub const ALL: [VaeTiles; 3] = [Self::Auto, Self::On, Self::Off];
+
+    /// The word the CLI and the recipe use.
+    pub fn word(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::On => "on",
+            Self::Off => "off",
+        }
+    }
+
+    /// What the app's Settings show.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Auto => "auto (tiles only when the image does not fit in memory)",
+            Self::On => "on (always in tiles above the model's size)",
+            Self::Off => "off (never in tiles)",
+        }
+    }
+
+    /// The mode that replays a run: tiles if it used them, whole if it did not.
+    pub fn replaying(used: bool) -> Self {
+        if used { Self::On } else { Self::Off }
+    }
+}
+
+impl fmt::Display for VaeTiles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.word())
+    }
+}
+
+impl FromStr for VaeTiles {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.word().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| format!("`{s}` is not a VAE tiles mode: use auto, on or off"))
+    }
+}
+
+/// Bytes per value of the tensors in a pass of `dtype`.
+fn value_bytes(dtype: candle_core::DType) -> u64 {
+    dtype.size_in_bytes() as u64
+}
+
+/// A conservative estimate of the peak memory of one whole (untiled) VAE pass on a latent of
+/// `latent_hw` (encode or decode: the networks mirror each other), in bytes of `dtype`.
+///
+/// Two terms, the larger wins:
+/// * convolutions: at every resolution level `l` (side / 2^l) the widest channel count that
+///   meets it (its own and the next level's, which an upsampler hands down), times 6 live
+///   tensors (input, GroupNorm, SiLU, conv output, residual, upsample);
+/// * the mid-block self-attention over the latent's `n = h·w` positions: 3 `n × n` matrices
+///   (scores, softmax, a copy) plus 4 `n × C` ones (q, k, v, output) of the widest channels.
+///
+/// Weights are not counted: they are loaded already, and the free memory excludes them.
+pub fn untiled_peak_bytes(
+    cfg: &VaeConfig,
+    latent_hw: (usize, usize),
+    dtype: candle_core::DType,
+) -> u64 {
+    const LIVE_TENSORS: u64 = 6;
+    let factor = cfg.downsample_factor() as u64;
+    let (h, w) = (latent_hw.0 as u64, latent_hw.1 as u64);
+    let channels = &cfg.block_out_channels;
+    let widest = channels.iter().copied().max().unwrap_or(1) as u64;
+    let conv = (0..channels.len())
+        .map(|level| {
+            let c = channels[level].max(*channels.get(level + 1).unwrap_or(&0)) as u64;
+            let side = factor >> level.min(63);
+            (h * side) * (w * side) * c * LIVE_TENSORS
+        })
+        .max()
+        .unwrap_or(0);
+    let n = h * w;
+    let attention = if cfg.mid_block_add_attention {
+        3 * n.saturating_mul(n) + 4 * n * widest
+    } else {
+        0
+    };
+    conv.max(attention).saturating_mul(value_bytes(dtype))
+}
+
+/// Memory free on `device` for a new pass, in bytes: on the CPU `/proc/meminfo`'s
+/// MemAvailable; elsewhere unknown (candle has no free-memory query), so `auto` goes whole
+/// and relies on the retry after an out-of-memory error.
+pub fn free_memory_bytes(device: &candle_core::Device) -> Option<u64> {
+    if !device.is_cpu() {
+        return None;
+    }
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    mem_available(&text)
+}
+
+/// MemAvailable of a `/proc/meminfo` text, in bytes.
+pub fn mem_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Whether a pass of `peak` bytes goes whole with `free` bytes free: it must leave a quarter
+/// of the free memory for everything else (the other branch latents, the allocator's slack).
+pub fn fits_whole(peak: u64, free: Option<u64>) -> bool {
+    free.is_none_or(|free| peak <= free / 4 * 3)
 }
 
 /// The tile grid of one axis, in latent pixels.
