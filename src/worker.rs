@@ -428,20 +428,12 @@ fn run(session: &mut Session, job: &RunJob, cancel: &CancelToken, send: &dyn Fn(
 
 /// The branch holding a method's translation.
 pub fn translation_branch(method: Method) -> Branch {
-    match method {
-        Method::Mirror => Branch::MirrorTranslation,
-        Method::Pix2PixZero => Branch::Pix2PixZeroTranslation,
-        Method::Ddim => Branch::DdimTranslation,
-    }
+    method.translation()
 }
 
 /// The branch holding a method's reconstruction.
 pub fn reconstruction_branch(method: Method) -> Branch {
-    match method {
-        Method::Mirror => Branch::MirrorReconstruction,
-        Method::Pix2PixZero => Branch::Pix2PixZeroReconstruction,
-        Method::Ddim => Branch::DdimReconstruction,
-    }
+    method.reconstruction()
 }
 
 fn final_images(method: Method, images: &BranchImages) -> Vec<(Branch, RgbImage)> {
@@ -449,8 +441,11 @@ fn final_images(method: Method, images: &BranchImages) -> Vec<(Branch, RgbImage)
     [
         (translation_branch(method), img(&images.translation)),
         (reconstruction_branch(method), img(&images.reconstruction)),
-        (Branch::DdimReconstruction, img(&images.ddim_reconstruction)),
-        (Branch::DdimTranslation, img(&images.ddim_translation)),
+        (
+            Method::Ddim.reconstruction(),
+            img(&images.ddim_reconstruction),
+        ),
+        (Method::Ddim.translation(), img(&images.ddim_translation)),
     ]
     .into_iter()
     .filter_map(|(branch, img)| Some((branch, img?)))

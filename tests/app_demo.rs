@@ -9,6 +9,7 @@ use egui_kittest::kittest::Queryable;
 use mirror_diffusion::app::AppOptions;
 use mirror_diffusion::app::state::ModelStatus;
 use mirror_engine::pipeline::Branch;
+use mirror_engine::session::Method;
 use mirror_engine::shapes::parse_caption;
 
 const RUN: Wait = Wait::secs(600);
@@ -86,8 +87,8 @@ fn one_click_on_run_shows_the_mirror_effect() {
             .and_then(|b| b.mirror_error)
             .unwrap_or_else(|| panic!("no {} error", branch.label()))
     };
-    let mirror = error(Branch::MirrorReconstruction);
-    let ddim = error(Branch::DdimReconstruction);
+    let mirror = error(Method::Mirror.reconstruction());
+    let ddim = error(Method::Ddim.reconstruction());
     assert!(
         mirror < ddim,
         "mirror error {mirror} not below plain DDIM's {ddim}"

@@ -17,7 +17,6 @@ use egui_kittest::kittest::Queryable;
 use mirror_diffusion::app::AppOptions;
 use mirror_diffusion::app::settings::RunSettings;
 use mirror_engine::imageio::{ResizePolicy, processing_size, read_recipe};
-use mirror_engine::pipeline::Branch;
 use mirror_engine::session::Method;
 
 const STEPS: usize = 2;
@@ -143,9 +142,9 @@ fn every_method_runs_and_its_recipe_restores() {
         let s = &h.state().state;
         let result = s.result.as_ref().expect("a result");
         let main = match method {
-            Method::Mirror => Branch::MirrorTranslation,
-            Method::Pix2PixZero => Branch::Pix2PixZeroTranslation,
-            Method::Ddim => Branch::DdimTranslation,
+            Method::Mirror => Method::Mirror.translation(),
+            Method::Pix2PixZero => Method::Pix2PixZero.translation(),
+            Method::Ddim => Method::Ddim.translation(),
         };
         assert!(
             result.images.get(main).is_some(),
@@ -201,12 +200,12 @@ fn compare_and_many_targets_share_one_inversion() {
     let s = &h.state().state;
     let result = s.result.as_ref().expect("a result");
     let all = [
-        Branch::MirrorReconstruction,
-        Branch::MirrorTranslation,
-        Branch::Pix2PixZeroReconstruction,
-        Branch::Pix2PixZeroTranslation,
-        Branch::DdimReconstruction,
-        Branch::DdimTranslation,
+        Method::Mirror.reconstruction(),
+        Method::Mirror.translation(),
+        Method::Pix2PixZero.reconstruction(),
+        Method::Pix2PixZero.translation(),
+        Method::Ddim.reconstruction(),
+        Method::Ddim.translation(),
     ];
     for b in all {
         assert!(result.images.get(b).is_some(), "final image of {b:?}");
@@ -288,7 +287,7 @@ fn a_landscape_photo_comes_back_in_its_own_shape() {
     let translation = s
         .result
         .as_ref()
-        .and_then(|r| r.images.get(Branch::MirrorTranslation))
+        .and_then(|r| r.images.get(Method::Mirror.translation()))
         .expect("translation");
     assert_eq!(
         translation.dimensions(),

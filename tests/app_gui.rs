@@ -12,7 +12,7 @@ use egui::{Key, Modifiers};
 use egui_kittest::kittest::Queryable;
 use mirror_diffusion::app::state::{ModelStatus, View};
 use mirror_diffusion::app::{AppOptions, MirrorApp};
-use mirror_engine::pipeline::Branch;
+use mirror_engine::session::Method;
 
 /// The fixture model folder and test image, from the fixture manifest.
 fn fixture_model_and_image() -> (PathBuf, PathBuf) {
@@ -129,8 +129,8 @@ fn run_scrub_attention_export_and_reedit() {
     assert!(!result.cancelled);
     assert_eq!(s.frames.len(), 4, "one frame per step");
     assert!(
-        result.images.get(Branch::MirrorTranslation).is_some()
-            && result.images.get(Branch::DdimTranslation).is_some()
+        result.images.get(Method::Mirror.translation()).is_some()
+            && result.images.get(Method::Ddim.translation()).is_some()
     );
     assert!(
         s.frames.iter().all(|f| f.branches.len() == 4),
@@ -378,9 +378,9 @@ fn the_layout_fits_from_800x600_to_4k() {
         h.run_steps(4);
         // Every preview caption lies inside the window.
         for branch in [
-            Branch::MirrorTranslation,
-            Branch::Pix2PixZeroTranslation,
-            Branch::DdimTranslation,
+            Method::Mirror.translation(),
+            Method::Pix2PixZero.translation(),
+            Method::Ddim.translation(),
         ] {
             let node = h.get_by_label_contains(branch.label());
             let right = node.rect().max.x;

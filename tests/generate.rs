@@ -12,11 +12,11 @@ use std::process::Command;
 use candle_core::{Device, Tensor};
 use common::{Fixtures, max_diff};
 use mirror_engine::methods::ddim::{self, DdimContexts};
-use mirror_engine::model::StableDiffusion;
-use mirror_engine::pipeline::generate::{
+use mirror_engine::methods::generate::{
     DEFAULT_GUIDANCE, DEFAULT_STEPS, GenerateSettings, denoise, encode_prompt, generate,
     initial_noise,
 };
+use mirror_engine::model::StableDiffusion;
 use mirror_engine::pipeline::stages::{decode, predict_noise};
 use mirror_engine::pipeline::{CancelToken, StageContext};
 use serde_json::json;

@@ -13,8 +13,8 @@ use mirror_engine::direction::{
     DirectionSource, build_direction, find_edit_phrase, model_template_pairs,
 };
 use mirror_engine::imageio::{ImageLimits, load_image};
+use mirror_engine::loader::RecommendedDirection;
 use mirror_engine::model::StableDiffusion;
-use mirror_engine::model_notes::RecommendedDirection;
 use mirror_engine::pipeline::{CancelToken, Event};
 use mirror_engine::session::{DirectionChoice, Method, Session, TranslateRequest};
 use mirror_engine::tokenizer::ClipTokenizer;

@@ -49,7 +49,7 @@ pub enum JobOutput {
     /// The notes and tokenizer of the model at `path` (prompt checks, recommendations).
     ModelWords {
         path: PathBuf,
-        words: Box<mirror_engine::model_notes::ModelWords>,
+        words: Box<mirror_engine::model::ModelWords>,
     },
     /// The job was cancelled before it finished; nothing was changed.
     Cancelled,

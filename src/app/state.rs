@@ -79,14 +79,7 @@ pub struct RunShape {
 }
 
 /// The branches of the three methods, in display order.
-pub const ALL_BRANCHES: [Branch; 6] = [
-    Branch::MirrorReconstruction,
-    Branch::MirrorTranslation,
-    Branch::Pix2PixZeroReconstruction,
-    Branch::Pix2PixZeroTranslation,
-    Branch::DdimReconstruction,
-    Branch::DdimTranslation,
-];
+pub const ALL_BRANCHES: [Branch; 6] = Branch::ALL;
 
 /// One finished translation of a many-targets run.
 #[derive(Debug, Clone)]
@@ -206,7 +199,7 @@ pub struct AppState {
     /// The seed of the demo image shown last ("New demo image" takes the next one).
     pub demo_seed: u64,
     /// The loaded model's notes and tokenizer, once read (prompt checks, recommendations).
-    pub model_words: Option<std::sync::Arc<mirror_engine::model_notes::ModelWords>>,
+    pub model_words: Option<std::sync::Arc<mirror_engine::model::ModelWords>>,
 }
 
 impl AppState {
@@ -291,7 +284,7 @@ impl AppState {
             translation_branch(shape.method),
         ];
         if shape.compare_ddim && shape.method != Method::Ddim {
-            branches.extend([Branch::DdimReconstruction, Branch::DdimTranslation]);
+            branches.extend([Method::Ddim.reconstruction(), Method::Ddim.translation()]);
         }
         branches
     }

@@ -10,8 +10,9 @@ use super::MirrorApp;
 use super::jobs::JobOutput;
 use super::settings::RunSettings;
 use super::state::AppState;
+use mirror_engine::loader::{Recommended, RecommendedDirection};
 use mirror_engine::methods::mirror::MirrorPreset;
-use mirror_engine::model_notes::{ModelWords, Recommended, RecommendedDirection};
+use mirror_engine::model::ModelWords;
 use mirror_engine::session::TranslateRequest;
 
 /// The label of the job that reads the model's words.

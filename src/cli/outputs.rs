@@ -9,7 +9,6 @@ use image::{RgbImage, imageops};
 use mirror_engine::imageio::{
     Recipe, ResizePolicy, comparison_sheet, restore_size, save_png_with_recipe, tensor_to_image,
 };
-use mirror_engine::pipeline::Branch;
 use mirror_engine::session::{Method, TranslateOutcome};
 
 /// Fails with a clear message unless a file can be created at `path` (its folder exists and
@@ -74,14 +73,7 @@ pub fn comparison_tiles(
     outcome: &TranslateOutcome,
 ) -> Result<Vec<(String, RgbImage)>> {
     let images = &outcome.images;
-    let (rec, edit) = match method {
-        Method::Mirror => (Branch::MirrorReconstruction, Branch::MirrorTranslation),
-        Method::Pix2PixZero => (
-            Branch::Pix2PixZeroReconstruction,
-            Branch::Pix2PixZeroTranslation,
-        ),
-        Method::Ddim => (Branch::DdimReconstruction, Branch::DdimTranslation),
-    };
+    let [rec, edit] = method.branches();
     let mut tiles = vec![("source".to_string(), source.clone())];
     let mut candidates = vec![
         (rec, images.reconstruction.as_ref()),
@@ -90,10 +82,10 @@ pub fn comparison_tiles(
     // Plain DDIM's own images are the method's when the method is DDIM.
     if method != Method::Ddim {
         candidates.push((
-            Branch::DdimReconstruction,
+            Method::Ddim.reconstruction(),
             images.ddim_reconstruction.as_ref(),
         ));
-        candidates.push((Branch::DdimTranslation, images.ddim_translation.as_ref()));
+        candidates.push((Method::Ddim.translation(), images.ddim_translation.as_ref()));
     }
     for (branch, image) in candidates {
         if let Some(t) = image {

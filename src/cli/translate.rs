@@ -17,8 +17,8 @@ use mirror_engine::imageio::{
     ImageLimits, RECIPE_VERSION, Recipe, ResizePolicy, describe_resize, load_image,
     processing_size, read_recipe, resize,
 };
+use mirror_engine::loader::{ModelNotes, Recommended, RecommendedDirection};
 use mirror_engine::methods::mirror::{MirrorPreset, MirrorSettings};
-use mirror_engine::model_notes::{ModelNotes, Recommended, RecommendedDirection};
 use mirror_engine::pipeline::CancelToken;
 use mirror_engine::session::{InversionCache, Method, Session, TranslateRequest};
 use mirror_engine::vae::VaeTiles;
@@ -272,7 +272,7 @@ fn plan(args: &TranslateArgs, recommended: &Recommended) -> Result<Plan> {
     let target =
         target.ok_or_else(|| anyhow!("--target is required (what the image should become)"))?;
     let defaults = match preset {
-        MirrorPreset::Recommended => recommended.mirror_settings(),
+        MirrorPreset::Recommended => MirrorSettings::recommended_by(recommended),
         MirrorPreset::Authors => MirrorSettings::with_preset(preset),
     };
     let default_direction = match recommended.direction {
@@ -481,7 +481,7 @@ pub fn run(args: &TranslateArgs) -> Result<()> {
     req.seed = plan.seed;
     req.edit_strength = plan.strength;
     req.mirror = match plan.preset {
-        MirrorPreset::Recommended => notes.recommended.mirror_settings(),
+        MirrorPreset::Recommended => MirrorSettings::recommended_by(&notes.recommended),
         MirrorPreset::Authors => MirrorSettings::with_preset(plan.preset),
     };
     req.mirror.guidance_scale = plan.guidance;

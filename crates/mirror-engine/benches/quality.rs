@@ -13,9 +13,9 @@ use std::time::Instant;
 
 use candle_core::Device;
 use mirror_engine::demo;
+use mirror_engine::methods::generate::{GenerateSettings, generate, to_rgb_images};
 use mirror_engine::model::StableDiffusion;
 use mirror_engine::pipeline::CancelToken;
-use mirror_engine::pipeline::generate::{GenerateSettings, generate, to_rgb_images};
 use mirror_engine::rng::SplitMix64;
 use mirror_engine::session::{DirectionChoice, Session, TranslateRequest};
 use mirror_engine::shapes::evaluate::{EditKind, EditRun, edit_cases, run_edit};
@@ -67,7 +67,7 @@ fn request(sd: &StableDiffusion, sets: &[(String, String)]) -> TranslateRequest 
     let blank = image::RgbImage::new(demo::IMAGE_SIDE, demo::IMAGE_SIDE);
     let mut req = TranslateRequest::new(blank, "", "");
     req.use_cache = false;
-    sd.recommended().apply(&mut req);
+    req.apply_recommended(sd.recommended());
     for (k, v) in sets {
         let f = || {
             v.parse::<f64>()

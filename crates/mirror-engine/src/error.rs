@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::pipeline::Branch;
+use crate::branch::Branch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -163,7 +163,7 @@ mod tests {
         let e = EngineError::StepNotFinite {
             step: 7,
             steps: 30,
-            branch: Branch::MirrorTranslation,
+            branch: crate::branch::Method::Mirror.translation(),
         };
         let text = e.to_string();
         assert!(text.starts_with("The translation"), "{text}");

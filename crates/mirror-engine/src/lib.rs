@@ -3,7 +3,9 @@
 //! renderer and the built-in demo model). No UI code lives here: the app and the CLI build on
 //! this crate, never the other way round.
 
+pub mod branch;
 pub mod clip;
+pub mod config;
 pub mod demo;
 pub mod device;
 pub mod direction;
@@ -13,7 +15,6 @@ pub mod imageio;
 pub mod loader;
 pub mod methods;
 pub mod model;
-pub mod model_notes;
 pub mod nn;
 pub mod pipeline;
 pub mod rng;

@@ -1,5 +1,6 @@
 //! A whole Stable Diffusion pipeline (tokenizer, text encoder, UNet, VAE, DDIM scheduler)
-//! loaded from a diffusers folder or a single-file checkpoint.
+//! loaded from a diffusers folder or a single-file checkpoint, with what its folder says about
+//! itself (`mirror.json`) and the prompt check that uses it.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -13,12 +14,11 @@ use crate::clip::{ClipTextConfig, ClipTextTransformer};
 use crate::device::{Precision, forward_dtype};
 use crate::forward::{ForwardNets, ForwardUnet};
 use crate::loader::{
-    CheckpointConfigs, ModelSource, SingleFileCheckpoint, ldm_names, open_model_source,
-    weight_error,
+    CheckpointConfigs, ModelNotes, ModelSource, Recommended, SingleFileCheckpoint, ldm_names,
+    open_model_source, weight_error,
 };
-use crate::model_notes::ModelNotes;
 use crate::scheduler::DdimScheduler;
-use crate::tokenizer::ClipTokenizer;
+use crate::tokenizer::{ClipTokenizer, unknown_words_message};
 use crate::unet::{UNet2DConditionModel, UNetConfig};
 use crate::vae::tiled::{VaeTiles, fits_whole, free_memory_bytes, untiled_peak_bytes};
 use crate::vae::{AutoencoderKL, DiagonalGaussian, TilingSettings, VaeConfig};
@@ -285,7 +285,7 @@ impl StableDiffusion {
                 half.vae.latent_to_image_with(&latent, t)
             })?
             .to_dtype(DType::F32)?;
-        if !crate::pipeline::step::is_finite(&image)? {
+        if !crate::nn::is_finite(&image)? {
             return Err(EngineError::NonFinite {
                 what: format!("the decoded image{}", self.half_precision_hint()),
             });
@@ -363,6 +363,88 @@ impl StableDiffusion {
         }
         let factor = self.latent_factor();
         self.unet.check_latent_size(height / factor, width / factor)
+    }
+}
+
+/// The notes of a loaded model, and its prompt check.
+impl StableDiffusion {
+    /// What the model folder's `mirror.json` says (name, recommended settings, vocabulary,
+    /// sentence templates).
+    pub fn model_notes(&self) -> &ModelNotes {
+        &self.notes
+    }
+
+    /// The model's recommended settings (empty when it recommends nothing).
+    pub fn recommended(&self) -> &Recommended {
+        &self.notes.recommended
+    }
+
+    /// The words of `prompt` this model does not know (see [`ClipTokenizer::unknown_words`]).
+    pub fn unknown_words(&self, prompt: &str) -> Result<Vec<String>> {
+        self.tokenizer
+            .unknown_words(prompt, self.notes.vocabulary.as_deref())
+    }
+
+    /// An error naming the unknown words of any of `prompts` (and the words the model knows,
+    /// when it lists them), so that no word silently becomes the unknown token.
+    pub fn check_known_words(&self, prompts: &[&str]) -> Result<()> {
+        let mut unknown: Vec<String> = Vec::new();
+        for prompt in prompts {
+            for word in self.unknown_words(prompt)? {
+                if !unknown.contains(&word) {
+                    unknown.push(word);
+                }
+            }
+        }
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        Err(EngineError::InvalidInput(unknown_words_message(
+            &unknown,
+            self.notes.vocabulary.as_deref(),
+        )))
+    }
+}
+
+/// What checking prompts needs without the weights (the app's prompt fields): the model's
+/// notes and its tokenizer, read the way [`StableDiffusion::load`] reads them.
+///
+pub struct ModelWords {
+    pub notes: ModelNotes,
+    tokenizer: ClipTokenizer,
+}
+
+impl std::fmt::Debug for ModelWords {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelWords")
+            .field("notes", &self.notes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ModelWords {
+    /// Notes and tokenizer of a diffusers folder, or of a single-file checkpoint with the
+    /// bundled SD 1.x tokenizer.
+    pub fn for_model(path: &Path) -> Result<Self> {
+        let tokenizer_dir = match open_model_source(path)? {
+            ModelSource::Diffusers(folder) => folder.tokenizer_dir,
+            ModelSource::SingleFile(_) => CheckpointConfigs::bundled_sd_v1().tokenizer_dir,
+        };
+        Ok(Self {
+            notes: ModelNotes::for_model(path)?,
+            tokenizer: ClipTokenizer::from_dir(&tokenizer_dir)?,
+        })
+    }
+
+    /// The words of `prompt` the model does not know (see [`ClipTokenizer::unknown_words`]).
+    pub fn unknown_words(&self, prompt: &str) -> Result<Vec<String>> {
+        self.tokenizer
+            .unknown_words(prompt, self.notes.vocabulary.as_deref())
+    }
+
+    /// The message for `unknown` words, with the words the model knows when it lists them.
+    pub fn message(&self, unknown: &[String]) -> String {
+        unknown_words_message(unknown, self.notes.vocabulary.as_deref())
     }
 }
 

@@ -85,7 +85,7 @@ fn edit_runs(kind: EditKind) -> Vec<EditRun> {
     let blank = RgbImage::new(demo::IMAGE_SIDE, demo::IMAGE_SIDE);
     let mut request = TranslateRequest::new(blank, "", "");
     request.use_cache = false;
-    sd.recommended().apply(&mut request);
+    request.apply_recommended(sd.recommended());
     assert!(
         !sd.recommended().is_empty(),
         "the demo model's folder recommends its settings"

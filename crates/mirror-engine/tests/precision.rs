@@ -129,7 +129,7 @@ fn mirror_errors(outcome: &TranslateOutcome) -> Vec<f64> {
         .filter_map(|r| {
             r.branches
                 .iter()
-                .find(|b| b.branch == Branch::MirrorReconstruction)?
+                .find(|b| b.branch == Method::Mirror.reconstruction())?
                 .mirror_error
         })
         .collect()
@@ -152,8 +152,8 @@ fn a_whole_mirror_run_in_half_precision_tracks_the_f32_run() {
         let half = forward_dtype(&test_device(), precision);
         let mut line = format!("{precision} vs f32, {} steps:", req.steps);
         for (branch, tensor) in [
-            (Branch::MirrorTranslation, "edit_latents"),
-            (Branch::MirrorReconstruction, "rec_latents"),
+            (Method::Mirror.translation(), "edit_latents"),
+            (Method::Mirror.reconstruction(), "rec_latents"),
         ] {
             let d = f64::from(common::max_diff(
                 &latent(&outcome, branch),

@@ -81,8 +81,8 @@ fn mirror_reconstruction_tracks_the_inversion_better_than_ddim() {
     req.use_cache = false;
     let out = s.translate(&req, &CancelToken::new(), &mut |_| {}).unwrap();
     assert!(!out.cancelled);
-    let mirror = errors(&out.reports, Branch::MirrorReconstruction);
-    let ddim = errors(&out.reports, Branch::DdimReconstruction);
+    let mirror = errors(&out.reports, Method::Mirror.reconstruction());
+    let ddim = errors(&out.reports, Method::Ddim.reconstruction());
     eprintln!("mirror error per step {mirror:.4?}\nDDIM error per step   {ddim:.4?}");
     for (i, (m, d)) in mirror.iter().zip(&ddim).enumerate() {
         assert!(m < d, "step {i}: mirror error {m} not below DDIM's {d}");
@@ -112,8 +112,8 @@ fn translation_equals_reconstruction_without_direction_and_guidance() {
         let out = s.translate(&req, &CancelToken::new(), &mut |_| {}).unwrap();
         let latent = |b: Branch| out.latents.iter().find(|(x, _)| *x == b).unwrap().1.clone();
         let d = max_diff(
-            &latent(Branch::MirrorTranslation),
-            &latent(Branch::MirrorReconstruction),
+            &latent(Method::Mirror.translation()),
+            &latent(Method::Mirror.reconstruction()),
         );
         assert!(
             d < 1e-4,
@@ -144,7 +144,7 @@ fn cancel_returns_what_it_has_and_keeps_the_cache_valid() {
     assert!(
         out.latents
             .iter()
-            .any(|(b, _)| *b == Branch::MirrorTranslation),
+            .any(|(b, _)| *b == Method::Mirror.translation()),
         "last latents returned"
     );
     assert!(
@@ -429,7 +429,7 @@ fn a_step_that_overflows_names_the_step_and_branch() {
             step,
             steps,
             branch,
-        } => assert_eq!((step, steps, branch), (1, 3, Branch::MirrorTranslation)),
+        } => assert_eq!((step, steps, branch), (1, 3, Method::Mirror.translation())),
         other => panic!("expected a non-finite step, got {other:?}"),
     }
     assert!(text.contains("step 1 of 3"), "{text}");

@@ -190,7 +190,10 @@ fn maps_of(state: &AppState, branch: Branch) -> Vec<Arc<TokenHeatmaps>> {
 }
 
 fn resolution_labels(state: &AppState) -> Vec<String> {
-    let maps = maps_of(state, Branch::MirrorReconstruction);
+    let maps = maps_of(
+        state,
+        mirror_engine::session::Method::Mirror.reconstruction(),
+    );
     maps.first()
         .map(|m| {
             m.resolutions

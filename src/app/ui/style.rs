@@ -9,14 +9,15 @@ pub const EMPTY_TILE: Color32 = Color32::from_rgb(38, 38, 44);
 
 /// The colour a branch has in plots and captions.
 pub fn branch_colour(branch: mirror_engine::pipeline::Branch) -> Color32 {
-    use mirror_engine::pipeline::Branch::*;
-    match branch {
-        MirrorReconstruction => Color32::from_rgb(255, 170, 90),
-        MirrorTranslation => Color32::from_rgb(240, 100, 130),
-        DdimReconstruction => Color32::from_rgb(120, 200, 255),
-        DdimTranslation => Color32::from_rgb(150, 140, 255),
-        Pix2PixZeroReconstruction => Color32::from_rgb(130, 220, 140),
-        Pix2PixZeroTranslation => Color32::from_rgb(200, 230, 110),
+    use mirror_engine::pipeline::Role::{Reconstruction, Translation};
+    use mirror_engine::session::Method::{Ddim, Mirror, Pix2PixZero};
+    match (branch.method, branch.role) {
+        (Mirror, Reconstruction) => Color32::from_rgb(255, 170, 90),
+        (Mirror, Translation) => Color32::from_rgb(240, 100, 130),
+        (Ddim, Reconstruction) => Color32::from_rgb(120, 200, 255),
+        (Ddim, Translation) => Color32::from_rgb(150, 140, 255),
+        (Pix2PixZero, Reconstruction) => Color32::from_rgb(130, 220, 140),
+        (Pix2PixZero, Translation) => Color32::from_rgb(200, 230, 110),
     }
 }
 

@@ -6,7 +6,8 @@ use candle_core::{Result as CandleResult, Tensor};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use crate::{EngineError, Result};
+use crate::Result;
+use crate::config::{config_error, read_json_object};
 
 /// The MLP activation (`hidden_act`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -62,27 +63,13 @@ impl ClipTextConfig {
     /// Reads and validates a `CLIPTextConfig` JSON file (or the `text_config` part of a full
     /// `CLIPConfig`). Errors name the file and the field.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let config_error = |field: &str, reason: String| EngineError::Config {
-            file: path.to_path_buf(),
-            field: field.to_string(),
-            reason,
-        };
-        let text = std::fs::read_to_string(path).map_err(|source| EngineError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let value: Value = serde_json::from_str(&text)
-            .map_err(|e| config_error("(file)", format!("invalid JSON: {e}")))?;
-        let mut object = match value {
-            Value::Object(o) => o,
-            _ => return Err(config_error("(file)", "expected a JSON object".into())),
-        };
+        let mut object = read_json_object(path)?;
         if !object.contains_key("hidden_size")
             && let Some(Value::Object(text_config)) = object.remove("text_config")
         {
             object = text_config;
         }
-        Self::from_object(&object).map_err(|(field, reason)| config_error(&field, reason))
+        Self::from_object(&object).map_err(|(field, reason)| config_error(path, &field, reason))
     }
 
     /// Per-field deserialisation, so that a missing or mistyped value is named.
@@ -266,7 +253,7 @@ mod tests {
         std::fs::write(&path, json).unwrap();
         let err = ClipTextConfig::from_file(&path).unwrap_err();
         match &err {
-            EngineError::Config { file, field, .. } => {
+            crate::EngineError::Config { file, field, .. } => {
                 assert_eq!(file, &path);
                 assert_eq!(field, "num_hidden_layers");
             }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
+use crate::config::{config_error, read_json_object};
 use crate::{EngineError, Result};
 
 /// Most blocks a UNet or VAE config may declare (SD has 4): the downsampling factor is
@@ -24,26 +25,14 @@ pub struct JsonConfig {
 
 impl JsonConfig {
     pub fn read(file: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(file).map_err(|source| EngineError::Io {
-            path: file.to_path_buf(),
-            source,
-        })?;
-        let value: Value = serde_json::from_str(&text).map_err(|e| EngineError::Config {
+        Ok(Self {
             file: file.to_path_buf(),
-            field: "(file)".into(),
-            reason: format!("not valid JSON: {e}"),
-        })?;
-        match value {
-            Value::Object(json) => Ok(Self {
-                file: file.to_path_buf(),
-                json,
-            }),
-            _ => Err(self::field_error(file, "(file)", "expected a JSON object")),
-        }
+            json: read_json_object(file)?,
+        })
     }
 
     pub fn error(&self, field: &str, reason: impl Into<String>) -> EngineError {
-        field_error(&self.file, field, reason)
+        config_error(&self.file, field, reason)
     }
 
     pub fn get(&self, field: &str) -> Option<&Value> {
@@ -134,14 +123,6 @@ impl JsonConfig {
             }
             Some(_) => Ok(vec![self.usize_or(field, default)?; blocks]),
         }
-    }
-}
-
-pub fn field_error(file: &Path, field: &str, reason: impl Into<String>) -> EngineError {
-    EngineError::Config {
-        file: file.to_path_buf(),
-        field: field.to_string(),
-        reason: reason.into(),
     }
 }
 

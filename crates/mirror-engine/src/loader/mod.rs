@@ -1,6 +1,7 @@
 //! Model loading: finding a model on disk (diffusers folder, single-file checkpoint, Hugging
 //! Face cache), memory-mapped weights as `VarBuilder`s with renaming and typed errors, the
-//! original-checkpoint name maps, and `inspect`.
+//! original-checkpoint name maps, `inspect`, and what a model folder says about itself
+//! (`mirror.json`, [`notes`]).
 
 pub mod checkpoint;
 pub mod config;
@@ -8,6 +9,7 @@ pub mod hf_cache;
 pub mod inspect;
 pub mod ldm_names;
 pub mod names;
+pub mod notes;
 pub mod source;
 pub mod weights;
 
@@ -15,5 +17,6 @@ pub use checkpoint::{CheckpointConfigs, LdmNameMaps, SingleFileCheckpoint, write
 pub use hf_cache::{CachedModel, find_cached_models, find_cached_models_in};
 pub use inspect::{ModelReport, inspect};
 pub use names::NameMap;
+pub use notes::{ModelNotes, Recommended, RecommendedDirection};
 pub use source::{Component, DiffusersFolder, ModelSource, open_model_source};
 pub use weights::{WeightFiles, WeightIssue, weight_error};

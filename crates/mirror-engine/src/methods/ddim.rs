@@ -4,8 +4,9 @@
 use candle_core::Tensor;
 
 use crate::Result;
+use crate::branch::Method;
 use crate::pipeline::stages::classifier_free_guidance;
-use crate::pipeline::{Branch, BranchState, LatentPair, MethodStep, StageContext};
+use crate::pipeline::{BranchState, LatentPair, MethodStep, StageContext};
 use crate::unet::{AttentionMaps, CaptureRequest};
 
 /// UNet calls of one step: one per branch.
@@ -105,13 +106,13 @@ pub fn step(
         t,
         vec![
             BranchState {
-                branch: Branch::DdimReconstruction,
+                branch: Method::Ddim.reconstruction(),
                 latent: rec.latent.clone(),
                 predicted_x0: rec.pred_x0,
                 maps: rec.maps,
             },
             BranchState {
-                branch: Branch::DdimTranslation,
+                branch: Method::Ddim.translation(),
                 latent: edit.latent.clone(),
                 predicted_x0: edit.pred_x0,
                 maps: edit.maps,

@@ -6,14 +6,14 @@
 
 use candle_core::Tensor;
 
+use crate::branch::Method;
+use crate::loader::Recommended;
 use crate::model::StableDiffusion;
 use crate::pipeline::stages::{
     RedescribeSettings, RedescribeTarget, Trajectory, classifier_free_guidance, guidance_gradient,
     guided_pair_step, redescribe,
 };
-use crate::pipeline::{
-    Branch, BranchState, GuidanceReport, MethodStep, RedescriptionReport, StageContext,
-};
+use crate::pipeline::{BranchState, GuidanceReport, MethodStep, RedescriptionReport, StageContext};
 use crate::unet::{
     AttentionMaps, CaptureRequest, attention_map_loss, key_value_losses, repeat_batch,
 };
@@ -105,6 +105,36 @@ impl MirrorSettings {
         Self {
             preset,
             ..Self::default()
+        }
+    }
+
+    /// The recommended preset with the model's recommended values in place of Mirror's own.
+    pub fn recommended_by(r: &Recommended) -> Self {
+        let mut m = Self::with_preset(MirrorPreset::Recommended);
+        m.apply_recommended(r);
+        m
+    }
+
+    /// Puts the model's values into these settings (the fields it names; the others stay).
+    /// The caller decides whether the preset takes them (the authors' preset does not).
+    pub fn apply_recommended(&mut self, r: &Recommended) {
+        if let Some(v) = r.guidance_scale {
+            self.guidance_scale = v;
+        }
+        if let Some(v) = r.xa_guidance {
+            self.xa_guidance = v;
+        }
+        if let Some(v) = r.edit_scale {
+            self.edit_scale = v;
+        }
+        if let Some(v) = r.ramp_total {
+            self.ramp_total = v;
+        }
+        if let Some(v) = r.redescribe_iterations {
+            self.redescribe.iterations = v;
+        }
+        if let Some(v) = r.redescribe_lr {
+            self.redescribe.lr = v;
         }
     }
 
@@ -257,13 +287,13 @@ pub fn step(
         rec.timestep,
         vec![
             BranchState {
-                branch: Branch::MirrorReconstruction,
+                branch: Method::Mirror.reconstruction(),
                 latent: rec.rec_latent.clone(),
                 predicted_x0: rec.rec_pred_x0,
                 maps: Some(rec.rec_maps),
             },
             BranchState {
-                branch: Branch::MirrorTranslation,
+                branch: Method::Mirror.translation(),
                 latent: edit.edit_latent.clone(),
                 predicted_x0: edit.edit_pred_x0,
                 maps: edit.edit_maps,

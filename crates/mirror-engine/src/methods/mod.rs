@@ -1,5 +1,7 @@
-//! The editing methods, one module each, built from `pipeline::stages`.
+//! The editing methods, one module each, built from `pipeline::stages`, and text-to-image
+//! sampling (`generate`), which runs plain DDIM's denoising step from noise.
 
 pub mod ddim;
+pub mod generate;
 pub mod mirror;
 pub mod pix2pix_zero;

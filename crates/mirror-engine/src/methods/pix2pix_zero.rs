@@ -6,8 +6,9 @@
 use candle_core::Tensor;
 
 use crate::Result;
+use crate::branch::Method;
 use crate::pipeline::stages::{guidance_gradient, guided_pair_step};
-use crate::pipeline::{Branch, BranchState, GuidanceReport, LatentPair, MethodStep, StageContext};
+use crate::pipeline::{BranchState, GuidanceReport, LatentPair, MethodStep, StageContext};
 use crate::unet::{CaptureRequest, repeat_batch};
 
 /// Settings of the released code (CFG 5, guidance step 0.1).
@@ -87,13 +88,13 @@ pub fn step(
         t,
         vec![
             BranchState {
-                branch: Branch::Pix2PixZeroReconstruction,
+                branch: Method::Pix2PixZero.reconstruction(),
                 latent: rec.prev_sample.clone(),
                 predicted_x0: rec.pred_original_sample,
                 maps: Some(rec_maps),
             },
             BranchState {
-                branch: Branch::Pix2PixZeroTranslation,
+                branch: Method::Pix2PixZero.translation(),
                 latent: edit.prev_sample.clone(),
                 predicted_x0: edit.pred_original_sample,
                 maps: edit_maps,

@@ -23,6 +23,17 @@ pub use blocks::{
 pub use frozen::{Conv2d, Linear, conv2d, linear, linear_no_bias};
 use norm_backward::{NormAxes, NormGradient};
 
+/// Whether every value of `t` is finite (NaN and ±∞ make the sum of |t| non-finite): one
+/// reduction instead of reading the tensor back.
+pub fn is_finite(t: &Tensor) -> Result<bool> {
+    let s = t
+        .abs()?
+        .sum_all()?
+        .to_dtype(DType::F32)?
+        .to_scalar::<f32>()?;
+    Ok(s.is_finite())
+}
+
 /// Softmax over the last dimension. The fused kernel is used only when the input is not
 /// part of an autograd graph; otherwise the composable form, which has a backward.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {

@@ -3,6 +3,7 @@
 use candle_core::Tensor;
 
 use super::heatmap::TokenHeatmaps;
+use crate::branch::Branch;
 
 /// Stages of a run, in the order they happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -23,51 +24,6 @@ impl Phase {
             Phase::Translate => "translate",
             Phase::Decode => "decode",
         }
-    }
-}
-
-/// The denoising branches the methods run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Branch {
-    MirrorReconstruction,
-    MirrorTranslation,
-    DdimReconstruction,
-    DdimTranslation,
-    Pix2PixZeroReconstruction,
-    Pix2PixZeroTranslation,
-}
-
-impl Branch {
-    pub fn label(self) -> &'static str {
-        match self {
-            Branch::MirrorReconstruction => "Mirror reconstruction",
-            Branch::MirrorTranslation => "Mirror translation",
-            Branch::DdimReconstruction => "DDIM reconstruction",
-            Branch::DdimTranslation => "DDIM translation",
-            Branch::Pix2PixZeroReconstruction => "pix2pix-zero reconstruction",
-            Branch::Pix2PixZeroTranslation => "pix2pix-zero translation",
-        }
-    }
-
-    /// The branch as an error message names it ("the translation").
-    pub fn user_words(self) -> &'static str {
-        match self {
-            Branch::MirrorReconstruction => "the reconstruction",
-            Branch::MirrorTranslation => "the translation",
-            Branch::DdimReconstruction => "the plain DDIM reconstruction",
-            Branch::DdimTranslation => "the plain DDIM translation",
-            Branch::Pix2PixZeroReconstruction => "the pix2pix-zero reconstruction",
-            Branch::Pix2PixZeroTranslation => "the pix2pix-zero translation",
-        }
-    }
-
-    pub fn is_reconstruction(self) -> bool {
-        matches!(
-            self,
-            Branch::MirrorReconstruction
-                | Branch::DdimReconstruction
-                | Branch::Pix2PixZeroReconstruction
-        )
     }
 }
 

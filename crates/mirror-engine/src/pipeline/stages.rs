@@ -4,10 +4,11 @@
 use candle_core::{Tensor, Var};
 
 use super::context::StageContext;
-use super::events::{Branch, Event, EventSink, Phase};
+use super::events::{Event, EventSink, Phase};
 use super::optim::Adam;
-use super::step::is_finite;
+use crate::branch::Method;
 use crate::model::StableDiffusion;
+use crate::nn::is_finite;
 use crate::scheduler::{DdimStepOutput, kl_regularize};
 use crate::unet::{AttentionMaps, CaptureRequest, attention_map_loss};
 use crate::{EngineError, Result};
@@ -298,7 +299,7 @@ pub fn redescribe(
             return Err(EngineError::StepNotFinite {
                 step: i + 1,
                 steps: task.steps,
-                branch: Branch::MirrorReconstruction,
+                branch: Method::Mirror.reconstruction(),
             });
         }
         emb = adam.update(&emb, grad)?;

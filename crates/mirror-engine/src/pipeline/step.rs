@@ -3,7 +3,9 @@
 
 use candle_core::Tensor;
 
-use super::events::{Branch, GuidanceReport, RedescriptionReport};
+use super::events::{GuidanceReport, RedescriptionReport};
+use crate::branch::Branch;
+use crate::nn::is_finite;
 use crate::unet::AttentionMaps;
 use crate::{EngineError, Result};
 
@@ -88,14 +90,4 @@ impl MethodStep {
         }
         Ok(())
     }
-}
-
-/// Whether every value of `t` is finite (NaN and ±∞ make the sum of |t| non-finite).
-pub fn is_finite(t: &Tensor) -> Result<bool> {
-    let s = t
-        .abs()?
-        .sum_all()?
-        .to_dtype(candle_core::DType::F32)?
-        .to_scalar::<f32>()?;
-    Ok(s.is_finite())
 }

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::vae::config::read_json_config;
+use crate::config::read_json_config;
 use crate::{EngineError, Result};
 
 fn default_num_train_timesteps() -> usize {

@@ -3,16 +3,21 @@
 
 mod cache;
 mod direction;
+mod keys;
+mod preview;
+mod progress;
 mod request;
 mod run;
+mod stepper;
 
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 
+pub use crate::branch::Method;
 pub use cache::{CacheKey, CachedInversion, CachedReconstruction, InversionCache};
 pub use request::{
-    BranchImages, DdimTranslation, DirectionChoice, InversionChoice, Method, TranslateOutcome,
+    BranchImages, DdimTranslation, DirectionChoice, InversionChoice, TranslateOutcome,
     TranslateRequest,
 };
 
@@ -53,7 +58,7 @@ impl Session {
         req.use_cache
             && self
                 .cache
-                .contains(&run::inversion_key(&self.sd, req).key())
+                .contains(&keys::inversion_key(keys::ModelIdentity::of(&self.sd), req).key())
     }
 
     /// Runs `req`, streaming events; a cancelled run returns `Ok` with `cancelled` set and

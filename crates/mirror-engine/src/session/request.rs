@@ -6,50 +6,13 @@ use candle_core::Tensor;
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
+use crate::branch::{Branch, Method};
+use crate::loader::{Recommended, RecommendedDirection};
 use crate::methods::mirror::{MirrorPreset, MirrorSettings};
-use crate::model::VaeTilesReport;
+use crate::model::{StableDiffusion, VaeTilesReport};
 use crate::pipeline::StepReport;
 use crate::vae::VaeTiles;
-
-/// The editing method of the main (translation) branch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Method {
-    /// MirrorDiffusion: redescribed reconstruction + attention-guided translation.
-    Mirror,
-    /// Plain DDIM inversion and sampling (reconstruction and translation).
-    Ddim,
-    /// pix2pix-zero: reference pass, then attention-guided edit pass.
-    Pix2PixZero,
-}
-
-impl Method {
-    pub const ALL: [Method; 3] = [Method::Mirror, Method::Ddim, Method::Pix2PixZero];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Method::Mirror => "mirror",
-            Method::Ddim => "ddim",
-            Method::Pix2PixZero => "pix2pix-zero",
-        }
-    }
-}
-
-impl std::fmt::Display for Method {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for Method {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Method::ALL
-            .into_iter()
-            .find(|m| m.name() == s)
-            .ok_or_else(|| format!("unknown method `{s}` (expected mirror, ddim or pix2pix-zero)"))
-    }
-}
+use crate::{EngineError, Result};
 
 /// How plain DDIM translates (algorithm.md §10.2).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -81,8 +44,10 @@ pub enum InversionChoice {
     Regularized,
 }
 
-/// Where the edit direction Δc comes from.
-#[derive(Debug, Clone, PartialEq)]
+/// Where the edit direction Δc comes from. Recipes store it as written here
+/// (`{"templates": {"pairs": 512}}`, `"prompt"`, `{"file": "…"}`, `{"sentences": …}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum DirectionChoice {
     /// Paired template sentences around the phrase that differs between the prompts.
     Templates { pairs: usize },
@@ -92,14 +57,22 @@ pub enum DirectionChoice {
         target: Vec<String>,
     },
     /// E(target prompt) − E(source prompt).
+    #[serde(rename = "prompt", alias = "prompt-difference")]
     PromptDifference,
     /// A direction saved earlier (safetensors).
     File(PathBuf),
 }
 
+impl DirectionChoice {
+    /// Template sentence pairs of the default direction.
+    pub const DEFAULT_PAIRS: usize = 512;
+}
+
 impl Default for DirectionChoice {
     fn default() -> Self {
-        DirectionChoice::Templates { pairs: 512 }
+        DirectionChoice::Templates {
+            pairs: Self::DEFAULT_PAIRS,
+        }
     }
 }
 
@@ -166,6 +139,50 @@ impl TranslateRequest {
     pub fn preset(&self) -> MirrorPreset {
         self.mirror.preset
     }
+
+    /// Puts a model's recommended settings into this request (built from defaults): steps,
+    /// edit strength and direction always; the MirrorDiffusion values only for the
+    /// recommended preset (the authors' preset keeps the authors' values).
+    pub fn apply_recommended(&mut self, r: &Recommended) {
+        if let Some(n) = r.steps {
+            self.steps = n;
+        }
+        if let Some(s) = r.edit_strength {
+            self.edit_strength = s;
+        }
+        match r.direction {
+            Some(RecommendedDirection::Prompt) => {
+                self.direction = DirectionChoice::PromptDifference
+            }
+            Some(RecommendedDirection::Templates) => self.direction = DirectionChoice::default(),
+            None => {}
+        }
+        if self.mirror.preset == MirrorPreset::Recommended {
+            self.mirror.apply_recommended(r);
+        }
+    }
+
+    /// What a run cannot start without (stage 1 of a run).
+    pub(super) fn check_inputs(&self, sd: &StableDiffusion) -> Result<()> {
+        sd.scheduler.check_num_inference_steps(self.steps)?;
+        if self.preset() == MirrorPreset::Authors && self.steps < 3 {
+            return Err(EngineError::InvalidInput(
+                "the authors' preset needs at least 3 steps".into(),
+            ));
+        }
+        if self.source_prompt.trim().is_empty() {
+            return Err(EngineError::InvalidInput(
+                "the source prompt (what the image shows) is empty".into(),
+            ));
+        }
+        if !self.edit_strength.is_finite() {
+            return Err(EngineError::InvalidInput(format!(
+                "the edit strength must be a number, not {}",
+                self.edit_strength
+            )));
+        }
+        sd.check_image_size(self.image.width() as usize, self.image.height() as usize)
+    }
 }
 
 /// Final images of a run, each `[1, 3, H, W]` in [−1, 1].
@@ -183,7 +200,7 @@ pub struct TranslateOutcome {
     pub source: Tensor,
     pub images: BranchImages,
     /// Final (or last) latents of each branch that ran.
-    pub latents: Vec<(crate::pipeline::Branch, Tensor)>,
+    pub latents: Vec<(Branch, Tensor)>,
     pub cancelled: bool,
     pub steps_done: usize,
     pub reused_inversion: bool,
@@ -198,4 +215,65 @@ pub struct TranslateOutcome {
     pub seconds: f64,
     /// What the VAE passes did about tiles (a recipe replays `used` as on, else off).
     pub vae_tiles: VaeTilesReport,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recommended(json: &str) -> Recommended {
+        let text = format!(r#"{{"recommended": {json}}}"#);
+        crate::loader::ModelNotes::parse(&text, std::path::Path::new("mirror.json"))
+            .unwrap()
+            .recommended
+    }
+
+    #[test]
+    fn a_request_from_defaults_takes_the_recommendations() {
+        let r = recommended(r#"{"steps": 9, "edit_scale": 0.5, "direction": "prompt"}"#);
+        let image = RgbImage::new(8, 8);
+        let mut req = TranslateRequest::new(image.clone(), "a", "b");
+        req.apply_recommended(&r);
+        assert_eq!((req.steps, req.mirror.edit_scale), (9, 0.5));
+        assert_eq!(req.direction, DirectionChoice::PromptDifference);
+        // The authors' variant keeps the authors' values.
+        let mut req = TranslateRequest::new(image, "a", "b");
+        req.mirror = MirrorSettings::with_preset(MirrorPreset::Authors);
+        req.apply_recommended(&r);
+        assert_eq!(req.mirror.edit_scale, MirrorSettings::default().edit_scale);
+    }
+
+    #[test]
+    fn the_recommended_preset_takes_the_models_values() {
+        let r = recommended(r#"{"guidance_scale": 3.0, "redescribe_iterations": 4}"#);
+        let m = MirrorSettings::recommended_by(&r);
+        assert_eq!((m.guidance_scale, m.redescribe.iterations), (3.0, 4));
+        assert_eq!(m.xa_guidance, MirrorSettings::default().xa_guidance);
+    }
+
+    #[test]
+    fn a_direction_choice_serialises_as_recipes_store_it() {
+        let cases = [
+            (DirectionChoice::default(), r#"{"templates":{"pairs":512}}"#),
+            (DirectionChoice::PromptDifference, r#""prompt""#),
+            (
+                DirectionChoice::File("d.safetensors".into()),
+                r#"{"file":"d.safetensors"}"#,
+            ),
+            (
+                DirectionChoice::Sentences {
+                    source: vec!["a".into()],
+                    target: vec!["b".into()],
+                },
+                r#"{"sentences":{"source":["a"],"target":["b"]}}"#,
+            ),
+        ];
+        for (choice, json) in cases {
+            assert_eq!(serde_json::to_string(&choice).unwrap(), json);
+            assert_eq!(
+                serde_json::from_str::<DirectionChoice>(json).unwrap(),
+                choice
+            );
+        }
+    }
 }

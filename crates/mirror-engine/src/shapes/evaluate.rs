@@ -254,8 +254,9 @@ pub fn run_edit(
     request: &crate::session::TranslateRequest,
     side: u32,
 ) -> crate::Result<EditRun> {
+    use crate::branch::Method;
     use crate::imageio::tensor_to_image;
-    use crate::pipeline::{Branch, CancelToken};
+    use crate::pipeline::CancelToken;
     let source = super::render(&case.source, side);
     let mut req = request.clone();
     req.image = source.clone();
@@ -291,7 +292,7 @@ pub fn run_edit(
         .reports
         .iter()
         .flat_map(|r| &r.branches)
-        .filter(|b| b.branch == Branch::MirrorReconstruction)
+        .filter(|b| b.branch == Method::Mirror.reconstruction())
         .filter_map(|b| b.attention.as_ref())
         .collect();
     let mask = classify(&source).object.map(|o| o.mask).unwrap_or_default();

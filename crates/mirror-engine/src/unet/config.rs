@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::config::{from_json_object, parse_json_object, read_text};
 use crate::loader::config::{MAX_BLOCKS, MAX_LAYERS};
 use crate::{EngineError, Result};
 
@@ -180,40 +181,14 @@ pub(crate) struct BlockPlan {
 impl UNetConfig {
     /// Reads and validates `unet/config.json`. Every error names the file and the field.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| EngineError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let cfg = Self::from_json_str(&text, path)?;
+        let cfg = Self::from_json_str(&read_text(path)?, path)?;
         cfg.validate(path)?;
         Ok(cfg)
     }
 
     /// Parses without validating; `file` only labels the errors.
     fn from_json_str(text: &str, file: &Path) -> Result<Self> {
-        let config_error = |field: &str, reason: String| EngineError::Config {
-            file: file.to_path_buf(),
-            field: field.to_string(),
-            reason,
-        };
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| config_error("(whole file)", e.to_string()))?;
-        let Value::Object(map) = &value else {
-            return Err(config_error(
-                "(whole file)",
-                "expected a JSON object".into(),
-            ));
-        };
-        serde_json::from_value::<Self>(value.clone()).map_err(|whole| {
-            // serde does not say which key failed: retry key by key to name it.
-            for (key, v) in map {
-                let single = Value::Object([(key.clone(), v.clone())].into_iter().collect());
-                if let Err(e) = serde_json::from_value::<Self>(single) {
-                    return config_error(key, e.to_string());
-                }
-            }
-            config_error("(whole file)", whole.to_string())
-        })
+        from_json_object(parse_json_object(text, file)?, file)
     }
 
     /// Checks what this implementation supports and that the sizes fit together.

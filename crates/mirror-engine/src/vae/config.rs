@@ -1,10 +1,10 @@
 //! `vae/config.json` (diffusers `AutoencoderKL`), with diffusers' defaults for absent keys.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 
+use crate::config::read_json_config;
 use crate::loader::config::{MAX_BLOCKS, MAX_LAYERS};
 use crate::{EngineError, Result};
 
@@ -212,48 +212,5 @@ impl VaeConfig {
             return Err(err("shift_factor", format!("{s} is not finite")));
         }
         Ok(())
-    }
-}
-
-/// Parses a diffusers JSON config whose fields all have serde defaults. A type error is
-/// reported with the name of the offending field (found by parsing each key on its own).
-pub(crate) fn read_json_config<T: DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|source| EngineError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| EngineError::Config {
-            file: path.to_path_buf(),
-            field: "(file)".to_string(),
-            reason: format!("not valid JSON: {e}"),
-        })?;
-    let serde_json::Value::Object(map) = &value else {
-        return Err(config_error(
-            path,
-            "(file)",
-            "not a JSON object".to_string(),
-        ));
-    };
-    match serde_json::from_value::<T>(value.clone()) {
-        Ok(cfg) => Ok(cfg),
-        Err(whole) => {
-            for (key, v) in map {
-                let single =
-                    serde_json::Value::Object([(key.clone(), v.clone())].into_iter().collect());
-                if let Err(e) = serde_json::from_value::<T>(single) {
-                    return Err(config_error(path, key, e.to_string()));
-                }
-            }
-            Err(config_error(path, "(file)", whole.to_string()))
-        }
-    }
-}
-
-fn config_error(file: &Path, field: &str, reason: String) -> EngineError {
-    EngineError::Config {
-        file: PathBuf::from(file),
-        field: field.to_string(),
-        reason,
     }
 }

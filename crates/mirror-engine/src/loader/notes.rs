@@ -1,6 +1,7 @@
 //! `mirror.json`: what a model folder says about itself, next to `model_index.json`: a display
 //! name, the settings it recommends, the words it knows and captions of its own grammar for
-//! edit directions. Optional; every model is read the same way.
+//! edit directions. Optional; every model is read the same way. Plain data: the session
+//! puts the recommendations into a request (`TranslateRequest::apply_recommended`).
 //!
 //! ```json
 //! { "name": "Mirror demo model",
@@ -9,17 +10,13 @@
 //!   "sentence_templates": ["a red circle on a blue background"] }
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::loader::{CheckpointConfigs, ModelSource, open_model_source};
-use crate::methods::mirror::{MirrorPreset, MirrorSettings};
-use crate::model::StableDiffusion;
-use crate::session::{DirectionChoice, TranslateRequest};
-use crate::tokenizer::{ClipTokenizer, unknown_words_message};
+use crate::config::{config_error, parse_json_object, read_text};
 use crate::{EngineError, Result};
 
 /// The file's name in a model folder.
@@ -50,7 +47,8 @@ pub enum RecommendedDirection {
     Prompt,
 }
 
-/// The model's recommended settings; a missing field keeps Mirror's own default.
+/// The model's recommended settings; a missing field keeps Mirror's own default. The names
+/// are the request's settings as recipes and the CLI spell them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Recommended {
@@ -65,89 +63,6 @@ pub struct Recommended {
     pub redescribe_lr: Option<f64>,
 }
 
-/// The notes of a loaded model, and its prompt check.
-impl StableDiffusion {
-    /// What the model folder's `mirror.json` says (name, recommended settings, vocabulary,
-    /// sentence templates).
-    pub fn model_notes(&self) -> &ModelNotes {
-        &self.notes
-    }
-
-    /// The model's recommended settings (empty when it recommends nothing).
-    pub fn recommended(&self) -> &Recommended {
-        &self.notes.recommended
-    }
-
-    /// The words of `prompt` this model does not know (see [`ClipTokenizer::unknown_words`]).
-    pub fn unknown_words(&self, prompt: &str) -> Result<Vec<String>> {
-        self.tokenizer
-            .unknown_words(prompt, self.notes.vocabulary.as_deref())
-    }
-
-    /// An error naming the unknown words of any of `prompts` (and the words the model knows,
-    /// when it lists them), so that no word silently becomes the unknown token.
-    pub fn check_known_words(&self, prompts: &[&str]) -> Result<()> {
-        let mut unknown: Vec<String> = Vec::new();
-        for prompt in prompts {
-            for word in self.unknown_words(prompt)? {
-                if !unknown.contains(&word) {
-                    unknown.push(word);
-                }
-            }
-        }
-        if unknown.is_empty() {
-            return Ok(());
-        }
-        Err(EngineError::InvalidInput(unknown_words_message(
-            &unknown,
-            self.notes.vocabulary.as_deref(),
-        )))
-    }
-}
-
-/// What checking prompts needs without the weights (the app's prompt fields): the model's
-/// notes and its tokenizer, read the way [`StableDiffusion::load`] reads them.
-///
-/// [`StableDiffusion::load`]: crate::model::StableDiffusion::load
-pub struct ModelWords {
-    pub notes: ModelNotes,
-    tokenizer: ClipTokenizer,
-}
-
-impl std::fmt::Debug for ModelWords {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ModelWords")
-            .field("notes", &self.notes)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ModelWords {
-    /// Notes and tokenizer of a diffusers folder, or of a single-file checkpoint with the
-    /// bundled SD 1.x tokenizer.
-    pub fn for_model(path: &Path) -> Result<Self> {
-        let tokenizer_dir = match open_model_source(path)? {
-            ModelSource::Diffusers(folder) => folder.tokenizer_dir,
-            ModelSource::SingleFile(_) => CheckpointConfigs::bundled_sd_v1().tokenizer_dir,
-        };
-        Ok(Self {
-            notes: ModelNotes::for_model(path)?,
-            tokenizer: ClipTokenizer::from_dir(&tokenizer_dir)?,
-        })
-    }
-
-    /// The words of `prompt` the model does not know (see [`ClipTokenizer::unknown_words`]).
-    pub fn unknown_words(&self, prompt: &str) -> Result<Vec<String>> {
-        self.tokenizer
-            .unknown_words(prompt, self.notes.vocabulary.as_deref())
-    }
-
-    /// The message for `unknown` words, with the words the model knows when it lists them.
-    pub fn message(&self, unknown: &[String]) -> String {
-        unknown_words_message(unknown, self.notes.vocabulary.as_deref())
-    }
-}
-
 const TOP_FIELDS: &str = "name, recommended, vocabulary, sentence_templates";
 const RECOMMENDED_FIELDS: &str = "steps, guidance_scale, xa_guidance, edit_strength, \
      edit_scale, ramp_total, direction, redescribe_iterations, redescribe_lr";
@@ -160,19 +75,13 @@ impl ModelNotes {
         if !model_path.is_dir() || !file.exists() {
             return Ok(Self::default());
         }
-        let text = std::fs::read_to_string(&file).map_err(|source| EngineError::Io {
-            path: file.clone(),
-            source,
-        })?;
-        Self::parse(&text, &file)
+        Self::parse(&read_text(&file)?, &file)
     }
 
     /// Parses the text of a `mirror.json` (`file` names it in errors).
     pub fn parse(text: &str, file: &Path) -> Result<Self> {
-        let value: Value = serde_json::from_str(text)
-            .map_err(|e| config_error(file, "(the whole file)", format!("invalid JSON: {e}")))?;
         let mut notes = Self::default();
-        for (key, value) in object(file, "(the whole file)", value)? {
+        for (key, value) in parse_json_object(text, file)? {
             match key.as_str() {
                 "name" => notes.name = Some(field(file, &key, value)?),
                 "recommended" => notes.recommended = Recommended::parse(file, value)?,
@@ -186,7 +95,7 @@ impl ModelNotes {
                         return Err(config_error(
                             file,
                             &key,
-                            "expected a non-empty list of non-empty sentences".into(),
+                            "expected a non-empty list of non-empty sentences",
                         ));
                     }
                     notes.sentence_templates = Some(sentences);
@@ -237,54 +146,6 @@ impl Recommended {
         *self == Self::default()
     }
 
-    /// MirrorDiffusion's recommended preset with the model's values in place of Mirror's own.
-    pub fn mirror_settings(&self) -> MirrorSettings {
-        let mut m = MirrorSettings::with_preset(MirrorPreset::Recommended);
-        self.apply_to_mirror(&mut m);
-        m
-    }
-
-    /// Puts the model's values into `m` (the fields it names; the others stay).
-    pub fn apply_to_mirror(&self, m: &mut MirrorSettings) {
-        if let Some(v) = self.guidance_scale {
-            m.guidance_scale = v;
-        }
-        if let Some(v) = self.xa_guidance {
-            m.xa_guidance = v;
-        }
-        if let Some(v) = self.edit_scale {
-            m.edit_scale = v;
-        }
-        if let Some(v) = self.ramp_total {
-            m.ramp_total = v;
-        }
-        if let Some(v) = self.redescribe_iterations {
-            m.redescribe.iterations = v;
-        }
-        if let Some(v) = self.redescribe_lr {
-            m.redescribe.lr = v;
-        }
-    }
-
-    /// Puts every recommended value into a request built from defaults: steps, edit strength,
-    /// direction and (for the recommended preset) the MirrorDiffusion settings.
-    pub fn apply(&self, req: &mut TranslateRequest) {
-        if let Some(n) = self.steps {
-            req.steps = n;
-        }
-        if let Some(s) = self.edit_strength {
-            req.edit_strength = s;
-        }
-        match self.direction {
-            Some(RecommendedDirection::Prompt) => req.direction = DirectionChoice::PromptDifference,
-            Some(RecommendedDirection::Templates) => req.direction = DirectionChoice::default(),
-            None => {}
-        }
-        if req.mirror.preset == MirrorPreset::Recommended {
-            self.apply_to_mirror(&mut req.mirror);
-        }
-    }
-
     /// The values in words, e.g. "25 steps, guidance 3, structure guidance 0.1".
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
@@ -313,14 +174,6 @@ impl Recommended {
             None => {}
         }
         parts.join(", ")
-    }
-}
-
-fn config_error(file: &Path, field: &str, reason: String) -> EngineError {
-    EngineError::Config {
-        file: PathBuf::from(file),
-        field: field.to_string(),
-        reason,
     }
 }
 
@@ -358,7 +211,7 @@ fn finite(file: &Path, name: &str, value: Value) -> Result<f64> {
 
 fn positive(file: &Path, name: &str, n: usize) -> Result<usize> {
     if n == 0 {
-        return Err(config_error(file, name, "must be at least 1".into()));
+        return Err(config_error(file, name, "must be at least 1"));
     }
     Ok(n)
 }
@@ -366,7 +219,7 @@ fn positive(file: &Path, name: &str, n: usize) -> Result<usize> {
 /// Lowercase words, each a single word.
 fn check_words(file: &Path, name: &str, words: Vec<String>) -> Result<Vec<String>> {
     if words.is_empty() {
-        return Err(config_error(file, name, "the list is empty".into()));
+        return Err(config_error(file, name, "the list is empty"));
     }
     words
         .into_iter()
@@ -408,27 +261,16 @@ mod tests {
             Some(RecommendedDirection::Prompt)
         );
         assert_eq!(notes.vocabulary, Some(vec!["a".into(), "circle".into()]));
-        let m = notes.recommended.mirror_settings();
-        assert_eq!((m.guidance_scale, m.redescribe.iterations), (3.0, 4));
-        assert_eq!(m.xa_guidance, MirrorSettings::default().xa_guidance);
+        assert_eq!(notes.recommended.guidance_scale, Some(3.0));
+        assert_eq!(notes.recommended.redescribe_iterations, Some(4));
         assert!(parse("{}").unwrap().recommended.is_empty());
     }
 
     #[test]
-    fn a_request_from_defaults_takes_the_recommendations() {
+    fn describes_the_values_in_words() {
         let r = parse(r#"{"recommended": {"steps": 9, "edit_scale": 0.5, "direction": "prompt"}}"#)
             .unwrap()
             .recommended;
-        let image = image::RgbImage::new(8, 8);
-        let mut req = TranslateRequest::new(image.clone(), "a", "b");
-        r.apply(&mut req);
-        assert_eq!((req.steps, req.mirror.edit_scale), (9, 0.5));
-        assert_eq!(req.direction, DirectionChoice::PromptDifference);
-        // The authors' variant keeps the authors' values.
-        let mut req = TranslateRequest::new(image, "a", "b");
-        req.mirror = MirrorSettings::with_preset(MirrorPreset::Authors);
-        r.apply(&mut req);
-        assert_eq!(req.mirror.edit_scale, MirrorSettings::default().edit_scale);
         assert_eq!(
             r.describe(),
             "9 steps, edit scale 0.5, prompt-difference direction"

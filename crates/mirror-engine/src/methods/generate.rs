@@ -5,12 +5,11 @@
 use candle_core::{Device, Tensor};
 use image::RgbImage;
 
-use super::context::StageContext;
-use super::stages::decode;
-use super::{CancelToken, stages};
+use super::ddim::{self, DdimContexts};
 use crate::imageio::tensor_to_image;
-use crate::methods::ddim::{self, DdimContexts};
 use crate::model::StableDiffusion;
+use crate::pipeline::stages::{self, decode};
+use crate::pipeline::{CancelToken, StageContext};
 use crate::vae::VaeTiles;
 use crate::vae::gaussian::standard_normal;
 use crate::{EngineError, Result};

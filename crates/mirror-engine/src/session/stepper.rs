@@ -1,0 +1,199 @@
+//! The methods a request runs, each as a [`Stepper`]: what stays fixed over the schedule
+//! and the state it carries from step to step, behind one `step(i)`.
+
+use candle_core::Tensor;
+
+use super::cache::CachedReconstruction;
+use super::request::{DdimTranslation, TranslateRequest};
+use crate::Result;
+use crate::branch::{Branch, Method};
+use crate::methods::ddim::{self, DdimContexts, DdimInputs};
+use crate::methods::mirror::{self, MirrorInputs, MirrorState};
+use crate::methods::pix2pix_zero::{self, Pix2PixZeroInputs, Pix2PixZeroSettings};
+use crate::model::StableDiffusion;
+use crate::pipeline::stages::Trajectory;
+use crate::pipeline::{LatentPair, MethodStep, StageContext};
+
+/// What the steppers of one run borrow, built once.
+pub(super) struct StepInputs {
+    /// α·Δc (zeros when no branch uses it: word-swap DDIM).
+    direction: Tensor,
+    ddim_reconstruction: DdimContexts,
+    ddim_translation: DdimContexts,
+    pix2pix_zero: Pix2PixZeroSettings,
+}
+
+impl StepInputs {
+    pub fn new(
+        sd: &StableDiffusion,
+        req: &TranslateRequest,
+        caption: &Tensor,
+        direction: Option<&Tensor>,
+    ) -> Result<Self> {
+        let direction = match direction {
+            Some(d) => d.clone(),
+            None => caption.zeros_like()?,
+        };
+        let (ddim_reconstruction, ddim_translation) = ddim_contexts(sd, req, caption, &direction)?;
+        Ok(Self {
+            direction,
+            ddim_reconstruction,
+            ddim_translation,
+            pix2pix_zero: Pix2PixZeroSettings {
+                guidance_scale: req.mirror.guidance_scale,
+                xa_guidance: req.mirror.xa_guidance,
+            },
+        })
+    }
+
+    /// The request's method, then plain DDIM when it is compared (or is the method).
+    /// `recorded`: a cached reconstruction for Mirror to replay instead of redescribing.
+    pub fn steppers<'a>(
+        &'a self,
+        req: &'a TranslateRequest,
+        trajectory: &'a Trajectory,
+        caption: &'a Tensor,
+        recorded: Option<&'a CachedReconstruction>,
+    ) -> Vec<Stepper<'a>> {
+        let start = trajectory.start();
+        let mut steppers = Vec::new();
+        match req.method {
+            Method::Mirror => steppers.push(Stepper::Mirror {
+                inputs: MirrorInputs {
+                    settings: &req.mirror,
+                    trajectory,
+                    direction: &self.direction,
+                    want_edit_maps: req.attention_maps,
+                },
+                state: MirrorState::start(trajectory, caption),
+                recorded,
+            }),
+            Method::Pix2PixZero => steppers.push(Stepper::Pix2PixZero {
+                inputs: Pix2PixZeroInputs {
+                    settings: &self.pix2pix_zero,
+                    steps: req.steps,
+                    caption,
+                    direction: &self.direction,
+                    want_edit_maps: req.attention_maps,
+                },
+                state: LatentPair::start(start),
+            }),
+            Method::Ddim => {}
+        }
+        if req.method == Method::Ddim || req.compare_ddim {
+            steppers.push(Stepper::Ddim {
+                inputs: DdimInputs {
+                    steps: req.steps,
+                    reconstruction: &self.ddim_reconstruction,
+                    translation: &self.ddim_translation,
+                    want_maps: req.attention_maps,
+                },
+                state: LatentPair::start(start),
+            });
+        }
+        steppers
+    }
+}
+
+/// One method's run through the schedule: what stays fixed, and the state it carries.
+pub(super) enum Stepper<'a> {
+    Mirror {
+        inputs: MirrorInputs<'a>,
+        state: MirrorState,
+        recorded: Option<&'a CachedReconstruction>,
+    },
+    Pix2PixZero {
+        inputs: Pix2PixZeroInputs<'a>,
+        state: LatentPair,
+    },
+    Ddim {
+        inputs: DdimInputs<'a>,
+        state: LatentPair,
+    },
+}
+
+impl Stepper<'_> {
+    pub fn step(&mut self, ctx: &StageContext, i: usize) -> Result<MethodStep> {
+        let out = match self {
+            Stepper::Mirror {
+                inputs,
+                state,
+                recorded,
+            } => {
+                let replay = recorded.map(|r| mirror::RecordedReconstruction {
+                    latent: &r.latents[i],
+                    embedding: &r.embeddings[i],
+                    losses: &r.losses[i],
+                    embedding_change: r.embedding_changes[i],
+                });
+                let (next, out) = mirror::step(ctx, inputs, state, i, replay)?;
+                *state = next;
+                out
+            }
+            Stepper::Pix2PixZero { inputs, state } => {
+                let (next, out) = pix2pix_zero::step(ctx, inputs, state, i)?;
+                *state = next;
+                out
+            }
+            Stepper::Ddim { inputs, state } => {
+                let (next, out) = ddim::step(ctx, inputs, state, i)?;
+                *state = next;
+                out
+            }
+        };
+        Ok(out)
+    }
+
+    /// The most UNet calls step `i` takes.
+    pub fn unet_calls(&self, i: usize) -> usize {
+        match self {
+            Stepper::Mirror {
+                inputs, recorded, ..
+            } => mirror::unet_calls(
+                inputs.settings,
+                inputs.trajectory.steps,
+                i,
+                recorded.is_some(),
+            ),
+            Stepper::Pix2PixZero { .. } => pix2pix_zero::UNET_CALLS_PER_STEP,
+            Stepper::Ddim { .. } => ddim::UNET_CALLS_PER_STEP,
+        }
+    }
+
+    fn method(&self) -> Method {
+        match self {
+            Stepper::Mirror { .. } => Method::Mirror,
+            Stepper::Pix2PixZero { .. } => Method::Pix2PixZero,
+            Stepper::Ddim { .. } => Method::Ddim,
+        }
+    }
+
+    pub fn branches(&self) -> [Branch; 2] {
+        self.method().branches()
+    }
+}
+
+/// The plain DDIM contexts: the caption for the reconstruction; the target prompt (word
+/// swap) or caption + α·Δc for the translation.
+fn ddim_contexts(
+    sd: &StableDiffusion,
+    req: &TranslateRequest,
+    caption: &Tensor,
+    direction: &Tensor,
+) -> Result<(DdimContexts, DdimContexts)> {
+    let reconstruction = DdimContexts {
+        cond: caption.clone(),
+        uncond: None,
+    };
+    let translation = match req.ddim_translation {
+        DdimTranslation::WordSwap { guidance } => DdimContexts {
+            cond: sd.encode_prompt(&req.target_prompt)?,
+            uncond: Some((sd.encode_prompt("")?, guidance)),
+        },
+        DdimTranslation::Direction { guidance } => DdimContexts {
+            cond: (caption + direction)?,
+            uncond: Some((caption.clone(), guidance)),
+        },
+    };
+    Ok((reconstruction, translation))
+}
