@@ -15,7 +15,9 @@ use mirror_engine::EngineError;
 use mirror_engine::device::{self, DeviceChoice, Precision};
 use mirror_engine::imageio::{latent_preview, tensor_to_image};
 use mirror_engine::model::VaeTilesReport;
-use mirror_engine::pipeline::{Branch, CancelToken, Event, Phase, StepReport, TokenHeatmaps};
+use mirror_engine::pipeline::{
+    Branch, CancelToken, Event, Phase, StepReport, StepWork, TokenHeatmaps,
+};
 use mirror_engine::session::{BranchImages, Method, Session, TranslateRequest};
 use mirror_engine::tokenizer::TokenWord;
 
@@ -159,17 +161,6 @@ pub struct RunSummary {
     pub vae_tiles: VaeTilesReport,
 }
 
-/// Progress inside one denoising step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct StepWorkInfo {
-    pub step: usize,
-    pub steps: usize,
-    pub unet_calls: usize,
-    pub unet_calls_expected: usize,
-    /// Redescription iteration (done, of).
-    pub redescription: Option<(usize, usize)>,
-}
-
 /// What the worker tells the UI.
 #[derive(Debug, Clone)]
 pub enum WorkerEvent {
@@ -192,7 +183,7 @@ pub enum WorkerEvent {
     },
     /// Work inside a step: UNet calls so far and the redescription iteration, for a live
     /// sign of progress within long steps.
-    StepWork(StepWorkInfo),
+    StepWork(StepWork),
     Phase {
         phase: Phase,
         steps: usize,
@@ -491,13 +482,7 @@ fn forward(e: Event, send: &dyn Fn(WorkerEvent)) {
         Event::Direction { done, total } => send(WorkerEvent::Direction { done, total }),
         Event::Note(n) => send(WorkerEvent::Note(n)),
         Event::Step(report) => send(WorkerEvent::Step(Box::new(step_frame(&report)))),
-        Event::StepWork(w) => send(WorkerEvent::StepWork(StepWorkInfo {
-            step: w.step,
-            steps: w.steps,
-            unet_calls: w.unet_calls,
-            unet_calls_expected: w.unet_calls_expected,
-            redescription: w.redescription,
-        })),
+        Event::StepWork(work) => send(WorkerEvent::StepWork(work)),
     }
 }
 

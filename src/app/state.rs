@@ -7,11 +7,10 @@ use std::time::{Duration, Instant};
 use image::RgbImage;
 
 use crate::worker::{
-    ModelSummary, RunSummary, StepFrame, StepWorkInfo, WorkerEvent, reconstruction_branch,
-    translation_branch,
+    ModelSummary, RunSummary, StepFrame, WorkerEvent, reconstruction_branch, translation_branch,
 };
 use mirror_engine::imageio::{LoadedImage, Recipe, ResizePolicy};
-use mirror_engine::pipeline::{Branch, Phase};
+use mirror_engine::pipeline::{Branch, Phase, StepWork};
 use mirror_engine::session::Method;
 use mirror_engine::tokenizer::TokenWord;
 
@@ -50,7 +49,7 @@ pub struct Progress {
     pub part_fraction: f32,
     /// Work inside the current step (UNet calls, redescription iteration), when the engine
     /// reports it.
-    pub step_work: Option<StepWorkInfo>,
+    pub step_work: Option<StepWork>,
     pub phase: Option<Phase>,
     pub phase_step: usize,
     pub phase_steps: usize,

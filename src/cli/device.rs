@@ -1,4 +1,5 @@
-//! `--device` and `--precision`, shared by the subcommands that load a model.
+//! Loading a model for a subcommand: `--device` and `--precision`, and the configs a
+//! single-file checkpoint is read with.
 
 use std::path::Path;
 
@@ -6,8 +7,8 @@ use anyhow::Result;
 use clap::Args;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 
-use super::inspect::checkpoint_configs;
 use mirror_engine::device::{self, DeviceChoice, Precision};
+use mirror_engine::loader::CheckpointConfigs;
 use mirror_engine::model::StableDiffusion;
 
 #[derive(Args, Debug, Clone, Copy, Default)]
@@ -40,6 +41,15 @@ impl DeviceArgs {
             checkpoint_configs(configs),
             precision,
         )?)
+    }
+}
+
+/// The configs a single-file checkpoint is read with: those of a diffusers folder, or the
+/// bundled SD 1.x ones.
+pub fn checkpoint_configs(dir: Option<&Path>) -> CheckpointConfigs {
+    match dir {
+        Some(dir) => CheckpointConfigs::from_diffusers_folder(dir),
+        None => CheckpointConfigs::bundled_sd_v1(),
     }
 }
 

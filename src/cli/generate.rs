@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use super::inspect::checkpoint_configs;
+use super::device::checkpoint_configs;
 use super::outputs::check_writable;
 use super::translate::{Size, parse_size};
 use super::{Cancelled, default_model_path, interrupt};

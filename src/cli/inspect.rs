@@ -46,14 +46,6 @@ pub fn run(args: &InspectArgs) -> Result<()> {
     Ok(())
 }
 
-/// The configs a single-file checkpoint is read with.
-pub fn checkpoint_configs(dir: Option<&Path>) -> CheckpointConfigs {
-    match dir {
-        Some(dir) => CheckpointConfigs::from_diffusers_folder(dir),
-        None => CheckpointConfigs::bundled_sd_v1(),
-    }
-}
-
 fn short(hash: &str) -> String {
     hash.chars().take(12).collect()
 }

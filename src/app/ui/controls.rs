@@ -2,6 +2,7 @@
 
 use egui::{RichText, Ui, Vec2};
 
+use super::format::{fmt_secs, phase_words};
 use crate::app::Action;
 use crate::app::actions::method_label;
 use crate::app::presets::PRESETS;
@@ -11,7 +12,6 @@ use crate::app::words::apply_recommended;
 use mirror_engine::direction::find_edit_phrase;
 use mirror_engine::imageio::{ResizePolicy, describe_resize, processing_size};
 use mirror_engine::methods::mirror::MirrorPreset;
-use mirror_engine::pipeline::Phase;
 use mirror_engine::session::Method;
 use mirror_engine::vae::VaeTiles;
 
@@ -60,17 +60,6 @@ fn short_resize(p: ResizePolicy) -> &'static str {
         ResizePolicy::Crop => "crop to square",
         ResizePolicy::Stretch => "stretch to square",
         ResizePolicy::Pad => "pad to square",
-    }
-}
-
-/// What a phase is doing, in words.
-pub fn phase_words(phase: Phase) -> &'static str {
-    match phase {
-        Phase::Encode => "reading the photo",
-        Phase::Invert => "analysing the photo",
-        Phase::Redescribe => "redescribing and editing",
-        Phase::Translate => "editing",
-        Phase::Decode => "finishing the images",
     }
 }
 
@@ -418,9 +407,9 @@ fn run_section(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) {
                 w.unet_calls_expected
             )
         });
-        let eta = state.eta().map_or(String::new(), |s| {
-            format!(" · {} left", super::status::fmt_secs(s))
-        });
+        let eta = state
+            .eta()
+            .map_or(String::new(), |s| format!(" · {} left", fmt_secs(s)));
         ui.add(egui::ProgressBar::new(p.fraction).text(format!("{part}{phase}{eta}")));
         if !work.is_empty() {
             ui.label(RichText::new(work.trim_start_matches(" · ")).small().weak());

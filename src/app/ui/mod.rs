@@ -5,6 +5,7 @@ pub mod attention;
 pub mod compare;
 pub mod compute;
 pub mod controls;
+pub mod format;
 pub mod status;
 pub mod steps;
 pub mod style;

@@ -3,13 +3,14 @@
 
 use egui::{RichText, Ui};
 
+use super::format::{fmt_secs, phase_words};
 use crate::app::state::AppState;
 
 pub fn status_bar(ui: &mut Ui, state: &AppState) {
     ui.horizontal(|ui| {
         let p = &state.progress;
         if p.running {
-            let phase = p.phase.map_or("starting", super::controls::phase_words);
+            let phase = p.phase.map_or("starting", phase_words);
             let eta = state
                 .eta()
                 .map_or(String::new(), |s| format!(" · about {} left", fmt_secs(s)));
@@ -47,12 +48,4 @@ pub fn status_bar(ui: &mut Ui, state: &AppState) {
             super::compute::device_label(ui, state);
         });
     });
-}
-
-pub fn fmt_secs(s: f64) -> String {
-    if s < 60.0 {
-        format!("{s:.0} s")
-    } else {
-        format!("{}m {:02.0}s", (s / 60.0) as u64, s % 60.0)
-    }
 }
