@@ -242,7 +242,7 @@ pub fn describe(device: &Device) -> String {
 }
 
 /// The type forward-only passes (text encoder, inversion, plain DDIM, reference passes,
-/// decode) run in on `device`; gradient passes always run in f32 (algorithm.md §0.3).
+/// decode) run in on `device`; gradient passes always run in f32 (docs/algorithm.md §0.3).
 /// `Auto` takes f16 on an accelerator (SD 1.x is published and commonly run in f16) and
 /// f32 on the CPU, where half types save memory but not time.
 pub fn forward_dtype(device: &Device, precision: Precision) -> DType {

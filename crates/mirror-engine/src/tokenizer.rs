@@ -5,6 +5,7 @@
 //! NFC, whitespace runs → " ", lowercase; split with CLIP's regex, byte-level; BPE with the
 //! `</w>` end-of-word suffix; BOS … EOS around the tokens. Sequences are then truncated to
 //! BOS + (max_length − 2) tokens + EOS and padded to `max_length`, as SD pipelines call it.
+//! Ports: https://github.com/huggingface/transformers/blob/v4.44.0/src/transformers/models/clip/tokenization_clip.py (pinned).
 
 use std::path::{Path, PathBuf};
 

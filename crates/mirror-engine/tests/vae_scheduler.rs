@@ -1,5 +1,5 @@
 //! VAE and DDIM scheduler against the PyTorch fixtures, plus the algebraic and gradient checks
-//! of algorithm.md §14 (inverse/forward consistency, KL closed form, backprop through a step).
+//! of docs/algorithm.md §14 (inverse/forward consistency, KL closed form, backprop through a step).
 
 mod common;
 
@@ -237,14 +237,14 @@ fn authors_inversion_timesteps_are_the_inner_grid() {
         assert_eq!(ts.len(), n - 2);
         fx.assert_close(name, "timesteps", &Tensor::new(ts, &cpu()).unwrap());
     }
-    // algorithm.md §14.1: N = 60 → 945 … 1 by 16; the authors' list is 17 … 929 (58 entries).
+    // docs/algorithm.md §14.1: N = 60 → 945 … 1 by 16; the authors' list is 17 … 929 (58 entries).
     let ts60 = sched.timesteps(60);
     assert_eq!((ts60[0], ts60[59], ts60.len()), (945, 1, 60));
     let inv60 = sched.authors_inversion_timesteps(60);
     assert_eq!((inv60[0], inv60[57], inv60.len()), (17, 929, 58));
 }
 
-/// algorithm.md §14.2: with a fixed ε, DDIMfwd(DDIMinv(z)) = z at every step of the grid.
+/// docs/algorithm.md §14.2: with a fixed ε, DDIMfwd(DDIMinv(z)) = z at every step of the grid.
 #[test]
 fn inverse_step_is_exact_inverse_of_step() {
     let fx = common::Fixtures::load();
@@ -275,7 +275,7 @@ fn inverse_step_is_exact_inverse_of_step() {
     assert!(worst_v < 1e-5, "{worst_v}");
 }
 
-/// algorithm.md §14.3: closed-form KL gradient against candle autograd of L_KL.
+/// docs/algorithm.md §14.3: closed-form KL gradient against candle autograd of L_KL.
 #[test]
 fn kl_closed_form_gradient_matches_autograd() {
     for (dtype, tol) in [(DType::F64, 1e-10), (DType::F32, 1e-5)] {

@@ -1,4 +1,5 @@
 //! `text_encoder/config.json` (transformers' `CLIPTextConfig`).
+//! Ports: https://github.com/huggingface/transformers/blob/v4.44.0/src/transformers/models/clip/configuration_clip.py (pinned).
 
 use std::path::Path;
 

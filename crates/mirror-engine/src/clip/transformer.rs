@@ -1,5 +1,6 @@
 //! `CLIPTextTransformer`, weight names as in transformers' `CLIPTextModel`
 //! (`text_model.embeddings…`, `text_model.encoder.layers.{i}…`, `text_model.final_layer_norm`).
+//! Ports: https://github.com/huggingface/transformers/blob/v4.44.0/src/transformers/models/clip/modeling_clip.py (pinned).
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};

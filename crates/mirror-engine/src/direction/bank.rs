@@ -1,4 +1,4 @@
-//! Paired template sentences (algorithm.md §5.3): the same caption patterns rendered once
+//! Paired template sentences (docs/algorithm.md §5.3): the same caption patterns rendered once
 //! with the source phrase and once with the target phrase, so the contexts cancel in Δc.
 
 use std::collections::HashSet;

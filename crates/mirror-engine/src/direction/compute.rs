@@ -1,4 +1,5 @@
 //! Δc = mean E(target sentences) − mean E(source sentences), over all 77 rows.
+//! Ports: https://github.com/MirrorDiffusion/MirrorDiffusion/tree/db1babc (pinned).
 
 use std::collections::BTreeMap;
 

@@ -1,4 +1,4 @@
-//! The edit direction Δc of MirrorDiffusion / pix2pix-zero (algorithm.md §5): the mean CLIP
+//! The edit direction Δc of MirrorDiffusion / pix2pix-zero (docs/algorithm.md §5): the mean CLIP
 //! text embedding of sentences about the target concept minus that of the source concept,
 //! all 77 rows, shape `[1, 77, D]`.
 //!

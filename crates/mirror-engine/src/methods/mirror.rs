@@ -1,8 +1,9 @@
 //! MirrorDiffusion (arXiv 2401.03221): prompt redescription keeps the reconstruction branch a
 //! mirror of the inversion trajectory; the translation branch follows it through
 //! cross-attention guidance. Two presets: `Authors` (the released code, quirks included) and
-//! `Recommended` (algorithm.md Preset R). One `step` per timestep so that tests can
+//! `Recommended` (docs/algorithm.md Preset R). One `step` per timestep so that tests can
 //! teacher-force it and the UI can stream it.
+//! Ports: https://github.com/MirrorDiffusion/MirrorDiffusion/tree/db1babc (pinned).
 
 use candle_core::Tensor;
 
@@ -26,7 +27,7 @@ pub enum MirrorPreset {
     /// The released code exactly (Preset F): its inversion grid, wrapped targets, batch-2
     /// reconstruction, key/value loss terms, extra steps at i ∈ {10, 15, 20, 25}.
     Authors,
-    /// algorithm.md Preset R: consistent grid, targets ending at z0, batch-1 reconstruction,
+    /// docs/algorithm.md Preset R: consistent grid, targets ending at z0, batch-1 reconstruction,
     /// probability loss only, schedules scaled to any N.
     Recommended,
 }

@@ -2,6 +2,7 @@
 //! cross-attention maps; the edit pass (caption + Δc) takes one gradient step per timestep on
 //! its latent pair towards those maps. The two passes are independent, so they run
 //! interleaved step by step and no map is stored beyond its step.
+//! Ports: https://github.com/pix2pixzero/pix2pix-zero/blob/a8f7269a5318353b6fc5263223f68d96a419bd49/src/utils/edit_pipeline.py (pinned).
 
 use candle_core::Tensor;
 

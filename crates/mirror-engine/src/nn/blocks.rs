@@ -1,5 +1,6 @@
 //! The ResNet block and the ×2 down/up samplers that the UNet and the VAE share (diffusers'
 //! `ResnetBlock2D`, `Downsample2D`, `Upsample2D`).
+//! Ports: https://github.com/huggingface/diffusers/blob/v0.30.0/src/diffusers/models/resnet.py (pinned).
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;

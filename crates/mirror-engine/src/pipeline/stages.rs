@@ -37,7 +37,7 @@ pub fn decode(sd: &StableDiffusion, latent: &Tensor) -> Result<Tensor> {
     sd.decode_latent(latent)
 }
 
-/// Which inverse DDIM grid the inversion walks (algorithm.md §2.3).
+/// Which inverse DDIM grid the inversion walks (docs/algorithm.md §2.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum InversionGrid {
     /// The exact inverse of the sampler's grid: N steps, N + 1 latents (Preset R).
@@ -225,7 +225,7 @@ pub fn mse(a: &Tensor, b: &Tensor) -> Result<f64> {
     Ok(f64::from(mean))
 }
 
-/// Prompt redescription settings (algorithm.md §6; the released code's values by default).
+/// Prompt redescription settings (docs/algorithm.md §6; the released code's values by default).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RedescribeSettings {
     /// Adam iterations per step, at most.

@@ -1,4 +1,5 @@
 //! `scheduler/scheduler_config.json` (diffusers `DDIMScheduler`), with diffusers' defaults.
+//! Ports: https://github.com/huggingface/diffusers/blob/v0.30.0/src/diffusers/schedulers/scheduling_ddim.py (pinned).
 
 use std::path::Path;
 

@@ -1,6 +1,7 @@
-//! The KL noise regulariser of pix2pix-zero / MirrorDiffusion (algorithm.md §4.1):
+//! The KL noise regulariser of pix2pix-zero / MirrorDiffusion (docs/algorithm.md §4.1):
 //! L_KL(e) = v + μ² − 1 − ln(v + 1e-7) with μ = mean(e), v = unbiased variance, and a few
 //! plain gradient steps e ← e − λ ∇L_KL with the closed-form gradient.
+//! Ports: https://github.com/pix2pixzero/pix2pix-zero/blob/a8f7269a5318353b6fc5263223f68d96a419bd49/src/utils/edit_pipeline.py (pinned).
 
 use candle_core::{DType, Device, Result, Tensor};
 

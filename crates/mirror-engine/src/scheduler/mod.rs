@@ -1,10 +1,12 @@
 //! DDIM (η = 0) as diffusers' `DDIMScheduler`, plus the two inverse steps used for inversion:
 //! the exact inverse of the forward step (Preset R) and the released pix2pix-zero /
-//! MirrorDiffusion `DDIMInverseScheduler` step (Preset F). algorithm.md §2.
+//! MirrorDiffusion `DDIMInverseScheduler` step (Preset F). docs/algorithm.md §2.
 //!
 //! Every step is plain tensor arithmetic (differentiable in the sample and the model output),
 //! done in the tensor's dtype with the ā scalars rounded to f32 first and the operations in
 //! diffusers' order, so float32 results match PyTorch bit for bit or nearly.
+//! Ports: https://github.com/huggingface/diffusers/blob/v0.30.0/src/diffusers/schedulers/scheduling_ddim.py
+//! and https://github.com/huggingface/diffusers/blob/v0.30.0/src/diffusers/schedulers/scheduling_ddim_inverse.py (pinned).
 
 pub mod config;
 pub mod kl;

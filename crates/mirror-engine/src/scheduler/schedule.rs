@@ -1,5 +1,6 @@
 //! The noise schedule ā[j] = Π_{m≤j} (1 − β_m), computed with torch's float32 arithmetic so
 //! the values are the ones diffusers uses, plus an f64 copy.
+//! Ports: https://github.com/huggingface/diffusers/blob/v0.30.0/src/diffusers/schedulers/scheduling_ddim.py (pinned).
 
 use super::config::DdimConfig;
 
@@ -128,7 +129,7 @@ mod tests {
             r#"{"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}"#,
         )
         .unwrap();
-        // algorithm.md §2.1 (f64 values, 6 decimals).
+        // docs/algorithm.md §2.1 (f64 values, 6 decimals).
         let a = alphas_cumprod_f64(&cfg);
         for (j, expected) in [
             (0, 0.999150),

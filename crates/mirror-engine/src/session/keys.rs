@@ -35,7 +35,7 @@ impl<'a> ModelIdentity<'a> {
 /// for plain DDIM, the inversion choice).
 pub(super) fn inversion_plan(req: &TranslateRequest) -> (InversionSettings, Posterior) {
     let authors = req.preset() == MirrorPreset::Authors;
-    // Plain DDIM inverts without regulariser (algorithm.md §10.1) unless asked to share.
+    // Plain DDIM inverts without regulariser (docs/algorithm.md §10.1) unless asked to share.
     let regularised = req.method != Method::Ddim || req.inversion == InversionChoice::Regularized;
     let settings = InversionSettings {
         steps: req.steps,

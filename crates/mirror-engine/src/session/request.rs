@@ -14,7 +14,7 @@ use crate::pipeline::StepReport;
 use crate::vae::VaeTiles;
 use crate::{EngineError, Result};
 
-/// How plain DDIM translates (algorithm.md §10.2).
+/// How plain DDIM translates (docs/algorithm.md §10.2).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DdimTranslation {

@@ -1,4 +1,5 @@
 //! Multi-head attention (`attn1` self, `attn2` cross) and the GEGLU feed-forward.
+//! Ports: https://github.com/huggingface/diffusers/blob/v0.30.0/src/diffusers/models/attention_processor.py (pinned).
 
 use candle_core::{D, Module, Result, Tensor};
 use candle_nn::VarBuilder;

@@ -1,4 +1,5 @@
 //! Down, mid and up blocks: resnets, optionally each followed by a Transformer2D.
+//! Ports: https://github.com/huggingface/diffusers/blob/v0.30.0/src/diffusers/models/unets/unet_2d_blocks.py (pinned).
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;

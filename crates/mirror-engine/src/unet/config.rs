@@ -1,5 +1,6 @@
 //! `unet/config.json` of a diffusers `UNet2DConditionModel`, with diffusers' defaults for
 //! every missing key, and the per-block plan (channels, heads, layers) derived from it.
+//! Ports: https://github.com/huggingface/diffusers/blob/v0.30.0/src/diffusers/models/unets/unet_2d_condition.py (pinned).
 
 use std::path::{Path, PathBuf};
 

@@ -1,4 +1,5 @@
 //! Timestep embedding: diffusers' sinusoid (`Timesteps`) and its MLP (`TimestepEmbedding`).
+//! Ports: https://github.com/huggingface/diffusers/blob/v0.30.0/src/diffusers/models/embeddings.py (pinned).
 
 use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;

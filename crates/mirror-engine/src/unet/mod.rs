@@ -6,6 +6,7 @@
 //! `forward*` check it and fail with a candle error carrying the
 //! [`EngineError::LatentSize`] message; call [`UNet2DConditionModel::check_latent_size`]
 //! first to get the typed error.
+//! Ports: https://github.com/huggingface/diffusers/blob/v0.30.0/src/diffusers/models/unets/unet_2d_condition.py (pinned).
 
 mod attention;
 mod blocks;

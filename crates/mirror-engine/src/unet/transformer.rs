@@ -1,4 +1,5 @@
 //! `Transformer2DModel` (continuous input) and its `BasicTransformerBlock`s.
+//! Ports: https://github.com/huggingface/diffusers/blob/v0.30.0/src/diffusers/models/transformers/transformer_2d.py (pinned).
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;

@@ -1,4 +1,5 @@
 //! The VAE mid block: resnet → single-head self-attention → resnet.
+//! Ports: https://github.com/huggingface/diffusers/blob/v0.30.0/src/diffusers/models/attention_processor.py (pinned).
 
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};

@@ -1,5 +1,6 @@
 //! The VAE's encoder and decoder blocks (diffusers' `DownEncoderBlock2D`, `UpDecoderBlock2D`),
 //! built from the shared ResNet block and samplers of `engine::nn` (no time embedding).
+//! Ports: https://github.com/huggingface/diffusers/blob/v0.30.0/src/diffusers/models/unets/unet_2d_blocks.py (pinned).
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;

@@ -1,4 +1,5 @@
 //! diffusers `Encoder` and `Decoder` (norm_type "group", no time embedding).
+//! Ports: https://github.com/huggingface/diffusers/blob/v0.30.0/src/diffusers/models/autoencoders/vae.py (pinned).
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;

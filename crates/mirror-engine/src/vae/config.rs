@@ -1,4 +1,5 @@
 //! `vae/config.json` (diffusers `AutoencoderKL`), with diffusers' defaults for absent keys.
+//! Ports: https://github.com/huggingface/diffusers/blob/v0.30.0/src/diffusers/models/autoencoders/autoencoder_kl.py (pinned).
 
 use std::path::Path;
 

@@ -1,4 +1,5 @@
 //! The VAE posterior N(mean, exp(logvar)) and its seeded sampling.
+//! Ports: https://github.com/huggingface/diffusers/blob/v0.30.0/src/diffusers/models/autoencoders/vae.py (pinned).
 
 use candle_core::{Result, Tensor};
 

@@ -4,6 +4,7 @@
 //! The mid-block attention accepts today's names (`to_q/to_k/to_v/to_out.0`) and the original
 //! ones (`query/key/value/proj_attn`, also as 1×1 conv weights). Images larger than the
 //! model's native size can go through in tiles ([`tiled`]; off by default, as diffusers).
+//! Ports: https://github.com/huggingface/diffusers/blob/v0.30.0/src/diffusers/models/autoencoders/autoencoder_kl.py (pinned).
 
 pub mod attention;
 pub mod blocks;

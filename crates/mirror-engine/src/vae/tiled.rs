@@ -8,6 +8,7 @@
 //! `stride` rows and columns, of which the first `tile − stride` are faded in from the
 //! neighbour above or to the left. With the diffusers defaults (tile = `sample_size / f`,
 //! overlap 0.25) this is diffusers' `tiled_decode` / `_tiled_encode` exactly.
+//! Ports: https://github.com/huggingface/diffusers/blob/v0.30.0/src/diffusers/models/autoencoders/autoencoder_kl.py (pinned).
 
 use std::fmt;
 use std::str::FromStr;
