@@ -1,6 +1,7 @@
 //! The app as a new user first sees it: no settings, no model given. It opens the built-in
 //! demo model with a rendered demo image and a one-word edit, and one click on Run shows the
 //! mirror effect. Drives the real app and engine by accessibility labels (egui_kittest).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // test code: a panic is the report
 
 mod app_support;
 

@@ -1,6 +1,7 @@
 //! The device in the app, with the real engine: the status bar names the device the model
 //! computes on, and choosing a device this build lacks (in Advanced → Compute device) reloads
 //! the model on the CPU with the fallback message shown, instead of crashing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // test code: a panic is the report
 
 mod app_support;
 #[path = "../crates/mirror-engine/tests/common/mod.rs"]

@@ -2,6 +2,7 @@
 //! methods, a comparison from one inversion, several targets on one inversion, recipes of
 //! every method restored, a non-square photo kept in its shape, background jobs that never
 //! stop the window drawing, and an engine error that loses nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // test code: a panic is the report
 
 mod app_support;
 #[path = "../crates/mirror-engine/tests/common/mod.rs"]

@@ -1,5 +1,6 @@
 //! The real app with the real engine on the tiny fixture model, driven through its accessible
 //! labels with egui_kittest (rendered on lavapipe / llvmpipe; no display needed).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // test code: a panic is the report
 
 mod app_support;
 #[path = "../crates/mirror-engine/tests/common/mod.rs"]

@@ -2,6 +2,7 @@
 //! (kittest, no display): a word outside the model's vocabulary gets a message under the
 //! prompt fields that names it and the words the model knows, and Run waits until it is gone;
 //! the model's recommended settings fill the recommended variant, and the app says so.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // test code: a panic is the report
 
 mod app_support;
 #[path = "../crates/mirror-engine/tests/common/mod.rs"]

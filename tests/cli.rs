@@ -1,5 +1,6 @@
 //! The `mirror-diffusion` binary on the tiny fixture model: translate (outputs, recipe,
 //! comparison sheet, dump), recipe replay, inspect, convert, and clear failures.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // test code: a panic is the report
 
 #[path = "../crates/mirror-engine/tests/common/mod.rs"]
 mod common;

@@ -1,6 +1,7 @@
 //! A non-square photo keeps its shape through `translate`: processed at the model's native
 //! area at its aspect ratio, delivered at its own size; crop stays available and recipes
 //! replay the same processing size.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // test code: a panic is the report
 
 #[path = "../crates/mirror-engine/tests/common/mod.rs"]
 mod common;

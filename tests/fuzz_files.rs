@@ -6,6 +6,7 @@
 //! Long run on a developer machine (any number of cases; add PROPTEST_RNG_SEED=<n> for
 //! other cases than CI's):
 //!     PROPTEST_CASES=100000 cargo test --release --test fuzz_files
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // test code: a panic is the report
 
 #[path = "../crates/mirror-engine/tests/common/mod.rs"]
 mod common;

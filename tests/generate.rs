@@ -2,6 +2,7 @@
 //! sampling (the `reconstruction` fixture: guidance 1 from given noise), seeds that
 //! reproduce and differ, guidance 1 = the prompt alone, CFG = the DDIM baseline's step, the
 //! model's recommended defaults, unknown words refused, and the `generate` command.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // test code: a panic is the report
 
 #[path = "../crates/mirror-engine/tests/common/mod.rs"]
 mod common;

@@ -1,6 +1,7 @@
 //! A model folder's `mirror.json` on a copy of the fixture model: loaded with the model,
 //! broken files named, unknown words found (by vocabulary and by the tokenizer), and edit
 //! directions built from the model's own sentences, or from the prompts when none matches.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // test code: a panic is the report
 
 #[path = "../crates/mirror-engine/tests/common/mod.rs"]
 mod common;

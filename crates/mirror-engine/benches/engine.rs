@@ -7,6 +7,7 @@
 //!
 //! Each case runs in its own process (`--case NAME`) so that its peak RSS is its own. Threads:
 //! `RAYON_NUM_THREADS` if set, else 2 (as the PyTorch side's `torch.set_num_threads(2)`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // test code: a panic is the report
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -8,6 +8,7 @@
 //! --seed S --set key=value …]`; keys: steps, guidance_scale, xa_guidance, edit_scale,
 //! ramp_total, edit_strength, direction (prompt | templates). Without `--set`, the model's
 //! recommended settings.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // test code: a panic is the report
 
 use std::time::Instant;
 

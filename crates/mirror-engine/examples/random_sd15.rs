@@ -4,6 +4,7 @@
 //! Matrices and kernels are normal with variance 1/fan-in, norm scales 1, biases 0: the outputs
 //! are noise but stay finite and the redescription never stops early, so the cost of every
 //! pass is the real one.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // test code: a panic is the report
 
 use std::path::{Path, PathBuf};
 

@@ -1,5 +1,6 @@
 //! The edit direction Δc: parity with the `edit_direction` fixture, phrase detection,
 //! the paired template bank, sentence files, save/load and cancellation.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // test code: a panic is the report
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Image I/O: loading (formats, alpha, bit depth, EXIF orientation, limits, broken files),
 //! resize policies, tensor conversion (parity with the reference fixtures), recipe PNGs,
 //! atomic writes, comparison sheets and animations.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // test code: a panic is the report
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! fixtures with the manifest's f32 tolerance carried over by the ratio of unit roundoffs, a
 //! whole MirrorDiffusion run against the same run in f32 (deviations printed for
 //! docs/gpu-ops.md), and an overflow in a half pass reported as an error naming the step.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // test code: a panic is the report
 
 mod common;
 

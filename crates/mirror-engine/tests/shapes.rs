@@ -1,5 +1,6 @@
 //! The demo world: rendering, captions, data sets, and the deterministic classifier that
 //! judges what an image shows.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // test code: a panic is the report
 
 use mirror_engine::shapes::{
     Colour, DatasetSettings, Scene, Shape, SplitMix64, caption, classify, parse_caption, render,

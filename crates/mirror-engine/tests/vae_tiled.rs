@@ -5,6 +5,7 @@
 //! off by default, as in diffusers; the tests below turn it on. Mirror's `on` mode is
 //! compared with diffusers' `enable_tiling()` on the fixture set's stored `vae_tiled`
 //! reference (`tools/check_tiled_vae.py --image-from-manifest`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // test code: a panic is the report
 
 mod common;
 

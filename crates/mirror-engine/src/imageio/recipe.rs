@@ -106,6 +106,10 @@ impl Recipe {
         text
     }
 
+    #[expect(
+        clippy::expect_used,
+        reason = "plain fields with string keys: serde_json cannot fail"
+    )]
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("a Recipe always serialises")
     }
@@ -125,6 +129,7 @@ impl Recipe {
 }
 
 /// A1111 quotes a value (JSON-style) when it would break the `k: v, k: v` list.
+#[expect(clippy::expect_used, reason = "serialising a string cannot fail")]
 fn quote_a1111(value: &str) -> String {
     if value.contains([',', ':', '"', '\n']) {
         serde_json::to_string(value).expect("strings serialise")

@@ -76,6 +76,7 @@ pub struct Trajectory {
 
 impl Trajectory {
     /// The noisy latent sampling starts from.
+    #[expect(clippy::expect_used, reason = "invert() always stores z0")]
     pub fn start(&self) -> &Tensor {
         self.latents.last().expect("a trajectory has z0 at least")
     }

@@ -112,6 +112,9 @@ mod tests {
         forward_dtype: DType::F32,
     };
 
+    /// A named change to a request.
+    type Edit = (&'static str, fn(&mut TranslateRequest));
+
     fn request() -> TranslateRequest {
         TranslateRequest::new(RgbImage::new(8, 8), "a red circle", "a blue circle")
     }
@@ -127,7 +130,7 @@ mod tests {
     #[test]
     fn a_re_edit_keeps_both_keys() {
         let base = keys(MODEL, &request());
-        let edits: [(&str, fn(&mut TranslateRequest)); 10] = [
+        let edits: [Edit; 10] = [
             ("target prompt", |r| {
                 r.target_prompt = "a green square".into()
             }),
@@ -165,7 +168,7 @@ mod tests {
     #[test]
     fn the_inversion_inputs_change_both_keys() {
         let base = keys(MODEL, &request());
-        let edits: [(&str, fn(&mut TranslateRequest)); 6] = [
+        let edits: [Edit; 6] = [
             ("source prompt", |r| r.source_prompt = "a red square".into()),
             ("a tiled encode", |r| r.vae_tiles = VaeTiles::On),
             ("steps", |r| r.steps = 20),
@@ -216,7 +219,7 @@ mod tests {
     #[test]
     fn redescription_changes_only_the_reconstruction_key() {
         let base = keys(MODEL, &request());
-        let edits: [(&str, fn(&mut TranslateRequest)); 4] = [
+        let edits: [Edit; 4] = [
             ("iterations", |r| r.mirror.redescribe.iterations += 1),
             ("learning rate", |r| r.mirror.redescribe.lr *= 2.0),
             ("early stop base", |r| {

@@ -73,7 +73,7 @@ pub fn map_loss(cur: &[&Tensor], reference: &[&Tensor], weight: f64) -> Result<T
             Some(t) => (t + term)?,
         });
     }
-    Ok(total.expect("at least one layer"))
+    total.ok_or_else(|| candle_core::Error::Msg("map loss: no layers".into()))
 }
 
 fn select<'a>(

@@ -207,6 +207,10 @@ impl UNetConfig {
             .map_err(|e| candle_core::Error::Msg(e.to_string()))
     }
 
+    #[expect(
+        clippy::too_many_lines,
+        reason = "every per-block config key is checked here against the block count, one after another"
+    )]
     fn plan_for(&self, file: &Path) -> Result<BlockPlan> {
         let file: PathBuf = file.to_path_buf();
         let err = |field: &str, reason: String| EngineError::Config {

@@ -51,6 +51,10 @@ pub struct UNet2DConditionModel {
 }
 
 impl UNet2DConditionModel {
+    #[expect(
+        clippy::too_many_lines,
+        reason = "mirrors diffusers' UNet2DConditionModel.__init__ block by block"
+    )]
     pub fn new(vb: VarBuilder, cfg: &UNetConfig) -> Result<Self> {
         let plan = cfg.plan()?;
         let n = plan.channels.len();
