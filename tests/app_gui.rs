@@ -361,8 +361,9 @@ fn the_layout_fits_from_800x600_to_4k() {
         .build_eframe(move |cc| MirrorApp::new_with(cc, opts));
     ready(&mut h);
     // At 800×600 the button may be scrolled out of the controls panel: ask directly.
-    h.state_mut()
-        .request(mirror_diffusion::app::Action::Compare);
+    h.state_mut().request(mirror_diffusion::app::Action::Run(
+        mirror_diffusion::app::RunKind::Compare,
+    ));
     step_until(&mut h, "the run to start", Wait::secs(10), |a| {
         a.state.progress.running
     });

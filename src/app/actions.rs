@@ -70,9 +70,7 @@ impl MirrorApp {
             Action::Download(repo) => {
                 super::ui::welcome::start_download(&self.worker, &mut self.state, repo)
             }
-            Action::Run => self.prepare_run(RunKind::Single),
-            Action::Compare => self.prepare_run(RunKind::Compare),
-            Action::RunTargets => self.prepare_run(RunKind::Targets),
+            Action::Run(kind) => self.prepare_run(kind),
             Action::Cancel => {
                 if self.state.progress.running {
                     self.worker.cancel();

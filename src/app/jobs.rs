@@ -12,7 +12,14 @@ use image::RgbImage;
 
 use mirror_engine::imageio::{LoadedImage, Recipe};
 
-use super::state::RunKind;
+/// What a run does (also how jobs name a run): one method, the three methods side by side, or several targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RunKind {
+    #[default]
+    Single,
+    Compare,
+    Targets,
+}
 
 /// What a finished job hands back to the UI thread.
 #[derive(Debug)]

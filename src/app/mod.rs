@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use jobs::RunKind;
 pub use options::AppOptions;
 
 use crate::worker::{Worker, WorkerEvent};
@@ -51,11 +52,10 @@ pub enum Action {
     /// Render another demo image with its caption and a one-word edit.
     NewDemoImage,
     Download(&'static str),
-    Run,
-    /// MirrorDiffusion, pix2pix-zero and plain DDIM from one inversion, side by side.
-    Compare,
-    /// The target prompt and every extra target, one after another on one inversion.
-    RunTargets,
+    /// Run the edit: one method (`Single`), MirrorDiffusion, pix2pix-zero and plain DDIM from
+    /// one inversion side by side (`Compare`), or the target and every extra target one after
+    /// another on one inversion (`Targets`).
+    Run(RunKind),
     Cancel,
     /// Stop a background job (an export) by its id.
     CancelJob(u64),
@@ -236,7 +236,7 @@ impl MirrorApp {
             self.pending.push(Action::OpenImageDialog);
         }
         if run {
-            self.pending.push(Action::Run);
+            self.pending.push(Action::Run(RunKind::Single));
         }
         if save {
             self.pending.push(Action::Export);
@@ -290,7 +290,7 @@ impl eframe::App for MirrorApp {
         }
         if self.autorun && self.state.model_ready().is_some() && self.state.image.is_some() {
             self.autorun = false;
-            self.perform(Action::Run);
+            self.perform(Action::Run(RunKind::Single));
         }
         self.state.busy = self.jobs.busy.clone();
         self.persist(false);

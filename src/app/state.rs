@@ -15,6 +15,7 @@ use mirror_engine::session::Method;
 use mirror_engine::tokenizer::TokenWord;
 
 use super::jobs::BusyJob;
+pub use super::jobs::RunKind;
 use super::settings::{RunSettings, Settings};
 
 #[derive(Debug, Clone, Default)]
@@ -58,15 +59,6 @@ pub struct Progress {
     pub started: Option<Instant>,
     pub cancel_requested: bool,
     pub reuses_inversion: bool,
-}
-
-/// What a run does: one method, the three methods side by side, or several targets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum RunKind {
-    #[default]
-    Single,
-    Compare,
-    Targets,
 }
 
 /// The shape of the running (or last) run: which branches it shows.

@@ -3,12 +3,12 @@
 use egui::{RichText, Ui, Vec2};
 
 use super::format::{fmt_secs, phase_words};
-use crate::app::Action;
 use crate::app::actions::method_label;
 use crate::app::presets::PRESETS;
 use crate::app::state::AppState;
 use crate::app::textures::Textures;
 use crate::app::words::apply_recommended;
+use crate::app::{Action, RunKind};
 use mirror_engine::direction::find_edit_phrase;
 use mirror_engine::imageio::{ResizePolicy, describe_resize, processing_size};
 use mirror_engine::methods::mirror::MirrorPreset;
@@ -360,7 +360,7 @@ fn run_section(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) {
             .on_hover_text("Translate with the chosen method (Ctrl+Enter)")
             .clicked()
         {
-            actions.push(Action::Run);
+            actions.push(Action::Run(RunKind::Single));
         }
         if ui
             .add_enabled(can_run, egui::Button::new("Compare methods"))
@@ -370,7 +370,7 @@ fn run_section(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) {
             )
             .clicked()
         {
-            actions.push(Action::Compare);
+            actions.push(Action::Run(RunKind::Compare));
         }
         let has_more = state.more_targets.lines().any(|l| !l.trim().is_empty());
         if ui
@@ -378,7 +378,7 @@ fn run_section(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) {
             .on_hover_text("The target prompt and every extra target, one after another.")
             .clicked()
         {
-            actions.push(Action::RunTargets);
+            actions.push(Action::Run(RunKind::Targets));
         }
         if ui
             .add_enabled(
