@@ -1,6 +1,7 @@
 //! Mirror's desktop app (eframe). `state` is plain data, `ui/*` draws it, `actions` carries out
 //! what the user asked for, and the [`Worker`](crate::worker::Worker) runs the engine. Worker
-//! events are drained once per frame; the frame never waits for the engine.
+//! events are drained once per frame; the frame never waits for the engine. The UI edits the
+//! persisted [`Settings`] in place; the app writes them when they differ from the last write.
 
 pub mod actions;
 pub mod download;
@@ -22,8 +23,9 @@ use std::time::{Duration, Instant};
 pub use options::AppOptions;
 
 use crate::worker::{Worker, WorkerEvent};
+use jobs::JobKind;
 use settings::Settings;
-use state::AppState;
+use state::{AppState, RunKind};
 use textures::Textures;
 
 /// The application id: the `.desktop` file, AppStream metainfo and the window's app id.
@@ -51,11 +53,8 @@ pub enum Action {
     /// Render another demo image with its caption and a one-word edit.
     NewDemoImage,
     Download(&'static str),
-    Run,
-    /// MirrorDiffusion, pix2pix-zero and plain DDIM from one inversion, side by side.
-    Compare,
-    /// The target prompt and every extra target, one after another on one inversion.
-    RunTargets,
+    /// Start a run: the chosen method, the three methods side by side, or every target.
+    Run(RunKind),
     Cancel,
     /// Stop a background job (an export) by its id.
     CancelJob(u64),
@@ -73,6 +72,7 @@ pub struct MirrorApp {
     pub jobs: jobs::Jobs,
     pub(crate) textures: Textures,
     settings_dir: Option<PathBuf>,
+    /// The settings as last written (or read): a difference means they need writing.
     saved: Settings,
     last_save: Instant,
     /// Start a run as soon as model and image are ready (scripts).
@@ -107,24 +107,12 @@ impl MirrorApp {
                 state.note(p);
             }
         }
-        state.run = state.settings.run.clone();
-        state.resize = state.settings.resize;
-        state.source_prompt = state.settings.source_prompt.clone();
-        state.target_prompt = state.settings.target_prompt.clone();
-        state.export_dir = state
-            .settings
-            .export_dir
-            .clone()
-            .or_else(|| {
-                directories::UserDirs::new().and_then(|u| u.picture_dir().map(|p| p.join("Mirror")))
-            })
-            .unwrap_or_else(|| PathBuf::from("mirror-exports"))
-            .display()
-            .to_string();
+        let saved = state.settings.clone();
+        state.settings.fill_export_dir();
+        options.apply(&mut state.settings);
         state.compare_split = 0.5;
-        options.apply(&mut state);
         let mut app = Self {
-            saved: state.settings.clone(),
+            saved,
             state,
             worker,
             jobs,
@@ -157,24 +145,14 @@ impl MirrorApp {
         self.pending.push(action);
     }
 
-    /// Copies the editable fields into the persisted settings and writes them when changed
-    /// (at most every two seconds, on a job thread; on exit right away).
+    /// Writes the settings when they changed (at most every two seconds, on a job thread; on
+    /// exit right away).
     fn persist(&mut self, force: bool) {
-        let s = &mut self.state.settings;
-        s.run = self.state.run.clone();
-        s.resize = self.state.resize;
-        s.source_prompt = self.state.source_prompt.clone();
-        s.target_prompt = self.state.target_prompt.clone();
-        s.export_dir = Some(PathBuf::from(&self.state.export_dir));
-        if *s == self.saved || (!force && self.last_save.elapsed() < Duration::from_secs(2)) {
+        let unchanged = self.state.settings == self.saved;
+        if unchanged || (!force && self.last_save.elapsed() < Duration::from_secs(2)) {
             return;
         }
-        let writing = self
-            .jobs
-            .busy
-            .iter()
-            .any(|b| b.label == files::SAVING_SETTINGS);
-        if writing && !force {
+        if self.jobs.is_running(JobKind::SavingSettings) && !force {
             return; // the next frame after it finishes writes the newer settings
         }
         self.last_save = Instant::now();
@@ -236,7 +214,7 @@ impl MirrorApp {
             self.pending.push(Action::OpenImageDialog);
         }
         if run {
-            self.pending.push(Action::Run);
+            self.pending.push(Action::Run(RunKind::Single));
         }
         if save {
             self.pending.push(Action::Export);
@@ -280,19 +258,18 @@ impl eframe::App for MirrorApp {
         let ctx = ui.ctx().clone();
         self.state.frames_drawn += 1;
         self.finish_jobs();
-        self.state.busy = self.jobs.busy.clone();
         self.drain_worker(&ctx);
         self.keyboard(&ctx);
         let mut actions = std::mem::take(&mut self.pending);
-        ui::draw(ui, &mut self.state, &mut self.textures, &mut actions);
+        let busy = &self.jobs.busy;
+        ui::draw(ui, &mut self.state, busy, &mut self.textures, &mut actions);
         for action in actions {
             self.perform(action);
         }
         if self.autorun && self.state.model_ready().is_some() && self.state.image.is_some() {
             self.autorun = false;
-            self.perform(Action::Run);
+            self.perform(Action::Run(RunKind::Single));
         }
-        self.state.busy = self.jobs.busy.clone();
         self.persist(false);
         if self.state.progress.running || self.state.download.is_some() {
             // The ETA (and download progress, which comes without a wake-up) ticks between events.
