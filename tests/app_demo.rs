@@ -30,7 +30,10 @@ fn first_start(name: &str) -> (App, std::path::PathBuf) {
 
 fn prompts(h: &App) -> (String, String) {
     let s = &h.state().state;
-    (s.source_prompt.clone(), s.target_prompt.clone())
+    (
+        s.settings.source_prompt.clone(),
+        s.settings.target_prompt.clone(),
+    )
 }
 
 #[test]
@@ -57,7 +60,7 @@ fn a_first_start_opens_the_demo_model_with_a_demo_image() {
     // "New demo image" draws another scene with its own caption.
     h.get_by_label("New demo image").click();
     step_until(&mut h, "a new demo image", Wait::secs(30), |a| {
-        a.state.source_prompt != source
+        a.state.settings.source_prompt != source
     });
     let (next, _) = prompts(&h);
     assert!(parse_caption(&next).is_some(), "{next}");

@@ -130,7 +130,7 @@ fn every_method_runs_and_its_recipe_restores() {
     {
         let _ = std::fs::remove_dir_all(fx.dir.join("exports"));
         {
-            let r = &mut h.state_mut().state.run;
+            let r = &mut h.state_mut().state.settings.run;
             r.method = method;
             r.seed = 7 + i as u64;
             r.xa_guidance = 0.05 * (i + 1) as f64;
@@ -138,7 +138,7 @@ fn every_method_runs_and_its_recipe_restores() {
             r.compare_ddim = i != 0;
             r.direction_from_prompts = i == 2;
         }
-        let made_with = recipe_fields(&h.state().state.run);
+        let made_with = recipe_fields(&h.state().state.settings.run);
         click_and_finish(&mut h, "Run");
         let s = &h.state().state;
         let result = s.result.as_ref().expect("a result");
@@ -165,7 +165,7 @@ fn every_method_runs_and_its_recipe_restores() {
 
         // Change everything, then drop the PNG: the recipe gives it all back.
         {
-            let r = &mut h.state_mut().state.run;
+            let r = &mut h.state_mut().state.settings.run;
             *r = RunSettings::default();
             r.method = if method == Method::Mirror {
                 Method::Ddim
@@ -176,18 +176,18 @@ fn every_method_runs_and_its_recipe_restores() {
             r.xa_guidance = 0.33;
             r.compare_ddim = !r.compare_ddim;
         }
-        h.state_mut().state.target_prompt = "a photo of a horse".into();
+        h.state_mut().state.settings.target_prompt = "a photo of a horse".into();
         h.input_mut().dropped_files.push(Arc::new(PathFile(png)));
         h.step();
         jobs_done(&mut h);
         let s = &h.state().state;
         assert!(s.errors.is_empty(), "{:?}", s.errors);
         assert_eq!(
-            recipe_fields(&s.run),
+            recipe_fields(&s.settings.run),
             made_with,
             "{method}: recipe restored"
         );
-        assert_eq!(s.target_prompt, "a photo of a dog");
+        assert_eq!(s.settings.target_prompt, "a photo of a dog");
     }
 }
 
@@ -270,7 +270,7 @@ fn a_landscape_photo_comes_back_in_its_own_shape() {
     let mut h = harness(fx.options(&photo));
     ready(&mut h);
     assert_eq!(
-        h.state().state.resize,
+        h.state().state.settings.resize,
         ResizePolicy::Keep,
         "keep is the default"
     );
@@ -409,7 +409,7 @@ fn an_engine_error_keeps_the_photo_prompts_and_settings() {
     opts.model = Some(broken);
     let mut h = harness(opts);
     ready(&mut h);
-    h.state_mut().state.run.seed = 42;
+    h.state_mut().state.settings.run.seed = 42;
     h.get_by_label("Run").click();
     step_until_error(&mut h);
     step_until(&mut h, "the run to stop", Wait::allowing_errors(300), |a| {
@@ -422,9 +422,9 @@ fn an_engine_error_keeps_the_photo_prompts_and_settings() {
         s.errors[0]
     );
     assert!(s.image.is_some(), "the photo is kept");
-    assert_eq!(s.source_prompt, "a photo of a cat");
-    assert_eq!(s.target_prompt, "a photo of a dog");
-    assert_eq!(s.run.seed, 42);
+    assert_eq!(s.settings.source_prompt, "a photo of a cat");
+    assert_eq!(s.settings.target_prompt, "a photo of a dog");
+    assert_eq!(s.settings.run.seed, 42);
     assert!(h.query_by_label("Something went wrong").is_some());
 }
 

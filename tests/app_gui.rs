@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use app_support::{App, PathFile, Wait, harness, jobs_done, ready, step_until, step_until_error};
 use egui::{Key, Modifiers};
 use egui_kittest::kittest::Queryable;
+use mirror_diffusion::app::RunKind;
 use mirror_diffusion::app::state::{ModelStatus, View};
 use mirror_diffusion::app::{AppOptions, MirrorApp};
 use mirror_engine::session::Method;
@@ -122,7 +123,7 @@ fn run_scrub_attention_export_and_reedit() {
         "the editor shows once a model is loaded"
     );
     type_prompts(&mut h, "a photo of a cat", "a photo of a dog");
-    assert_eq!(h.state().state.target_prompt, "a photo of a dog");
+    assert_eq!(h.state().state.settings.target_prompt, "a photo of a dog");
     run_to_end(&mut h);
 
     let s = &h.state().state;
@@ -146,7 +147,7 @@ fn run_scrub_attention_export_and_reedit() {
 
     // Snapshots must not show the temporary folder's name.
     let export_dir = std::mem::replace(
-        &mut h.state_mut().state.export_dir,
+        &mut h.state_mut().state.settings.export_dir,
         "~/Pictures/Mirror".into(),
     );
 
@@ -188,7 +189,7 @@ fn run_scrub_attention_export_and_reedit() {
     steady_status(&mut h);
     h.run_steps(4);
     snapshot(&mut h, "main_window_after_run");
-    h.state_mut().state.export_dir = export_dir;
+    h.state_mut().state.settings.export_dir = export_dir;
 
     // Ctrl+S exports everything (on a job thread); the PNG carries its recipe.
     h.key_press_modifiers(Modifiers::COMMAND, Key::S);
@@ -222,7 +223,7 @@ fn run_scrub_attention_export_and_reedit() {
     assert_eq!(recipe.steps, 4);
 
     // An unwritable export folder is an error dialog; the result stays.
-    h.state_mut().state.export_dir = "/proc/mirror-cannot-write-here".into();
+    h.state_mut().state.settings.export_dir = "/proc/mirror-cannot-write-here".into();
     h.key_press_modifiers(Modifiers::COMMAND, Key::S);
     h.step();
     jobs_done(&mut h);
@@ -265,7 +266,10 @@ fn run_scrub_attention_export_and_reedit() {
     h.step();
     jobs_done(&mut h);
     let s = &h.state().state;
-    assert_eq!(s.target_prompt, "a photo of a dog", "recipe restored");
+    assert_eq!(
+        s.settings.target_prompt, "a photo of a dog",
+        "recipe restored"
+    );
     assert!(s.notes.iter().any(|n| n.contains("recipe is restored")));
 }
 
@@ -361,16 +365,15 @@ fn the_layout_fits_from_800x600_to_4k() {
         .build_eframe(move |cc| MirrorApp::new_with(cc, opts));
     ready(&mut h);
     // At 800×600 the button may be scrolled out of the controls panel: ask directly.
-    h.state_mut().request(mirror_diffusion::app::Action::Run(
-        mirror_diffusion::app::RunKind::Compare,
-    ));
+    h.state_mut()
+        .request(mirror_diffusion::app::Action::Run(RunKind::Compare));
     step_until(&mut h, "the run to start", Wait::secs(10), |a| {
         a.state.progress.running
     });
     step_until(&mut h, "the run to finish", Wait::secs(300), |a| {
         !a.state.progress.running
     });
-    h.state_mut().state.export_dir = "~/Pictures/Mirror".into();
+    h.state_mut().state.settings.export_dir = "~/Pictures/Mirror".into();
     for (size, name) in [
         (egui::vec2(800.0, 600.0), "window_800x600_compare"),
         (egui::vec2(3840.0, 2160.0), "window_4k_compare"),

@@ -97,7 +97,7 @@ fn unknown_word_message_and_recommended_settings() {
     step_until(&mut h, "the model's words", Wait::secs(60), |a| {
         a.state.model_words.is_some()
     });
-    let run = &h.state().state.run;
+    let run = &h.state().state.settings.run;
     assert_eq!((run.steps, run.guidance), (3, 2.5), "the model's values");
 
     // A target with a word the model does not know: message before Run, Run disabled.

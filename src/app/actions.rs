@@ -13,13 +13,10 @@ use mirror_engine::imageio::{
 };
 use mirror_engine::session::Method;
 
-use super::jobs::{JobOutput, Pick};
+use super::jobs::{JobKind, JobOutput, Pick};
 use super::state::{Progress, RunKind, RunShape};
 use super::words::apply_recommended_extras;
 use super::{Action, MirrorApp};
-
-/// The label of the job that resizes the image before a run.
-pub const PREPARING: &str = "Preparing the image";
 
 impl MirrorApp {
     pub(crate) fn perform(&mut self, action: Action) {
@@ -83,13 +80,13 @@ impl MirrorApp {
             Action::SaveTranslationAs => self.pick(Pick::SaveTranslation),
             Action::ChooseExportDir => self.pick(Pick::ExportFolder),
             Action::Tokenize => self.worker.send(Command::Tokenize {
-                source: self.state.source_prompt.clone(),
-                target: self.state.target_prompt.clone(),
+                source: self.state.settings.source_prompt.clone(),
+                target: self.state.settings.target_prompt.clone(),
             }),
             Action::ApplyPreset(i) => {
                 if let Some(p) = super::presets::PRESETS.get(i) {
-                    self.state.source_prompt = p.source.into();
-                    self.state.target_prompt = p.target.into();
+                    self.state.settings.source_prompt = p.source.into();
+                    self.state.settings.target_prompt = p.target.into();
                     self.perform(Action::Tokenize);
                 }
             }
@@ -97,18 +94,18 @@ impl MirrorApp {
     }
 
     pub(crate) fn restore_recipe(&mut self, r: &Recipe, name: &str) {
-        if let Err(e) = self.state.run.apply_recipe(r) {
+        if let Err(e) = self.state.settings.run.apply_recipe(r) {
             return self.state.error(format!(
                 "{name} carries a Mirror recipe that this version cannot restore: {e}. \
                  The image is opened; your settings are unchanged."
             ));
         }
-        self.state.source_prompt = r.source_prompt.clone();
-        self.state.target_prompt = r.target_prompt.clone();
-        self.state.resize = r.resize;
+        self.state.settings.source_prompt = r.source_prompt.clone();
+        self.state.settings.target_prompt = r.target_prompt.clone();
+        self.state.settings.resize = r.resize;
         self.state.note(format!(
             "{name} was made by Mirror: its recipe is restored ({}, \"{}\" to \"{}\", {} steps, seed {}).",
-            method_label(self.state.run.method),
+            method_label(self.state.settings.run.method),
             r.source_prompt,
             r.target_prompt,
             r.steps,
@@ -124,7 +121,7 @@ impl MirrorApp {
     /// Checks that a run can start, then brings the image to its processing size on a job
     /// thread (a Lanczos resize of a large photo takes a while); the run starts when it is done.
     fn prepare_run(&mut self, kind: RunKind) {
-        if self.state.progress.running || self.jobs.busy.iter().any(|b| b.label == PREPARING) {
+        if self.state.progress.running || self.jobs.is_running(JobKind::PreparingRun) {
             return;
         }
         let model = match self.state.model_ready() {
@@ -139,7 +136,7 @@ impl MirrorApp {
         let size = match processing_size(
             img.loaded.original_size,
             None,
-            self.state.resize,
+            self.state.settings.resize,
             model.default_side,
             model.size_multiple,
         ) {
@@ -149,7 +146,7 @@ impl MirrorApp {
         if let Err(e) = self.check_prompts(kind) {
             return self.state.error(e);
         }
-        let (source, policy) = (img.loaded.rgb.clone(), self.state.resize);
+        let (source, policy) = (img.loaded.rgb.clone(), self.state.settings.resize);
         if policy == ResizePolicy::Keep && beyond_aspect_limit(img.loaded.original_size) {
             self.state.note(format!(
                 "The photo is longer than 1:{MAX_ASPECT}: it is processed in a 1:{MAX_ASPECT} \
@@ -158,7 +155,7 @@ impl MirrorApp {
             ));
         }
         self.state.emit("run_preparing");
-        self.jobs.spawn(PREPARING, false, move |_| {
+        self.jobs.spawn(JobKind::PreparingRun, move |_| {
             Ok(JobOutput::RunImage {
                 kind,
                 image: resize(&source, size, policy),
@@ -168,8 +165,8 @@ impl MirrorApp {
 
     /// The source and target prompts of a run of `kind`, checked.
     fn check_prompts(&self, kind: RunKind) -> Result<(String, Vec<String>), String> {
-        let source = self.state.source_prompt.trim().to_string();
-        let mut targets = vec![self.state.target_prompt.trim().to_string()];
+        let source = self.state.settings.source_prompt.trim().to_string();
+        let mut targets = vec![self.state.settings.target_prompt.trim().to_string()];
         if kind == RunKind::Targets {
             targets.extend(
                 self.state
@@ -207,7 +204,7 @@ impl MirrorApp {
             Ok(p) => p,
             Err(e) => return self.state.error(e),
         };
-        let settings = &self.state.run;
+        let settings = &self.state.settings.run;
         let mut parts: Vec<RunPart> = match kind {
             RunKind::Single => vec![RunPart {
                 label: method_label(settings.method).into(),
@@ -268,7 +265,7 @@ impl MirrorApp {
     pub(crate) fn recipe(&self, req: &mirror_engine::session::TranslateRequest) -> Recipe {
         let model = self.state.model_ready();
         let mut extra = serde_json::Map::new();
-        if let Ok(direction) = serde_json::to_value(self.state.run.direction()) {
+        if let Ok(direction) = serde_json::to_value(self.state.settings.run.direction()) {
             extra.insert("direction".into(), direction);
         }
         extra.insert("compare_ddim".into(), req.compare_ddim.into());
@@ -285,7 +282,7 @@ impl MirrorApp {
             xa_guidance: req.mirror.xa_guidance,
             redescription_iterations: req.mirror.redescribe.iterations,
             redescription_lr: req.mirror.redescribe.lr,
-            resize: self.state.resize,
+            resize: self.state.settings.resize,
             width: req.image.width(),
             height: req.image.height(),
             model: model.map(|m| m.name.clone()).unwrap_or_default(),

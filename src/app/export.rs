@@ -31,6 +31,7 @@ pub fn stem(state: &AppState) -> String {
         })
         .unwrap_or_else(|| "image".into());
     let target: String = state
+        .settings
         .target_prompt
         .chars()
         .map(|c| {
@@ -148,7 +149,7 @@ impl ExportData {
             policy: state
                 .result_recipe
                 .as_ref()
-                .map_or(state.resize, |r| r.resize),
+                .map_or(state.settings.resize, |r| r.resize),
             recipe: state.result_recipe.clone(),
             tiles,
             target_tiles,

@@ -9,12 +9,9 @@ use mirror_engine::imageio::{
 };
 
 use super::export::ExportData;
-use super::jobs::{JobDone, JobOutput, Pick, block_on};
+use super::jobs::{JobDone, JobKind, JobOutput, Pick, block_on};
 use super::state::SourceImage;
 use super::{MirrorApp, settings::Settings};
-
-/// The label of an image-opening job (the UI shows it with a spinner).
-pub const OPENING: &str = "Opening the image";
 
 /// What to tell the user when a dialog closed without a choice: it may have been cancelled,
 /// or no dialog could appear (no desktop portal): name the other ways in.
@@ -34,7 +31,7 @@ impl MirrorApp {
     pub(crate) fn load_image(&mut self, path: PathBuf) {
         self.state
             .emit(&format!("image_opening {}", path.display()));
-        self.jobs.spawn(OPENING, false, move |_| {
+        self.jobs.spawn(JobKind::OpeningImage, move |_| {
             let loaded = load_image(&path, &ImageLimits::default())
                 .map_err(|e| format!("Could not open the image:\n{e}"))?;
             // A Mirror PNG carries the recipe that made it.
@@ -50,7 +47,7 @@ impl MirrorApp {
 
     /// Decodes image bytes (a drop without a path) on a job thread.
     pub(crate) fn load_image_bytes(&mut self, bytes: Vec<u8>, name: String) {
-        self.jobs.spawn(OPENING, false, move |_| {
+        self.jobs.spawn(JobKind::OpeningImage, move |_| {
             let loaded = load_image_from_memory(&bytes, &name, &ImageLimits::default())
                 .map_err(|e| format!("Could not open the image:\n{e}"))?;
             let recipe = mirror_engine::imageio::read_recipe_from_memory(&bytes, &name)
@@ -68,7 +65,7 @@ impl MirrorApp {
 
     /// Reads the clipboard's image and converts it on a job thread.
     pub(crate) fn paste_image(&mut self) {
-        self.jobs.spawn("Pasting the image", false, |_| {
+        self.jobs.spawn(JobKind::PastingImage, |_| {
             let Ok(img) = arboard::Clipboard::new().and_then(|mut c| c.get_image()) else {
                 return Ok(JobOutput::ClipboardEmpty);
             };
@@ -93,12 +90,12 @@ impl MirrorApp {
 
     /// Opens a file dialog on a job thread (rfd's async dialog); the frame keeps drawing.
     pub(crate) fn pick(&mut self, purpose: Pick) {
-        if self.jobs.busy.iter().any(|b| b.label == DIALOG) {
+        if self.jobs.is_running(JobKind::Dialog) {
             return; // one dialog at a time
         }
         let save_name = super::export::stem(&self.state) + "-translation.png";
         self.state.emit("dialog_opened");
-        self.jobs.spawn(DIALOG, false, move |_| {
+        self.jobs.spawn(JobKind::Dialog, move |_| {
             let dialog = rfd::AsyncFileDialog::new();
             let picked = block_on(async move {
                 match purpose {
@@ -148,9 +145,9 @@ impl MirrorApp {
                 .state
                 .error("Nothing to export yet: run a translation first.");
         }
-        let dir = PathBuf::from(self.state.export_dir.trim());
+        let dir = PathBuf::from(self.state.settings.export_dir.trim());
         let data = ExportData::gather(&self.state);
-        self.jobs.spawn(EXPORTING, true, move |cancel| {
+        self.jobs.spawn(JobKind::Exporting, move |cancel| {
             let files = data
                 .write_all(&dir, cancel)
                 .map_err(|e| format!("Export failed (your result is still here):\n{e}"))?;
@@ -160,7 +157,7 @@ impl MirrorApp {
 
     fn save_translation(&mut self, path: PathBuf) {
         let data = ExportData::gather(&self.state);
-        self.jobs.spawn("Saving the translation", false, move |_| {
+        self.jobs.spawn(JobKind::SavingTranslation, move |_| {
             data.save_translation(&path)
                 .map_err(|e| format!("Could not save (your result is still here):\n{e}"))?;
             Ok(JobOutput::Saved(path))
@@ -169,7 +166,7 @@ impl MirrorApp {
 
     /// Writes the settings on a job thread (one write at a time; a newer one follows).
     pub(crate) fn save_settings(&mut self, settings: Settings, dir: PathBuf) {
-        self.jobs.spawn(SAVING_SETTINGS, false, move |_| {
+        self.jobs.spawn(JobKind::SavingSettings, move |_| {
             settings
                 .save(&dir)
                 .map_err(|e| format!("Could not save settings: {e}"))?;
@@ -179,11 +176,11 @@ impl MirrorApp {
 
     /// Picks up finished jobs and applies their results.
     pub(crate) fn finish_jobs(&mut self) {
-        for JobDone { label, result, .. } in self.jobs.finished() {
+        for JobDone { kind, result, .. } in self.jobs.finished() {
             match result {
                 Ok(output) => self.apply_job(output),
                 // A failed settings write is a note (the app works on); others are errors.
-                Err(e) if label == SAVING_SETTINGS => self.state.note(e),
+                Err(e) if kind == JobKind::SavingSettings => self.state.note(e),
                 Err(e) => self.state.error(e),
             }
         }
@@ -231,7 +228,9 @@ impl MirrorApp {
                     Pick::ModelFolder | Pick::ModelFile => {
                         self.perform(super::Action::LoadModel(path))
                     }
-                    Pick::ExportFolder => self.state.export_dir = path.display().to_string(),
+                    Pick::ExportFolder => {
+                        self.state.settings.export_dir = path.display().to_string()
+                    }
                     Pick::SaveTranslation => self.save_translation(path),
                 }
             }
@@ -243,7 +242,7 @@ impl MirrorApp {
 
     /// Unpacks the built-in demo model on a job thread (the first time it writes ~20 MB).
     pub(crate) fn load_demo_model(&mut self) {
-        self.jobs.spawn(UNPACKING_DEMO, false, |_| {
+        self.jobs.spawn(JobKind::UnpackingDemo, |_| {
             mirror_engine::demo::model_dir().map(JobOutput::DemoModelUnpacked)
         });
     }
@@ -254,8 +253,8 @@ impl MirrorApp {
         let seed = self.state.demo_seed;
         self.state.demo_seed += 1;
         let example = mirror_engine::demo::example(seed);
-        self.state.source_prompt = example.source_prompt;
-        self.state.target_prompt = example.target_prompt;
+        self.state.settings.source_prompt = example.source_prompt;
+        self.state.settings.target_prompt = example.target_prompt;
         let name = format!("demo image {}", seed + 1);
         let loaded = LoadedImage {
             content_hash: mirror_engine::imageio::pixel_hash(&example.image),
@@ -279,9 +278,3 @@ impl MirrorApp {
         self.state.image = Some(SourceImage { loaded, name });
     }
 }
-
-/// Job labels the UI shows.
-pub const DIALOG: &str = "Waiting for the file dialog";
-pub const EXPORTING: &str = "Exporting";
-pub const SAVING_SETTINGS: &str = "Saving settings";
-pub const UNPACKING_DEMO: &str = "Unpacking the demo model";

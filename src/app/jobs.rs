@@ -1,7 +1,8 @@
 //! Slow work off the UI thread: decoding images, the resize before a run, clipboard
 //! conversion, exports, settings writes and file dialogs each run on their own thread. The
 //! frame only starts a job and later picks up its result; while a job runs the UI shows it as
-//! busy (with Cancel where stopping halfway makes sense).
+//! busy (with Cancel where stopping halfway makes sense). Jobs are told apart by their
+//! [`JobKind`], never by the words the UI shows for them.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +20,44 @@ pub enum RunKind {
     Single,
     Compare,
     Targets,
+}
+
+/// Which job it is: what the UI shows while it runs, and whether it can stop halfway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    OpeningImage,
+    PastingImage,
+    /// The resize to the processing size before a run.
+    PreparingRun,
+    Dialog,
+    Exporting,
+    SavingTranslation,
+    SavingSettings,
+    UnpackingDemo,
+    /// The loaded model's notes and tokenizer.
+    ReadingWords,
+}
+
+impl JobKind {
+    /// What the UI shows while the job runs.
+    pub fn label(self) -> &'static str {
+        match self {
+            JobKind::OpeningImage => "Opening the image",
+            JobKind::PastingImage => "Pasting the image",
+            JobKind::PreparingRun => "Preparing the image",
+            JobKind::Dialog => "Waiting for the file dialog",
+            JobKind::Exporting => "Exporting",
+            JobKind::SavingTranslation => "Saving the translation",
+            JobKind::SavingSettings => "Saving settings",
+            JobKind::UnpackingDemo => "Unpacking the demo model",
+            JobKind::ReadingWords => "Reading the model's words",
+        }
+    }
+
+    /// An export writes many files: it may stop between two. Other jobs run to the end.
+    pub fn cancellable(self) -> bool {
+        self == JobKind::Exporting
+    }
 }
 
 /// What a finished job hands back to the UI thread.
@@ -72,10 +111,10 @@ pub enum Pick {
     SaveTranslation,
 }
 
-/// A job's result: its id, its label and what it produced (or a readable error).
+/// A job's result: its id, its kind and what it produced (or a readable error).
 pub struct JobDone {
     pub id: u64,
-    pub label: String,
+    pub kind: JobKind,
     pub result: Result<JobOutput, String>,
 }
 
@@ -83,8 +122,7 @@ pub struct JobDone {
 #[derive(Debug, Clone)]
 pub struct BusyJob {
     pub id: u64,
-    pub label: String,
-    pub cancellable: bool,
+    pub kind: JobKind,
     pub cancel: Arc<AtomicBool>,
 }
 
@@ -142,11 +180,10 @@ impl Jobs {
     }
 
     /// Runs `work` on a new thread. It gets a cancel flag to check between pieces of work
-    /// (when `cancellable`); its result comes back through [`Jobs::finished`].
+    /// (when its kind is cancellable); its result comes back through [`Jobs::finished`].
     pub fn spawn(
         &mut self,
-        label: &str,
-        cancellable: bool,
+        kind: JobKind,
         work: impl FnOnce(&AtomicBool) -> Result<JobOutput, String> + Send + 'static,
     ) {
         self.next_id += 1;
@@ -154,12 +191,10 @@ impl Jobs {
         let cancel = Arc::new(AtomicBool::new(false));
         self.busy.push(BusyJob {
             id,
-            label: label.to_string(),
-            cancellable,
+            kind,
             cancel: cancel.clone(),
         });
         let (sender, wake, gate) = (self.sender.clone(), self.wake.clone(), self.gate.clone());
-        let job_label = label.to_string();
         let spawned = std::thread::Builder::new()
             .name(format!("mirror-job-{id}"))
             .spawn(move || {
@@ -170,19 +205,15 @@ impl Jobs {
                     }
                     work(&cancel)
                 }))
-                .unwrap_or_else(|_| Err(format!("{job_label} stopped unexpectedly.")));
-                let _ = sender.send(JobDone {
-                    id,
-                    label: job_label,
-                    result,
-                });
+                .unwrap_or_else(|_| Err(format!("{} stopped unexpectedly.", kind.label())));
+                let _ = sender.send(JobDone { id, kind, result });
                 wake();
             });
         if let Err(e) = spawned {
             let _ = self.sender.send(JobDone {
                 id,
-                label: label.to_string(),
-                result: Err(format!("Could not start {label}: {e}")),
+                kind,
+                result: Err(format!("Could not start {}: {e}", kind.label())),
             });
         }
     }
@@ -203,6 +234,11 @@ impl Jobs {
 
     pub fn is_busy(&self) -> bool {
         !self.busy.is_empty()
+    }
+
+    /// True while a job of `kind` is in flight.
+    pub fn is_running(&self, kind: JobKind) -> bool {
+        self.busy.iter().any(|b| b.kind == kind)
     }
 
     /// Holds every job at its start (true) or lets them run (false).

@@ -1,6 +1,7 @@
 //! Mirror's desktop app (eframe). `state` is plain data, `ui/*` draws it, `actions` carries out
 //! what the user asked for, and the [`Worker`](crate::worker::Worker) runs the engine. Worker
-//! events are drained once per frame; the frame never waits for the engine.
+//! events are drained once per frame; the frame never waits for the engine. The UI edits the
+//! persisted [`Settings`] in place; the app writes them when they differ from the last write.
 
 pub mod actions;
 pub mod download;
@@ -23,6 +24,7 @@ pub use jobs::RunKind;
 pub use options::AppOptions;
 
 use crate::worker::{Worker, WorkerEvent};
+use jobs::JobKind;
 use settings::Settings;
 use state::AppState;
 use textures::Textures;
@@ -73,6 +75,7 @@ pub struct MirrorApp {
     pub jobs: jobs::Jobs,
     pub(crate) textures: Textures,
     settings_dir: Option<PathBuf>,
+    /// The settings as last written (or read): a difference means they need writing.
     saved: Settings,
     last_save: Instant,
     /// Start a run as soon as model and image are ready (scripts).
@@ -107,24 +110,12 @@ impl MirrorApp {
                 state.note(p);
             }
         }
-        state.run = state.settings.run.clone();
-        state.resize = state.settings.resize;
-        state.source_prompt = state.settings.source_prompt.clone();
-        state.target_prompt = state.settings.target_prompt.clone();
-        state.export_dir = state
-            .settings
-            .export_dir
-            .clone()
-            .or_else(|| {
-                directories::UserDirs::new().and_then(|u| u.picture_dir().map(|p| p.join("Mirror")))
-            })
-            .unwrap_or_else(|| PathBuf::from("mirror-exports"))
-            .display()
-            .to_string();
+        let saved = state.settings.clone();
+        state.settings.fill_export_dir();
+        options.apply(&mut state.settings);
         state.compare_split = 0.5;
-        options.apply(&mut state);
         let mut app = Self {
-            saved: state.settings.clone(),
+            saved,
             state,
             worker,
             jobs,
@@ -157,24 +148,14 @@ impl MirrorApp {
         self.pending.push(action);
     }
 
-    /// Copies the editable fields into the persisted settings and writes them when changed
-    /// (at most every two seconds, on a job thread; on exit right away).
+    /// Writes the settings when they changed (at most every two seconds, on a job thread; on
+    /// exit right away).
     fn persist(&mut self, force: bool) {
-        let s = &mut self.state.settings;
-        s.run = self.state.run.clone();
-        s.resize = self.state.resize;
-        s.source_prompt = self.state.source_prompt.clone();
-        s.target_prompt = self.state.target_prompt.clone();
-        s.export_dir = Some(PathBuf::from(&self.state.export_dir));
-        if *s == self.saved || (!force && self.last_save.elapsed() < Duration::from_secs(2)) {
+        let unchanged = self.state.settings == self.saved;
+        if unchanged || (!force && self.last_save.elapsed() < Duration::from_secs(2)) {
             return;
         }
-        let writing = self
-            .jobs
-            .busy
-            .iter()
-            .any(|b| b.label == files::SAVING_SETTINGS);
-        if writing && !force {
+        if self.jobs.is_running(JobKind::SavingSettings) && !force {
             return; // the next frame after it finishes writes the newer settings
         }
         self.last_save = Instant::now();
@@ -280,11 +261,11 @@ impl eframe::App for MirrorApp {
         let ctx = ui.ctx().clone();
         self.state.frames_drawn += 1;
         self.finish_jobs();
-        self.state.busy = self.jobs.busy.clone();
         self.drain_worker(&ctx);
         self.keyboard(&ctx);
         let mut actions = std::mem::take(&mut self.pending);
-        ui::draw(ui, &mut self.state, &mut self.textures, &mut actions);
+        let busy = &self.jobs.busy;
+        ui::draw(ui, &mut self.state, busy, &mut self.textures, &mut actions);
         for action in actions {
             self.perform(action);
         }
@@ -292,7 +273,6 @@ impl eframe::App for MirrorApp {
             self.autorun = false;
             self.perform(Action::Run(RunKind::Single));
         }
-        self.state.busy = self.jobs.busy.clone();
         self.persist(false);
         if self.state.progress.running || self.state.download.is_some() {
             // The ETA (and download progress, which comes without a wake-up) ticks between events.

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use super::state::AppState;
+use super::settings::Settings;
 
 #[derive(Debug, Clone, Default)]
 pub struct AppOptions {
@@ -62,24 +62,24 @@ impl AppOptions {
     }
 
     /// Overrides what the settings file said.
-    pub fn apply(&self, state: &mut AppState) {
+    pub fn apply(&self, settings: &mut Settings) {
         if let Some(s) = &self.source_prompt {
-            state.source_prompt = s.clone();
+            settings.source_prompt = s.clone();
         }
         if let Some(t) = &self.target_prompt {
-            state.target_prompt = t.clone();
+            settings.target_prompt = t.clone();
         }
         if let Some(n) = self.steps {
-            state.run.steps = n;
+            settings.run.steps = n;
         }
         if let Some(k) = self.decode_every {
-            state.run.decode_every = k;
+            settings.run.decode_every = k;
         }
         if let Some(c) = self.compare_ddim {
-            state.run.compare_ddim = c;
+            settings.run.compare_ddim = c;
         }
         if let Some(d) = &self.export_dir {
-            state.export_dir = d.display().to_string();
+            settings.export_dir = d.display().to_string();
         }
     }
 }

@@ -1,9 +1,11 @@
 //! Settings and recent files, kept as JSON in the platform config folder and written
 //! atomically (write to a temporary file, then rename), so a crash never leaves half a file.
+//! [`Settings`] is the one truth of everything the user sets: the UI edits it directly, and
+//! whatever an older version saved still loads (a missing field takes its default).
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::cli::DirectionRecipe;
 use crate::worker::Compute;
@@ -164,6 +166,7 @@ impl RunSettings {
     }
 }
 
+/// Everything the user sets that outlives the session.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Settings {
@@ -171,7 +174,9 @@ pub struct Settings {
     pub recent_images: Vec<PathBuf>,
     pub run: RunSettings,
     pub resize: ResizePolicy,
-    pub export_dir: Option<PathBuf>,
+    /// Where Ctrl+S writes, as typed (empty until the app fills in the pictures folder).
+    #[serde(deserialize_with = "text_or_null")]
+    pub export_dir: String,
     pub source_prompt: String,
     pub target_prompt: String,
     /// Where models compute (applied when a model loads; the CPU when it cannot be used).
@@ -187,13 +192,18 @@ impl Default for Settings {
             recent_images: Vec::new(),
             run: RunSettings::default(),
             resize: ResizePolicy::default(),
-            export_dir: None,
+            export_dir: String::new(),
             source_prompt: "a photo of a cat".into(),
             target_prompt: "a photo of a dog".into(),
             device: DeviceChoice::default(),
             precision: Precision::default(),
         }
     }
+}
+
+/// Reads a text that older versions wrote as `null` when unset.
+fn text_or_null<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
 }
 
 fn remember(list: &mut Vec<PathBuf>, path: &Path) {
@@ -207,6 +217,18 @@ impl Settings {
     pub fn default_dir() -> Option<PathBuf> {
         directories::ProjectDirs::from("io.github", "mirror_diffusion", "Mirror")
             .map(|d| d.config_dir().to_path_buf())
+    }
+
+    /// Fills an unset export folder with `Mirror` in the user's pictures folder (or
+    /// `mirror-exports` here when there is none).
+    pub fn fill_export_dir(&mut self) {
+        if !self.export_dir.is_empty() {
+            return;
+        }
+        let dir = directories::UserDirs::new()
+            .and_then(|u| u.picture_dir().map(|p| p.join("Mirror")))
+            .unwrap_or_else(|| PathBuf::from("mirror-exports"));
+        self.export_dir = dir.display().to_string();
     }
 
     /// Reads the settings; a missing file gives the defaults, an unreadable one gives the
@@ -259,5 +281,41 @@ impl Settings {
 
     pub fn remember_image(&mut self, path: &Path) {
         remember(&mut self.recent_images, path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Settings files as earlier versions wrote them (the export folder unset, or set, and a
+    /// file from before most fields existed) still load, keeping what they say.
+    #[test]
+    fn older_settings_files_load() {
+        let unset: Settings = serde_json::from_str(
+            r#"{"recent_models": ["/models/sd15"], "export_dir": null,
+                "source_prompt": "a photo of a horse", "run": {"steps": 20}}"#,
+        )
+        .expect("an unset export folder");
+        assert_eq!(unset.export_dir, "");
+        assert_eq!(unset.source_prompt, "a photo of a horse");
+        assert_eq!(unset.run.steps, 20);
+        assert_eq!(unset.recent_models, [PathBuf::from("/models/sd15")]);
+        assert_eq!(unset.target_prompt, Settings::default().target_prompt);
+
+        let set: Settings = serde_json::from_str(r#"{"export_dir": "/home/me/Pictures/Mirror"}"#)
+            .expect("a set export folder");
+        assert_eq!(set.export_dir, "/home/me/Pictures/Mirror");
+
+        let mut filled = Settings::default();
+        filled.fill_export_dir();
+        assert!(
+            !filled.export_dir.is_empty(),
+            "an unset folder is filled in"
+        );
+        let back: Settings =
+            serde_json::from_str(&serde_json::to_string(&filled).expect("written"))
+                .expect("read back");
+        assert_eq!(back, filled);
     }
 }

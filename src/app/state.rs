@@ -1,5 +1,6 @@
 //! The app's state as plain data: no drawing here. The UI modules read and change it; the
-//! worker's events update it in `apply_event`.
+//! worker's events update it in `apply_event`. What the user sets lives once, in
+//! [`Settings`] (persisted); everything else here lasts for the session only.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -9,14 +10,13 @@ use image::RgbImage;
 use crate::worker::{
     ModelSummary, RunSummary, StepFrame, WorkerEvent, reconstruction_branch, translation_branch,
 };
-use mirror_engine::imageio::{LoadedImage, Recipe, ResizePolicy};
+use mirror_engine::imageio::{LoadedImage, Recipe};
 use mirror_engine::pipeline::{Branch, Phase, StepWork};
 use mirror_engine::session::Method;
 use mirror_engine::tokenizer::TokenWord;
 
-use super::jobs::BusyJob;
 pub use super::jobs::RunKind;
-use super::settings::{RunSettings, Settings};
+use super::settings::Settings;
 
 #[derive(Debug, Clone, Default)]
 pub enum ModelStatus {
@@ -140,13 +140,11 @@ pub enum View {
 
 #[derive(Default)]
 pub struct AppState {
+    /// What the user sets (prompts, run knobs, resize, export folder, device): saved when
+    /// it changes.
     pub settings: Settings,
     pub model: ModelStatus,
     pub image: Option<SourceImage>,
-    pub source_prompt: String,
-    pub target_prompt: String,
-    pub run: RunSettings,
-    pub resize: ResizePolicy,
     pub progress: Progress,
     /// Every step of the running or last run, by step index.
     pub frames: Vec<StepFrame>,
@@ -172,13 +170,9 @@ pub struct AppState {
     pub errors: Vec<String>,
     pub frame_stats: FrameStats,
     pub download: Option<(u64, u64, String)>,
-    /// Where Ctrl+S writes.
-    pub export_dir: String,
     /// Print machine-checkable `EVENT …` lines on stdout (scripts, tests).
     pub print_events: bool,
     pub show_advanced: bool,
-    /// Background jobs in flight (decoding, exports, dialogs), as the UI shows them.
-    pub busy: Vec<BusyJob>,
     /// Frames drawn since start (tests check the window keeps drawing while jobs run).
     pub frames_drawn: u64,
     /// A file dialog closed without a choice: show the other ways in prominently.
@@ -253,7 +247,7 @@ impl AppState {
     pub fn main_method(&self) -> Method {
         self.shape
             .as_ref()
-            .map_or(self.run.method, |s| match s.kind {
+            .map_or(self.settings.run.method, |s| match s.kind {
                 RunKind::Compare => Method::Mirror,
                 _ => s.method,
             })
@@ -264,8 +258,8 @@ impl AppState {
     pub fn preview_branches(&self) -> Vec<Branch> {
         let shape = self.shape.clone().unwrap_or(RunShape {
             kind: RunKind::Single,
-            method: self.run.method,
-            compare_ddim: self.run.compare_ddim,
+            method: self.settings.run.method,
+            compare_ddim: self.settings.run.compare_ddim,
         });
         if shape.kind == RunKind::Compare {
             return ALL_BRANCHES.to_vec();

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::MirrorApp;
-use super::jobs::JobOutput;
+use super::jobs::{JobKind, JobOutput};
 use super::settings::RunSettings;
 use super::state::AppState;
 use mirror_engine::loader::{Recommended, RecommendedDirection};
@@ -15,13 +15,11 @@ use mirror_engine::methods::mirror::MirrorPreset;
 use mirror_engine::model::ModelWords;
 use mirror_engine::session::TranslateRequest;
 
-/// The label of the job that reads the model's words.
-pub const READING_WORDS: &str = "Reading the model's words";
-
 impl AppState {
     /// The prompts as a run would use them: source, target and the extra targets.
     fn prompts(&self) -> Vec<&str> {
-        let mut prompts = vec![self.source_prompt.as_str(), self.target_prompt.as_str()];
+        let s = &self.settings;
+        let mut prompts = vec![s.source_prompt.as_str(), s.target_prompt.as_str()];
         prompts.extend(self.more_targets.lines());
         prompts
     }
@@ -102,7 +100,7 @@ impl MirrorApp {
     /// Reads the notes and tokenizer of the model just loaded, on a job thread.
     pub(crate) fn read_model_words(&mut self, path: PathBuf) {
         self.state.model_words = None;
-        self.jobs.spawn(READING_WORDS, false, move |_| {
+        self.jobs.spawn(JobKind::ReadingWords, move |_| {
             let words = ModelWords::for_model(&path)
                 .map_err(|e| format!("Could not read the model's words:\n{e}"))?;
             Ok(JobOutput::ModelWords {
@@ -121,10 +119,10 @@ impl MirrorApp {
         let words = Arc::new(words);
         self.state.model_words = Some(words.clone());
         let recommended = &words.notes.recommended;
-        if !recommended.is_empty() && self.state.run.preset == MirrorPreset::Recommended {
-            apply_recommended(&mut self.state.run, recommended);
+        if !recommended.is_empty() && self.state.settings.run.preset == MirrorPreset::Recommended {
+            apply_recommended(&mut self.state.settings.run, recommended);
             if let Some(n) = self.steps_override {
-                self.state.run.steps = n;
+                self.state.settings.run.steps = n;
             }
             self.state.note(format!(
                 "This model recommends {}; the recommended variant uses them.",

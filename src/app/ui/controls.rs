@@ -116,23 +116,23 @@ fn image_section(ui: &mut Ui, state: &mut AppState, tex: &mut Textures, actions:
     );
     let (w, h) = img.loaded.original_size;
     ui.label(format!("{w}×{h} pixels"));
+    let resize = &mut state.settings.resize;
     egui::ComboBox::from_label("Resize")
-        .selected_text(short_resize(state.resize))
+        .selected_text(short_resize(*resize))
         .show_ui(ui, |ui| {
             for p in ResizePolicy::ALL {
-                ui.selectable_value(&mut state.resize, p, p.describe());
+                ui.selectable_value(resize, p, p.describe());
             }
         })
         .response
-        .on_hover_text(state.resize.describe());
+        .on_hover_text(resize.describe());
+    let resize = *resize;
     if let Some(m) = state.model_ready() {
-        match processing_size((w, h), None, state.resize, m.default_side, m.size_multiple) {
+        match processing_size((w, h), None, resize, m.default_side, m.size_multiple) {
             Ok(target) => {
                 ui.label(
-                    RichText::new(
-                        describe_resize((w, h), target, state.resize).replace(" → ", " -> "),
-                    )
-                    .weak(),
+                    RichText::new(describe_resize((w, h), target, resize).replace(" → ", " -> "))
+                        .weak(),
                 );
             }
             Err(e) => {
@@ -144,7 +144,7 @@ fn image_section(ui: &mut Ui, state: &mut AppState, tex: &mut Textures, actions:
 
 fn prompt_section(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) {
     ui.label(RichText::new("Edit").strong());
-    let method = &mut state.run.method;
+    let method = &mut state.settings.run.method;
     egui::ComboBox::from_label("Method")
         .selected_text(method_label(*method))
         .show_ui(ui, |ui| {
@@ -172,13 +172,13 @@ fn prompt_section(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) 
     let a = super::text_field(
         ui,
         "Source prompt",
-        &mut state.source_prompt,
+        &mut state.settings.source_prompt,
         "what the image shows",
     );
     let b = super::text_field(
         ui,
         "Target prompt",
-        &mut state.target_prompt,
+        &mut state.settings.target_prompt,
         "what it should become",
     );
     if a.lost_focus() || b.lost_focus() {
@@ -200,7 +200,8 @@ fn prompt_section(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) 
         "Each line is another target for the same photo: the photo is analysed once, \
          then every target runs on it (\"Run all targets\").",
     );
-    match find_edit_phrase(&state.source_prompt, &state.target_prompt) {
+    let prompts = &state.settings;
+    match find_edit_phrase(&prompts.source_prompt, &prompts.target_prompt) {
         Ok(p) if p.source.is_empty() && p.target.is_empty() => {
             ui.label(
                 RichText::new("The prompts are the same: nothing to edit.")
@@ -237,12 +238,12 @@ fn prompt_section(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) 
 fn advanced_section(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) {
     let open = state.show_advanced.then_some(true);
     let recommends = state.model_recommends().cloned();
-    let variant_before = state.run.preset;
+    let variant_before = state.settings.run.preset;
     egui::CollapsingHeader::new("Advanced")
         .open(open)
         .show(ui, |ui| {
             super::compute::compute_settings(ui, state, actions);
-            let r = &mut state.run;
+            let r = &mut state.settings.run;
             ui.add(egui::Slider::new(&mut r.steps, 1..=100).text("Steps"))
                 .on_hover_text("More steps: finer results, longer runs.");
             ui.add(egui::Slider::new(&mut r.strength, 0.0..=2.0).text("Strength"))
@@ -431,7 +432,7 @@ fn export_section(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) 
     ui.label(RichText::new("Export").strong());
     ui.horizontal(|ui| {
         let l = ui.label("Export folder");
-        ui.add(egui::TextEdit::singleline(&mut state.export_dir).desired_width(170.0))
+        ui.add(egui::TextEdit::singleline(&mut state.settings.export_dir).desired_width(170.0))
             .labelled_by(l.id);
         if ui
             .button("…")

@@ -14,11 +14,19 @@ pub mod welcome;
 use egui::{Color32, RichText, TextureHandle, Ui, Vec2};
 
 use super::Action;
+use super::jobs::{BusyJob, JobKind};
 use super::state::{AppState, ModelStatus, View};
 use super::textures::Textures;
 
-pub fn draw(ui: &mut Ui, state: &mut AppState, tex: &mut Textures, actions: &mut Vec<Action>) {
-    egui::Panel::top("menu").show(ui, |ui| menu_bar(ui, state, actions));
+/// Draws the whole window; `busy` are the background jobs in flight.
+pub fn draw(
+    ui: &mut Ui,
+    state: &mut AppState,
+    busy: &[BusyJob],
+    tex: &mut Textures,
+    actions: &mut Vec<Action>,
+) {
+    egui::Panel::top("menu").show(ui, |ui| menu_bar(ui, state, busy, actions));
     egui::Panel::bottom("status").show(ui, |ui| status::status_bar(ui, state));
     let has_model = matches!(state.model, ModelStatus::Ready(_));
     if has_model {
@@ -61,7 +69,7 @@ pub fn draw(ui: &mut Ui, state: &mut AppState, tex: &mut Textures, actions: &mut
     error_modal(ui.ctx(), state);
 }
 
-fn menu_bar(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) {
+fn menu_bar(ui: &mut Ui, state: &AppState, busy: &[BusyJob], actions: &mut Vec<Action>) {
     egui::MenuBar::new().ui(ui, |ui| {
         ui.menu_button("File", |ui| {
             if ui.button("Open image…  (Ctrl+O)").clicked() {
@@ -93,7 +101,7 @@ fn menu_bar(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) {
             }
         });
         ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
-            busy_line(ui, state, actions);
+            busy_line(ui, busy, actions);
             match &state.model {
                 ModelStatus::Ready(m) => {
                     ui.label(RichText::new(format!("Model: {} · {}", m.name, m.kind)).weak());
@@ -194,22 +202,20 @@ pub fn path_entry(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>, 
 }
 
 /// Background jobs in flight, with a spinner and Cancel where it makes sense.
-fn busy_line(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
+fn busy_line(ui: &mut Ui, busy: &[BusyJob], actions: &mut Vec<Action>) {
     // Settings writes are quick and routine: not worth a spinner.
-    let shown = state
-        .busy
-        .iter()
-        .filter(|j| j.label != crate::app::files::SAVING_SETTINGS);
+    let shown = busy.iter().filter(|j| j.kind != JobKind::SavingSettings);
     for job in shown {
-        if job.cancellable
+        let label = job.kind.label();
+        if job.kind.cancellable()
             && ui
                 .small_button("Cancel")
-                .on_hover_text(format!("Stop: {}", job.label))
+                .on_hover_text(format!("Stop: {label}"))
                 .clicked()
         {
             actions.push(Action::CancelJob(job.id));
         }
-        ui.label(format!("{}…", job.label));
+        ui.label(format!("{label}…"));
         ui.spinner();
     }
 }
