@@ -174,3 +174,115 @@ fn strength_zero_leaves_the_weight_bit_for_bit() {
     let b: Vec<f32> = merged.flatten_all().unwrap().to_vec1().unwrap();
     assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
 }
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// A kohya file patching the first attn1.to_q of the UNet and the first q_proj of the text encoder.
+fn small_lora(name: &str) -> PathBuf {
+    let (_, unet) = targets("unet");
+    let (_, text) = targets("text_encoder");
+    let mut t = HashMap::new();
+    for (i, (n, s)) in [
+        first(&unet, "attn1.to_q.weight"),
+        first(&unet, "attn2.to_v.weight"),
+        first(&text, "self_attn.q_proj.weight"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let prefix = if i < 2 { "lora_unet" } else { "lora_te" };
+        let key = format!(
+            "{prefix}_{}",
+            n.trim_start_matches("text_model.")
+                .trim_end_matches(".weight")
+                .replace('.', "_")
+        );
+        let key = if i < 2 {
+            key
+        } else {
+            format!("lora_te_text_model_{}", &key[8..])
+        };
+        t.insert(
+            format!("{key}.lora_down.weight"),
+            randn(&[2, s[1]], 10 + i as u64),
+        );
+        t.insert(
+            format!("{key}.lora_up.weight"),
+            (randn(&[s[0], 2], 20 + i as u64) * 20.0).unwrap(),
+        );
+    }
+    write(name, t)
+}
+
+#[test]
+fn applied_to_the_model_changes_outputs_and_removal_restores_them_bit_for_bit() {
+    let fx = Fixtures::load();
+    let dev = common::test_device();
+    let mut model = mirror_engine::model::StableDiffusion::load(&fx.model_dir(), &dev).unwrap();
+    let prompt = fx.source_prompt();
+    let unet_cfg = fx.model_config("unet");
+    let in_ch = unet_cfg["in_channels"].as_u64().unwrap_or(4) as usize;
+    let (h, w) = fx.latent_hw();
+    let latent = randn(&[1, in_ch, h, w], 3).to_device(&dev).unwrap();
+    let run = |m: &mirror_engine::model::StableDiffusion| {
+        let emb = m.encode_prompt(&prompt).unwrap();
+        let eps = m.unet.forward(&latent, 501.0, &emb).unwrap();
+        (emb, eps)
+    };
+    let (emb0, eps0) = run(&model);
+    let path = small_lora("apply.safetensors");
+    let infos = model
+        .set_loras(&[LoraSpec {
+            path: path.clone(),
+            strength: 1.0,
+        }])
+        .unwrap();
+    assert_eq!(infos[0].matched_layers, 3);
+    assert_eq!(infos[0].fingerprint.len(), 16);
+    let (emb1, eps1) = run(&model);
+    assert!(
+        max_diff(&emb0, &emb1) > 1e-4,
+        "the text encoder did not change"
+    );
+    assert!(max_diff(&eps0, &eps1) > 1e-4, "the UNet did not change");
+
+    // Gradient through the merged weights: directional finite difference on the latent.
+    let x = candle_core::Var::from_tensor(&latent).unwrap();
+    let wts = randn(eps1.dims(), 7).to_device(&dev).unwrap();
+    let loss = |z: &Tensor| {
+        (model.unet.forward(z, 501.0, &emb1).unwrap() * &wts)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+    };
+    let grads = loss(x.as_tensor()).backward().unwrap();
+    let g = grads.get(x.as_tensor()).unwrap();
+    let v = randn(latent.dims(), 11).to_device(&dev).unwrap();
+    let analytic = (g * &v)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap() as f64;
+    let eps = 1e-2;
+    let plus = loss(&(&latent + (&v * eps).unwrap()).unwrap())
+        .to_scalar::<f32>()
+        .unwrap() as f64;
+    let minus = loss(&(&latent - (&v * eps).unwrap()).unwrap())
+        .to_scalar::<f32>()
+        .unwrap() as f64;
+    let fd = (plus - minus) / (2.0 * eps);
+    eprintln!("gradient through LoRA-merged UNet: analytic {analytic:.6e}, FD {fd:.6e}");
+    assert!(
+        (analytic - fd).abs() <= 1e-2 * analytic.abs().max(1.0),
+        "{analytic} vs {fd}"
+    );
+
+    model.set_loras(&[]).unwrap();
+    let (emb2, eps2) = run(&model);
+    assert_eq!(bits(&emb0), bits(&emb2));
+    assert_eq!(bits(&eps0), bits(&eps2));
+}
