@@ -91,6 +91,10 @@ pub(super) fn reconstruction_key(model: ModelIdentity, req: &TranslateRequest) -
         r.early_stop_base,
         r.early_stop_slope
     ));
+    // Direct Inversion changes the recorded latents (old keys stay as they were).
+    if req.mirror.exact_mirror {
+        key.variant.push_str("|exact mirror");
+    }
     // The authors' reconstruction pass runs a (no-op) CFG with the guidance scale.
     if req.preset() == MirrorPreset::Authors {
         key.variant
