@@ -6,7 +6,7 @@
 //!
 //! `cargo bench --bench quality [-- --only model|edits --captions N --guidance G --edits N
 //! --seed S --set key=value …]`; keys: steps, guidance_scale, xa_guidance, edit_scale,
-//! ramp_total, edit_strength, direction (prompt | templates). Without `--set`, the model's
+//! ramp_total, edit_strength, exact_mirror (0 | 1), redescribe_iterations, direction (prompt | templates). Without `--set`, the model's
 //! recommended settings.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // test code: a panic is the report
 
@@ -81,6 +81,8 @@ fn request(sd: &StableDiffusion, sets: &[(String, String)]) -> TranslateRequest 
             "edit_scale" => req.mirror.edit_scale = f(),
             "ramp_total" => req.mirror.ramp_total = f(),
             "edit_strength" => req.edit_strength = f(),
+            "exact_mirror" => req.mirror.exact_mirror = f() != 0.0,
+            "redescribe_iterations" => req.mirror.redescribe.iterations = f() as usize,
             "direction" if v == "prompt" => req.direction = DirectionChoice::PromptDifference,
             // The model's own captions (its `sentence_templates`) when it has them.
             "direction" if v == "templates" => req.direction = DirectionChoice::default(),

@@ -79,6 +79,12 @@ pub struct MirrorSettings {
     /// The released code applies the extra step's gradient again in the main step; `true`
     /// applies it once (a GUI toggle; not the default).
     pub apply_extra_once: bool,
+    /// Direct Inversion (Ju et al., ICLR 2024): after each step the reconstruction is put on
+    /// the inversion latent it aimed at and the translation gets the same correction, so the
+    /// reconstruction mirrors the source exactly even where redescription cannot close the
+    /// gap (low noise). Redescription still keeps the corrections small.
+    #[serde(default)]
+    pub exact_mirror: bool,
 }
 
 impl Default for MirrorSettings {
@@ -97,6 +103,7 @@ impl Default for MirrorSettings {
             kv_until: 80,
             kv_weight: 0.5,
             apply_extra_once: false,
+            exact_mirror: false,
         }
     }
 }
@@ -282,7 +289,12 @@ pub fn step(
         Some(r) => replay(ctx, inputs, &r, i)?,
         None => reconstruct(ctx, inputs, state, i)?,
     };
-    let edit = translate(ctx, inputs, &rec, state, i)?;
+    let mut edit = translate(ctx, inputs, &rec, state, i)?;
+    let rec = if inputs.settings.exact_mirror {
+        mirror_exactly(inputs.trajectory, rec, &mut edit)?
+    } else {
+        rec
+    };
     let n = inputs.trajectory.steps;
     let mut out = MethodStep::new(
         rec.timestep,
@@ -333,6 +345,20 @@ pub fn step(
         extra_done: edit.extra_done,
     };
     Ok((next, out))
+}
+
+/// Direct Inversion: the reconstruction lands on its target latent, and the translation is
+/// moved by the same difference (target − reconstruction), as PnP Inversion does.
+fn mirror_exactly(
+    trajectory: &Trajectory,
+    mut rec: ReconstructionStep,
+    edit: &mut TranslationStep,
+) -> Result<ReconstructionStep> {
+    let target = &trajectory.latents[rec.target_index];
+    let difference = (target - &rec.rec_latent)?;
+    edit.edit_latent = (&edit.edit_latent + &difference)?;
+    rec.rec_latent = target.clone();
+    Ok(rec)
 }
 
 /// Redescription at step i (from the state's reconstruction latent and embedding), then the

@@ -91,6 +91,10 @@ pub(super) fn reconstruction_key(model: ModelIdentity, req: &TranslateRequest) -
         r.early_stop_base,
         r.early_stop_slope
     ));
+    // Direct Inversion changes the recorded latents (old keys stay as they were).
+    if req.mirror.exact_mirror {
+        key.variant.push_str("|exact mirror");
+    }
     // The authors' reconstruction pass runs a (no-op) CFG with the guidance scale.
     if req.preset() == MirrorPreset::Authors {
         key.variant
@@ -219,8 +223,9 @@ mod tests {
     #[test]
     fn redescription_changes_only_the_reconstruction_key() {
         let base = keys(MODEL, &request());
-        let edits: [Edit; 4] = [
+        let edits: [Edit; 5] = [
             ("iterations", |r| r.mirror.redescribe.iterations += 1),
+            ("exact mirror", |r| r.mirror.exact_mirror = true),
             ("learning rate", |r| r.mirror.redescribe.lr *= 2.0),
             ("early stop base", |r| {
                 r.mirror.redescribe.early_stop_base += 1.0
