@@ -12,8 +12,8 @@ use candle_nn::var_builder::SimpleBackend;
 
 use crate::clip::{ClipTextConfig, ClipTextTransformer};
 use crate::loader::lora::{LoraDelta, LoraInfo, LoraSpec, LoraTarget, TargetWeights, read_lora};
-use crate::loader::{ModelSource, ldm_names, open_model_source, weight_error};
-use crate::model::StableDiffusion;
+use crate::loader::{ModelSource, ldm_names, open_model_source};
+use crate::model::{StableDiffusion, build_text_and_unet};
 use crate::unet::{UNet2DConditionModel, UNetConfig};
 use crate::{EngineError, Result};
 
@@ -129,12 +129,11 @@ impl StableDiffusion {
                 text_files.var_builder_mapped(text_map.clone(), dtype, &self.device),
                 &text_deltas,
             );
-            let text = ClipTextTransformer::new(text_vb, &text_cfg)
-                .map_err(|e| weight_error(text_files.label(), e))?;
             let unet_vb = patched(unet_files.var_builder(dtype, &self.device), &unet_deltas);
-            let unet = UNet2DConditionModel::new(unet_vb, &unet_cfg)
-                .map_err(|e| weight_error(unet_files.label(), e))?;
-            Ok((text, unet))
+            build_text_and_unet(
+                ((text_vb, text_files.label()), &text_cfg),
+                ((unet_vb, unet_files.label()), &unet_cfg),
+            )
         };
         let (text, unet) = build(DType::F32)?;
         let half = match &self.half {

@@ -466,15 +466,26 @@ fn build(
     let text_cfg = ClipTextConfig::from_file(&configs.text_encoder_config)?;
     let tokenizer = ClipTokenizer::from_dir(&configs.tokenizer_dir)?
         .with_max_length(text_cfg.max_position_embeddings)?;
-    let text_encoder =
-        ClipTextTransformer::new(text.0, &text_cfg).map_err(|e| weight_error(text.1, e))?;
     let unet_cfg = UNetConfig::from_file(&configs.unet_config)?;
-    let unet_model =
-        UNet2DConditionModel::new(unet.0, &unet_cfg).map_err(|e| weight_error(unet.1, e))?;
+    let (text_encoder, unet_model) = build_text_and_unet((text, &text_cfg), (unet, &unet_cfg))?;
     let vae_cfg = VaeConfig::from_file(&configs.vae_config)?;
     let vae_model = AutoencoderKL::new(vae.0, &vae_cfg).map_err(|e| weight_error(vae.1, e))?;
     let scheduler = DdimScheduler::from_file(&configs.scheduler_config)?;
     Ok((tokenizer, text_encoder, unet_model, vae_model, scheduler))
+}
+
+/// The text encoder and the UNet from their weights and configs (also rebuilt with LoRAs,
+/// `lora_model.rs`); weight errors name the file.
+pub(crate) fn build_text_and_unet(
+    text: ((VarBuilder, &Path), &ClipTextConfig),
+    unet: ((VarBuilder, &Path), &UNetConfig),
+) -> Result<(ClipTextTransformer, UNet2DConditionModel)> {
+    let (((text_vb, text_file), text_cfg), ((unet_vb, unet_file), unet_cfg)) = (text, unet);
+    let text_encoder =
+        ClipTextTransformer::new(text_vb, text_cfg).map_err(|e| weight_error(text_file, e))?;
+    let unet_model =
+        UNet2DConditionModel::new(unet_vb, unet_cfg).map_err(|e| weight_error(unet_file, e))?;
+    Ok((text_encoder, unet_model))
 }
 
 /// Hash of each file's safetensors header plus 64 KiB samples at 16 evenly spaced offsets:

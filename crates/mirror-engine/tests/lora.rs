@@ -47,6 +47,24 @@ fn write(name: &str, tensors: HashMap<String, Tensor>) -> PathBuf {
     path
 }
 
+/// A rank-2 PEFT LoRA on the UNet's first `attn1.to_q`, its down weight `extra_inputs` columns
+/// wider than the layer (0: fits). Returns the module path and the tensors.
+fn peft_q_lora(extra_inputs: usize) -> (String, HashMap<String, Tensor>) {
+    let (_, unet) = targets("unet");
+    let (q_name, q_shape) = first(&unet, "attn1.to_q.weight");
+    let module = q_name.trim_end_matches(".weight").to_string();
+    let mut t = HashMap::new();
+    t.insert(
+        format!("unet.{module}.lora_A.weight"),
+        randn(&[2, q_shape[1] + extra_inputs], 1),
+    );
+    t.insert(
+        format!("unet.{module}.lora_B.weight"),
+        randn(&[q_shape[0], 2], 2),
+    );
+    (module, t)
+}
+
 fn deltas(path: PathBuf, strength: f64) -> mirror_engine::Result<Vec<LoraDelta>> {
     let (unet, _) = targets("unet");
     let (text, _) = targets("text_encoder");
@@ -132,43 +150,22 @@ fn bad_key_and_bad_shape_are_refused_naming_file_and_key() {
         "{msg}"
     );
 
-    let (_, unet) = targets("unet");
-    let (q_name, q_shape) = first(&unet, "attn1.to_q.weight");
-    let module = q_name.trim_end_matches(".weight");
-    let mut t = HashMap::new();
-    t.insert(
-        format!("unet.{module}.lora_A.weight"),
-        randn(&[2, q_shape[1] + 1], 1),
-    );
-    t.insert(
-        format!("unet.{module}.lora_B.weight"),
-        randn(&[q_shape[0], 2], 2),
-    );
+    let (module, t) = peft_q_lora(1);
     let err = deltas(write("badshape.safetensors", t), 1.0).unwrap_err();
     assert!(matches!(err, EngineError::ShapeMismatch { .. }));
     let msg = err.to_string();
     assert!(
-        msg.contains("badshape.safetensors") && msg.contains(module),
+        msg.contains("badshape.safetensors") && msg.contains(&module),
         "{msg}"
     );
 }
 
 #[test]
 fn strength_zero_leaves_the_weight_bit_for_bit() {
-    let (_, unet) = targets("unet");
-    let (q_name, q_shape) = first(&unet, "attn1.to_q.weight");
-    let module = q_name.trim_end_matches(".weight");
-    let mut t = HashMap::new();
-    t.insert(
-        format!("unet.{module}.lora_A.weight"),
-        randn(&[2, q_shape[1]], 1),
-    );
-    t.insert(
-        format!("unet.{module}.lora_B.weight"),
-        randn(&[q_shape[0], 2], 2),
-    );
+    let (_, t) = peft_q_lora(0);
     let d = deltas(write("zero.safetensors", t), 0.0).unwrap();
-    let base = randn(q_shape, 9);
+    // A delta has the shape of the weight it patches (`attn1.to_q`'s).
+    let base = randn(d[0].delta.dims(), 9);
     let merged = merge_deltas(&base, &[&d[0].delta]).unwrap();
     let a: Vec<f32> = base.flatten_all().unwrap().to_vec1().unwrap();
     let b: Vec<f32> = merged.flatten_all().unwrap().to_vec1().unwrap();
