@@ -17,7 +17,8 @@ use egui::{Key, Modifiers};
 use egui_kittest::kittest::Queryable;
 use mirror_diffusion::app::AppOptions;
 use mirror_diffusion::app::settings::RunSettings;
-use mirror_engine::imageio::{ResizePolicy, processing_size, read_recipe};
+use mirror_engine::imageio::{ResizePolicy, processing_size};
+use mirror_engine::recipe::read_recipe;
 use mirror_engine::session::Method;
 
 const STEPS: usize = 2;
@@ -110,11 +111,17 @@ fn export(h: &mut App) {
 fn recipe_fields(r: &RunSettings) -> (Method, String, usize, u64, String, String, String) {
     (
         r.method,
-        r.preset.to_string(),
+        r.mirror.preset.to_string(),
         r.steps,
         r.seed,
-        format!("{:.4} {:.4} {:.4}", r.strength, r.guidance, r.xa_guidance),
-        format!("{} {:.5}", r.redescription_iterations, r.redescription_lr),
+        format!(
+            "{:.4} {:.4} {:.4}",
+            r.edit_strength, r.mirror.guidance_scale, r.mirror.xa_guidance
+        ),
+        format!(
+            "{} {:.5}",
+            r.mirror.redescribe.iterations, r.mirror.redescribe.lr
+        ),
         format!("{} {}", r.compare_ddim, r.direction_from_prompts),
     )
 }
@@ -133,8 +140,8 @@ fn every_method_runs_and_its_recipe_restores() {
             let r = &mut h.state_mut().state.settings.run;
             r.method = method;
             r.seed = 7 + i as u64;
-            r.xa_guidance = 0.05 * (i + 1) as f64;
-            r.guidance = 4.0 + i as f64;
+            r.mirror.xa_guidance = 0.05 * (i + 1) as f64;
+            r.mirror.guidance_scale = 4.0 + i as f64;
             r.compare_ddim = i != 0;
             r.direction_from_prompts = i == 2;
         }
@@ -173,7 +180,7 @@ fn every_method_runs_and_its_recipe_restores() {
                 Method::Mirror
             };
             r.seed = 999;
-            r.xa_guidance = 0.33;
+            r.mirror.xa_guidance = 0.33;
             r.compare_ddim = !r.compare_ddim;
         }
         h.state_mut().state.settings.target_prompt = "a photo of a horse".into();

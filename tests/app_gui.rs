@@ -216,7 +216,7 @@ fn run_scrub_attention_export_and_reedit() {
         );
     }
     let png = exports.join("test_image-to-a-photo-of-a-dog-translation.png");
-    let recipe = mirror_engine::imageio::read_recipe(&png)
+    let recipe = mirror_engine::recipe::read_recipe(&png)
         .expect("readable")
         .expect("a recipe");
     assert_eq!(recipe.target_prompt, "a photo of a dog");

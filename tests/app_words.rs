@@ -98,7 +98,11 @@ fn unknown_word_message_and_recommended_settings() {
         a.state.model_words.is_some()
     });
     let run = &h.state().state.settings.run;
-    assert_eq!((run.steps, run.guidance), (3, 2.5), "the model's values");
+    assert_eq!(
+        (run.steps, run.mirror.guidance_scale),
+        (3, 2.5),
+        "the model's values"
+    );
 
     // A target with a word the model does not know: message before Run, Run disabled.
     let (source_word, _) = &setup.edit;

@@ -8,9 +8,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use mirror_engine::imageio::{
-    ResizePolicy, SHEET_GAP, SHEET_LABEL_HEIGHT, processing_size, read_recipe,
-};
+use mirror_engine::imageio::{ResizePolicy, SHEET_GAP, SHEET_LABEL_HEIGHT, processing_size};
+use mirror_engine::recipe::read_recipe;
 
 const STEPS: usize = 4;
 

@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use image::imageops::{self, FilterType};
-use mirror_engine::imageio::{ResizePolicy, processing_size, read_recipe};
+use mirror_engine::imageio::{ResizePolicy, processing_size};
 use mirror_engine::model::StableDiffusion;
+use mirror_engine::recipe::read_recipe;
 
 struct Env {
     fx: common::Fixtures,

@@ -336,7 +336,7 @@ fn translate_takes_the_model_recommendations_and_flags_win() {
             .expect("the binary runs");
         let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
         assert!(o.status.success(), "{stderr}");
-        let recipe = mirror_engine::imageio::read_recipe(out)
+        let recipe = mirror_engine::recipe::read_recipe(out)
             .unwrap()
             .expect("a recipe in the output");
         (recipe, stderr)

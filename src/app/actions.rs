@@ -9,13 +9,13 @@ use image::RgbImage;
 use crate::worker::{Command, RunJob, RunPart};
 use mirror_engine::direction::find_edit_phrase;
 use mirror_engine::imageio::{
-    MAX_ASPECT, Recipe, ResizePolicy, beyond_aspect_limit, processing_size, resize,
+    MAX_ASPECT, ResizePolicy, beyond_aspect_limit, processing_size, resize,
 };
+use mirror_engine::recipe::{Recipe, RecipeOrigin};
 use mirror_engine::session::Method;
 
 use super::jobs::{JobKind, JobOutput, Pick};
 use super::state::{Progress, RunKind, RunShape};
-use super::words::apply_recommended_extras;
 use super::{Action, MirrorApp};
 
 impl MirrorApp {
@@ -205,7 +205,7 @@ impl MirrorApp {
             Err(e) => return self.state.error(e),
         };
         let settings = &self.state.settings.run;
-        let mut parts: Vec<RunPart> = match kind {
+        let parts: Vec<RunPart> = match kind {
             RunKind::Single => vec![RunPart {
                 label: method_label(settings.method).into(),
                 request: settings.request(image, &source, &targets[0]),
@@ -232,9 +232,6 @@ impl MirrorApp {
                 })
                 .collect(),
         };
-        for part in &mut parts {
-            apply_recommended_extras(&mut part.request, self.state.model_recommends());
-        }
         let first = &parts[0].request;
         self.state.result_recipe = Some(self.recipe(first));
         self.state.shape = Some(RunShape {
@@ -264,34 +261,17 @@ impl MirrorApp {
 
     pub(crate) fn recipe(&self, req: &mirror_engine::session::TranslateRequest) -> Recipe {
         let model = self.state.model_ready();
-        let mut extra = serde_json::Map::new();
-        if let Ok(direction) = serde_json::to_value(self.state.settings.run.direction()) {
-            extra.insert("direction".into(), direction);
-        }
-        extra.insert("compare_ddim".into(), req.compare_ddim.into());
-        Recipe {
-            version: mirror_engine::imageio::RECIPE_VERSION,
-            method: req.method.name().into(),
-            preset: req.mirror.preset.to_string(),
-            source_prompt: req.source_prompt.clone(),
-            target_prompt: req.target_prompt.clone(),
-            steps: req.steps,
-            seed: req.seed,
-            edit_strength: req.edit_strength,
-            guidance_scale: req.mirror.guidance_scale,
-            xa_guidance: req.mirror.xa_guidance,
-            redescription_iterations: req.mirror.redescribe.iterations,
-            redescription_lr: req.mirror.redescribe.lr,
+        let origin = RecipeOrigin {
             resize: self.state.settings.resize,
-            width: req.image.width(),
-            height: req.image.height(),
             model: model.map(|m| m.name.clone()).unwrap_or_default(),
             model_hash: model.map(|m| m.fingerprint.clone()).unwrap_or_default(),
-            image_hash: mirror_engine::imageio::pixel_hash(&req.image),
+            image_hash: (self.state.image.as_ref())
+                .map(|i| i.loaded.content_hash.clone())
+                .unwrap_or_default(),
             // Known once the run finishes (`AppState::finish`).
             vae_tiles_used: None,
-            extra,
-        }
+        };
+        Recipe::from_request(req, &origin)
     }
 }
 

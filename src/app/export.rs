@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use image::RgbImage;
 
 use mirror_engine::imageio::{
-    Recipe, ResizePolicy, comparison_sheet, resize, restore_size, save_animation,
-    save_png_with_recipe,
+    ResizePolicy, comparison_sheet, resize, restore_size, save_animation,
 };
 use mirror_engine::pipeline::Branch;
+use mirror_engine::recipe::{Recipe, save_png_with_recipe};
 
 use super::state::AppState;
 use super::textures::overlay;

@@ -4,9 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use mirror_engine::imageio::{
-    ImageLimits, LoadedImage, load_image, load_image_from_memory, read_recipe,
-};
+use mirror_engine::imageio::{ImageLimits, LoadedImage, load_image, load_image_from_memory};
+use mirror_engine::recipe::{read_recipe, read_recipe_from_memory};
 
 use super::export::ExportData;
 use super::jobs::{JobDone, JobKind, JobOutput, Pick, block_on};
@@ -50,7 +49,7 @@ impl MirrorApp {
         self.jobs.spawn(JobKind::OpeningImage, move |_| {
             let loaded = load_image_from_memory(&bytes, &name, &ImageLimits::default())
                 .map_err(|e| format!("Could not open the image:\n{e}"))?;
-            let recipe = mirror_engine::imageio::read_recipe_from_memory(&bytes, &name)
+            let recipe = read_recipe_from_memory(&bytes, &name)
                 .ok()
                 .flatten()
                 .map(Box::new);

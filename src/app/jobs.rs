@@ -11,7 +11,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use image::RgbImage;
 
-use mirror_engine::imageio::{LoadedImage, Recipe};
+use mirror_engine::imageio::LoadedImage;
+use mirror_engine::recipe::Recipe;
 
 /// What a run does (also how jobs name a run): one method, the three methods side by side, or several targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -10,6 +10,7 @@ pub mod files;
 pub mod jobs;
 pub mod options;
 pub mod presets;
+pub mod run_settings;
 pub mod settings;
 pub mod state;
 pub mod textures;

@@ -10,8 +10,9 @@ use image::RgbImage;
 use crate::worker::{
     ModelSummary, RunSummary, StepFrame, WorkerEvent, reconstruction_branch, translation_branch,
 };
-use mirror_engine::imageio::{LoadedImage, Recipe};
+use mirror_engine::imageio::LoadedImage;
 use mirror_engine::pipeline::{Branch, Phase, StepWork};
+use mirror_engine::recipe::Recipe;
 use mirror_engine::session::Method;
 use mirror_engine::tokenizer::TokenWord;
 

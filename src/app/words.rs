@@ -8,12 +8,10 @@ use std::sync::Arc;
 
 use super::MirrorApp;
 use super::jobs::{JobKind, JobOutput};
-use super::settings::RunSettings;
 use super::state::AppState;
-use mirror_engine::loader::{Recommended, RecommendedDirection};
+use mirror_engine::loader::Recommended;
 use mirror_engine::methods::mirror::MirrorPreset;
 use mirror_engine::model::ModelWords;
-use mirror_engine::session::TranslateRequest;
 
 impl AppState {
     /// The prompts as a run would use them: source, target and the extra targets.
@@ -54,48 +52,6 @@ impl AppState {
     }
 }
 
-/// Puts the model's recommended values into the run settings (the knobs it names).
-pub fn apply_recommended(run: &mut RunSettings, r: &Recommended) {
-    if let Some(n) = r.steps {
-        run.steps = n;
-    }
-    if let Some(g) = r.guidance_scale {
-        run.guidance = g;
-    }
-    if let Some(x) = r.xa_guidance {
-        run.xa_guidance = x;
-    }
-    if let Some(s) = r.edit_strength {
-        run.strength = s;
-    }
-    if let Some(k) = r.redescribe_iterations {
-        run.redescription_iterations = k;
-    }
-    if let Some(lr) = r.redescribe_lr {
-        run.redescription_lr = lr;
-    }
-    match r.direction {
-        Some(RecommendedDirection::Prompt) => run.direction_from_prompts = true,
-        Some(RecommendedDirection::Templates) => run.direction_from_prompts = false,
-        None => {}
-    }
-}
-
-/// The recommended values the app's knobs do not hold (edit scale and ramp), for the
-/// recommended variant.
-pub fn apply_recommended_extras(req: &mut TranslateRequest, r: Option<&Recommended>) {
-    let Some(r) = r else { return };
-    if req.mirror.preset != MirrorPreset::Recommended {
-        return;
-    }
-    if let Some(v) = r.edit_scale {
-        req.mirror.edit_scale = v;
-    }
-    if let Some(v) = r.ramp_total {
-        req.mirror.ramp_total = v;
-    }
-}
-
 impl MirrorApp {
     /// Reads the notes and tokenizer of the model just loaded, on a job thread.
     pub(crate) fn read_model_words(&mut self, path: PathBuf) {
@@ -119,8 +75,10 @@ impl MirrorApp {
         let words = Arc::new(words);
         self.state.model_words = Some(words.clone());
         let recommended = &words.notes.recommended;
-        if !recommended.is_empty() && self.state.settings.run.preset == MirrorPreset::Recommended {
-            apply_recommended(&mut self.state.settings.run, recommended);
+        if !recommended.is_empty()
+            && self.state.settings.run.mirror.preset == MirrorPreset::Recommended
+        {
+            self.state.settings.run.apply_recommended(recommended);
             if let Some(n) = self.steps_override {
                 self.state.settings.run.steps = n;
             }

@@ -12,10 +12,10 @@ use super::translate::{Size, parse_size};
 use super::{Cancelled, default_model_path, interrupt};
 use mirror_engine::EngineError;
 use mirror_engine::device;
-use mirror_engine::imageio::save_png_with_recipe;
 use mirror_engine::methods::generate::{GenerateSettings, generate, to_rgb_images};
 use mirror_engine::model::{StableDiffusion, VAE_TILES_FALLBACK_NOTE};
 use mirror_engine::pipeline::CancelToken;
+use mirror_engine::recipe::save_png_with_recipe;
 use mirror_engine::vae::VaeTiles;
 
 #[derive(Args, Debug)]

@@ -3,7 +3,6 @@
 
 mod convert;
 mod device;
-mod direction;
 mod dump;
 mod generate;
 mod inspect;
@@ -12,8 +11,6 @@ mod outputs;
 mod progress;
 mod shapes;
 mod translate;
-
-pub use direction::DirectionRecipe;
 
 use std::ffi::OsString;
 use std::process::ExitCode;

@@ -6,9 +6,8 @@ use anyhow::{Context, Result, bail};
 use candle_core::Tensor;
 use image::{RgbImage, imageops};
 
-use mirror_engine::imageio::{
-    Recipe, ResizePolicy, comparison_sheet, restore_size, save_png_with_recipe, tensor_to_image,
-};
+use mirror_engine::imageio::{ResizePolicy, comparison_sheet, restore_size, tensor_to_image};
+use mirror_engine::recipe::{Recipe, save_png_with_recipe};
 use mirror_engine::session::{Method, TranslateOutcome};
 
 /// Fails with a clear message unless a file can be created at `path` (its folder exists and

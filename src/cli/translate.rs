@@ -8,19 +8,21 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, ValueEnum};
 
 use super::device::{DeviceArgs, describe as describe_compute};
-use super::direction::DirectionRecipe;
 use super::dump::{DUMP_HELP, write_dump};
 use super::outputs::{check_writable, comparison_tiles, save_comparison, save_tensor_png};
 use super::progress::Progress;
 use super::{Cancelled, default_model_path, interrupt};
+use image::RgbImage;
 use mirror_engine::imageio::{
-    ImageLimits, RECIPE_VERSION, Recipe, ResizePolicy, describe_resize, load_image,
-    processing_size, read_recipe, resize,
+    ImageLimits, ResizePolicy, describe_resize, load_image, processing_size, resize,
 };
-use mirror_engine::loader::{ModelNotes, Recommended, RecommendedDirection};
+use mirror_engine::loader::{ModelNotes, Recommended};
 use mirror_engine::methods::mirror::{MirrorPreset, MirrorSettings};
 use mirror_engine::pipeline::CancelToken;
-use mirror_engine::session::{InversionCache, Method, Session, TranslateRequest};
+use mirror_engine::recipe::{Recipe, RecipeOrigin, read_recipe};
+use mirror_engine::session::{
+    DirectionChoice, InversionCache, Method, Session, TranslateOutcome, TranslateRequest,
+};
 use mirror_engine::vae::VaeTiles;
 
 const AFTER_HELP: &str = "\
@@ -145,20 +147,27 @@ pub struct TranslateArgs {
     #[arg(long, value_name = "S")]
     pub seed: Option<u64>,
     /// Multiplier of the edit direction [default: the model's recommended, else 1].
-    #[arg(long, value_name = "ALPHA")]
-    pub strength: Option<f64>,
+    #[arg(long, value_name = "ALPHA", alias = "strength")]
+    pub edit_strength: Option<f64>,
     /// How strongly the target prompt is followed [default: the model's recommended, else 5].
-    #[arg(long, value_name = "G")]
-    pub guidance: Option<f64>,
-    /// How strongly the photo's layout is held in place while editing [default: 0.1].
+    #[arg(long, value_name = "G", alias = "guidance")]
+    pub guidance_scale: Option<f64>,
+    /// How strongly the photo's layout is held in place while editing [default: the model's
+    /// recommended, else 0.1].
     #[arg(long, value_name = "E")]
     pub xa_guidance: Option<f64>,
-    /// MirrorDiffusion: refinement iterations of the photo's description per step [default: 10].
-    #[arg(long, value_name = "K")]
-    pub redescribe_iters: Option<usize>,
-    /// MirrorDiffusion: step size of that refinement [default: 0.01].
+    /// MirrorDiffusion: refinement iterations of the photo's description per step [default:
+    /// the model's recommended, else 10].
+    #[arg(long, value_name = "K", alias = "redescribe-iters")]
+    pub redescribe_iterations: Option<usize>,
+    /// MirrorDiffusion: step size of that refinement [default: the model's recommended, else
+    /// 0.01].
     #[arg(long, value_name = "LR")]
     pub redescribe_lr: Option<f64>,
+    /// MirrorDiffusion: put the reconstruction on the photo's inversion after every step, so it
+    /// mirrors the photo exactly (with `--redescribe-iterations 0` about twice as fast).
+    #[arg(long)]
+    pub exact_mirror: bool,
     /// How the image is brought to the model's size [default: keep].
     #[arg(long, value_enum)]
     pub resize: Option<ResizeArg>,
@@ -215,33 +224,19 @@ pub struct TranslateArgs {
     pub threads: Option<usize>,
 }
 
-/// The run's settings once the recipe (if any) and the flags are merged.
+/// The run's settings once the model's recommendations, the recipe (if any) and the flags are
+/// merged, in that order (each later one wins).
 #[derive(Debug, Clone)]
 struct Plan {
-    method: Method,
-    preset: MirrorPreset,
-    source: String,
-    target: String,
-    steps: usize,
-    seed: u64,
-    strength: f64,
-    guidance: f64,
-    xa_guidance: f64,
-    redescribe_iters: usize,
-    redescribe_lr: f64,
+    /// Every run setting; its image is filled in once the photo is loaded and resized.
+    request: TranslateRequest,
     resize: ResizePolicy,
     size: Option<(u32, u32)>,
-    compare_ddim: bool,
-    direction: DirectionRecipe,
     recipe: Option<Recipe>,
 }
 
 /// `recommended`: the model's recommended settings (`mirror.json`); they replace Mirror's own
-/// defaults (MirrorDiffusion's only with the recommended preset), never a flag or a recipe.
-#[expect(
-    clippy::too_many_lines,
-    reason = "flag by flag over the recommended settings; goes with Recipe::from_request (issue 18)"
-)]
+/// defaults (MirrorDiffusion's only with the recommended preset), never a recipe or a flag.
 fn plan(args: &TranslateArgs, recommended: &Recommended) -> Result<Plan> {
     let recipe = match &args.recipe {
         Some(path) => Some(
@@ -251,120 +246,118 @@ fn plan(args: &TranslateArgs, recommended: &Recommended) -> Result<Plan> {
         None => None,
     };
     let r = recipe.as_ref();
-    let from_recipe_str = |f: fn(&Recipe) -> &str| r.map(f).filter(|s| !s.is_empty());
-    let method = match (args.method, from_recipe_str(|r| &r.method)) {
-        (Some(m), _) => m.into(),
-        (None, Some(m)) => m.parse::<Method>().map_err(|e| anyhow!("recipe: {e}"))?,
-        (None, None) => Method::Mirror,
-    };
-    let preset = match (args.preset, from_recipe_str(|r| &r.preset)) {
-        (Some(p), _) => p.into(),
-        (None, Some(p)) => p
-            .parse::<MirrorPreset>()
-            .map_err(|e| anyhow!("recipe: {e}"))?,
-        (None, None) => MirrorPreset::Recommended,
-    };
+    let from_recipe = |f: fn(&Recipe) -> &str| r.map(f).filter(|s| !s.is_empty());
     let source = args
         .source
         .clone()
-        .or_else(|| from_recipe_str(|r| &r.source_prompt).map(String::from));
+        .or_else(|| from_recipe(|r| &r.source_prompt).map(String::from))
+        .ok_or_else(|| anyhow!("--source is required (what the image shows)"))?;
     let target = args
         .target
         .clone()
-        .or_else(|| from_recipe_str(|r| &r.target_prompt).map(String::from));
-    let source = source.ok_or_else(|| anyhow!("--source is required (what the image shows)"))?;
-    let target =
-        target.ok_or_else(|| anyhow!("--target is required (what the image should become)"))?;
-    let defaults = match preset {
-        MirrorPreset::Recommended => MirrorSettings::recommended_by(recommended),
-        MirrorPreset::Authors => MirrorSettings::with_preset(preset),
+        .or_else(|| from_recipe(|r| &r.target_prompt).map(String::from))
+        .ok_or_else(|| anyhow!("--target is required (what the image should become)"))?;
+    let preset_flag = args.preset.map(MirrorPreset::from);
+    let preset = match (preset_flag, from_recipe(|r| &r.preset)) {
+        (Some(p), _) => p,
+        (None, Some(p)) => p.parse().map_err(|e| anyhow!("recipe: {e}"))?,
+        (None, None) => MirrorPreset::Recommended,
     };
-    let default_direction = match recommended.direction {
-        Some(RecommendedDirection::Prompt) => DirectionRecipe::Prompt,
-        _ => DirectionRecipe::Templates {
-            pairs: DirectionRecipe::default_pairs(),
-        },
-    };
-    let direction = match (&args.direction, &args.sentences) {
-        (_, Some(files)) => {
-            let [src, tgt] = files.as_slice() else {
-                bail!("--sentences takes two files")
-            };
-            DirectionRecipe::Sentences {
-                source: read_sentences(src)?,
-                target: read_sentences(tgt)?,
-            }
-        }
-        (Some(d), None) => match d.as_str() {
-            "templates" => DirectionRecipe::Templates {
-                pairs: DirectionRecipe::default_pairs(),
-            },
-            "prompt" => DirectionRecipe::Prompt,
-            file => DirectionRecipe::File(PathBuf::from(file)),
-        },
-        (None, None) => match r.and_then(|r| r.extra.get("direction")) {
-            Some(v) => serde_json::from_value(v.clone())
-                .map_err(|e| anyhow!("recipe: field `extra.direction`: {e}"))?,
-            None => default_direction,
-        },
-    };
-    let wants_ddim_files = args.ddim_out.is_some()
-        || args.ddim_reconstruction.is_some()
-        || args.ddim_translation.is_some();
-    if args.no_ddim && wants_ddim_files && method != Method::Ddim {
-        bail!("--no-ddim contradicts the DDIM outputs asked for");
+
+    let mut req = TranslateRequest::new(RgbImage::new(0, 0), &source, &target);
+    req.mirror = MirrorSettings::with_preset(preset);
+    req.apply_recommended(recommended);
+    if let Some(r) = r {
+        r.apply_to(&mut req)?;
+        req.source_prompt.clone_from(&source);
+        req.target_prompt.clone_from(&target);
     }
-    let recipe_ddim = r
-        .and_then(|r| r.extra.get("compare_ddim"))
-        .and_then(|v| v.as_bool())
-        .unwrap_or(true);
+    if let Some(p) = preset_flag.filter(|&p| p != req.mirror.preset) {
+        let base = match p {
+            MirrorPreset::Recommended => MirrorSettings::recommended_by(recommended),
+            MirrorPreset::Authors => MirrorSettings::with_preset(p),
+        };
+        req.mirror = req.mirror.keep_knobs_on(base);
+    }
+    apply_flags(args, &mut req)?;
     let size = match (args.size, r) {
         (Some(Size(w, h)), _) => Some((w, h)),
         (None, Some(r)) if r.width > 0 && r.height > 0 => Some((r.width, r.height)),
         _ => None,
     };
     Ok(Plan {
-        method,
-        preset,
-        source,
-        target,
-        steps: args
-            .steps
-            .or(r.map(|r| r.steps).filter(|&s| s > 0))
-            .or(recommended.steps)
-            .unwrap_or(50),
-        seed: args.seed.or(r.map(|r| r.seed)).unwrap_or(0),
-        strength: args
-            .strength
-            .or(r.map(|r| r.edit_strength))
-            .or(recommended.edit_strength)
-            .unwrap_or(1.0),
-        guidance: args
-            .guidance
-            .or(r.map(|r| r.guidance_scale))
-            .unwrap_or(defaults.guidance_scale),
-        xa_guidance: args
-            .xa_guidance
-            .or(r.map(|r| r.xa_guidance))
-            .unwrap_or(defaults.xa_guidance),
-        redescribe_iters: args
-            .redescribe_iters
-            .or(r.map(|r| r.redescription_iterations))
-            .unwrap_or(defaults.redescribe.iterations),
-        redescribe_lr: args
-            .redescribe_lr
-            .or(r.map(|r| r.redescription_lr))
-            .unwrap_or(defaults.redescribe.lr),
+        request: req,
         resize: args
             .resize
             .map(ResizePolicy::from)
             .or(r.map(|r| r.resize))
             .unwrap_or_default(),
         size,
-        compare_ddim: !args.no_ddim && (recipe_ddim || wants_ddim_files),
-        direction,
         recipe,
     })
+}
+
+/// The flags given explicitly, over whatever the request holds.
+fn apply_flags(args: &TranslateArgs, req: &mut TranslateRequest) -> Result<()> {
+    if let Some(m) = args.method {
+        req.method = m.into();
+    }
+    if let Some(n) = args.steps {
+        req.steps = n;
+    }
+    if let Some(s) = args.seed {
+        req.seed = s;
+    }
+    if let Some(v) = args.edit_strength {
+        req.edit_strength = v;
+    }
+    if let Some(v) = args.guidance_scale {
+        req.mirror.guidance_scale = v;
+    }
+    if let Some(v) = args.xa_guidance {
+        req.mirror.xa_guidance = v;
+    }
+    if let Some(v) = args.redescribe_iterations {
+        req.mirror.redescribe.iterations = v;
+    }
+    if let Some(v) = args.redescribe_lr {
+        req.mirror.redescribe.lr = v;
+    }
+    if args.exact_mirror {
+        req.mirror.exact_mirror = true;
+    }
+    match (&args.direction, &args.sentences) {
+        (_, Some(files)) => {
+            let [src, tgt] = files.as_slice() else {
+                bail!("--sentences takes two files")
+            };
+            req.direction = DirectionChoice::Sentences {
+                source: read_sentences(src)?,
+                target: read_sentences(tgt)?,
+            };
+        }
+        (Some(d), None) => {
+            req.direction = match d.as_str() {
+                "templates" => DirectionChoice::default(),
+                "prompt" => DirectionChoice::PromptDifference,
+                file => DirectionChoice::File(PathBuf::from(file)),
+            }
+        }
+        (None, None) => {}
+    }
+    let wants_ddim_files = args.ddim_out.is_some()
+        || args.ddim_reconstruction.is_some()
+        || args.ddim_translation.is_some();
+    if args.no_ddim && wants_ddim_files && req.method != Method::Ddim {
+        bail!("--no-ddim contradicts the DDIM outputs asked for");
+    }
+    req.compare_ddim = !args.no_ddim && (req.compare_ddim || wants_ddim_files);
+    if let Some(t) = args.vae_tiles {
+        req.vae_tiles = t;
+    }
+    req.use_cache = !args.no_cache;
+    req.record_dump = args.dump.is_some();
+    Ok(())
 }
 
 /// Non-empty lines, `#` comments skipped.
@@ -428,10 +421,6 @@ impl OutputPaths {
     }
 }
 
-#[expect(
-    clippy::too_many_lines,
-    reason = "the command's stages in order; to be split with Recipe::from_request (issue 18)"
-)]
 pub fn run(args: &TranslateArgs) -> Result<()> {
     let model_path = match &args.model {
         Some(path) => path.clone(),
@@ -454,8 +443,8 @@ pub fn run(args: &TranslateArgs) -> Result<()> {
         sd.info.kind,
         describe_compute(&sd)
     );
-    sd.check_known_words(&[&plan.source, &plan.target])?;
-    if plan.preset == MirrorPreset::Recommended && !notes.recommended.is_empty() {
+    sd.check_known_words(&[&plan.request.source_prompt, &plan.request.target_prompt])?;
+    if plan.request.mirror.preset == MirrorPreset::Recommended && !notes.recommended.is_empty() {
         eprintln!(
             "settings: the model recommends {} (flags still win)",
             notes.recommended.describe()
@@ -483,27 +472,8 @@ pub fn run(args: &TranslateArgs) -> Result<()> {
     );
     let image = resize(&loaded.rgb, size, plan.resize);
 
-    let mut req = TranslateRequest::new(image.clone(), &plan.source, &plan.target);
-    req.method = plan.method;
-    req.steps = plan.steps;
-    req.seed = plan.seed;
-    req.edit_strength = plan.strength;
-    req.mirror = match plan.preset {
-        MirrorPreset::Recommended => MirrorSettings::recommended_by(&notes.recommended),
-        MirrorPreset::Authors => MirrorSettings::with_preset(plan.preset),
-    };
-    req.mirror.guidance_scale = plan.guidance;
-    req.mirror.xa_guidance = plan.xa_guidance;
-    req.mirror.redescribe.iterations = plan.redescribe_iters;
-    req.mirror.redescribe.lr = plan.redescribe_lr;
-    req.direction = plan.direction.choice();
-    req.compare_ddim = plan.compare_ddim;
-    req.use_cache = !args.no_cache;
-    req.record_dump = outputs.dump.is_some();
-    req.vae_tiles = args
-        .vae_tiles
-        .or(plan.recipe.as_ref().map(Recipe::vae_tiles))
-        .unwrap_or_default();
+    let mut req = plan.request.clone();
+    req.image = image;
     let cache_dir = if args.no_cache {
         None
     } else {
@@ -524,42 +494,51 @@ pub fn run(args: &TranslateArgs) -> Result<()> {
         return Err(Cancelled.into());
     }
 
-    let mut extra = serde_json::Map::new();
-    extra.insert("direction".into(), serde_json::to_value(&plan.direction)?);
-    extra.insert("compare_ddim".into(), plan.compare_ddim.into());
-    let recipe = Recipe {
-        version: RECIPE_VERSION,
-        method: plan.method.name().to_string(),
-        preset: plan.preset.to_string(),
-        source_prompt: plan.source.clone(),
-        target_prompt: plan.target.clone(),
-        steps: plan.steps,
-        seed: plan.seed,
-        edit_strength: plan.strength,
-        guidance_scale: plan.guidance,
-        xa_guidance: plan.xa_guidance,
-        redescription_iterations: plan.redescribe_iters,
-        redescription_lr: plan.redescribe_lr,
+    let origin = RecipeOrigin {
         resize: plan.resize,
-        width: size.0,
-        height: size.1,
         model: model_name,
         model_hash,
         image_hash: loaded.content_hash.clone(),
         vae_tiles_used: Some(outcome.vae_tiles.used),
-        extra,
     };
-
-    let images = &outcome.images;
-    // `keep` delivers at the photo's own size; the other policies at the processing size.
+    let recipe = Recipe::from_request(&req, &origin);
     let delivered = (plan.resize, loaded.original_size);
+    let wrote = write_outputs(&outputs, &req, &outcome, &recipe, delivered)?;
+
+    let phrase = outcome
+        .edit_phrase
+        .as_ref()
+        .map(|(s, t)| format!(" (edit \"{s}\" → \"{t}\")"))
+        .unwrap_or_default();
+    let reused = if outcome.reused_inversion {
+        ", cached inversion"
+    } else {
+        ""
+    };
+    eprintln!("{} in {:.1} s{phrase}{reused}", req.method, outcome.seconds);
+    for path in wrote {
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Writes every output asked for (each PNG with the recipe); `delivered` is the resize policy
+/// and the photo's own size (`keep` delivers at that size). Returns the paths written.
+fn write_outputs(
+    outputs: &OutputPaths,
+    req: &TranslateRequest,
+    outcome: &TranslateOutcome,
+    recipe: &Recipe,
+    delivered: (ResizePolicy, (u32, u32)),
+) -> Result<Vec<PathBuf>> {
+    let images = &outcome.images;
     let mut wrote = Vec::new();
     if let Some(path) = &outputs.dump {
         let metadata = HashMap::from([
             ("format".to_string(), "mirror-dump 1".to_string()),
-            ("method".to_string(), plan.method.name().to_string()),
-            ("preset".to_string(), plan.preset.to_string()),
-            ("steps".to_string(), plan.steps.to_string()),
+            ("method".to_string(), req.method.name().to_string()),
+            ("preset".to_string(), req.mirror.preset.to_string()),
+            ("steps".to_string(), req.steps.to_string()),
         ]);
         write_dump(path, &outcome.dump, metadata)?;
         wrote.push(path.clone());
@@ -586,14 +565,14 @@ pub fn run(args: &TranslateArgs) -> Result<()> {
             let t = image
                 .as_ref()
                 .ok_or_else(|| anyhow!("the run produced no {what}"))?;
-            save_tensor_png(t, &recipe, delivered, path)?;
+            save_tensor_png(t, recipe, delivered, path)?;
             wrote.push(path.clone());
         }
     }
     if let Some(path) = &outputs.comparison {
         save_comparison(
-            &comparison_tiles(&image, plan.method, &outcome)?,
-            &recipe,
+            &comparison_tiles(&req.image, req.method, outcome)?,
+            recipe,
             path,
         )?;
         wrote.push(path.clone());
@@ -602,25 +581,11 @@ pub fn run(args: &TranslateArgs) -> Result<()> {
         .translation
         .as_ref()
         .ok_or_else(|| anyhow!("the run produced no translation"))?;
-    save_tensor_png(translation, &recipe, delivered, &outputs.out)?;
+    save_tensor_png(translation, recipe, delivered, &outputs.out)?;
     wrote.push(outputs.out.clone());
-
-    let phrase = outcome
-        .edit_phrase
-        .as_ref()
-        .map(|(s, t)| format!(" (edit \"{s}\" → \"{t}\")"))
-        .unwrap_or_default();
-    let reused = if outcome.reused_inversion {
-        ", cached inversion"
-    } else {
-        ""
-    };
-    eprintln!(
-        "{} in {:.1} s{phrase}{reused}",
-        plan.method, outcome.seconds
-    );
-    for path in wrote {
-        println!("wrote {}", path.display());
-    }
-    Ok(())
+    Ok(wrote)
 }
+
+#[cfg(test)]
+#[path = "translate_recipe_tests.rs"]
+mod recipe_tests;

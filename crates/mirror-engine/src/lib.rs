@@ -18,6 +18,7 @@ pub mod methods;
 pub mod model;
 pub mod nn;
 pub mod pipeline;
+pub mod recipe;
 pub mod rng;
 pub mod scheduler;
 pub mod session;

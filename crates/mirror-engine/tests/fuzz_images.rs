@@ -14,9 +14,10 @@ use std::io::Cursor;
 use std::sync::OnceLock;
 
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage, Rgba, RgbaImage};
-use mirror_engine::imageio::{
-    ImageLimits, Recipe, ResizePolicy, encode_png_with_recipe, load_image, read_recipe,
-};
+use mirror_engine::imageio::{ImageLimits, ResizePolicy, load_image};
+use mirror_engine::methods::mirror::MirrorSettings;
+use mirror_engine::recipe::{RECIPE_VERSION, Recipe, encode_png_with_recipe, read_recipe};
+use mirror_engine::session::DirectionChoice;
 use proptest::prelude::*;
 use serde_json::Value;
 
@@ -311,7 +312,7 @@ fn one_by_hundred_thousand_png_loads() {
 
 fn sample_recipe() -> Recipe {
     Recipe {
-        version: 1,
+        version: RECIPE_VERSION,
         method: "mirror".into(),
         preset: "balanced".into(),
         source_prompt: "a photo of a cat".into(),
@@ -321,8 +322,8 @@ fn sample_recipe() -> Recipe {
         edit_strength: 1.0,
         guidance_scale: 7.5,
         xa_guidance: 0.1,
-        redescription_iterations: 2,
-        redescription_lr: 0.01,
+        redescribe_iterations: 2,
+        redescribe_lr: 0.01,
         resize: ResizePolicy::Crop,
         width: 512,
         height: 512,
@@ -330,6 +331,12 @@ fn sample_recipe() -> Recipe {
         model_hash: "0123456789abcdef".into(),
         image_hash: "fedcba".into(),
         vae_tiles_used: Some(true),
+        direction: Some(DirectionChoice::Sentences {
+            source: vec!["a cat".into()],
+            target: vec!["a dog".into()],
+        }),
+        compare_ddim: Some(true),
+        mirror: Some(MirrorSettings::default()),
         extra: Default::default(),
     }
 }

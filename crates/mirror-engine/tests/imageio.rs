@@ -12,6 +12,7 @@ use candle_core::Tensor;
 use image::{ImageBuffer, ImageEncoder, Luma, Rgb, RgbImage, Rgba, RgbaImage};
 use mirror_engine::EngineError;
 use mirror_engine::imageio::*;
+use mirror_engine::recipe::*;
 
 /// A fresh, unique temp folder for one test.
 fn temp_dir(name: &str) -> PathBuf {
@@ -337,8 +338,8 @@ fn sample_recipe() -> Recipe {
         edit_strength: 0.8,
         guidance_scale: 5.0,
         xa_guidance: 0.1,
-        redescription_iterations: 10,
-        redescription_lr: 0.01,
+        redescribe_iterations: 10,
+        redescribe_lr: 0.01,
         resize: ResizePolicy::Pad,
         width: 96,
         height: 64,
@@ -346,6 +347,9 @@ fn sample_recipe() -> Recipe {
         model_hash: "0123456789abcdef".into(),
         image_hash: "feedface".into(),
         vae_tiles_used: Some(true),
+        direction: None,
+        compare_ddim: Some(false),
+        mirror: None,
         extra,
     }
 }

@@ -7,11 +7,10 @@ use crate::app::actions::method_label;
 use crate::app::presets::PRESETS;
 use crate::app::state::AppState;
 use crate::app::textures::Textures;
-use crate::app::words::apply_recommended;
 use crate::app::{Action, RunKind};
 use mirror_engine::direction::find_edit_phrase;
 use mirror_engine::imageio::{ResizePolicy, describe_resize, processing_size};
-use mirror_engine::methods::mirror::MirrorPreset;
+use mirror_engine::methods::mirror::{MirrorPreset, MirrorSettings};
 use mirror_engine::session::Method;
 use mirror_engine::vae::VaeTiles;
 
@@ -45,6 +44,69 @@ const PRESETS_SHOWN: [(MirrorPreset, &str); 2] = [
         "As in the authors' released code, step for step.",
     ),
 ];
+
+/// How closely MirrorDiffusion's reconstruction follows the photo, with its measured cost
+/// (demo model, 20 steps, 2 CPU threads, `docs/quality.md`).
+#[derive(Clone, Copy, PartialEq)]
+enum MirrorMode {
+    Described,
+    Exact,
+    ExactFast,
+}
+
+const MIRROR_MODES: [(MirrorMode, &str, &str); 3] = [
+    (
+        MirrorMode::Described,
+        "as described",
+        "The reconstruction is steered to the photo by refining its description at every \
+         step (the paper's method). Demo edit: about 9 s.",
+    ),
+    (
+        MirrorMode::Exact,
+        "exact mirror",
+        "The reconstruction is put back on the photo's own path after every step, so it is \
+         the photo itself; the edit keeps the same correction. Demo edit: about 5 s.",
+    ),
+    (
+        MirrorMode::ExactFast,
+        "exact mirror, fast",
+        "The exact mirror without refining the description: the same reconstruction, \
+         edits nearly as good, fastest. Demo edit: about 4 s.",
+    ),
+];
+
+fn mirror_mode(ui: &mut Ui, state: &mut AppState) {
+    let recommended_iterations = state
+        .model_recommends()
+        .and_then(|r| r.redescribe_iterations)
+        .unwrap_or(MirrorSettings::default().redescribe.iterations);
+    let mirror = &mut state.settings.run.mirror;
+    let now = match (mirror.exact_mirror, mirror.redescribe.iterations) {
+        (false, _) => MirrorMode::Described,
+        (true, 0) => MirrorMode::ExactFast,
+        (true, _) => MirrorMode::Exact,
+    };
+    let mut chosen = now;
+    let shown = |m: MirrorMode| MIRROR_MODES.iter().find(|(k, ..)| *k == m);
+    egui::ComboBox::from_label("Reconstruction")
+        .selected_text(shown(now).map_or("", |(_, label, _)| *label))
+        .show_ui(ui, |ui| {
+            for (mode, label, hint) in MIRROR_MODES {
+                ui.selectable_value(&mut chosen, mode, label)
+                    .on_hover_text(hint);
+            }
+        })
+        .response
+        .on_hover_text(shown(now).map_or("", |(.., hint)| *hint));
+    if chosen != now {
+        mirror.exact_mirror = chosen != MirrorMode::Described;
+        mirror.redescribe.iterations = match chosen {
+            MirrorMode::ExactFast => 0,
+            _ if mirror.redescribe.iterations == 0 => recommended_iterations,
+            _ => mirror.redescribe.iterations,
+        };
+    }
+}
 
 fn preset_label(p: MirrorPreset) -> &'static str {
     match p {
@@ -160,6 +222,9 @@ fn prompt_section(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) 
                 .find(|(m, _)| m == method)
                 .map_or("", |(_, hint)| *hint),
         );
+    if *method == Method::Mirror {
+        mirror_mode(ui, state);
+    }
     egui::ComboBox::from_label("Preset")
         .selected_text("choose…")
         .show_ui(ui, |ui| {
@@ -238,7 +303,6 @@ fn prompt_section(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) 
 fn advanced_section(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) {
     let open = state.show_advanced.then_some(true);
     let recommends = state.model_recommends().cloned();
-    let variant_before = state.settings.run.preset;
     egui::CollapsingHeader::new("Advanced")
         .open(open)
         .show(ui, |ui| {
@@ -246,12 +310,12 @@ fn advanced_section(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>
             let r = &mut state.settings.run;
             ui.add(egui::Slider::new(&mut r.steps, 1..=100).text("Steps"))
                 .on_hover_text("More steps: finer results, longer runs.");
-            ui.add(egui::Slider::new(&mut r.strength, 0.0..=2.0).text("Strength"))
+            ui.add(egui::Slider::new(&mut r.edit_strength, 0.0..=2.0).text("Strength"))
                 .on_hover_text("How far the edit goes: 0 keeps the photo, 1 is the full edit.");
-            ui.add(egui::Slider::new(&mut r.guidance, 1.0..=15.0).text("Guidance"))
+            ui.add(egui::Slider::new(&mut r.mirror.guidance_scale, 1.0..=15.0).text("Guidance"))
                 .on_hover_text("How strongly the target prompt is followed.");
             ui.add(
-                egui::Slider::new(&mut r.xa_guidance, 0.0..=0.5)
+                egui::Slider::new(&mut r.mirror.xa_guidance, 0.0..=0.5)
                     .text("Structure guidance")
                     .step_by(0.01),
             )
@@ -260,7 +324,7 @@ fn advanced_section(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>
                  (MirrorDiffusion and pix2pix-zero).",
             );
             ui.add(
-                egui::Slider::new(&mut r.redescription_iterations, 0..=30)
+                egui::Slider::new(&mut r.mirror.redescribe.iterations, 0..=30)
                     .text("Redescription iterations"),
             )
             .on_hover_text(
@@ -299,18 +363,19 @@ fn advanced_section(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>
                 (MirrorPreset::Recommended, Some(_)) => "recommended by the model",
                 _ => preset_label(p),
             };
+            let mut preset = r.mirror.preset;
             egui::ComboBox::from_label("MirrorDiffusion variant")
-                .selected_text(label(r.preset))
+                .selected_text(label(preset))
                 .show_ui(ui, |ui| {
                     for (p, hint) in PRESETS_SHOWN {
-                        ui.selectable_value(&mut r.preset, p, label(p))
+                        ui.selectable_value(&mut preset, p, label(p))
                             .on_hover_text(hint);
                     }
                 });
+            if preset != r.mirror.preset {
+                r.choose_preset(preset, recommends.as_ref());
+            }
             if let Some(rec) = &recommends {
-                if r.preset != variant_before && r.preset == MirrorPreset::Recommended {
-                    apply_recommended(r, rec);
-                }
                 ui.label(
                     RichText::new(format!(
                         "This model recommends {}; the recommended variant uses them.",

@@ -1,13 +1,13 @@
 //! Image input/output: loading user images (PNG, JPEG with EXIF orientation, WebP) under a
-//! pixel limit, the resize policy, conversion to and from model tensors, PNGs that carry their
-//! recipe, comparison sheets and per-step animations. All writes are atomic.
+//! pixel limit, the resize policy, conversion to and from model tensors, PNGs that carry text (a
+//! recipe), comparison sheets and per-step animations. All writes are atomic.
 
 mod atomic;
 mod convert;
 mod font;
 mod frames;
 mod load;
-mod recipe;
+mod png_text;
 mod resize;
 mod sheet;
 
@@ -17,10 +17,7 @@ pub use convert::{
 };
 pub use frames::{encode_gif, save_animation};
 pub use load::{ImageLimits, LoadedImage, load_image, load_image_from_memory, pixel_hash};
-pub use recipe::{
-    RECIPE_CHUNK_KEYWORD, RECIPE_VERSION, Recipe, encode_png_with_recipe, read_recipe,
-    read_recipe_from_memory, save_png_with_recipe,
-};
+pub use png_text::{PngText, encode_png_with_text, is_png, read_png_text, save_png_with_text};
 pub use resize::{
     MAX_ASPECT, PAD_GREY, ResizePolicy, beyond_aspect_limit, describe_resize, plan_size,
     processing_size, resize, restore_size,

@@ -55,7 +55,9 @@ impl std::str::FromStr for MirrorPreset {
 }
 
 /// Hyperparameters (defaults: the released code's values).
+/// Recipes store them whole; a field added later takes its default when an older one loads.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct MirrorSettings {
     pub preset: MirrorPreset,
     /// Classifier-free guidance of the translation branch.
@@ -143,6 +145,19 @@ impl MirrorSettings {
         }
         if let Some(v) = r.redescribe_lr {
             self.redescribe.lr = v;
+        }
+    }
+
+    /// These settings moved onto `base` (another preset's values): the knobs a user sets
+    /// (guidance, structure guidance, redescription, the exact mirror) stay, the schedule
+    /// behind them becomes `base`'s.
+    pub fn keep_knobs_on(&self, base: MirrorSettings) -> MirrorSettings {
+        MirrorSettings {
+            guidance_scale: self.guidance_scale,
+            xa_guidance: self.xa_guidance,
+            redescribe: self.redescribe,
+            exact_mirror: self.exact_mirror,
+            ..base
         }
     }
 

@@ -228,6 +228,7 @@ pub fn mse(a: &Tensor, b: &Tensor) -> Result<f64> {
 
 /// Prompt redescription settings (docs/algorithm.md §6; the released code's values by default).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct RedescribeSettings {
     /// Adam iterations per step, at most.
     pub iterations: usize,

@@ -1,28 +1,35 @@
-//! The recipe that made an output image, stored inside the PNG: an A1111-style `parameters`
-//! text chunk (read by common image tools) and a JSON `mirror-recipe` chunk that
-//! `translate --recipe` replays exactly.
+//! The recipe of an output image: everything that replays the run, stored inside the PNG
+//! (`imageio::PngText`: an A1111-style `parameters` text and a JSON `mirror-recipe` chunk).
+//! One description for the app and the CLI alike: [`Recipe::from_request`] writes it,
+//! [`Recipe::apply_to`] reads it back into a request (`request.rs`).
 
-use std::io::Cursor;
+mod request;
+
 use std::path::Path;
 
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
-use super::atomic::write_atomic;
-use super::resize::ResizePolicy;
+use crate::imageio::{
+    PngText, ResizePolicy, encode_png_with_text, is_png, read_png_text, save_png_with_text,
+};
+use crate::methods::mirror::MirrorSettings;
+use crate::session::DirectionChoice;
 use crate::vae::VaeTiles;
 use crate::{EngineError, Result};
 
-/// Version of the JSON recipe layout written by this build.
-pub const RECIPE_VERSION: u32 = 1;
+pub use request::RecipeOrigin;
+
+/// Version of the JSON recipe layout written by this build (2: the edit direction, the DDIM
+/// comparison and the whole MirrorDiffusion settings are fields of their own).
+pub const RECIPE_VERSION: u32 = 2;
 /// Keyword of the iTXt chunk holding the JSON recipe.
 pub const RECIPE_CHUNK_KEYWORD: &str = "mirror-recipe";
 /// Largest recipe text read from a compressed chunk (real recipes are a few KiB).
 const MAX_RECIPE_BYTES: usize = 1 << 20;
-/// Keyword of the A1111-style text chunk.
-const PARAMETERS_KEYWORD: &str = "parameters";
 
-/// Everything needed to replay a translation.
+/// Everything needed to replay a translation. Settings are spelt as in `TranslateRequest`
+/// and the CLI flags; older spellings still load (`alias`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(default)]
 pub struct Recipe {
@@ -36,8 +43,10 @@ pub struct Recipe {
     pub edit_strength: f64,
     pub guidance_scale: f64,
     pub xa_guidance: f64,
-    pub redescription_iterations: usize,
-    pub redescription_lr: f64,
+    #[serde(alias = "redescription_iterations")]
+    pub redescribe_iterations: usize,
+    #[serde(alias = "redescription_lr")]
+    pub redescribe_lr: f64,
     pub resize: ResizePolicy,
     pub width: u32,
     pub height: u32,
@@ -48,6 +57,18 @@ pub struct Recipe {
     /// such field: their replay decides afresh, `auto`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vae_tiles_used: Option<bool>,
+    /// The edit direction (version 1 kept it in `extra.direction`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direction: Option<DirectionChoice>,
+    /// Whether plain DDIM ran beside the method (version 1: `extra.compare_ddim`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compare_ddim: Option<bool>,
+    /// Every MirrorDiffusion setting, also those the fields above do not show (the preset's
+    /// schedule and the model's recommended edit scale). The fields above win over it, so a
+    /// hand-edited `guidance_scale` counts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorSettings>,
+    /// Keys this version does not know, kept as they were.
     #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
@@ -68,7 +89,12 @@ impl Recipe {
             text.push_str(&format!("Negative prompt: {}\n", self.source_prompt));
         }
         let short_hash: String = self.model_hash.chars().take(10).collect();
-        let pairs: Vec<(&str, String)> = vec![
+        let tiled = if self.vae_tiles_used == Some(true) {
+            "True"
+        } else {
+            ""
+        };
+        let pairs: [(&str, String); 17] = [
             ("Steps", self.steps.to_string()),
             ("Sampler", "DDIM".into()),
             ("CFG scale", self.guidance_scale.to_string()),
@@ -82,20 +108,13 @@ impl Recipe {
             ("Cross-attention guidance", self.xa_guidance.to_string()),
             (
                 "Redescription iterations",
-                self.redescription_iterations.to_string(),
+                self.redescribe_iterations.to_string(),
             ),
-            ("Redescription lr", self.redescription_lr.to_string()),
+            ("Redescription lr", self.redescribe_lr.to_string()),
             ("Resize", self.resize.to_string()),
-            (
-                "Tiled VAE",
-                if self.vae_tiles_used == Some(true) {
-                    "True"
-                } else {
-                    ""
-                }
-                .into(),
-            ),
+            ("Tiled VAE", tiled.into()),
             ("Mirror version", env!("CARGO_PKG_VERSION").into()),
+            ("Mirror recipe", self.version.to_string()),
         ];
         let fields: Vec<String> = pairs
             .into_iter()
@@ -114,15 +133,29 @@ impl Recipe {
         serde_json::to_string(self).expect("a Recipe always serialises")
     }
 
-    /// Parses a JSON recipe; `label` names its origin in errors.
+    /// Parses a JSON recipe of any version up to this one; `label` names its origin in errors.
     pub fn from_json(text: &str, label: &str) -> Result<Recipe> {
-        let recipe: Recipe = serde_json::from_str(text)
-            .map_err(|e| EngineError::InvalidInput(format!("{label}: invalid recipe: {e}")))?;
+        let invalid = |e: &dyn std::fmt::Display| {
+            EngineError::InvalidInput(format!("{label}: invalid recipe: {e}"))
+        };
+        let mut recipe: Recipe = serde_json::from_str(text).map_err(|e| invalid(&e))?;
         if recipe.version > RECIPE_VERSION {
             return Err(EngineError::InvalidInput(format!(
                 "{label}: recipe version {} was written by a newer Mirror (this one reads up to {})",
                 recipe.version, RECIPE_VERSION
             )));
+        }
+        // Version 1 kept these two under `extra`.
+        if let Some(v) = recipe.extra.remove("direction") {
+            let direction = serde_json::from_value(v)
+                .map_err(|e| invalid(&format!("field `extra.direction`: {e}")))?;
+            recipe.direction.get_or_insert(direction);
+        }
+        if let Some(v) = recipe.extra.remove("compare_ddim") {
+            let compare = v
+                .as_bool()
+                .ok_or_else(|| invalid(&"field `extra.compare_ddim` is not true or false"))?;
+            recipe.compare_ddim.get_or_insert(compare);
         }
         Ok(recipe)
     }
@@ -143,34 +176,22 @@ pub fn encode_png_with_recipe(
     img: &RgbImage,
     recipe: Option<&Recipe>,
 ) -> std::result::Result<Vec<u8>, png::EncodingError> {
-    let mut bytes = Vec::new();
-    {
-        let mut encoder = png::Encoder::new(&mut bytes, img.width(), img.height());
-        encoder.set_color(png::ColorType::Rgb);
-        encoder.set_depth(png::BitDepth::Eight);
-        if let Some(recipe) = recipe {
-            let parameters = recipe.a1111_parameters();
-            // tEXt is Latin-1 only; fall back to iTXt (as PIL does) for other characters.
-            if parameters.chars().all(|c| (c as u32) < 256) {
-                encoder.add_text_chunk(PARAMETERS_KEYWORD.into(), parameters)?;
-            } else {
-                encoder.add_itxt_chunk(PARAMETERS_KEYWORD.into(), parameters)?;
-            }
-            encoder.add_itxt_chunk(RECIPE_CHUNK_KEYWORD.into(), recipe.to_json())?;
-        }
-        let mut writer = encoder.write_header()?;
-        writer.write_image_data(img.as_raw())?;
-        writer.finish()?;
-    }
-    Ok(bytes)
+    let texts = recipe.map(|r| (r.a1111_parameters(), r.to_json()));
+    encode_png_with_text(img, png_text(texts.as_ref()))
 }
 
 /// Saves `img` as PNG carrying `recipe`, atomically. Errors name `path`.
 pub fn save_png_with_recipe(img: &RgbImage, recipe: Option<&Recipe>, path: &Path) -> Result<()> {
-    let bytes = encode_png_with_recipe(img, recipe).map_err(|e| {
-        EngineError::InvalidInput(format!("{}: cannot encode PNG: {e}", path.display()))
-    })?;
-    write_atomic(path, &bytes)
+    let texts = recipe.map(|r| (r.a1111_parameters(), r.to_json()));
+    save_png_with_text(img, png_text(texts.as_ref()), path)
+}
+
+fn png_text(texts: Option<&(String, String)>) -> Option<PngText<'_>> {
+    texts.map(|(parameters, json)| PngText {
+        parameters,
+        keyword: RECIPE_CHUNK_KEYWORD,
+        text: json,
+    })
 }
 
 /// Reads the recipe from a PNG written by `save_png_with_recipe` (None when it has none).
@@ -185,55 +206,17 @@ pub fn read_recipe(path: &Path) -> Result<Option<Recipe>> {
 
 /// `read_recipe` on bytes already in memory; `label` names them in errors.
 pub fn read_recipe_from_memory(bytes: &[u8], label: &str) -> Result<Option<Recipe>> {
-    const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
     if bytes.trim_ascii_start().starts_with(b"{") {
         let text = std::str::from_utf8(bytes)
             .map_err(|e| EngineError::InvalidInput(format!("{label}: recipe is not UTF-8: {e}")))?;
         return Recipe::from_json(text, label).map(Some);
     }
-    if !bytes.starts_with(PNG_SIGNATURE) {
+    if !is_png(bytes) {
         return Err(EngineError::InvalidInput(format!(
             "{label}: not a PNG (recipes are stored in Mirror's PNG outputs) or JSON recipe"
         )));
     }
-    let corrupt =
-        |e: png::DecodingError| EngineError::InvalidInput(format!("{label}: cannot read PNG: {e}"));
-    let mut decoder = png::Decoder::new(Cursor::new(bytes));
-    decoder.set_limits(png::Limits { bytes: usize::MAX });
-    let mut reader = decoder.read_info().map_err(corrupt)?;
-    // Text before the image data is in the header; other writers may put it after.
-    let mut text = recipe_text(reader.info(), label)?;
-    if text.is_none() {
-        reader.finish().map_err(corrupt)?;
-        text = recipe_text(reader.info(), label)?;
-    }
-    text.map(|t| Recipe::from_json(&t, label)).transpose()
-}
-
-fn recipe_text(info: &png::Info, label: &str) -> Result<Option<String>> {
-    if let Some(chunk) = info
-        .utf8_text
-        .iter()
-        .find(|c| c.keyword == RECIPE_CHUNK_KEYWORD)
-    {
-        // A compressed chunk is inflated under a cap (`get_text` alone has none: a small file
-        // could inflate to gigabytes).
-        let mut chunk = chunk.clone();
-        return chunk
-            .decompress_text_with_limit(MAX_RECIPE_BYTES)
-            .and_then(|()| chunk.get_text())
-            .map(Some)
-            .map_err(|e| {
-                EngineError::InvalidInput(format!(
-                    "{label}: unreadable `{RECIPE_CHUNK_KEYWORD}` chunk (a recipe is at most {} KiB): {e}",
-                    MAX_RECIPE_BYTES / 1024
-                ))
-            });
-    }
-    let latin1 = info
-        .uncompressed_latin1_text
-        .iter()
-        .find(|c| c.keyword == RECIPE_CHUNK_KEYWORD)
-        .map(|c| c.text.clone());
-    Ok(latin1)
+    read_png_text(bytes, RECIPE_CHUNK_KEYWORD, MAX_RECIPE_BYTES, label)?
+        .map(|t| Recipe::from_json(&t, label))
+        .transpose()
 }

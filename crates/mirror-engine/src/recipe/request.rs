@@ -1,0 +1,101 @@
+//! A recipe from a request and back: the one place where a run's settings are written to and
+//! read from their persisted form, for the app and the CLI alike.
+
+use super::{RECIPE_VERSION, Recipe};
+use crate::imageio::ResizePolicy;
+use crate::methods::mirror::{MirrorPreset, MirrorSettings};
+use crate::session::{Method, TranslateRequest};
+use crate::{EngineError, Result};
+
+/// What a recipe records beyond the request: how the photo was brought to its size, which
+/// model ran and which photo it was.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RecipeOrigin {
+    pub resize: ResizePolicy,
+    /// `StableDiffusion::info.name` and `.fingerprint`.
+    pub model: String,
+    pub model_hash: String,
+    /// `LoadedImage::content_hash` of the photo as loaded (before resizing).
+    pub image_hash: String,
+    /// Whether the VAE worked in tiles (None until the run has said).
+    pub vae_tiles_used: Option<bool>,
+}
+
+impl Recipe {
+    /// The recipe of `req` (its image at processing size gives the recorded size).
+    pub fn from_request(req: &TranslateRequest, origin: &RecipeOrigin) -> Recipe {
+        Recipe {
+            version: RECIPE_VERSION,
+            method: req.method.name().into(),
+            preset: req.mirror.preset.to_string(),
+            source_prompt: req.source_prompt.clone(),
+            target_prompt: req.target_prompt.clone(),
+            steps: req.steps,
+            seed: req.seed,
+            edit_strength: req.edit_strength,
+            guidance_scale: req.mirror.guidance_scale,
+            xa_guidance: req.mirror.xa_guidance,
+            redescribe_iterations: req.mirror.redescribe.iterations,
+            redescribe_lr: req.mirror.redescribe.lr,
+            resize: origin.resize,
+            width: req.image.width(),
+            height: req.image.height(),
+            model: origin.model.clone(),
+            model_hash: origin.model_hash.clone(),
+            image_hash: origin.image_hash.clone(),
+            vae_tiles_used: origin.vae_tiles_used,
+            direction: Some(req.direction.clone()),
+            compare_ddim: Some(req.compare_ddim),
+            mirror: Some(req.mirror.clone()),
+            extra: serde_json::Map::new(),
+        }
+    }
+
+    /// Puts every run setting this recipe records into `req`: prompts (when given), method,
+    /// preset, steps, seed, edit strength, MirrorDiffusion settings, edit direction, the DDIM
+    /// comparison and the VAE tiles. Size and resize are the caller's (they act before the
+    /// request exists). A value that cannot be read back is an error naming it; `req` is
+    /// unchanged then.
+    pub fn apply_to(&self, req: &mut TranslateRequest) -> Result<()> {
+        let bad = |e: String| EngineError::InvalidInput(format!("recipe: {e}"));
+        let method = match self.method.as_str() {
+            "" => req.method,
+            m => m.parse::<Method>().map_err(bad)?,
+        };
+        let preset = match self.preset.as_str() {
+            "" => req.mirror.preset,
+            p => p.parse::<MirrorPreset>().map_err(bad)?,
+        };
+        let mut mirror = match &self.mirror {
+            Some(m) => m.clone(),
+            None if preset == req.mirror.preset => req.mirror.clone(),
+            None => MirrorSettings::with_preset(preset),
+        };
+        mirror.preset = preset;
+        mirror.guidance_scale = self.guidance_scale;
+        mirror.xa_guidance = self.xa_guidance;
+        mirror.redescribe.iterations = self.redescribe_iterations;
+        mirror.redescribe.lr = self.redescribe_lr;
+
+        if !self.source_prompt.is_empty() {
+            req.source_prompt.clone_from(&self.source_prompt);
+        }
+        if !self.target_prompt.is_empty() {
+            req.target_prompt.clone_from(&self.target_prompt);
+        }
+        req.method = method;
+        req.mirror = mirror;
+        if self.steps > 0 {
+            req.steps = self.steps;
+        }
+        req.seed = self.seed;
+        req.edit_strength = self.edit_strength;
+        if let Some(direction) = &self.direction {
+            req.direction.clone_from(direction);
+        }
+        // Before version 1 recorded it, the comparison always ran.
+        req.compare_ddim = self.compare_ddim.unwrap_or(true);
+        req.vae_tiles = self.vae_tiles();
+        Ok(())
+    }
+}
