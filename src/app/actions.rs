@@ -14,9 +14,10 @@ use mirror_engine::imageio::{
 use mirror_engine::recipe::{Recipe, RecipeOrigin};
 use mirror_engine::session::Method;
 
+use super::MirrorApp;
+use super::action::Action;
 use super::jobs::{JobKind, JobOutput, Pick};
-use super::state::{Progress, RunKind, RunShape};
-use super::{Action, MirrorApp};
+use super::state::{Progress, RunKind, RunShape, method_label};
 
 impl MirrorApp {
     pub(crate) fn perform(&mut self, action: Action) {
@@ -272,14 +273,5 @@ impl MirrorApp {
             vae_tiles_used: None,
         };
         Recipe::from_request(req, &origin)
-    }
-}
-
-/// A method's name as the app shows it.
-pub fn method_label(method: Method) -> &'static str {
-    match method {
-        Method::Mirror => "MirrorDiffusion",
-        Method::Pix2PixZero => "pix2pix-zero",
-        Method::Ddim => "plain DDIM",
     }
 }

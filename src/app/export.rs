@@ -238,8 +238,7 @@ pub fn attention_images(state: &AppState) -> Vec<(Branch, RgbImage)> {
         .filter_map(|branch| {
             let frame = state.frames.get(step)?;
             let base = &frame.branches.iter().find(|b| b.branch == branch)?.preview;
-            let heat =
-                super::ui::attention::heat(state, branch, token, base.width(), base.height())?;
+            let heat = state.heat(branch, token, base.width(), base.height())?;
             Some((branch, overlay(base, &heat, state.attention.opacity)))
         })
         .collect()

@@ -12,12 +12,6 @@ use super::jobs::{JobDone, JobKind, JobOutput, Pick, block_on};
 use super::state::SourceImage;
 use super::{MirrorApp, settings::Settings};
 
-/// What to tell the user when a dialog closed without a choice: it may have been cancelled,
-/// or no dialog could appear (no desktop portal): name the other ways in.
-pub const NO_DIALOG_HINT: &str = "No file was chosen. If no file dialog appeared, type or paste \
-     the path into the path field, or drop the file on the window (Ctrl+V pastes an image or a \
-     path).";
-
 fn file_name(path: &Path) -> String {
     path.file_name().map_or_else(
         || path.display().to_string(),
@@ -219,13 +213,13 @@ impl MirrorApp {
                 let Some(path) = path else {
                     self.state.emit("dialog_closed_without_choice");
                     self.state.dialog_hint = true;
-                    return self.state.note(NO_DIALOG_HINT);
+                    return self.state.note(super::state::NO_DIALOG_HINT);
                 };
                 self.state.dialog_hint = false;
                 match purpose {
                     Pick::Image => self.load_image(path),
                     Pick::ModelFolder | Pick::ModelFile => {
-                        self.perform(super::Action::LoadModel(path))
+                        self.perform(super::action::Action::LoadModel(path))
                     }
                     Pick::ExportFolder => {
                         self.state.settings.export_dir = path.display().to_string()
@@ -233,7 +227,9 @@ impl MirrorApp {
                     Pick::SaveTranslation => self.save_translation(path),
                 }
             }
-            JobOutput::DemoModelUnpacked(dir) => self.perform(super::Action::LoadModel(dir)),
+            JobOutput::DemoModelUnpacked(dir) => {
+                self.perform(super::action::Action::LoadModel(dir))
+            }
             JobOutput::ModelWords { path, words } => self.apply_model_words(path, *words),
             JobOutput::Cancelled => self.state.note("Stopped; nothing was changed."),
         }
@@ -262,7 +258,7 @@ impl MirrorApp {
             rgb: example.image,
         };
         self.set_image(loaded, name);
-        self.perform(super::Action::Tokenize);
+        self.perform(super::action::Action::Tokenize);
     }
 
     fn set_image(&mut self, loaded: LoadedImage, name: String) {

@@ -3,6 +3,7 @@
 //! events are drained once per frame; the frame never waits for the engine. The UI edits the
 //! persisted [`Settings`] in place; the app writes them when they differ from the last write.
 
+pub mod action;
 pub mod actions;
 pub mod download;
 pub mod export;
@@ -21,6 +22,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use action::Action;
 pub use jobs::RunKind;
 pub use options::AppOptions;
 
@@ -32,42 +34,6 @@ use textures::Textures;
 
 /// The application id: the `.desktop` file, AppStream metainfo and the window's app id.
 pub const APP_ID: &str = "io.github.mirror_diffusion.Mirror";
-
-/// Something the user asked for; the UI collects these and the app carries them out after
-/// drawing.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Action {
-    OpenImageDialog,
-    LoadImage(PathBuf),
-    /// A typed or pasted path: a model (folder, .safetensors, .ckpt) or an image.
-    OpenPath(PathBuf),
-    LoadImageBytes {
-        bytes: Vec<u8>,
-        name: String,
-    },
-    PasteImage,
-    OpenModelDialog {
-        folder: bool,
-    },
-    LoadModel(PathBuf),
-    /// Mirror's own demo model (unpacked on a job thread, then loaded like any folder).
-    LoadDemoModel,
-    /// Render another demo image with its caption and a one-word edit.
-    NewDemoImage,
-    Download(&'static str),
-    /// Run the edit: one method (`Single`), MirrorDiffusion, pix2pix-zero and plain DDIM from
-    /// one inversion side by side (`Compare`), or the target and every extra target one after
-    /// another on one inversion (`Targets`).
-    Run(RunKind),
-    Cancel,
-    /// Stop a background job (an export) by its id.
-    CancelJob(u64),
-    Export,
-    SaveTranslationAs,
-    ChooseExportDir,
-    Tokenize,
-    ApplyPreset(usize),
-}
 
 pub struct MirrorApp {
     pub state: AppState,

@@ -11,7 +11,9 @@ use crate::worker::{
     ModelSummary, RunSummary, StepFrame, WorkerEvent, reconstruction_branch, translation_branch,
 };
 use mirror_engine::imageio::LoadedImage;
-use mirror_engine::pipeline::{Branch, Phase, StepWork};
+use std::sync::Arc;
+
+use mirror_engine::pipeline::{Branch, Phase, StepWork, TokenHeatmaps};
 use mirror_engine::recipe::Recipe;
 use mirror_engine::session::Method;
 use mirror_engine::tokenizer::TokenWord;
@@ -507,5 +509,57 @@ impl AppState {
         p.fraction = p
             .fraction
             .max(((p.part as f32 + p.part_fraction) / parts).min(1.0));
+    }
+}
+
+impl AppState {
+    /// The attention maps recorded for `branch`, one per step that has them.
+    pub fn attention_maps(&self, branch: Branch) -> Vec<Arc<TokenHeatmaps>> {
+        self.frames
+            .iter()
+            .filter_map(|f| {
+                f.branches
+                    .iter()
+                    .find(|b| b.branch == branch)?
+                    .attention
+                    .clone()
+            })
+            .collect()
+    }
+
+    /// The heat map of `token` for `branch` at the shown step (or averaged), at `w`×`h`.
+    pub fn heat(&self, branch: Branch, token: usize, w: u32, h: u32) -> Option<Vec<f32>> {
+        let res = self.attention.resolution;
+        if self.attention.averaged {
+            let maps = self.attention_maps(branch);
+            let refs: Vec<&TokenHeatmaps> = maps.iter().map(|m| m.as_ref()).collect();
+            let avg = TokenHeatmaps::average(&refs)?;
+            return Some(avg.token_map(token, res, h as usize, w as usize));
+        }
+        let step = self.shown_step()?;
+        let map = self
+            .frames
+            .get(step)?
+            .branches
+            .iter()
+            .find(|b| b.branch == branch)?
+            .attention
+            .clone()?;
+        (token < map.tokens).then(|| map.token_map(token, res, h as usize, w as usize))
+    }
+}
+
+/// What to tell the user when a dialog closed without a choice: it may have been cancelled,
+/// or no dialog could appear (no desktop portal): name the other ways in.
+pub const NO_DIALOG_HINT: &str = "No file was chosen. If no file dialog appeared, type or paste \
+     the path into the path field, or drop the file on the window (Ctrl+V pastes an image or a \
+     path).";
+
+/// A method's name as the app shows it.
+pub fn method_label(method: Method) -> &'static str {
+    match method {
+        Method::Mirror => "MirrorDiffusion",
+        Method::Pix2PixZero => "pix2pix-zero",
+        Method::Ddim => "plain DDIM",
     }
 }

@@ -1,14 +1,12 @@
 //! Cross-attention maps: click a word of either prompt to see where the UNet looked for it,
 //! over the reconstruction and the translation side by side.
 
-use std::sync::Arc;
-
 use egui::{RichText, Ui, Vec2};
 
 use crate::app::state::AppState;
 use crate::app::textures::{Textures, color_image, overlay};
 use crate::worker::{reconstruction_branch, translation_branch};
-use mirror_engine::pipeline::{Branch, TokenHeatmaps};
+use mirror_engine::pipeline::Branch;
 use mirror_engine::tokenizer::TokenWord;
 
 /// The main method's reconstruction and translation (attention is recorded for both).
@@ -92,7 +90,7 @@ pub fn attention_view(ui: &mut Ui, state: &mut AppState, tex: &mut Textures) {
                 state.frames.len()
             );
             let t = tex.get(ui.ctx(), &key, || {
-                let heat = heat(state, branch, token, base.width(), base.height())?;
+                let heat = state.heat(branch, token, base.width(), base.height())?;
                 Some(color_image(&overlay(&base, &heat, state.attention.opacity)))
             });
             let caption = if t.is_some() {
@@ -175,25 +173,8 @@ pub fn map_target_tokens(source: &[TokenWord], target: &[TokenWord]) -> Vec<usiz
         .collect()
 }
 
-fn maps_of(state: &AppState, branch: Branch) -> Vec<Arc<TokenHeatmaps>> {
-    state
-        .frames
-        .iter()
-        .filter_map(|f| {
-            f.branches
-                .iter()
-                .find(|b| b.branch == branch)?
-                .attention
-                .clone()
-        })
-        .collect()
-}
-
 fn resolution_labels(state: &AppState) -> Vec<String> {
-    let maps = maps_of(
-        state,
-        mirror_engine::session::Method::Mirror.reconstruction(),
-    );
+    let maps = state.attention_maps(mirror_engine::session::Method::Mirror.reconstruction());
     maps.first()
         .map(|m| {
             m.resolutions
@@ -202,25 +183,4 @@ fn resolution_labels(state: &AppState) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// The heat map of `token` for `branch` at the shown step (or averaged), at `w`×`h`.
-pub fn heat(state: &AppState, branch: Branch, token: usize, w: u32, h: u32) -> Option<Vec<f32>> {
-    let res = state.attention.resolution;
-    if state.attention.averaged {
-        let maps = maps_of(state, branch);
-        let refs: Vec<&TokenHeatmaps> = maps.iter().map(|m| m.as_ref()).collect();
-        let avg = TokenHeatmaps::average(&refs)?;
-        return Some(avg.token_map(token, res, h as usize, w as usize));
-    }
-    let step = state.shown_step()?;
-    let map = state
-        .frames
-        .get(step)?
-        .branches
-        .iter()
-        .find(|b| b.branch == branch)?
-        .attention
-        .clone()?;
-    (token < map.tokens).then(|| map.token_map(token, res, h as usize, w as usize))
 }

@@ -3,7 +3,7 @@
 
 use egui::{RichText, Ui};
 
-use crate::app::Action;
+use crate::app::action::Action;
 use crate::app::state::AppState;
 use mirror_engine::device::{DeviceChoice, Precision, compiled_in};
 

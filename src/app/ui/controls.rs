@@ -3,11 +3,12 @@
 use egui::{RichText, Ui, Vec2};
 
 use super::format::{fmt_secs, phase_words};
-use crate::app::actions::method_label;
+use crate::app::action::Action;
+use crate::app::jobs::RunKind;
 use crate::app::presets::PRESETS;
 use crate::app::state::AppState;
+use crate::app::state::method_label;
 use crate::app::textures::Textures;
-use crate::app::{Action, RunKind};
 use mirror_engine::direction::find_edit_phrase;
 use mirror_engine::imageio::{ResizePolicy, describe_resize, processing_size};
 use mirror_engine::methods::mirror::{MirrorPreset, MirrorSettings};

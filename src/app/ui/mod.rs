@@ -1,5 +1,5 @@
 //! Drawing, one module per panel. Nothing here talks to the worker: buttons push
-//! [`Action`](super::Action)s that the app carries out after the frame is drawn.
+//! [`Action`](super::action::Action)s that the app carries out after the frame is drawn.
 
 pub mod attention;
 pub mod compare;
@@ -13,7 +13,7 @@ pub mod welcome;
 
 use egui::{Color32, RichText, TextureHandle, Ui, Vec2};
 
-use super::Action;
+use super::action::Action;
 use super::jobs::{BusyJob, JobKind};
 use super::state::{AppState, ModelStatus, View};
 use super::textures::Textures;
@@ -176,7 +176,7 @@ pub fn tile(ui: &mut Ui, tex: Option<&TextureHandle>, caption: &str, max: Vec2) 
 /// says so prominently.
 pub fn path_entry(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>, hint: &str) {
     if state.dialog_hint {
-        ui.label(RichText::new(crate::app::files::NO_DIALOG_HINT).color(style::ACCENT));
+        ui.label(RichText::new(crate::app::state::NO_DIALOG_HINT).color(style::ACCENT));
     }
     ui.horizontal(|ui| {
         let l = ui.label("Path");

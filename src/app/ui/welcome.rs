@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 
 use egui::{RichText, Ui};
 
-use crate::app::Action;
+use crate::app::action::Action;
 use crate::app::state::{AppState, ModelStatus};
 use crate::worker::{Worker, WorkerEvent};
 use mirror_engine::loader::{CachedModel, find_cached_models};

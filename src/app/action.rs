@@ -1,0 +1,42 @@
+//! What the user can ask for: the UI collects [`Action`]s while drawing and the app carries
+//! them out after the frame (`actions.rs`), as egui's demo app and rerun queue theirs.
+
+use std::path::PathBuf;
+
+use super::jobs::RunKind;
+
+/// Something the user asked for; the UI collects these and the app carries them out after
+/// drawing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    OpenImageDialog,
+    LoadImage(PathBuf),
+    /// A typed or pasted path: a model (folder, .safetensors, .ckpt) or an image.
+    OpenPath(PathBuf),
+    LoadImageBytes {
+        bytes: Vec<u8>,
+        name: String,
+    },
+    PasteImage,
+    OpenModelDialog {
+        folder: bool,
+    },
+    LoadModel(PathBuf),
+    /// Mirror's own demo model (unpacked on a job thread, then loaded like any folder).
+    LoadDemoModel,
+    /// Render another demo image with its caption and a one-word edit.
+    NewDemoImage,
+    Download(&'static str),
+    /// Run the edit: one method (`Single`), MirrorDiffusion, pix2pix-zero and plain DDIM from
+    /// one inversion side by side (`Compare`), or the target and every extra target one after
+    /// another on one inversion (`Targets`).
+    Run(RunKind),
+    Cancel,
+    /// Stop a background job (an export) by its id.
+    CancelJob(u64),
+    Export,
+    SaveTranslationAs,
+    ChooseExportDir,
+    Tokenize,
+    ApplyPreset(usize),
+}
