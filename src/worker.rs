@@ -393,7 +393,7 @@ fn run(session: &mut Session, job: &RunJob, cancel: &CancelToken, send: &dyn Fn(
         total.parts.push(PartResult {
             label: part.label.clone(),
             target_prompt: req.target_prompt.clone(),
-            translation_branch: translation_branch(req.method),
+            translation_branch: req.method.translation(),
             images: images.clone(),
         });
         total.images.merge(images);
@@ -417,21 +417,11 @@ fn run(session: &mut Session, job: &RunJob, cancel: &CancelToken, send: &dyn Fn(
     send(WorkerEvent::Finished(Box::new(total)));
 }
 
-/// The branch holding a method's translation.
-pub fn translation_branch(method: Method) -> Branch {
-    method.translation()
-}
-
-/// The branch holding a method's reconstruction.
-pub fn reconstruction_branch(method: Method) -> Branch {
-    method.reconstruction()
-}
-
 fn final_images(method: Method, images: &BranchImages) -> Vec<(Branch, RgbImage)> {
     let img = |t: &Option<Tensor>| t.as_ref().and_then(|t| tensor_to_image(t).ok());
     [
-        (translation_branch(method), img(&images.translation)),
-        (reconstruction_branch(method), img(&images.reconstruction)),
+        (method.translation(), img(&images.translation)),
+        (method.reconstruction(), img(&images.reconstruction)),
         (
             Method::Ddim.reconstruction(),
             img(&images.ddim_reconstruction),

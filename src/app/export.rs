@@ -17,7 +17,6 @@ use mirror_engine::recipe::{Recipe, save_png_with_recipe};
 
 use super::state::AppState;
 use super::textures::overlay;
-use crate::worker::{reconstruction_branch, translation_branch};
 
 /// A file-name stem from the image and the edit, e.g. `cat-to-a-photo-of-a-dog`.
 pub fn stem(state: &AppState) -> String {
@@ -53,7 +52,7 @@ pub fn stem(state: &AppState) -> String {
 
 /// The main method's translation as the last step or the finished run has it.
 pub fn translation(state: &AppState) -> Option<RgbImage> {
-    let branch = translation_branch(state.main_method());
+    let branch = state.main_method().translation();
     state
         .final_image(branch)
         .cloned()
@@ -116,7 +115,7 @@ impl ExportData {
                 .iter()
                 .map(|t| (t.target.clone(), t.image.clone())),
         );
-        let main = translation_branch(state.main_method());
+        let main = state.main_method().translation();
         let frames = state
             .frames
             .iter()
@@ -233,7 +232,7 @@ pub fn attention_images(state: &AppState) -> Vec<(Branch, RgbImage)> {
         return Vec::new();
     };
     let method = state.main_method();
-    [reconstruction_branch(method), translation_branch(method)]
+    [method.reconstruction(), method.translation()]
         .into_iter()
         .filter_map(|branch| {
             let frame = state.frames.get(step)?;

@@ -7,9 +7,7 @@ use std::time::{Duration, Instant};
 
 use image::RgbImage;
 
-use crate::worker::{
-    ModelSummary, RunSummary, StepFrame, WorkerEvent, reconstruction_branch, translation_branch,
-};
+use crate::worker::{ModelSummary, RunSummary, StepFrame, WorkerEvent};
 use mirror_engine::imageio::LoadedImage;
 use std::sync::Arc;
 
@@ -267,10 +265,7 @@ impl AppState {
         if shape.kind == RunKind::Compare {
             return ALL_BRANCHES.to_vec();
         }
-        let mut branches = vec![
-            reconstruction_branch(shape.method),
-            translation_branch(shape.method),
-        ];
+        let mut branches = vec![shape.method.reconstruction(), shape.method.translation()];
         if shape.compare_ddim && shape.method != Method::Ddim {
             branches.extend([Method::Ddim.reconstruction(), Method::Ddim.translation()]);
         }

@@ -5,14 +5,13 @@ use egui::{RichText, Ui, Vec2};
 
 use crate::app::state::AppState;
 use crate::app::textures::{Textures, color_image, overlay};
-use crate::worker::{reconstruction_branch, translation_branch};
 use mirror_engine::pipeline::Branch;
 use mirror_engine::tokenizer::TokenWord;
 
 /// The main method's reconstruction and translation (attention is recorded for both).
 fn branches(state: &AppState) -> [Branch; 2] {
     let method = state.main_method();
-    [reconstruction_branch(method), translation_branch(method)]
+    [method.reconstruction(), method.translation()]
 }
 
 pub fn attention_view(ui: &mut Ui, state: &mut AppState, tex: &mut Textures) {
