@@ -9,6 +9,7 @@ use mirror_engine::demo;
 use mirror_engine::imageio::{image_to_tensor, tensor_to_image};
 use mirror_engine::model::StableDiffusion;
 use mirror_engine::rng::SplitMix64;
+use mirror_engine::branch::Method;
 use mirror_engine::session::{Session, TranslateRequest};
 use mirror_engine::shapes::evaluate::{EditKind, EditRun, edit_cases, run_edit};
 use mirror_engine::shapes::{Colour, Scene, Shape, classify, render};
@@ -258,4 +259,121 @@ fn the_exact_mirror_reconstructs_as_the_vae_round_trip() {
             );
         }
     }
+}
+
+/// Pixels where the source render and the ideal edit (the target drawn at the same place and
+/// size) differ: the region an edit should change, white.
+fn changed_region(case: &mirror_engine::shapes::evaluate::EditCase) -> image::GrayImage {
+    let source = render(&case.source, demo::IMAGE_SIDE);
+    let ideal = render(&case.target, demo::IMAGE_SIDE);
+    image::GrayImage::from_fn(demo::IMAGE_SIDE, demo::IMAGE_SIDE, |x, y| {
+        image::Luma([if source.get_pixel(x, y) == ideal.get_pixel(x, y) {
+            0
+        } else {
+            255
+        }])
+    })
+}
+
+/// Mean absolute pixel error (0–255) of `a` against `b` where `region` is black.
+fn error_outside(a: &RgbImage, b: &RgbImage, region: &image::GrayImage) -> f64 {
+    let (mut sum, mut count) = (0.0, 0usize);
+    for ((pa, pb), m) in a.pixels().zip(b.pixels()).zip(region.pixels()) {
+        if m[0] == 0 {
+            sum += (0..3).map(|c| pa[c].abs_diff(pb[c]) as f64).sum::<f64>() / 3.0;
+            count += 1;
+        }
+    }
+    sum / count.max(1) as f64
+}
+
+/// Local edits: with a mask the translation latent is the reconstruction's wherever the mask
+/// is 0 (exactly), the pixels outside the edited region stay closer to the source than
+/// without a mask (median over the sources: measured 2.7 against 6.8 of 255), and the automatic
+/// (DiffEdit) mask finds the region the edit changes.
+#[test]
+fn masked_edits_change_only_the_masked_region() {
+    use mirror_engine::methods::mask::{EditMask, mask_image, mask_iou};
+    use mirror_engine::pipeline::CancelToken;
+    let sd = demo_model();
+    let blank = RgbImage::new(demo::IMAGE_SIDE, demo::IMAGE_SIDE);
+    let mut request = TranslateRequest::new(blank, "", "");
+    request.compare_ddim = false;
+    request.apply_recommended(sd.recommended());
+    request.steps = 10;
+    request.mirror.exact_mirror = true;
+    request.mirror.redescribe.iterations = 0;
+    let mut session = Session::new(sd, None);
+    let (mut ious, mut errors) = (Vec::new(), Vec::new());
+    for kind in EditKind::ALL {
+        for case in edit_cases(kind, 2, SOURCE_SEED) {
+            let region = changed_region(&case);
+            let mut req = request.clone();
+            req.image = render(&case.source, demo::IMAGE_SIDE);
+            req.source_prompt = case.source_prompt();
+            req.target_prompt = case.target_prompt();
+            let mut run = |mask: EditMask| {
+                let mut r = req.clone();
+                r.mask = mask;
+                session.translate(&r, &CancelToken::new(), &mut |_| {}).unwrap()
+            };
+            let whole = run(EditMask::Whole);
+            let given = run(EditMask::Given(region.clone()));
+            let automatic = run(EditMask::Automatic);
+            assert!(whole.mask.is_none());
+
+            // Where the given mask is 0 the translation latent is the reconstruction's.
+            let latent = |out: &mirror_engine::session::TranslateOutcome, branch| {
+                let (_, t) = out.latents.iter().find(|(b, _)| *b == branch).unwrap();
+                t.flatten_from(2).unwrap().to_vec3::<f32>().unwrap()
+            };
+            let mask = given.mask.as_ref().expect("the given mask is used");
+            let cells: Vec<f32> = mask.flatten_all().unwrap().to_vec1().unwrap();
+            let edit = latent(&given, Method::Mirror.translation());
+            let rec = latent(&given, Method::Mirror.reconstruction());
+            for (i, &m) in cells.iter().enumerate() {
+                if m == 0.0 {
+                    for c in 0..edit[0].len() {
+                        assert_eq!(edit[0][c][i], rec[0][c][i], "cell {i} channel {c}");
+                    }
+                }
+            }
+
+            let source = &req.image;
+            let translated = |out: &mirror_engine::session::TranslateOutcome| {
+                tensor_to_image(out.images.translation.as_ref().unwrap()).unwrap()
+            };
+            let unmasked = error_outside(&translated(&whole), source, &region);
+            let masked = error_outside(&translated(&given), source, &region);
+            let found = mask_image(
+                automatic.mask.as_ref().expect("a mask was found"),
+                demo::IMAGE_SIDE,
+                demo::IMAGE_SIDE,
+            )
+            .unwrap();
+            let iou = mask_iou(&found, &region);
+            eprintln!(
+                "{}: error outside the edit {unmasked:.1} without a mask, {masked:.1} with; \
+                 automatic mask IoU {iou:.2}",
+                case.source_prompt()
+            );
+            errors.push((unmasked, masked));
+            ious.push(iou);
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let unmasked = median(errors.iter().map(|e| e.0).collect());
+    let masked = median(errors.iter().map(|e| e.1).collect());
+    let iou = median(ious);
+    eprintln!(
+        "medians: error outside the edit {unmasked:.2} without a mask, {masked:.2} with; \
+         automatic mask IoU {iou:.2}"
+    );
+    assert!(masked < unmasked, "{masked:.2} vs {unmasked:.2}");
+    // Measured 0.42 (shape and colour edits 0.31–0.71; background edits 0: DiffEdit finds
+    // the object there, whose colour the demo model shifts along with the background).
+    assert!(iou >= 0.3, "automatic mask IoU median {iou:.2}");
 }

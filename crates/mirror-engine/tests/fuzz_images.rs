@@ -16,7 +16,9 @@ use std::sync::OnceLock;
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage, Rgba, RgbaImage};
 use mirror_engine::imageio::{ImageLimits, ResizePolicy, load_image};
 use mirror_engine::methods::mirror::MirrorSettings;
-use mirror_engine::recipe::{RECIPE_VERSION, Recipe, encode_png_with_recipe, read_recipe};
+use mirror_engine::recipe::{
+    RECIPE_VERSION, Recipe, RecipeMask, encode_png_with_recipe, read_recipe,
+};
 use mirror_engine::session::DirectionChoice;
 use proptest::prelude::*;
 use serde_json::Value;
@@ -337,6 +339,7 @@ fn sample_recipe() -> Recipe {
         }),
         compare_ddim: Some(true),
         mirror: Some(MirrorSettings::default()),
+        mask: Some(RecipeMask::Automatic),
         extra: Default::default(),
     }
 }

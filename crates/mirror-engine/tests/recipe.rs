@@ -6,8 +6,9 @@
 
 use std::path::PathBuf;
 
-use image::RgbImage;
+use image::{GrayImage, RgbImage};
 use mirror_engine::imageio::ResizePolicy;
+use mirror_engine::methods::mask::EditMask;
 use mirror_engine::methods::mirror::{MirrorPreset, MirrorSettings};
 use mirror_engine::recipe::{RECIPE_VERSION, Recipe, RecipeOrigin};
 use mirror_engine::session::{DirectionChoice, Method, TranslateRequest};
@@ -58,6 +59,13 @@ fn requests() -> Vec<TranslateRequest> {
                 exact_mirror: j == 1,
                 ..MirrorSettings::with_preset(preset)
             };
+            req.mask = match (i + j) % 3 {
+                0 => EditMask::Whole,
+                1 => EditMask::Automatic,
+                _ => EditMask::Given(GrayImage::from_fn(40, 30, |x, y| {
+                    image::Luma([((x * 6 + y * 2) % 256) as u8])
+                })),
+            };
             req.mirror.redescribe.iterations = 3;
             req.mirror.redescribe.lr = 0.004;
             out.push(req);
@@ -91,6 +99,7 @@ fn every_recorded_setting_round_trips_through_a_recipe() {
             assert_eq!(back.mirror, req.mirror);
             assert_eq!(back.direction, req.direction);
             assert_eq!(back.compare_ddim, req.compare_ddim);
+            assert_eq!(back.mask, req.mask, "the mask, pixel for pixel");
             let replay = match tiles {
                 Some(true) => VaeTiles::On,
                 Some(false) => VaeTiles::Off,
@@ -185,6 +194,12 @@ fn unreadable_recipes_name_the_problem_and_change_nothing() {
         assert!(err.contains(value), "{field}: {err}");
         assert_eq!(Recipe::from_request(&req, &origin(None)), before, "{field}");
     }
+    let mut bad = recipe.clone();
+    bad.mask = Some(mirror_engine::recipe::RecipeMask::Png("not a png!".into()));
+    let mut req = TranslateRequest::new(RgbImage::new(8, 8), "a", "b");
+    let err = bad.apply_to(&mut req).unwrap_err().to_string();
+    assert!(err.contains("mask"), "{err}");
+    assert_eq!(req.mask, EditMask::Whole, "nothing changed");
     let err = Recipe::from_json(r#"{"version": 1, "extra": {"direction": 5}}"#, "x.png")
         .unwrap_err()
         .to_string();

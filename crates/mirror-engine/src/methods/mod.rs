@@ -3,5 +3,6 @@
 
 pub mod ddim;
 pub mod generate;
+pub mod mask;
 pub mod mirror;
 pub mod pix2pix_zero;

@@ -68,9 +68,22 @@ pub struct Recipe {
     /// hand-edited `guidance_scale` counts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mirror: Option<MirrorSettings>,
+    /// Where the edit may change the picture (absent: everywhere).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mask: Option<RecipeMask>,
     /// Keys this version does not know, kept as they were.
     #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// An edit mask as a recipe stores it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecipeMask {
+    /// Found from the edit when the recipe is replayed (the same seed finds the same mask).
+    Automatic,
+    /// The mask itself: a greyscale PNG (white = may change), base64.
+    Png(String),
 }
 
 impl Recipe {

@@ -1,8 +1,13 @@
 //! A recipe from a request and back: the one place where a run's settings are written to and
 //! read from their persisted form, for the app and the CLI alike.
 
-use super::{RECIPE_VERSION, Recipe};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use image::{GrayImage, ImageEncoder};
+
+use super::{RECIPE_VERSION, Recipe, RecipeMask};
 use crate::imageio::ResizePolicy;
+use crate::methods::mask::EditMask;
 use crate::methods::mirror::{MirrorPreset, MirrorSettings};
 use crate::session::{Method, TranslateRequest};
 use crate::{EngineError, Result};
@@ -47,6 +52,11 @@ impl Recipe {
             direction: Some(req.direction.clone()),
             compare_ddim: Some(req.compare_ddim),
             mirror: Some(req.mirror.clone()),
+            mask: match &req.mask {
+                EditMask::Whole => None,
+                EditMask::Automatic => Some(RecipeMask::Automatic),
+                EditMask::Given(image) => Some(RecipeMask::Png(encode_mask(image))),
+            },
             extra: serde_json::Map::new(),
         }
     }
@@ -76,6 +86,11 @@ impl Recipe {
         mirror.xa_guidance = self.xa_guidance;
         mirror.redescribe.iterations = self.redescribe_iterations;
         mirror.redescribe.lr = self.redescribe_lr;
+        let mask = match &self.mask {
+            None => EditMask::Whole,
+            Some(RecipeMask::Automatic) => EditMask::Automatic,
+            Some(RecipeMask::Png(text)) => EditMask::Given(decode_mask(text).map_err(bad)?),
+        };
 
         if !self.source_prompt.is_empty() {
             req.source_prompt.clone_from(&self.source_prompt);
@@ -96,6 +111,30 @@ impl Recipe {
         // Before version 1 recorded it, the comparison always ran.
         req.compare_ddim = self.compare_ddim.unwrap_or(true);
         req.vae_tiles = self.vae_tiles();
+        req.mask = mask;
         Ok(())
     }
+}
+
+/// A mask as base64 PNG text.
+fn encode_mask(mask: &GrayImage) -> String {
+    let mut png = Vec::new();
+    let encoder = image::codecs::png::PngEncoder::new(&mut png);
+    // Writing a well-formed greyscale buffer into memory cannot fail.
+    if encoder
+        .write_image(mask, mask.width(), mask.height(), image::ExtendedColorType::L8)
+        .is_err()
+    {
+        return String::new();
+    }
+    BASE64.encode(png)
+}
+
+fn decode_mask(text: &str) -> std::result::Result<GrayImage, String> {
+    let bytes = BASE64
+        .decode(text.trim())
+        .map_err(|e| format!("field `mask` is not base64 ({e})"))?;
+    let image = image::load_from_memory_with_format(&bytes, image::ImageFormat::Png)
+        .map_err(|e| format!("field `mask` is not a PNG ({e})"))?;
+    Ok(image.to_luma8())
 }

@@ -67,6 +67,8 @@ pub(super) struct Progress {
     pub reconstruction: Option<CachedReconstruction>,
     pub latents: Vec<(Branch, Tensor)>,
     pub steps_done: usize,
+    /// The edit mask on the latent grid, when the request has one.
+    pub mask: Option<Tensor>,
 }
 
 impl Progress {

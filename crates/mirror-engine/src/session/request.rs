@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::branch::{Branch, Method};
 use crate::loader::{Recommended, RecommendedDirection};
+use crate::methods::mask::EditMask;
 use crate::methods::mirror::{MirrorPreset, MirrorSettings};
 use crate::model::{StableDiffusion, VaeTilesReport};
 use crate::pipeline::StepReport;
@@ -111,6 +112,9 @@ pub struct TranslateRequest {
     pub record_dump: bool,
     /// Whether the VAE encode and decodes go through in tiles.
     pub vae_tiles: VaeTiles,
+    /// Where the edit may change the picture (every method's translation is blended back to
+    /// its reconstruction outside it).
+    pub mask: EditMask,
 }
 
 impl TranslateRequest {
@@ -133,6 +137,7 @@ impl TranslateRequest {
             use_cache: true,
             record_dump: false,
             vae_tiles: VaeTiles::default(),
+            mask: EditMask::Whole,
         }
     }
 
@@ -215,6 +220,9 @@ pub struct TranslateOutcome {
     pub seconds: f64,
     /// What the VAE passes did about tiles (a recipe replays `used` as on, else off).
     pub vae_tiles: VaeTilesReport,
+    /// The edit mask the run used, on the latent grid `[1, 1, h, w]` (0–1), when it had one;
+    /// `methods::mask::mask_image` shows it.
+    pub mask: Option<Tensor>,
 }
 
 #[cfg(test)]

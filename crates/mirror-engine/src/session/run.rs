@@ -14,7 +14,7 @@ use super::keys::{ModelIdentity, inversion_key, inversion_plan, reconstruction_k
 use super::preview::{Preview, decode_branches};
 use super::progress::{Progress, RunEvents};
 use super::request::{BranchImages, DdimTranslation, TranslateOutcome, TranslateRequest};
-use super::stepper::StepInputs;
+use super::stepper::{StepInputs, edit_mask};
 use crate::branch::Method;
 use crate::direction;
 use crate::imageio::image_to_tensor;
@@ -138,6 +138,7 @@ pub(super) fn translate(
         dump,
         seconds: started.elapsed().as_secs_f64(),
         vae_tiles: sd.vae_tiles_report(),
+        mask: progress.mask,
     })
 }
 
@@ -237,6 +238,7 @@ fn run_steps(
     let inputs = StepInputs::new(sd, req, caption, prepared.direction.as_ref())?;
     let recorded = inversion.replayable();
     let mut steppers = inputs.steppers(req, trajectory, caption, recorded);
+    progress.mask = edit_mask(&StageContext::new(sd, run.cancel), req, trajectory, caption)?;
     let start = trajectory.start();
     for branch in steppers.iter().flat_map(|s| s.branches()) {
         progress.set_latent(branch, start);
@@ -265,7 +267,7 @@ fn run_steps(
             edit_scale: None,
         };
         for stepper in &mut steppers {
-            let step = stepper.step(&ctx, i)?;
+            let step = stepper.step(&ctx, i, progress.mask.as_ref())?;
             progress.record_step(&step, req.record_dump, start);
             report
                 .branches

@@ -8,6 +8,7 @@ use super::request::{DdimTranslation, TranslateRequest};
 use crate::Result;
 use crate::branch::{Branch, Method};
 use crate::methods::ddim::{self, DdimContexts, DdimInputs};
+use crate::methods::mask::{DiffEditSettings, EditMask, diffedit_mask, latent_mask, local_blend};
 use crate::methods::mirror::{self, MirrorInputs, MirrorState};
 use crate::methods::pix2pix_zero::{self, Pix2PixZeroInputs, Pix2PixZeroSettings};
 use crate::model::StableDiffusion;
@@ -113,8 +114,14 @@ pub(super) enum Stepper<'a> {
 }
 
 impl Stepper<'_> {
-    pub fn step(&mut self, ctx: &StageContext, i: usize) -> Result<MethodStep> {
-        let out = match self {
+    /// Step `i`; with a `mask`, the translation outside it is put back on the reconstruction.
+    pub fn step(
+        &mut self,
+        ctx: &StageContext,
+        i: usize,
+        mask: Option<&Tensor>,
+    ) -> Result<MethodStep> {
+        let mut out = match self {
             Stepper::Mirror {
                 inputs,
                 state,
@@ -141,7 +148,32 @@ impl Stepper<'_> {
                 out
             }
         };
+        if let Some(mask) = mask {
+            self.blend(mask, &mut out)?;
+        }
         Ok(out)
+    }
+
+    /// The local blend of this step's translation (its carried latent and what the step
+    /// reports), onto the reconstruction outside `mask`.
+    fn blend(&mut self, mask: &Tensor, out: &mut MethodStep) -> Result<()> {
+        let [rec_branch, edit_branch] = self.branches();
+        let (rec, edit) = match self {
+            Stepper::Mirror { state, .. } => (&state.rec_latent, &mut state.edit_latent),
+            Stepper::Pix2PixZero { state, .. } | Stepper::Ddim { state, .. } => {
+                (&state.reconstruction, &mut state.translation)
+            }
+        };
+        *edit = local_blend(edit, rec, mask)?;
+        let rec_x0 = out.branches.iter().find(|b| b.branch == rec_branch);
+        let rec_x0 = rec_x0.map(|b| b.predicted_x0.clone());
+        if let Some(b) = out.branches.iter_mut().find(|b| b.branch == edit_branch) {
+            b.latent = edit.clone();
+            if let Some(rec_x0) = rec_x0 {
+                b.predicted_x0 = local_blend(&b.predicted_x0, &rec_x0, mask)?;
+            }
+        }
+        Ok(())
     }
 
     /// The most UNet calls step `i` takes.
@@ -171,6 +203,31 @@ impl Stepper<'_> {
     pub fn branches(&self) -> [Branch; 2] {
         self.method().branches()
     }
+}
+
+/// The request's edit mask on the latent grid, found (DiffEdit on the photo's latent, source
+/// caption against the target prompt) or given; `None` for the whole picture.
+pub(super) fn edit_mask(
+    ctx: &StageContext,
+    req: &TranslateRequest,
+    trajectory: &Trajectory,
+    caption: &Tensor,
+) -> Result<Option<Tensor>> {
+    let z0 = &trajectory.latents[0];
+    let (_, _, h, w) = z0.dims4()?;
+    let mask = match &req.mask {
+        EditMask::Whole => return Ok(None),
+        EditMask::Automatic => {
+            let target = ctx.sd.encode_prompt(&req.target_prompt)?;
+            let settings = DiffEditSettings::default();
+            diffedit_mask(ctx, z0, caption, &target, &settings, req.seed)?
+        }
+        EditMask::Given(image) => {
+            let size = (req.image.width(), req.image.height());
+            latent_mask(image, size, (h, w), z0.device())?
+        }
+    };
+    Ok(Some(mask))
 }
 
 /// The plain DDIM contexts: the caption for the reconstruction; the target prompt (word
