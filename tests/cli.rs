@@ -486,3 +486,59 @@ fn interrupt_cancels_and_writes_nothing() {
         .collect();
     assert!(left.is_empty(), "files written: {left:?}");
 }
+
+/// `--mask`: a painted mask file (any size) or `auto`; the recipe keeps it (the mask itself,
+/// at the processing size) and a replay gives the same pixels; a bad mask file is refused
+/// naming it.
+#[test]
+fn translate_with_a_mask_records_it_and_replays() {
+    use mirror_engine::recipe::RecipeMask;
+    let env = Env::new("mask");
+    let (w, h) = env.image_size().1;
+    let mask = env.path("mask.png");
+    image::GrayImage::from_fn(w / 2, h / 2, |x, _| {
+        image::Luma([if x < w / 4 { 255 } else { 0 }])
+    })
+    .save(&mask)
+    .unwrap();
+    let (out, again) = (env.path("out.png"), env.path("again.png"));
+    assert_ok(&env.translate(&out, &["--mask", s(&mask), "--no-ddim"]));
+    let recipe = read_recipe(&out).unwrap().expect("a recipe");
+    let Some(RecipeMask::Png(_)) = &recipe.mask else {
+        panic!("the mask is recorded: {:?}", recipe.mask)
+    };
+    let o = env.run(&[
+        "translate",
+        "--model",
+        s(&env.model()),
+        "--image",
+        s(&env.image()),
+        "--recipe",
+        s(&out),
+        "--out",
+        s(&again),
+        "--threads",
+        "1",
+    ]);
+    assert_ok(&o);
+    assert!(
+        pixels(&out) == pixels(&again),
+        "the replay gives the same pixels"
+    );
+    assert_eq!(read_recipe(&again).unwrap().unwrap().mask, recipe.mask);
+
+    assert_ok(&env.translate(&out, &["--mask", "auto", "--no-ddim"]));
+    let recipe = read_recipe(&out).unwrap().unwrap();
+    assert_eq!(recipe.mask, Some(RecipeMask::Automatic));
+
+    let not_an_image = env.path("mask.txt");
+    std::fs::write(&not_an_image, "white = may change").unwrap();
+    assert_fails_naming(
+        &env.translate(&out, &["--mask", s(&not_an_image)]),
+        "mask.txt",
+    );
+    assert_fails_naming(
+        &env.translate(&out, &["--mask", s(&env.path("missing.png"))]),
+        "missing.png",
+    );
+}

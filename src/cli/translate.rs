@@ -14,9 +14,10 @@ use super::progress::Progress;
 use super::{Cancelled, default_model_path, interrupt};
 use image::RgbImage;
 use mirror_engine::imageio::{
-    ImageLimits, ResizePolicy, describe_resize, load_image, processing_size, resize,
+    ImageLimits, ResizePolicy, describe_resize, load_image, processing_size, resize, resize_mask,
 };
 use mirror_engine::loader::{ModelNotes, Recommended};
+use mirror_engine::methods::mask::EditMask;
 use mirror_engine::methods::mirror::{MirrorPreset, MirrorSettings};
 use mirror_engine::pipeline::CancelToken;
 use mirror_engine::recipe::{Recipe, RecipeOrigin, read_recipe};
@@ -175,6 +176,11 @@ pub struct TranslateArgs {
     /// area at the image's shape with `--resize keep`, else the model's square].
     #[arg(long, value_name = "WxH", value_parser = parse_size)]
     pub size: Option<Size>,
+    /// Where the edit may change the picture: `auto` (found from the edit), or a mask image
+    /// painted on the photo (white = may change, grey = partly; any size) [default: the
+    /// recipe's, else the whole picture].
+    #[arg(long, value_name = "auto|MASK.png")]
+    pub mask: Option<String>,
     /// Skip the plain DDIM comparison (faster).
     #[arg(long)]
     pub no_ddim: bool,
@@ -355,6 +361,14 @@ fn apply_flags(args: &TranslateArgs, req: &mut TranslateRequest) -> Result<()> {
     if let Some(t) = args.vae_tiles {
         req.vae_tiles = t;
     }
+    match args.mask.as_deref() {
+        None => {}
+        Some("auto") => req.mask = EditMask::Automatic,
+        Some(path) => {
+            let mask = load_image(Path::new(path), &ImageLimits::default())?;
+            req.mask = EditMask::Given(image::DynamicImage::ImageRgb8(mask.rgb).to_luma8());
+        }
+    }
     req.use_cache = !args.no_cache;
     req.record_dump = args.dump.is_some();
     Ok(())
@@ -474,6 +488,9 @@ pub fn run(args: &TranslateArgs) -> Result<()> {
 
     let mut req = plan.request.clone();
     req.image = image;
+    if let EditMask::Given(mask) = &req.mask {
+        req.mask = EditMask::Given(resize_mask(mask, loaded.original_size, size, plan.resize));
+    }
     let cache_dir = if args.no_cache {
         None
     } else {
@@ -516,6 +533,13 @@ pub fn run(args: &TranslateArgs) -> Result<()> {
         ""
     };
     eprintln!("{} in {:.1} s{phrase}{reused}", req.method, outcome.seconds);
+    if let Some(mask) = &outcome.mask {
+        let share = mask.mean_all()?.to_scalar::<f32>()?;
+        eprintln!(
+            "mask: the edit could change {:.0} % of the picture",
+            share * 100.0
+        );
+    }
     for path in wrote {
         println!("wrote {}", path.display());
     }

@@ -5,11 +5,11 @@
 
 use candle_core::Device;
 use image::RgbImage;
+use mirror_engine::branch::Method;
 use mirror_engine::demo;
 use mirror_engine::imageio::{image_to_tensor, tensor_to_image};
 use mirror_engine::model::StableDiffusion;
 use mirror_engine::rng::SplitMix64;
-use mirror_engine::branch::Method;
 use mirror_engine::session::{Session, TranslateRequest};
 use mirror_engine::shapes::evaluate::{EditKind, EditRun, edit_cases, run_edit};
 use mirror_engine::shapes::{Colour, Scene, Shape, classify, render};
@@ -315,7 +315,9 @@ fn masked_edits_change_only_the_masked_region() {
             let mut run = |mask: EditMask| {
                 let mut r = req.clone();
                 r.mask = mask;
-                session.translate(&r, &CancelToken::new(), &mut |_| {}).unwrap()
+                session
+                    .translate(&r, &CancelToken::new(), &mut |_| {})
+                    .unwrap()
             };
             let whole = run(EditMask::Whole);
             let given = run(EditMask::Given(region.clone()));

@@ -636,3 +636,33 @@ fn animation_is_a_gif_with_every_frame() {
             .contains("frame 1")
     );
 }
+
+/// A mask painted on the photo lands on the same pixels as the photo under every policy;
+/// padding may not change; a mask at the processing size is taken as it is.
+#[test]
+fn masks_follow_the_photo_through_every_resize() {
+    use image::{GrayImage, Luma};
+    let photo = (200, 100);
+    let left_half = GrayImage::from_fn(200, 100, |x, _| Luma([if x < 100 { 255 } else { 0 }]));
+    let at = |m: &GrayImage, x, y| m.get_pixel(x, y)[0];
+    let crop = resize_mask(&left_half, photo, (64, 64), ResizePolicy::Crop);
+    assert_eq!((at(&crop, 5, 30), at(&crop, 58, 30)), (255, 0));
+    let stretch = resize_mask(&left_half, photo, (64, 64), ResizePolicy::Stretch);
+    assert_eq!((at(&stretch, 20, 30), at(&stretch, 44, 30)), (255, 0));
+    let pad = resize_mask(&left_half, photo, (64, 64), ResizePolicy::Pad);
+    assert_eq!(
+        (at(&pad, 5, 2), at(&pad, 5, 30), at(&pad, 58, 30)),
+        (0, 255, 0)
+    );
+    // Half the size of the photo: stretched onto it first (edges a little softer).
+    let small = GrayImage::from_fn(100, 50, |x, _| Luma([if x < 50 { 255 } else { 0 }]));
+    let from_small = resize_mask(&small, photo, (64, 64), ResizePolicy::Crop);
+    let worst = (from_small.as_raw().iter().zip(crop.as_raw()))
+        .map(|(a, b)| a.abs_diff(*b))
+        .max();
+    assert!(worst <= Some(40), "worst {worst:?}");
+    assert!(
+        resize_mask(&crop, photo, (64, 64), ResizePolicy::Pad) == crop,
+        "taken as it is"
+    );
+}

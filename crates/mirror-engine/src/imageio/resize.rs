@@ -7,7 +7,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use image::imageops::{self, FilterType};
-use image::{Rgb, RgbImage};
+use image::{GrayImage, Rgb, RgbImage};
 use serde::{Deserialize, Serialize};
 
 use crate::{EngineError, Result};
@@ -238,6 +238,56 @@ pub fn resize(img: &RgbImage, target: (u32, u32), policy: ResizePolicy) -> RgbIm
             let x = (tw - fw) / 2;
             let y = (th - fh) / 2;
             imageops::replace(&mut canvas, &fitted, i64::from(x), i64::from(y));
+            canvas
+        }
+    }
+}
+
+/// An edit mask made on the photo (at the photo's own size; another size is first stretched to
+/// it) brought to the processing size the way [`resize`] brings the photo, so that it covers
+/// the same pixels. A mask already at `target` is taken as it is. Padding may not change.
+pub fn resize_mask(
+    mask: &GrayImage,
+    photo: (u32, u32),
+    target: (u32, u32),
+    policy: ResizePolicy,
+) -> GrayImage {
+    let (tw, th) = (target.0.max(1), target.1.max(1));
+    if mask.dimensions() == (tw, th) {
+        return mask.clone();
+    }
+    let smooth = |img: &GrayImage, (w, h): (u32, u32)| {
+        if img.dimensions() == (w, h) || img.width() == 0 || img.height() == 0 {
+            img.clone()
+        } else {
+            imageops::resize(img, w.max(1), h.max(1), FilterType::Triangle)
+        }
+    };
+    let on_photo = smooth(mask, photo);
+    let policy = match policy {
+        ResizePolicy::Keep if beyond_aspect_limit(photo) => ResizePolicy::Pad,
+        p => p,
+    };
+    match policy {
+        ResizePolicy::Keep | ResizePolicy::Stretch => smooth(&on_photo, (tw, th)),
+        ResizePolicy::Crop => {
+            let (cw, ch) = crop_size(photo, (tw, th));
+            let (x, y) = ((photo.0 - cw) / 2, (photo.1 - ch) / 2);
+            smooth(
+                &imageops::crop_imm(&on_photo, x, y, cw, ch).to_image(),
+                (tw, th),
+            )
+        }
+        ResizePolicy::Pad => {
+            let (fw, fh) = fit_size(photo, (tw, th));
+            let mut canvas = GrayImage::new(tw, th);
+            let fitted = smooth(&on_photo, (fw, fh));
+            imageops::replace(
+                &mut canvas,
+                &fitted,
+                i64::from((tw - fw) / 2),
+                i64::from((th - fh) / 2),
+            );
             canvas
         }
     }

@@ -148,10 +148,7 @@ pub fn local_blend(edit: &Tensor, rec: &Tensor, mask: &Tensor) -> Result<Tensor>
 /// for showing it and for measuring it against pixels.
 pub fn mask_image(mask: &Tensor, width: u32, height: u32) -> Result<GrayImage> {
     let (h, w) = (mask.dim(D::Minus2)?, mask.dim(D::Minus1)?);
-    let cells = mask
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
+    let cells = mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     Ok(GrayImage::from_fn(width, height, |x, y| {
         let cx = (x as usize * w / width as usize).min(w - 1);
         let cy = (y as usize * h / height as usize).min(h - 1);

@@ -122,7 +122,12 @@ fn encode_mask(mask: &GrayImage) -> String {
     let encoder = image::codecs::png::PngEncoder::new(&mut png);
     // Writing a well-formed greyscale buffer into memory cannot fail.
     if encoder
-        .write_image(mask, mask.width(), mask.height(), image::ExtendedColorType::L8)
+        .write_image(
+            mask,
+            mask.width(),
+            mask.height(),
+            image::ExtendedColorType::L8,
+        )
         .is_err()
     {
         return String::new();
