@@ -522,6 +522,16 @@ pub fn run(args: &TranslateArgs) -> Result<()> {
     let delivered = (plan.resize, loaded.original_size);
     let wrote = write_outputs(&outputs, &req, &outcome, &recipe, delivered)?;
 
+    report_done(&req, &outcome, &wrote)?;
+    Ok(())
+}
+
+/// The closing lines: what ran, how long, the mask's share, the files written.
+fn report_done(
+    req: &TranslateRequest,
+    outcome: &TranslateOutcome,
+    wrote: &[PathBuf],
+) -> Result<()> {
     let phrase = outcome
         .edit_phrase
         .as_ref()
