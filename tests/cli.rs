@@ -542,3 +542,102 @@ fn translate_with_a_mask_records_it_and_replays() {
         "missing.png",
     );
 }
+
+/// `translate --image DIR --out OUT_DIR`: every photo of the folder comes out with its recipe,
+/// a contact sheet closes the run, a broken photo and a file that is no photo are named and
+/// the rest goes on; the run ends in an error naming the broken one.
+#[test]
+fn translate_a_folder_goes_on_past_bad_files() {
+    let env = Env::new("folder");
+    let photos = env.path("photos");
+    std::fs::create_dir_all(&photos).unwrap();
+    let image = pixels(&env.image());
+    image.save(photos.join("a-cat.png")).unwrap();
+    image::imageops::flip_horizontal(&image)
+        .save(photos.join("b-cat.jpg"))
+        .unwrap();
+    std::fs::write(photos.join("c-broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    std::fs::write(photos.join("notes.txt"), "shot on a sunny day").unwrap();
+    let out = env.path("results");
+    let o = env.run(&[
+        "translate",
+        "--model",
+        s(&env.model()),
+        "--image",
+        s(&photos),
+        "--source",
+        &env.source_prompt(),
+        "--target",
+        "a photo of a dog",
+        "--out",
+        s(&out),
+        "--steps",
+        "2",
+        "--no-ddim",
+        "--threads",
+        "1",
+    ]);
+    let err = stderr(&o);
+    assert_fails_naming(&o, "c-broken.png");
+    assert!(err.contains("could not read c-broken.png"), "{err}");
+    assert!(err.contains("skipped notes.txt"), "{err}");
+    assert!(err.contains("2 of 3 photos translated"), "{err}");
+    for name in ["a-cat.png", "b-cat.png"] {
+        let path = out.join(name);
+        assert_eq!(pixels(&path).dimensions(), image.dimensions(), "{name}");
+        let recipe = read_recipe(&path).unwrap().expect("each result has its recipe");
+        assert_eq!(recipe.target_prompt, "a photo of a dog");
+    }
+    let sheet = pixels(&out.join("contact-sheet.png"));
+    assert!(sheet.height() >= 2 * 128, "two rows: {:?}", sheet.dimensions());
+
+    // One-file outputs make no sense for a folder.
+    let o = env.run(&[
+        "translate",
+        "--model",
+        s(&env.model()),
+        "--image",
+        s(&photos),
+        "--source",
+        "a",
+        "--target",
+        "b",
+        "--out",
+        s(&out),
+        "--comparison",
+        s(&env.path("sheet.png")),
+    ]);
+    assert_fails_naming(&o, "--comparison");
+}
+
+/// A prompt longer than the model reads is cut off, and the command says where.
+#[test]
+fn a_prompt_too_long_is_reported() {
+    let env = Env::new("long-prompt");
+    let long = ["a photo of a dog"; 40].join(" and ");
+    let o = env.run(&[
+        "translate",
+        "--model",
+        s(&env.model()),
+        "--image",
+        s(&env.image()),
+        "--source",
+        &env.source_prompt(),
+        "--target",
+        &long,
+        "--out",
+        s(&env.path("out.png")),
+        "--steps",
+        "2",
+        "--no-ddim",
+        "--threads",
+        "1",
+    ]);
+    assert_ok(&o);
+    let err = stderr(&o);
+    assert!(
+        err.contains("the target prompt is longer than the model reads"),
+        "{err}"
+    );
+    assert!(!err.contains("the source prompt is longer"), "{err}");
+}

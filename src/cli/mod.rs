@@ -4,6 +4,7 @@
 mod convert;
 mod device;
 mod dump;
+mod folder;
 mod generate;
 mod inspect;
 mod interrupt;

@@ -14,11 +14,13 @@ use super::progress::Progress;
 use super::{Cancelled, default_model_path, interrupt};
 use image::RgbImage;
 use mirror_engine::imageio::{
-    ImageLimits, ResizePolicy, describe_resize, load_image, processing_size, resize, resize_mask,
+    ImageLimits, LoadedImage, ResizePolicy, describe_resize, load_image, processing_size, resize,
+    resize_mask,
 };
 use mirror_engine::loader::{ModelNotes, Recommended};
 use mirror_engine::methods::mask::EditMask;
 use mirror_engine::methods::mirror::{MirrorPreset, MirrorSettings};
+use mirror_engine::model::StableDiffusion;
 use mirror_engine::pipeline::CancelToken;
 use mirror_engine::recipe::{Recipe, RecipeOrigin, read_recipe};
 use mirror_engine::session::{
@@ -442,88 +444,158 @@ pub fn run(args: &TranslateArgs) -> Result<()> {
     };
     let notes = ModelNotes::for_model(&model_path)?;
     let plan = plan(args, &notes.recommended)?;
+    if args.image.is_dir() {
+        return super::folder::run(args, &model_path, &notes, &plan.request_plan());
+    }
     let outputs = OutputPaths::from_args(args);
     for path in outputs.all() {
         check_writable(path)?;
     }
     let loaded = load_image(&args.image, &ImageLimits::default())?;
+    let plan = plan.request_plan();
+    let mut session = open_session(args, &model_path, &notes, &plan)?;
+    if let Some(r) = &plan.recipe
+        && !r.image_hash.is_empty()
+        && r.image_hash != loaded.content_hash
+    {
+        eprintln!("note: the image differs from the one the recipe was made from");
+    }
+    let req = prepare_request(&plan, session.model(), &loaded)?;
+    eprintln!(
+        "image: {}",
+        describe_resize(loaded.original_size, req.image.dimensions(), plan.resize)
+    );
+    let cancel = CancelToken::new();
+    interrupt::install(&cancel);
+    let outcome = translate_one(&mut session, &req, &cancel)?;
+    let recipe = recipe_of(&plan, session.model(), &req, &loaded, &outcome);
+    let delivered = (plan.resize, loaded.original_size);
+    let wrote = write_outputs(&outputs, &req, &outcome, &recipe, delivered)?;
+    report_done(&req, &outcome, &wrote)?;
+    Ok(())
+}
 
+impl Plan {
+    /// What a run of one photo needs of the plan (a folder run shares it).
+    fn request_plan(self) -> RequestPlan {
+        RequestPlan {
+            request: self.request,
+            resize: self.resize,
+            size: self.size,
+            recipe: self.recipe,
+        }
+    }
+}
+
+/// The merged settings of a run, ready for any photo.
+pub(super) struct RequestPlan {
+    pub request: TranslateRequest,
+    pub resize: ResizePolicy,
+    pub size: Option<(u32, u32)>,
+    pub recipe: Option<Recipe>,
+}
+
+/// Loads the model (saying which, where it computes and what it recommends), checks the
+/// prompts' words and opens a session with the inversion cache unless `--no-cache`.
+pub(super) fn open_session(
+    args: &TranslateArgs,
+    model_path: &Path,
+    notes: &ModelNotes,
+    plan: &RequestPlan,
+) -> Result<Session> {
     let sd = args
         .compute
-        .load_model(&model_path, args.configs.as_deref())?;
+        .load_model(model_path, args.configs.as_deref())?;
     eprintln!(
         "model: {} ({}, {})",
         sd.info.name,
         sd.info.kind,
         describe_compute(&sd)
     );
-    sd.check_known_words(&[&plan.request.source_prompt, &plan.request.target_prompt])?;
-    if plan.request.mirror.preset == MirrorPreset::Recommended && !notes.recommended.is_empty() {
+    let req = &plan.request;
+    sd.check_known_words(&[&req.source_prompt, &req.target_prompt])?;
+    for (which, prompt) in [
+        ("source", &req.source_prompt),
+        ("target", &req.target_prompt),
+    ] {
+        if let Some(cut) = sd.tokenizer.truncation(prompt)? {
+            eprintln!("note: the {which} prompt is longer than the model reads; it stops at {cut}");
+        }
+    }
+    if req.mirror.preset == MirrorPreset::Recommended && !notes.recommended.is_empty() {
         eprintln!(
             "settings: the model recommends {} (flags still win)",
             notes.recommended.describe()
         );
     }
-    if let Some(r) = &plan.recipe {
-        if !r.model_hash.is_empty() && r.model_hash != sd.info.fingerprint {
-            eprintln!("note: the recipe was made with another model ({})", r.model);
-        }
-        if !r.image_hash.is_empty() && r.image_hash != loaded.content_hash {
-            eprintln!("note: the image differs from the one the recipe was made from");
-        }
-    }
-    let side = sd.default_image_side() as u32;
-    let size = processing_size(
-        loaded.original_size,
-        plan.size,
-        plan.resize,
-        side,
-        sd.size_multiple() as u32,
-    )?;
-    eprintln!(
-        "image: {}",
-        describe_resize(loaded.original_size, size, plan.resize)
-    );
-    let image = resize(&loaded.rgb, size, plan.resize);
-
-    let mut req = plan.request.clone();
-    req.image = image;
-    if let EditMask::Given(mask) = &req.mask {
-        req.mask = EditMask::Given(resize_mask(mask, loaded.original_size, size, plan.resize));
+    if let Some(r) = &plan.recipe
+        && !r.model_hash.is_empty()
+        && r.model_hash != sd.info.fingerprint
+    {
+        eprintln!("note: the recipe was made with another model ({})", r.model);
     }
     let cache_dir = if args.no_cache {
         None
     } else {
         InversionCache::default_dir()
     };
-    let model_name = sd.info.name.clone();
-    let model_hash = sd.info.fingerprint.clone();
-    let mut session = Session::new(sd, cache_dir);
+    Ok(Session::new(sd, cache_dir))
+}
 
-    let cancel = CancelToken::new();
-    interrupt::install(&cancel);
+/// The plan's request for one photo: brought to its processing size, the mask with it.
+pub(super) fn prepare_request(
+    plan: &RequestPlan,
+    sd: &StableDiffusion,
+    loaded: &LoadedImage,
+) -> Result<TranslateRequest> {
+    let size = processing_size(
+        loaded.original_size,
+        plan.size,
+        plan.resize,
+        sd.default_image_side() as u32,
+        sd.size_multiple() as u32,
+    )?;
+    let mut req = plan.request.clone();
+    req.image = resize(&loaded.rgb, size, plan.resize);
+    if let EditMask::Given(mask) = &req.mask {
+        req.mask = EditMask::Given(resize_mask(mask, loaded.original_size, size, plan.resize));
+    }
+    Ok(req)
+}
+
+/// Runs `req` with a progress line; a cancelled run is the `Cancelled` error.
+pub(super) fn translate_one(
+    session: &mut Session,
+    req: &TranslateRequest,
+    cancel: &CancelToken,
+) -> Result<TranslateOutcome> {
     let mut progress = Progress::new();
-    let outcome = session.translate(&req, &cancel, &mut |e| progress.handle(e));
+    let outcome = session.translate(req, cancel, &mut |e| progress.handle(e));
     progress.finish();
     let outcome = outcome?;
     if outcome.cancelled {
         eprintln!("stopped after {}/{} steps", outcome.steps_done, req.steps);
         return Err(Cancelled.into());
     }
+    Ok(outcome)
+}
 
+/// The recipe of a finished run.
+pub(super) fn recipe_of(
+    plan: &RequestPlan,
+    sd: &StableDiffusion,
+    req: &TranslateRequest,
+    loaded: &LoadedImage,
+    outcome: &TranslateOutcome,
+) -> Recipe {
     let origin = RecipeOrigin {
         resize: plan.resize,
-        model: model_name,
-        model_hash,
+        model: sd.info.name.clone(),
+        model_hash: sd.info.fingerprint.clone(),
         image_hash: loaded.content_hash.clone(),
         vae_tiles_used: Some(outcome.vae_tiles.used),
     };
-    let recipe = Recipe::from_request(&req, &origin);
-    let delivered = (plan.resize, loaded.original_size);
-    let wrote = write_outputs(&outputs, &req, &outcome, &recipe, delivered)?;
-
-    report_done(&req, &outcome, &wrote)?;
-    Ok(())
+    Recipe::from_request(req, &origin)
 }
 
 /// The closing lines: what ran, how long, the mask's share, the files written.
