@@ -1,0 +1,139 @@
+//! Every method and variant Mirror offers, as the requests the benchmark sends.
+
+use mirror_engine::demo;
+use mirror_engine::methods::mirror::{MirrorPreset, MirrorSettings};
+use mirror_engine::model::StableDiffusion;
+use mirror_engine::session::{
+    DdimTranslation, DirectionChoice, InversionChoice, Method, TranslateRequest,
+};
+
+/// One column of the benchmark: a method with its settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// MirrorDiffusion, recommended preset with the model's recommended values.
+    Recommended,
+    /// MirrorDiffusion, the authors' preset (the released code's values and inversion).
+    Authors,
+    /// Recommended + the exact mirror (Direct Inversion).
+    Exact,
+    /// Exact mirror without redescription (0 iterations).
+    ExactFast,
+    /// Plain DDIM: word-swap sampling from the shared (regularised) inversion.
+    Ddim,
+    /// pix2pix-zero.
+    Pix2PixZero,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 6] = [
+        Variant::Recommended,
+        Variant::Exact,
+        Variant::ExactFast,
+        Variant::Ddim,
+        Variant::Pix2PixZero,
+        Variant::Authors,
+    ];
+
+    /// The name `--methods` takes and the CSVs write.
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Recommended => "recommended",
+            Variant::Authors => "authors",
+            Variant::Exact => "exact",
+            Variant::ExactFast => "exact-fast",
+            Variant::Ddim => "ddim",
+            Variant::Pix2PixZero => "pix2pix-zero",
+        }
+    }
+
+    /// The name the markdown table shows.
+    pub fn title(self) -> &'static str {
+        match self {
+            Variant::Recommended => "MirrorDiffusion recommended",
+            Variant::Authors => "MirrorDiffusion authors' preset",
+            Variant::Exact => "MirrorDiffusion + exact mirror",
+            Variant::ExactFast => "exact mirror, no redescription",
+            Variant::Ddim => "plain DDIM (word swap)",
+            Variant::Pix2PixZero => "pix2pix-zero",
+        }
+    }
+
+    /// `--methods a,b,…` (names as [`Variant::name`]; "all" for every one).
+    pub fn parse_list(list: &str) -> Vec<Variant> {
+        if list == "all" {
+            return Variant::ALL.to_vec();
+        }
+        list.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                Variant::ALL
+                    .into_iter()
+                    .find(|v| v.name() == s)
+                    .unwrap_or_else(|| {
+                        let names: Vec<&str> = Variant::ALL.iter().map(|v| v.name()).collect();
+                        panic!("unknown method {s} (expected {})", names.join(", "))
+                    })
+            })
+            .collect()
+    }
+
+    /// The request template of this variant (image and prompts are filled in per edit): the
+    /// model's recommendations, then `--set`, then what makes the variant. Every variant but
+    /// the authors' preset inverts the same way (consistent grid, posterior mean, noise
+    /// regulariser), so they share one cached inversion per source; plain DDIM is asked to
+    /// use that regularised inversion ([`InversionChoice::Regularized`]) for the same reason.
+    pub fn request(self, sd: &StableDiffusion, sets: &[(String, String)]) -> TranslateRequest {
+        let blank = image::RgbImage::new(demo::IMAGE_SIDE, demo::IMAGE_SIDE);
+        let mut req = TranslateRequest::new(blank, "", "");
+        req.use_cache = true;
+        req.compare_ddim = false;
+        if self == Variant::Authors {
+            req.mirror = MirrorSettings::with_preset(MirrorPreset::Authors);
+        }
+        req.apply_recommended(sd.recommended());
+        apply_sets(&mut req, sets);
+        match self {
+            Variant::Recommended | Variant::Authors => {}
+            Variant::Exact => req.mirror.exact_mirror = true,
+            Variant::ExactFast => {
+                req.mirror.exact_mirror = true;
+                req.mirror.redescribe.iterations = 0;
+            }
+            Variant::Ddim => {
+                req.method = Method::Ddim;
+                req.inversion = InversionChoice::Regularized;
+                // The model's recommended guidance, as the Mirror variants use it.
+                req.ddim_translation = DdimTranslation::WordSwap {
+                    guidance: req.mirror.guidance_scale,
+                };
+            }
+            Variant::Pix2PixZero => req.method = Method::Pix2PixZero,
+        }
+        req
+    }
+}
+
+/// `--set key=value` on a request.
+fn apply_sets(req: &mut TranslateRequest, sets: &[(String, String)]) {
+    for (k, v) in sets {
+        let f = || {
+            v.parse::<f64>()
+                .unwrap_or_else(|_| panic!("{k}={v}: not a number"))
+        };
+        match k.as_str() {
+            "steps" => req.steps = f() as usize,
+            "guidance_scale" => req.mirror.guidance_scale = f(),
+            "xa_guidance" => req.mirror.xa_guidance = f(),
+            "edit_scale" => req.mirror.edit_scale = f(),
+            "ramp_total" => req.mirror.ramp_total = f(),
+            "edit_strength" => req.edit_strength = f(),
+            "exact_mirror" => req.mirror.exact_mirror = f() != 0.0,
+            "redescribe_iterations" => req.mirror.redescribe.iterations = f() as usize,
+            "direction" if v == "prompt" => req.direction = DirectionChoice::PromptDifference,
+            // The model's own captions (its `sentence_templates`) when it has them.
+            "direction" if v == "templates" => req.direction = DirectionChoice::default(),
+            other => panic!("unknown setting {other}"),
+        }
+    }
+}
