@@ -585,11 +585,17 @@ fn translate_a_folder_goes_on_past_bad_files() {
     for name in ["a-cat.png", "b-cat.png"] {
         let path = out.join(name);
         assert_eq!(pixels(&path).dimensions(), image.dimensions(), "{name}");
-        let recipe = read_recipe(&path).unwrap().expect("each result has its recipe");
+        let recipe = read_recipe(&path)
+            .unwrap()
+            .expect("each result has its recipe");
         assert_eq!(recipe.target_prompt, "a photo of a dog");
     }
     let sheet = pixels(&out.join("contact-sheet.png"));
-    assert!(sheet.height() >= 2 * 128, "two rows: {:?}", sheet.dimensions());
+    assert!(
+        sheet.height() >= 2 * 128,
+        "two rows: {:?}",
+        sheet.dimensions()
+    );
 
     // One-file outputs make no sense for a folder.
     let o = env.run(&[

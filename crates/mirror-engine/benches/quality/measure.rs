@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use image::RgbImage;
 use mirror_engine::imageio::{image_to_tensor, tensor_to_image};
+use mirror_engine::methods::mask::{mask_image, mask_iou};
 use mirror_engine::model::StableDiffusion;
 use mirror_engine::pipeline::stages::{Posterior, decode, encode_image};
 use mirror_engine::pipeline::{CancelToken, Event, Phase};
@@ -59,6 +60,9 @@ pub struct Measured {
     pub unchanged_error: f64,
     /// Mean absolute pixel error of the method's reconstruction against the source.
     pub reconstruction_error: f64,
+    /// Intersection over union of the run's mask with the pixels the ideal edit changes,
+    /// when the run used a mask.
+    pub mask_iou: Option<f64>,
     /// Seconds of the run without the inversion (when this run inverted).
     pub seconds: f64,
     /// Seconds the inversion took, when this run computed it (`None`: it reused the cache).
@@ -128,6 +132,7 @@ pub fn run(
         ideal_error: f64::NAN,
         unchanged_error: f64::NAN,
         reconstruction_error: f64::NAN,
+        mask_iou: None,
         seconds: f64::NAN,
         inversion_seconds,
         translation: None,
@@ -154,6 +159,15 @@ pub fn run(
         ideal_error: mean_abs_error(&translation, &source.ideal, None),
         unchanged_error: mean_abs_error(&translation, &source.ideal, Some(&source.unchanged)),
         reconstruction_error: mean_abs_error(&reconstruction, &source.image, None),
+        mask_iou: out.mask.as_ref().map(|m| {
+            let (w, h) = source.image.dimensions();
+            let found = mask_image(m, w, h).expect("the mask as an image");
+            let changed = image::GrayImage::from_fn(w, h, |x, y| {
+                let i = (y * w + x) as usize;
+                image::Luma([if source.unchanged[i] { 0 } else { 255 }])
+            });
+            mask_iou(&found, &changed)
+        }),
         seconds: out.seconds - inversion_seconds.unwrap_or(0.0),
         inversion_seconds,
         translation: Some(translation),

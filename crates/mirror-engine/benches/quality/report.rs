@@ -5,7 +5,8 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use image::{Rgb, RgbImage, imageops};
-use mirror_engine::imageio::{comparison_sheet, draw_text, save_png_with_recipe};
+use mirror_engine::imageio::{comparison_sheet, draw_text};
+use mirror_engine::recipe::save_png_with_recipe;
 use mirror_engine::shapes::evaluate::EditKind;
 
 use super::measure::{CENTROID_KEPT, Measured, Source};
@@ -30,6 +31,8 @@ struct Summary {
     unchanged_error: f64,
     reconstruction_error: f64,
     vae_error: f64,
+    /// Mean mask IoU of the runs that used a mask (NaN: none did).
+    mask_iou: f64,
     seconds: f64,
     /// Mean seconds of the inversions this method computed (`None`: it always reused one).
     inversion_seconds: Option<f64>,
@@ -73,6 +76,7 @@ fn summarise(all: &[SourceRuns], variant: Variant, kind: Option<EditKind>) -> Su
         unchanged_error: mean(cells.iter().map(|(_, m)| m.unchanged_error)),
         reconstruction_error: mean(cells.iter().map(|(_, m)| m.reconstruction_error)),
         vae_error: mean(cells.iter().map(|(s, _)| s.vae_error)),
+        mask_iou: mean(cells.iter().filter_map(|(_, m)| m.mask_iou)),
         seconds: mean(cells.iter().map(|(_, m)| m.seconds)),
         inversion_seconds: (!inversions.is_empty()).then(|| mean(inversions.into_iter())),
     }
@@ -101,10 +105,10 @@ pub fn markdown(all: &[SourceRuns], variants: &[Variant]) -> String {
         s,
         "| method | kind | runs | target hit | other words kept | centroid kept (≤ {:.0} %) \
          | error vs ideal edit | error where nothing should change | reconstruction error \
-         (VAE round trip) | s per edit | s per inversion |",
+         (VAE round trip) | mask IoU | s per edit | s per inversion |",
         CENTROID_KEPT * 100.0
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
     for m in summaries(all, variants) {
         let runs = if m.failed > 0 {
             format!("{} ({} failed)", m.runs, m.failed)
@@ -119,7 +123,7 @@ pub fn markdown(all: &[SourceRuns], variants: &[Variant]) -> String {
         let _ = writeln!(
             s,
             "| {} | {kind} | {runs} | {:.0} % | {:.0} % | {:.0} % | {:.1} | {:.1} | {:.1} ({:.1}) \
-             | {:.2} | {} |",
+             | {} | {:.2} | {} |",
             m.variant.title(),
             m.target_hit,
             m.others_kept,
@@ -128,6 +132,11 @@ pub fn markdown(all: &[SourceRuns], variants: &[Variant]) -> String {
             m.unchanged_error,
             m.reconstruction_error,
             m.vae_error,
+            if m.mask_iou.is_finite() {
+                format!("{:.2}", m.mask_iou)
+            } else {
+                "—".into()
+            },
             m.seconds,
             m.inversion_seconds
                 .map_or("shared".to_string(), |t| format!("{t:.2}")),
@@ -156,7 +165,7 @@ fn number(v: f64) -> String {
 pub fn runs_csv(all: &[SourceRuns]) -> String {
     let mut s = String::from(
         "method,kind,source,target,seen,target_hit,others_kept,centroid_shift,ideal_error,\
-         unchanged_error,reconstruction_error,vae_error,seconds,inversion_seconds,error\n",
+         unchanged_error,reconstruction_error,vae_error,mask_iou,seconds,inversion_seconds,error\n",
     );
     for source in all {
         let case = &source.source.case;
@@ -165,7 +174,7 @@ pub fn runs_csv(all: &[SourceRuns]) -> String {
             let flag = |b: Option<bool>| b.map_or(String::new(), |b| u8::from(b).to_string());
             let _ = writeln!(
                 s,
-                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
                 m.variant.name(),
                 csv_field(case.kind.label()),
                 csv_field(&case.source_prompt()),
@@ -179,6 +188,7 @@ pub fn runs_csv(all: &[SourceRuns]) -> String {
                 number(m.unchanged_error),
                 number(m.reconstruction_error),
                 number(source.source.vae_error),
+                m.mask_iou.map_or(String::new(), number),
                 number(m.seconds),
                 m.inversion_seconds.map_or(String::new(), number),
                 csv_field(m.error.as_deref().unwrap_or("")),
@@ -192,12 +202,13 @@ pub fn runs_csv(all: &[SourceRuns]) -> String {
 pub fn summary_csv(all: &[SourceRuns], variants: &[Variant]) -> String {
     let mut s = String::from(
         "method,kind,runs,failed,target_hit_pct,others_kept_pct,centroid_kept_pct,ideal_error,\
-         unchanged_error,reconstruction_error,vae_error,seconds_per_edit,seconds_per_inversion\n",
+         unchanged_error,reconstruction_error,vae_error,mask_iou,seconds_per_edit,\
+         seconds_per_inversion\n",
     );
     for m in summaries(all, variants) {
         let _ = writeln!(
             s,
-            "{},{},{},{},{:.1},{:.1},{:.1},{},{},{},{},{},{}",
+            "{},{},{},{},{:.1},{:.1},{:.1},{},{},{},{},{},{},{}",
             m.variant.name(),
             csv_field(kind_label(m.kind)),
             m.runs,
@@ -209,6 +220,7 @@ pub fn summary_csv(all: &[SourceRuns], variants: &[Variant]) -> String {
             number(m.unchanged_error),
             number(m.reconstruction_error),
             number(m.vae_error),
+            number(m.mask_iou),
             number(m.seconds),
             m.inversion_seconds.map_or(String::new(), number),
         );

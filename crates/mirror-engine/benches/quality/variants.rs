@@ -1,6 +1,7 @@
 //! Every method and variant Mirror offers, as the requests the benchmark sends.
 
 use mirror_engine::demo;
+use mirror_engine::methods::mask::EditMask;
 use mirror_engine::methods::mirror::{MirrorPreset, MirrorSettings};
 use mirror_engine::model::StableDiffusion;
 use mirror_engine::session::{
@@ -18,6 +19,10 @@ pub enum Variant {
     Exact,
     /// Exact mirror without redescription (0 iterations).
     ExactFast,
+    /// Exact mirror, no redescription, confined to the mask found from the edit (DiffEdit).
+    FastMasked,
+    /// Exact mirror with redescription, confined to the mask found from the edit.
+    ExactMasked,
     /// Plain DDIM: word-swap sampling from the shared (regularised) inversion.
     Ddim,
     /// pix2pix-zero.
@@ -25,10 +30,12 @@ pub enum Variant {
 }
 
 impl Variant {
-    pub const ALL: [Variant; 6] = [
+    pub const ALL: [Variant; 8] = [
         Variant::Recommended,
         Variant::Exact,
         Variant::ExactFast,
+        Variant::ExactMasked,
+        Variant::FastMasked,
         Variant::Ddim,
         Variant::Pix2PixZero,
         Variant::Authors,
@@ -41,6 +48,8 @@ impl Variant {
             Variant::Authors => "authors",
             Variant::Exact => "exact",
             Variant::ExactFast => "exact-fast",
+            Variant::ExactMasked => "exact-masked",
+            Variant::FastMasked => "fast-masked",
             Variant::Ddim => "ddim",
             Variant::Pix2PixZero => "pix2pix-zero",
         }
@@ -53,6 +62,8 @@ impl Variant {
             Variant::Authors => "MirrorDiffusion authors' preset",
             Variant::Exact => "MirrorDiffusion + exact mirror",
             Variant::ExactFast => "exact mirror, no redescription",
+            Variant::ExactMasked => "exact mirror + mask found from the edit",
+            Variant::FastMasked => "exact mirror, no redescription + found mask",
             Variant::Ddim => "plain DDIM (word swap)",
             Variant::Pix2PixZero => "pix2pix-zero",
         }
@@ -99,6 +110,15 @@ impl Variant {
             Variant::ExactFast => {
                 req.mirror.exact_mirror = true;
                 req.mirror.redescribe.iterations = 0;
+            }
+            Variant::ExactMasked => {
+                req.mirror.exact_mirror = true;
+                req.mask = EditMask::Automatic;
+            }
+            Variant::FastMasked => {
+                req.mirror.exact_mirror = true;
+                req.mirror.redescribe.iterations = 0;
+                req.mask = EditMask::Automatic;
             }
             Variant::Ddim => {
                 req.method = Method::Ddim;
