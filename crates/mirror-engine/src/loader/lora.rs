@@ -148,10 +148,13 @@ fn split_key(key: &str) -> Option<(LoraTarget, String, &'static str)> {
                 .or_else(|| key.strip_suffix("_lora.up.weight").map(|s| (s, "up")))?;
             Some((stem, part))
         })?;
-    let stem = stem
-        .replace(".processor.", ".")
-        .replace("to_out", "to_out.0");
-    let stem = stem.replace("to_out.0.0", "to_out.0");
+    // Attention processors name the output projection `to_out` (`….processor.to_out_lora…`);
+    // the module is `to_out.0`. Only a stem that ends there is one: kohya's `…_to_out_0` and
+    // PEFT's `….to_out.0` already name the module.
+    let mut stem = stem.replace(".processor.", ".");
+    if stem.ends_with("to_out") {
+        stem.push_str(".0");
+    }
     for (prefix, target) in [
         ("lora_unet_", LoraTarget::Unet),
         ("lora_te1_", LoraTarget::TextEncoder),
