@@ -1,10 +1,11 @@
-//! LoRA parity with diffusers: the tiny model with a kohya and a PEFT LoRA file applied
+//! LoRA parity with diffusers: the tiny model with a kohya, a PEFT and an old-diffusers LoRA
+//! file applied
 //! (`StableDiffusion::set_loras` at the recorded strength) gives the UNet noise prediction
 //! and text-encoder hidden states that `pipe.load_lora_weights(file)` +
 //! `pipe.fuse_lora(lora_scale=strength)` give, within the shared manifest's tolerances.
 //!
 //! The fixtures are in `tests/fixtures/lora/` (made by `make_lora_fixtures.py` there, see its
-//! docstring and `manifest.json`): both files hold the same deltas on every Linear and Conv2d
+//! docstring and `manifest.json`): all files hold the same deltas on every Linear and Conv2d
 //! of the UNet and of the text encoder's layers.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the report
 
@@ -105,6 +106,18 @@ impl LoraFixtures {
         }
     }
 
+    /// The LoRA file formats, kohya first.
+    fn formats(&self) -> Vec<String> {
+        let mut formats: Vec<String> = self.manifest["files"]
+            .as_object()
+            .expect("files")
+            .keys()
+            .cloned()
+            .collect();
+        formats.sort_by_key(|f| (f != "kohya", f.clone()));
+        formats
+    }
+
     fn strength(&self) -> f64 {
         self.manifest["strength"].as_f64().expect("strength")
     }
@@ -142,14 +155,16 @@ fn check(fx: &LoraFixtures, tag: &str, (eps, hidden): &(Tensor, Tensor)) -> (f64
 }
 
 #[test]
-fn kohya_and_peft_loras_match_diffusers_fuse_lora() {
+fn kohya_peft_and_old_diffusers_loras_match_diffusers_fuse_lora() {
     let fx = LoraFixtures::load();
     let mut model = StableDiffusion::load(&fx.model_dir(), &test_device()).unwrap();
     let base = outputs(&model, &fx);
     check(&fx, "base", &base);
 
     let mut applied = Vec::new();
-    for format in ["kohya", "peft"] {
+    let formats = fx.formats();
+    assert!(formats.len() >= 2, "{formats:?}");
+    for format in &formats {
         let infos = model.set_loras(&[fx.spec(format, fx.strength())]).unwrap();
         assert_eq!(
             infos[0].matched_layers,
@@ -166,18 +181,22 @@ fn kohya_and_peft_loras_match_diffusers_fuse_lora() {
         eprintln!("{format}: max abs error unet {e:.3e}, text encoder {h:.3e}");
         applied.push(out);
     }
-    // Same deltas (the PEFT lora_B is the kohya lora_up times alpha/rank, a power of two):
-    // the same numbers, bit for bit.
-    assert_eq!(
-        bits(&applied[0].0),
-        bits(&applied[1].0),
-        "UNet kohya vs PEFT"
-    );
-    assert_eq!(
-        bits(&applied[0].1),
-        bits(&applied[1].1),
-        "text kohya vs PEFT"
-    );
+    // Same deltas (the other files' lora_B/up is the kohya lora_up times alpha/rank, a power
+    // of two): the same numbers, bit for bit.
+    for (format, out) in formats.iter().zip(&applied).skip(1) {
+        assert_eq!(
+            bits(&applied[0].0),
+            bits(&out.0),
+            "UNet {} vs {format}",
+            formats[0]
+        );
+        assert_eq!(
+            bits(&applied[0].1),
+            bits(&out.1),
+            "text {} vs {format}",
+            formats[0]
+        );
+    }
 
     model.set_loras(&[]).unwrap();
     let restored = outputs(&model, &fx);

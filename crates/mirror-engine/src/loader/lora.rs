@@ -1,5 +1,6 @@
-//! LoRA files (kohya/A1111 `lora_unet_…`/`lora_te_…` and diffusers/PEFT `…lora_A/lora_B`
-//! `.safetensors`): parsing, matching their keys to the model's weight names, and the weight
+//! LoRA files (kohya/A1111 `lora_unet_…`/`lora_te_…`, diffusers/PEFT `…lora_A/lora_B`, and
+//! the older diffusers names `….processor.to_q_lora…`, `….lora.down…`,
+//! `….lora_linear_layer.down…`, `.safetensors`): parsing, matching their keys to the model's weight names, and the weight
 //! deltas `strength · alpha/rank · up·down` that are merged into the model.
 //!
 //! Key conventions follow diffusers v0.30.0
@@ -126,7 +127,7 @@ struct Parts {
 
 /// Splits a stored key into (target, module path, part) where part is "down", "up" or "alpha".
 fn split_key(key: &str) -> Option<(LoraTarget, String, &'static str)> {
-    const SUFFIXES: [(&str, &str); 9] = [
+    const SUFFIXES: [(&str, &str); 11] = [
         (".lora_down.weight", "down"),
         (".lora_up.weight", "up"),
         (".lora_A.weight", "down"),
@@ -135,6 +136,9 @@ fn split_key(key: &str) -> Option<(LoraTarget, String, &'static str)> {
         (".lora_B.default.weight", "up"),
         (".lora.down.weight", "down"),
         (".lora.up.weight", "up"),
+        // Old diffusers text-encoder layers (`LoRALinearLayer`).
+        (".lora_linear_layer.down.weight", "down"),
+        (".lora_linear_layer.up.weight", "up"),
         (".alpha", "alpha"),
     ];
     let (stem, part) = SUFFIXES
@@ -163,11 +167,31 @@ fn split_key(key: &str) -> Option<(LoraTarget, String, &'static str)> {
         ("text_encoder.", LoraTarget::TextEncoder),
     ] {
         if let Some(module) = stem.strip_prefix(prefix) {
-            return Some((target, module.to_string(), part));
+            let module = match target {
+                LoraTarget::TextEncoder => clip_attention_name(module),
+                LoraTarget::Unet => module.to_string(),
+            };
+            return Some((target, module, part));
         }
     }
     // The oldest diffusers files hold UNet attention processors without a prefix.
     Some((LoraTarget::Unet, stem, part))
+}
+
+/// Old diffusers files patch the text encoder's attention through processors named like the
+/// UNet's (`self_attn.to_q_lora…`, `to_out_lora`); CLIP's modules are `q_proj` … `out_proj`.
+fn clip_attention_name(module: &str) -> String {
+    for (old, new) in [
+        ("self_attn.to_q", "self_attn.q_proj"),
+        ("self_attn.to_k", "self_attn.k_proj"),
+        ("self_attn.to_v", "self_attn.v_proj"),
+        ("self_attn.to_out.0", "self_attn.out_proj"),
+    ] {
+        if let Some(head) = module.strip_suffix(old) {
+            return format!("{head}{new}");
+        }
+    }
+    module.to_string()
 }
 
 fn file_label(path: &Path) -> String {
