@@ -1,5 +1,5 @@
-//! LoRA parity with diffusers: the tiny model with a kohya, a PEFT and an old-diffusers LoRA
-//! file applied
+//! LoRA parity with diffusers: the tiny model with a kohya, a PEFT, an old-diffusers and a
+//! diffusers-saved PEFT (alphas in the header's `lora_adapter_metadata`) LoRA file applied
 //! (`StableDiffusion::set_loras` at the recorded strength) gives the UNet noise prediction
 //! and text-encoder hidden states that `pipe.load_lora_weights(file)` +
 //! `pipe.fuse_lora(lora_scale=strength)` give, within the shared manifest's tolerances.
@@ -155,7 +155,7 @@ fn check(fx: &LoraFixtures, tag: &str, (eps, hidden): &(Tensor, Tensor)) -> (f64
 }
 
 #[test]
-fn kohya_peft_and_old_diffusers_loras_match_diffusers_fuse_lora() {
+fn every_lora_file_format_matches_diffusers_fuse_lora() {
     let fx = LoraFixtures::load();
     let mut model = StableDiffusion::load(&fx.model_dir(), &test_device()).unwrap();
     let base = outputs(&model, &fx);
