@@ -51,6 +51,8 @@ pub struct LoraLayer {
     pub module: String,
     pub down: Tensor,
     pub up: Tensor,
+    /// The layer's scale is `alpha / rank` (None: alpha = rank). From the file's `.alpha`
+    /// tensor or its PEFT header; with rsLoRA (alpha/√rank) this is alpha·√rank.
     pub alpha: Option<f64>,
 }
 
