@@ -283,3 +283,127 @@ fn applied_to_the_model_changes_outputs_and_removal_restores_them_bit_for_bit() 
     assert_eq!(bits(&emb0), bits(&emb2));
     assert_eq!(bits(&eps0), bits(&eps2));
 }
+
+/// A file with `tensors` and a diffusers `lora_adapter_metadata` header entry.
+fn write_with_metadata(
+    name: &str,
+    tensors: &HashMap<String, Tensor>,
+    metadata: &serde_json::Value,
+) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mirror-lora-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    let header = HashMap::from([("lora_adapter_metadata".to_string(), metadata.to_string())]);
+    safetensors::serialize_to_file(tensors.iter(), Some(header), &path).unwrap();
+    path
+}
+
+/// Rank-4 PEFT layers on the UNet's first attn1 to_q, to_k and to_v: (module paths, tensors).
+fn peft_qkv() -> (Vec<String>, HashMap<String, Tensor>) {
+    let (_, unet) = targets("unet");
+    let mut modules = Vec::new();
+    let mut t = HashMap::new();
+    for (i, suffix) in [
+        "attn1.to_q.weight",
+        "attn1.to_k.weight",
+        "attn1.to_v.weight",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (name, shape) = first(&unet, suffix);
+        let module = name.trim_end_matches(".weight").to_string();
+        let seed = 30 + 2 * i as u64;
+        t.insert(
+            format!("unet.{module}.lora_A.weight"),
+            randn(&[4, shape[1]], seed),
+        );
+        t.insert(
+            format!("unet.{module}.lora_B.weight"),
+            randn(&[shape[0], 4], seed + 1),
+        );
+        modules.push(module);
+    }
+    (modules, t)
+}
+
+#[test]
+fn peft_adapter_metadata_gives_the_alphas_as_peft_reads_them() {
+    let (modules, t) = peft_qkv();
+    let [q, k, v] = [&modules[0], &modules[1], &modules[2]];
+    // to_q by a dotted suffix of its path, to_k by its whole path (`^`), to_v by no pattern:
+    // `^attn1.to_v` is anchored and not its whole path, so lora_alpha applies.
+    let tail = |m: &str| {
+        m.split('.')
+            .skip(m.split('.').count() - 4)
+            .collect::<Vec<_>>()
+            .join(".")
+    };
+    let metadata = |rslora: bool| {
+        serde_json::json!({
+            "unet.r": 4,
+            "unet.lora_alpha": 2.0,
+            "unet.alpha_pattern": {
+                tail(q): 8.0,
+                format!("^{k}"): 1.0,
+                "^attn1.to_v": 16.0,
+            },
+            "unet.use_rslora": rslora,
+            "unet.use_dora": false,
+        })
+    };
+    let strength = 0.5;
+    for (rslora, divisor) in [(false, 4.0), (true, 2.0)] {
+        let path = write_with_metadata("meta.safetensors", &t, &metadata(rslora));
+        let d = deltas(path, strength).unwrap();
+        assert_eq!(d.len(), 3);
+        for (module, alpha) in [(q, 8.0), (k, 1.0), (v, 2.0)] {
+            let delta = d
+                .iter()
+                .find(|d| d.name == format!("{module}.weight"))
+                .unwrap();
+            let up = &t[&format!("unet.{module}.lora_B.weight")];
+            let down = &t[&format!("unet.{module}.lora_A.weight")];
+            let expected = (up.matmul(down).unwrap() * (strength * alpha / divisor)).unwrap();
+            let err = max_diff(&delta.delta, &expected);
+            assert!(err < 1e-6, "{module} (rslora {rslora}): {err}");
+        }
+    }
+}
+
+#[test]
+fn adapter_metadata_mirror_cannot_read_as_peft_does_is_refused() {
+    let (modules, t) = peft_qkv();
+    // The layer each refusal names: the first in key order the header makes unreadable (a
+    // regex pattern is refused at the first layer it is tried on; only to_q is ambiguous).
+    let first = modules.iter().min().unwrap();
+    let to_q = &modules[0];
+    let cases = [
+        (
+            "regex.safetensors",
+            serde_json::json!({"unet.r": 4, "unet.lora_alpha": 4, "unet.alpha_pattern": {"attn1\\.to_.*": 2}}),
+            "alpha_pattern",
+            Some(first),
+        ),
+        (
+            "ambiguous.safetensors",
+            serde_json::json!({"unet.r": 4, "unet.lora_alpha": 4, "unet.alpha_pattern": {"to_q": 2, "attn1.to_q": 3}}),
+            "both name it",
+            Some(to_q),
+        ),
+        (
+            "dora.safetensors",
+            serde_json::json!({"unet.r": 4, "unet.lora_alpha": 4, "unet.use_dora": true}),
+            "DoRA",
+            None,
+        ),
+    ];
+    for (name, metadata, why, module) in cases {
+        let err = deltas(write_with_metadata(name, &t, &metadata), 1.0).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains(name) && msg.contains(why), "{msg}");
+        if let Some(module) = module {
+            assert!(msg.contains(&format!("unet.{module}.lora_A")), "{msg}");
+        }
+    }
+}

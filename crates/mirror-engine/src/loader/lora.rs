@@ -1,5 +1,6 @@
-//! LoRA files (kohya/A1111 `lora_unet_…`/`lora_te_…` and diffusers/PEFT `…lora_A/lora_B`
-//! `.safetensors`): parsing, matching their keys to the model's weight names, and the weight
+//! LoRA files (kohya/A1111 `lora_unet_…`/`lora_te_…`, diffusers/PEFT `…lora_A/lora_B`, and
+//! the older diffusers names `….processor.to_q_lora…`, `….lora.down…`,
+//! `….lora_linear_layer.down…`, `.safetensors`): parsing, matching their keys to the model's weight names, and the weight
 //! deltas `strength · alpha/rank · up·down` that are merged into the model.
 //!
 //! Key conventions follow diffusers v0.30.0
@@ -50,6 +51,8 @@ pub struct LoraLayer {
     pub module: String,
     pub down: Tensor,
     pub up: Tensor,
+    /// The layer's scale is `alpha / rank` (None: alpha = rank). From the file's `.alpha`
+    /// tensor or its PEFT header; with rsLoRA (alpha/√rank) this is alpha·√rank.
     pub alpha: Option<f64>,
 }
 
@@ -126,7 +129,7 @@ struct Parts {
 
 /// Splits a stored key into (target, module path, part) where part is "down", "up" or "alpha".
 fn split_key(key: &str) -> Option<(LoraTarget, String, &'static str)> {
-    const SUFFIXES: [(&str, &str); 9] = [
+    const SUFFIXES: [(&str, &str); 11] = [
         (".lora_down.weight", "down"),
         (".lora_up.weight", "up"),
         (".lora_A.weight", "down"),
@@ -135,6 +138,9 @@ fn split_key(key: &str) -> Option<(LoraTarget, String, &'static str)> {
         (".lora_B.default.weight", "up"),
         (".lora.down.weight", "down"),
         (".lora.up.weight", "up"),
+        // Old diffusers text-encoder layers (`LoRALinearLayer`).
+        (".lora_linear_layer.down.weight", "down"),
+        (".lora_linear_layer.up.weight", "up"),
         (".alpha", "alpha"),
     ];
     let (stem, part) = SUFFIXES
@@ -148,10 +154,13 @@ fn split_key(key: &str) -> Option<(LoraTarget, String, &'static str)> {
                 .or_else(|| key.strip_suffix("_lora.up.weight").map(|s| (s, "up")))?;
             Some((stem, part))
         })?;
-    let stem = stem
-        .replace(".processor.", ".")
-        .replace("to_out", "to_out.0");
-    let stem = stem.replace("to_out.0.0", "to_out.0");
+    // Attention processors name the output projection `to_out` (`….processor.to_out_lora…`);
+    // the module is `to_out.0`. Only a stem that ends there is one: kohya's `…_to_out_0` and
+    // PEFT's `….to_out.0` already name the module.
+    let mut stem = stem.replace(".processor.", ".");
+    if stem.ends_with("to_out") {
+        stem.push_str(".0");
+    }
     for (prefix, target) in [
         ("lora_unet_", LoraTarget::Unet),
         ("lora_te1_", LoraTarget::TextEncoder),
@@ -160,11 +169,31 @@ fn split_key(key: &str) -> Option<(LoraTarget, String, &'static str)> {
         ("text_encoder.", LoraTarget::TextEncoder),
     ] {
         if let Some(module) = stem.strip_prefix(prefix) {
-            return Some((target, module.to_string(), part));
+            let module = match target {
+                LoraTarget::TextEncoder => clip_attention_name(module),
+                LoraTarget::Unet => module.to_string(),
+            };
+            return Some((target, module, part));
         }
     }
     // The oldest diffusers files hold UNet attention processors without a prefix.
     Some((LoraTarget::Unet, stem, part))
+}
+
+/// Old diffusers files patch the text encoder's attention through processors named like the
+/// UNet's (`self_attn.to_q_lora…`, `to_out_lora`); CLIP's modules are `q_proj` … `out_proj`.
+fn clip_attention_name(module: &str) -> String {
+    for (old, new) in [
+        ("self_attn.to_q", "self_attn.q_proj"),
+        ("self_attn.to_k", "self_attn.k_proj"),
+        ("self_attn.to_v", "self_attn.v_proj"),
+        ("self_attn.to_out.0", "self_attn.out_proj"),
+    ] {
+        if let Some(head) = module.strip_suffix(old) {
+            return format!("{head}{new}");
+        }
+    }
+    module.to_string()
 }
 
 fn file_label(path: &Path) -> String {
@@ -186,20 +215,176 @@ pub fn lora_fingerprint(path: &Path) -> Result<String> {
         path: path.to_path_buf(),
         source,
     })?;
-    let digest = Sha256::digest(&bytes);
-    Ok(digest.iter().take(8).map(|b| format!("{b:02x}")).collect())
+    Ok(fingerprint_of(&bytes))
 }
 
-/// Reads a LoRA file (f32 tensors on `device`); every key must be a LoRA key.
+fn fingerprint_of(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The safetensors header entry diffusers' `save_lora_weights` writes PEFT's `LoraConfig` of
+/// each network to (JSON, keys `unet.<field>` / `text_encoder.<field>`; unprefixed when one
+/// model saved its adapter alone).
+const ADAPTER_METADATA_KEY: &str = "lora_adapter_metadata";
+
+/// What a PEFT `LoraConfig` says about the scale of the layers of one network, for layers
+/// the file gives no `.alpha` tensor: `alpha_pattern` (module name → alpha), else `lora_alpha`
+/// (PEFT's default 8); with `use_rslora` the scale is alpha/√rank instead of alpha/rank.
+#[derive(Debug, Clone)]
+struct AdapterConfig {
+    lora_alpha: f64,
+    alpha_pattern: Vec<(String, f64)>,
+    use_rslora: bool,
+}
+
+fn corrupt(path: &Path, reason: impl std::fmt::Display) -> EngineError {
+    EngineError::CorruptSafetensors {
+        file: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+/// The adapter configs of the file's header, per network (none: alpha = rank, diffusers'
+/// convention for files without alphas).
+fn adapter_configs(bytes: &[u8], path: &Path) -> Result<HashMap<LoraTarget, AdapterConfig>> {
+    let (_, header) =
+        safetensors::SafeTensors::read_metadata(bytes).map_err(|e| corrupt(path, e))?;
+    let Some(raw) = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(ADAPTER_METADATA_KEY))
+    else {
+        return Ok(HashMap::new());
+    };
+    let bad = |why: String| corrupt(path, format!("{ADAPTER_METADATA_KEY}: {why}"));
+    let json: serde_json::Value = serde_json::from_str(raw).map_err(|e| bad(e.to_string()))?;
+    let fields = json
+        .as_object()
+        .ok_or_else(|| bad("not a JSON object".into()))?;
+    let mut out = HashMap::new();
+    for (target, prefix) in [
+        (LoraTarget::Unet, "unet."),
+        (LoraTarget::TextEncoder, "text_encoder."),
+    ] {
+        let field = |name: &str| {
+            fields
+                .get(&format!("{prefix}{name}"))
+                .or_else(|| fields.get(name))
+                .filter(|v| !v.is_null())
+        };
+        if field("r").is_none() && field("lora_alpha").is_none() {
+            continue;
+        }
+        if field("use_dora").and_then(serde_json::Value::as_bool) == Some(true) {
+            return Err(EngineError::InvalidInput(format!(
+                "{}: a DoRA adapter ({prefix}use_dora), which Mirror cannot apply",
+                path.display()
+            )));
+        }
+        let lora_alpha = match field("lora_alpha") {
+            None => 8.0,
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| bad(format!("{prefix}lora_alpha is not a number")))?,
+        };
+        let mut alpha_pattern = Vec::new();
+        if let Some(patterns) = field("alpha_pattern") {
+            let patterns = patterns
+                .as_object()
+                .ok_or_else(|| bad(format!("{prefix}alpha_pattern is not an object")))?;
+            for (pattern, alpha) in patterns {
+                let alpha = alpha.as_f64().ok_or_else(|| {
+                    bad(format!("{prefix}alpha_pattern.{pattern} is not a number"))
+                })?;
+                alpha_pattern.push((pattern.clone(), alpha));
+            }
+        }
+        let use_rslora = field("use_rslora").and_then(serde_json::Value::as_bool) == Some(true);
+        out.insert(
+            target,
+            AdapterConfig {
+                lora_alpha,
+                alpha_pattern,
+                use_rslora,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Whether a PEFT pattern key names `module`, as PEFT's `get_pattern_key` matches it
+/// (`re.match(rf"(.*\.)?({pattern})$", module)`) for the plain module names diffusers writes:
+/// the module itself or a dotted suffix of it, `^name` the whole path only. `None`: the pattern
+/// uses other regular-expression syntax.
+fn pattern_matches(pattern: &str, module: &str) -> Option<bool> {
+    let (anchored, body) = match pattern.strip_prefix('^') {
+        Some(body) => (true, body),
+        None => (false, pattern),
+    };
+    if body.chars().any(|c| "*+?[](){}|^$\\".contains(c)) {
+        return None;
+    }
+    let suffix = module
+        .strip_suffix(body)
+        .is_some_and(|head| head.ends_with('.'));
+    Some(module == body || (!anchored && suffix))
+}
+
+impl AdapterConfig {
+    /// The alpha to scale `layer` by, as `alpha / rank` (rsLoRA's alpha/√rank folded in).
+    fn alpha(&self, layer: &LoraLayer, path: &Path) -> Result<f64> {
+        // Files of transformers 4 models say `text_model.encoder…`, of transformers 5 `encoder…`.
+        let short = layer.module.strip_prefix("text_model.");
+        let mut found: Option<(&str, f64)> = None;
+        for (pattern, alpha) in &self.alpha_pattern {
+            let mut hit = false;
+            for module in std::iter::once(layer.module.as_str()).chain(short) {
+                hit |= pattern_matches(pattern, module).ok_or_else(|| {
+                    bad_key(
+                        path,
+                        &layer.key,
+                        &format!("alpha_pattern `{pattern}` is not a plain module name"),
+                    )
+                })?;
+            }
+            if !hit {
+                continue;
+            }
+            if let Some((first, a)) = found
+                && a != *alpha
+            {
+                return Err(bad_key(
+                    path,
+                    &layer.key,
+                    &format!("alpha_pattern `{first}` and `{pattern}` both name it"),
+                ));
+            }
+            found = Some((pattern, *alpha));
+        }
+        let alpha = found.map_or(self.lora_alpha, |(_, a)| a);
+        let rank = layer.down.dims()[0] as f64;
+        Ok(if self.use_rslora {
+            alpha * rank.sqrt()
+        } else {
+            alpha
+        })
+    }
+}
+
+/// Reads a LoRA file (f32 tensors on `device`); every key must be a LoRA key. Layers without
+/// an `.alpha` tensor take their alpha from the header's `lora_adapter_metadata` (PEFT
+/// config, as diffusers saves it) when there is one, else alpha = rank.
 pub fn read_lora(spec: &LoraSpec, device: &Device) -> Result<LoraFile> {
     let path = &spec.path;
-    let fingerprint = lora_fingerprint(path)?;
-    let tensors = candle_core::safetensors::load(path, device).map_err(|e| {
-        EngineError::CorruptSafetensors {
-            file: path.clone(),
-            reason: e.to_string(),
-        }
+    let bytes = std::fs::read(path).map_err(|source| EngineError::Io {
+        path: path.clone(),
+        source,
     })?;
+    let fingerprint = fingerprint_of(&bytes);
+    let configs = adapter_configs(&bytes, path)?;
+    let tensors =
+        candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| corrupt(path, e))?;
     let mut keys: Vec<&String> = tensors.keys().collect();
     keys.sort();
     let mut groups: HashMap<(LoraTarget, String), (String, Parts)> = HashMap::new();
@@ -217,19 +402,28 @@ pub fn read_lora(spec: &LoraSpec, device: &Device) -> Result<LoraFile> {
             _ => entry.1.alpha = Some(f64::from(tensor.flatten_all()?.get(0)?.to_scalar::<f32>()?)),
         }
     }
+    // In key order, so that a refusal names the first bad key.
+    let mut groups: Vec<_> = groups.into_iter().collect();
+    groups.sort_by(|a, b| a.1.0.cmp(&b.1.0));
     let mut layers = Vec::with_capacity(groups.len());
     for ((target, module), (key, parts)) in groups {
         let (Some(down), Some(up)) = (parts.down, parts.up) else {
             return Err(bad_key(path, &key, "without its up/down pair"));
         };
-        layers.push(LoraLayer {
+        let mut layer = LoraLayer {
             key,
             target,
             module,
             down,
             up,
             alpha: parts.alpha,
-        });
+        };
+        if layer.alpha.is_none()
+            && let Some(config) = configs.get(&target)
+        {
+            layer.alpha = Some(config.alpha(&layer, path)?);
+        }
+        layers.push(layer);
     }
     layers.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(LoraFile {
