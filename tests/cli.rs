@@ -647,3 +647,59 @@ fn a_prompt_too_long_is_reported() {
     );
     assert!(!err.contains("the source prompt is longer"), "{err}");
 }
+
+/// `--lora FILE[:STRENGTH]` merges a LoRA (the fixture made with diffusers), changes the
+/// result, and the recipe names it; a replay without it says so; a file that is no LoRA is
+/// refused naming it.
+#[test]
+fn translate_with_a_lora_records_it() {
+    let env = Env::new("lora");
+    let lora = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("crates/mirror-engine/tests/fixtures/lora/lora_kohya.safetensors");
+    let (plain, with) = (env.path("plain.png"), env.path("with.png"));
+    assert_ok(&env.translate(&plain, &["--no-ddim"]));
+    let spec = format!("{}:0.7", lora.display());
+    let o = env.translate(&with, &["--no-ddim", "--lora", &spec]);
+    assert_ok(&o);
+    assert!(
+        stderr(&o).contains("lora: lora_kohya.safetensors at strength 0.7"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        pixels(&plain) != pixels(&with),
+        "the LoRA changes the result"
+    );
+    let recipe = read_recipe(&with).unwrap().unwrap();
+    assert_eq!(recipe.loras.len(), 1);
+    assert_eq!(recipe.loras[0].file_name, "lora_kohya.safetensors");
+    assert_eq!(recipe.loras[0].strength, 0.7);
+    assert_eq!(recipe.loras[0].fingerprint.len(), 16);
+
+    let o = env.run(&[
+        "translate",
+        "--model",
+        s(&env.model()),
+        "--image",
+        s(&env.image()),
+        "--recipe",
+        s(&with),
+        "--out",
+        s(&env.path("again.png")),
+        "--threads",
+        "1",
+    ]);
+    assert_ok(&o);
+    assert!(
+        stderr(&o).contains("give the same with --lora"),
+        "{}",
+        stderr(&o)
+    );
+
+    let not_a_lora = env.path("notes.safetensors");
+    std::fs::write(&not_a_lora, b"not a tensor file").unwrap();
+    assert_fails_naming(
+        &env.translate(&with, &["--lora", s(&not_a_lora)]),
+        "notes.safetensors",
+    );
+}

@@ -271,6 +271,8 @@ impl MirrorApp {
                 .unwrap_or_default(),
             // Known once the run finishes (`AppState::finish`).
             vae_tiles_used: None,
+            // The app does not merge LoRAs (yet): the model runs as loaded.
+            loras: Vec::new(),
         };
         Recipe::from_request(req, &origin)
     }

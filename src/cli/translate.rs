@@ -17,12 +17,12 @@ use mirror_engine::imageio::{
     ImageLimits, LoadedImage, ResizePolicy, describe_resize, load_image, processing_size, resize,
     resize_mask,
 };
-use mirror_engine::loader::{ModelNotes, Recommended};
+use mirror_engine::loader::{LoraSpec, ModelNotes, Recommended};
 use mirror_engine::methods::mask::EditMask;
 use mirror_engine::methods::mirror::{MirrorPreset, MirrorSettings};
 use mirror_engine::model::StableDiffusion;
 use mirror_engine::pipeline::CancelToken;
-use mirror_engine::recipe::{Recipe, RecipeOrigin, read_recipe};
+use mirror_engine::recipe::{Recipe, RecipeLora, RecipeOrigin, read_recipe};
 use mirror_engine::session::{
     DirectionChoice, InversionCache, Method, Session, TranslateOutcome, TranslateRequest,
 };
@@ -100,6 +100,22 @@ impl From<ResizeArg> for ResizePolicy {
             ResizeArg::Pad => ResizePolicy::Pad,
         }
     }
+}
+
+/// `FILE[:STRENGTH]`: a strength after the last colon when it reads as a number.
+pub(super) fn parse_lora(s: &str) -> std::result::Result<LoraSpec, String> {
+    let (path, strength) = match s.rsplit_once(':') {
+        Some((path, n)) if !path.is_empty() => match n.trim().parse::<f64>() {
+            Ok(v) if v.is_finite() => (path, v),
+            Ok(_) => return Err(format!("`{n}` is not a usable strength")),
+            Err(_) => (s, 1.0),
+        },
+        _ => (s, 1.0),
+    };
+    Ok(LoraSpec {
+        path: PathBuf::from(path),
+        strength,
+    })
 }
 
 /// `WxH` in pixels.
@@ -183,6 +199,10 @@ pub struct TranslateArgs {
     /// recipe's, else the whole picture].
     #[arg(long, value_name = "auto|MASK.png")]
     pub mask: Option<String>,
+    /// A LoRA to merge into the model (kohya/A1111 or diffusers/PEFT .safetensors), with its
+    /// strength [default: 1]; repeat for several.
+    #[arg(long, value_name = "FILE[:STRENGTH]", value_parser = parse_lora)]
+    pub lora: Vec<LoraSpec>,
     /// Skip the plain DDIM comparison (faster).
     #[arg(long)]
     pub no_ddim: bool,
@@ -503,9 +523,17 @@ pub(super) fn open_session(
     notes: &ModelNotes,
     plan: &RequestPlan,
 ) -> Result<Session> {
-    let sd = args
+    let mut sd = args
         .compute
         .load_model(model_path, args.configs.as_deref())?;
+    if !args.lora.is_empty() {
+        for info in sd.set_loras(&args.lora)? {
+            eprintln!(
+                "lora: {} at strength {} ({} weights changed)",
+                info.file_name, info.strength, info.matched_layers
+            );
+        }
+    }
     eprintln!(
         "model: {} ({}, {})",
         sd.info.name,
@@ -533,6 +561,18 @@ pub(super) fn open_session(
         && r.model_hash != sd.info.fingerprint
     {
         eprintln!("note: the recipe was made with another model ({})", r.model);
+    }
+    if let Some(r) = &plan.recipe {
+        let now: Vec<RecipeLora> = sd.loras.iter().map(RecipeLora::from).collect();
+        if r.loras != now {
+            let named: Vec<String> = (r.loras.iter())
+                .map(|l| format!("{}:{}", l.file_name, l.strength))
+                .collect();
+            eprintln!(
+                "note: the recipe was made with LoRAs [{}]; give the same with --lora to replay it",
+                named.join(", ")
+            );
+        }
     }
     let cache_dir = if args.no_cache {
         None
@@ -594,6 +634,7 @@ pub(super) fn recipe_of(
         model_hash: sd.info.fingerprint.clone(),
         image_hash: loaded.content_hash.clone(),
         vae_tiles_used: Some(outcome.vae_tiles.used),
+        loras: sd.loras.iter().map(RecipeLora::from).collect(),
     };
     Recipe::from_request(req, &origin)
 }

@@ -35,6 +35,7 @@ fn origin() -> RecipeOrigin {
         model_hash: "abc".into(),
         image_hash: "def".into(),
         vae_tiles_used: Some(false),
+        loras: Vec::new(),
     }
 }
 

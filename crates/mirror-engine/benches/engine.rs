@@ -274,6 +274,7 @@ fn random_sd15() -> StableDiffusion {
         notes: Default::default(),
         half: None,
         vae_tiles: Default::default(),
+        loras: Vec::new(),
     }
 }
 

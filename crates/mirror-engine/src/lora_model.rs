@@ -146,6 +146,7 @@ impl StableDiffusion {
             h.text_encoder = text;
             h.unet = unet;
         }
+        self.loras.clone_from(&infos);
         Ok(infos)
     }
 }

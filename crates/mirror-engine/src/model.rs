@@ -2,6 +2,7 @@
 //! loaded from a diffusers folder or a single-file checkpoint, with what its folder says about
 //! itself (`mirror.json`) and the prompt check that uses it.
 
+use crate::loader::lora::LoraInfo;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -77,6 +78,8 @@ pub struct StableDiffusion {
     pub half: Option<ForwardNets>,
     /// When VAE passes go through in tiles, and whether they did.
     pub vae_tiles: VaeTilesState,
+    /// The LoRAs merged into the text encoder and UNet (`set_loras`), in order.
+    pub loras: Vec<LoraInfo>,
 }
 
 impl StableDiffusion {
@@ -184,6 +187,7 @@ impl StableDiffusion {
             notes,
             half,
             vae_tiles: VaeTilesState::default(),
+            loras: Vec::new(),
         })
     }
 

@@ -339,6 +339,7 @@ fn sample_recipe() -> Recipe {
         }),
         compare_ddim: Some(true),
         mirror: Some(MirrorSettings::default()),
+        loras: Vec::new(),
         mask: Some(RecipeMask::Automatic),
         extra: Default::default(),
     }

@@ -350,6 +350,7 @@ fn sample_recipe() -> Recipe {
         direction: None,
         compare_ddim: Some(false),
         mirror: None,
+        loras: Vec::new(),
         mask: None,
         extra,
     }

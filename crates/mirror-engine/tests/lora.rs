@@ -407,3 +407,55 @@ fn adapter_metadata_mirror_cannot_read_as_peft_does_is_refused() {
         }
     }
 }
+
+/// A session never reuses an inversion made without the LoRAs now merged (nor one made with
+/// other strengths), and finds the original again once they are removed.
+#[test]
+fn cached_inversions_are_kept_apart_by_the_loras() {
+    use mirror_engine::pipeline::CancelToken;
+    use mirror_engine::session::{Session, TranslateRequest};
+    let fx = Fixtures::load();
+    let dev = common::test_device();
+    let model = mirror_engine::model::StableDiffusion::load(&fx.model_dir(), &dev).unwrap();
+    let mut session = Session::new(model, None);
+    let loaded = mirror_engine::imageio::load_image(
+        &fx.test_image(),
+        &mirror_engine::imageio::ImageLimits::default(),
+    )
+    .unwrap();
+    let (h, w) = fx.image_hw();
+    let image = mirror_engine::imageio::resize(
+        &loaded.rgb,
+        (w as u32, h as u32),
+        mirror_engine::imageio::ResizePolicy::Stretch,
+    );
+    let mut req = TranslateRequest::new(image, &fx.source_prompt(), "a photo of a dog");
+    req.steps = 2;
+    req.compare_ddim = false;
+    let run = |session: &mut Session| {
+        let out = session.translate(&req, &CancelToken::new(), &mut |_| {});
+        out.unwrap().reused_inversion
+    };
+    assert!(!run(&mut session), "the first run inverts");
+    assert!(run(&mut session), "the second reuses it");
+    let lora = small_lora("cache-keys.safetensors");
+    let spec = |strength| LoraSpec {
+        path: lora.clone(),
+        strength,
+    };
+    let infos = session.set_loras(&[spec(1.0)]).unwrap();
+    assert_eq!(session.model().loras, infos);
+    assert!(
+        !run(&mut session),
+        "with a LoRA merged the inversion is made again"
+    );
+    assert!(run(&mut session), "and then reused");
+    session.set_loras(&[]).unwrap();
+    assert!(session.model().loras.is_empty());
+    assert!(
+        run(&mut session),
+        "without LoRAs the first inversion is found again"
+    );
+    session.set_loras(&[spec(0.5)]).unwrap();
+    assert!(!run(&mut session), "another strength is another model");
+}

@@ -21,6 +21,11 @@ fn origin(tiles: Option<bool>) -> RecipeOrigin {
         model_hash: "0123456789abcdef".into(),
         image_hash: "feedface".into(),
         vae_tiles_used: tiles,
+        loras: vec![mirror_engine::recipe::RecipeLora {
+            file_name: "ink.safetensors".into(),
+            fingerprint: "0123abcd".into(),
+            strength: 0.7,
+        }],
     }
 }
 

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::imageio::{
     PngText, ResizePolicy, encode_png_with_text, is_png, read_png_text, save_png_with_text,
 };
+use crate::loader::lora::LoraInfo;
 use crate::methods::mirror::MirrorSettings;
 use crate::session::DirectionChoice;
 use crate::vae::VaeTiles;
@@ -68,12 +69,35 @@ pub struct Recipe {
     /// hand-edited `guidance_scale` counts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mirror: Option<MirrorSettings>,
+    /// The LoRAs merged into the model, in order (absent: none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub loras: Vec<RecipeLora>,
     /// Where the edit may change the picture (absent: everywhere).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mask: Option<RecipeMask>,
     /// Keys this version does not know, kept as they were.
     #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A LoRA a run used: its file name (where a replay looks for it), the fingerprint that
+/// tells whether a file is the same one, and its strength.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(default)]
+pub struct RecipeLora {
+    pub file_name: String,
+    pub fingerprint: String,
+    pub strength: f64,
+}
+
+impl From<&LoraInfo> for RecipeLora {
+    fn from(info: &LoraInfo) -> Self {
+        Self {
+            file_name: info.file_name.clone(),
+            fingerprint: info.fingerprint.clone(),
+            strength: info.strength,
+        }
+    }
 }
 
 /// An edit mask as a recipe stores it.

@@ -5,7 +5,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use image::{GrayImage, ImageEncoder};
 
-use super::{RECIPE_VERSION, Recipe, RecipeMask};
+use super::{RECIPE_VERSION, Recipe, RecipeLora, RecipeMask};
 use crate::imageio::ResizePolicy;
 use crate::methods::mask::EditMask;
 use crate::methods::mirror::{MirrorPreset, MirrorSettings};
@@ -24,6 +24,8 @@ pub struct RecipeOrigin {
     pub image_hash: String,
     /// Whether the VAE worked in tiles (None until the run has said).
     pub vae_tiles_used: Option<bool>,
+    /// The LoRAs merged into the model (`StableDiffusion::loras`).
+    pub loras: Vec<RecipeLora>,
 }
 
 impl Recipe {
@@ -52,6 +54,7 @@ impl Recipe {
             direction: Some(req.direction.clone()),
             compare_ddim: Some(req.compare_ddim),
             mirror: Some(req.mirror.clone()),
+            loras: origin.loras.clone(),
             mask: match &req.mask {
                 EditMask::Whole => None,
                 EditMask::Automatic => Some(RecipeMask::Automatic),

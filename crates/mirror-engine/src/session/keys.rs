@@ -16,16 +16,22 @@ use crate::vae::VaeTiles;
 use super::request::InversionChoice;
 
 /// What of the model a key depends on: its weights, and the type forward passes run in.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct ModelIdentity<'a> {
-    pub fingerprint: &'a str,
+#[derive(Debug, Clone)]
+pub(super) struct ModelIdentity {
+    /// The model's fingerprint, followed by each merged LoRA's fingerprint and strength (a
+    /// model without LoRAs keeps the keys it always had).
+    pub fingerprint: String,
     pub forward_dtype: DType,
 }
 
-impl<'a> ModelIdentity<'a> {
-    pub fn of(sd: &'a StableDiffusion) -> Self {
+impl ModelIdentity {
+    pub fn of(sd: &StableDiffusion) -> Self {
+        let mut fingerprint = sd.info.fingerprint.clone();
+        for lora in &sd.loras {
+            fingerprint += &format!("|lora {}×{}", lora.fingerprint, lora.strength);
+        }
         Self {
-            fingerprint: &sd.info.fingerprint,
+            fingerprint,
             forward_dtype: sd.forward_dtype(),
         }
     }
@@ -111,10 +117,12 @@ mod tests {
     use crate::methods::mirror::MirrorSettings;
     use crate::session::{DdimTranslation, DirectionChoice};
 
-    const MODEL: ModelIdentity = ModelIdentity {
-        fingerprint: "model-a",
-        forward_dtype: DType::F32,
-    };
+    fn model_a() -> ModelIdentity {
+        ModelIdentity {
+            fingerprint: "model-a".into(),
+            forward_dtype: DType::F32,
+        }
+    }
 
     /// A named change to a request.
     type Edit = (&'static str, fn(&mut TranslateRequest));
@@ -125,7 +133,7 @@ mod tests {
 
     fn keys(model: ModelIdentity, req: &TranslateRequest) -> (String, String) {
         (
-            inversion_key(model, req).key(),
+            inversion_key(model.clone(), req).key(),
             reconstruction_key(model, req),
         )
     }
@@ -133,7 +141,7 @@ mod tests {
     /// Edits that change neither key: what only the translation branch reads.
     #[test]
     fn a_re_edit_keeps_both_keys() {
-        let base = keys(MODEL, &request());
+        let base = keys(model_a(), &request());
         let edits: [Edit; 10] = [
             ("target prompt", |r| {
                 r.target_prompt = "a green square".into()
@@ -160,18 +168,18 @@ mod tests {
         for (what, edit) in edits {
             let mut req = request();
             edit(&mut req);
-            assert_eq!(keys(MODEL, &req), base, "{what} changed a key");
+            assert_eq!(keys(model_a(), &req), base, "{what} changed a key");
         }
         // Every method shares the inversion of the method-default regularised grid.
         let mut req = request();
         req.method = Method::Pix2PixZero;
-        assert_eq!(inversion_key(MODEL, &req).key(), base.0);
+        assert_eq!(inversion_key(model_a(), &req).key(), base.0);
     }
 
     /// Inputs of the inversion: each changes both keys.
     #[test]
     fn the_inversion_inputs_change_both_keys() {
-        let base = keys(MODEL, &request());
+        let base = keys(model_a(), &request());
         let edits: [Edit; 6] = [
             ("source prompt", |r| r.source_prompt = "a red square".into()),
             ("a tiled encode", |r| r.vae_tiles = VaeTiles::On),
@@ -187,20 +195,21 @@ mod tests {
         for (what, edit) in edits {
             let mut req = request();
             edit(&mut req);
-            let changed = keys(MODEL, &req);
+            let changed = keys(model_a(), &req);
             assert_ne!(changed.0, base.0, "{what} kept the inversion key");
             assert_ne!(changed.1, base.1, "{what} kept the reconstruction key");
         }
         let other_model = ModelIdentity {
-            fingerprint: "model-b",
-            ..MODEL
+            fingerprint: "model-b".into(),
+            ..model_a()
         };
         let half = ModelIdentity {
             forward_dtype: DType::F16,
-            ..MODEL
+            ..model_a()
         };
         for model in [other_model, half] {
-            assert_ne!(keys(model, &request()).0, base.0, "{model:?}");
+            let what = format!("{model:?}");
+            assert_ne!(keys(model, &request()).0, base.0, "{what}");
         }
     }
 
@@ -208,21 +217,21 @@ mod tests {
     fn the_seed_matters_where_the_posterior_is_sampled() {
         let mut req = request();
         req.mirror = MirrorSettings::with_preset(MirrorPreset::Authors);
-        let base = keys(MODEL, &req);
+        let base = keys(model_a(), &req);
         req.seed = 7;
-        assert_ne!(keys(MODEL, &req).0, base.0);
+        assert_ne!(keys(model_a(), &req).0, base.0);
         // The authors' reconstruction also runs its (no-op) guidance.
         let mut req = request();
         req.mirror = MirrorSettings::with_preset(MirrorPreset::Authors);
         req.mirror.guidance_scale = 2.0;
-        let changed = keys(MODEL, &req);
+        let changed = keys(model_a(), &req);
         assert_eq!(changed.0, base.0);
         assert_ne!(changed.1, base.1);
     }
 
     #[test]
     fn redescription_changes_only_the_reconstruction_key() {
-        let base = keys(MODEL, &request());
+        let base = keys(model_a(), &request());
         let edits: [Edit; 5] = [
             ("iterations", |r| r.mirror.redescribe.iterations += 1),
             ("exact mirror", |r| r.mirror.exact_mirror = true),
@@ -237,7 +246,7 @@ mod tests {
         for (what, edit) in edits {
             let mut req = request();
             edit(&mut req);
-            let changed = keys(MODEL, &req);
+            let changed = keys(model_a(), &req);
             assert_eq!(changed.0, base.0, "{what} changed the inversion key");
             assert_ne!(changed.1, base.1, "{what} kept the reconstruction key");
         }

@@ -10,6 +10,7 @@ mod request;
 mod run;
 mod stepper;
 
+use crate::loader::lora::{LoraInfo, LoraSpec};
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
@@ -51,6 +52,13 @@ impl Session {
 
     pub fn model(&self) -> &StableDiffusion {
         &self.sd
+    }
+
+    /// Merges `loras` into the model (replacing earlier ones; empty: none). Cached inversions
+    /// and reconstructions are kept apart by the LoRAs' fingerprints and strengths, so a run
+    /// never reuses one made without them.
+    pub fn set_loras(&mut self, loras: &[LoraSpec]) -> Result<Vec<LoraInfo>> {
+        self.sd.set_loras(loras)
     }
 
     /// Whether `req` would reuse a cached inversion (a re-edit).

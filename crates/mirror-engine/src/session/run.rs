@@ -32,7 +32,7 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    fn model(&self) -> ModelIdentity<'_> {
+    fn model(&self) -> ModelIdentity {
         ModelIdentity::of(self.sd)
     }
 
