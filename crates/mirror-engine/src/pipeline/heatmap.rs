@@ -8,9 +8,9 @@ use crate::unet::AttentionMaps;
 /// All layers of one query resolution, averaged: `data` is `[tokens, height, width]`.
 #[derive(Debug, Clone)]
 pub struct ResolutionMap {
-    /// Height of the query grid, in latent pixels.
+    /// Height of the query grid (the latent height over the layer's downsampling).
     pub height: usize,
-    /// Width of the query grid, in latent pixels.
+    /// Width of the query grid (the latent width over the layer's downsampling).
     pub width: usize,
     /// Number of `attn2` layers averaged.
     pub layers: usize,

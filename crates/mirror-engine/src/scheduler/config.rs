@@ -57,10 +57,10 @@ pub struct DdimConfig {
     /// Clamp bound for `clip_sample` (default 1.0).
     #[serde(default = "default_clip_sample_range")]
     pub clip_sample_range: f64,
-    /// Whether ᾱ before the first training step is taken as 1 (else `alphas_cumprod[0]`); default true.
+    /// Whether ᾱ after the last denoising step is 1 (else `alphas_cumprod[0]`); default true.
     #[serde(default = "default_true")]
     pub set_alpha_to_one: bool,
-    /// Added to every inference timestep (SD 1.x: 1).
+    /// Added to every inference timestep with `leading` spacing (SD 1.x: 1).
     #[serde(default)]
     pub steps_offset: usize,
     /// "epsilon" or "v_prediction".

@@ -52,7 +52,7 @@ pub struct CacheKey {
 }
 
 impl CacheKey {
-    /// A SHA-256 of every part, as 32 hex digits: the cache entry's name.
+    /// The first 16 bytes of a SHA-256 over every part, as 32 hex digits: the entry's name.
     pub fn key(&self) -> String {
         let mut h = Sha256::new();
         for part in [&self.model, &self.image, &self.caption, &self.variant] {
