@@ -63,7 +63,8 @@ pub struct ModelInfo {
     pub fingerprint: String,
 }
 
-/// A loaded Stable Diffusion model: tokenizer, CLIP text encoder, UNet, VAE and DDIM scheduler, in f32 on one device.
+/// A loaded Stable Diffusion model: tokenizer, CLIP text encoder, UNet, VAE and DDIM scheduler,
+/// in f32 on one device.
 pub struct StableDiffusion {
     /// The CLIP tokenizer.
     pub tokenizer: ClipTokenizer,

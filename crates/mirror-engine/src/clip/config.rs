@@ -36,7 +36,7 @@ impl ClipActivation {
     }
 }
 
-/// `text_encoder/config.json`: transformers' `CLIPTextConfig`; each field reads the key of the same name.
+/// `text_encoder/config.json` (transformers' `CLIPTextConfig`); each field reads its namesake key.
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct ClipTextConfig {
     /// Number of token ids (49408 for CLIP).

@@ -144,7 +144,8 @@ impl ClipEncoderLayer {
     }
 }
 
-/// The CLIP text encoder (transformers' `CLIPTextModel`): token ids to the embeddings the UNet's cross-attention reads.
+/// The CLIP text encoder (transformers' `CLIPTextModel`): token ids to the embeddings the UNet's
+/// cross-attention reads.
 #[derive(Debug, Clone)]
 pub struct ClipTextTransformer {
     embeddings: ClipTextEmbeddings,

@@ -17,7 +17,8 @@ use crate::unet::{CaptureRequest, repeat_batch};
 pub struct Pix2PixZeroSettings {
     /// Classifier-free guidance of the edit pass.
     pub guidance_scale: f64,
-    /// Step size of the cross-attention guidance on the edit latent (the latent moves by `−xa_guidance · ∇`).
+    /// Step size of the cross-attention guidance on the edit latent (the latent moves by
+    /// `−xa_guidance · ∇`).
     pub xa_guidance: f64,
 }
 

@@ -109,7 +109,8 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
-    /// A convolution with kernel `[C_out, C_in, kh, kw]`, optional bias `[C_out]`, and the same padding and stride on both axes.
+    /// A convolution with kernel `[C_out, C_in, kh, kw]`, optional bias `[C_out]`, and the same
+    /// padding and stride on both axes.
     pub fn new(weight: Tensor, bias: Option<Tensor>, padding: usize, stride: usize) -> Self {
         let matrix = if weight.device().is_cpu() && conv_cpu::supports(weight.dtype()) {
             conv_cpu::tap_matrices(&weight).ok()

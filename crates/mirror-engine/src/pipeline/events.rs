@@ -12,7 +12,7 @@ pub enum Phase {
     Encode,
     /// DDIM inversion of the image latent.
     Invert,
-    /// Translating while the prompt embedding is redescribed (Mirror without a recorded redescription).
+    /// Translating with redescription (Mirror, no cached reconstruction to replay).
     Redescribe,
     /// The translation steps.
     Translate,

@@ -51,7 +51,7 @@ impl FlagPerBlock {
     }
 }
 
-/// `unet/config.json` of a diffusers `UNet2DConditionModel`; each field reads the key of the same name.
+/// `unet/config.json` (diffusers' `UNet2DConditionModel`); each field reads its namesake key.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct UNetConfig {

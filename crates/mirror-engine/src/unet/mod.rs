@@ -33,7 +33,8 @@ pub use capture::{
 };
 pub use config::{FlagPerBlock, PerBlock, UNetConfig};
 
-/// The conditional UNet of Stable Diffusion (diffusers `UNet2DConditionModel`): predicts the noise of a latent given a timestep and text embeddings.
+/// The conditional UNet of Stable Diffusion (diffusers `UNet2DConditionModel`): predicts the noise
+/// of a latent given a timestep and text embeddings.
 #[derive(Debug, Clone)]
 pub struct UNet2DConditionModel {
     conv_in: Conv2d,

@@ -59,7 +59,8 @@ fn resnet_stack(
 }
 
 impl DownEncoderBlock2D {
-    /// `num_layers` resnets from `in_c` to `out_c` channels, then a ×2 downsampler when `add_downsample`.
+    /// `num_layers` resnets from `in_c` to `out_c` channels, then a ×2 downsampler when
+    /// `add_downsample`.
     pub fn new(
         vb: VarBuilder,
         in_c: usize,
@@ -107,7 +108,8 @@ pub struct UpDecoderBlock2D {
 }
 
 impl UpDecoderBlock2D {
-    /// `num_layers` resnets from `in_c` to `out_c` channels, then a ×2 upsampler when `add_upsample`.
+    /// `num_layers` resnets from `in_c` to `out_c` channels, then a ×2 upsampler when
+    /// `add_upsample`.
     pub fn new(
         vb: VarBuilder,
         in_c: usize,

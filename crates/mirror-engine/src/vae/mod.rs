@@ -25,7 +25,8 @@ pub use config::VaeConfig;
 pub use gaussian::DiagonalGaussian;
 pub use tiled::{TilingSettings, VaeTiles};
 
-/// The KL autoencoder (diffusers `AutoencoderKL`): images to latent posteriors and latents back to images.
+/// The KL autoencoder (diffusers `AutoencoderKL`): images to latent posteriors and latents back to
+/// images.
 #[derive(Debug, Clone)]
 pub struct AutoencoderKL {
     encoder: Encoder,
