@@ -14,11 +14,11 @@ use crate::{EngineError, Result};
 /// An inversion and its caption embedding.
 #[derive(Debug, Clone)]
 pub struct CachedInversion {
-    /// The inversion latents and timesteps, z0 first.
+    /// The inversion latents and timesteps; the VAE latent z0 is `trajectory.latents[0]`.
     pub trajectory: Trajectory,
     /// The source caption's text embedding, `[1, L, D]` (L = 77 for SD).
     pub caption: Tensor,
-    /// The VAE latent z0 is `trajectory.latents[0]`.
+    /// The MirrorDiffusion reconstruction of this inversion, once one has run.
     pub reconstruction: Option<CachedReconstruction>,
 }
 
