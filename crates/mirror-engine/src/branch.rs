@@ -17,8 +17,10 @@ pub enum Method {
 }
 
 impl Method {
+    /// Every method: Mirror, plain DDIM, pix2pix-zero.
     pub const ALL: [Method; 3] = [Method::Mirror, Method::Ddim, Method::Pix2PixZero];
 
+    /// The method's name on the command line and in recipes (`mirror`, `ddim`, `pix2pix-zero`).
     pub fn name(self) -> &'static str {
         match self {
             Method::Mirror => "mirror",
@@ -77,7 +79,9 @@ pub enum Role {
 /// One denoising branch: a method's reconstruction or translation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Branch {
+    /// The method that steps the branch.
     pub method: Method,
+    /// Whether it reconstructs or translates.
     pub role: Role,
 }
 
@@ -92,6 +96,7 @@ impl Branch {
         Method::Ddim.translation(),
     ];
 
+    /// The branch's name in the display (e.g. "Mirror translation").
     pub fn label(self) -> &'static str {
         match (self.method, self.role) {
             (Method::Mirror, Role::Reconstruction) => "Mirror reconstruction",
@@ -116,6 +121,7 @@ impl Branch {
         }
     }
 
+    /// Whether this is a reconstruction branch.
     pub fn is_reconstruction(self) -> bool {
         self.role == Role::Reconstruction
     }

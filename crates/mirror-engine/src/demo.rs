@@ -135,9 +135,13 @@ fn unpack(dir: &Path) -> std::io::Result<()> {
 /// A rendered source image with its caption and a target that changes one word.
 #[derive(Debug, Clone)]
 pub struct DemoExample {
+    /// The scene that was drawn.
     pub scene: Scene,
+    /// The rendered scene.
     pub image: RgbImage,
+    /// The scene's caption.
     pub source_prompt: String,
+    /// The caption with the shape changed.
     pub target_prompt: String,
 }
 

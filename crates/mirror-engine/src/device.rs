@@ -17,12 +17,16 @@ pub enum DeviceChoice {
     /// The best device this build has: CUDA, then Metal, else the CPU.
     #[default]
     Auto,
+    /// The CPU.
     Cpu,
+    /// The first CUDA GPU (needs a build with the `cuda` feature).
     Cuda,
+    /// The Apple GPU (needs a build with the `metal` feature).
     Metal,
 }
 
 impl DeviceChoice {
+    /// Every choice, in the order the settings list them.
     pub const ALL: [DeviceChoice; 4] = [Self::Auto, Self::Cpu, Self::Cuda, Self::Metal];
 
     /// The word used on the command line and in `MIRROR_DEVICE`.
@@ -73,14 +77,19 @@ pub enum Precision {
     /// f16 on a GPU, f32 on the CPU.
     #[default]
     Auto,
+    /// Full precision.
     F32,
+    /// IEEE half precision.
     F16,
+    /// bfloat16 (on the CPU, f32 is used instead).
     Bf16,
 }
 
 impl Precision {
+    /// Every precision, in the order the settings list them.
     pub const ALL: [Precision; 4] = [Self::Auto, Self::F32, Self::F16, Self::Bf16];
 
+    /// The word used on the command line (`auto`, `f32`, `f16`, `bf16`).
     pub fn word(self) -> &'static str {
         match self {
             Self::Auto => "auto",
@@ -122,6 +131,7 @@ impl FromStr for Precision {
 /// The device a choice opened, and why it is not the one asked for (if it is not).
 #[derive(Debug, Clone)]
 pub struct SelectedDevice {
+    /// The device that was opened.
     pub device: Device,
     /// Set when the chosen accelerator could not be used and the CPU computes instead.
     pub fallback: Option<String>,

@@ -4,59 +4,115 @@ use std::path::PathBuf;
 
 use crate::branch::Branch;
 
+/// Everything the engine can fail with; [`Result`] carries it.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
+    /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {
+        /// The file or folder that was being read or written.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
+    /// The path is neither a diffusers model folder nor a single-file checkpoint.
     #[error("{path}: not a Stable Diffusion model folder or checkpoint: {reason}")]
-    NotAModel { path: PathBuf, reason: String },
+    NotAModel {
+        /// The path that was given as a model.
+        path: PathBuf,
+        /// Why it was not recognised.
+        reason: String,
+    },
+    /// A model lacks one of its parts (UNet, VAE, text encoder, tokenizer, scheduler).
     #[error("{path}: missing component `{component}`: {reason}")]
     MissingComponent {
+        /// The model folder or checkpoint.
         path: PathBuf,
+        /// The component's name, as its diffusers subfolder (`unet`, `vae`, ...).
         component: String,
+        /// What was looked for and not found.
         reason: String,
     },
+    /// A weights file lacks a tensor the model needs.
     #[error("{file}: missing tensor `{name}`")]
-    MissingTensor { file: PathBuf, name: String },
+    MissingTensor {
+        /// The weights file.
+        file: PathBuf,
+        /// The tensor's name, as the model asks for it.
+        name: String,
+    },
+    /// A tensor in a weights file does not have the shape the model expects.
     #[error("{file}: tensor `{name}` has shape {found:?}, expected {expected:?}")]
     ShapeMismatch {
+        /// The weights file.
         file: PathBuf,
+        /// The tensor's name.
         name: String,
+        /// The shape the model expects.
         expected: Vec<usize>,
+        /// The shape stored in the file.
         found: Vec<usize>,
     },
+    /// A safetensors file's header or data could not be read.
     #[error("{file}: corrupt safetensors file: {reason}")]
-    CorruptSafetensors { file: PathBuf, reason: String },
+    CorruptSafetensors {
+        /// The safetensors file.
+        file: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A config file field is missing, has the wrong type or an unsupported value.
     #[error("{file}: config field `{field}`: {reason}")]
     Config {
+        /// The config file (such as a component's `config.json`).
         file: PathBuf,
+        /// The field's key, as written in the file.
         field: String,
+        /// What is wrong with the value.
         reason: String,
     },
+    /// A config names a UNet or VAE block type that the engine does not implement.
     #[error("{file}: unknown block type `{block}` (supported: {supported})")]
     UnknownBlockType {
+        /// The config file.
         file: PathBuf,
+        /// The block type as written in the config (such as `CrossAttnDownBlock2D`).
         block: String,
+        /// The supported block types, comma-separated.
         supported: String,
     },
+    /// A latent size the UNet cannot take (not a positive multiple of its downsampling factor).
     #[error("latent size {height}x{width} cannot be taken by this UNet: {reason}")]
     LatentSize {
+        /// Latent height in latent pixels.
         height: usize,
+        /// Latent width in latent pixels.
         width: usize,
+        /// Why the size does not fit.
         reason: String,
     },
+    /// The tokenizer files could not be read or a prompt could not be tokenized.
     #[error("tokenizer ({path}): {reason}")]
-    Tokenizer { path: PathBuf, reason: String },
+    Tokenizer {
+        /// The tokenizer file or folder.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A computed tensor held NaN or infinity.
     #[error("non-finite values (NaN or infinity) in {what}")]
-    NonFinite { what: String },
+    NonFinite {
+        /// What was being computed.
+        what: String,
+    },
+    /// A request or argument is out of range or inconsistent; the text says which.
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// The run was cancelled through its cancel token.
     #[error("cancelled")]
     Cancelled,
+    /// A candle tensor operation failed.
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
     /// A denoising step produced NaN or infinity (`step` counts from 1).
@@ -66,13 +122,21 @@ pub enum EngineError {
         capitalised(.branch.user_words())
     )]
     StepNotFinite {
+        /// The step that went non-finite, counting from 1.
         step: usize,
+        /// The number of steps in the run.
         steps: usize,
+        /// The branch (translation, reconstruction, ...) whose latent went non-finite.
         branch: Branch,
     },
     /// The device could not allocate memory (`detail`: the device's own message).
     #[error("{device} ran out of memory. Try a smaller image size or half precision. ({detail})")]
-    OutOfMemory { device: String, detail: String },
+    OutOfMemory {
+        /// The device, as [`crate::device::describe`] words it.
+        device: String,
+        /// The device's own error message.
+        detail: String,
+    },
 }
 
 impl EngineError {
@@ -118,6 +182,7 @@ fn capitalised(words: &str) -> String {
     }
 }
 
+/// The engine's result type.
 pub type Result<T> = std::result::Result<T, EngineError>;
 
 #[cfg(test)]

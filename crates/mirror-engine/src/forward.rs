@@ -12,9 +12,13 @@ use crate::vae::AutoencoderKL;
 /// The networks of forward-only passes, in a half type.
 #[derive(Debug, Clone)]
 pub struct ForwardNets {
+    /// The half type the copies hold (f16 or bf16).
     pub dtype: DType,
+    /// The CLIP text encoder in `dtype`.
     pub text_encoder: ClipTextTransformer,
+    /// The UNet in `dtype`.
     pub unet: UNet2DConditionModel,
+    /// The VAE in `dtype`.
     pub vae: AutoencoderKL,
 }
 
@@ -28,6 +32,7 @@ pub struct ForwardUnet<'a> {
 }
 
 impl<'a> ForwardUnet<'a> {
+    /// A view of `unet` that computes in `dtype` (the type of its weights).
     pub fn new(unet: &'a UNet2DConditionModel, dtype: DType) -> Self {
         Self { unet, dtype }
     }

@@ -3,6 +3,8 @@
 //! renderer and the built-in demo model). No UI code lives here: the app and the CLI build on
 //! this crate, never the other way round.
 
+#![warn(missing_docs)]
+
 pub mod branch;
 pub mod clip;
 pub mod config;

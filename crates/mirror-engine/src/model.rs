@@ -55,6 +55,7 @@ impl VaeTilesState {
 pub struct ModelInfo {
     /// Folder or file name.
     pub name: String,
+    /// The model folder or checkpoint file it was loaded from.
     pub path: PathBuf,
     /// "diffusers folder" or "single-file checkpoint".
     pub kind: &'static str,
@@ -63,13 +64,22 @@ pub struct ModelInfo {
     pub fingerprint: String,
 }
 
+/// A loaded Stable Diffusion model: tokenizer, CLIP text encoder, UNet, VAE and DDIM scheduler,
+/// in f32 on one device.
 pub struct StableDiffusion {
+    /// The CLIP tokenizer.
     pub tokenizer: ClipTokenizer,
+    /// The CLIP text encoder (f32).
     pub text_encoder: ClipTextTransformer,
+    /// The UNet (f32).
     pub unet: UNet2DConditionModel,
+    /// The VAE (f32).
     pub vae: AutoencoderKL,
+    /// The DDIM scheduler.
     pub scheduler: DdimScheduler,
+    /// The device every network lives on.
     pub device: Device,
+    /// What the model is (name, path, kind, fingerprint).
     pub info: ModelInfo,
     /// The folder's `mirror.json` (empty without one).
     pub notes: ModelNotes,
@@ -412,8 +422,8 @@ impl StableDiffusion {
 
 /// What checking prompts needs without the weights (the app's prompt fields): the model's
 /// notes and its tokenizer, read the way [`StableDiffusion::load`] reads them.
-///
 pub struct ModelWords {
+    /// The folder's `mirror.json` (empty without one).
     pub notes: ModelNotes,
     tokenizer: ClipTokenizer,
 }

@@ -1,14 +1,17 @@
 //! SplitMix64: a tiny, fully specified random generator, identical on every platform, for
 //! everything Mirror seeds (posterior samples, rendered data sets) without a dependency.
 
+/// A SplitMix64 generator; its state is one `u64`.
 #[derive(Debug, Clone)]
 pub struct SplitMix64(u64);
 
 impl SplitMix64 {
+    /// A generator whose stream is determined by `seed`.
     pub fn new(seed: u64) -> Self {
         Self(seed)
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;

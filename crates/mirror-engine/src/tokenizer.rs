@@ -33,6 +33,7 @@ pub struct TokenWord {
     pub text: String,
 }
 
+/// The CLIP BPE tokenizer: prompt text to BOS … EOS token ids, padded to `max_length`.
 pub struct ClipTokenizer {
     tokenizer: Tokenizer,
     /// Shown in errors: the folder or files the tokenizer came from.
@@ -108,15 +109,19 @@ impl ClipTokenizer {
         Ok(self)
     }
 
+    /// Length every sequence is truncated and padded to (77 for SD).
     pub fn max_length(&self) -> usize {
         self.max_length
     }
+    /// Id of the begin-of-sequence token (`<|startoftext|>` by default).
     pub fn bos_id(&self) -> u32 {
         self.bos_id
     }
+    /// Id of the end-of-sequence token (`<|endoftext|>` by default).
     pub fn eos_id(&self) -> u32 {
         self.eos_id
     }
+    /// Id of the padding token (the tokenizer config's `pad_token`; SD 1.x pads with EOS).
     pub fn pad_id(&self) -> u32 {
         self.pad_id
     }

@@ -25,6 +25,7 @@ pub enum ClipActivation {
 }
 
 impl ClipActivation {
+    /// Applies the activation elementwise.
     pub fn apply(self, x: &Tensor) -> CandleResult<Tensor> {
         match self {
             // Fused without gradient, elementary (with a backward pass) otherwise.
@@ -35,17 +36,26 @@ impl ClipActivation {
     }
 }
 
+/// `text_encoder/config.json` (transformers' `CLIPTextConfig`); each field reads its namesake key.
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct ClipTextConfig {
+    /// Number of token ids (49408 for CLIP).
     pub vocab_size: usize,
+    /// Width D of the token embeddings and of the output (768 for SD 1.x, 1024 for SD 2.x).
     pub hidden_size: usize,
+    /// Width of the MLP inside each layer.
     pub intermediate_size: usize,
+    /// Number of transformer layers.
     pub num_hidden_layers: usize,
+    /// Attention heads per layer; must divide `hidden_size`.
     pub num_attention_heads: usize,
+    /// Longest token sequence, and the length prompts are padded to (default 77).
     #[serde(default = "default_max_position_embeddings")]
     pub max_position_embeddings: usize,
+    /// The MLP activation (default `quick_gelu`).
     #[serde(default = "default_hidden_act")]
     pub hidden_act: ClipActivation,
+    /// Epsilon of the layer norms (default 1e-5).
     #[serde(default = "default_layer_norm_eps")]
     pub layer_norm_eps: f64,
 }
@@ -121,6 +131,7 @@ impl ClipTextConfig {
         Ok(())
     }
 
+    /// Width of one attention head: `hidden_size / num_attention_heads`.
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
     }

@@ -144,6 +144,8 @@ impl ClipEncoderLayer {
     }
 }
 
+/// The CLIP text encoder (transformers' `CLIPTextModel`): token ids to the embeddings the UNet's
+/// cross-attention reads.
 #[derive(Debug, Clone)]
 pub struct ClipTextTransformer {
     embeddings: ClipTextEmbeddings,
@@ -201,10 +203,12 @@ impl ClipTextTransformer {
         self.final_layer_norm.forward(&x)
     }
 
+    /// Width D of the output embeddings.
     pub fn hidden_size(&self) -> usize {
         self.config.hidden_size
     }
 
+    /// The config it was built from.
     pub fn config(&self) -> &ClipTextConfig {
         &self.config
     }

@@ -17,17 +17,25 @@ use crate::{EngineError, Result};
 pub enum DirectionSource {
     /// Paired template captions built from the phrase that differs between the prompts
     /// (at least `pairs` pairs, see [`template_bank`]).
-    Templates { pairs: usize },
+    Templates {
+        /// The least number of (source, target) pairs to encode; at least 1.
+        pairs: usize,
+    },
     /// The user's own sentences (e.g. from [`super::read_sentence_file`]); need not be paired.
     Sentences {
+        /// Sentences describing the source concept.
         source: Vec<String>,
+        /// Sentences describing the target concept.
         target: Vec<String>,
     },
     /// E(target prompt) − E(source prompt): no sentence set at all.
     PromptDifference,
     /// The model's own captions (its `mirror.json` `sentence_templates`), paired by
     /// [`model_template_pairs`]; the prompt difference when none holds the source phrase.
-    ModelTemplates { templates: Vec<String> },
+    ModelTemplates {
+        /// The model's caption templates.
+        templates: Vec<String>,
+    },
 }
 
 /// A computed (or loaded) edit direction.
@@ -35,7 +43,9 @@ pub enum DirectionSource {
 pub struct EditDirection {
     /// Δc, `[1, 77, D]` f32.
     pub delta: Tensor,
+    /// The phrase of the source prompt that the edit replaces (empty when unknown).
     pub source_phrase: String,
+    /// The phrase that replaces it in the target prompt (empty when unknown).
     pub target_phrase: String,
     /// Sentences encoded, both sides together.
     pub sentences: usize,
@@ -44,6 +54,7 @@ pub struct EditDirection {
     pub method: String,
     /// μ_src and μ_tgt, `[1, 77, D]`, when known: Δ(a→b) = μ_b − μ_a mixes any two concepts.
     pub mean_source: Option<Tensor>,
+    /// μ_tgt, see `mean_source`.
     pub mean_target: Option<Tensor>,
     /// Further file metadata (e.g. the text-encoder weights hash), as read back by
     /// [`super::load_direction`].
@@ -61,6 +72,7 @@ impl EditDirection {
         Ok((&self.delta * strength)?)
     }
 
+    /// Width D of the text embeddings (the last dimension of `delta`).
     pub fn hidden_size(&self) -> usize {
         self.delta.dims().last().copied().unwrap_or(0)
     }
@@ -69,8 +81,11 @@ impl EditDirection {
 /// The two means and their difference, each `[1, L, D]` f32 on `device`.
 #[derive(Debug, Clone)]
 pub struct DirectionMeans {
+    /// Mean text embedding of the source sentences.
     pub mean_source: Tensor,
+    /// Mean text embedding of the target sentences.
     pub mean_target: Tensor,
+    /// `mean_target − mean_source`.
     pub delta: Tensor,
 }
 

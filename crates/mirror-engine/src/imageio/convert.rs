@@ -51,7 +51,9 @@ pub fn tensor_to_image(t: &Tensor) -> candle_core::Result<RgbImage> {
 /// A linear map from latent channels to RGB in [-1, 1]: `rgb = Σ_c latent[c] · factors[c] + bias`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LatentRgbMap {
+    /// RGB contribution of each latent channel, one `[r, g, b]` per channel.
     pub factors: Vec<[f32; 3]>,
+    /// RGB offset added after the channel sum.
     pub bias: [f32; 3],
 }
 

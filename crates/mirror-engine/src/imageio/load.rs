@@ -38,6 +38,7 @@ const PIXELS_ANY_FILE_MAY_DECLARE: u64 = 1 << 20;
 /// A decoded user image, upright and in 8-bit RGB.
 #[derive(Debug, Clone)]
 pub struct LoadedImage {
+    /// The pixels, upright (EXIF orientation applied).
     pub rgb: RgbImage,
     /// Width and height after EXIF orientation was applied.
     pub original_size: (u32, u32),

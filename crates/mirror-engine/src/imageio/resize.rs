@@ -43,6 +43,7 @@ pub enum ResizePolicy {
 }
 
 impl ResizePolicy {
+    /// Every policy, in the order the settings list them.
     pub const ALL: [ResizePolicy; 4] = [
         ResizePolicy::Keep,
         ResizePolicy::Crop,
@@ -50,6 +51,7 @@ impl ResizePolicy {
         ResizePolicy::Pad,
     ];
 
+    /// The policy's name on the command line and in recipes (`keep`, `crop`, `stretch`, `pad`).
     pub fn name(self) -> &'static str {
         match self {
             ResizePolicy::Keep => "keep",

@@ -18,10 +18,15 @@ use crate::{EngineError, Result};
 /// The configs and tokenizer a single-file checkpoint is built with (it carries only weights).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckpointConfigs {
+    /// The UNet's `config.json`.
     pub unet_config: PathBuf,
+    /// The VAE's `config.json`.
     pub vae_config: PathBuf,
+    /// The CLIP text encoder's `config.json`.
     pub text_encoder_config: PathBuf,
+    /// The scheduler's `scheduler_config.json`.
     pub scheduler_config: PathBuf,
+    /// The tokenizer folder (`vocab.json` and `merges.txt`, or `tokenizer.json`).
     pub tokenizer_dir: PathBuf,
 }
 
@@ -50,12 +55,16 @@ impl CheckpointConfigs {
 /// The three name maps (diffusers name -> original name) for a given set of configs.
 #[derive(Debug, Clone)]
 pub struct LdmNameMaps {
+    /// UNet names, derived from the UNet config's block layout.
     pub unet: Arc<NameMap>,
+    /// VAE names, derived from the VAE config's block layout.
     pub vae: Arc<NameMap>,
+    /// CLIP text encoder names (fixed for SD 1.x).
     pub text_encoder: Arc<NameMap>,
 }
 
 impl LdmNameMaps {
+    /// Derives the UNet and VAE maps from their `config.json` files.
     pub fn from_configs(unet_config: &Path, vae_config: &Path) -> Result<Self> {
         let unet = UnetLayout::from_config(&JsonConfig::read(unet_config)?)?;
         let vae = VaeLayout::from_config(&JsonConfig::read(vae_config)?)?;
@@ -134,18 +143,22 @@ impl SingleFileCheckpoint {
         })
     }
 
+    /// The checkpoint file.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// The configs the checkpoint is built with.
     pub fn configs(&self) -> &CheckpointConfigs {
         &self.configs
     }
 
+    /// The checkpoint's tensors, under their original names.
     pub fn weights(&self) -> &WeightFiles {
         &self.weights
     }
 
+    /// The name maps from diffusers to original names.
     pub fn name_maps(&self) -> &LdmNameMaps {
         &self.maps
     }

@@ -19,11 +19,14 @@ pub const MAX_LAYERS: usize = 64;
 /// A parsed JSON config object that reports typed errors naming its file and field.
 #[derive(Debug, Clone)]
 pub struct JsonConfig {
+    /// The file the object was read from; labels every error.
     pub file: PathBuf,
+    /// The top-level JSON object.
     pub json: Map<String, Value>,
 }
 
 impl JsonConfig {
+    /// Reads `file` as a JSON object.
     pub fn read(file: &Path) -> Result<Self> {
         Ok(Self {
             file: file.to_path_buf(),
@@ -31,14 +34,17 @@ impl JsonConfig {
         })
     }
 
+    /// A [`EngineError::Config`] naming this file and `field`.
     pub fn error(&self, field: &str, reason: impl Into<String>) -> EngineError {
         config_error(&self.file, field, reason)
     }
 
+    /// The value of `field`; `null` counts as absent.
     pub fn get(&self, field: &str) -> Option<&Value> {
         self.json.get(field).filter(|v| !v.is_null())
     }
 
+    /// The model class: diffusers' `_class_name`, else the first of transformers' `architectures`.
     pub fn class_name(&self) -> Option<String> {
         self.get("_class_name")
             .or_else(|| self.get("architectures").and_then(|a| a.get(0)))
@@ -46,6 +52,7 @@ impl JsonConfig {
             .map(str::to_string)
     }
 
+    /// `field` as a non-negative integer, `None` when absent or null.
     pub fn opt_usize(&self, field: &str) -> Result<Option<usize>> {
         match self.get(field) {
             None => Ok(None),
@@ -55,10 +62,12 @@ impl JsonConfig {
         }
     }
 
+    /// `field` as a non-negative integer, `default` when absent or null.
     pub fn usize_or(&self, field: &str, default: usize) -> Result<usize> {
         Ok(self.opt_usize(field)?.unwrap_or(default))
     }
 
+    /// `field` as a number, `None` when absent or null.
     pub fn opt_f64(&self, field: &str) -> Result<Option<f64>> {
         match self.get(field) {
             None => Ok(None),
@@ -69,6 +78,7 @@ impl JsonConfig {
         }
     }
 
+    /// `field` as a string, `None` when absent or null.
     pub fn opt_str(&self, field: &str) -> Result<Option<String>> {
         match self.get(field) {
             None => Ok(None),
@@ -79,6 +89,7 @@ impl JsonConfig {
         }
     }
 
+    /// `field` as a list of non-negative integers; an error when absent.
     pub fn usize_list(&self, field: &str) -> Result<Vec<usize>> {
         let v = self
             .get(field)
@@ -96,6 +107,7 @@ impl JsonConfig {
             .collect()
     }
 
+    /// `field` as a list of strings; an error when absent.
     pub fn str_list(&self, field: &str) -> Result<Vec<String>> {
         let v = self
             .get(field)
@@ -150,15 +162,20 @@ fn check_layers(cfg: &JsonConfig, field: &str, layers: &[usize]) -> Result<()> {
 /// The UNet block layout the original-checkpoint numbering is derived from.
 #[derive(Debug, Clone)]
 pub struct UnetLayout {
+    /// Output channels of each down block (`block_out_channels`).
     pub block_out_channels: Vec<usize>,
     /// Resnets per down block (up blocks have one more, in reverse block order).
     pub layers_per_block: Vec<usize>,
+    /// Whether each down block has attention (its `down_block_types` entry contains `Attn`).
     pub down_has_attention: Vec<bool>,
+    /// Whether each up block has attention (its `up_block_types` entry contains `Attn`).
     pub up_has_attention: Vec<bool>,
+    /// Whether the mid block has attention (`mid_block_type`, default `UNetMidBlock2DCrossAttn`).
     pub mid_has_attention: bool,
 }
 
 impl UnetLayout {
+    /// Reads the layout from `unet/config.json`, checking the block and layer counts.
     pub fn from_config(cfg: &JsonConfig) -> Result<Self> {
         let block_out_channels = cfg.usize_list("block_out_channels")?;
         let n = block_out_channels.len();
@@ -191,11 +208,14 @@ impl UnetLayout {
 /// The VAE block layout.
 #[derive(Debug, Clone)]
 pub struct VaeLayout {
+    /// Number of blocks (the length of `block_out_channels`).
     pub blocks: usize,
+    /// Resnets per block (`layers_per_block`, default 1).
     pub layers_per_block: usize,
 }
 
 impl VaeLayout {
+    /// Reads the layout from `vae/config.json`, checking the block and layer counts.
     pub fn from_config(cfg: &JsonConfig) -> Result<Self> {
         let blocks = cfg.usize_list("block_out_channels")?.len();
         check_blocks(cfg, blocks)?;

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+/// A pipeline snapshot found in the Hugging Face hub cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachedModel {
     /// `owner/name`, from the `models--owner--name` folder.

@@ -12,32 +12,46 @@ use super::source::{ModelSource, open_model_source};
 use super::weights::WeightFiles;
 use crate::{EngineError, Result};
 
+/// What [`inspect`] found at a model path; its `Display` is the `inspect` command's text.
 #[derive(Debug, Clone)]
 pub struct ModelReport {
+    /// The model path as given.
     pub path: PathBuf,
-    /// "diffusers folder" or "single-file checkpoint (original layout)".
+    /// "diffusers folder" or "single-file checkpoint (original SD 1.x layout, bundled configs)".
     pub source_kind: String,
+    /// The UNet, VAE and text encoder, in that order.
     pub components: Vec<ComponentReport>,
+    /// The tokenizer folder.
     pub tokenizer_dir: PathBuf,
+    /// The scheduler config's key fields.
     pub scheduler: ConfigSummary,
     /// Bytes of all weight files.
     pub total_bytes: u64,
 }
 
+/// The class and key fields of one component's config file.
 #[derive(Debug, Clone)]
 pub struct ConfigSummary {
+    /// The config file.
     pub file: PathBuf,
+    /// `_class_name` (diffusers) or the first `architectures` entry (transformers).
     pub class: Option<String>,
     /// Key fields, as `name = value` text, in a fixed order.
     pub fields: Vec<(String, String)>,
 }
 
+/// One model component: its config summary, weight files and tensor counts.
 #[derive(Debug, Clone)]
 pub struct ComponentReport {
+    /// Component name as its diffusers subfolder (`unet`, `vae`, `text_encoder`).
     pub name: String,
+    /// The component's config summary.
     pub config: ConfigSummary,
+    /// The files its weights are read from (the one checkpoint for a single file).
     pub weight_files: Vec<PathBuf>,
+    /// Number of tensors.
     pub tensors: usize,
+    /// Number of parameters (elements over all tensors).
     pub parameters: usize,
     /// Stored dtypes with their parameter counts, most first.
     pub dtypes: Vec<(DType, usize)>,

@@ -5,8 +5,11 @@
 use super::config::{UnetLayout, VaeLayout};
 use super::names::NameMap;
 
+/// Prefix of the UNet's tensors in an original checkpoint.
 pub const UNET_PREFIX: &str = "model.diffusion_model";
+/// Prefix of the VAE's tensors in an original checkpoint.
 pub const VAE_PREFIX: &str = "first_stage_model";
+/// Prefix of the CLIP text encoder's tensors in an original checkpoint.
 pub const CLIP_PREFIX: &str = "cond_stage_model.transformer";
 
 /// diffusers `ResnetBlock2D` (UNet) -> LDM `ResBlock` sub-module names.

@@ -24,6 +24,7 @@ pub struct Resolved {
     pub unit_reshape: bool,
 }
 
+/// Renaming rules from requested (diffusers) names to stored names, by dotted module prefix.
 #[derive(Debug, Clone, Default)]
 pub struct NameMap {
     rules: HashMap<String, Rule>,
@@ -68,6 +69,7 @@ impl NameMap {
         self.rules.len()
     }
 
+    /// Whether the map has no rules (the identity).
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }

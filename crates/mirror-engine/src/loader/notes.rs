@@ -52,14 +52,23 @@ pub enum RecommendedDirection {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Recommended {
+    /// DDIM steps, shared by inversion and sampling.
     pub steps: Option<usize>,
+    /// Classifier-free guidance of the translation branch.
     pub guidance_scale: Option<f64>,
+    /// Learning rate of the cross-attention guidance on the latents.
     pub xa_guidance: Option<f64>,
+    /// Multiplier α of the edit direction.
     pub edit_strength: Option<f64>,
+    /// Base scale of the edit direction (MirrorDiffusion).
     pub edit_scale: Option<f64>,
+    /// Total ramp added to the edit scale over the first two thirds of the steps (Preset R).
     pub ramp_total: Option<f64>,
+    /// How the edit direction is built.
     pub direction: Option<RecommendedDirection>,
+    /// Most redescription (Adam) iterations per step.
     pub redescribe_iterations: Option<usize>,
+    /// Base learning rate of the redescription.
     pub redescribe_lr: Option<f64>,
 }
 

@@ -8,28 +8,38 @@ use candle_core::DType;
 use super::weights::WeightFiles;
 use crate::{EngineError, Result};
 
+/// What a model path turned out to be.
 // Made once per load: the size difference costs nothing, boxing would cost every caller.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum ModelSource {
+    /// A diffusers folder, components located.
     Diffusers(DiffusersFolder),
+    /// A single original-layout `.safetensors` checkpoint.
     SingleFile(PathBuf),
 }
 
 /// A diffusers pipeline folder with every component SD needs located.
 #[derive(Debug, Clone)]
 pub struct DiffusersFolder {
+    /// The folder itself.
     pub root: PathBuf,
+    /// The `unet` component.
     pub unet: Component,
+    /// The `vae` component.
     pub vae: Component,
+    /// The `text_encoder` component.
     pub text_encoder: Component,
+    /// The `tokenizer` sub-folder.
     pub tokenizer_dir: PathBuf,
+    /// `scheduler/scheduler_config.json`.
     pub scheduler_config: PathBuf,
 }
 
 /// One weight-bearing component: its `config.json` and safetensors file(s).
 #[derive(Debug, Clone)]
 pub struct Component {
+    /// The component's `config.json`.
     pub config: PathBuf,
     /// One file, or the shards of a sharded checkpoint.
     pub weights: Vec<PathBuf>,

@@ -22,18 +22,26 @@ use crate::{EngineError, Result};
 /// A problem with one requested tensor, carried inside a `candle_core::Error`.
 #[derive(Clone, PartialEq, Eq)]
 pub enum WeightIssue {
+    /// No stored tensor has the requested name (or any of its renamings).
     Missing {
+        /// The weights file (or the shards' folder).
         file: PathBuf,
         /// The name the model asked for.
         name: String,
         /// The stored names that were looked up (differ from `name` when renamed).
         looked_up: Vec<String>,
     },
+    /// A stored tensor has another shape than the model expects.
     Shape {
+        /// The weights file holding the tensor.
         file: PathBuf,
+        /// The name the model asked for.
         name: String,
+        /// The name the tensor is stored under.
         stored_name: String,
+        /// The shape the model expects.
         expected: Vec<usize>,
+        /// The stored shape.
         found: Vec<usize>,
     },
 }
@@ -252,6 +260,7 @@ impl WeightFiles {
         })
     }
 
+    /// The weight files, in the order they were opened.
     pub fn files(&self) -> &[PathBuf] {
         &self.inner.files
     }
@@ -287,6 +296,7 @@ impl WeightFiles {
         names
     }
 
+    /// Whether a tensor is stored under `name`.
     pub fn contains(&self, name: &str) -> bool {
         self.inner.routing.contains_key(name)
     }

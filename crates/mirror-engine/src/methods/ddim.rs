@@ -15,15 +15,20 @@ pub const UNET_CALLS_PER_STEP: usize = 2;
 /// The contexts of one DDIM branch: `cond` alone (guidance 1) or CFG on `[uncond, cond]`.
 #[derive(Debug, Clone)]
 pub struct DdimContexts {
+    /// The conditional text embedding, `[1, L, D]`.
     pub cond: Tensor,
+    /// The unconditional embedding and the guidance scale, for classifier-free guidance.
     pub uncond: Option<(Tensor, f64)>,
 }
 
 /// What stays fixed over a two-branch DDIM run.
 #[derive(Debug, Clone, Copy)]
 pub struct DdimInputs<'a> {
+    /// Number of DDIM steps.
     pub steps: usize,
+    /// Contexts of the reconstruction branch (B1).
     pub reconstruction: &'a DdimContexts,
+    /// Contexts of the translation branch (B2).
     pub translation: &'a DdimContexts,
     /// Record each pass's attention maps.
     pub want_maps: bool,
@@ -32,8 +37,11 @@ pub struct DdimInputs<'a> {
 /// One branch after one DDIM step.
 #[derive(Debug, Clone)]
 pub struct DdimStep {
+    /// The latent after the step, `[1, 4, h, w]`.
     pub latent: Tensor,
+    /// The step's prediction of the clean latent, `[1, 4, h, w]`.
     pub pred_x0: Tensor,
+    /// The UNet's noise prediction (after guidance), `[1, 4, h, w]`.
     pub eps: Tensor,
     /// The pass's attention maps (the conditional half last), when asked for.
     pub maps: Option<AttentionMaps>,

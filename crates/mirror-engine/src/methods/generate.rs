@@ -22,14 +22,19 @@ pub const DEFAULT_GUIDANCE: f64 = 7.5;
 /// What to sample.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerateSettings {
+    /// The text to sample.
     pub prompt: String,
+    /// Number of DDIM steps.
     pub steps: usize,
     /// Classifier-free guidance w; as in diffusers, w ≤ 1 samples the prompt alone.
     pub guidance_scale: f64,
     /// Image k of `count` starts from the noise of seed `seed + k`.
     pub seed: u64,
+    /// Number of images.
     pub count: usize,
+    /// Image width in pixels (a multiple of [`StableDiffusion::size_multiple`]).
     pub width: usize,
+    /// Image height in pixels (a multiple of [`StableDiffusion::size_multiple`]).
     pub height: usize,
     /// Whether the VAE decode goes through in tiles.
     pub vae_tiles: VaeTiles,

@@ -15,7 +15,10 @@ use crate::unet::{CaptureRequest, repeat_batch};
 /// Settings of the released code (CFG 5, guidance step 0.1).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Pix2PixZeroSettings {
+    /// Classifier-free guidance of the edit pass.
     pub guidance_scale: f64,
+    /// Step size of the cross-attention guidance on the edit latent (the latent moves by
+    /// `−xa_guidance · ∇`).
     pub xa_guidance: f64,
 }
 
@@ -34,12 +37,15 @@ pub const UNET_CALLS_PER_STEP: usize = 3;
 /// What stays fixed over a pix2pix-zero run.
 #[derive(Debug, Clone, Copy)]
 pub struct Pix2PixZeroInputs<'a> {
+    /// The pix2pix-zero settings.
     pub settings: &'a Pix2PixZeroSettings,
+    /// Number of DDIM steps.
     pub steps: usize,
     /// E(caption) [1, 77, D].
     pub caption: &'a Tensor,
     /// α·Δc.
     pub direction: &'a Tensor,
+    /// Record the edit pass's attention maps.
     pub want_edit_maps: bool,
 }
 

@@ -10,8 +10,11 @@ use super::{Conv2d, GroupNorm, Linear, conv2d, linear};
 /// `act_fn` of a model config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
+    /// SiLU, `x * sigmoid(x)` (`silu` or `swish`).
     Silu,
+    /// GELU, exact erf form (`gelu`).
     Gelu,
+    /// ReLU (`relu`).
     Relu,
 }
 
@@ -27,6 +30,7 @@ impl Activation {
         }
     }
 
+    /// Applies the activation elementwise.
     pub fn apply(self, x: &Tensor) -> Result<Tensor> {
         match self {
             Self::Silu => x.silu(),
@@ -39,13 +43,17 @@ impl Activation {
 /// Sizes and settings of one `ResnetBlock2D`.
 #[derive(Debug, Clone, Copy)]
 pub struct ResnetConfig {
+    /// Channels of the input.
     pub in_channels: usize,
+    /// Channels of the output.
     pub out_channels: usize,
     /// Width of the time embedding (UNet); `None` for blocks without one (VAE).
     pub temb_channels: Option<usize>,
+    /// GroupNorm groups (`norm_num_groups`).
     pub groups: usize,
     /// GroupNorm eps (UNet: `norm_eps` of the config; VAE: 1e-6).
     pub eps: f64,
+    /// The activation after each norm and on the time embedding.
     pub act: Activation,
     /// The output is divided by it (UNet mid block: `mid_block_scale_factor`).
     pub output_scale_factor: f64,
@@ -76,6 +84,7 @@ fn conv3x3(
 }
 
 impl ResnetBlock2D {
+    /// Loads the block's weights (`norm1`, `conv1`, `time_emb_proj`, ...) under `vb`.
     pub fn new(vb: VarBuilder, cfg: &ResnetConfig) -> Result<Self> {
         let (i, o) = (cfg.in_channels, cfg.out_channels);
         let conv_shortcut = (i != o)
@@ -125,6 +134,7 @@ impl ResnetBlock2D {
 /// Channels and padding of one `Downsample2D`.
 #[derive(Debug, Clone, Copy)]
 pub struct DownsampleConfig {
+    /// Channels of the input and the output.
     pub channels: usize,
     /// The conv's padding; with 0, diffusers first pads one zero row/column at the
     /// bottom/right (the VAE always, the UNet when `downsample_padding` is 0).
@@ -139,6 +149,7 @@ pub struct Downsample2D {
 }
 
 impl Downsample2D {
+    /// Loads the conv under `vb.pp("conv")`.
     pub fn new(vb: VarBuilder, cfg: &DownsampleConfig) -> Result<Self> {
         let c = cfg.channels;
         Ok(Self {
@@ -166,6 +177,7 @@ pub struct Upsample2D {
 }
 
 impl Upsample2D {
+    /// Loads the conv under `vb.pp("conv")`; `channels` in and out.
     pub fn new(vb: VarBuilder, channels: usize) -> Result<Self> {
         Ok(Self {
             conv: conv3x3(channels, channels, 1, 1, vb.pp("conv"))?,

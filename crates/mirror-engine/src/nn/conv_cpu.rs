@@ -29,7 +29,9 @@ pub fn supports(dtype: DType) -> bool {
 /// of in a tensor four times the input.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct InputPrep {
+    /// Zeros added on each side of both spatial axes.
     pub padding: usize,
+    /// Whether the input is upsampled ×2 (nearest neighbour) before padding.
     pub upsample_x2: bool,
 }
 

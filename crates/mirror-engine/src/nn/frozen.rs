@@ -33,10 +33,12 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// A layer with weight `[out, in]` and optional bias `[out]`.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
         Self { weight, bias }
     }
 
+    /// The weight, `[out, in]`.
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
@@ -79,12 +81,14 @@ impl Module for Linear {
     }
 }
 
+/// Loads `weight` `[out_dim, in_dim]` and `bias` `[out_dim]` under `vb`.
 pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
     let weight = vb.get((out_dim, in_dim), "weight")?;
     let bias = vb.get(out_dim, "bias")?;
     Ok(Linear::new(weight, Some(bias)))
 }
 
+/// Loads `weight` `[out_dim, in_dim]` under `vb`; no bias.
 pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
     let weight = vb.get((out_dim, in_dim), "weight")?;
     Ok(Linear::new(weight, None))
@@ -105,6 +109,8 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
+    /// A convolution with kernel `[C_out, C_in, kh, kw]`, optional bias `[C_out]`, and the same
+    /// padding and stride on both axes.
     pub fn new(weight: Tensor, bias: Option<Tensor>, padding: usize, stride: usize) -> Self {
         let matrix = if weight.device().is_cpu() && conv_cpu::supports(weight.dtype()) {
             conv_cpu::tap_matrices(&weight).ok()
@@ -124,6 +130,7 @@ impl Conv2d {
         }
     }
 
+    /// The kernel, `[C_out, C_in, kh, kw]`.
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }

@@ -79,6 +79,7 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
+    /// Loads `weight` and `bias` (`[size]` each) under `vb`.
     pub fn new(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             weight: vb.get(size, "weight")?,
@@ -152,6 +153,7 @@ impl GroupNorm {
         )
     }
 
+    /// A GroupNorm with `weight` and `bias` `[C]`; `num_groups` must divide C.
     pub fn new(weight: Tensor, bias: Tensor, num_groups: usize, eps: f64) -> Result<Self> {
         let channels = weight.dim(0)?;
         if num_groups == 0 || !channels.is_multiple_of(num_groups) {

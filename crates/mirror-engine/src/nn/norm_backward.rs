@@ -22,9 +22,11 @@ pub enum NormAxes {
 /// A normalisation's frozen parameters, enough for its input gradient.
 #[derive(Debug, Clone)]
 pub struct NormGradient {
+    /// Which axes are normalised.
     pub axes: NormAxes,
     /// γ: per channel (groups) or per last-dim element (layer norm).
     pub weight: Tensor,
+    /// The epsilon added to the variance.
     pub eps: f64,
 }
 

@@ -16,7 +16,9 @@ fn ignore(_: UnetCall) {}
 /// The model, cancellation and progress of one run, passed to every stage.
 #[derive(Clone, Copy)]
 pub struct StageContext<'a> {
+    /// The model the stages run.
     pub sd: &'a StableDiffusion,
+    /// The run's cancel flag, checked between UNet calls.
     pub cancel: &'a CancelToken,
     on_unet_call: &'a dyn Fn(UnetCall),
 }

@@ -8,14 +8,20 @@ use crate::branch::Branch;
 /// Stages of a run, in the order they happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Phase {
+    /// Encoding the image and prompts and computing the edit direction.
     Encode,
+    /// DDIM inversion of the image latent.
     Invert,
+    /// Translating with redescription (Mirror, no cached reconstruction to replay).
     Redescribe,
+    /// The translation steps.
     Translate,
+    /// VAE decode of the final latents.
     Decode,
 }
 
 impl Phase {
+    /// The phase's name in lower case (`encode`, `invert`, ...).
     pub fn label(self) -> &'static str {
         match self {
             Phase::Encode => "encode",
@@ -30,6 +36,7 @@ impl Phase {
 /// One branch after one denoising step.
 #[derive(Debug, Clone)]
 pub struct BranchStep {
+    /// The branch this step belongs to.
     pub branch: Branch,
     /// The branch latent after the step, [1, 4, h, w].
     pub latent: Tensor,
@@ -66,8 +73,9 @@ pub struct GuidanceReport {
     pub key_value_loss: Option<f64>,
     /// Norm of the accumulated latent gradient.
     pub gradient_norm: f64,
-    /// Key and value terms separately (Preset F).
+    /// Key term of the key/value loss (Preset F).
     pub key_loss: Option<f64>,
+    /// Value term of the key/value loss (Preset F).
     pub value_loss: Option<f64>,
     /// Main loss plus key/value terms.
     pub total_loss: f64,
@@ -76,13 +84,19 @@ pub struct GuidanceReport {
 /// One denoising step of one method.
 #[derive(Debug, Clone)]
 pub struct StepReport {
+    /// Name of the method that took the step (`Method::name`).
     pub method: &'static str,
     /// 0-based step index, 0 = noisiest.
     pub step: usize,
+    /// Number of steps in the run.
     pub total: usize,
+    /// The scheduler timestep of this step (below `num_train_timesteps`).
     pub timestep: usize,
+    /// Every branch the method steps, after this step.
     pub branches: Vec<BranchStep>,
+    /// The prompt redescription done at this step, if any.
     pub redescription: Option<RedescriptionReport>,
+    /// The attention guidance done at this step, if any.
     pub guidance: Option<GuidanceReport>,
     /// Edit-direction scale used at this step.
     pub edit_scale: Option<f64>,
@@ -93,6 +107,7 @@ pub struct StepReport {
 pub struct StepWork {
     /// 0-based step index, as `StepReport::step`.
     pub step: usize,
+    /// Number of steps in the run.
     pub steps: usize,
     /// UNet calls (a forward, or a forward + backward) done so far in this step, across
     /// every method the run steps (the compared plain DDIM branches included).
@@ -104,24 +119,33 @@ pub struct StepWork {
     pub redescription: Option<(usize, usize)>,
 }
 
+/// A progress event sent by a running method to its [`EventSink`].
 #[derive(Debug, Clone)]
 pub enum Event {
     /// A phase begins; `steps` is its number of steps (0 when it has none).
     Phase {
+        /// The phase that begins.
         phase: Phase,
+        /// Number of steps in the phase.
         steps: usize,
     },
     /// Inversion steps done so far (`step` counts from 1, unlike `StepReport::step`).
     Inversion {
+        /// Inversion steps done, from 1.
         step: usize,
+        /// Number of inversion steps.
         total: usize,
+        /// The DDIM timestep just reached.
         timestep: usize,
     },
     /// Edit-direction sentences encoded so far.
     Direction {
+        /// Sentences encoded so far.
         done: usize,
+        /// Number of sentences to encode.
         total: usize,
     },
+    /// One denoising step done.
     Step(Box<StepReport>),
     /// Progress inside the current step, sent after every UNet call and redescription
     /// iteration (steps take many UNet calls: a live sign that the run is moving).

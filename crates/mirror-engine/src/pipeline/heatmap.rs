@@ -8,9 +8,13 @@ use crate::unet::AttentionMaps;
 /// All layers of one query resolution, averaged: `data` is `[tokens, height, width]`.
 #[derive(Debug, Clone)]
 pub struct ResolutionMap {
+    /// Height of the query grid (the latent height over the layer's downsampling).
     pub height: usize,
+    /// Width of the query grid (the latent width over the layer's downsampling).
     pub width: usize,
+    /// Number of `attn2` layers averaged.
     pub layers: usize,
+    /// The maps, row-major `[tokens, height, width]`.
     pub data: Vec<f32>,
 }
 
@@ -18,7 +22,9 @@ pub struct ResolutionMap {
 /// finest first.
 #[derive(Debug, Clone)]
 pub struct TokenHeatmaps {
+    /// Number of token positions kept.
     pub tokens: usize,
+    /// One averaged map per query resolution, finest first.
     pub resolutions: Vec<ResolutionMap>,
 }
 

@@ -3,6 +3,7 @@
 
 use candle_core::{Result, Tensor};
 
+/// Adam (β₁ 0.9, β₂ 0.999, ε 1e-8) on one tensor, with the first and second moments it keeps.
 pub struct Adam {
     lr: f64,
     beta1: f64,
@@ -14,6 +15,7 @@ pub struct Adam {
 }
 
 impl Adam {
+    /// An optimiser with learning rate `lr` and no steps taken yet.
     pub fn new(lr: f64) -> Self {
         Self {
             lr,

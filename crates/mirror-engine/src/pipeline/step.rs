@@ -12,6 +12,7 @@ use crate::{EngineError, Result};
 /// One branch after one step.
 #[derive(Debug, Clone)]
 pub struct BranchState {
+    /// Which branch this is.
     pub branch: Branch,
     /// The branch latent after the step, [1, 4, h, w].
     pub latent: Tensor,
@@ -24,7 +25,9 @@ pub struct BranchState {
 /// The reconstruction and translation latents a two-branch method carries between steps.
 #[derive(Debug, Clone)]
 pub struct LatentPair {
+    /// The reconstruction branch's latent, `[1, 4, h, w]`.
     pub reconstruction: Tensor,
+    /// The translation branch's latent, `[1, 4, h, w]`.
     pub translation: Tensor,
 }
 
@@ -41,12 +44,15 @@ impl LatentPair {
 /// One denoising step of one method.
 #[derive(Debug, Clone)]
 pub struct MethodStep {
+    /// The DDIM timestep of the step.
     pub timestep: usize,
     /// Reconstruction branch first, then translation.
     pub branches: Vec<BranchState>,
+    /// The prompt redescription done at this step, if any.
     pub redescription: Option<RedescriptionReport>,
     /// The redescribed caption embedding C*_i (Mirror).
     pub embedding: Option<Tensor>,
+    /// The attention guidance done at this step, if any.
     pub guidance: Option<GuidanceReport>,
     /// Edit-direction scale used at this step.
     pub edit_scale: Option<f64>,
@@ -55,6 +61,7 @@ pub struct MethodStep {
 }
 
 impl MethodStep {
+    /// A step with `branches` and nothing else recorded.
     pub fn new(timestep: usize, branches: Vec<BranchState>) -> Self {
         Self {
             timestep,
@@ -67,6 +74,7 @@ impl MethodStep {
         }
     }
 
+    /// The state of `branch`, if the step has it.
     pub fn branch(&self, branch: Branch) -> Option<&BranchState> {
         self.branches.iter().find(|b| b.branch == branch)
     }

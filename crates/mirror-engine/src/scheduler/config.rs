@@ -36,23 +36,31 @@ fn default_timestep_spacing() -> String {
 /// The DDIM scheduler settings, as diffusers reads them (absent keys take its defaults).
 #[derive(Debug, Clone, Deserialize)]
 pub struct DdimConfig {
+    /// Number of diffusion steps the model was trained with (default 1000).
     #[serde(default = "default_num_train_timesteps")]
     pub num_train_timesteps: usize,
+    /// β at the first training step (linear schedules; default 0.0001).
     #[serde(default = "default_beta_start")]
     pub beta_start: f64,
+    /// β at the last training step (linear schedules; default 0.02).
     #[serde(default = "default_beta_end")]
     pub beta_end: f64,
     /// "linear", "scaled_linear" or "squaredcos_cap_v2".
     #[serde(default = "default_beta_schedule")]
     pub beta_schedule: String,
+    /// Explicit β per training step; replaces `beta_schedule` when given.
     #[serde(default)]
     pub trained_betas: Option<Vec<f64>>,
+    /// Whether the predicted clean latent is clamped to `±clip_sample_range` (default true).
     #[serde(default = "default_true")]
     pub clip_sample: bool,
+    /// Clamp bound for `clip_sample` (default 1.0).
     #[serde(default = "default_clip_sample_range")]
     pub clip_sample_range: f64,
+    /// Whether ᾱ after the last denoising step is 1 (else `alphas_cumprod[0]`); default true.
     #[serde(default = "default_true")]
     pub set_alpha_to_one: bool,
+    /// Added to every inference timestep with `leading` spacing (SD 1.x: 1).
     #[serde(default)]
     pub steps_offset: usize,
     /// "epsilon" or "v_prediction".
@@ -61,8 +69,10 @@ pub struct DdimConfig {
     /// "leading", "trailing" or "linspace".
     #[serde(default = "default_timestep_spacing")]
     pub timestep_spacing: String,
+    /// Dynamic thresholding; only `false` is supported.
     #[serde(default)]
     pub thresholding: bool,
+    /// Zero terminal SNR rescaling of the betas; only `false` is supported.
     #[serde(default)]
     pub rescale_betas_zero_snr: bool,
 }
@@ -70,19 +80,25 @@ pub struct DdimConfig {
 /// What the model predicts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PredictionType {
+    /// The UNet predicts the added noise ε (`epsilon`).
     Epsilon,
+    /// The UNet predicts v = √ᾱ·ε − √(1−ᾱ)·x₀ (`v_prediction`).
     VPrediction,
 }
 
 /// How the inference timesteps are spread over the training steps (diffusers names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimestepSpacing {
+    /// Timesteps `i * (T / N) + steps_offset` for `i` below N (T training, N inference steps).
     Leading,
+    /// Timesteps counted down from T − 1 in strides of T / N.
     Trailing,
+    /// Timesteps evenly spaced from 0 to T − 1, rounded.
     Linspace,
 }
 
 impl DdimConfig {
+    /// Reads and validates `scheduler/scheduler_config.json`.
     pub fn from_file(path: &Path) -> Result<DdimConfig> {
         let cfg: DdimConfig = read_json_config(path)?;
         cfg.validate(path)?;
@@ -159,6 +175,7 @@ impl DdimConfig {
         Ok(())
     }
 
+    /// The `prediction_type` as a [`PredictionType`]; an error for any other value.
     pub fn prediction(&self, file: &Path) -> Result<PredictionType> {
         match self.prediction_type.as_str() {
             "epsilon" => Ok(PredictionType::Epsilon),
@@ -171,6 +188,7 @@ impl DdimConfig {
         }
     }
 
+    /// The `timestep_spacing` as a [`TimestepSpacing`]; an error for any other value.
     pub fn spacing(&self, file: &Path) -> Result<TimestepSpacing> {
         match self.timestep_spacing.as_str() {
             "leading" => Ok(TimestepSpacing::Leading),

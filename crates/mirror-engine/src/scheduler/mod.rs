@@ -19,6 +19,7 @@ use candle_core::{Result, Tensor};
 pub use config::{DdimConfig, PredictionType, TimestepSpacing};
 pub use kl::{kl_divergence, kl_gradient, kl_regularize};
 
+/// The DDIM scheduler (η = 0): the timestep grid, the forward step and the two inverse steps.
 #[derive(Debug, Clone)]
 pub struct DdimScheduler {
     config: DdimConfig,
@@ -33,7 +34,9 @@ pub struct DdimScheduler {
 /// Result of one forward (denoising) step.
 #[derive(Debug, Clone)]
 pub struct DdimStepOutput {
+    /// The sample one step less noisy, `x_{t−1}`.
     pub prev_sample: Tensor,
+    /// The step's prediction of the clean sample, `x̂₀`.
     pub pred_original_sample: Tensor,
 }
 
@@ -49,6 +52,7 @@ fn div_scalar(x: &Tensor, s: f32) -> Result<Tensor> {
 }
 
 impl DdimScheduler {
+    /// A scheduler for `cfg`, validated; errors are labelled "scheduler config".
     pub fn new(cfg: DdimConfig) -> crate::Result<Self> {
         let origin = Path::new("scheduler config");
         cfg.validate(origin)?;
@@ -73,14 +77,17 @@ impl DdimScheduler {
         Self::new(DdimConfig::from_file(path)?)
     }
 
+    /// The config it was built from.
     pub fn config(&self) -> &DdimConfig {
         &self.config
     }
 
+    /// What the model predicts (ε or v).
     pub fn prediction_type(&self) -> PredictionType {
         self.prediction
     }
 
+    /// Number of training timesteps T.
     pub fn num_train_timesteps(&self) -> usize {
         self.config.num_train_timesteps
     }
@@ -95,6 +102,7 @@ impl DdimScheduler {
         &self.alphas_cumprod_f64
     }
 
+    /// ā used "after the last step": 1 with `set_alpha_to_one`, else ā[0].
     pub fn final_alpha_cumprod(&self) -> f32 {
         self.final_alpha_cumprod
     }

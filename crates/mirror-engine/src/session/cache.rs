@@ -14,9 +14,11 @@ use crate::{EngineError, Result};
 /// An inversion and its caption embedding.
 #[derive(Debug, Clone)]
 pub struct CachedInversion {
+    /// The inversion latents and timesteps; the VAE latent z0 is `trajectory.latents[0]`.
     pub trajectory: Trajectory,
+    /// The source caption's text embedding, `[1, L, D]` (L = 77 for SD).
     pub caption: Tensor,
-    /// The VAE latent z0 is `trajectory.latents[0]`.
+    /// The MirrorDiffusion reconstruction of this inversion, once one has run.
     pub reconstruction: Option<CachedReconstruction>,
 }
 
@@ -30,20 +32,27 @@ pub struct CachedReconstruction {
     pub latents: Vec<Tensor>,
     /// Inner losses per step (for the plots).
     pub losses: Vec<Vec<f64>>,
+    /// ‖C*_i − C*_{i−1}‖₂ per step (for the plots).
     pub embedding_changes: Vec<f64>,
 }
 
 /// Key material; `key()` hashes it.
 #[derive(Debug, Clone)]
 pub struct CacheKey {
+    /// The model's fingerprint.
     pub model: String,
+    /// Hash of the image pixels (empty for edit directions).
     pub image: String,
+    /// The source caption (for edit directions: what the direction was computed from).
     pub caption: String,
+    /// Number of inference steps (0 for edit directions).
     pub steps: usize,
+    /// Everything else the entry depends on (inversion grid, precision, tiling, ...), as text.
     pub variant: String,
 }
 
 impl CacheKey {
+    /// The first 16 bytes of a SHA-256 over every part, as 32 hex digits: the entry's name.
     pub fn key(&self) -> String {
         let mut h = Sha256::new();
         for part in [&self.model, &self.image, &self.caption, &self.variant] {
@@ -70,6 +79,7 @@ pub struct InversionCache {
 }
 
 impl InversionCache {
+    /// An empty cache keeping up to 4 entries in memory, with `dir` as its folder on disk.
     pub fn new(dir: Option<PathBuf>) -> Self {
         Self {
             entries: HashMap::new(),
@@ -89,14 +99,17 @@ impl InversionCache {
             .map(|d| d.cache_dir().join("inversions"))
     }
 
+    /// Sets or clears the folder on disk.
     pub fn set_dir(&mut self, dir: Option<PathBuf>) {
         self.dir = dir;
     }
 
+    /// Whether `key` is in memory or has a file on disk.
     pub fn contains(&self, key: &str) -> bool {
         self.entries.contains_key(key) || self.file(key).is_some_and(|f| f.exists())
     }
 
+    /// The entry for `key`, from memory or disk (loaded onto `device`); `None` on a miss.
     pub fn get(&mut self, key: &str, device: &Device) -> Option<CachedInversion> {
         self.clock += 1;
         if let Some((used, entry)) = self.entries.get_mut(key) {
@@ -134,6 +147,7 @@ impl InversionCache {
         Some(d)
     }
 
+    /// Stores an edit direction (unscaled) in memory and, when a folder is set, on disk.
     pub fn put_direction(&mut self, key: &str, direction: &EditDirection) -> Result<()> {
         self.directions.insert(key.to_string(), direction.clone());
         match &self.dir {

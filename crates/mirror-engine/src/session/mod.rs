@@ -28,6 +28,7 @@ use crate::Result;
 use crate::model::StableDiffusion;
 use crate::pipeline::{CancelToken, Event};
 
+/// A loaded model with its inversion cache: runs translation requests one at a time.
 pub struct Session {
     sd: StableDiffusion,
     cache: InversionCache,
@@ -50,6 +51,7 @@ impl Session {
         }
     }
 
+    /// The loaded model.
     pub fn model(&self) -> &StableDiffusion {
         &self.sd
     }

@@ -18,6 +18,7 @@ const MIN_AREA: f64 = 0.002;
 /// What the classifier read from one image.
 #[derive(Debug, Clone)]
 pub struct Classification {
+    /// The background colour, read from the image's border frame.
     pub background: Colour,
     /// The shape, or `None` when nothing stands out from the background.
     pub object: Option<Object>,

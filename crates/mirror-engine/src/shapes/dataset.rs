@@ -11,9 +11,11 @@ use super::{Scene, SplitMix64, render};
 /// What to write.
 #[derive(Debug, Clone, Copy)]
 pub struct DatasetSettings {
+    /// Number of images.
     pub count: usize,
     /// Image side in pixels.
     pub side: u32,
+    /// Seed of the scene generator; the same seed writes the same data set.
     pub seed: u64,
 }
 

@@ -19,17 +19,26 @@ pub use crate::rng::SplitMix64;
 /// The colours of shapes and backgrounds, with the sRGB value the renderer paints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Colour {
+    /// Red, sRGB (220, 30, 30).
     Red,
+    /// Orange, sRGB (245, 140, 20).
     Orange,
+    /// Yellow, sRGB (245, 220, 30).
     Yellow,
+    /// Green, sRGB (30, 160, 50).
     Green,
+    /// Blue, sRGB (30, 80, 220).
     Blue,
+    /// Purple, sRGB (140, 40, 180).
     Purple,
+    /// White, sRGB (245, 245, 245).
     White,
+    /// Black, sRGB (15, 15, 15).
     Black,
 }
 
 impl Colour {
+    /// Every colour, in the order the scene generator draws from.
     pub const ALL: [Colour; 8] = [
         Colour::Red,
         Colour::Orange,
@@ -41,6 +50,7 @@ impl Colour {
         Colour::Black,
     ];
 
+    /// The colour's word in captions (`red`, `orange`, ...).
     pub fn word(self) -> &'static str {
         match self {
             Colour::Red => "red",
@@ -54,6 +64,7 @@ impl Colour {
         }
     }
 
+    /// The sRGB value the renderer paints.
     pub fn rgb(self) -> [u8; 3] {
         match self {
             Colour::Red => [220, 30, 30],
@@ -80,6 +91,7 @@ impl Colour {
             .unwrap_or(Colour::Black)
     }
 
+    /// The colour whose caption word is `word`, if any.
     pub fn from_word(word: &str) -> Option<Colour> {
         Colour::ALL.into_iter().find(|c| c.word() == word)
     }
@@ -88,15 +100,21 @@ impl Colour {
 /// The shapes the demo knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Shape {
+    /// A disc.
     Circle,
+    /// An axis-aligned square.
     Square,
+    /// An upward-pointing triangle.
     Triangle,
+    /// A five-pointed star.
     Star,
 }
 
 impl Shape {
+    /// Every shape, in the order the scene generator draws from.
     pub const ALL: [Shape; 4] = [Shape::Circle, Shape::Square, Shape::Triangle, Shape::Star];
 
+    /// The shape's word in captions (`circle`, `square`, ...).
     pub fn word(self) -> &'static str {
         match self {
             Shape::Circle => "circle",
@@ -106,6 +124,7 @@ impl Shape {
         }
     }
 
+    /// The shape whose caption word is `word`, if any.
     pub fn from_word(word: &str) -> Option<Shape> {
         Shape::ALL.into_iter().find(|s| s.word() == word)
     }
@@ -115,11 +134,17 @@ impl Shape {
 /// (fractions of the image side), on `background`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Scene {
+    /// What is drawn.
     pub shape: Shape,
+    /// Colour of the shape.
     pub colour: Colour,
+    /// Colour of the plain background.
     pub background: Colour,
+    /// Horizontal centre, as a fraction of the image width (0 = left edge).
     pub cx: f64,
+    /// Vertical centre, as a fraction of the image height (0 = top edge).
     pub cy: f64,
+    /// Circumradius, as a fraction of the image side (within [`RADIUS_RANGE`]).
     pub radius: f64,
 }
 
@@ -130,6 +155,7 @@ pub const RADIUS_RANGE: (f64, f64) = (0.18, 0.32);
 const BORDER_MARGIN: f64 = 0.04;
 
 impl Scene {
+    /// The scene's caption, `a {colour} {shape} on a {background} background`.
     pub fn caption(&self) -> String {
         caption(self.colour, self.shape, self.background)
     }

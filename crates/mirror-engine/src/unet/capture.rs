@@ -6,11 +6,14 @@ use candle_core::{Result, Tensor};
 /// What one UNet call should record from every `attn2` layer.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CaptureRequest {
+    /// Record the attention probabilities (`softmax(QKᵀ/√d)`).
     pub probs: bool,
+    /// Record the keys and values (projections of the text embedding).
     pub keys_values: bool,
 }
 
 impl CaptureRequest {
+    /// Whether anything is recorded.
     pub fn any(&self) -> bool {
         self.probs || self.keys_values
     }
@@ -21,12 +24,17 @@ impl CaptureRequest {
 /// row `b*heads + h`.
 #[derive(Debug, Clone)]
 pub struct CapturedAttention {
+    /// The layer's module name (e.g. `down_blocks.0.attentions.0.transformer_blocks.0.attn2`).
     pub name: String,
+    /// Number of attention heads.
     pub heads: usize,
     /// Query grid (height, width).
     pub spatial: (usize, usize),
+    /// Attention probabilities, when recorded.
     pub probs: Option<Tensor>,
+    /// Keys, when recorded.
     pub keys: Option<Tensor>,
+    /// Values, when recorded.
     pub values: Option<Tensor>,
 }
 
@@ -34,6 +42,7 @@ pub struct CapturedAttention {
 /// then the mid block (the order MirrorDiffusion sums its losses in).
 #[derive(Debug, Clone, Default)]
 pub struct AttentionMaps {
+    /// The layers, in `named_modules()` order.
     pub layers: Vec<CapturedAttention>,
 }
 
@@ -176,6 +185,7 @@ impl AttentionMaps {
         }
     }
 
+    /// The layer names, in order.
     pub fn names(&self) -> Vec<String> {
         self.layers.iter().map(|l| l.name.clone()).collect()
     }

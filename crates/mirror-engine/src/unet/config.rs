@@ -15,7 +15,9 @@ use crate::{EngineError, Result};
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]
 pub enum PerBlock {
+    /// The same value for every block.
     One(usize),
+    /// One value per block, in down-block order.
     Each(Vec<usize>),
 }
 
@@ -34,7 +36,9 @@ impl PerBlock {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]
 pub enum FlagPerBlock {
+    /// The same flag for every block.
     One(bool),
+    /// One flag per block, in down-block order.
     Each(Vec<bool>),
 }
 
@@ -47,48 +51,82 @@ impl FlagPerBlock {
     }
 }
 
+/// `unet/config.json` (diffusers' `UNet2DConditionModel`); each field reads its namesake key.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct UNetConfig {
     /// Latent side the model was trained at (64 for SD 1.x at 512 px).
     pub sample_size: usize,
+    /// Channels of the input latent (4 for Stable Diffusion).
     pub in_channels: usize,
+    /// Channels of the predicted noise (4 for Stable Diffusion).
     pub out_channels: usize,
+    /// Whether the input is mapped from `[0, 1]` to `[-1, 1]` (`2x - 1`) before `conv_in`.
     pub center_input_sample: bool,
+    /// Whether the timestep embedding puts cosines before sines.
     pub flip_sin_to_cos: bool,
+    /// Shift subtracted from the half dimension in the timestep frequencies.
     pub freq_shift: f64,
+    /// Down block types, one per block (`CrossAttnDownBlock2D` or `DownBlock2D`).
     pub down_block_types: Vec<String>,
+    /// Mid block type; only `UNetMidBlock2DCrossAttn` is supported.
     pub mid_block_type: Option<String>,
+    /// Up block types, one per block (`CrossAttnUpBlock2D` or `UpBlock2D`).
     pub up_block_types: Vec<String>,
+    /// Self-attention replaced by cross-attention; only `false` is supported.
     pub only_cross_attention: FlagPerBlock,
+    /// Output channels of each down block (up blocks use them reversed).
     pub block_out_channels: Vec<usize>,
+    /// ResNet layers per down block (up blocks have one more).
     pub layers_per_block: PerBlock,
+    /// Padding of the downsampling convs; 0 pads one pixel bottom/right instead.
     pub downsample_padding: usize,
+    /// The mid block's output is divided by it.
     pub mid_block_scale_factor: f64,
+    /// Activation function; only `silu` is supported.
     pub act_fn: String,
+    /// Groups of every group norm; must divide every `block_out_channels`.
     pub norm_num_groups: usize,
+    /// Epsilon of the group norms.
     pub norm_eps: f64,
+    /// Width of the text embeddings the cross-attention reads (768 for SD 1.x, 1024 for SD 2.x).
     pub cross_attention_dim: PerBlock,
+    /// Transformer blocks in each cross-attention block.
     pub transformer_layers_per_block: PerBlock,
     /// SD 1.x naming quirk: the number of heads, unless `num_attention_heads` is given.
     pub attention_head_dim: PerBlock,
+    /// Attention heads per block; overrides `attention_head_dim` when given.
     pub num_attention_heads: Option<PerBlock>,
+    /// Two cross-attention streams; only `false` is supported.
     pub dual_cross_attention: bool,
+    /// Linear instead of 1x1 conv projections around the transformers (SD 2.x).
     pub use_linear_projection: bool,
     /// Only changes the rounding of half-precision scores; f32 needs nothing.
     pub upcast_attention: bool,
+    /// How the timestep embedding enters the ResNets; only `default` is supported.
     pub resnet_time_scale_shift: String,
+    /// Timestep embedding kind; only `positional` is supported.
     pub time_embedding_type: String,
+    /// Kernel size of `conv_in`; must be odd.
     pub conv_in_kernel: usize,
+    /// Kernel size of `conv_out`; must be odd.
     pub conv_out_kernel: usize,
     // Conditioning extras of other model families: accepted only when absent or null.
+    /// Class embedding kind; must be absent or null.
     pub class_embed_type: Option<Value>,
+    /// Additional embedding kind (SDXL); must be absent or null.
     pub addition_embed_type: Option<Value>,
+    /// Number of class embeddings; must be absent or null.
     pub num_class_embeds: Option<Value>,
+    /// Timestep condition projection width (LCM); must be absent or null.
     pub time_cond_proj_dim: Option<Value>,
+    /// Encoder hidden state projection width; must be absent or null.
     pub encoder_hid_dim: Option<Value>,
+    /// Timestep embedding width; must be absent or null (then `4 * block_out_channels[0]`).
     pub time_embedding_dim: Option<Value>,
+    /// Activation after the timestep embedding; must be absent or null.
     pub timestep_post_act: Option<Value>,
+    /// Attention kind; only absent or `default` is supported.
     pub attention_type: Option<String>,
 }
 

@@ -33,6 +33,8 @@ pub use capture::{
 };
 pub use config::{FlagPerBlock, PerBlock, UNetConfig};
 
+/// The conditional UNet of Stable Diffusion (diffusers `UNet2DConditionModel`): predicts the noise
+/// of a latent given a timestep and text embeddings.
 #[derive(Debug, Clone)]
 pub struct UNet2DConditionModel {
     conv_in: Conv2d,
@@ -51,6 +53,7 @@ pub struct UNet2DConditionModel {
 }
 
 impl UNet2DConditionModel {
+    /// Builds the UNet for `cfg` from the weights under `vb`.
     #[expect(
         clippy::too_many_lines,
         reason = "mirrors diffusers' UNet2DConditionModel.__init__ block by block"
@@ -172,6 +175,7 @@ impl UNet2DConditionModel {
         })
     }
 
+    /// The config it was built from.
     pub fn config(&self) -> &UNetConfig {
         &self.config
     }

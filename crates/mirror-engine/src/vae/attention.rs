@@ -48,6 +48,8 @@ pub struct VaeAttention {
 }
 
 impl VaeAttention {
+    /// Loads the layer under `vb` (`to_q`/`to_k`/`to_v`/`to_out.0`, or the older
+    /// `query`/`key`/`value`/`proj_attn` names).
     pub fn new(vb: VarBuilder, channels: usize, groups: usize) -> Result<Self> {
         Ok(Self {
             group_norm: GroupNorm::load(groups, channels, VAE_NORM_EPS, vb.pp("group_norm"))?,
@@ -102,6 +104,7 @@ pub struct MidBlock {
 }
 
 impl MidBlock {
+    /// Resnet, self-attention when `add_attention`, resnet, all at `channels` channels.
     pub fn new(
         vb: VarBuilder,
         channels: usize,

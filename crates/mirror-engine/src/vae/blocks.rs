@@ -14,7 +14,9 @@ pub const VAE_NORM_EPS: f64 = 1e-6;
 /// Settings shared by every block of one VAE.
 #[derive(Debug, Clone, Copy)]
 pub struct BlockSettings {
+    /// GroupNorm groups (`norm_num_groups`).
     pub groups: usize,
+    /// The activation (`act_fn`).
     pub act: Activation,
 }
 
@@ -57,6 +59,8 @@ fn resnet_stack(
 }
 
 impl DownEncoderBlock2D {
+    /// `num_layers` resnets from `in_c` to `out_c` channels, then a ×2 downsampler when
+    /// `add_downsample`.
     pub fn new(
         vb: VarBuilder,
         in_c: usize,
@@ -104,6 +108,8 @@ pub struct UpDecoderBlock2D {
 }
 
 impl UpDecoderBlock2D {
+    /// `num_layers` resnets from `in_c` to `out_c` channels, then a ×2 upsampler when
+    /// `add_upsample`.
     pub fn new(
         vb: VarBuilder,
         in_c: usize,

@@ -35,6 +35,7 @@ pub struct Encoder {
 }
 
 impl Encoder {
+    /// Builds the encoder for `cfg` from the weights under `vb`.
     pub fn new(vb: VarBuilder, cfg: &VaeConfig) -> Result<Self> {
         let s = settings(cfg)?;
         let channels = &cfg.block_out_channels;
@@ -91,6 +92,7 @@ pub struct Decoder {
 }
 
 impl Decoder {
+    /// Builds the decoder for `cfg` from the weights under `vb`.
     pub fn new(vb: VarBuilder, cfg: &VaeConfig) -> Result<Self> {
         let s = settings(cfg)?;
         let reversed: Vec<usize> = cfg.block_out_channels.iter().rev().copied().collect();

@@ -56,24 +56,34 @@ fn default_true() -> bool {
 /// omits a key behaves as diffusers would load it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct VaeConfig {
+    /// Channels of the input image (3 for RGB).
     #[serde(default = "default_in_channels")]
     pub in_channels: usize,
+    /// Channels of the decoded image (3 for RGB).
     #[serde(default = "default_out_channels")]
     pub out_channels: usize,
+    /// Encoder block types, one per block; only `DownEncoderBlock2D` is supported.
     #[serde(default = "default_down_block_types")]
     pub down_block_types: Vec<String>,
+    /// Decoder block types, one per block; only `UpDecoderBlock2D` is supported.
     #[serde(default = "default_up_block_types")]
     pub up_block_types: Vec<String>,
+    /// Output channels of each encoder block (the decoder uses them reversed).
     #[serde(default = "default_block_out_channels")]
     pub block_out_channels: Vec<usize>,
+    /// ResNet layers per encoder block (decoder blocks have one more).
     #[serde(default = "default_layers_per_block")]
     pub layers_per_block: usize,
+    /// Activation function (`silu`, `swish`, `gelu` or `relu`).
     #[serde(default = "default_act_fn")]
     pub act_fn: String,
+    /// Channels of the latent (4 for Stable Diffusion).
     #[serde(default = "default_latent_channels")]
     pub latent_channels: usize,
+    /// Groups of every group norm.
     #[serde(default = "default_norm_num_groups")]
     pub norm_num_groups: usize,
+    /// Image side the model was trained at, in pixels (512 for SD 1.x).
     #[serde(default = "default_sample_size")]
     pub sample_size: usize,
     /// Absent in SD 1.x configs: [`DEFAULT_SCALING_FACTOR`] then.
@@ -82,10 +92,13 @@ pub struct VaeConfig {
     /// SD3/Flux-style latent shift (latent = (mean − shift) · scale); absent for SD 1.x/2.x.
     #[serde(default)]
     pub shift_factor: Option<f64>,
+    /// Whether a 1x1 conv maps the encoder's moments before sampling.
     #[serde(default = "default_true")]
     pub use_quant_conv: bool,
+    /// Whether a 1x1 conv maps the latent before the decoder.
     #[serde(default = "default_true")]
     pub use_post_quant_conv: bool,
+    /// Whether the encoder's and decoder's mid blocks have self-attention.
     #[serde(default = "default_true")]
     pub mid_block_add_attention: bool,
 }
@@ -103,10 +116,12 @@ impl VaeConfig {
         1usize << self.block_out_channels.len().saturating_sub(1)
     }
 
+    /// The latent scale: `scaling_factor`, else [`DEFAULT_SCALING_FACTOR`].
     pub fn scaling_factor(&self) -> f64 {
         self.scaling_factor.unwrap_or(DEFAULT_SCALING_FACTOR)
     }
 
+    /// The latent shift: `shift_factor`, else 0.
     pub fn shift_factor(&self) -> f64 {
         self.shift_factor.unwrap_or(0.0)
     }

@@ -8,7 +8,9 @@ use crate::rng::SplitMix64;
 /// diffusers' `DiagonalGaussianDistribution`; `logvar` is already clamped to [−30, 20].
 #[derive(Debug, Clone)]
 pub struct DiagonalGaussian {
+    /// Mean of the latent, `[B, C, H, W]`.
     pub mean: Tensor,
+    /// Log-variance of the latent, `[B, C, H, W]`.
     pub logvar: Tensor,
 }
 
@@ -23,6 +25,7 @@ impl DiagonalGaussian {
         Ok(Self { mean, logvar })
     }
 
+    /// Standard deviation, `exp(logvar / 2)`.
     pub fn std(&self) -> Result<Tensor> {
         (&self.logvar * 0.5)?.exp()
     }

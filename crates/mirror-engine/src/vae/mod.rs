@@ -25,6 +25,8 @@ pub use config::VaeConfig;
 pub use gaussian::DiagonalGaussian;
 pub use tiled::{TilingSettings, VaeTiles};
 
+/// The KL autoencoder (diffusers `AutoencoderKL`): images to latent posteriors and latents back to
+/// images.
 #[derive(Debug, Clone)]
 pub struct AutoencoderKL {
     encoder: Encoder,
@@ -36,6 +38,7 @@ pub struct AutoencoderKL {
 }
 
 impl AutoencoderKL {
+    /// Loads the encoder, decoder and quant convs under `vb`, after validating `cfg`.
     pub fn new(vb: VarBuilder, cfg: &VaeConfig) -> Result<Self> {
         // A config made in code has not been through `from_file`; check it the same way.
         cfg.validate(Path::new("vae config"))
@@ -62,6 +65,7 @@ impl AutoencoderKL {
         })
     }
 
+    /// The config it was built from.
     pub fn config(&self) -> &VaeConfig {
         &self.config
     }
@@ -72,6 +76,7 @@ impl AutoencoderKL {
         &self.tiling
     }
 
+    /// Replaces the tiling settings of later passes.
     pub fn set_tiling(&mut self, tiling: TilingSettings) {
         self.tiling = tiling;
     }

@@ -97,6 +97,7 @@ pub enum VaeTiles {
 }
 
 impl VaeTiles {
+    /// Every mode, in the order the settings list them.
     pub const ALL: [VaeTiles; 3] = [Self::Auto, Self::On, Self::Off];
 
     /// The word the CLI and the recipe use.
@@ -219,7 +220,9 @@ pub struct TileLayout {
 /// One tile along one axis: `[start, start + len)` in latent pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TileSpan {
+    /// First latent pixel of the tile.
     pub start: usize,
+    /// Length of the tile in latent pixels (shorter at the far edge).
     pub len: usize,
 }
 
@@ -244,6 +247,7 @@ impl TileLayout {
 /// A network run tile by tile over the grid: decode (latent in, image out) or encode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TiledMap {
+    /// The tile grid (the same on both axes).
     pub layout: TileLayout,
     /// Input pixels per latent pixel (decode 1, encode the VAE factor).
     pub input_scale: usize,
