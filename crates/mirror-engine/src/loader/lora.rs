@@ -19,16 +19,20 @@ use crate::{EngineError, Result};
 /// One LoRA file to apply, with its strength (1.0 = as trained).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoraSpec {
+    /// The LoRA file (`.safetensors`).
     pub path: PathBuf,
+    /// Multiplier of the file's deltas (1: as trained; 0 changes nothing).
     pub strength: f64,
 }
 
 /// What an applied LoRA is, for recipes and the UI.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoraInfo {
+    /// The file's name without its folder, as recipes record it.
     pub file_name: String,
     /// First 16 hex digits of the SHA-256 of the file bytes.
     pub fingerprint: String,
+    /// The strength it was merged at.
     pub strength: f64,
     /// Number of model weights the file changes.
     pub matched_layers: usize,
@@ -37,7 +41,9 @@ pub struct LoraInfo {
 /// The network a LoRA layer patches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LoraTarget {
+    /// The denoising UNet (`lora_unet_…`, `unet.…`).
     Unet,
+    /// The CLIP text encoder (`lora_te_…`, `text_encoder.…`).
     TextEncoder,
 }
 
@@ -46,10 +52,13 @@ pub enum LoraTarget {
 pub struct LoraLayer {
     /// The stored key prefix (named in errors).
     pub key: String,
+    /// Which network the layer patches.
     pub target: LoraTarget,
     /// The module path as the file spells it (dotted, or kohya's underscores).
     pub module: String,
+    /// The down projection `[rank, in]` (`[rank, in, kh, kw]` for a convolution).
     pub down: Tensor,
+    /// The up projection `[out, rank]` (`[out, rank, 1, 1]` for a convolution).
     pub up: Tensor,
     /// The layer's scale is `alpha / rank` (None: alpha = rank). From the file's `.alpha`
     /// tensor or its PEFT header; with rsLoRA (alpha/√rank) this is alpha·√rank.
@@ -59,8 +68,11 @@ pub struct LoraLayer {
 /// A parsed LoRA file.
 #[derive(Debug, Clone)]
 pub struct LoraFile {
+    /// Where the file came from and the strength it is merged at.
     pub spec: LoraSpec,
+    /// First 16 hex digits of the SHA-256 of the file bytes.
     pub fingerprint: String,
+    /// Every low-rank pair of the file, in key order.
     pub layers: Vec<LoraLayer>,
 }
 
@@ -113,6 +125,7 @@ impl TargetWeights {
 /// A delta for one model weight.
 #[derive(Debug, Clone)]
 pub struct LoraDelta {
+    /// The network the weight belongs to.
     pub target: LoraTarget,
     /// The model's weight name.
     pub name: String,

@@ -59,24 +59,29 @@ impl std::str::FromStr for MirrorPreset {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct MirrorSettings {
+    /// Which reading of the method runs.
     pub preset: MirrorPreset,
     /// Classifier-free guidance of the translation branch.
     pub guidance_scale: f64,
     /// SGD learning rate of the attention guidance on the latent pair.
     pub xa_guidance: f64,
+    /// Prompt redescription: Adam iterations, learning rate, early stop.
     pub redescribe: RedescribeSettings,
     /// Base scale of the edit direction.
     pub edit_scale: f64,
     /// Preset F ramp: + `edit_ramp · i` while `i < ramp_until`.
     pub edit_ramp: f64,
+    /// Step where the Preset F ramp stops.
     pub ramp_until: usize,
     /// Preset R ramp: + `ramp_total · i / N` while `3i < 2N`.
     pub ramp_total: f64,
     /// Extra-step weight `extra_weight · extra_decay^k`.
     pub extra_weight: f64,
+    /// Decay of the extra-step weight per extra step taken.
     pub extra_decay: f64,
     /// Preset F: key/value loss terms (log only) while `i < kv_until`, weight `kv_weight`.
     pub kv_until: usize,
+    /// Weight of the Preset F key/value loss terms.
     pub kv_weight: f64,
     /// The released code applies the extra step's gradient again in the main step; `true`
     /// applies it once (a GUI toggle; not the default).
@@ -111,6 +116,7 @@ impl Default for MirrorSettings {
 }
 
 impl MirrorSettings {
+    /// Mirror's defaults under `preset` (the values the preset itself fixes stay the preset's).
     pub fn with_preset(preset: MirrorPreset) -> Self {
         Self {
             preset,
@@ -211,6 +217,7 @@ pub struct MirrorState {
 }
 
 impl MirrorState {
+    /// The state before step 0: both branches at the inversion's noisiest latent, the caption as the embedding.
     pub fn start(trajectory: &Trajectory, caption: &Tensor) -> Self {
         Self {
             rec_latent: trajectory.start().clone(),
@@ -224,10 +231,13 @@ impl MirrorState {
 /// What stays fixed over a Mirror run.
 #[derive(Debug, Clone, Copy)]
 pub struct MirrorInputs<'a> {
+    /// The run's hyperparameters.
     pub settings: &'a MirrorSettings,
+    /// The stored inversion the reconstruction is steered to.
     pub trajectory: &'a Trajectory,
     /// The edit direction already multiplied by the user's strength.
     pub direction: &'a Tensor,
+    /// Whether the translation branch records its attention maps for the UI.
     pub want_edit_maps: bool,
 }
 
@@ -240,7 +250,9 @@ pub struct RecordedReconstruction<'a> {
     pub latent: &'a Tensor,
     /// C*_i.
     pub embedding: &'a Tensor,
+    /// Its redescription losses, one per Adam iteration.
     pub losses: &'a [f64],
+    /// Its `‖C*_i − C*_{i−1}‖` (how much the embedding moved).
     pub embedding_change: f64,
 }
 

@@ -50,7 +50,9 @@ pub enum InversionGrid {
 /// pix2pix-zero's KL noise regulariser (λ, gradient steps).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct KlRegularizer {
+    /// Weight λ of the KL term.
     pub lambda: f64,
+    /// Gradient steps on the noise per inversion step.
     pub steps: usize,
 }
 
@@ -66,9 +68,11 @@ impl Default for KlRegularizer {
 /// The stored inversion trajectory `[z0, …]` of one image under one caption.
 #[derive(Debug, Clone)]
 pub struct Trajectory {
+    /// Inversion latents z0 … zN, cleanest first `[1, 4, h, w]` each.
     pub latents: Vec<Tensor>,
     /// UNet timesteps used, in inversion order.
     pub timesteps: Vec<usize>,
+    /// The timestep grid it walked.
     pub grid: InversionGrid,
     /// Sampling steps N the trajectory was made for.
     pub steps: usize,
@@ -92,6 +96,7 @@ impl Trajectory {
         }
     }
 
+    /// The latent sampling step `i` should land on (see [`Trajectory::target_index`]).
     pub fn target(&self, i: usize) -> &Tensor {
         &self.latents[self.target_index(i)]
     }
@@ -100,8 +105,11 @@ impl Trajectory {
 /// What an inversion walks: N, the grid and the optional noise regulariser.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct InversionSettings {
+    /// Sampling steps N (the inversion walks the same schedule backwards).
     pub steps: usize,
+    /// Which timesteps it visits (consistent, or the authors' grid).
     pub grid: InversionGrid,
+    /// pix2pix-zero's noise regulariser, when the method asks for it.
     pub kl: Option<KlRegularizer>,
 }
 
@@ -236,6 +244,7 @@ pub struct RedescribeSettings {
     pub lr: f64,
     /// Early stop once the loss is below `base + slope · i`.
     pub early_stop_base: f64,
+    /// Slope of that threshold per step.
     pub early_stop_slope: f64,
 }
 
@@ -250,7 +259,9 @@ impl Default for RedescribeSettings {
     }
 }
 
+/// The outcome of one redescription: the embedding C* and its losses.
 pub struct Redescription {
+    /// The optimised caption embedding C*_i `[1, L, D]`.
     pub embedding: Tensor,
     /// The loss before each update.
     pub losses: Vec<f64>,
@@ -260,11 +271,17 @@ pub struct Redescription {
 /// one DDIM step should land on `target`; the embedding starts at `init`.
 #[derive(Debug, Clone, Copy)]
 pub struct RedescribeTarget<'a> {
+    /// The reconstruction latent the step starts from `[1, 4, h, w]`.
     pub latent: &'a Tensor,
+    /// The UNet timestep of the step.
     pub t: usize,
+    /// Sampling steps N of the schedule.
     pub steps: usize,
+    /// Index i of the step (0 = noisiest).
     pub step_index: usize,
+    /// The inversion latent one step should land on.
     pub target: &'a Tensor,
+    /// The embedding Adam starts from (the previous step's C*, or the caption).
     pub init: &'a Tensor,
 }
 

@@ -34,25 +34,43 @@ const MAX_RECIPE_BYTES: usize = 1 << 20;
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(default)]
 pub struct Recipe {
+    /// Layout version of this recipe ([`RECIPE_VERSION`] when written by this build).
     pub version: u32,
+    /// The editing method's name (`mirror`, `ddim`, `pix2pix-zero`).
     pub method: String,
+    /// MirrorDiffusion preset (`recommended` or `authors`).
     pub preset: String,
+    /// What the photo shows.
     pub source_prompt: String,
+    /// What it was edited into.
     pub target_prompt: String,
+    /// DDIM steps N.
     pub steps: usize,
+    /// Seed of the run's random choices.
     pub seed: u64,
+    /// Multiplier α of the edit direction.
     pub edit_strength: f64,
+    /// Classifier-free guidance scale of the translation.
     pub guidance_scale: f64,
+    /// Step size of the cross-attention (structure) guidance.
     pub xa_guidance: f64,
     #[serde(alias = "redescription_iterations")]
+    /// Redescription Adam iterations per step.
     pub redescribe_iterations: usize,
     #[serde(alias = "redescription_lr")]
+    /// Redescription learning rate.
     pub redescribe_lr: f64,
+    /// How the photo was brought to the processing size.
     pub resize: ResizePolicy,
+    /// Processing width in pixels.
     pub width: u32,
+    /// Processing height in pixels.
     pub height: u32,
+    /// The model's display name.
     pub model: String,
+    /// The model's fingerprint (SHA-256 prefix of its weight files).
     pub model_hash: String,
+    /// Fingerprint of the photo's pixels as loaded (before resizing).
     pub image_hash: String,
     /// Whether the VAE worked in tiles (so a replay does the same; older recipes have no
     /// such field: their replay decides afresh, `auto`).
@@ -85,8 +103,11 @@ pub struct Recipe {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(default)]
 pub struct RecipeLora {
+    /// The LoRA file's name (without its folder).
     pub file_name: String,
+    /// First 16 hex digits of the SHA-256 of the file.
     pub fingerprint: String,
+    /// The strength it was merged at.
     pub strength: f64,
 }
 
@@ -166,6 +187,7 @@ impl Recipe {
         clippy::expect_used,
         reason = "plain fields with string keys: serde_json cannot fail"
     )]
+    /// The recipe as compact JSON (the `mirror-recipe` chunk's text).
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("a Recipe always serialises")
     }

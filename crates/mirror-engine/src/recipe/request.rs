@@ -16,9 +16,11 @@ use crate::{EngineError, Result};
 /// model ran and which photo it was.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RecipeOrigin {
+    /// How the photo was brought to the processing size.
     pub resize: ResizePolicy,
     /// `StableDiffusion::info.name` and `.fingerprint`.
     pub model: String,
+    /// The model's fingerprint.
     pub model_hash: String,
     /// `LoadedImage::content_hash` of the photo as loaded (before resizing).
     pub image_hash: String,

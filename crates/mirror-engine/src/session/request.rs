@@ -20,10 +20,16 @@ use crate::{EngineError, Result};
 #[serde(rename_all = "kebab-case")]
 pub enum DdimTranslation {
     /// Conditional context = the target prompt, unconditional = "", CFG `guidance`.
-    WordSwap { guidance: f64 },
+    WordSwap {
+        /// Classifier-free guidance scale.
+        guidance: f64,
+    },
     /// Conditional = caption + strength·Δc, unconditional = caption, CFG `guidance`
     /// (pix2pix-zero without attention guidance).
-    Direction { guidance: f64 },
+    Direction {
+        /// Classifier-free guidance scale.
+        guidance: f64,
+    },
 }
 
 impl Default for DdimTranslation {
@@ -51,10 +57,15 @@ pub enum InversionChoice {
 #[serde(rename_all = "kebab-case")]
 pub enum DirectionChoice {
     /// Paired template sentences around the phrase that differs between the prompts.
-    Templates { pairs: usize },
+    Templates {
+        /// Sentence pairs.
+        pairs: usize,
+    },
     /// The user's own sentence lists (need not be paired).
     Sentences {
+        /// Sentences describing the source.
         source: Vec<String>,
+        /// Sentences describing the target.
         target: Vec<String>,
     },
     /// E(target prompt) − E(source prompt).
@@ -81,11 +92,13 @@ impl Default for DirectionChoice {
 /// `StableDiffusion::size_multiple`); `imageio::resize` does that.
 #[derive(Debug, Clone)]
 pub struct TranslateRequest {
+    /// The photo at its processing size.
     pub image: RgbImage,
     /// What the image shows (the caption the inversion uses).
     pub source_prompt: String,
     /// What it should become.
     pub target_prompt: String,
+    /// The editing method.
     pub method: Method,
     /// DDIM steps N, shared by inversion and sampling.
     pub steps: usize,
@@ -94,9 +107,11 @@ pub struct TranslateRequest {
     pub mirror: MirrorSettings,
     /// Multiplier α of the edit direction.
     pub edit_strength: f64,
+    /// Where the edit direction Δc comes from.
     pub direction: DirectionChoice,
     /// Also run plain DDIM reconstruction and translation for comparison.
     pub compare_ddim: bool,
+    /// How plain DDIM's translation is conditioned.
     pub ddim_translation: DdimTranslation,
     /// Which inversion to use (plain DDIM may share the regularised one).
     pub inversion: InversionChoice,
@@ -118,6 +133,7 @@ pub struct TranslateRequest {
 }
 
 impl TranslateRequest {
+    /// A request with Mirror's defaults for `image` (already at processing size) and the prompts.
     pub fn new(image: RgbImage, source_prompt: &str, target_prompt: &str) -> Self {
         Self {
             image,
@@ -141,6 +157,7 @@ impl TranslateRequest {
         }
     }
 
+    /// The MirrorDiffusion preset the request runs.
     pub fn preset(&self) -> MirrorPreset {
         self.mirror.preset
     }
@@ -193,22 +210,32 @@ impl TranslateRequest {
 /// Final images of a run, each `[1, 3, H, W]` in [−1, 1].
 #[derive(Debug, Clone, Default)]
 pub struct BranchImages {
+    /// The method's translation `[1, 3, H, W]` in [-1, 1].
     pub translation: Option<Tensor>,
+    /// The method's reconstruction of the photo.
     pub reconstruction: Option<Tensor>,
+    /// Plain DDIM's reconstruction, when it ran.
     pub ddim_reconstruction: Option<Tensor>,
+    /// Plain DDIM's translation, when it ran.
     pub ddim_translation: Option<Tensor>,
 }
 
 /// What a run produced. A cancelled run returns what it had (latents and the steps done).
 #[derive(Debug, Clone)]
 pub struct TranslateOutcome {
+    /// The photo as the engine read it `[1, 3, H, W]` in [-1, 1].
     pub source: Tensor,
+    /// The decoded final image of every branch that ran.
     pub images: BranchImages,
     /// Final (or last) latents of each branch that ran.
     pub latents: Vec<(Branch, Tensor)>,
+    /// Whether the run was stopped before its last step.
     pub cancelled: bool,
+    /// Steps finished.
     pub steps_done: usize,
+    /// Whether the inversion came from the cache.
     pub reused_inversion: bool,
+    /// Whether the reconstruction was replayed from the cache (redescription skipped).
     pub reused_reconstruction: bool,
     /// The phrase pair the edit direction was built around.
     pub edit_phrase: Option<(String, String)>,

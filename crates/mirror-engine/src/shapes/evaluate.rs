@@ -10,15 +10,19 @@ use crate::rng::SplitMix64;
 /// Which word of the caption an edit changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EditKind {
+    /// The object's shape word changes (circle → star).
     Shape,
     /// The shape's colour.
     Colour,
+    /// The background's colour word changes.
     Background,
 }
 
 impl EditKind {
+    /// Every kind, in table order.
     pub const ALL: [EditKind; 3] = [EditKind::Shape, EditKind::Colour, EditKind::Background];
 
+    /// The kind as tables name it.
     pub fn label(self) -> &'static str {
         match self {
             EditKind::Shape => "shape",
@@ -31,16 +35,21 @@ impl EditKind {
 /// A source scene and the scene its edited caption describes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EditCase {
+    /// What the edit changes.
     pub kind: EditKind,
+    /// The rendered source scene.
     pub source: Scene,
+    /// The scene the target caption describes (same place and size).
     pub target: Scene,
 }
 
 impl EditCase {
+    /// The source scene's caption.
     pub fn source_prompt(&self) -> String {
         self.source.caption()
     }
 
+    /// The target scene's caption.
     pub fn target_prompt(&self) -> String {
         self.target.caption()
     }
@@ -213,16 +222,21 @@ mod tests {
 /// One edit run through a session, as the meaning tests and the quality benchmark judge it.
 #[derive(Debug, Clone)]
 pub struct EditRun {
+    /// The edit that ran.
     pub case: EditCase,
+    /// What the classifier saw in the translation.
     pub verdict: EditVerdict,
     /// Mean squared pixel error of MirrorDiffusion's and plain DDIM's reconstructions against
     /// the source (the mirror effect: the first should be lower).
     pub mirror_reconstruction_error: f64,
+    /// The same for plain DDIM's reconstruction.
     pub ddim_reconstruction_error: f64,
     /// The shape word's cross-attention on the reconstruction branch, averaged over steps
     /// (the app's view): mass inside the source's object mask, and the mask's area share.
     pub attention_inside: f64,
+    /// Share of the image the source object covers.
     pub mask_area: f64,
+    /// Seconds of the whole run.
     pub seconds: f64,
 }
 
