@@ -15,7 +15,6 @@ pub mod error;
 pub mod forward;
 pub mod imageio;
 pub mod loader;
-pub mod lora_model;
 pub mod methods;
 pub mod model;
 pub mod nn;

@@ -10,10 +10,10 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::VarBuilder;
 use candle_nn::var_builder::SimpleBackend;
 
+use super::{StableDiffusion, build_text_and_unet};
 use crate::clip::{ClipTextConfig, ClipTextTransformer};
 use crate::loader::lora::{LoraDelta, LoraInfo, LoraSpec, LoraTarget, TargetWeights, read_lora};
 use crate::loader::{ModelSource, ldm_names, open_model_source};
-use crate::model::{StableDiffusion, build_text_and_unet};
 use crate::unet::{UNet2DConditionModel, UNetConfig};
 use crate::{EngineError, Result};
 

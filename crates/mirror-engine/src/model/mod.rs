@@ -2,7 +2,8 @@
 //! loaded from a diffusers folder or a single-file checkpoint, with what its folder says about
 //! itself (`mirror.json`) and the prompt check that uses it.
 
-use crate::loader::lora::LoraInfo;
+mod lora;
+
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -14,6 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::clip::{ClipTextConfig, ClipTextTransformer};
 use crate::device::{Precision, forward_dtype};
 use crate::forward::{ForwardNets, ForwardUnet};
+use crate::loader::lora::LoraInfo;
 use crate::loader::{
     CheckpointConfigs, ModelNotes, ModelSource, Recommended, SingleFileCheckpoint, ldm_names,
     open_model_source, weight_error,
@@ -489,7 +491,7 @@ fn build(
 }
 
 /// The text encoder and the UNet from their weights and configs (also rebuilt with LoRAs,
-/// `lora_model.rs`); weight errors name the file.
+/// `model/lora.rs`); weight errors name the file.
 pub(crate) fn build_text_and_unet(
     text: ((VarBuilder, &Path), &ClipTextConfig),
     unet: ((VarBuilder, &Path), &UNetConfig),
