@@ -7,6 +7,8 @@
 //! - [`model_template_pairs`]: pairs from a model's own captions (`mirror.json`);
 //! - [`compute_direction`] / [`build_direction`]: the text-encoder means and their difference;
 //! - [`read_sentence_file`], [`save_direction`], [`load_direction`]: custom sentences, files.
+//!
+//! Ports: https://github.com/pix2pixzero/pix2pix-zero/blob/a8f7269a5318353b6fc5263223f68d96a419bd49/src/make_edit_direction.py and https://github.com/pix2pixzero/pix2pix-zero/blob/a8f7269a5318353b6fc5263223f68d96a419bd49/src/utils/edit_directions.py (pinned).
 
 mod bank;
 mod compute;

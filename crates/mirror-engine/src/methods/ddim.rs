@@ -1,5 +1,8 @@
 //! Plain DDIM sampling with fixed contexts: the reconstruction (B1) and translation (B2)
 //! baselines that drift away from the inversion trajectory — the displacement effect.
+//!
+//! Ports: https://github.com/huggingface/diffusers/blob/v0.30.0/src/diffusers/pipelines/stable_diffusion/pipeline_stable_diffusion.py (the denoising loop with
+//! classifier-free guidance; pinned).
 
 use candle_core::Tensor;
 

@@ -1,6 +1,8 @@
 //! Text-to-image sampling (the `generate` command): DDIM (η = 0) with classifier-free
 //! guidance against the empty prompt, from seeded noise. Stages: [`encode_prompt`],
 //! [`initial_noise`], [`denoise`] (the DDIM baselines' step), then the VAE decode.
+//!
+//! Ports: https://github.com/huggingface/diffusers/blob/v0.30.0/src/diffusers/pipelines/stable_diffusion/pipeline_stable_diffusion.py (pinned).
 
 use candle_core::{Device, Tensor};
 use image::RgbImage;

@@ -7,7 +7,7 @@
 //! the photo's latent is noised to half strength a few times, the UNet predicts the noise under
 //! the source and the target description, and where the two predictions differ is where the
 //! edit acts. Ported from diffusers' `StableDiffusionDiffEditPipeline.generate_mask`
-//! (<https://github.com/huggingface/diffusers/blob/v0.31.0/src/diffusers/pipelines/stable_diffusion_diffedit/pipeline_stable_diffusion_diffedit.py#L846>).
+//! (<https://github.com/huggingface/diffusers/blob/v0.30.0/src/diffusers/pipelines/stable_diffusion_diffedit/pipeline_stable_diffusion_diffedit.py>, pinned).
 
 use candle_core::{D, DType, Device, Tensor};
 use image::GrayImage;

@@ -1,5 +1,7 @@
 //! Recording of cross-attention (`attn2`) probabilities, keys and values, and the map losses
 //! MirrorDiffusion / pix2pix-zero build from them.
+//!
+//! Ports: https://github.com/pix2pixzero/pix2pix-zero/blob/a8f7269a5318353b6fc5263223f68d96a419bd49/src/utils/cross_attention.py (pinned).
 
 use candle_core::{Result, Tensor};
 
