@@ -102,6 +102,22 @@ pub struct StepReport {
     pub edit_scale: Option<f64>,
 }
 
+impl StepReport {
+    /// The report of step `step` of `total` at `timestep`, before any method has filled it.
+    pub fn new(method: &'static str, step: usize, total: usize, timestep: usize) -> Self {
+        Self {
+            method,
+            step,
+            total,
+            timestep,
+            branches: Vec::new(),
+            redescription: None,
+            guidance: None,
+            edit_scale: None,
+        }
+    }
+}
+
 /// How far the current step is, in UNet calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StepWork {

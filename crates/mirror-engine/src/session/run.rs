@@ -256,16 +256,8 @@ fn run_steps(
         run.cancel.check()?;
         let expected = steppers.iter().map(|s| s.unet_calls(i)).sum();
         run.events.begin_step(i, n, expected);
-        let mut report = StepReport {
-            method: req.method.name(),
-            step: i,
-            total: n,
-            timestep: sd.scheduler.timesteps(n)[i],
-            branches: Vec::new(),
-            redescription: None,
-            guidance: None,
-            edit_scale: None,
-        };
+        let timestep = sd.scheduler.timesteps(n)[i];
+        let mut report = StepReport::new(req.method.name(), i, n, timestep);
         for stepper in &mut steppers {
             let step = stepper.step(&ctx, i, progress.mask.as_ref())?;
             progress.record_step(&step, req.record_dump, start);
