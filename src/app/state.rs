@@ -181,6 +181,8 @@ pub struct CompareView {
     pub with: CompareWith,
     /// Show where the pixels changed instead of the split.
     pub difference: bool,
+    /// Tint the run's edit mask over the split.
+    pub show_mask: bool,
 }
 
 #[derive(Default)]

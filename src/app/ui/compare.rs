@@ -5,7 +5,7 @@ use egui::{Rect, RichText, Ui, pos2, vec2};
 
 use crate::app::export::translation;
 use crate::app::state::{AppState, CompareWith};
-use crate::app::textures::{Textures, difference};
+use crate::app::textures::{Textures, difference, mask_tint};
 
 /// How much the difference view amplifies the per-pixel change.
 const AMPLIFY: f32 = 4.0;
@@ -23,6 +23,7 @@ pub fn compare_view(ui: &mut Ui, state: &mut AppState, tex: &mut Textures) {
         ui.label(RichText::new("Run a translation to compare it with the source.").weak());
         return;
     };
+    let has_mask = state.result.as_ref().is_some_and(|r| r.mask.is_some());
     let with_label = |w: CompareWith| match w {
         CompareWith::Source => "source",
         CompareWith::Reconstruction => "reconstruction",
@@ -40,6 +41,10 @@ pub fn compare_view(ui: &mut Ui, state: &mut AppState, tex: &mut Textures) {
                 "What the translation is compared with: the photo, or the method's \
                  reconstruction of it (the picture the edit started from)",
             );
+        if has_mask {
+            ui.checkbox(&mut state.compare.show_mask, "Show the edit mask")
+                .on_hover_text("Tint where the run's edit mask let the picture change");
+        }
         ui.checkbox(&mut state.compare.difference, "Show the difference")
             .on_hover_text(format!(
                 "Where the translation differs from the picture before it: black is \
@@ -90,6 +95,15 @@ pub fn compare_view(ui: &mut Ui, state: &mut AppState, tex: &mut Textures) {
     let uv = |a: f32, b: f32| Rect::from_min_max(pos2(a, 0.0), pos2(b, 1.0));
     painter.image(tb.id(), left, uv(0.0, s), egui::Color32::WHITE);
     painter.image(ta.id(), right, uv(s, 1.0), egui::Color32::WHITE);
+    let mask = state.result.as_ref().and_then(|r| r.mask.as_ref());
+    if let Some(mask) = mask.filter(|_| state.compare.show_mask) {
+        let t = tex.get(ui.ctx(), "final/compare/mask", || {
+            Some(mask_tint(mask, [255, 64, 160], 0.45))
+        });
+        if let Some(t) = t {
+            painter.image(t.id(), rect, uv(0.0, 1.0), egui::Color32::WHITE);
+        }
+    }
     painter.vline(
         x,
         rect.y_range(),
