@@ -98,7 +98,7 @@ pub fn compare_view(ui: &mut Ui, state: &mut AppState, tex: &mut Textures) {
     let mask = state.result.as_ref().and_then(|r| r.mask.as_ref());
     if let Some(mask) = mask.filter(|_| state.compare.show_mask) {
         let t = tex.get(ui.ctx(), "final/compare/mask", || {
-            Some(mask_tint(mask, [255, 64, 160], 0.45))
+            Some(mask_tint(mask, [255, 64, 160], 0.3))
         });
         if let Some(t) = t {
             painter.image(t.id(), rect, uv(0.0, 1.0), egui::Color32::WHITE);
