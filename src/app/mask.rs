@@ -1,7 +1,9 @@
 //! The painted edit mask: where the edit may change the picture (white) and where it may not
 //! (black), kept at the photo's own resolution. What made it is kept as a list of edits
-//! (strokes, invert, clear, fill), not as copies of the picture, so that undo replays the list
-//! and a 4000×3000 photo costs one 12 MB mask, not one per stroke. A copy at display
+//! (strokes, invert, clear, fill), not as copies of the picture, so that undo replays the list.
+//! A copy of the mask every [`CHECKPOINT_EVERY`] edits, the last [`CHECKPOINTS`] of them only,
+//! bounds what an undo replays: a 4000×3000 photo costs at most five 12 MB masks, however
+//! many strokes it has. A copy at display
 //! resolution (at most [`OVERLAY_SIDE`] pixels a side) follows every dab, so the overlay
 //! texture stays small while a stroke is drawn. The engine scales the mask to its latent grid.
 
@@ -10,6 +12,10 @@ use mirror_engine::imageio::{ResizePolicy, beyond_aspect_limit};
 
 /// The overlay's longest side, in pixels.
 pub const OVERLAY_SIDE: u32 = 1024;
+/// A copy of the mask is kept after every this many edits…
+pub const CHECKPOINT_EVERY: usize = 4;
+/// …the newest this many.
+pub const CHECKPOINTS: usize = 4;
 
 /// How a stroke paints.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -42,6 +48,8 @@ pub struct PaintedMask {
     /// What the edits start from (a mask restored from a recipe), at any size; None: black.
     base: Option<GrayImage>,
     edits: Vec<MaskEdit>,
+    /// The mask after the first `n` edits, for a few `n` (undo replays from the last one).
+    checkpoints: Vec<(usize, GrayImage)>,
     pixels: GrayImage,
     overlay: GrayImage,
     /// A stroke is being drawn (the last edit is its stroke).
@@ -62,6 +70,7 @@ impl PaintedMask {
         Self {
             base: None,
             edits: Vec::new(),
+            checkpoints: Vec::new(),
             pixels: GrayImage::new(w, h),
             overlay: GrayImage::new(ow, oh),
             drawing: false,
@@ -135,7 +144,23 @@ impl PaintedMask {
     }
 
     pub fn end_stroke(&mut self) {
-        self.drawing = false;
+        if self.drawing {
+            self.drawing = false;
+            self.checkpoint();
+        }
+    }
+
+    /// Keeps a copy of the mask after every few edits (the oldest copies go).
+    fn checkpoint(&mut self) {
+        let n = self.edits.len();
+        if n.is_multiple_of(CHECKPOINT_EVERY)
+            && self.checkpoints.last().is_none_or(|(k, _)| *k != n)
+        {
+            self.checkpoints.push((n, self.pixels.clone()));
+            if self.checkpoints.len() > CHECKPOINTS {
+                self.checkpoints.remove(0);
+            }
+        }
     }
 
     pub fn invert(&mut self) {
@@ -163,6 +188,8 @@ impl PaintedMask {
         if self.edits.pop().is_none() {
             return false;
         }
+        let n = self.edits.len();
+        self.checkpoints.retain(|(k, _)| *k <= n);
         self.replay();
         true
     }
@@ -172,20 +199,31 @@ impl PaintedMask {
             self.apply(&edit);
             self.refresh_overlay();
         }
+        self.checkpoint();
         self.version += 1;
     }
 
-    /// Rebuilds the mask from its base and every edit.
+    /// Rebuilds the mask from the last checkpoint (or its base) and the edits after it.
     fn replay(&mut self) {
         let (w, h) = self.pixels.dimensions();
-        self.pixels = match &self.base {
-            Some(base) => stretch(base, (w, h)),
-            None => GrayImage::new(w, h),
+        let from = match self.checkpoints.last() {
+            Some((n, pixels)) => {
+                self.pixels = pixels.clone();
+                *n
+            }
+            None => {
+                self.pixels = match &self.base {
+                    Some(base) => stretch(base, (w, h)),
+                    None => GrayImage::new(w, h),
+                };
+                0
+            }
         };
-        for edit in std::mem::take(&mut self.edits).into_iter() {
-            self.apply(&edit);
-            self.edits.push(edit);
+        let edits = std::mem::take(&mut self.edits);
+        for edit in &edits[from.min(edits.len())..] {
+            self.apply(edit);
         }
+        self.edits = edits;
         self.refresh_overlay();
         self.version += 1;
     }
@@ -429,5 +467,47 @@ mod tests {
         m.begin_stroke(soft, [32.0, 32.0]);
         let edge = m.pixels().get_pixel(38, 32)[0];
         assert!(edge > 0 && edge < 255, "a soft edge: {edge}");
+    }
+
+    /// A 4000×3000 photo: a stroke's dabs stay quick, and undo after many strokes replays
+    /// them in well under a second (timings printed; the bound is loose for slow machines).
+    #[test]
+    fn a_large_photo_paints_and_undoes_quickly() {
+        let mut m = PaintedMask::new((4000, 3000));
+        let brush = Brush {
+            radius: 240.0,
+            softness: 0.5,
+            erase: false,
+        };
+        let started = std::time::Instant::now();
+        let mut moves = 0;
+        for s in 0..20 {
+            let y = 100.0 + 140.0 * s as f32;
+            m.begin_stroke(brush, [100.0, y]);
+            for x in (1..40).map(|i| 100.0 * i as f32) {
+                m.extend_stroke([x, y]);
+                moves += 1;
+            }
+            m.end_stroke();
+        }
+        let per_move = started.elapsed() / moves;
+        let reference = {
+            let mut r = m.clone();
+            r.checkpoints.clear();
+            r.undo();
+            r.undo();
+            r.pixels().clone()
+        };
+        let started = std::time::Instant::now();
+        assert!(m.undo() && m.undo());
+        let undo = started.elapsed() / 2;
+        println!("4000×3000: {per_move:?} a pointer move (100 px), an undo of 20 strokes {undo:?}");
+        assert_eq!(
+            m.pixels(),
+            &reference,
+            "replay from a checkpoint = from the start"
+        );
+        assert!(m.checkpoints.len() <= CHECKPOINTS);
+        assert!(per_move.as_millis() < 50 && undo.as_secs_f64() < 2.0);
     }
 }

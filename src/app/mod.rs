@@ -168,10 +168,12 @@ impl MirrorApp {
     fn keyboard(&mut self, ctx: &egui::Context) {
         use egui::{Key, KeyboardShortcut, Modifiers};
         let shortcut = |m, k| KeyboardShortcut::new(m, k);
-        // Ctrl+Z takes back a mask stroke unless a text field (with its own undo) has focus.
+        // Ctrl+Z takes back a stroke on the mask tab, unless a text field (with its own undo)
+        // has focus.
         let typing = ctx
             .memory(|m| m.focused())
-            .is_some_and(|id| egui::TextEdit::load_state(ctx, id).is_some());
+            .is_some_and(|id| egui::TextEdit::load_state(ctx, id).is_some())
+            || self.state.view != state::View::Mask;
         let (undo, open, run, save, esc, dropped, paste) = ctx.input_mut(|i| {
             (
                 !typing && i.consume_shortcut(&shortcut(Modifiers::COMMAND, Key::Z)),
