@@ -9,11 +9,12 @@ use std::time::Instant;
 
 use candle_core::Tensor;
 use crossbeam_channel::{Receiver, Sender, unbounded};
-use image::RgbImage;
+use image::{GrayImage, RgbImage};
 
 use mirror_engine::EngineError;
 use mirror_engine::device::{self, DeviceChoice, Precision};
 use mirror_engine::imageio::{latent_preview, tensor_to_image};
+use mirror_engine::methods::mask::mask_image;
 use mirror_engine::model::VaeTilesReport;
 use mirror_engine::pipeline::{
     Branch, CancelToken, Event, Phase, StepReport, StepWork, TokenHeatmaps,
@@ -159,6 +160,9 @@ pub struct RunSummary {
     pub seconds: f64,
     /// What the VAE passes of every part did about tiles (any part counts).
     pub vae_tiles: VaeTilesReport,
+    /// The edit mask the run used (the first part's), on the latent grid shown at the
+    /// processing size (white = may change); None when the whole picture could change.
+    pub mask: Option<GrayImage>,
 }
 
 /// What the worker tells the UI.
@@ -366,6 +370,7 @@ fn run(session: &mut Session, job: &RunJob, cancel: &CancelToken, send: &dyn Fn(
         edit_phrase: None,
         seconds: 0.0,
         vae_tiles: VaeTilesReport::default(),
+        mask: None,
     };
     for (index, part) in job.parts.iter().enumerate() {
         let req = &part.request;
@@ -407,6 +412,10 @@ fn run(session: &mut Session, job: &RunJob, cancel: &CancelToken, send: &dyn Fn(
         total.vae_tiles.fell_back |= outcome.vae_tiles.fell_back;
         if total.edit_phrase.is_none() {
             total.edit_phrase = outcome.edit_phrase.clone();
+        }
+        if total.mask.is_none() {
+            let (w, h) = req.image.dimensions();
+            total.mask = (outcome.mask.as_ref()).and_then(|m| mask_image(m, w, h).ok());
         }
         if outcome.cancelled {
             total.cancelled = true;

@@ -91,7 +91,10 @@ impl Drop for Fixture {
 }
 
 fn click_and_finish(h: &mut App, button: &str) {
-    h.get_by_label(button).click();
+    // The button may be scrolled out of the controls panel (a pointer click would miss it),
+    // and settings the test changed move it: press it through its accessibility action.
+    h.run_steps(2);
+    h.get_by_label(button).click_accesskit();
     step_until(h, "the run to start", RUN, |a| a.state.progress.running);
     step_until(h, "the run to finish", RUN, |a| !a.state.progress.running);
 }

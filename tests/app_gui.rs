@@ -399,3 +399,194 @@ fn the_layout_fits_from_800x600_to_4k() {
         snapshot(&mut h, name);
     }
 }
+
+/// A stroke dragged across the photo on the mask tab, from `from` to `to` (shares of the
+/// picture's width and height).
+fn stroke(h: &mut App, from: (f32, f32), to: (f32, f32)) {
+    let rect = h
+        .get_by_label(mirror_diffusion::app::ui::mask::CANVAS_LABEL)
+        .rect();
+    let at = |(x, y): (f32, f32)| {
+        egui::pos2(
+            rect.left() + rect.width() * x,
+            rect.top() + rect.height() * y,
+        )
+    };
+    h.hover_at(at(from));
+    h.step();
+    h.drag_at(at(from));
+    h.step();
+    for i in 1..=4 {
+        let t = i as f32 / 4.0;
+        h.hover_at(at((
+            from.0 + (to.0 - from.0) * t,
+            from.1 + (to.1 - from.1) * t,
+        )));
+        h.step();
+    }
+    h.drop_at(at(to));
+    h.step();
+    h.step();
+}
+
+/// The mask's value (0–255) at a share of the photo's width and height.
+fn mask_at(h: &App, (x, y): (f32, f32)) -> u8 {
+    let m = h.state().state.mask.as_ref().expect("a painted mask");
+    let (w, ht) = m.size();
+    m.pixels()
+        .get_pixel((x * w as f32) as u32, (y * ht as f32) as u32)[0]
+}
+
+fn choose(h: &mut App, combo: &str, option: &str) {
+    h.get_by_label(combo).click();
+    h.run_steps(2);
+    h.get_by_label(option).click();
+    h.run_steps(2);
+}
+
+#[test]
+fn a_painted_mask_runs_undoes_and_comes_back_with_the_png() {
+    use mirror_diffusion::app::run_settings::EditRegion;
+    use mirror_engine::recipe::RecipeMask;
+    let mut opts = options("mask", 2);
+    opts.source_prompt = Some("a photo of a cat".into());
+    opts.target_prompt = Some("a photo of a dog".into());
+    let exports = opts.export_dir.clone().expect("export dir");
+    let mut h = harness(opts);
+    ready(&mut h);
+
+    // Choosing a painted region opens the mask tab.
+    choose(&mut h, "Edit region", "painted");
+    assert_eq!(
+        h.state().state.settings.run.edit_region,
+        EditRegion::Painted
+    );
+    assert_eq!(h.state().state.view, View::Mask);
+
+    // A stroke across the middle paints it, in the mask and in its overlay.
+    stroke(&mut h, (0.2, 0.5), (0.8, 0.5));
+    let m = h.state().state.mask.as_ref().expect("a mask once painted");
+    assert_eq!(m.undo_steps(), 1, "one stroke");
+    assert!(m.coverage() > 0.02, "coverage {}", m.coverage());
+    let version = m.version;
+    let overlay = m.overlay();
+    let (ow, oh) = overlay.dimensions();
+    assert_eq!(
+        overlay.get_pixel(ow / 2, oh / 2)[0],
+        255,
+        "the overlay shows it"
+    );
+    assert_eq!(mask_at(&h, (0.5, 0.5)), 255);
+    assert_eq!(mask_at(&h, (0.5, 0.05)), 0, "the top stays unpainted");
+    let first = m.pixels().clone();
+
+    // A second stroke; Ctrl+Z takes it back.
+    stroke(&mut h, (0.5, 0.1), (0.5, 0.3));
+    assert_eq!(mask_at(&h, (0.5, 0.2)), 255);
+    assert!(h.state().state.mask.as_ref().unwrap().version > version);
+    h.key_press_modifiers(Modifiers::COMMAND, Key::Z);
+    h.run_steps(2);
+    let m = h.state().state.mask.as_ref().unwrap();
+    assert_eq!(m.undo_steps(), 1);
+    assert_eq!(m.pixels(), &first, "undo took the last stroke back");
+
+    // Invert and Clear, and undo brings each back.
+    h.get_by_label("Invert").click();
+    h.run_steps(2);
+    assert_eq!(mask_at(&h, (0.5, 0.5)), 0);
+    assert_eq!(mask_at(&h, (0.5, 0.05)), 255, "inverted");
+    h.get_by_label("Clear").click();
+    h.run_steps(2);
+    assert!(h.state().state.mask.as_ref().unwrap().is_empty(), "cleared");
+    h.get_by_label("Undo").click();
+    h.run_steps(2);
+    h.key_press_modifiers(Modifiers::COMMAND, Key::Z);
+    h.run_steps(2);
+    assert_eq!(h.state().state.mask.as_ref().unwrap().pixels(), &first);
+
+    // A run with the painted mask: the engine used it, the results show it, the PNG keeps it.
+    run_to_end(&mut h);
+    let s = &h.state().state;
+    assert!(
+        s.result.as_ref().and_then(|r| r.mask.as_ref()).is_some(),
+        "the run reports the mask it used"
+    );
+    h.get_by_label("Steps").click();
+    h.run_steps(3);
+    assert!(
+        h.query_by_label("Edit mask (painted)").is_some(),
+        "the mask tile"
+    );
+    h.key_press_modifiers(Modifiers::COMMAND, Key::S);
+    h.step();
+    jobs_done(&mut h);
+    let png = exports.join("test_image-to-a-photo-of-a-dog-translation.png");
+    let recipe = mirror_engine::recipe::read_recipe(&png)
+        .expect("readable")
+        .expect("a recipe");
+    assert!(
+        matches!(recipe.mask, Some(RecipeMask::Png(_))),
+        "the recipe keeps the painted mask"
+    );
+
+    // Before/after: the split with its slider, then the difference.
+    h.get_by_label("Compare").click();
+    h.run_steps(3);
+    assert!(
+        h.query_by_role_and_label(egui::Role::Slider, "Split")
+            .is_some(),
+        "the split slider"
+    );
+    choose(&mut h, "Before", "reconstruction");
+    h.get_by_label("Show the difference").click();
+    h.run_steps(3);
+    assert!(
+        h.query_by_label(mirror_diffusion::app::ui::compare::DIFFERENCE_LABEL)
+            .is_some(),
+        "the difference view renders"
+    );
+    let image = h.render().expect("the window renders");
+    assert!(image.width() > 0);
+
+    // Dropping the PNG back: the mask returns as the photo's painted mask.
+    choose(&mut h, "Edit region", "whole picture");
+    h.input_mut()
+        .dropped_files
+        .push(std::sync::Arc::new(PathFile(png)));
+    h.step();
+    jobs_done(&mut h);
+    h.run_steps(2);
+    let s = &h.state().state;
+    assert_eq!(
+        s.settings.run.edit_region,
+        EditRegion::Painted,
+        "region restored"
+    );
+    let m = s.mask.as_ref().expect("the mask restored");
+    assert_eq!(m.undo_steps(), 0, "a restored mask starts the undo list");
+    assert!(mask_at(&h, (0.5, 0.5)) > 200 && mask_at(&h, (0.5, 0.05)) < 50);
+
+    // Found from the edit: the run's mask is its own tile and can fill the painted one.
+    choose(&mut h, "Edit region", "found from the edit");
+    run_to_end(&mut h);
+    h.get_by_label("Steps").click();
+    h.run_steps(3);
+    assert!(
+        h.query_by_label("Edit mask (found from the edit)")
+            .is_some()
+    );
+    let found = h.state().state.found_mask().cloned().expect("a found mask");
+    h.get_by_label("Mask").click();
+    h.run_steps(2);
+    h.get_by_label("Fill from the edit").click();
+    h.run_steps(2);
+    let s = &h.state().state;
+    assert_eq!(s.settings.run.edit_region, EditRegion::Painted);
+    let m = s.mask.as_ref().expect("filled");
+    let on_photo = mirror_diffusion::app::mask::mask_on_photo(&found, m.size(), s.settings.resize);
+    assert_eq!(
+        m.pixels(),
+        &on_photo,
+        "the found mask fills the painted one"
+    );
+}

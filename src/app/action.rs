@@ -39,4 +39,22 @@ pub enum Action {
     ChooseExportDir,
     Tokenize,
     ApplyPreset(usize),
+    /// A change to the painted edit mask.
+    Mask(MaskAction),
+}
+
+/// What the mask tools ask for (positions in photo pixels).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MaskAction {
+    /// The pointer went down on the photo: a stroke starts with the tools' brush.
+    StrokeStart([f32; 2]),
+    /// The pointer moved while down.
+    StrokeTo([f32; 2]),
+    StrokeEnd,
+    /// Ctrl+Z: the last stroke (or invert, clear, fill) is taken back.
+    Undo,
+    Invert,
+    Clear,
+    /// The mask the last run found from the edit becomes the painted mask.
+    FillFromEdit,
 }

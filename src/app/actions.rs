@@ -4,19 +4,21 @@
 
 use std::time::Instant;
 
-use image::RgbImage;
+use image::{GrayImage, RgbImage};
 
 use crate::worker::{Command, RunJob, RunPart};
 use mirror_engine::direction::find_edit_phrase;
 use mirror_engine::imageio::{
-    MAX_ASPECT, ResizePolicy, beyond_aspect_limit, processing_size, resize,
+    MAX_ASPECT, ResizePolicy, beyond_aspect_limit, processing_size, resize, resize_mask,
 };
 use mirror_engine::recipe::{Recipe, RecipeOrigin};
 use mirror_engine::session::Method;
 
 use super::MirrorApp;
-use super::action::Action;
+use super::action::{Action, MaskAction};
 use super::jobs::{JobKind, JobOutput, Pick};
+use super::mask::{Brush, mask_on_photo};
+use super::run_settings::EditRegion;
 use super::state::{Progress, RunKind, RunShape, method_label};
 
 impl MirrorApp {
@@ -91,15 +93,102 @@ impl MirrorApp {
                     self.perform(Action::Tokenize);
                 }
             }
+            Action::Mask(m) => self.mask_action(m),
         }
     }
 
+    /// Paints, undoes, inverts, clears or fills the photo's mask. Painting chooses the painted
+    /// edit region (that is what the strokes are for).
+    fn mask_action(&mut self, action: MaskAction) {
+        let tools = self.state.paint.clone();
+        let found = self.state.found_mask().cloned();
+        let policy =
+            (self.state.result_recipe.as_ref()).map_or(self.state.settings.resize, |r| r.resize);
+        let Some(mask) = self.state.mask_mut() else {
+            return;
+        };
+        let (w, h) = mask.size();
+        let brush = Brush {
+            radius: (tools.size_percent / 100.0 * w.max(h) as f32).max(0.5),
+            softness: tools.softness,
+            erase: tools.erase,
+        };
+        let mut painted = true;
+        let event = match action {
+            MaskAction::StrokeStart(at) => {
+                mask.begin_stroke(brush, at);
+                "mask_stroke_started"
+            }
+            MaskAction::StrokeTo(at) => {
+                mask.extend_stroke(at);
+                return;
+            }
+            MaskAction::StrokeEnd => {
+                mask.end_stroke();
+                "mask_stroke_ended"
+            }
+            MaskAction::Undo => {
+                painted = false;
+                if mask.undo() {
+                    "mask_undo"
+                } else {
+                    "mask_nothing_to_undo"
+                }
+            }
+            MaskAction::Invert => {
+                mask.invert();
+                "mask_inverted"
+            }
+            MaskAction::Clear => {
+                mask.clear();
+                "mask_cleared"
+            }
+            MaskAction::FillFromEdit => {
+                let Some(found) = found else {
+                    return self.state.note(
+                        "Run once with the edit region \"found from the edit\" first: its mask \
+                         then fills the painted one.",
+                    );
+                };
+                mask.fill(mask_on_photo(&found, (w, h), policy));
+                "mask_filled"
+            }
+        };
+        let coverage = mask.coverage();
+        if painted && self.state.settings.run.edit_region != EditRegion::Painted {
+            self.state.settings.run.edit_region = EditRegion::Painted;
+            self.state
+                .note("Edit region: painted. Runs now change only where the mask is painted.");
+        }
+        self.state.emit(&format!("{event} coverage={coverage:.3}"));
+    }
+
+    /// Restores a recipe's settings; a painted mask it carries becomes the mask of the photo
+    /// just opened (call after the photo is set).
     pub(crate) fn restore_recipe(&mut self, r: &Recipe, name: &str) {
-        if let Err(e) = self.state.settings.run.apply_recipe(r) {
-            return self.state.error(format!(
-                "{name} carries a Mirror recipe that this version cannot restore: {e}. \
-                 The image is opened; your settings are unchanged."
-            ));
+        let painted = match self.state.settings.run.apply_recipe(r) {
+            Ok(painted) => painted,
+            Err(e) => {
+                return self.state.error(format!(
+                    "{name} carries a Mirror recipe that this version cannot restore: {e}. \
+                     The image is opened; your settings are unchanged."
+                ));
+            }
+        };
+        if let (Some(mask), Some(img)) = (painted, &self.state.image) {
+            let size = img.loaded.rgb.dimensions();
+            // A Mirror PNG is a translation: at the processed picture's shape (then the mask
+            // fits as it is), or back at the photo's.
+            let same_shape = (mask.width() as u64 * size.1 as u64)
+                .abs_diff(mask.height() as u64 * size.0 as u64)
+                <= (mask.height() as u64 * size.0 as u64) / 100;
+            let on_photo = if same_shape {
+                mask_on_photo(&mask, size, ResizePolicy::Stretch)
+            } else {
+                mask_on_photo(&mask, size, r.resize)
+            };
+            self.state.mask = Some(super::mask::PaintedMask::from_image(size, on_photo));
+            self.state.emit("mask_restored");
         }
         self.state.settings.source_prompt = r.source_prompt.clone();
         self.state.settings.target_prompt = r.target_prompt.clone();
@@ -147,6 +236,19 @@ impl MirrorApp {
         if let Err(e) = self.check_prompts(kind) {
             return self.state.error(e);
         }
+        // The mask as it is now: strokes made while the run prepares do not count.
+        let painted = match self.state.settings.run.edit_region {
+            EditRegion::Painted => match self.state.mask.as_ref().filter(|m| !m.is_empty()) {
+                Some(m) => Some(m.pixels().clone()),
+                None => {
+                    return self.state.error(
+                        "Paint where the edit may change the picture first (the Mask tab), or \
+                         choose another edit region.",
+                    );
+                }
+            },
+            _ => None,
+        };
         let (source, policy) = (img.loaded.rgb.clone(), self.state.settings.resize);
         if policy == ResizePolicy::Keep && beyond_aspect_limit(img.loaded.original_size) {
             self.state.note(format!(
@@ -157,9 +259,11 @@ impl MirrorApp {
         }
         self.state.emit("run_preparing");
         self.jobs.spawn(JobKind::PreparingRun, move |_| {
+            let photo = source.dimensions();
             Ok(JobOutput::RunImage {
                 kind,
                 image: resize(&source, size, policy),
+                mask: painted.map(|m| resize_mask(&m, photo, size, policy)),
             })
         });
     }
@@ -197,7 +301,7 @@ impl MirrorApp {
     /// Starts a run of `kind`: the chosen method, the three methods side by side
     /// (`Compare`), or the target prompt and every extra target (`Targets`), one after
     /// another on the same inversion.
-    pub(crate) fn run(&mut self, kind: RunKind, image: RgbImage) {
+    pub(crate) fn run(&mut self, kind: RunKind, image: RgbImage, mask: Option<GrayImage>) {
         if self.state.progress.running {
             return;
         }
@@ -206,17 +310,19 @@ impl MirrorApp {
             Err(e) => return self.state.error(e),
         };
         let settings = &self.state.settings.run;
+        let mask = mask.as_ref();
         let parts: Vec<RunPart> = match kind {
             RunKind::Single => vec![RunPart {
                 label: method_label(settings.method).into(),
-                request: settings.request(image, &source, &targets[0]),
+                request: settings.request_with_mask(image, &source, &targets[0], mask),
             }],
             // One inversion, three methods: Mirror with its plain DDIM comparison, then
             // pix2pix-zero on the cached inversion.
             RunKind::Compare => [Method::Mirror, Method::Pix2PixZero]
                 .into_iter()
                 .map(|method| {
-                    let mut req = settings.request(image.clone(), &source, &targets[0]);
+                    let mut req =
+                        settings.request_with_mask(image.clone(), &source, &targets[0], mask);
                     req.method = method;
                     req.compare_ddim = method == Method::Mirror;
                     RunPart {
@@ -229,7 +335,7 @@ impl MirrorApp {
                 .iter()
                 .map(|target| RunPart {
                     label: format!("\"{target}\""),
-                    request: settings.request(image.clone(), &source, target),
+                    request: settings.request_with_mask(image.clone(), &source, target, mask),
                 })
                 .collect(),
         };

@@ -190,15 +190,15 @@ impl MirrorApp {
                 if let Some(path) = &path {
                     self.state.settings.remember_image(path);
                 }
+                self.set_image(*loaded, name.clone());
                 if let Some(recipe) = recipe {
                     self.restore_recipe(&recipe, &name);
                 }
-                self.set_image(*loaded, name);
             }
             JobOutput::ClipboardEmpty => self
                 .state
                 .note("The clipboard holds no image (copy an image or a file path first)."),
-            JobOutput::RunImage { kind, image } => self.run(kind, image),
+            JobOutput::RunImage { kind, image, mask } => self.run(kind, image, mask),
             JobOutput::Exported { files, dir } => {
                 self.state.emit(&format!("exported {}", files.len()));
                 self.state.note(format!(
@@ -268,6 +268,8 @@ impl MirrorApp {
             loaded.rgb.height()
         ));
         self.textures.forget("source");
+        // The painted mask belongs to the photo it was painted on.
+        self.state.mask = None;
         // An image is in: the no-dialog hint has done its work.
         self.state.dialog_hint = false;
         self.state.image = Some(SourceImage { loaded, name });

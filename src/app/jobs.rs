@@ -77,6 +77,8 @@ pub enum JobOutput {
     RunImage {
         kind: RunKind,
         image: RgbImage,
+        /// The painted mask at the same size, when the edit region is painted.
+        mask: Option<image::GrayImage>,
     },
     /// Files written by an export.
     Exported {

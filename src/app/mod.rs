@@ -9,6 +9,7 @@ pub mod download;
 pub mod export;
 pub mod files;
 pub mod jobs;
+pub mod mask;
 pub mod options;
 pub mod presets;
 pub mod run_settings;
@@ -22,7 +23,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use action::Action;
+pub use action::{Action, MaskAction};
 pub use jobs::RunKind;
 pub use options::AppOptions;
 
@@ -167,8 +168,15 @@ impl MirrorApp {
     fn keyboard(&mut self, ctx: &egui::Context) {
         use egui::{Key, KeyboardShortcut, Modifiers};
         let shortcut = |m, k| KeyboardShortcut::new(m, k);
-        let (open, run, save, esc, dropped, paste) = ctx.input_mut(|i| {
+        // Ctrl+Z takes back a stroke on the mask tab, unless a text field (with its own undo)
+        // has focus.
+        let typing = ctx
+            .memory(|m| m.focused())
+            .is_some_and(|id| egui::TextEdit::load_state(ctx, id).is_some())
+            || self.state.view != state::View::Mask;
+        let (undo, open, run, save, esc, dropped, paste) = ctx.input_mut(|i| {
             (
+                !typing && i.consume_shortcut(&shortcut(Modifiers::COMMAND, Key::Z)),
                 i.consume_shortcut(&shortcut(Modifiers::COMMAND, Key::O)),
                 i.consume_shortcut(&shortcut(Modifiers::COMMAND, Key::Enter)),
                 i.consume_shortcut(&shortcut(Modifiers::COMMAND, Key::S)),
@@ -180,6 +188,9 @@ impl MirrorApp {
                 }),
             )
         });
+        if undo {
+            self.pending.push(Action::Mask(MaskAction::Undo));
+        }
         if open {
             self.pending.push(Action::OpenImageDialog);
         }

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use mirror_engine::loader::Recommended;
+use mirror_engine::methods::mask::EditMask;
 use mirror_engine::methods::mirror::{MirrorPreset, MirrorSettings};
 use mirror_engine::recipe::Recipe;
 use mirror_engine::session::{DirectionChoice, Method, TranslateRequest};
@@ -39,6 +40,57 @@ pub struct RunSettings {
     pub direction_file: String,
     /// When the VAE works in tiles.
     pub vae_tiles: VaeTiles,
+    /// Where the edit may change the picture.
+    pub edit_region: EditRegion,
+}
+
+/// Where the edit may change the picture: the choice the app keeps. The painted mask itself
+/// is the photo's (`AppState::mask`), not a setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EditRegion {
+    #[default]
+    Whole,
+    /// Found from the edit by the engine (DiffEdit).
+    Found,
+    /// Painted on the photo.
+    Painted,
+}
+
+impl EditRegion {
+    pub const ALL: [EditRegion; 3] = [EditRegion::Whole, EditRegion::Found, EditRegion::Painted];
+
+    /// The words the app shows.
+    pub fn label(self) -> &'static str {
+        match self {
+            EditRegion::Whole => "whole picture",
+            EditRegion::Found => "found from the edit",
+            EditRegion::Painted => "painted",
+        }
+    }
+
+    pub fn hint(self) -> &'static str {
+        match self {
+            EditRegion::Whole => "The edit may change every part of the picture.",
+            EditRegion::Found => {
+                "Before the edit, the model compares how it sees the photo under the source \
+                 and the target prompt; only where they differ may change."
+            }
+            EditRegion::Painted => {
+                "Only where you paint on the photo (Mask tab) may change; the rest stays as \
+                 it is."
+            }
+        }
+    }
+
+    /// The choice a request's mask stands for.
+    pub fn of(mask: &EditMask) -> Self {
+        match mask {
+            EditMask::Whole => EditRegion::Whole,
+            EditMask::Automatic => EditRegion::Found,
+            EditMask::Given(_) => EditRegion::Painted,
+        }
+    }
 }
 
 impl Default for RunSettings {
@@ -56,13 +108,27 @@ impl Default for RunSettings {
             direction_from_prompts: false,
             direction_file: String::new(),
             vae_tiles: VaeTiles::default(),
+            edit_region: EditRegion::default(),
         }
     }
 }
 
 impl RunSettings {
     /// The request these settings describe, for `image` (at processing size) and the prompts.
+    /// A painted region needs the painted mask: [`RunSettings::request_with_mask`]; here it is
+    /// the whole picture.
     pub fn request(&self, image: image::RgbImage, source: &str, target: &str) -> TranslateRequest {
+        self.request_with_mask(image, source, target, None)
+    }
+
+    /// The request with the painted mask (at processing size) when the region is painted.
+    pub fn request_with_mask(
+        &self,
+        image: image::RgbImage,
+        source: &str,
+        target: &str,
+        painted: Option<&image::GrayImage>,
+    ) -> TranslateRequest {
         let mut req = TranslateRequest::new(image, source, target);
         req.method = self.method;
         req.steps = self.steps.max(1);
@@ -74,6 +140,11 @@ impl RunSettings {
         req.decode_every = (self.decode_every > 0).then_some(self.decode_every);
         req.direction = self.direction();
         req.vae_tiles = self.vae_tiles;
+        req.mask = match (self.edit_region, painted) {
+            (EditRegion::Found, _) => EditMask::Automatic,
+            (EditRegion::Painted, Some(mask)) => EditMask::Given(mask.clone()),
+            _ => EditMask::Whole,
+        };
         req
     }
 
@@ -88,6 +159,7 @@ impl RunSettings {
         self.compare_ddim = req.compare_ddim;
         self.set_direction(&req.direction);
         self.vae_tiles = req.vae_tiles;
+        self.edit_region = EditRegion::of(&req.mask);
     }
 
     /// The edit direction the text fields describe: a file wins, then "from the prompts",
@@ -129,21 +201,27 @@ impl RunSettings {
         }
     }
 
-    /// Takes over everything a recipe recorded (`Recipe::apply_to`). A value the recipe
-    /// cannot give back is an error naming it; nothing changes then.
-    pub fn apply_recipe(&mut self, recipe: &Recipe) -> Result<(), String> {
+    /// Takes over everything a recipe recorded (`Recipe::apply_to`), and gives back the mask
+    /// it painted (at the processing size of its run), which belongs to the photo, not to the
+    /// settings. A value the recipe cannot give back is an error naming it; nothing changes then.
+    pub fn apply_recipe(&mut self, recipe: &Recipe) -> Result<Option<image::GrayImage>, String> {
         let mut req = self.request(image::RgbImage::new(0, 0), "", "");
         recipe.apply_to(&mut req).map_err(|e| e.to_string())?;
         self.take_request(&req);
-        Ok(())
+        Ok(match req.mask {
+            EditMask::Given(mask) => Some(mask),
+            _ => None,
+        })
     }
 
     /// Puts the model's recommended values in (`TranslateRequest::apply_recommended`: the
     /// MirrorDiffusion values only with the recommended variant).
     pub fn apply_recommended(&mut self, recommended: &Recommended) {
+        let region = self.edit_region; // a painted region's mask is not in the request
         let mut req = self.request(image::RgbImage::new(0, 0), "", "");
         req.apply_recommended(recommended);
         self.take_request(&req);
+        self.edit_region = region;
     }
 
     /// Switches the MirrorDiffusion variant: the visible knobs stay, the values behind them
@@ -176,6 +254,7 @@ struct StoredRunSettings {
     direction_from_prompts: bool,
     direction_file: String,
     vae_tiles: VaeTiles,
+    edit_region: EditRegion,
     guidance: Option<f64>,
     xa_guidance: Option<f64>,
     redescription_iterations: Option<usize>,
@@ -199,6 +278,7 @@ impl Default for StoredRunSettings {
             direction_from_prompts: d.direction_from_prompts,
             direction_file: d.direction_file,
             vae_tiles: d.vae_tiles,
+            edit_region: d.edit_region,
             guidance: None,
             xa_guidance: None,
             redescription_iterations: None,
@@ -238,6 +318,7 @@ impl From<StoredRunSettings> for RunSettings {
             direction_from_prompts: s.direction_from_prompts,
             direction_file: s.direction_file,
             vae_tiles: s.vae_tiles,
+            edit_region: s.edit_region,
         }
     }
 }
@@ -262,6 +343,11 @@ mod tests {
         assert_eq!(old.mirror.xa_guidance, 0.2);
         assert_eq!(old.mirror.redescribe.iterations, 4);
         assert_eq!(old.mirror.redescribe.lr, 0.002);
+        assert_eq!(
+            old.edit_region,
+            EditRegion::Whole,
+            "no region: the whole picture"
+        );
 
         let back: RunSettings =
             serde_json::from_str(&serde_json::to_string(&old).expect("written")).expect("read");
@@ -287,6 +373,28 @@ mod tests {
             let mut back = RunSettings::default();
             back.take_request(&run.request(image::RgbImage::new(8, 8), "a", "b"));
             assert_eq!(back, run);
+        }
+    }
+
+    /// Each edit region goes into the request as its mask and comes back.
+    #[test]
+    fn edit_regions_round_trip_through_the_request() {
+        let painted = image::GrayImage::from_pixel(8, 8, image::Luma([255]));
+        for region in EditRegion::ALL {
+            let run = RunSettings {
+                edit_region: region,
+                ..RunSettings::default()
+            };
+            let req = run.request_with_mask(image::RgbImage::new(8, 8), "a", "b", Some(&painted));
+            assert_eq!(EditRegion::of(&req.mask), region);
+            let mut back = RunSettings::default();
+            back.take_request(&req);
+            assert_eq!(back, run);
+            let text = serde_json::to_string(&run).expect("written");
+            assert_eq!(
+                serde_json::from_str::<RunSettings>(&text).expect("read"),
+                run
+            );
         }
     }
 }

@@ -137,6 +137,52 @@ pub enum View {
     Steps,
     Compare,
     Attention,
+    /// The photo with the painted edit mask.
+    Mask,
+}
+
+/// The paint tools of the mask view.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PaintTools {
+    /// Brush radius as a share of the photo's longer side, in percent.
+    pub size_percent: f32,
+    /// 0: hard edge; 1: soft from the centre out.
+    pub softness: f32,
+    pub erase: bool,
+    /// Show the mask as a tint over the photo.
+    pub show_overlay: bool,
+}
+
+impl Default for PaintTools {
+    fn default() -> Self {
+        Self {
+            size_percent: 6.0,
+            softness: 0.5,
+            erase: false,
+            show_overlay: true,
+        }
+    }
+}
+
+/// What the before/after view puts side by side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CompareWith {
+    /// The source on the left, the translation on the right.
+    #[default]
+    Source,
+    /// The method's reconstruction on the left (what the edit started from, as the model
+    /// sees the photo).
+    Reconstruction,
+}
+
+/// The before/after view's choices.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CompareView {
+    pub with: CompareWith,
+    /// Show where the pixels changed instead of the split.
+    pub difference: bool,
+    /// Tint the run's edit mask over the split.
+    pub show_mask: bool,
 }
 
 #[derive(Default)]
@@ -165,6 +211,10 @@ pub struct AppState {
     pub attention: AttentionView,
     pub view: View,
     pub compare_split: f32,
+    pub compare: CompareView,
+    /// The painted edit mask of this photo (a new photo starts without one).
+    pub mask: Option<super::mask::PaintedMask>,
+    pub paint: PaintTools,
     /// Messages shown in the status line (newest last).
     pub notes: Vec<String>,
     /// Errors waiting for the user to read them (a modal shows the first).
@@ -242,6 +292,24 @@ impl AppState {
 
     pub fn final_image(&self, branch: Branch) -> Option<&RgbImage> {
         self.result.as_ref()?.images.get(branch)
+    }
+
+    /// The painted mask of this photo, made (empty) the first time it is asked for.
+    pub fn mask_mut(&mut self) -> Option<&mut super::mask::PaintedMask> {
+        let size = self.image.as_ref()?.loaded.rgb.dimensions();
+        if self.mask.as_ref().is_none_or(|m| m.size() != size) {
+            self.mask = Some(super::mask::PaintedMask::new(size));
+        }
+        self.mask.as_mut()
+    }
+
+    /// True when the last run's mask was found from the edit (it can fill the painted one).
+    pub fn found_mask(&self) -> Option<&image::GrayImage> {
+        let found = matches!(
+            self.result_recipe.as_ref().and_then(|r| r.mask.as_ref()),
+            Some(mirror_engine::recipe::RecipeMask::Automatic)
+        );
+        self.result.as_ref()?.mask.as_ref().filter(|_| found)
     }
 
     /// The method whose translation is "the" result (the one Ctrl+S saves).

@@ -6,8 +6,9 @@ use super::format::{fmt_secs, phase_words};
 use crate::app::action::Action;
 use crate::app::jobs::RunKind;
 use crate::app::presets::PRESETS;
-use crate::app::state::AppState;
+use crate::app::run_settings::EditRegion;
 use crate::app::state::method_label;
+use crate::app::state::{AppState, View};
 use crate::app::textures::Textures;
 use mirror_engine::direction::find_edit_phrase;
 use mirror_engine::imageio::{ResizePolicy, describe_resize, processing_size};
@@ -106,6 +107,25 @@ fn mirror_mode(ui: &mut Ui, state: &mut AppState) {
             _ if mirror.redescribe.iterations == 0 => recommended_iterations,
             _ => mirror.redescribe.iterations,
         };
+    }
+}
+
+fn edit_region(ui: &mut Ui, state: &mut AppState) {
+    let region = &mut state.settings.run.edit_region;
+    let before = *region;
+    egui::ComboBox::from_label("Edit region")
+        .selected_text(region.label())
+        .show_ui(ui, |ui| {
+            for r in EditRegion::ALL {
+                ui.selectable_value(region, r, r.label())
+                    .on_hover_text(r.hint());
+            }
+        })
+        .response
+        .on_hover_text(region.hint());
+    // Painting happens on the photo, in its own tab.
+    if *region == EditRegion::Painted && before != EditRegion::Painted {
+        state.view = View::Mask;
     }
 }
 
@@ -226,6 +246,7 @@ fn prompt_section(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) 
     if *method == Method::Mirror {
         mirror_mode(ui, state);
     }
+    edit_region(ui, state);
     egui::ComboBox::from_label("Preset")
         .selected_text("choose…")
         .show_ui(ui, |ui| {

@@ -6,6 +6,7 @@ pub mod compare;
 pub mod compute;
 pub mod controls;
 pub mod format;
+pub mod mask;
 pub mod status;
 pub mod steps;
 pub mod style;
@@ -45,6 +46,7 @@ pub fn draw(
                     (View::Steps, "Steps"),
                     (View::Attention, "Attention"),
                     (View::Compare, "Compare"),
+                    (View::Mask, "Mask"),
                 ] {
                     if ui.selectable_label(state.view == view, name).clicked() {
                         state.view = view;
@@ -61,6 +63,7 @@ pub fn draw(
                 }
                 View::Attention => attention::attention_view(ui, state, tex),
                 View::Compare => compare::compare_view(ui, state, tex),
+                View::Mask => mask::mask_view(ui, state, tex, actions),
             }
         });
     } else {

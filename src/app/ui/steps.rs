@@ -20,9 +20,26 @@ pub fn steps_view(ui: &mut Ui, state: &mut AppState, tex: &mut Textures) {
     plots(ui, state);
 }
 
+/// One tile of the previews.
+#[derive(Clone, Copy)]
+enum Tile {
+    Source,
+    Branch(Branch),
+    /// The edit mask the finished run used.
+    Mask,
+}
+
 fn previews(ui: &mut Ui, state: &AppState, tex: &mut Textures) {
-    let branches = state.preview_branches();
-    let n = branches.len() + 1;
+    let step = state.shown_step();
+    let last = state.frames.len().checked_sub(1);
+    let finished = state.result.is_some() && !state.progress.running && step == last;
+    let mask = state.result.as_ref().and_then(|r| r.mask.as_ref());
+    let mut tiles = vec![Tile::Source];
+    tiles.extend(state.preview_branches().into_iter().map(Tile::Branch));
+    if mask.is_some() && !state.progress.running {
+        tiles.push(Tile::Mask);
+    }
+    let n = tiles.len();
     // As many tiles a row as fit at a legible size; rows share the upper half of the view.
     let gap = ui.spacing().item_spacing.x;
     let width = ui.available_width();
@@ -39,19 +56,24 @@ fn previews(ui: &mut Ui, state: &AppState, tex: &mut Textures) {
         .min(by_height)
         .clamp(MIN_TILE.min(by_width), MAX_TILE);
     let size = Vec2::new(side, side);
-    let step = state.shown_step();
-    let last = state.frames.len().checked_sub(1);
-    let finished = state.result.is_some() && !state.progress.running && step == last;
-    let mut tiles: Vec<Option<Branch>> = vec![None];
-    tiles.extend(branches.into_iter().map(Some));
     for row in tiles.chunks(cols) {
         ui.horizontal_top(|ui| {
             for tile in row {
-                let Some(branch) = *tile else {
-                    let source_img = state.image.as_ref().map(|i| &i.loaded.rgb);
-                    let t = tex.rgb(ui.ctx(), "source/full", source_img);
-                    super::tile(ui, t.as_ref(), "Source", size);
-                    continue;
+                let branch = match *tile {
+                    Tile::Source => {
+                        let source_img = state.image.as_ref().map(|i| &i.loaded.rgb);
+                        let t = tex.rgb(ui.ctx(), "source/full", source_img);
+                        super::tile(ui, t.as_ref(), "Source", size);
+                        continue;
+                    }
+                    Tile::Mask => {
+                        let t = tex.get(ui.ctx(), "final/mask", || {
+                            mask.map(crate::app::textures::gray_image)
+                        });
+                        super::tile(ui, t.as_ref(), &mask_caption(state), size);
+                        continue;
+                    }
+                    Tile::Branch(b) => b,
                 };
                 // The finished run's full-quality image on the last step; else the step preview.
                 let (key, img) = match (finished, state.final_image(branch)) {
@@ -71,6 +93,16 @@ fn previews(ui: &mut Ui, state: &AppState, tex: &mut Textures) {
                 super::tile(ui, t.as_ref(), &caption, size);
             }
         });
+    }
+}
+
+/// "Edit mask (painted)" or "(found from the edit)", from the recipe of the run.
+fn mask_caption(state: &AppState) -> String {
+    use mirror_engine::recipe::RecipeMask;
+    match state.result_recipe.as_ref().and_then(|r| r.mask.as_ref()) {
+        Some(RecipeMask::Automatic) => "Edit mask (found from the edit)".into(),
+        Some(RecipeMask::Png(_)) => "Edit mask (painted)".into(),
+        None => "Edit mask".into(),
     }
 }
 
