@@ -488,3 +488,68 @@ fn progress_inside_a_step_is_shown_while_it_runs() {
         "cleared at the end"
     );
 }
+
+/// A mask painted on a landscape photo goes through the same crop as the photo: a stroke in
+/// the left of the centre square lands in the left of the processed mask, and one outside the
+/// crop changes nothing. The mask is the one painted when Run was pressed.
+#[test]
+fn a_painted_mask_follows_the_photo_through_the_crop() {
+    use mirror_diffusion::app::run_settings::EditRegion;
+    use mirror_diffusion::app::{Action, MaskAction};
+    let fx = Fixture::new("mask-crop");
+    let square = image::image_dimensions(&fx.image).expect("fixture");
+    let size = (square.0 * 2, square.1);
+    let photo = fx.image_sized("wide.png", size.0, size.1);
+    let mut h = harness(fx.options(&photo));
+    ready(&mut h);
+    h.state_mut().state.settings.resize = ResizePolicy::Crop;
+    h.state_mut().state.paint.size_percent = 4.0;
+    h.state_mut().state.paint.softness = 0.0;
+    // Through the actions the mask tab sends: one stroke down the left of the centre square
+    // (x = 5/16 of the width), one in the left margin that the crop leaves out.
+    let (w, ht) = (size.0 as f32, size.1 as f32);
+    for x in [w * 5.0 / 16.0, w * 0.05] {
+        for action in [
+            MaskAction::StrokeStart([x, 0.0]),
+            MaskAction::StrokeTo([x, ht]),
+            MaskAction::StrokeEnd,
+        ] {
+            h.state_mut().request(Action::Mask(action));
+        }
+    }
+    h.run_steps(2);
+    assert_eq!(
+        h.state().state.settings.run.edit_region,
+        EditRegion::Painted
+    );
+    click_and_finish(&mut h, "Run");
+    let s = &h.state().state;
+    let mask = s
+        .result
+        .as_ref()
+        .and_then(|r| r.mask.clone())
+        .expect("the run's mask");
+    let translation = s
+        .result
+        .as_ref()
+        .and_then(|r| r.images.get(Method::Mirror.translation()))
+        .expect("translation");
+    assert_eq!(
+        mask.dimensions(),
+        translation.dimensions(),
+        "at processing size"
+    );
+    let (mw, mh) = mask.dimensions();
+    let column = |x: u32| {
+        (0..mh)
+            .map(|y| u32::from(mask.get_pixel(x, y)[0]))
+            .sum::<u32>()
+            / mh
+    };
+    assert!(column(mw / 8) > 0, "the stroke inside the crop counts");
+    assert_eq!(
+        column(mw * 3 / 4),
+        0,
+        "nothing right of it, nor from the margin stroke"
+    );
+}

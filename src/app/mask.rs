@@ -282,20 +282,32 @@ impl PaintedMask {
         if x0 >= x1 || y0 >= y1 {
             return None;
         }
+        let (r2, inner2) = (r * r, inner * inner);
+        let width = w as usize;
+        let raw: &mut [u8] = &mut self.pixels;
         for y in y0..y1 {
-            for x in x0..x1 {
-                let (dx, dy) = (x as f32 + 0.5 - at[0], y as f32 + 0.5 - at[1]);
-                let d = (dx * dx + dy * dy).sqrt();
-                let a = if d <= inner {
-                    1.0
-                } else if d >= r {
+            let dy = y as f32 + 0.5 - at[1];
+            // Only the span of this row inside the circle.
+            let half = (r2 - dy * dy).max(0.0).sqrt();
+            let xs = clampx((at[0] - 0.5 - half).floor()).max(x0);
+            let xe = clampx((at[0] - 0.5 + half).ceil() + 1.0).min(x1);
+            let row = &mut raw[y as usize * width..(y as usize + 1) * width];
+            for (x, px) in row
+                .iter_mut()
+                .enumerate()
+                .take(xe as usize)
+                .skip(xs as usize)
+            {
+                let dx = x as f32 + 0.5 - at[0];
+                let d2 = dx * dx + dy * dy;
+                let v = if d2 <= inner2 {
+                    255
+                } else if d2 >= r2 {
                     continue;
                 } else {
-                    let t = 1.0 - (d - inner) / (r - inner);
-                    t * t * (3.0 - 2.0 * t)
+                    let t = 1.0 - (d2.sqrt() - inner) / (r - inner);
+                    (t * t * (3.0 - 2.0 * t) * 255.0).round() as u8
                 };
-                let v = (a * 255.0).round() as u8;
-                let px = &mut self.pixels.get_pixel_mut(x, y).0[0];
                 *px = if brush.erase {
                     (*px).min(255 - v)
                 } else {
