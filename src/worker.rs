@@ -14,6 +14,7 @@ use image::{GrayImage, RgbImage};
 use mirror_engine::EngineError;
 use mirror_engine::device::{self, DeviceChoice, Precision};
 use mirror_engine::imageio::{latent_preview, tensor_to_image};
+use mirror_engine::loader::lora::{LoraInfo, LoraSpec};
 use mirror_engine::methods::mask::mask_image;
 use mirror_engine::model::VaeTilesReport;
 use mirror_engine::pipeline::{
@@ -60,6 +61,9 @@ pub enum Command {
     /// Load a model on the chosen device (the CPU when that device cannot be used).
     LoadModel(PathBuf, Compute),
     Run(Box<RunJob>),
+    /// Merge these LoRAs into the loaded model, replacing earlier ones (answered with
+    /// `WorkerEvent::LorasApplied`).
+    SetLoras(Vec<LoraSpec>),
     /// Prompt tokens for the attention-word picker (answered with `WorkerEvent::Tokens`).
     Tokenize {
         source: String,
@@ -168,6 +172,9 @@ pub struct RunSummary {
 /// What the worker tells the UI.
 #[derive(Debug, Clone)]
 pub enum WorkerEvent {
+    /// What `SetLoras` merged (each file and how many weights it changed), or why not (the
+    /// model is then as before).
+    LorasApplied(Result<Vec<LoraInfo>, String>),
     ModelLoading(PathBuf),
     ModelLoaded(ModelSummary),
     ModelFailed {
@@ -337,6 +344,13 @@ fn worker_loop(
                     }
                     Err(message) => send(WorkerEvent::ModelFailed { path, message }),
                 }
+            }
+            Command::SetLoras(loras) => {
+                let applied = match session.as_mut() {
+                    None => Err("Load a model first: LoRAs are merged into it.".into()),
+                    Some(s) => catch(|| s.set_loras(&loras)),
+                };
+                send(WorkerEvent::LorasApplied(applied));
             }
             Command::Tokenize { source, target } => {
                 if let Some(s) = &session {

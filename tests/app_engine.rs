@@ -73,11 +73,16 @@ impl Fixture {
         path
     }
 
+    /// The exported files ending in `suffix` (attention maps only when `suffix` names them:
+    /// the Attention tab opens on the edited word, so every export has them).
     fn exported(&self, suffix: &str) -> Vec<PathBuf> {
         std::fs::read_dir(self.dir.join("exports"))
             .map(|d| {
                 d.filter_map(|e| e.ok().map(|e| e.path()))
                     .filter(|p| p.to_string_lossy().ends_with(suffix))
+                    .filter(|p| {
+                        suffix.contains("attention") || !p.to_string_lossy().contains("-attention-")
+                    })
                     .collect()
             })
             .unwrap_or_default()
@@ -552,4 +557,77 @@ fn a_painted_mask_follows_the_photo_through_the_crop() {
         0,
         "nothing right of it, nor from the margin stroke"
     );
+}
+
+/// A LoRA added beside the model is merged on the worker, recorded in the exported recipe,
+/// re-merged at another strength when its slider changes, and put back at the recipe's
+/// strength when the PNG is dropped; a recipe naming a LoRA the list lacks says so.
+#[test]
+fn a_lora_is_merged_recorded_and_restored_from_the_png() {
+    use mirror_diffusion::app::action::Action;
+    let fx = Fixture::new("lora");
+    let mut h = harness(fx.options(&fx.image));
+    ready(&mut h);
+    let lora = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("crates/mirror-engine/tests/fixtures/lora/lora_kohya.safetensors");
+    h.state_mut().request(Action::AddLora(lora.clone()));
+    let merged = |a: &mirror_diffusion::app::MirrorApp, strength: f64| {
+        a.state.applied_loras.len() == 1 && a.state.applied_loras[0].strength == strength
+    };
+    step_until(&mut h, "the LoRA to merge", Wait::secs(60), |a| {
+        merged(a, 1.0)
+    });
+    let info = h.state().state.applied_loras[0].clone();
+    assert_eq!(info.file_name, "lora_kohya.safetensors");
+    assert!(info.matched_layers > 0);
+    assert_eq!(
+        h.state().state.settings.loras.len(),
+        1,
+        "kept in the settings"
+    );
+
+    click_and_finish(&mut h, "Run");
+    export(&mut h);
+    let png = fx.exported("-translation.png").pop().expect("exported PNG");
+    let recipe = read_recipe(&png).unwrap().unwrap_or_else(|| {
+        panic!(
+            "a recipe in {png:?} ({:?}; errors {:?})",
+            fx.exported(".png"),
+            h.state().state.errors
+        )
+    });
+    assert_eq!(recipe.loras.len(), 1);
+    assert_eq!(recipe.loras[0].file_name, "lora_kohya.safetensors");
+    assert_eq!(recipe.loras[0].fingerprint, info.fingerprint);
+    assert_eq!(recipe.loras[0].strength, 1.0);
+
+    // Another strength: merged again.
+    h.state_mut().state.settings.loras[0].strength = 0.5;
+    h.state_mut().request(Action::ApplyLoras);
+    step_until(&mut h, "the new strength", Wait::secs(60), |a| {
+        merged(a, 0.5)
+    });
+
+    // Dropping the PNG puts the recipe's strength back.
+    h.input_mut()
+        .dropped_files
+        .push(Arc::new(PathFile(png.clone())));
+    h.step();
+    jobs_done(&mut h);
+    step_until(&mut h, "the recipe's strength", Wait::secs(60), |a| {
+        merged(a, 1.0)
+    });
+    assert_eq!(h.state().state.settings.loras[0].strength, 1.0);
+
+    // Without the file in the list, the drop says which LoRA is missing.
+    h.state_mut().request(Action::RemoveLora(0));
+    step_until(&mut h, "the LoRA removed", Wait::secs(60), |a| {
+        a.state.applied_loras.is_empty()
+    });
+    h.input_mut().dropped_files.push(Arc::new(PathFile(png)));
+    h.step();
+    jobs_done(&mut h);
+    h.step();
+    let notes = format!("{:?}", h.state().state.notes);
+    assert!(notes.contains("lora_kohya.safetensors"), "{notes}");
 }

@@ -153,3 +153,51 @@ fn unknown_word_message_and_recommended_settings() {
         "{variant:?}"
     );
 }
+
+/// A model that lists its own captions: the ready-made edits and the "More targets" hints
+/// come from them; a prompt longer than the model reads is said under the prompts; the
+/// Attention tab opens on the word the edit changes.
+#[test]
+fn edits_and_hints_from_the_models_captions_and_long_prompts() {
+    let setup = Setup::new();
+    let (from, to) = &setup.edit;
+    let other = setup.caption.replacen(from.as_str(), to.as_str(), 1);
+    let notes = json!({
+        "vocabulary": setup.vocabulary.iter().chain([to]).collect::<Vec<_>>(),
+        "sentence_templates": [setup.caption.clone(), other.clone()],
+    });
+    std::fs::write(setup.dir.join("model/mirror.json"), notes.to_string()).unwrap();
+    let mut h = harness(setup.options());
+    ready(&mut h);
+    step_until(&mut h, "the model's words", Wait::secs(60), |a| {
+        a.state.model_words.is_some()
+    });
+    set_field(&mut h, "Source prompt", &setup.caption);
+    set_field(&mut h, "Target prompt", &other);
+    let edits = h.state().state.edits();
+    assert_eq!(edits.len(), 1, "{edits:?}");
+    assert_eq!(edits[0].name, format!("{from} to {to}"));
+    assert_eq!(
+        (edits[0].source.as_str(), edits[0].target.as_str()),
+        (setup.caption.as_str(), other.as_str())
+    );
+
+    step_until(&mut h, "the prompts' words", Wait::secs(30), |a| {
+        !a.state.source_tokens.is_empty()
+    });
+    let token = h.state().state.attention.token.clone();
+    assert_eq!(token.map(|(_, w)| w), Some(from.clone()), "the edited word");
+
+    let long = vec![setup.caption.as_str(); 40].join(" ");
+    set_field(&mut h, "Target prompt", &long);
+    assert!(
+        h.query_by_label_contains("The target prompt is longer than the model reads")
+            .is_some(),
+        "a note under the prompts"
+    );
+    set_field(&mut h, "Target prompt", &other);
+    assert!(
+        h.query_by_label_contains("longer than the model reads")
+            .is_none()
+    );
+}

@@ -39,6 +39,14 @@ pub enum Action {
     ChooseExportDir,
     Tokenize,
     ApplyPreset(usize),
+    /// Pick a LoRA file to add.
+    AddLoraDialog,
+    /// Add a LoRA file (strength 1) and merge the list.
+    AddLora(PathBuf),
+    /// Remove the LoRA at this place in the list and merge the rest.
+    RemoveLora(usize),
+    /// Merge the list as it is (after a strength changed).
+    ApplyLoras,
     /// A change to the painted edit mask.
     Mask(MaskAction),
 }

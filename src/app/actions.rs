@@ -11,7 +11,7 @@ use mirror_engine::direction::find_edit_phrase;
 use mirror_engine::imageio::{
     MAX_ASPECT, ResizePolicy, beyond_aspect_limit, processing_size, resize, resize_mask,
 };
-use mirror_engine::recipe::{Recipe, RecipeOrigin};
+use mirror_engine::recipe::{Recipe, RecipeLora, RecipeOrigin};
 use mirror_engine::session::Method;
 
 use super::MirrorApp;
@@ -86,10 +86,14 @@ impl MirrorApp {
                 source: self.state.settings.source_prompt.clone(),
                 target: self.state.settings.target_prompt.clone(),
             }),
+            Action::AddLoraDialog => self.pick(Pick::Lora),
+            Action::AddLora(path) => self.add_lora(path),
+            Action::RemoveLora(i) => self.remove_lora(i),
+            Action::ApplyLoras => self.apply_loras(),
             Action::ApplyPreset(i) => {
-                if let Some(p) = super::presets::PRESETS.get(i) {
-                    self.state.settings.source_prompt = p.source.into();
-                    self.state.settings.target_prompt = p.target.into();
+                if let Some(p) = self.state.edits().get(i) {
+                    self.state.settings.source_prompt.clone_from(&p.source);
+                    self.state.settings.target_prompt.clone_from(&p.target);
                     self.perform(Action::Tokenize);
                 }
             }
@@ -201,6 +205,14 @@ impl MirrorApp {
             r.steps,
             r.seed
         ));
+        let missing = self.restore_loras(&r.loras);
+        if !missing.is_empty() {
+            self.state.note(format!(
+                "{name} was made with LoRAs that are not in your list ({}): add them in the LoRAs list under \
+                 Advanced to replay it exactly.",
+                missing.join(", ")
+            ));
+        }
         self.state.emit("recipe_restored");
         self.worker.send(Command::Tokenize {
             source: r.source_prompt.clone(),
@@ -377,8 +389,9 @@ impl MirrorApp {
                 .unwrap_or_default(),
             // Known once the run finishes (`AppState::finish`).
             vae_tiles_used: None,
-            // The app does not merge LoRAs (yet): the model runs as loaded.
-            loras: Vec::new(),
+            loras: (self.state.applied_loras.iter())
+                .map(RecipeLora::from)
+                .collect(),
         };
         Recipe::from_request(req, &origin)
     }

@@ -99,6 +99,13 @@ impl MirrorApp {
                             .pick_file()
                             .await
                     }
+                    Pick::Lora => {
+                        dialog
+                            .set_title("Add a LoRA")
+                            .add_filter("LoRA", &["safetensors"])
+                            .pick_file()
+                            .await
+                    }
                     Pick::ModelFolder => {
                         dialog
                             .set_title("Open a Stable Diffusion model folder")
@@ -218,6 +225,7 @@ impl MirrorApp {
                 self.state.dialog_hint = false;
                 match purpose {
                     Pick::Image => self.load_image(path),
+                    Pick::Lora => self.perform(super::action::Action::AddLora(path)),
                     Pick::ModelFolder | Pick::ModelFile => {
                         self.perform(super::action::Action::LoadModel(path))
                     }

@@ -108,6 +108,7 @@ pub enum JobOutput {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pick {
     Image,
+    Lora,
     ModelFolder,
     ModelFile,
     ExportFolder,

@@ -9,6 +9,7 @@ pub mod download;
 pub mod export;
 pub mod files;
 pub mod jobs;
+pub mod loras;
 pub mod mask;
 pub mod options;
 pub mod presets;
@@ -153,6 +154,9 @@ impl MirrorApp {
                     self.state.result = None;
                     self.textures.forget("");
                     self.pending.push(Action::Tokenize);
+                    if !self.state.settings.loras.is_empty() {
+                        self.pending.push(Action::ApplyLoras);
+                    }
                 }
                 WorkerEvent::Finished(_) => self.textures.forget("final/"),
                 WorkerEvent::DownloadFinished(path) => {

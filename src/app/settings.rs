@@ -11,6 +11,7 @@ use crate::worker::Compute;
 use mirror_engine::device::{DeviceChoice, Precision};
 use mirror_engine::imageio::{ResizePolicy, write_atomic};
 
+pub use super::loras::LoraSetting;
 pub use super::run_settings::RunSettings;
 
 const FILE_NAME: &str = "settings.json";
@@ -33,6 +34,8 @@ pub struct Settings {
     pub device: DeviceChoice,
     /// Number format of the passes without gradients (applied when a model loads).
     pub precision: Precision,
+    /// LoRAs merged into every model loaded (file and strength).
+    pub loras: Vec<LoraSetting>,
 }
 
 impl Default for Settings {
@@ -47,6 +50,7 @@ impl Default for Settings {
             target_prompt: "a photo of a dog".into(),
             device: DeviceChoice::default(),
             precision: Precision::default(),
+            loras: Vec::new(),
         }
     }
 }

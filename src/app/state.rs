@@ -236,6 +236,10 @@ pub struct AppState {
     pub demo_seed: u64,
     /// The loaded model's notes and tokenizer, once read (prompt checks, recommendations).
     pub model_words: Option<std::sync::Arc<mirror_engine::model::ModelWords>>,
+    /// The LoRA path being typed under Advanced → LoRAs.
+    pub lora_field: String,
+    /// The LoRAs merged into the loaded model (as the worker last reported).
+    pub applied_loras: Vec<mirror_engine::loader::lora::LoraInfo>,
 }
 
 impl AppState {
@@ -356,6 +360,7 @@ impl AppState {
                 if mirror_engine::demo::is_demo_path(&m.path) {
                     m.name = mirror_engine::demo::NAME.into();
                 }
+                self.applied_loras.clear(); // a model loads without them
                 self.emit(&format!("model_loaded {} {:.2}s", m.name, m.seconds));
                 // The demo model is always offered; only models the user chose are recent.
                 if !mirror_engine::demo::is_demo_path(&m.path) {
@@ -381,9 +386,31 @@ impl AppState {
                 ));
                 self.model = ModelStatus::Failed { path, message };
             }
+            WorkerEvent::LorasApplied(Ok(infos)) => {
+                let names: Vec<String> = (infos.iter())
+                    .map(|i| format!("{} at {}", i.file_name, i.strength))
+                    .collect();
+                if !names.is_empty() {
+                    self.note(format!(
+                        "LoRAs merged into the model: {}.",
+                        names.join(", ")
+                    ));
+                }
+                self.applied_loras = infos;
+                self.emit("loras_applied");
+            }
+            WorkerEvent::LorasApplied(Err(message)) => {
+                self.error(format!(
+                    "Could not merge the LoRAs (the model is as before):\n{message}"
+                ));
+            }
             WorkerEvent::Tokens { source, target } => {
                 self.source_tokens = source;
                 self.target_tokens = target;
+                // The Attention tab opens on the word the edit changes.
+                if self.attention.token.is_none() {
+                    self.attention.token = self.edited_word();
+                }
             }
             WorkerEvent::RunStarted {
                 part,
@@ -609,6 +636,20 @@ impl AppState {
             .attention
             .clone()?;
         (token < map.tokens).then(|| map.token_map(token, res, h as usize, w as usize))
+    }
+}
+
+impl AppState {
+    /// The source prompt's token of the first word the edit changes (its index and text).
+    fn edited_word(&self) -> Option<(usize, String)> {
+        let s = &self.settings;
+        let phrase =
+            mirror_engine::direction::find_edit_phrase(&s.source_prompt, &s.target_prompt).ok()?;
+        let first = phrase.source.split_whitespace().next()?.to_lowercase();
+        self.source_tokens
+            .iter()
+            .find(|t| t.text.to_lowercase() == first)
+            .map(|t| (t.index, t.text.clone()))
     }
 }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::MirrorApp;
 use super::jobs::{JobKind, JobOutput};
+use super::presets::{Edit, edits_for};
 use super::state::AppState;
 use mirror_engine::loader::Recommended;
 use mirror_engine::methods::mirror::MirrorPreset;
@@ -41,6 +42,46 @@ impl AppState {
         let mut chars = message.chars();
         let first = chars.next()?.to_uppercase();
         Some(format!("{first}{}.", chars.as_str()))
+    }
+
+    /// What to tell the user when a prompt is longer than the model reads.
+    pub fn truncation_message(&self) -> Option<String> {
+        let words = self.model_words.as_ref()?;
+        let s = &self.settings;
+        [("source", &s.source_prompt), ("target", &s.target_prompt)]
+            .into_iter()
+            .find_map(|(which, prompt)| {
+                let cut = words.truncation(prompt).ok().flatten()?;
+                Some(format!(
+                    "The {which} prompt is longer than the model reads: it stops at {cut}."
+                ))
+            })
+    }
+
+    /// Ready-made edits for the loaded model (its own captions when it lists them).
+    pub fn edits(&self) -> Vec<Edit> {
+        let words = self.model_words.as_deref();
+        edits_for(
+            &self.settings.source_prompt,
+            words.and_then(ModelWords::captions),
+            |prompt| words.is_none_or(|w| w.unknown_words(prompt).is_ok_and(|u| u.is_empty())),
+        )
+    }
+
+    /// Example lines for "More targets": other targets the loaded model can read.
+    pub fn target_hints(&self) -> String {
+        let hints: Vec<String> = self
+            .edits()
+            .into_iter()
+            .skip(1)
+            .take(2)
+            .map(|e| e.target)
+            .collect();
+        if hints.is_empty() {
+            "a photo of a fox\na photo of a tiger".into()
+        } else {
+            hints.join("\n")
+        }
     }
 
     /// The loaded model's recommended settings, when it has any.

@@ -155,7 +155,7 @@ impl ClipTokenizer {
     }
 
     /// When `text` is longer than the model reads (`max_length` with BOS and EOS): the last
-    /// words it does read, as text ("… a cat on a"); `None` when all of it fits.
+    /// words it does read, as text (`"… a cat on a"`); `None` when all of it fits.
     pub fn truncation(&self, text: &str) -> Result<Option<String>> {
         let words = self.token_words(text)?;
         if self.encode_unpadded(text)?.len() <= self.max_length {
@@ -168,7 +168,7 @@ impl ClipTokenizer {
             .map(|w| w.text.as_str())
             .collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
-        Ok(Some(format!("“… {}”", tail.join(" "))))
+        Ok(Some(format!("\"… {}\"", tail.join(" "))))
     }
 
     /// Whether every BPE piece of `text` is in the vocabulary (none becomes the unknown token).

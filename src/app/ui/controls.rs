@@ -5,7 +5,6 @@ use egui::{RichText, Ui, Vec2};
 use super::format::{fmt_secs, phase_words};
 use crate::app::action::Action;
 use crate::app::jobs::RunKind;
-use crate::app::presets::PRESETS;
 use crate::app::run_settings::EditRegion;
 use crate::app::state::method_label;
 use crate::app::state::{AppState, View};
@@ -250,8 +249,8 @@ fn prompt_section(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) 
     egui::ComboBox::from_label("Preset")
         .selected_text("choose…")
         .show_ui(ui, |ui| {
-            for (i, p) in PRESETS.iter().enumerate() {
-                if ui.selectable_label(false, p.name).clicked() {
+            for (i, p) in state.edits().iter().enumerate() {
+                if ui.selectable_label(false, &p.name).clicked() {
                     actions.push(Action::ApplyPreset(i));
                 }
             }
@@ -275,10 +274,14 @@ fn prompt_section(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) 
     if let Some(message) = state.unknown_words_message() {
         ui.label(RichText::new(message).color(super::style::ERROR));
     }
+    if let Some(message) = state.truncation_message() {
+        ui.label(RichText::new(message).color(super::style::ACCENT));
+    }
     let l = ui.label("More targets (one a line)");
+    let hints = state.target_hints();
     ui.add(
         egui::TextEdit::multiline(&mut state.more_targets)
-            .hint_text("a photo of a fox\na photo of a tiger")
+            .hint_text(hints)
             .desired_rows(2)
             .desired_width(f32::INFINITY),
     )
@@ -329,6 +332,7 @@ fn advanced_section(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>
         .open(open)
         .show(ui, |ui| {
             super::compute::compute_settings(ui, state, actions);
+            super::loras::lora_section(ui, state, actions);
             let r = &mut state.settings.run;
             ui.add(egui::Slider::new(&mut r.steps, 1..=100).text("Steps"))
                 .on_hover_text("More steps: finer results, longer runs.");

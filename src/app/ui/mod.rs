@@ -6,6 +6,7 @@ pub mod compare;
 pub mod compute;
 pub mod controls;
 pub mod format;
+pub mod loras;
 pub mod mask;
 pub mod status;
 pub mod steps;

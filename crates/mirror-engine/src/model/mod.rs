@@ -458,6 +458,17 @@ impl ModelWords {
             .unknown_words(prompt, self.notes.vocabulary.as_deref())
     }
 
+    /// When `prompt` is longer than the model reads, the last words it reads (see
+    /// [`ClipTokenizer::truncation`]).
+    pub fn truncation(&self, prompt: &str) -> Result<Option<String>> {
+        self.tokenizer.truncation(prompt)
+    }
+
+    /// The model's own captions (`mirror.json`'s `sentence_templates`), when it lists them.
+    pub fn captions(&self) -> Option<&[String]> {
+        self.notes.templates()
+    }
+
     /// The message for `unknown` words, with the words the model knows when it lists them.
     pub fn message(&self, unknown: &[String]) -> String {
         unknown_words_message(unknown, self.notes.vocabulary.as_deref())
