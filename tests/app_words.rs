@@ -26,9 +26,10 @@ struct Setup {
 impl Setup {
     /// The fixture model copied with a `mirror.json`: the caption's words as vocabulary,
     /// recommended steps and guidance.
-    fn new() -> Self {
+    fn new(name: &str) -> Self {
         let fx = common::Fixtures::load();
-        let dir = std::env::temp_dir().join(format!("mirror-app-words-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("mirror-app-words-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         common::copy_tree(&fx.model_dir(), &dir.join("model"));
         let caption = fx.source_prompt();
@@ -91,7 +92,7 @@ fn run_disabled(h: &App) -> bool {
 
 #[test]
 fn unknown_word_message_and_recommended_settings() {
-    let setup = Setup::new();
+    let setup = Setup::new("unknown");
     let mut h = harness(setup.options());
     ready(&mut h);
     step_until(&mut h, "the model's words", Wait::secs(60), |a| {
@@ -159,7 +160,7 @@ fn unknown_word_message_and_recommended_settings() {
 /// Attention tab opens on the word the edit changes.
 #[test]
 fn edits_and_hints_from_the_models_captions_and_long_prompts() {
-    let setup = Setup::new();
+    let setup = Setup::new("captions");
     let (from, to) = &setup.edit;
     let other = setup.caption.replacen(from.as_str(), to.as_str(), 1);
     let notes = json!({
