@@ -70,12 +70,11 @@ impl AppState {
 
     /// Example lines for "More targets": other targets the loaded model can read.
     pub fn target_hints(&self) -> String {
-        let hints: Vec<String> = self
-            .edits()
-            .into_iter()
-            .skip(1)
-            .take(2)
+        let target = &self.settings.target_prompt;
+        let hints: Vec<String> = (self.edits().into_iter())
             .map(|e| e.target)
+            .filter(|t| t != target)
+            .take(2)
             .collect();
         if hints.is_empty() {
             "a photo of a fox\na photo of a tiger".into()

@@ -145,13 +145,18 @@ fn short_resize(p: ResizePolicy) -> &'static str {
     }
 }
 
+/// The part of the panel that scrolls: image, prompts, advanced settings.
 pub fn controls(ui: &mut Ui, state: &mut AppState, tex: &mut Textures, actions: &mut Vec<Action>) {
     image_section(ui, state, tex, actions);
     ui.separator();
     prompt_section(ui, state, actions);
     ui.separator();
     advanced_section(ui, state, actions);
-    ui.separator();
+}
+
+/// The part pinned to the panel's bottom, always in view: Run and export.
+pub fn run_and_export(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) {
+    ui.add_space(4.0);
     run_section(ui, state, actions);
     ui.separator();
     export_section(ui, state, actions);

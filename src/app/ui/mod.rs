@@ -38,6 +38,9 @@ pub fn draw(
             .default_size((width * 0.3).clamp(280.0, 420.0))
             .size_range(260.0..=480.0)
             .show(ui, |ui| {
+                // Run stays in view however long the settings above it grow.
+                egui::Panel::bottom("run_and_export")
+                    .show(ui, |ui| controls::run_and_export(ui, state, actions));
                 egui::ScrollArea::vertical()
                     .show(ui, |ui| controls::controls(ui, state, tex, actions));
             });
