@@ -86,11 +86,11 @@ fn the_status_bar_names_the_device_and_a_missing_one_falls_back_to_the_cpu() {
         eprintln!("this build has both CUDA and Metal: no missing device to choose");
         return;
     };
-    h.get_by_label("Advanced").click();
+    h.get_by_label("Advanced").click_accesskit();
     step_frames_until(&mut h, "the Advanced section", |h| {
         h.query_by_label("Compute device").is_some()
     });
-    h.get_by_label("Compute device").click();
+    h.get_by_label("Compute device").click_accesskit();
     step_frames_until(&mut h, "the device list", |h| {
         h.query_by_label(missing.label()).is_some()
     });

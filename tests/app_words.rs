@@ -143,7 +143,7 @@ fn unknown_word_message_and_recommended_settings() {
     let says = "This model recommends 3 steps, guidance 2.5";
     let count = |h: &App| h.query_all_by_label_contains(says).count();
     assert_eq!(count(&h), 1, "the status line");
-    h.get_by_label("Advanced").click();
+    h.get_by_label("Advanced").click_accesskit();
     h.step();
     h.step();
     assert_eq!(count(&h), 2, "and the advanced section");
