@@ -7,12 +7,12 @@
 use std::time::Instant;
 
 use candle_core::Device;
+use mirror_engine::demo;
 use mirror_engine::model::StableDiffusion;
 use mirror_engine::pipeline::CancelToken;
 use mirror_engine::session::{Session, TranslateRequest};
 use mirror_engine::shapes::evaluate::{EditKind, edit_cases};
 use mirror_engine::shapes::render;
-use mirror_engine::demo;
 
 fn main() {
     let mut edits = 1usize;

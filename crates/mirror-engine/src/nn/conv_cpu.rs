@@ -123,23 +123,31 @@ fn run<T: WithDType>(
         let sample = &input[s * sample_len..(s + 1) * sample_len];
         let src: &[T] = if copy_input {
             // Only the interior is written: the zero border stays from the allocation.
-            padded
-                .par_chunks_mut(plane)
-                .zip(sample.par_chunks(h_in * w_in))
-                .for_each(|(plane, channel)| {
-                    for y in 0..h {
-                        let row = &channel[(y / factor) * w_in..][..w_in];
-                        let at = (y + padding) * wp + padding;
-                        let dst = &mut plane[at..at + w];
-                        if factor == 1 {
-                            dst.copy_from_slice(row);
-                        } else {
-                            for (pair, v) in dst.chunks_exact_mut(2).zip(row) {
-                                pair.fill(*v);
-                            }
+            let fill = |(plane, channel): (&mut [T], &[T])| {
+                for y in 0..h {
+                    let row = &channel[(y / factor) * w_in..][..w_in];
+                    let at = (y + padding) * wp + padding;
+                    let dst = &mut plane[at..at + w];
+                    if factor == 1 {
+                        dst.copy_from_slice(row);
+                    } else {
+                        for (pair, v) in dst.chunks_exact_mut(2).zip(row) {
+                            pair.fill(*v);
                         }
                     }
-                });
+                }
+            };
+            if super::fused_cpu::run_serially(padded.len()) {
+                padded
+                    .chunks_mut(plane)
+                    .zip(sample.chunks(h_in * w_in))
+                    .for_each(fill);
+            } else {
+                padded
+                    .par_chunks_mut(plane)
+                    .zip(sample.par_chunks(h_in * w_in))
+                    .for_each(fill);
+            }
             &padded
         } else {
             sample
