@@ -7,6 +7,8 @@
 //! input gradient only, with a regular (fast) convolution. Without a gradient they are the
 //! plain candle ops.
 
+use std::sync::{Arc, OnceLock};
+
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -99,6 +101,9 @@ pub struct Conv2d {
     /// stride-1 shifted products read one `[C_out, C_in]` tap of it, im2col and the input
     /// gradient use it as `[C_out, kh·kw·C_in]`.
     matrix: Option<Tensor>,
+    /// The kernel as `[kh, kw, C_in, C_out]`, made on the first small-image CPU forward
+    /// (shared by the clones the autograd nodes hold).
+    channel_last: Arc<OnceLock<Tensor>>,
     bias: Option<Tensor>,
     padding: usize,
     stride: usize,
@@ -118,6 +123,7 @@ impl Conv2d {
         Self {
             weight,
             matrix,
+            channel_last: Arc::default(),
             bias,
             padding,
             stride,
@@ -148,7 +154,8 @@ impl Conv2d {
             padding: self.padding,
             upsample_x2: true,
         };
-        conv_cpu::conv2d_stride1(x, matrix, self.bias.as_ref(), prep).map(Some)
+        let channel_last = Some(&*self.channel_last);
+        conv_cpu::conv2d_stride1_cached(x, matrix, channel_last, self.bias.as_ref(), prep).map(Some)
     }
 
     /// ∂L/∂x from ∂L/∂y: a stride-1 convolution of the zero-dilated gradient with the
@@ -202,7 +209,14 @@ impl FrozenLayer for Conv2d {
                 padding: self.padding,
                 upsample_x2: false,
             };
-            return conv_cpu::conv2d_stride1(x, matrix, self.bias.as_ref(), prep);
+            let channel_last = Some(&*self.channel_last);
+            return conv_cpu::conv2d_stride1_cached(
+                x,
+                matrix,
+                channel_last,
+                self.bias.as_ref(),
+                prep,
+            );
         }
         let (c_out, kh, kw, c_in) = matrix.dims4()?;
         let flat = matrix.reshape((c_out, kh * kw * c_in))?;
@@ -235,6 +249,9 @@ impl InputGradient for Conv2d {
             input: (h, w),
             output: (ho, wo),
         };
+        if let Some(folded) = conv_cpu::input_gradient_f32(grad, &flat, &geometry)? {
+            return Ok(folded);
+        }
         // One 2-D product per sample: a batched product would copy the kernel matrix once
         // per sample (candle concretises a broadcast left operand).
         let samples = (0..b)
@@ -426,6 +443,8 @@ mod tests {
             (3, 1, 2, 9, 8),
             (3, 0, 2, 6, 9),
             (5, 2, 3, 11, 10),
+            // At least 256 output positions: columns through candle's matmul and col2im.
+            (3, 1, 1, 20, 18),
         ] {
             let weight = Tensor::randn(0f32, 0.5, (6, 4, k, k), &dev)?;
             let conv = Conv2d::new(weight, None, pad, stride);
