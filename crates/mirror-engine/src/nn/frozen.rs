@@ -32,11 +32,44 @@ trait FrozenLayer: InputGradient + Clone {
 pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    /// `Wᵀ` contiguous, made on the first forward that uses it (shared by clones).
+    transposed: Arc<OnceLock<Tensor>>,
 }
+
+/// A CPU forward on fewer rows than this multiplies by a contiguous `Wᵀ` (see
+/// [`Linear::transposed_for`]).
+const TRANSPOSED_BELOW_ROWS: usize = 256;
+/// ... when the weight has at most this many values (the copy doubles its memory).
+const TRANSPOSED_MAX_WEIGHT: usize = 1 << 19;
 
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+        Self {
+            weight,
+            bias,
+            transposed: Arc::default(),
+        }
+    }
+
+    /// The right operand of the forward product for `x`: on a CPU input of few rows and a
+    /// small weight, `Wᵀ` kept contiguous, which the GEMM reads in place; with the view
+    /// `W.t()` it would re-pack the weight on every call, which costs as much as a product
+    /// over a few dozen rows.
+    fn transposed_for(&self, x: &Tensor) -> Result<Tensor> {
+        let rows = x.elem_count() / x.dim(candle_core::D::Minus1)?.max(1);
+        if !x.device().is_cpu()
+            || x.dtype() != self.weight.dtype()
+            || rows >= TRANSPOSED_BELOW_ROWS
+            || self.weight.elem_count() > TRANSPOSED_MAX_WEIGHT
+        {
+            return self.weight.t();
+        }
+        if let Some(t) = self.transposed.get() {
+            return Ok(t.clone());
+        }
+        let t = self.weight.t()?.contiguous()?;
+        let _ = self.transposed.set(t.clone());
+        Ok(t)
     }
 
     pub fn weight(&self) -> &Tensor {
@@ -46,7 +79,7 @@ impl Linear {
 
 impl FrozenLayer for Linear {
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        let w = self.weight.t()?;
+        let w = self.transposed_for(x)?;
         let y = match x.rank() {
             2 => x.matmul(&w)?,
             _ => x.contiguous()?.broadcast_matmul(&w)?,
