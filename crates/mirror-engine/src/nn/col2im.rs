@@ -95,3 +95,37 @@ fn fold_shift(block: &[f32], image: &mut [f32], g: &FoldGeometry, (ky, kx): (usi
         }
     }
 }
+
+/// [`col2im`] of one sample whose columns are stored position-major, `[Ho·Wo, kh·kw·C]`,
+/// onto `image` `[C, H, W]` (added to what it holds). Each input pixel receives its
+/// contributions in the same (ky, kx) order as [`col2im`] adds them.
+pub fn fold_position_major(columns: &[f32], image: &mut [f32], g: &FoldGeometry) {
+    let ((h, w), (ho, wo), c) = (g.input, g.output, g.channels);
+    let (kh, kw) = g.kernel;
+    let rows = kh * kw * c;
+    for ky in 0..kh {
+        for kx in 0..kw {
+            let tap = (ky * kw + kx) * c;
+            for oy in 0..ho {
+                let Some(y) = (oy * g.stride + ky)
+                    .checked_sub(g.padding)
+                    .filter(|&y| y < h)
+                else {
+                    continue;
+                };
+                for ox in 0..wo {
+                    let Some(x) = (ox * g.stride + kx)
+                        .checked_sub(g.padding)
+                        .filter(|&x| x < w)
+                    else {
+                        continue;
+                    };
+                    let src = &columns[(oy * wo + ox) * rows + tap..][..c];
+                    for (channel, v) in src.iter().enumerate() {
+                        image[(channel * h + y) * w + x] += v;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -11,6 +11,7 @@
 use candle_core::{DType, Layout, Result, Storage, Tensor, WithDType};
 use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
+use std::sync::OnceLock;
 
 /// The kernel as [`conv2d_stride1`] wants it: `[C_out, kh, kw, C_in]`, contiguous. Tap
 /// (ky, kx) is the `[C_out, C_in]` block at column `(ky·kw + kx)·C_in` of the
@@ -18,6 +19,10 @@ use rayon::prelude::*;
 pub fn tap_matrices(weight: &Tensor) -> Result<Tensor> {
     weight.permute((0, 2, 3, 1))?.contiguous()
 }
+
+/// Below this many output positions (at the padded width) per sample, [`conv2d_stride1`]
+/// accumulates channel-contiguous.
+const CHANNEL_MAJOR_BELOW: usize = 256;
 
 /// Whether [`conv2d_stride1`] handles tensors of this dtype (the GEMM's types).
 pub fn supports(dtype: DType) -> bool {
@@ -44,10 +49,23 @@ pub fn conv2d_stride1(
     bias: Option<&Tensor>,
     prep: InputPrep,
 ) -> Result<Tensor> {
+    conv2d_stride1_cached(x, taps, None, bias, prep)
+}
+
+/// [`conv2d_stride1`], keeping in `channel_last` the kernel as `[kh, kw, C_in, C_out]` once a
+/// small image needed it (see [`CHANNEL_MAJOR_BELOW`]), so that later calls do not re-pack
+/// the kernel. A layer holds one such cache beside its taps.
+pub fn conv2d_stride1_cached(
+    x: &Tensor,
+    taps: &Tensor,
+    channel_last: Option<&OnceLock<Tensor>>,
+    bias: Option<&Tensor>,
+    prep: InputPrep,
+) -> Result<Tensor> {
     match x.dtype() {
-        DType::F32 => run::<f32>(x, taps, bias, prep),
-        DType::F16 => run::<half::f16>(x, taps, bias, prep),
-        DType::F64 => run::<f64>(x, taps, bias, prep),
+        DType::F32 => run::<f32>(x, taps, channel_last, bias, prep),
+        DType::F16 => run::<half::f16>(x, taps, channel_last, bias, prep),
+        DType::F64 => run::<f64>(x, taps, channel_last, bias, prep),
         other => candle_core::bail!("conv2d: no CPU matrix-product path for {other:?}"),
     }
 }
@@ -70,6 +88,7 @@ fn cpu_slice<'a, T: WithDType>(storage: &'a Storage, layout: &Layout) -> Result<
 fn run<T: WithDType>(
     x: &Tensor,
     taps: &Tensor,
+    channel_last_cache: Option<&OnceLock<Tensor>>,
     bias: Option<&Tensor>,
     prep: InputPrep,
 ) -> Result<Tensor> {
@@ -86,6 +105,8 @@ fn run<T: WithDType>(
     }
     let (ho, wo) = (hp - kh + 1, wp - kw + 1);
     let x = x.contiguous()?;
+    // A cached channel-last kernel is of the layer's dtype: only used when it is this one.
+    let cache_applies = taps.dtype() == T::DTYPE;
     let taps = taps.to_dtype(T::DTYPE)?.contiguous()?;
     let bias = bias
         .map(|b| b.to_dtype(T::DTYPE)?.contiguous())
@@ -118,56 +139,113 @@ fn run<T: WithDType>(
     } else {
         Vec::new()
     };
+    // A small image's products are accumulated channel-contiguous, [n, C_out], so that the
+    // GEMM runs along the output channels (64 and more) and not along the few positions,
+    // which would leave most of each vector register empty. A large one's are accumulated
+    // as [C_out, n] straight in the output buffer, compacted in place at the end.
+    let channel_major = n < CHANNEL_MAJOR_BELOW;
+    // The kernel with C_out contiguous: the GEMM reads each tap in place ([C_out, C_in] with
+    // unit row stride) instead of packing it on every call.
+    let channel_last_owned;
+    let channel_last: Option<&Tensor> = if channel_major {
+        match channel_last_cache.filter(|_| cache_applies) {
+            Some(lock) => {
+                if lock.get().is_none() {
+                    let _ = lock.set(taps.permute((1, 2, 3, 0))?.contiguous()?);
+                }
+                lock.get()
+            }
+            None => {
+                channel_last_owned = taps.permute((1, 2, 3, 0))?.contiguous()?;
+                Some(&channel_last_owned)
+            }
+        }
+    } else {
+        None
+    };
+    let channel_last_storage = channel_last.map(Tensor::storage_and_layout);
+    let channel_last_v: Option<&[T]> = match &channel_last_storage {
+        Some((storage, layout)) => Some(cpu_slice::<T>(storage, layout)?),
+        None => None,
+    };
     let sample_out = c_out * ho * wp;
-    let mut out = vec![T::zero(); b * sample_out];
+    let mut acc = vec![T::zero(); if channel_major { n * c_out } else { 0 }];
+    let mut out = if channel_major {
+        Vec::with_capacity(b * c_out * ho * wo)
+    } else {
+        vec![T::zero(); b * sample_out]
+    };
     let sample_len = c_in * h_in * w_in;
     for s in 0..b {
         let sample = &input[s * sample_len..(s + 1) * sample_len];
         let src: &[T] = if copy_input {
             // Only the interior is written: the zero border stays from the allocation.
-            padded
-                .par_chunks_mut(plane)
-                .zip(sample.par_chunks(h_in * w_in))
-                .for_each(|(plane, channel)| {
-                    for y in 0..h {
-                        let row = &channel[(y / factor) * w_in..][..w_in];
-                        let at = (y + padding) * wp + padding;
-                        let dst = &mut plane[at..at + w];
-                        if factor == 1 {
-                            dst.copy_from_slice(row);
-                        } else {
-                            for (pair, v) in dst.chunks_exact_mut(2).zip(row) {
-                                pair.fill(*v);
-                            }
+            let fill = |(plane, channel): (&mut [T], &[T])| {
+                for y in 0..h {
+                    let row = &channel[(y / factor) * w_in..][..w_in];
+                    let at = (y + padding) * wp + padding;
+                    let dst = &mut plane[at..at + w];
+                    if factor == 1 {
+                        dst.copy_from_slice(row);
+                    } else {
+                        for (pair, v) in dst.chunks_exact_mut(2).zip(row) {
+                            pair.fill(*v);
                         }
                     }
-                });
+                }
+            };
+            if super::fused_cpu::run_serially(padded.len()) {
+                padded
+                    .chunks_mut(plane)
+                    .zip(sample.chunks(h_in * w_in))
+                    .for_each(fill);
+            } else {
+                padded
+                    .par_chunks_mut(plane)
+                    .zip(sample.par_chunks(h_in * w_in))
+                    .for_each(fill);
+            }
             &padded
         } else {
             sample
         };
-        let dst = &mut out[s * sample_out..(s + 1) * sample_out];
         for ky in 0..kh {
             for kx in 0..kw {
                 let row_stride = kh * kw * c_in;
                 let tap = &taps_v[(ky * kw + kx) * c_in..][..(c_out - 1) * row_stride + c_in];
                 let shifted = &src[ky * wp + kx..];
-                // SAFETY: dst is [c_out, ho·wp] (row stride ho·wp ≥ n); tap is [c_out, c_in]
-                // with row stride kh·kw·c_in, inside its slice; `shifted` holds c_in rows of stride `plane`, and the largest
-                // index read, (c_in − 1)·plane + n − 1 + ky·wp + kx, is below c_in·plane
-                // by the choice of n.
+                let (dst, dst_cs, dst_rs) = if channel_major {
+                    (acc.as_mut_ptr(), c_out as isize, 1)
+                } else {
+                    let dst = &mut out[s * sample_out..(s + 1) * sample_out];
+                    (dst.as_mut_ptr(), 1, (ho * wp) as isize)
+                };
+                let (tap, tap_cs, tap_rs) = match channel_last_v {
+                    Some(v) => (
+                        &v[(ky * kw + kx) * c_in * c_out..][..c_in * c_out],
+                        c_out,
+                        1,
+                    ),
+                    None => (tap, 1, row_stride),
+                };
+                // SAFETY: dst is acc, [n, c_out] (element (o, j) at j·c_out + o), or this
+                // sample's [c_out, ho·wp] of out (row stride ho·wp ≥ n); tap is
+                // [c_out, c_in] with row stride kh·kw·c_in, or with column stride c_out
+                // (channel-last), inside its slice; `shifted` holds
+                // c_in rows of stride `plane`, and the largest index read,
+                // (c_in − 1)·plane + n − 1 + ky·wp + kx, is below c_in·plane by the choice of n.
                 unsafe {
                     gemm(
                         c_out,
                         n,
                         c_in,
-                        dst.as_mut_ptr(),
-                        1,
-                        (ho * wp) as isize,
+                        dst,
+                        dst_cs,
+                        dst_rs,
                         ky + kx > 0,
                         tap.as_ptr(),
-                        1,
-                        row_stride as isize,
+                        tap_cs as isize,
+                        tap_rs as isize,
                         shifted.as_ptr(),
                         1,
                         plane as isize,
@@ -181,21 +259,108 @@ fn run<T: WithDType>(
                 }
             }
         }
-    }
-    // Compact [B·C_out, Ho, Wp] → [B·C_out, Ho, Wo] in place (each row moves towards the
-    // front), adding the bias on the way.
-    let mut write = 0;
-    for row_index in 0..b * c_out * ho {
-        let read = row_index * wp;
-        out.copy_within(read..read + wo, write);
-        if let Some(bias) = &bias_v {
-            let value = bias[(row_index / ho) % c_out];
-            out[write..write + wo].iter_mut().for_each(|v| *v += value);
+        if !channel_major {
+            continue;
         }
-        write += wo;
+        // [n, C_out] at the padded width → [C_out, Ho, Wo], adding the bias.
+        for o in 0..c_out {
+            let value = bias_v.as_ref().map(|bias| bias[o]);
+            for y in 0..ho {
+                let row = (y * wp..y * wp + wo).map(|j| acc[j * c_out + o]);
+                match value {
+                    Some(v) => out.extend(row.map(|a| a + v)),
+                    None => out.extend(row),
+                }
+            }
+        }
     }
-    out.truncate(write);
+    if !channel_major {
+        // Compact [B·C_out, Ho, Wp] → [B·C_out, Ho, Wo] in place (each row moves towards
+        // the front), adding the bias on the way.
+        let mut write = 0;
+        for row_index in 0..b * c_out * ho {
+            let read = row_index * wp;
+            out.copy_within(read..read + wo, write);
+            if let Some(bias) = &bias_v {
+                let value = bias[(row_index / ho) % c_out];
+                out[write..write + wo].iter_mut().for_each(|v| *v += value);
+            }
+            write += wo;
+        }
+        out.truncate(write);
+    }
     Tensor::from_vec(out, (b, c_out, ho, wo), x.device())
+}
+
+/// Below this many output positions per sample, [`input_gradient_f32`] computes the columns
+/// position-major.
+const POSITION_MAJOR_BELOW: usize = 256;
+
+/// The input gradient `[B, C_in, H, W]` of a convolution with kernel matrix `matrix`
+/// `[C_out, kh·kw·C_in]` (from [`tap_matrices`]), for the output gradient `grad`
+/// `[B, C_out, Ho, Wo]`: per sample the columns `Kᵀ·G`, folded back onto the input grid.
+/// CPU, f32. For a small output the columns are computed position-major,
+/// `[Ho·Wo, kh·kw·C_in]`: the GEMM then runs along the kernel rows (hundreds), reads the
+/// kernel matrix in place, and does not leave most of each vector register empty as it would
+/// along a few positions. Returns `None` for a large output (the caller's tensor path).
+pub(crate) fn input_gradient_f32(
+    grad: &Tensor,
+    matrix: &Tensor,
+    geometry: &super::col2im::FoldGeometry,
+) -> Result<Option<Tensor>> {
+    let (b, c_out, ho, wo) = grad.dims4()?;
+    let positions = ho * wo;
+    if positions >= POSITION_MAJOR_BELOW || matrix.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    let rows = matrix.dim(1)?;
+    if matrix.dim(0)? != c_out || geometry.output != (ho, wo) {
+        candle_core::bail!(
+            "conv input gradient: gradient {:?} does not fit",
+            grad.dims()
+        );
+    }
+    let grad = grad.contiguous()?;
+    let matrix = matrix.contiguous()?;
+    let (g_storage, g_layout) = grad.storage_and_layout();
+    let g = cpu_slice::<f32>(&g_storage, g_layout)?;
+    let (m_storage, m_layout) = matrix.storage_and_layout();
+    let k = cpu_slice::<f32>(&m_storage, m_layout)?;
+    let (h, w) = geometry.input;
+    let image_len = geometry.channels * h * w;
+    let mut columns = vec![0f32; positions * rows];
+    let mut out = vec![0f32; b * image_len];
+    for (sample, image) in out.chunks_mut(image_len).enumerate() {
+        let g = &g[sample * c_out * positions..][..c_out * positions];
+        // SAFETY: columns is [positions, rows] (element (r, p) at p·rows + r); the kernel
+        // matrix is [c_out, rows] row-major, read as its transpose (element (r, o) at
+        // o·rows + r); g is [c_out, positions] row-major. Every index is inside its slice.
+        unsafe {
+            gemm(
+                rows,
+                positions,
+                c_out,
+                columns.as_mut_ptr(),
+                rows as isize,
+                1,
+                false,
+                k.as_ptr(),
+                rows as isize,
+                1,
+                g.as_ptr(),
+                1,
+                positions as isize,
+                0f32,
+                1f32,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            );
+        }
+        super::col2im::fold_position_major(&columns, image, geometry);
+    }
+    Tensor::from_vec(out, (b, geometry.channels, h, w), grad.device()).map(Some)
 }
 
 #[cfg(test)]
@@ -214,6 +379,8 @@ mod tests {
             (1, 6, 4, 1, 0, 4, 5),
             (2, 2, 3, 3, 0, 6, 6),
             (1, 5, 2, 5, 2, 8, 3),
+            // At least CHANNEL_MAJOR_BELOW positions: accumulated in the output buffer.
+            (2, 3, 4, 3, 1, 20, 18),
         ] {
             let x = Tensor::randn(0f32, 1., (b, c_in, h, w), &dev)?;
             let weight = Tensor::randn(0f32, 0.5, (c_out, c_in, k, k), &dev)?;

@@ -7,6 +7,8 @@
 //! input gradient only, with a regular (fast) convolution. Without a gradient they are the
 //! plain candle ops.
 
+use std::sync::{Arc, OnceLock};
+
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -30,12 +32,45 @@ trait FrozenLayer: InputGradient + Clone {
 pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    /// `Wᵀ` contiguous, made on the first forward that uses it (shared by clones).
+    transposed: Arc<OnceLock<Tensor>>,
 }
+
+/// A CPU forward on fewer rows than this multiplies by a contiguous `Wᵀ` (see
+/// [`Linear::transposed_for`]).
+const TRANSPOSED_BELOW_ROWS: usize = 256;
+/// ... when the weight has at most this many values (the copy doubles its memory).
+const TRANSPOSED_MAX_WEIGHT: usize = 1 << 19;
 
 impl Linear {
     /// A layer with weight `[out, in]` and optional bias `[out]`.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+        Self {
+            weight,
+            bias,
+            transposed: Arc::default(),
+        }
+    }
+
+    /// The right operand of the forward product for `x`: on a CPU input of few rows and a
+    /// small weight, `Wᵀ` kept contiguous, which the GEMM reads in place; with the view
+    /// `W.t()` it would re-pack the weight on every call, which costs as much as a product
+    /// over a few dozen rows.
+    fn transposed_for(&self, x: &Tensor) -> Result<Tensor> {
+        let rows = x.elem_count() / x.dim(candle_core::D::Minus1)?.max(1);
+        if !x.device().is_cpu()
+            || x.dtype() != self.weight.dtype()
+            || rows >= TRANSPOSED_BELOW_ROWS
+            || self.weight.elem_count() > TRANSPOSED_MAX_WEIGHT
+        {
+            return self.weight.t();
+        }
+        if let Some(t) = self.transposed.get() {
+            return Ok(t.clone());
+        }
+        let t = self.weight.t()?.contiguous()?;
+        let _ = self.transposed.set(t.clone());
+        Ok(t)
     }
 
     /// The weight, `[out, in]`.
@@ -46,7 +81,7 @@ impl Linear {
 
 impl FrozenLayer for Linear {
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        let w = self.weight.t()?;
+        let w = self.transposed_for(x)?;
         let y = match x.rank() {
             2 => x.matmul(&w)?,
             _ => x.contiguous()?.broadcast_matmul(&w)?,
@@ -103,6 +138,9 @@ pub struct Conv2d {
     /// stride-1 shifted products read one `[C_out, C_in]` tap of it, im2col and the input
     /// gradient use it as `[C_out, kh·kw·C_in]`.
     matrix: Option<Tensor>,
+    /// The kernel as `[kh, kw, C_in, C_out]`, made on the first small-image CPU forward
+    /// (shared by the clones the autograd nodes hold).
+    channel_last: Arc<OnceLock<Tensor>>,
     bias: Option<Tensor>,
     padding: usize,
     stride: usize,
@@ -124,6 +162,7 @@ impl Conv2d {
         Self {
             weight,
             matrix,
+            channel_last: Arc::default(),
             bias,
             padding,
             stride,
@@ -155,7 +194,8 @@ impl Conv2d {
             padding: self.padding,
             upsample_x2: true,
         };
-        conv_cpu::conv2d_stride1(x, matrix, self.bias.as_ref(), prep).map(Some)
+        let channel_last = Some(&*self.channel_last);
+        conv_cpu::conv2d_stride1_cached(x, matrix, channel_last, self.bias.as_ref(), prep).map(Some)
     }
 
     /// ∂L/∂x from ∂L/∂y: a stride-1 convolution of the zero-dilated gradient with the
@@ -209,7 +249,14 @@ impl FrozenLayer for Conv2d {
                 padding: self.padding,
                 upsample_x2: false,
             };
-            return conv_cpu::conv2d_stride1(x, matrix, self.bias.as_ref(), prep);
+            let channel_last = Some(&*self.channel_last);
+            return conv_cpu::conv2d_stride1_cached(
+                x,
+                matrix,
+                channel_last,
+                self.bias.as_ref(),
+                prep,
+            );
         }
         let (c_out, kh, kw, c_in) = matrix.dims4()?;
         let flat = matrix.reshape((c_out, kh * kw * c_in))?;
@@ -242,6 +289,9 @@ impl InputGradient for Conv2d {
             input: (h, w),
             output: (ho, wo),
         };
+        if let Some(folded) = conv_cpu::input_gradient_f32(grad, &flat, &geometry)? {
+            return Ok(folded);
+        }
         // One 2-D product per sample: a batched product would copy the kernel matrix once
         // per sample (candle concretises a broadcast left operand).
         let samples = (0..b)
@@ -433,6 +483,8 @@ mod tests {
             (3, 1, 2, 9, 8),
             (3, 0, 2, 6, 9),
             (5, 2, 3, 11, 10),
+            // At least 256 output positions: columns through candle's matmul and col2im.
+            (3, 1, 1, 20, 18),
         ] {
             let weight = Tensor::randn(0f32, 0.5, (6, 4, k, k), &dev)?;
             let conv = Conv2d::new(weight, None, pad, stride);

@@ -71,6 +71,37 @@ fn moments<E: Element>(xs: &[E], eps: f64) -> (f32, f32) {
     (mean, (1.0 / (var + eps).sqrt()) as f32)
 }
 
+/// Below this many elements a kernel runs on the calling thread: handing a few thousand
+/// values to rayon's pool costs more than computing them. With one rayon thread the hand-off
+/// never helps (the caller only waits for the pool's one worker), whatever the size.
+const SERIAL_BELOW: usize = 1 << 15;
+
+/// Whether a kernel over `len` elements should stay on the calling thread.
+pub(crate) fn run_serially(len: usize) -> bool {
+    len < SERIAL_BELOW || rayon::current_num_threads() == 1
+}
+
+/// `f(index, out chunk, input chunk)` for the matching `chunk`-sized pieces of `out` and
+/// `xs`, serially or on rayon's pool as [`run_serially`] says. The pieces are independent, so
+/// both ways give the same values.
+fn for_each_chunk<A: Send, B: Sync>(
+    out: &mut [A],
+    xs: &[B],
+    chunk: usize,
+    f: impl Fn(usize, &mut [A], &[B]) + Sync + Send,
+) {
+    if run_serially(xs.len()) {
+        for (index, (out, xs)) in out.chunks_mut(chunk).zip(xs.chunks(chunk)).enumerate() {
+            f(index, out, xs);
+        }
+    } else {
+        out.par_chunks_mut(chunk)
+            .zip(xs.par_chunks(chunk))
+            .enumerate()
+            .for_each(|(index, (out, xs))| f(index, out, xs));
+    }
+}
+
 fn silu(y: f32) -> f32 {
     y / (1.0 + (-y).exp())
 }
@@ -127,24 +158,21 @@ impl GroupNormOp {
         let per_group = channels / self.num_groups;
         let group_len = per_group * self.channel_len;
         let mut out = vec![E::from_f32(0.0); xs.len()];
-        out.par_chunks_mut(group_len)
-            .zip(xs.par_chunks(group_len))
-            .enumerate()
-            .for_each(|(index, (out, xs))| {
-                let (mean, rstd) = moments(xs, self.eps);
-                let first_channel = (index % self.num_groups) * per_group;
-                let rows = out
-                    .chunks_mut(self.channel_len)
-                    .zip(xs.chunks(self.channel_len));
-                for (c, (out, xs)) in (first_channel..).zip(rows) {
-                    let scale = self.weight[c] * rstd;
-                    let shift = self.bias[c] - mean * scale;
-                    for (o, x) in out.iter_mut().zip(xs) {
-                        let y = x.to_f32() * scale + shift;
-                        *o = E::from_f32(if self.silu { silu(y) } else { y });
-                    }
+        for_each_chunk(&mut out, xs, group_len, |index, out, xs| {
+            let (mean, rstd) = moments(xs, self.eps);
+            let first_channel = (index % self.num_groups) * per_group;
+            let rows = out
+                .chunks_mut(self.channel_len)
+                .zip(xs.chunks(self.channel_len));
+            for (c, (out, xs)) in (first_channel..).zip(rows) {
+                let scale = self.weight[c] * rstd;
+                let shift = self.bias[c] - mean * scale;
+                for (o, x) in out.iter_mut().zip(xs) {
+                    let y = x.to_f32() * scale + shift;
+                    *o = E::from_f32(if self.silu { silu(y) } else { y });
                 }
-            });
+            }
+        });
         out
     }
 }
@@ -182,20 +210,18 @@ impl LayerNormOp {
         let d = self.weight.len();
         let mut out = vec![E::from_f32(0.0); xs.len()];
         // Rows are short: hand rayon a few dozen at a time.
-        out.par_chunks_mut(d * 16)
-            .zip(xs.par_chunks(d * 16))
-            .for_each(|(out, xs)| {
-                for (out, xs) in out.chunks_mut(d).zip(xs.chunks(d)) {
-                    let (mean, rstd) = moments(xs, self.eps);
-                    for ((o, x), (w, b)) in out
-                        .iter_mut()
-                        .zip(xs)
-                        .zip(self.weight.iter().zip(&self.bias))
-                    {
-                        *o = E::from_f32((x.to_f32() - mean) * rstd * w + b);
-                    }
+        for_each_chunk(&mut out, xs, d * 16, |_, out, xs| {
+            for (out, xs) in out.chunks_mut(d).zip(xs.chunks(d)) {
+                let (mean, rstd) = moments(xs, self.eps);
+                for ((o, x), (w, b)) in out
+                    .iter_mut()
+                    .zip(xs)
+                    .zip(self.weight.iter().zip(&self.bias))
+                {
+                    *o = E::from_f32((x.to_f32() - mean) * rstd * w + b);
                 }
-            });
+            }
+        });
         out
     }
 }
@@ -224,14 +250,12 @@ pub struct QuickGeluOp;
 impl QuickGeluOp {
     fn run<E: Element>(&self, xs: &[E]) -> Vec<E> {
         let mut out = vec![E::from_f32(0.0); xs.len()];
-        out.par_chunks_mut(1 << 14)
-            .zip(xs.par_chunks(1 << 14))
-            .for_each(|(out, xs)| {
-                for (o, x) in out.iter_mut().zip(xs) {
-                    let x = x.to_f32();
-                    *o = E::from_f32(x / (1.0 + (-1.702 * x).exp()));
-                }
-            });
+        for_each_chunk(&mut out, xs, 1 << 14, |_, out, xs| {
+            for (o, x) in out.iter_mut().zip(xs) {
+                let x = x.to_f32();
+                *o = E::from_f32(x / (1.0 + (-1.702 * x).exp()));
+            }
+        });
         out
     }
 }
@@ -243,5 +267,45 @@ impl CustomOp1 for QuickGeluOp {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         by_dtype!(self, storage, layout, run)
+    }
+}
+
+/// Softmax over the last dimension of an f32 tensor: candle-nn's CPU kernel, row by row
+/// with the same operations in the same order (so the same values), but kept on the calling
+/// thread when [`run_serially`] says so.
+#[derive(Debug, Clone, Copy)]
+pub struct SoftmaxLastDimOp;
+
+impl CustomOp1 for SoftmaxLastDimOp {
+    fn name(&self) -> &'static str {
+        "fused-softmax-last-dim"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        use candle_core::cpu::kernels::VecOps;
+        let CpuStorage::F32(_) = storage else {
+            candle_core::bail!("softmax kernel: f32 only, got {:?}", storage.dtype());
+        };
+        let xs = contiguous::<f32>(storage, layout)?;
+        let row = layout.dims().last().copied().unwrap_or(1).max(1);
+        let mut out = vec![0f32; xs.len()];
+        let rows_per_chunk = (4096 / row).max(1);
+        for_each_chunk(&mut out, xs, rows_per_chunk * row, |_, out, xs| {
+            for (dst, src) in out.chunks_mut(row).zip(xs.chunks(row)) {
+                let mut max = f32::NEG_INFINITY;
+                // SAFETY: `src` holds `row` values.
+                unsafe { f32::vec_reduce_max(src.as_ptr(), &mut max, row) };
+                for (s, d) in src.iter().zip(dst.iter_mut()) {
+                    *d = (*s - max).exp();
+                }
+                let mut sum = 0f32;
+                // SAFETY: `dst` holds `row` values.
+                unsafe { f32::vec_reduce_sum(dst.as_ptr(), &mut sum, row) };
+                for d in dst.iter_mut() {
+                    *d /= sum;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 }

@@ -38,6 +38,11 @@ pub fn is_finite(t: &Tensor) -> Result<bool> {
 /// part of an autograd graph; otherwise the composable form, which has a backward.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     if !x.track_op() {
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
+            return x
+                .contiguous()?
+                .apply_op1_no_bwd(&fused_cpu::SoftmaxLastDimOp);
+        }
         return candle_nn::ops::softmax_last_dim(x);
     }
     // Subtracting the (detached) row max changes nothing mathematically; it keeps exp finite.
@@ -284,6 +289,26 @@ mod tests {
                     g[r][c]
                 );
             }
+        }
+        Ok(())
+    }
+
+    /// The CPU softmax kernel gives candle-nn's values bit for bit, on small tensors (run on
+    /// the calling thread), large ones (on the pool), strided inputs and rows of one value.
+    #[test]
+    fn cpu_softmax_equals_candle_nn_exactly() -> Result<()> {
+        let dev = Device::Cpu;
+        for shape in [(3, 5, 7), (4, 64, 77), (8, 256, 129), (2, 3, 1)] {
+            let x = (Tensor::randn(0f32, 3., shape, &dev)? - 1.0)?;
+            let want = candle_nn::ops::softmax_last_dim(&x)?.to_vec3::<f32>()?;
+            assert_eq!(softmax_last_dim(&x)?.to_vec3::<f32>()?, want, "{shape:?}");
+            let xt = x.transpose(1, 2)?;
+            let want = candle_nn::ops::softmax_last_dim(&xt.contiguous()?)?;
+            assert_eq!(
+                softmax_last_dim(&xt)?.to_vec3::<f32>()?,
+                want.to_vec3::<f32>()?,
+                "{shape:?} transposed"
+            );
         }
         Ok(())
     }
