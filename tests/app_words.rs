@@ -183,8 +183,10 @@ fn edits_and_hints_from_the_models_captions_and_long_prompts() {
         (setup.caption.as_str(), other.as_str())
     );
 
-    step_until(&mut h, "the prompts' words", Wait::secs(30), |a| {
-        !a.state.source_tokens.is_empty()
+    // The words come back from the worker for each prompt change; the one for both prompts
+    // names the edited word.
+    step_until(&mut h, "the edited word", Wait::secs(30), |a| {
+        a.state.attention.token.is_some()
     });
     let token = h.state().state.attention.token.clone();
     assert_eq!(token.map(|(_, w)| w), Some(from.clone()), "the edited word");
