@@ -18,7 +18,7 @@ export BIN SHOT LOG=$WORK/app.log RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-1}
 unset WAYLAND_DISPLAY MIRROR_MODEL MIRROR_IMAGE MIRROR_SOURCE MIRROR_TARGET
 export XDG_RUNTIME_DIR=/tmp/xdg-$UID; mkdir -p -m 700 "$XDG_RUNTIME_DIR"
 xvfb-run -a -s "-screen 0 1280x800x24 -nolisten tcp" bash -c '
-  for i in $(seq 50); do xdpyinfo >/dev/null 2>&1 && break; sleep 0.2; done
+  for i in $(seq 150); do xdpyinfo >/dev/null 2>&1 && break; sleep 0.2; done
   "$BIN" >"$LOG" 2>&1 & APP=$!
   for i in $(seq 1200); do grep -q "^EVENT finished" "$LOG" && break; kill -0 $APP 2>/dev/null || break; sleep 0.5; done
   sleep 1.5

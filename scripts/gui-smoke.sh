@@ -27,7 +27,7 @@ unset WAYLAND_DISPLAY
 export XDG_RUNTIME_DIR=/tmp/xdg-$UID; mkdir -p -m 700 "$XDG_RUNTIME_DIR"
 
 xvfb-run -a -s "-screen 0 1280x800x24 -nolisten tcp" bash -c '
-  for i in $(seq 50); do xdpyinfo >/dev/null 2>&1 && break; sleep 0.2; done
+  for i in $(seq 150); do xdpyinfo >/dev/null 2>&1 && break; sleep 0.2; done
   "$BIN" >"$LOG" 2>&1 & APP=$!
   W=""; for i in $(seq 120); do W=$(xdotool search --onlyvisible --name "^Mirror" 2>/dev/null | head -1); [ -n "$W" ] && break; sleep 0.5; done
   [ -n "$W" ] || { echo "no window"; kill $APP; exit 1; }
