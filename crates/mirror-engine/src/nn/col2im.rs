@@ -19,6 +19,16 @@ pub struct FoldGeometry {
     pub output: (usize, usize),
 }
 
+impl FoldGeometry {
+    /// The input coordinate that output coordinate `o` reads at kernel offset `k`
+    /// (`o·stride + k − padding`), when it lies inside `0..limit`.
+    fn source(&self, o: usize, k: usize, limit: usize) -> Option<usize> {
+        (o * self.stride + k)
+            .checked_sub(self.padding)
+            .filter(|&i| i < limit)
+    }
+}
+
 /// `columns` `[B, kh·kw·C, Ho·Wo]` (rows in `(ky, kx, c)` order, as `conv2d_im2col`'s kernel
 /// matrix) → `[B, C, H, W]`, each column entry added to the input pixel it was read from.
 /// CPU, f32 only (gradient passes run in f32).
@@ -73,10 +83,7 @@ fn fold_shift(block: &[f32], image: &mut [f32], g: &FoldGeometry, (ky, kx): (usi
         .min(wo);
     for (plane, dst) in block.chunks(ho * wo).zip(image.chunks_mut(h * w)) {
         for oy in 0..ho {
-            let Some(y) = (oy * g.stride + ky)
-                .checked_sub(g.padding)
-                .filter(|&y| y < h)
-            else {
+            let Some(y) = g.source(oy, ky, h) else {
                 continue;
             };
             let src = &plane[oy * wo..][..wo];
@@ -107,17 +114,11 @@ pub fn fold_position_major(columns: &[f32], image: &mut [f32], g: &FoldGeometry)
         for kx in 0..kw {
             let tap = (ky * kw + kx) * c;
             for oy in 0..ho {
-                let Some(y) = (oy * g.stride + ky)
-                    .checked_sub(g.padding)
-                    .filter(|&y| y < h)
-                else {
+                let Some(y) = g.source(oy, ky, h) else {
                     continue;
                 };
                 for ox in 0..wo {
-                    let Some(x) = (ox * g.stride + kx)
-                        .checked_sub(g.padding)
-                        .filter(|&x| x < w)
-                    else {
+                    let Some(x) = g.source(ox, kx, w) else {
                         continue;
                     };
                     let src = &columns[(oy * wo + ox) * rows + tap..][..c];
