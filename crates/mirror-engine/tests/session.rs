@@ -445,3 +445,30 @@ fn a_step_that_overflows_names_the_step_and_branch() {
     let out = s.translate(&req, &CancelToken::new(), &mut |_| {}).unwrap();
     assert!(!out.cancelled && out.images.translation.is_some());
 }
+
+/// The mask found without a run ("Fill from the edit") is the one a run with the automatic
+/// mask uses, pixel for pixel at the photo's processing size, and another seed may find
+/// another one only through its noise draws (same seed, same mask).
+#[test]
+fn the_mask_found_before_a_run_is_the_one_the_run_uses() {
+    use mirror_engine::methods::mask::{EditMask, mask_image};
+    let (fx, mut s) = session();
+    let mut req = request(&fx, &target(&fx, None), 2);
+    req.mask = EditMask::Automatic;
+    req.compare_ddim = false;
+    let cancel = CancelToken::new();
+    let found = s.find_edit_mask(&req, &cancel).unwrap();
+    assert_eq!(found.dimensions(), req.image.dimensions());
+    assert_eq!(
+        s.find_edit_mask(&req, &cancel).unwrap(),
+        found,
+        "seeded: the same mask twice"
+    );
+    let outcome = s.translate(&req, &cancel, &mut |_| {}).unwrap();
+    let (w, h) = req.image.dimensions();
+    let used = mask_image(outcome.mask.as_ref().expect("the run's mask"), w, h).unwrap();
+    assert_eq!(used, found);
+    // Asked for the whole picture, the request still gets the mask of its edit.
+    req.mask = EditMask::Whole;
+    assert_eq!(s.find_edit_mask(&req, &cancel).unwrap(), found);
+}

@@ -145,6 +145,7 @@ fn apply_sets(req: &mut TranslateRequest, sets: &[(String, String)]) {
             "steps" => req.steps = f() as usize,
             "guidance_scale" => req.mirror.guidance_scale = f(),
             "xa_guidance" => req.mirror.xa_guidance = f(),
+            "xa_guidance_until" => req.mirror.xa_guidance_until = f(),
             "edit_scale" => req.mirror.edit_scale = f(),
             "ramp_total" => req.mirror.ramp_total = f(),
             "edit_strength" => req.edit_strength = f(),

@@ -19,7 +19,7 @@ pub use frames::{encode_gif, save_animation};
 pub use load::{ImageLimits, LoadedImage, load_image, load_image_from_memory, pixel_hash};
 pub use png_text::{PngText, encode_png_with_text, is_png, read_png_text, save_png_with_text};
 pub use resize::{
-    MAX_ASPECT, PAD_GREY, ResizePolicy, beyond_aspect_limit, describe_resize, plan_size,
-    processing_size, resize, resize_mask, restore_size,
+    MAX_ASPECT, PAD_GREY, ResizePolicy, beyond_aspect_limit, describe_resize, mask_on_photo,
+    plan_size, processing_size, resize, resize_mask, restore_size,
 };
 pub use sheet::{SHEET_GAP, SHEET_LABEL_HEIGHT, comparison_sheet, draw_text, sheet_size};

@@ -309,6 +309,50 @@ fn lanczos(img: &RgbImage, (w, h): (u32, u32)) -> RgbImage {
     }
 }
 
+/// A mask at processing size (the engine's, shown on the processed picture) brought back onto
+/// a photo of `photo` size: the inverse of [`resize_mask`]. What cropping left out may not
+/// change; padding is dropped.
+pub fn mask_on_photo(mask: &GrayImage, photo: (u32, u32), policy: ResizePolicy) -> GrayImage {
+    let (pw, ph) = (photo.0.max(1), photo.1.max(1));
+    let processed = (mask.width().max(1), mask.height().max(1));
+    let stretch = |img: &GrayImage, (w, h): (u32, u32)| {
+        if img.width() == 0 || img.height() == 0 {
+            GrayImage::new(w, h)
+        } else if img.dimensions() == (w, h) {
+            img.clone()
+        } else {
+            imageops::resize(img, w, h, FilterType::Triangle)
+        }
+    };
+    let policy = match policy {
+        ResizePolicy::Keep if beyond_aspect_limit((pw, ph)) => ResizePolicy::Pad,
+        p => p,
+    };
+    match policy {
+        ResizePolicy::Keep | ResizePolicy::Stretch => stretch(mask, (pw, ph)),
+        ResizePolicy::Crop => {
+            // The part of the photo the processed picture shows.
+            let (cw, ch) = crop_size((pw, ph), processed);
+            let mut out = GrayImage::new(pw, ph);
+            let inside = stretch(mask, (cw, ch));
+            imageops::replace(
+                &mut out,
+                &inside,
+                i64::from((pw - cw) / 2),
+                i64::from((ph - ch) / 2),
+            );
+            out
+        }
+        ResizePolicy::Pad => {
+            // Where the photo sits inside the processed picture.
+            let (fw, fh) = fit_size((pw, ph), processed);
+            let (x, y) = ((processed.0 - fw) / 2, (processed.1 - fh) / 2);
+            let inside = imageops::crop_imm(mask, x, y, fw, fh).to_image();
+            stretch(&inside, (pw, ph))
+        }
+    }
+}
+
 /// The largest centred region of `original` with the aspect ratio of `target`.
 fn crop_size(original: (u32, u32), target: (u32, u32)) -> (u32, u32) {
     let (w, h) = (original.0 as u64, original.1 as u64);
@@ -339,6 +383,20 @@ fn fit_size(original: (u32, u32), target: (u32, u32)) -> (u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mask_comes_back_onto_the_photo_through_each_policy() {
+        let photo = (120, 60);
+        let painted =
+            GrayImage::from_fn(120, 60, |x, _| image::Luma([if x < 60 { 255 } else { 0 }]));
+        for policy in ResizePolicy::ALL {
+            let processed = resize_mask(&painted, photo, (64, 64), policy);
+            let back = mask_on_photo(&processed, photo, policy);
+            assert_eq!(back.dimensions(), photo);
+            assert!(back.get_pixel(40, 30)[0] > 200, "{policy:?}");
+            assert!(back.get_pixel(100, 30)[0] < 50, "{policy:?}");
+        }
+    }
 
     #[test]
     fn crop_and_fit_sizes() {

@@ -58,6 +58,10 @@ pub struct Recommended {
     pub guidance_scale: Option<f64>,
     /// Learning rate of the cross-attention guidance on the latents.
     pub xa_guidance: Option<f64>,
+    /// Share of the steps (from the first) with cross-attention guidance.
+    pub xa_guidance_until: Option<f64>,
+    /// Put the reconstruction on the inversion trajectory after every step (Direct Inversion).
+    pub exact_mirror: Option<bool>,
     /// Multiplier α of the edit direction.
     pub edit_strength: Option<f64>,
     /// Base scale of the edit direction (MirrorDiffusion).
@@ -73,8 +77,9 @@ pub struct Recommended {
 }
 
 const TOP_FIELDS: &str = "name, recommended, vocabulary, sentence_templates";
-const RECOMMENDED_FIELDS: &str = "steps, guidance_scale, xa_guidance, edit_strength, \
-     edit_scale, ramp_total, direction, redescribe_iterations, redescribe_lr";
+const RECOMMENDED_FIELDS: &str = "steps, guidance_scale, xa_guidance, xa_guidance_until, \
+     exact_mirror, edit_strength, edit_scale, ramp_total, direction, redescribe_iterations, \
+     redescribe_lr";
 
 impl ModelNotes {
     /// Reads `mirror.json` of a model folder; a checkpoint file or a folder without one gives
@@ -130,6 +135,8 @@ impl Recommended {
                 "steps" => r.steps = Some(positive(file, &name, field(file, &name, value)?)?),
                 "guidance_scale" => r.guidance_scale = Some(finite(file, &name, value)?),
                 "xa_guidance" => r.xa_guidance = Some(finite(file, &name, value)?),
+                "xa_guidance_until" => r.xa_guidance_until = Some(finite(file, &name, value)?),
+                "exact_mirror" => r.exact_mirror = Some(field(file, &name, value)?),
                 "edit_strength" => r.edit_strength = Some(finite(file, &name, value)?),
                 "edit_scale" => r.edit_scale = Some(finite(file, &name, value)?),
                 "ramp_total" => r.ramp_total = Some(finite(file, &name, value)?),
@@ -164,6 +171,7 @@ impl Recommended {
         let named = [
             ("guidance", self.guidance_scale),
             ("structure guidance", self.xa_guidance),
+            ("structure guidance until", self.xa_guidance_until),
             ("strength", self.edit_strength),
             ("edit scale", self.edit_scale),
             ("edit ramp", self.ramp_total),
@@ -173,6 +181,9 @@ impl Recommended {
             if let Some(v) = value {
                 parts.push(format!("{name} {v}"));
             }
+        }
+        if self.exact_mirror == Some(true) {
+            parts.push("exact mirror".into());
         }
         if let Some(k) = self.redescribe_iterations {
             parts.push(format!("{k} redescription iterations"));

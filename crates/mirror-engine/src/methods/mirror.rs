@@ -65,6 +65,10 @@ pub struct MirrorSettings {
     pub guidance_scale: f64,
     /// SGD learning rate of the attention guidance on the latent pair.
     pub xa_guidance: f64,
+    /// Share of the steps (from the first) that get attention guidance: the layout forms in
+    /// the early, noisy steps, and later guidance only holds the new content back. 1 guides
+    /// every step, as the paper does.
+    pub xa_guidance_until: f64,
     /// Prompt redescription: Adam iterations, learning rate, early stop.
     pub redescribe: RedescribeSettings,
     /// Base scale of the edit direction.
@@ -100,6 +104,7 @@ impl Default for MirrorSettings {
             preset: MirrorPreset::Recommended,
             guidance_scale: 5.0,
             xa_guidance: 0.1,
+            xa_guidance_until: 1.0,
             redescribe: RedescribeSettings::default(),
             edit_scale: 0.65,
             edit_ramp: 0.02,
@@ -140,6 +145,12 @@ impl MirrorSettings {
         if let Some(v) = r.xa_guidance {
             self.xa_guidance = v;
         }
+        if let Some(v) = r.xa_guidance_until {
+            self.xa_guidance_until = v;
+        }
+        if let Some(v) = r.exact_mirror {
+            self.exact_mirror = v;
+        }
         if let Some(v) = r.edit_scale {
             self.edit_scale = v;
         }
@@ -165,6 +176,11 @@ impl MirrorSettings {
             exact_mirror: self.exact_mirror,
             ..base
         }
+    }
+
+    /// Whether step i of n gets attention guidance.
+    pub fn guides_attention_at(&self, i: usize, n: usize) -> bool {
+        self.xa_guidance != 0.0 && (i as f64) < self.xa_guidance_until * n as f64
     }
 
     /// Steps that get an extra ("cycle") guidance step.
@@ -265,8 +281,12 @@ pub fn unet_calls(settings: &MirrorSettings, n: usize, i: usize, replayed: bool)
     } else {
         settings.redescribe.iterations
     };
-    let extra = usize::from(settings.extra_steps(n).contains(&i));
-    redescription + 1 + extra + 2
+    let guidance = if settings.guides_attention_at(i, n) {
+        1 + usize::from(settings.extra_steps(n).contains(&i))
+    } else {
+        0
+    };
+    redescription + 1 + guidance + 1
 }
 
 /// The reconstruction half of step i: redescription, then the reconstruction pass whose
@@ -292,7 +312,8 @@ struct TranslationStep {
     edit_latent: Tensor,
     edit_guided: Tensor,
     edit_scale: f64,
-    guidance: GuidanceReport,
+    /// None on steps without attention guidance.
+    guidance: Option<GuidanceReport>,
     extra_done: usize,
     edit_maps: Option<AttentionMaps>,
 }
@@ -353,7 +374,7 @@ pub fn step(
         ("mirror.inner_losses", Tensor::new(padded, device)?),
         (
             "mirror.guidance_loss",
-            Tensor::new(edit.guidance.total_loss, device)?,
+            Tensor::new(edit.guidance.as_ref().map_or(0.0, |g| g.total_loss), device)?,
         ),
     ];
     out.redescription = Some(RedescriptionReport {
@@ -362,7 +383,7 @@ pub fn step(
         embedding_change: rec.embedding_change,
     });
     out.embedding = Some(rec.embedding.clone());
-    out.guidance = Some(edit.guidance);
+    out.guidance = edit.guidance;
     out.edit_scale = Some(edit.edit_scale);
     out.ensure_finite(i, n)?;
     let next = MirrorState {
@@ -504,11 +525,6 @@ fn translate(
     let emb = &rec.embedding;
     let t = timestep(sd, n, i)?;
     let authors = settings.preset == MirrorPreset::Authors;
-    let reference = if authors {
-        rec.rec_maps.clone()
-    } else {
-        repeat_batch(&rec.rec_maps, 2)?
-    };
     // Contexts [C*, C* + s_i Δc].
     let edit_scale = settings.edit_scale_at(i, n);
     let cond = if authors {
@@ -523,19 +539,88 @@ fn translate(
     };
     let mut context = Tensor::cat(&[emb, &cond], 0)?;
     let mut x = Tensor::cat(&[&state.edit_latent, &state.edit_latent], 0)?;
+    let mut extra_done = state.extra_done;
+    let guidance = if settings.guides_attention_at(i, n) {
+        let guided = guide(ctx, inputs, rec, &x, &cond, i, extra_done)?;
+        x = guided.latent;
+        extra_done = guided.extra_done;
+        if let Some(c) = guided.context {
+            context = c;
+        }
+        Some(guided.report)
+    } else {
+        None
+    };
+
+    // Noise at the guided pair, CFG, DDIM step on the unconditional copy X[0].
+    ctx.cancel.check()?;
+    let (edit_step, edit_maps) = guided_pair_step(
+        ctx,
+        &x,
+        t,
+        n,
+        &context,
+        settings.guidance_scale,
+        inputs.want_edit_maps,
+    )?;
+    Ok(TranslationStep {
+        edit_pred_x0: edit_step.pred_original_sample,
+        edit_latent: edit_step.prev_sample,
+        edit_guided: x,
+        edit_scale,
+        guidance,
+        extra_done,
+        edit_maps,
+    })
+}
+
+/// What the attention guidance of one step did to the latent pair.
+struct Guided {
+    latent: Tensor,
+    extra_done: usize,
+    /// The context the translation pass uses instead (Preset F's round trip through K − Δc).
+    context: Option<Tensor>,
+    report: GuidanceReport,
+}
+
+/// Attention guidance at step i: the extra (cycle) step where scheduled, then the main step,
+/// each a gradient step on the latent pair towards the reconstruction's attention maps.
+fn guide(
+    ctx: &StageContext,
+    inputs: &MirrorInputs,
+    rec: &ReconstructionStep,
+    x: &Tensor,
+    cond: &Tensor,
+    i: usize,
+    extra_done: usize,
+) -> Result<Guided> {
+    let (settings, direction) = (inputs.settings, inputs.direction);
+    let n = inputs.trajectory.steps;
+    let t = timestep(ctx.sd, n, i)?;
+    let emb = &rec.embedding;
+    let authors = settings.preset == MirrorPreset::Authors;
+    let reference = if authors {
+        rec.rec_maps.clone()
+    } else {
+        repeat_batch(&rec.rec_maps, 2)?
+    };
+    let mut x = x.clone();
+    let mut context = Tensor::cat(&[emb, cond], 0)?;
+    let mut replaced_context = None;
     let mut extra_gradient: Option<Tensor> = None;
     let mut extra_loss = None;
-    let mut extra_done = state.extra_done;
+    let mut extra_done = extra_done;
     if settings.extra_steps(n).contains(&i) {
         ctx.cancel.check()?;
         let weight = settings.extra_weight * settings.extra_decay.powi(extra_done as i32);
-        let cycle_cond = (&cond - direction)?;
+        let cycle_cond = (cond - direction)?;
         let cycle_context = Tensor::cat(&[emb, &cycle_cond], 0)?;
         let (g, loss) = guidance_gradient(ctx, &x, t, &cycle_context, &reference, weight)?;
         x = (&x - (&g * settings.xa_guidance)?)?;
         if authors {
             // (K − Δc) + Δc, as released.
             context = Tensor::cat(&[emb, &(cycle_cond + direction)?], 0)?;
+            replaced_context = Some(context.clone());
         }
         extra_gradient = Some(g);
         extra_loss = Some(loss);
@@ -554,19 +639,7 @@ fn translate(
     };
     x = (&x - (&total_gradient * settings.xa_guidance)?)?;
     let gradient_norm = total_gradient.sqr()?.sum_all()?.to_scalar::<f32>()?.sqrt() as f64;
-
-    // Noise at the guided pair, CFG, DDIM step on the unconditional copy X[0].
-    ctx.cancel.check()?;
-    let (edit_step, edit_maps) = guided_pair_step(
-        ctx,
-        &x,
-        t,
-        n,
-        &context,
-        settings.guidance_scale,
-        inputs.want_edit_maps,
-    )?;
-    let guidance = GuidanceReport {
+    let report = GuidanceReport {
         loss: loss_probs,
         extra_loss,
         key_value_loss: loss_keys.map(|k| k + loss_values.unwrap_or(0.0)),
@@ -575,14 +648,11 @@ fn translate(
         value_loss: loss_values,
         total_loss: loss_probs + loss_keys.unwrap_or(0.0) + loss_values.unwrap_or(0.0),
     };
-    Ok(TranslationStep {
-        edit_pred_x0: edit_step.pred_original_sample,
-        edit_latent: edit_step.prev_sample,
-        edit_guided: x,
-        edit_scale,
-        guidance,
+    Ok(Guided {
+        latent: x,
         extra_done,
-        edit_maps,
+        context: replaced_context,
+        report,
     })
 }
 

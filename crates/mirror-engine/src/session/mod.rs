@@ -22,11 +22,14 @@ pub use request::{
     TranslateRequest,
 };
 
-#[cfg(doc)]
-use crate::EngineError;
-use crate::Result;
+use crate::imageio::image_to_tensor;
+use crate::methods::mask::{EditMask, mask_image};
 use crate::model::StableDiffusion;
+use crate::pipeline::StageContext;
+use crate::pipeline::stages::encode_image;
 use crate::pipeline::{CancelToken, Event};
+use crate::{EngineError, Result};
+use image::GrayImage;
 
 /// A loaded model with its inversion cache: runs translation requests one at a time.
 pub struct Session {
@@ -82,5 +85,29 @@ impl Session {
     ) -> Result<TranslateOutcome> {
         run::translate(&self.sd, &mut self.cache, req, cancel, events)
             .map_err(|e| e.classified(&self.sd.device))
+    }
+
+    /// The mask a run of `req` with [`EditMask::Automatic`] would find (DiffEdit on the
+    /// photo's latent, source caption against target prompt, `req`'s seed), without the
+    /// run: at `req.image`'s size, white = may change. The app's "Fill from the edit".
+    pub fn find_edit_mask(
+        &self,
+        req: &TranslateRequest,
+        cancel: &CancelToken,
+    ) -> Result<GrayImage> {
+        let sd = &self.sd;
+        let source = image_to_tensor(&req.image, &sd.device)?;
+        let (_, posterior) = keys::inversion_plan(req);
+        let z0 = encode_image(sd, &source, posterior)?;
+        let caption = sd.encode_prompt(&req.source_prompt)?;
+        let automatic = TranslateRequest {
+            mask: EditMask::Automatic,
+            ..req.clone()
+        };
+        let ctx = StageContext::new(sd, cancel);
+        let mask = stepper::edit_mask(&ctx, &automatic, &z0, &caption)?
+            .ok_or_else(|| EngineError::InvalidInput("no mask was found".into()))?;
+        let (w, h) = req.image.dimensions();
+        mask_image(&mask, w, h)
     }
 }

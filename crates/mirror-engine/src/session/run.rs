@@ -238,7 +238,8 @@ fn run_steps(
     let inputs = StepInputs::new(sd, req, caption, prepared.direction.as_ref())?;
     let recorded = inversion.replayable();
     let mut steppers = inputs.steppers(req, trajectory, caption, recorded);
-    progress.mask = edit_mask(&StageContext::new(sd, run.cancel), req, trajectory, caption)?;
+    let z0 = &trajectory.latents[0];
+    progress.mask = edit_mask(&StageContext::new(sd, run.cancel), req, z0, caption)?;
     let start = trajectory.start();
     for branch in steppers.iter().flat_map(|s| s.branches()) {
         progress.set_latent(branch, start);

@@ -210,10 +210,9 @@ impl Stepper<'_> {
 pub(super) fn edit_mask(
     ctx: &StageContext,
     req: &TranslateRequest,
-    trajectory: &Trajectory,
+    z0: &Tensor,
     caption: &Tensor,
 ) -> Result<Option<Tensor>> {
-    let z0 = &trajectory.latents[0];
     let (_, _, h, w) = z0.dims4()?;
     let mask = match &req.mask {
         EditMask::Whole => return Ok(None),
