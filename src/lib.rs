@@ -3,4 +3,5 @@
 //! the `mirror-engine` crate.
 pub mod app;
 pub mod cli;
+pub mod folder_run;
 pub mod worker;

@@ -11,9 +11,12 @@ use candle_core::Tensor;
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use image::{GrayImage, RgbImage};
 
+use crate::folder_run::{
+    FolderEvent, FolderReport, PhotoEdit, PhotoEvent, folder_files, run_folder,
+};
 use mirror_engine::EngineError;
 use mirror_engine::device::{self, DeviceChoice, Precision};
-use mirror_engine::imageio::{latent_preview, tensor_to_image};
+use mirror_engine::imageio::{LoadedImage, latent_preview, mask_on_photo, tensor_to_image};
 use mirror_engine::loader::lora::{LoraInfo, LoraSpec};
 use mirror_engine::methods::mask::mask_image;
 use mirror_engine::model::VaeTilesReport;
@@ -49,6 +52,21 @@ impl RunJob {
     }
 }
 
+/// One edit over every photo of a folder (`crate::folder_run`), results into `out_dir`.
+#[derive(Debug, Clone)]
+pub struct FolderJob {
+    pub edit: PhotoEdit,
+    pub dir: PathBuf,
+    pub out_dir: PathBuf,
+}
+
+/// "Fill from the edit": the mask a run of `edit` on `photo` would find, without the run.
+#[derive(Debug, Clone)]
+pub struct MaskJob {
+    pub edit: PhotoEdit,
+    pub photo: LoadedImage,
+}
+
 /// Where and in which number format a model computes (the user's settings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Compute {
@@ -61,6 +79,11 @@ pub enum Command {
     /// Load a model on the chosen device (the CPU when that device cannot be used).
     LoadModel(PathBuf, Compute),
     Run(Box<RunJob>),
+    /// Translate every photo of a folder (answered with `WorkerEvent::Folder` as it goes and
+    /// `WorkerEvent::FolderFinished`).
+    RunFolder(Box<FolderJob>),
+    /// Find the edit's mask on the photo (answered with `WorkerEvent::MaskFound`).
+    FindMask(Box<MaskJob>),
     /// Merge these LoRAs into the loaded model, replacing earlier ones (answered with
     /// `WorkerEvent::LorasApplied`).
     SetLoras(Vec<LoraSpec>),
@@ -211,6 +234,17 @@ pub enum WorkerEvent {
     Note(String),
     Finished(Box<RunSummary>),
     RunFailed(String),
+    /// A folder run's progress, photo by photo.
+    Folder(PhotoEvent),
+    /// A step inside the photo a folder run is on.
+    FolderStep {
+        step: usize,
+        total: usize,
+    },
+    /// The mask found from the edit, at the photo's size (white = may change), or why not.
+    MaskFound(Result<GrayImage, String>),
+    /// How a folder run ended (written, failed, skipped), or why it could not start.
+    FolderFinished(Result<Box<FolderReport>, String>),
     /// Hub download progress (bytes so far, total bytes, file name).
     Download {
         done: u64,
@@ -259,7 +293,7 @@ impl Worker {
     }
 
     pub fn send(&self, command: Command) {
-        if let Command::Run(_) = command {
+        if let Command::Run(_) | Command::RunFolder(_) | Command::FindMask(_) = command {
             // A fresh token per run: an Esc from the last run must not cancel this one.
             if let Ok(mut c) = self.cancel.lock() {
                 *c = CancelToken::new();
@@ -369,6 +403,25 @@ fn worker_loop(
                 let token = cancel.lock().map(|c| c.clone()).unwrap_or_default();
                 run(s, &job, &token, send);
             }
+            Command::FindMask(job) => {
+                let found = match session.as_ref() {
+                    None => Err("Load a model first.".into()),
+                    Some(s) => find_mask(s, &job, &cancel_token(cancel)),
+                };
+                send(WorkerEvent::MaskFound(found));
+            }
+            Command::RunFolder(job) => {
+                let Some(s) = session.as_mut() else {
+                    send(WorkerEvent::FolderFinished(Err(
+                        "No model is loaded yet.".into()
+                    )));
+                    continue;
+                };
+                let token = cancel.lock().map(|c| c.clone()).unwrap_or_default();
+                send(WorkerEvent::FolderFinished(run_folder_job(
+                    s, &job, &token, send,
+                )));
+            }
         }
     }
 }
@@ -440,6 +493,62 @@ fn run(session: &mut Session, job: &RunJob, cancel: &CancelToken, send: &dyn Fn(
     send(WorkerEvent::Finished(Box::new(total)));
 }
 
+/// The edit's mask on the photo: found at the processing size, then brought back onto the
+/// photo the way the photo was fitted.
+fn find_mask(session: &Session, job: &MaskJob, cancel: &CancelToken) -> Result<GrayImage, String> {
+    let request = job
+        .edit
+        .request_for(session.model(), &job.photo)
+        .map_err(|e| format!("{e:#}"))?;
+    let mask = catch(|| session.find_edit_mask(&request, cancel))?;
+    Ok(mask_on_photo(
+        &mask,
+        job.photo.rgb.dimensions(),
+        job.edit.resize,
+    ))
+}
+
+fn cancel_token(cancel: &Arc<Mutex<CancelToken>>) -> CancelToken {
+    cancel.lock().map(|c| c.clone()).unwrap_or_default()
+}
+
+/// A folder run on the worker: the shared loop, its events passed on (engine steps as step
+/// counts), panics and errors in words.
+fn run_folder_job(
+    session: &mut Session,
+    job: &FolderJob,
+    cancel: &CancelToken,
+    send: &dyn Fn(WorkerEvent),
+) -> Result<Box<FolderReport>, String> {
+    let (files, _) = folder_files(&job.dir).map_err(|e| format!("{e:#}"))?;
+    let mut on_event = |e: FolderEvent| match e {
+        FolderEvent::Photo(p) => send(WorkerEvent::Folder(p)),
+        FolderEvent::Engine(Event::Step(r)) => send(WorkerEvent::FolderStep {
+            step: r.step,
+            total: r.total,
+        }),
+        FolderEvent::Engine(_) => {}
+    };
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run_folder(
+            session,
+            &job.edit,
+            &files,
+            &job.out_dir,
+            cancel,
+            &mut on_event,
+        )
+    }));
+    match outcome {
+        Ok(Ok(report)) => Ok(Box::new(report)),
+        Ok(Err(e)) => Err(format!("{e:#}")),
+        Err(panic) => Err(format!(
+            "The engine stopped unexpectedly: {}",
+            panic_text(panic.as_ref())
+        )),
+    }
+}
+
 fn final_images(method: Method, images: &BranchImages) -> Vec<(Branch, RgbImage)> {
     let img = |t: &Option<Tensor>| t.as_ref().and_then(|t| tensor_to_image(t).ok());
     [
@@ -466,15 +575,19 @@ fn catch<T>(f: impl FnOnce() -> mirror_engine::Result<T>) -> Result<T, String> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(describe_error(&e)),
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(format!("The engine stopped unexpectedly: {what}"))
-        }
+        Err(panic) => Err(format!(
+            "The engine stopped unexpectedly: {}",
+            panic_text(panic.as_ref())
+        )),
     }
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// Engine errors in words an artist can act on. The engine's own messages already name the

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use app_support::{App, PathFile, Wait, harness, jobs_done, ready, step_until, step_until_error};
 use egui::{Key, Modifiers};
-use egui_kittest::kittest::Queryable;
+use egui_kittest::kittest::{NodeT, Queryable};
 use mirror_diffusion::app::AppOptions;
 use mirror_diffusion::app::settings::RunSettings;
 use mirror_engine::imageio::{ResizePolicy, processing_size};
@@ -630,4 +630,96 @@ fn a_lora_is_merged_recorded_and_restored_from_the_png() {
     h.step();
     let notes = format!("{:?}", h.state().state.notes);
     assert!(notes.contains("lora_kohya.safetensors"), "{notes}");
+}
+
+/// "Apply to a folder": the folder typed under Export, every photo comes out with its recipe
+/// in a new folder under the export folder, the broken photo is named with why, the text file
+/// is skipped, a contact sheet closes the run; a second run gets a folder of its own and a
+/// stop keeps what is done.
+#[test]
+fn a_folder_run_goes_on_past_bad_files_and_stops_on_request() {
+    let fx = Fixture::new("folder");
+    let photos = fx.dir.join("holiday");
+    std::fs::create_dir_all(&photos).unwrap();
+    let image = image::open(&fx.image).unwrap().to_rgb8();
+    image.save(photos.join("a-cat.png")).unwrap();
+    image::imageops::flip_horizontal(&image)
+        .save(photos.join("b-cat.jpg"))
+        .unwrap();
+    std::fs::write(photos.join("c-broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    std::fs::write(photos.join("notes.txt"), "shot on a sunny day").unwrap();
+    let mut h = harness(fx.options(&fx.image));
+    ready(&mut h);
+
+    h.get_by_label("Photo folder").click();
+    h.step();
+    h.get_by_label("Photo folder")
+        .type_text(&photos.display().to_string());
+    h.run_steps(2);
+    h.get_by_label("Apply to the folder").click_accesskit();
+    step_until(&mut h, "the folder run to start", RUN, |a| {
+        a.state.folder_running()
+    });
+    assert!(
+        h.get_by_label("Run").accesskit_node().is_disabled(),
+        "one job at a time: Run waits for the folder"
+    );
+    step_until(&mut h, "the folder run to finish", RUN, |a| {
+        !a.state.folder_running()
+    });
+    let run = h.state().state.folder.clone().expect("the folder run");
+    let report = run.report.clone().expect("its report");
+    let out = fx.dir.join("exports").join("holiday edited");
+    assert_eq!(run.out_dir, out);
+    assert_eq!((report.photos, report.written.len()), (3, 2), "{report:?}");
+    assert!(!report.cancelled);
+    assert_eq!(report.skipped, vec!["notes.txt".to_string()]);
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    assert_eq!(report.failed[0].0, "c-broken.png");
+    assert!(!report.failed[0].1.is_empty(), "the failure says why");
+    for name in ["a-cat.png", "b-cat.png"] {
+        let path = out.join(name);
+        let written = image::open(&path).unwrap().to_rgb8();
+        assert_eq!(written.dimensions(), image.dimensions(), "{name}");
+        let recipe = read_recipe(&path)
+            .unwrap()
+            .expect("each result has its recipe");
+        assert_eq!(recipe.target_prompt, "a photo of a dog");
+        assert_eq!(recipe.steps, STEPS);
+    }
+    assert!(out.join("contact-sheet.png").is_file());
+    let notes = format!("{:?}", h.state().state.notes);
+    assert!(notes.contains("2 of 3 photos translated"), "{notes}");
+    assert!(notes.contains("c-broken.png"), "{notes}");
+    // The failure is listed under the button too.
+    assert!(
+        h.query_by_label_contains("c-broken.png:").is_some(),
+        "the broken photo is named in the window"
+    );
+
+    // Again: a new folder; Stop right away keeps what is done and nothing half-written.
+    h.get_by_label("Apply to the folder").click_accesskit();
+    step_until(&mut h, "the second folder run to start", RUN, |a| {
+        a.state.folder_running()
+    });
+    h.get_by_label("Stop folder run").click_accesskit();
+    step_until(&mut h, "the second folder run to stop", RUN, |a| {
+        !a.state.folder_running()
+    });
+    let second = h.state().state.folder.clone().unwrap();
+    let report = second.report.expect("its report");
+    assert_eq!(
+        second.out_dir,
+        fx.dir.join("exports").join("holiday edited 2")
+    );
+    assert!(report.cancelled, "{report:?}");
+    assert!(report.written.len() < 2, "{report:?}");
+    for (_, path) in &report.written {
+        assert!(read_recipe(path).unwrap().is_some(), "{path:?} is whole");
+    }
+    assert!(
+        h.state().state.errors.is_empty(),
+        "{:?}",
+        h.state().state.errors
+    );
 }

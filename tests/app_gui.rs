@@ -583,10 +583,36 @@ fn a_painted_mask_runs_undoes_and_comes_back_with_the_png() {
     let s = &h.state().state;
     assert_eq!(s.settings.run.edit_region, EditRegion::Painted);
     let m = s.mask.as_ref().expect("filled");
-    let on_photo = mirror_diffusion::app::mask::mask_on_photo(&found, m.size(), s.settings.resize);
+    let on_photo = mirror_engine::imageio::mask_on_photo(&found, m.size(), s.settings.resize);
     assert_eq!(
         m.pixels(),
         &on_photo,
         "the found mask fills the painted one"
+    );
+
+    // Without that run's mask at hand the engine finds it again, without a run: the same
+    // mask (same prompts, same seed).
+    h.get_by_label("Clear").click();
+    h.run_steps(2);
+    h.state_mut().state.result_recipe = None;
+    h.run_steps(2);
+    h.get_by_label("Fill from the edit").click_accesskit();
+    h.run_steps(2);
+    assert!(h.state().state.finding_mask, "{:?}", h.state().state.notes);
+    step_until(&mut h, "the mask to be found", Wait::secs(120), |a| {
+        !a.state.finding_mask
+    });
+    h.run_steps(2);
+    let s = &h.state().state;
+    assert!(s.errors.is_empty(), "{:?}", s.errors);
+    assert!(
+        s.notes.iter().any(|n| n.contains("found from the edit covers")),
+        "{:?}",
+        s.notes
+    );
+    assert_eq!(
+        s.mask.as_ref().expect("filled").pixels(),
+        &on_photo,
+        "the engine finds the run's mask"
     );
 }

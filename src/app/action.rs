@@ -35,6 +35,10 @@ pub enum Action {
     /// Stop a background job (an export) by its id.
     CancelJob(u64),
     Export,
+    /// Choose a folder of photos, then apply the edit to each.
+    ApplyToFolderDialog,
+    /// Apply the edit to every photo of this folder (results under the export folder).
+    ApplyToFolder(PathBuf),
     SaveTranslationAs,
     ChooseExportDir,
     Tokenize,

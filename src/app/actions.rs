@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use image::{GrayImage, RgbImage};
 
-use crate::worker::{Command, RunJob, RunPart};
+use crate::folder_run::PhotoEdit;
+use crate::worker::{Command, MaskJob, RunJob, RunPart};
 use mirror_engine::direction::find_edit_phrase;
 use mirror_engine::imageio::{
     MAX_ASPECT, ResizePolicy, beyond_aspect_limit, processing_size, resize, resize_mask,
@@ -17,9 +18,10 @@ use mirror_engine::session::Method;
 use super::MirrorApp;
 use super::action::{Action, MaskAction};
 use super::jobs::{JobKind, JobOutput, Pick};
-use super::mask::{Brush, mask_on_photo};
+use super::mask::Brush;
 use super::run_settings::EditRegion;
 use super::state::{Progress, RunKind, RunShape, method_label};
+use mirror_engine::imageio::mask_on_photo;
 
 impl MirrorApp {
     pub(crate) fn perform(&mut self, action: Action) {
@@ -77,9 +79,16 @@ impl MirrorApp {
                     self.state.progress.cancel_requested = true;
                     self.state.emit("cancel_requested");
                 }
+                if let Some(run) = self.state.folder.as_mut().filter(|f| f.running) {
+                    self.worker.cancel();
+                    run.cancel_requested = true;
+                    self.state.emit("folder_cancel_requested");
+                }
             }
             Action::CancelJob(id) => self.jobs.cancel(id),
             Action::Export => self.export_all(),
+            Action::ApplyToFolderDialog => self.pick(Pick::PhotoFolder),
+            Action::ApplyToFolder(dir) => self.apply_to_folder(dir),
             Action::SaveTranslationAs => self.pick(Pick::SaveTranslation),
             Action::ChooseExportDir => self.pick(Pick::ExportFolder),
             Action::Tokenize => self.worker.send(Command::Tokenize {
@@ -149,10 +158,7 @@ impl MirrorApp {
             }
             MaskAction::FillFromEdit => {
                 let Some(found) = found else {
-                    return self.state.note(
-                        "Run once with the edit region \"found from the edit\" first: its mask \
-                         then fills the painted one.",
-                    );
+                    return self.find_mask();
                 };
                 mask.fill(mask_on_photo(&found, (w, h), policy));
                 "mask_filled"
@@ -165,6 +171,34 @@ impl MirrorApp {
                 .note("Edit region: painted. Runs now change only where the mask is painted.");
         }
         self.state.emit(&format!("{event} coverage={coverage:.3}"));
+    }
+
+    /// Asks the worker for the mask of the edit as set up now (the last run's is not the one,
+    /// or there was none): the answer fills the painted mask.
+    fn find_mask(&mut self) {
+        if self.state.progress.running || self.state.folder_running() || self.state.finding_mask {
+            return self
+                .state
+                .note("Wait for the run in progress to finish (or stop it).");
+        }
+        let Some(img) = self.state.image.as_ref() else {
+            return;
+        };
+        let (source, targets) = match self.check_prompts(RunKind::Single) {
+            Ok(p) => p,
+            Err(e) => return self.state.error(e),
+        };
+        let photo = img.loaded.clone();
+        let blank = image::RgbImage::new(1, 1);
+        let edit = PhotoEdit {
+            request: self.state.settings.run.request(blank, &source, &targets[0]),
+            resize: self.state.settings.resize,
+            size: None,
+        };
+        self.state.finding_mask = true;
+        self.state.emit("mask_find_requested");
+        self.worker
+            .send(Command::FindMask(Box::new(MaskJob { edit, photo })));
     }
 
     /// Restores a recipe's settings; a painted mask it carries becomes the mask of the photo
@@ -226,6 +260,11 @@ impl MirrorApp {
         if self.state.progress.running || self.jobs.is_running(JobKind::PreparingRun) {
             return;
         }
+        if self.state.folder_running() {
+            return self
+                .state
+                .note("A folder run is going on: wait for it, or stop it.");
+        }
         let model = match self.state.model_ready() {
             Some(m) => m.clone(),
             None => return self.state.error("Load a model first."),
@@ -281,7 +320,7 @@ impl MirrorApp {
     }
 
     /// The source and target prompts of a run of `kind`, checked.
-    fn check_prompts(&self, kind: RunKind) -> Result<(String, Vec<String>), String> {
+    pub(crate) fn check_prompts(&self, kind: RunKind) -> Result<(String, Vec<String>), String> {
         let source = self.state.settings.source_prompt.trim().to_string();
         let mut targets = vec![self.state.settings.target_prompt.trim().to_string()];
         if kind == RunKind::Targets {

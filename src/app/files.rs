@@ -120,6 +120,12 @@ impl MirrorApp {
                             .await
                     }
                     Pick::ExportFolder => dialog.set_title("Export folder").pick_folder().await,
+                    Pick::PhotoFolder => {
+                        dialog
+                            .set_title("Apply the edit to a folder of photos")
+                            .pick_folder()
+                            .await
+                    }
                     Pick::SaveTranslation => {
                         dialog
                             .set_title("Save the translation")
@@ -231,6 +237,10 @@ impl MirrorApp {
                     }
                     Pick::ExportFolder => {
                         self.state.settings.export_dir = path.display().to_string()
+                    }
+                    Pick::PhotoFolder => {
+                        self.state.folder_field = path.display().to_string();
+                        self.perform(super::action::Action::ApplyToFolder(path));
                     }
                     Pick::SaveTranslation => self.save_translation(path),
                 }

@@ -112,6 +112,8 @@ pub enum Pick {
     ModelFolder,
     ModelFile,
     ExportFolder,
+    /// A folder of photos to apply the edit to.
+    PhotoFolder,
     SaveTranslation,
 }
 

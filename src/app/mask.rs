@@ -8,7 +8,6 @@
 //! texture stays small while a stroke is drawn. The engine scales the mask to its latent grid.
 
 use image::{GrayImage, Luma, imageops};
-use mirror_engine::imageio::{ResizePolicy, beyond_aspect_limit};
 
 /// The overlay's longest side, in pixels.
 pub const OVERLAY_SIDE: u32 = 1024;
@@ -364,56 +363,6 @@ fn stretch(mask: &GrayImage, (w, h): (u32, u32)) -> GrayImage {
     imageops::resize(mask, w, h, imageops::FilterType::Triangle)
 }
 
-/// A mask at processing size (the engine's, shown on the processed picture) brought back onto
-/// the photo of `photo` size: the inverse of `imageio::resize_mask`. What cropping left out
-/// may not change; padding is dropped.
-pub fn mask_on_photo(mask: &GrayImage, photo: (u32, u32), policy: ResizePolicy) -> GrayImage {
-    let (pw, ph) = (photo.0.max(1), photo.1.max(1));
-    let (mw, mh) = (mask.width().max(1), mask.height().max(1));
-    let policy = match policy {
-        ResizePolicy::Keep if beyond_aspect_limit((pw, ph)) => ResizePolicy::Pad,
-        p => p,
-    };
-    // The part of the photo the processed picture shows (crop), or of the processed picture
-    // the photo fills (pad), each with the other's aspect.
-    let fit = |(w, h): (u32, u32), (aw, ah): (u32, u32)| -> (u32, u32) {
-        let (w64, h64, aw, ah) = (w as u64, h as u64, aw as u64, ah as u64);
-        if w64 * ah > h64 * aw {
-            (
-                ((h64 * aw) as f64 / ah as f64).round().clamp(1.0, w as f64) as u32,
-                h,
-            )
-        } else {
-            (
-                w,
-                ((w64 * ah) as f64 / aw as f64).round().clamp(1.0, h as f64) as u32,
-            )
-        }
-    };
-    match policy {
-        ResizePolicy::Keep | ResizePolicy::Stretch => stretch(mask, (pw, ph)),
-        ResizePolicy::Crop => {
-            let (cw, ch) = fit((pw, ph), (mw, mh));
-            let mut out = GrayImage::new(pw, ph);
-            let inside = stretch(mask, (cw, ch));
-            imageops::replace(
-                &mut out,
-                &inside,
-                i64::from((pw - cw) / 2),
-                i64::from((ph - ch) / 2),
-            );
-            out
-        }
-        ResizePolicy::Pad => {
-            // The photo's shape inside the processed square, the inverse of fitting it in.
-            let (fw, fh) = fit((mw, mh), (pw, ph));
-            let (x, y) = ((mw - fw) / 2, (mh - fh) / 2);
-            let inside = imageops::crop_imm(mask, x, y, fw, fh).to_image();
-            stretch(&inside, (pw, ph))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -460,17 +409,7 @@ mod tests {
     }
 
     #[test]
-    fn a_mask_comes_back_onto_the_photo_through_each_policy() {
-        use mirror_engine::imageio::resize_mask;
-        let photo = (120, 60);
-        let painted = GrayImage::from_fn(120, 60, |x, _| Luma([if x < 60 { 255 } else { 0 }]));
-        for policy in ResizePolicy::ALL {
-            let processed = resize_mask(&painted, photo, (64, 64), policy);
-            let back = mask_on_photo(&processed, photo, policy);
-            assert_eq!(back.dimensions(), photo);
-            assert!(back.get_pixel(40, 30)[0] > 200, "{policy:?}");
-            assert!(back.get_pixel(100, 30)[0] < 50, "{policy:?}");
-        }
+    fn a_soft_brush_paints_soft_edges() {
         let soft = Brush {
             softness: 1.0,
             ..BRUSH

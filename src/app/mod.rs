@@ -8,6 +8,7 @@ pub mod actions;
 pub mod download;
 pub mod export;
 pub mod files;
+pub mod folder;
 pub mod jobs;
 pub mod loras;
 pub mod mask;

@@ -238,6 +238,12 @@ pub struct AppState {
     pub model_words: Option<std::sync::Arc<mirror_engine::model::ModelWords>>,
     /// The LoRA path being typed under Advanced → LoRAs.
     pub lora_field: String,
+    /// The photo folder typed (or last chosen) for "Apply to a folder".
+    pub folder_field: String,
+    /// "Fill from the edit" is waiting for the worker's mask.
+    pub finding_mask: bool,
+    /// The folder run in progress, or the last one.
+    pub folder: Option<super::folder::FolderRun>,
     /// The LoRAs merged into the loaded model (as the worker last reported).
     pub applied_loras: Vec<mirror_engine::loader::lora::LoraInfo>,
 }
@@ -258,6 +264,66 @@ impl AppState {
         self.errors.push(text);
     }
 
+    /// The mask found from the edit fills the painted one (one undo step), and runs then use
+    /// it.
+    fn fill_found_mask(&mut self, found: Result<image::GrayImage, String>) {
+        self.finding_mask = false;
+        let found = match found {
+            Ok(m) => m,
+            Err(message) => {
+                self.emit("mask_find_failed");
+                return self.error(format!(
+                    "The mask could not be found from the edit:\n{message}"
+                ));
+            }
+        };
+        let Some(mask) = self.mask_mut() else {
+            return;
+        };
+        if mask.size() != found.dimensions() {
+            // Another photo was opened meanwhile: the mask belongs to the old one.
+            return;
+        }
+        mask.fill(found);
+        let coverage = mask.coverage();
+        self.settings.run.edit_region = super::run_settings::EditRegion::Painted;
+        self.note(format!(
+            "The mask found from the edit covers {:.0} % of the photo; paint or erase to adjust it.",
+            coverage * 100.0
+        ));
+        self.emit(&format!("mask_filled coverage={coverage:.3}"));
+    }
+
+    /// A folder run ended: its summary in the status line (and the failures under the button).
+    fn finish_folder(&mut self, result: Result<Box<crate::folder_run::FolderReport>, String>) {
+        let Some(mut run) = self.folder.take() else {
+            return;
+        };
+        match result {
+            Ok(report) => {
+                self.emit(&format!(
+                    "folder_run_finished written={} failed={} skipped={} cancelled={}",
+                    report.written.len(),
+                    report.failed.len(),
+                    report.skipped.len(),
+                    report.cancelled
+                ));
+                self.note(format!(
+                    "{} into {}",
+                    report.summary(),
+                    run.out_dir.display()
+                ));
+                run.finish(*report);
+            }
+            Err(message) => {
+                run.running = false;
+                self.emit("folder_run_failed");
+                self.error(format!("The folder run could not go on:\n{message}"));
+            }
+        }
+        self.folder = Some(run);
+    }
+
     pub fn emit(&self, line: &str) {
         if self.print_events {
             println!("EVENT {line}");
@@ -268,6 +334,11 @@ impl AppState {
     pub fn demo_model_loaded(&self) -> bool {
         self.model_ready()
             .is_some_and(|m| mirror_engine::demo::is_demo_path(&m.path))
+    }
+
+    /// A folder run is going on (the worker is busy with it).
+    pub fn folder_running(&self) -> bool {
+        self.folder.as_ref().is_some_and(|f| f.running)
     }
 
     pub fn model_ready(&self) -> Option<&ModelSummary> {
@@ -307,12 +378,14 @@ impl AppState {
         self.mask.as_mut()
     }
 
-    /// True when the last run's mask was found from the edit (it can fill the painted one).
+    /// The last run's mask when it was found from the edit the prompts still describe (it can
+    /// fill the painted one without asking the engine again).
     pub fn found_mask(&self) -> Option<&image::GrayImage> {
-        let found = matches!(
-            self.result_recipe.as_ref().and_then(|r| r.mask.as_ref()),
-            Some(mirror_engine::recipe::RecipeMask::Automatic)
-        );
+        let found = self.result_recipe.as_ref().is_some_and(|r| {
+            matches!(r.mask, Some(mirror_engine::recipe::RecipeMask::Automatic))
+                && r.source_prompt == self.settings.source_prompt.trim()
+                && r.target_prompt == self.settings.target_prompt.trim()
+        });
         self.result.as_ref()?.mask.as_ref().filter(|_| found)
     }
 
@@ -469,6 +542,18 @@ impl AppState {
                 self.emit("run_failed");
                 self.error(format!("The run failed:\n{message}"));
             }
+            WorkerEvent::Folder(e) => {
+                if let Some(run) = self.folder.as_mut() {
+                    run.apply(e);
+                }
+            }
+            WorkerEvent::FolderStep { step, total } => {
+                if let Some(run) = self.folder.as_mut() {
+                    run.step = Some((step, total));
+                }
+            }
+            WorkerEvent::FolderFinished(result) => self.finish_folder(result),
+            WorkerEvent::MaskFound(found) => self.fill_found_mask(found),
             WorkerEvent::Download { done, total, file } => {
                 self.download = Some((done, total, file))
             }

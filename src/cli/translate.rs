@@ -12,17 +12,14 @@ use super::dump::{DUMP_HELP, write_dump};
 use super::outputs::{check_writable, comparison_tiles, save_comparison, save_tensor_png};
 use super::progress::Progress;
 use super::{Cancelled, default_model_path, interrupt};
+use crate::folder_run::PhotoEdit;
 use image::RgbImage;
-use mirror_engine::imageio::{
-    ImageLimits, LoadedImage, ResizePolicy, describe_resize, load_image, processing_size, resize,
-    resize_mask,
-};
+use mirror_engine::imageio::{ImageLimits, ResizePolicy, describe_resize, load_image};
 use mirror_engine::loader::{LoraSpec, ModelNotes, Recommended};
 use mirror_engine::methods::mask::EditMask;
 use mirror_engine::methods::mirror::{MirrorPreset, MirrorSettings};
-use mirror_engine::model::StableDiffusion;
 use mirror_engine::pipeline::CancelToken;
-use mirror_engine::recipe::{Recipe, RecipeLora, RecipeOrigin, read_recipe};
+use mirror_engine::recipe::{Recipe, RecipeLora, read_recipe};
 use mirror_engine::session::{
     DirectionChoice, InversionCache, Method, Session, TranslateOutcome, TranslateRequest,
 };
@@ -175,6 +172,10 @@ pub struct TranslateArgs {
     /// recommended, else 0.1].
     #[arg(long, value_name = "E")]
     pub xa_guidance: Option<f64>,
+    /// MirrorDiffusion: the share of the steps, from the first, that get that guidance (0–1)
+    /// [default: the model's recommended, else 1].
+    #[arg(long, value_name = "SHARE")]
+    pub xa_guidance_until: Option<f64>,
     /// MirrorDiffusion: refinement iterations of the photo's description per step [default:
     /// the model's recommended, else 10].
     #[arg(long, value_name = "K", alias = "redescribe-iters")]
@@ -345,6 +346,9 @@ fn apply_flags(args: &TranslateArgs, req: &mut TranslateRequest) -> Result<()> {
     if let Some(v) = args.xa_guidance {
         req.mirror.xa_guidance = v;
     }
+    if let Some(v) = args.xa_guidance_until {
+        req.mirror.xa_guidance_until = v;
+    }
     if let Some(v) = args.redescribe_iterations {
         req.mirror.redescribe.iterations = v;
     }
@@ -480,16 +484,20 @@ pub fn run(args: &TranslateArgs) -> Result<()> {
     {
         eprintln!("note: the image differs from the one the recipe was made from");
     }
-    let req = prepare_request(&plan, session.model(), &loaded)?;
+    let req = plan.edit.request_for(session.model(), &loaded)?;
     eprintln!(
         "image: {}",
-        describe_resize(loaded.original_size, req.image.dimensions(), plan.resize)
+        describe_resize(
+            loaded.original_size,
+            req.image.dimensions(),
+            plan.edit.resize
+        )
     );
     let cancel = CancelToken::new();
     interrupt::install(&cancel);
     let outcome = translate_one(&mut session, &req, &cancel)?;
-    let recipe = recipe_of(&plan, session.model(), &req, &loaded, &outcome);
-    let delivered = (plan.resize, loaded.original_size);
+    let recipe = plan.edit.recipe(session.model(), &req, &loaded, &outcome);
+    let delivered = (plan.edit.resize, loaded.original_size);
     let wrote = write_outputs(&outputs, &req, &outcome, &recipe, delivered)?;
     report_done(&req, &outcome, &wrote)?;
     Ok(())
@@ -499,9 +507,11 @@ impl Plan {
     /// What a run of one photo needs of the plan (a folder run shares it).
     fn request_plan(self) -> RequestPlan {
         RequestPlan {
-            request: self.request,
-            resize: self.resize,
-            size: self.size,
+            edit: PhotoEdit {
+                request: self.request,
+                resize: self.resize,
+                size: self.size,
+            },
             recipe: self.recipe,
         }
     }
@@ -509,9 +519,7 @@ impl Plan {
 
 /// The merged settings of a run, ready for any photo.
 pub(super) struct RequestPlan {
-    pub request: TranslateRequest,
-    pub resize: ResizePolicy,
-    pub size: Option<(u32, u32)>,
+    pub edit: PhotoEdit,
     pub recipe: Option<Recipe>,
 }
 
@@ -540,7 +548,7 @@ pub(super) fn open_session(
         sd.info.kind,
         describe_compute(&sd)
     );
-    let req = &plan.request;
+    let req = &plan.edit.request;
     sd.check_known_words(&[&req.source_prompt, &req.target_prompt])?;
     for (which, prompt) in [
         ("source", &req.source_prompt),
@@ -582,27 +590,6 @@ pub(super) fn open_session(
     Ok(Session::new(sd, cache_dir))
 }
 
-/// The plan's request for one photo: brought to its processing size, the mask with it.
-pub(super) fn prepare_request(
-    plan: &RequestPlan,
-    sd: &StableDiffusion,
-    loaded: &LoadedImage,
-) -> Result<TranslateRequest> {
-    let size = processing_size(
-        loaded.original_size,
-        plan.size,
-        plan.resize,
-        sd.default_image_side() as u32,
-        sd.size_multiple() as u32,
-    )?;
-    let mut req = plan.request.clone();
-    req.image = resize(&loaded.rgb, size, plan.resize);
-    if let EditMask::Given(mask) = &req.mask {
-        req.mask = EditMask::Given(resize_mask(mask, loaded.original_size, size, plan.resize));
-    }
-    Ok(req)
-}
-
 /// Runs `req` with a progress line; a cancelled run is the `Cancelled` error.
 pub(super) fn translate_one(
     session: &mut Session,
@@ -618,25 +605,6 @@ pub(super) fn translate_one(
         return Err(Cancelled.into());
     }
     Ok(outcome)
-}
-
-/// The recipe of a finished run.
-pub(super) fn recipe_of(
-    plan: &RequestPlan,
-    sd: &StableDiffusion,
-    req: &TranslateRequest,
-    loaded: &LoadedImage,
-    outcome: &TranslateOutcome,
-) -> Recipe {
-    let origin = RecipeOrigin {
-        resize: plan.resize,
-        model: sd.info.name.clone(),
-        model_hash: sd.info.fingerprint.clone(),
-        image_hash: loaded.content_hash.clone(),
-        vae_tiles_used: Some(outcome.vae_tiles.used),
-        loras: sd.loras.iter().map(RecipeLora::from).collect(),
-    };
-    Recipe::from_request(req, &origin)
 }
 
 /// The closing lines: what ran, how long, the mask's share, the files written.

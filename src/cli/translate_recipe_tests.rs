@@ -45,6 +45,8 @@ fn recommends_everything() -> Recommended {
         steps: Some(31),
         guidance_scale: Some(11.0),
         xa_guidance: Some(0.01),
+        xa_guidance_until: Some(0.4),
+        exact_mirror: Some(true),
         edit_strength: Some(1.9),
         edit_scale: Some(0.2),
         ramp_total: Some(0.1),

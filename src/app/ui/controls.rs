@@ -160,6 +160,7 @@ pub fn run_and_export(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Actio
     run_section(ui, state, actions);
     ui.separator();
     export_section(ui, state, actions);
+    super::folder::folder_section(ui, state, actions);
 }
 
 fn image_section(ui: &mut Ui, state: &mut AppState, tex: &mut Textures, actions: &mut Vec<Action>) {
@@ -346,13 +347,23 @@ fn advanced_section(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>
             ui.add(egui::Slider::new(&mut r.mirror.guidance_scale, 1.0..=15.0).text("Guidance"))
                 .on_hover_text("How strongly the target prompt is followed.");
             ui.add(
-                egui::Slider::new(&mut r.mirror.xa_guidance, 0.0..=0.5)
+                egui::Slider::new(&mut r.mirror.xa_guidance, 0.0..=2.0)
                     .text("Structure guidance")
                     .step_by(0.01),
             )
             .on_hover_text(
                 "How strongly the layout of the photo is held in place while editing \
                  (MirrorDiffusion and pix2pix-zero).",
+            );
+            ui.add(
+                egui::Slider::new(&mut r.mirror.xa_guidance_until, 0.0..=1.0)
+                    .text("Structure held over")
+                    .custom_formatter(|v, _| format!("{:.0} % of the steps", v * 100.0))
+                    .step_by(0.05),
+            )
+            .on_hover_text(
+                "MirrorDiffusion: the first steps lay out the picture; structure guidance after \
+                 them mostly holds the new content back.",
             );
             ui.add(
                 egui::Slider::new(&mut r.mirror.redescribe.iterations, 0..=30)
@@ -449,7 +460,10 @@ fn advanced_section(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>
 
 fn run_section(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) {
     let running = state.progress.running;
-    let can_run = !running && state.image.is_some() && state.unknown_words_message().is_none();
+    let can_run = !running
+        && !state.folder_running()
+        && state.image.is_some()
+        && state.unknown_words_message().is_none();
     ui.horizontal_wrapped(|ui| {
         let run = egui::Button::new(RichText::new("Run").strong()).min_size(Vec2::new(90.0, 28.0));
         if ui

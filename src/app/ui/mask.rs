@@ -6,10 +6,11 @@
 use egui::{Color32, Rect, RichText, Sense, Ui, pos2, vec2};
 
 use crate::app::action::{Action, MaskAction};
-use crate::app::mask::{OVERLAY_SIDE, mask_on_photo};
+use crate::app::mask::OVERLAY_SIDE;
 use crate::app::run_settings::EditRegion;
 use crate::app::state::AppState;
 use crate::app::textures::{Textures, mask_tint};
+use mirror_engine::imageio::mask_on_photo;
 
 /// The painted mask's tint, and the found mask's.
 const PAINT_TINT: [u8; 3] = [255, 64, 160];
@@ -57,7 +58,9 @@ fn tools(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) {
             .on_hover_text("Show the mask as a tint over the photo");
     });
     let undo_steps = state.mask.as_ref().map_or(0, |m| m.undo_steps());
-    let found = state.found_mask().is_some();
+    // The engine finds the mask when the last run's is not the one; it needs a free worker.
+    let can_fill = state.found_mask().is_some()
+        || (!state.progress.running && !state.folder_running() && !state.finding_mask);
     ui.horizontal_wrapped(|ui| {
         let buttons = [
             (
@@ -80,10 +83,10 @@ fn tools(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) {
             ),
             (
                 "Fill from the edit",
-                found,
+                can_fill,
                 MaskAction::FillFromEdit,
-                "Start from the mask the last run found from the edit (run once with the edit \
-                 region \"found from the edit\" first)",
+                "Start from where the edit changes the picture, as the engine finds it from the \
+                 two prompts; then paint or erase to adjust",
             ),
         ];
         for (label, enabled, action, hint) in buttons {

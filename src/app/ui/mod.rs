@@ -5,6 +5,7 @@ pub mod attention;
 pub mod compare;
 pub mod compute;
 pub mod controls;
+pub mod folder;
 pub mod format;
 pub mod loras;
 pub mod mask;
