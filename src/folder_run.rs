@@ -145,6 +145,7 @@ impl FolderReport {
         };
         let skipped = match self.skipped.len() {
             0 => String::new(),
+            1 => ", 1 other file skipped".to_string(),
             n => format!(", {n} other files skipped"),
         };
         let stopped = if self.cancelled { " (stopped)" } else { "" };

@@ -606,7 +606,9 @@ fn a_painted_mask_runs_undoes_and_comes_back_with_the_png() {
     let s = &h.state().state;
     assert!(s.errors.is_empty(), "{:?}", s.errors);
     assert!(
-        s.notes.iter().any(|n| n.contains("found from the edit covers")),
+        s.notes
+            .iter()
+            .any(|n| n.contains("found from the edit covers")),
         "{:?}",
         s.notes
     );

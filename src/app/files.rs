@@ -225,6 +225,12 @@ impl MirrorApp {
             JobOutput::Picked { purpose, path } => {
                 let Some(path) = path else {
                     self.state.emit("dialog_closed_without_choice");
+                    if purpose == Pick::PhotoFolder {
+                        return self.state.note(
+                            "No folder was chosen. If no dialog appeared, type or paste the \
+                             folder's path into the Photo folder field under Export.",
+                        );
+                    }
                     self.state.dialog_hint = true;
                     return self.state.note(super::state::NO_DIALOG_HINT);
                 };

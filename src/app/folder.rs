@@ -27,6 +27,8 @@ pub struct FolderRun {
     pub seconds_left: Option<f64>,
     /// Each photo that could not be read or translated, with why.
     pub failed: Vec<(String, String)>,
+    /// The failed ones that could not be read at all (not photos after all, or damaged).
+    pub unreadable: Vec<String>,
     pub skipped: Vec<String>,
     /// How it ended (None while it runs).
     pub report: Option<FolderReport>,
@@ -54,7 +56,16 @@ impl FolderRun {
                 self.step = None;
             }
             PhotoEvent::Wrote(_) => {}
-            PhotoEvent::Failed { name, message, .. } => self.failed.push((name, message)),
+            PhotoEvent::Failed {
+                name,
+                message,
+                unreadable,
+            } => {
+                if unreadable {
+                    self.unreadable.push(name.clone());
+                }
+                self.failed.push((name, message));
+            }
             PhotoEvent::Progress {
                 finished,
                 photos,
@@ -200,5 +211,6 @@ mod tests {
             unreadable: true,
         });
         assert_eq!(run.failed.len(), 1);
+        assert_eq!(run.unreadable, vec!["b.png".to_string()]);
     }
 }

@@ -10,21 +10,13 @@ use crate::app::state::AppState;
 pub fn folder_section(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) {
     let running = state.folder_running();
     let can_start = !running && !state.progress.running && state.model_ready().is_some();
-    ui.horizontal(|ui| {
+    ui.horizontal_wrapped(|ui| {
         let l = ui.label("Photo folder");
-        ui.add(egui::TextEdit::singleline(&mut state.folder_field).desired_width(150.0))
+        ui.add(egui::TextEdit::singleline(&mut state.folder_field).desired_width(120.0))
             .labelled_by(l.id)
             .on_hover_text("Every photo of this folder (PNG, JPEG, WebP) gets the same edit");
-        if ui
-            .add_enabled(can_start, egui::Button::new("…"))
-            .on_hover_text("Choose a folder of photos and apply the edit to each")
-            .clicked()
-        {
-            actions.push(Action::ApplyToFolderDialog);
-        }
-    });
-    ui.horizontal(|ui| {
         let typed = state.folder_field.trim().to_string();
+        // Empty field: the button opens a folder dialog; a typed folder is used as it is.
         let label = if typed.is_empty() {
             "Apply to a folder…"
         } else {
@@ -76,10 +68,17 @@ pub fn folder_section(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Actio
         ));
     }
     for (name, why) in &run.failed {
+        // The short reason in the panel, the reader's own words on hover.
+        let short = if run.unreadable.contains(name) {
+            "not a readable photo"
+        } else {
+            "could not be translated"
+        };
         ui.label(
-            RichText::new(format!("{name}: {why}"))
+            RichText::new(format!("{name}: {short}"))
                 .small()
                 .color(super::style::ERROR),
-        );
+        )
+        .on_hover_text(why.as_str());
     }
 }
