@@ -275,6 +275,7 @@ fn random_sd15() -> StableDiffusion {
         half: None,
         vae_tiles: Default::default(),
         loras: Vec::new(),
+        checkpoint_configs: None,
     }
 }
 

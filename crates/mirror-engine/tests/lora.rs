@@ -459,3 +459,49 @@ fn cached_inversions_are_kept_apart_by_the_loras() {
     session.set_loras(&[spec(0.5)]).unwrap();
     assert!(!run(&mut session), "another strength is another model");
 }
+
+/// The same LoRA on the fixture model as a single-file checkpoint (written from the folder):
+/// the same layers matched, text-encoder and UNet outputs bit for bit those of the folder with
+/// it, and removing it gives the checkpoint's own outputs back.
+#[test]
+fn a_lora_on_a_single_file_checkpoint_matches_it_on_the_folder() {
+    use mirror_engine::loader::{CheckpointConfigs, ModelSource, open_model_source};
+    use mirror_engine::model::StableDiffusion;
+    let fx = Fixtures::load();
+    let dev = common::test_device();
+    let ModelSource::Diffusers(folder) = open_model_source(&fx.model_dir()).unwrap() else {
+        panic!("the fixture model is a diffusers folder");
+    };
+    let dir = std::env::temp_dir().join(format!("mirror-lora-single-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tiny.safetensors");
+    mirror_engine::loader::write_single_file(&folder, &file).unwrap();
+    let configs = CheckpointConfigs::from_diffusers_folder(&fx.model_dir());
+    let mut single = StableDiffusion::load_with_configs(&file, &dev, configs).unwrap();
+    let mut whole = StableDiffusion::load(&fx.model_dir(), &dev).unwrap();
+
+    let prompt = fx.source_prompt();
+    let in_ch = fx.model_config("unet")["in_channels"].as_u64().unwrap_or(4) as usize;
+    let (h, w) = fx.latent_hw();
+    let latent = randn(&[1, in_ch, h, w], 3).to_device(&dev).unwrap();
+    let run = |m: &StableDiffusion| {
+        let emb = m.encode_prompt(&prompt).unwrap();
+        let eps = m.unet.forward(&latent, 501.0, &emb).unwrap();
+        (bits(&emb), bits(&eps))
+    };
+    let plain = run(&single);
+    let spec = [LoraSpec {
+        path: small_lora("single.safetensors"),
+        strength: 0.7,
+    }];
+    let on_single = single.set_loras(&spec).unwrap();
+    let on_whole = whole.set_loras(&spec).unwrap();
+    assert_eq!(on_single[0].matched_layers, 3);
+    assert_eq!(on_single[0].matched_layers, on_whole[0].matched_layers);
+    let merged = run(&single);
+    assert_ne!(merged, plain, "the LoRA changed nothing");
+    assert_eq!(merged, run(&whole), "the checkpoint and the folder differ");
+    single.set_loras(&[]).unwrap();
+    assert_eq!(run(&single), plain);
+    let _ = std::fs::remove_dir_all(&dir);
+}

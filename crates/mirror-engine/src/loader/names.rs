@@ -102,6 +102,38 @@ impl NameMap {
     }
 }
 
+impl NameMap {
+    /// The requested name a stored name answers, when a rule leads to it: the rule whose
+    /// target is the longest prefix of `stored` (on `.` boundaries), checked by resolving the
+    /// result forward. `None` for a name no rule produces.
+    pub fn requested_name(&self, stored: &str) -> Option<String> {
+        let mut best: Option<(usize, String)> = None;
+        for (from, rule) in &self.rules {
+            for target in &rule.targets {
+                let rest = if target.is_empty() {
+                    Some(stored)
+                } else if stored == target {
+                    Some("")
+                } else {
+                    stored
+                        .strip_prefix(target.as_str())
+                        .and_then(|r| r.strip_prefix('.'))
+                };
+                let Some(rest) = rest else { continue };
+                if best.as_ref().is_none_or(|(len, _)| target.len() > *len) {
+                    best = Some((target.len(), join(from, rest)));
+                }
+            }
+        }
+        let (_, requested) = best?;
+        self.resolve(&requested)
+            .candidates
+            .iter()
+            .any(|c| c == stored)
+            .then_some(requested)
+    }
+}
+
 /// True when `a` and `b` are equal once all unit dimensions are dropped.
 pub fn same_up_to_unit_dims(a: &[usize], b: &[usize]) -> bool {
     let squeeze = |s: &[usize]| s.iter().copied().filter(|&d| d != 1).collect::<Vec<_>>();
@@ -126,6 +158,27 @@ mod tests {
         assert_eq!(map.resolve("a.bc.weight").candidates, ["root.a.bc.weight"]);
         assert_eq!(map.resolve("a.b").candidates, ["x"]);
         assert_eq!(NameMap::identity().resolve("q.w").candidates, ["q.w"]);
+    }
+
+    #[test]
+    fn stored_names_lead_back_to_requested_ones() {
+        let mut map = NameMap::identity();
+        map.rename("", &["root"]);
+        map.rename("a.b", &["x"]);
+        map.rename("a.b.c", &["y", "z"]);
+        for requested in ["a.b.c.weight", "a.b.d.weight", "a.bc.weight", "a.b"] {
+            for stored in map.resolve(requested).candidates {
+                assert_eq!(
+                    map.requested_name(&stored).as_deref(),
+                    Some(requested),
+                    "{stored}"
+                );
+            }
+        }
+        // A stored name no rule produces.
+        let mut only = NameMap::identity();
+        only.rename("unet", &["model.diffusion_model"]);
+        assert_eq!(only.requested_name("first_stage_model.conv.weight"), None);
     }
 
     #[test]

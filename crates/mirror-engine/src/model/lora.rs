@@ -13,7 +13,7 @@ use candle_nn::var_builder::SimpleBackend;
 use super::{StableDiffusion, build_text_and_unet};
 use crate::clip::{ClipTextConfig, ClipTextTransformer};
 use crate::loader::lora::{LoraDelta, LoraInfo, LoraSpec, LoraTarget, TargetWeights, read_lora};
-use crate::loader::{ModelSource, ldm_names, open_model_source};
+use crate::loader::{ModelSource, SingleFileCheckpoint, ldm_names, open_model_source};
 use crate::unet::{UNet2DConditionModel, UNetConfig};
 use crate::{EngineError, Result};
 
@@ -79,24 +79,85 @@ fn names_and_shapes(files: &crate::loader::WeightFiles) -> Vec<(String, Vec<usiz
         .collect()
 }
 
+/// Where the text encoder and UNet of the loaded model are rebuilt from: var builders under
+/// the names the networks ask for, their configs, and those names with their shapes (what a
+/// LoRA key may patch).
+struct RebuildSource {
+    text_encoder: Box<dyn Fn(DType) -> VarBuilder<'static>>,
+    unet: Box<dyn Fn(DType) -> VarBuilder<'static>>,
+    text_cfg: ClipTextConfig,
+    unet_cfg: UNetConfig,
+    text_targets: TargetWeights,
+    unet_targets: TargetWeights,
+}
+
+impl RebuildSource {
+    fn of(sd: &StableDiffusion) -> Result<Self> {
+        let device = sd.device.clone();
+        match open_model_source(&sd.info.path)? {
+            ModelSource::Diffusers(folder) => {
+                let text_files = folder.text_encoder.open_weights()?;
+                let unet_files = folder.unet.open_weights()?;
+                let text_targets = TargetWeights::new(names_and_shapes(&text_files));
+                let unet_targets = TargetWeights::new(names_and_shapes(&unet_files));
+                let text_map = Arc::new(ldm_names::diffusers_text_encoder_map());
+                let dev = device.clone();
+                Ok(Self {
+                    text_encoder: Box::new(move |dtype| {
+                        text_files.var_builder_mapped(text_map.clone(), dtype, &dev)
+                    }),
+                    unet: Box::new(move |dtype| unet_files.var_builder(dtype, &device)),
+                    text_cfg: ClipTextConfig::from_file(&folder.text_encoder.config)?,
+                    unet_cfg: UNetConfig::from_file(&folder.unet.config)?,
+                    text_targets,
+                    unet_targets,
+                })
+            }
+            ModelSource::SingleFile(file) => {
+                let configs = sd.checkpoint_configs.clone().ok_or_else(|| {
+                    EngineError::InvalidInput(format!(
+                        "{}: the configs the checkpoint was loaded with are not known",
+                        file.display()
+                    ))
+                })?;
+                let ckpt = SingleFileCheckpoint::open(&file, configs)?;
+                // The checkpoint stores original names; LoRA keys name diffusers modules.
+                let stored = ckpt.weights().shapes_and_dtypes();
+                let maps = ckpt.name_maps().clone();
+                let requested = |map: &crate::loader::NameMap| {
+                    (stored.iter())
+                        .filter_map(|(n, s, _)| Some((map.requested_name(n)?, s.clone())))
+                        .collect::<Vec<_>>()
+                };
+                let text_targets = TargetWeights::new(requested(&maps.text_encoder));
+                let unet_targets = TargetWeights::new(requested(&maps.unet));
+                let text_cfg = ClipTextConfig::from_file(&ckpt.configs().text_encoder_config)?;
+                let unet_cfg = UNetConfig::from_file(&ckpt.configs().unet_config)?;
+                let (text_ckpt, dev) = (ckpt.clone(), device.clone());
+                Ok(Self {
+                    text_encoder: Box::new(move |dtype| text_ckpt.text_encoder_vb(dtype, &dev)),
+                    unet: Box::new(move |dtype| ckpt.unet_vb(dtype, &device)),
+                    text_cfg,
+                    unet_cfg,
+                    text_targets,
+                    unet_targets,
+                })
+            }
+        }
+    }
+}
+
 impl StableDiffusion {
-    /// Applies `loras` (replacing any applied before; empty = the original model). Diffusers
-    /// folders only for now. Returns what each file is and how many weights it changed.
+    /// Applies `loras` (replacing any applied before; empty = the original model) to a
+    /// diffusers folder or a single-file checkpoint. Returns what each file is and how many
+    /// weights it changed.
     pub fn set_loras(&mut self, loras: &[LoraSpec]) -> Result<Vec<LoraInfo>> {
-        let ModelSource::Diffusers(folder) = open_model_source(&self.info.path)? else {
-            return Err(EngineError::InvalidInput(
-                "LoRAs can be applied to diffusers folders only for now".into(),
-            ));
-        };
-        let text_files = folder.text_encoder.open_weights()?;
-        let unet_files = folder.unet.open_weights()?;
-        let unet_targets = TargetWeights::new(names_and_shapes(&unet_files));
-        let text_targets = TargetWeights::new(names_and_shapes(&text_files));
+        let source = RebuildSource::of(self)?;
         let mut infos = Vec::with_capacity(loras.len());
         let mut by_target: HashMap<LoraTarget, HashMap<String, Vec<Tensor>>> = HashMap::new();
         for spec in loras {
             let file = read_lora(spec, &self.device)?;
-            let deltas: Vec<LoraDelta> = file.deltas(&unet_targets, &text_targets)?;
+            let deltas: Vec<LoraDelta> = file.deltas(&source.unet_targets, &source.text_targets)?;
             infos.push(file.info(deltas.len()));
             for d in deltas {
                 let name = match d.target {
@@ -121,18 +182,13 @@ impl StableDiffusion {
                 .unwrap_or_default(),
         );
         let unet_deltas = Arc::new(by_target.remove(&LoraTarget::Unet).unwrap_or_default());
-        let text_cfg = ClipTextConfig::from_file(&folder.text_encoder.config)?;
-        let unet_cfg = UNetConfig::from_file(&folder.unet.config)?;
-        let text_map = Arc::new(ldm_names::diffusers_text_encoder_map());
+        let label = self.info.path.clone();
         let build = |dtype: DType| -> Result<(ClipTextTransformer, UNet2DConditionModel)> {
-            let text_vb = patched(
-                text_files.var_builder_mapped(text_map.clone(), dtype, &self.device),
-                &text_deltas,
-            );
-            let unet_vb = patched(unet_files.var_builder(dtype, &self.device), &unet_deltas);
+            let text_vb = patched((source.text_encoder)(dtype), &text_deltas);
+            let unet_vb = patched((source.unet)(dtype), &unet_deltas);
             build_text_and_unet(
-                ((text_vb, text_files.label()), &text_cfg),
-                ((unet_vb, unet_files.label()), &unet_cfg),
+                ((text_vb, label.as_path()), &source.text_cfg),
+                ((unet_vb, label.as_path()), &source.unet_cfg),
             )
         };
         let (text, unet) = build(DType::F32)?;

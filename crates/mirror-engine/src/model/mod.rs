@@ -92,6 +92,9 @@ pub struct StableDiffusion {
     pub vae_tiles: VaeTilesState,
     /// The LoRAs merged into the text encoder and UNet (`set_loras`), in order.
     pub loras: Vec<LoraInfo>,
+    /// The configs a single-file checkpoint was built with (`set_loras` rebuilds from them);
+    /// None for a diffusers folder.
+    pub checkpoint_configs: Option<CheckpointConfigs>,
 }
 
 impl StableDiffusion {
@@ -127,6 +130,7 @@ impl StableDiffusion {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| path.display().to_string());
+        let mut checkpoint_configs = None;
         let (parts, half, kind, files) = match open_model_source(path)? {
             ModelSource::Diffusers(folder) => {
                 let text_weights = folder.text_encoder.open_weights()?;
@@ -163,6 +167,7 @@ impl StableDiffusion {
             }
             ModelSource::SingleFile(file) => {
                 let ckpt = SingleFileCheckpoint::open(&file, single_file_configs)?;
+                checkpoint_configs = Some(ckpt.configs().clone());
                 let make = |dtype| {
                     build(
                         ckpt.configs(),
@@ -200,6 +205,7 @@ impl StableDiffusion {
             half,
             vae_tiles: VaeTilesState::default(),
             loras: Vec::new(),
+            checkpoint_configs,
         })
     }
 
