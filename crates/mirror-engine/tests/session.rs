@@ -472,3 +472,39 @@ fn the_mask_found_before_a_run_is_the_one_the_run_uses() {
     req.mask = EditMask::Whole;
     assert_eq!(s.find_edit_mask(&req, &cancel).unwrap(), found);
 }
+
+/// Attention guidance on the first share of the steps only: the guided steps report a
+/// guidance loss and two more UNet calls, the others none; with no guided step the run is
+/// bit for bit the run with a zero guidance rate (a step of zero changes nothing).
+#[test]
+fn attention_guidance_stops_after_its_share_of_the_steps() {
+    let (fx, mut s) = session();
+    let mut req = request(&fx, &target(&fx, None), 4);
+    req.compare_ddim = false;
+    req.use_cache = false;
+    req.mirror.redescribe.iterations = 0;
+    req.mirror.xa_guidance_until = 0.5;
+    let (half, work) = step_work(&mut s, &req);
+    for (i, report) in half.reports.iter().enumerate() {
+        let guided = i < 2;
+        assert_eq!(report.guidance.is_some(), guided, "step {i}");
+        let calls = work[i].last().unwrap().unet_calls;
+        // Reconstruction and translation passes (2), plus the main guidance pass (and an
+        // extra one where scheduled) on guided steps.
+        assert_eq!(calls >= 3, guided, "step {i}: {calls} calls");
+        assert!(guided || calls == 2, "step {i}: {calls} calls");
+    }
+    req.mirror.xa_guidance_until = 0.0;
+    let none = s.translate(&req, &CancelToken::new(), &mut |_| {}).unwrap();
+    assert!(none.reports.iter().all(|r| r.guidance.is_none()));
+    req.mirror.xa_guidance_until = 1.0;
+    req.mirror.xa_guidance = 0.0;
+    let zero = s.translate(&req, &CancelToken::new(), &mut |_| {}).unwrap();
+    assert_eq!(
+        max_diff(
+            none.images.translation.as_ref().unwrap(),
+            zero.images.translation.as_ref().unwrap()
+        ),
+        0.0
+    );
+}
