@@ -205,7 +205,7 @@ impl MirrorApp {
         if save {
             self.pending.push(Action::Export);
         }
-        if esc && self.state.progress.running {
+        if esc && (self.state.progress.running || self.state.folder_running()) {
             self.pending.push(Action::Cancel);
         }
         for file in dropped {
