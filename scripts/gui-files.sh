@@ -23,15 +23,10 @@ convert "$FIX/tiny-sd-ref/test_image.png" -resize '150%x100%!' "$WORK/landscape.
 export MIRROR_MODEL=$FIX/tiny-sd MIRROR_EVENTS=1 MIRROR_MEMORY_CACHE=1
 export MIRROR_CONFIG_DIR=$WORK/config MIRROR_EXPORT_DIR=$WORK/exports
 export BIN DRAGSRC WORK LOG=$OUT/gui-files.log SHOT=$OUT/gui-files.png
-export RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-1}
-unset WAYLAND_DISPLAY MIRROR_IMAGE
-export XDG_RUNTIME_DIR=/tmp/xdg-$UID; mkdir -p -m 700 "$XDG_RUNTIME_DIR"
+unset MIRROR_IMAGE
+. "$ROOT/scripts/xvfb-lib.sh"
 
-xvfb-run -a -s "-screen 0 1280x800x24 -nolisten tcp" bash -c '
-  for i in $(seq 150); do xdpyinfo >/dev/null 2>&1 && break; sleep 0.2; done
-  "$BIN" >"$LOG" 2>&1 & APP=$!
-  W=""; for i in $(seq 120); do W=$(xdotool search --onlyvisible --name "^Mirror" 2>/dev/null | head -1); [ -n "$W" ] && break; sleep 0.5; done
-  [ -n "$W" ] || { echo "no window"; kill $APP; exit 1; }
+in_xvfb '
   for i in $(seq 240); do grep -q "^EVENT model_loaded" "$LOG" && break; sleep 0.5; done
   xdotool windowfocus --sync "$W"; sleep 0.5
   # 1. The dialog cannot appear here: the app must say so.
@@ -58,8 +53,6 @@ xvfb-run -a -s "-screen 0 1280x800x24 -nolisten tcp" bash -c '
 SIZE=$(identify -format "%wx%h" "$WORK/landscape.png" 2>/dev/null)
 PASTED=$(identify -format "%wx%h" "$FIX/tiny-sd-ref/test_image.png" 2>/dev/null)
 FIRST=$(grep -m1 "^EVENT image_loaded" "$LOG")
-pass=0; fail=0
-check() { if eval "$2"; then pass=$((pass+1)); echo "ok   $1"; else fail=$((fail+1)); echo "FAIL $1"; fi; }
 check "model loaded"                   'grep -q "^EVENT model_loaded" "$LOG"'
 check "no dialog: the user is told"    'grep -q "^EVENT dialog_closed_without_choice" "$LOG" && grep -q "No file was chosen" "$LOG"'
 check "pasted path opens the image"    '[ "$FIRST" = "EVENT image_loaded $PASTED" ]'

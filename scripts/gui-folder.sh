@@ -27,15 +27,9 @@ echo "shot on a sunny day" > "$PHOTOS/notes.txt"
 export MIRROR_EVENTS=1 MIRROR_MEMORY_CACHE=1
 export MIRROR_CONFIG_DIR=$WORK/config MIRROR_EXPORT_DIR=$WORK/exports
 export BIN SHOT OUT PHOTOS LOG=$OUT/gui-folder.log
-export RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-1}
-unset WAYLAND_DISPLAY
-export XDG_RUNTIME_DIR=/tmp/xdg-$UID; mkdir -p -m 700 "$XDG_RUNTIME_DIR"
+. "$ROOT/scripts/xvfb-lib.sh"
 
-xvfb-run -a -s "-screen 0 1280x800x24 -nolisten tcp" bash -c '
-  for i in $(seq 150); do xdpyinfo >/dev/null 2>&1 && break; sleep 0.2; done
-  "$BIN" >"$LOG" 2>&1 & APP=$!
-  W=""; for i in $(seq 120); do W=$(xdotool search --onlyvisible --name "^Mirror" 2>/dev/null | head -1); [ -n "$W" ] && break; sleep 0.5; done
-  [ -n "$W" ] || { echo "no window"; kill $APP; exit 1; }
+in_xvfb '
   for i in $(seq 120); do grep -q "^EVENT image_loaded" "$LOG" && break; sleep 0.5; done
   sleep 1.5
   # "Photo folder" and its button, pinned at the bottom of the controls at 1280x800.
@@ -49,8 +43,6 @@ xvfb-run -a -s "-screen 0 1280x800x24 -nolisten tcp" bash -c '
   kill $APP; wait $APP 2>/dev/null; true
 '
 RESULTS="$WORK/exports/photos edited"
-pass=0; fail=0
-check() { if eval "$2"; then pass=$((pass+1)); echo "ok   $1"; else fail=$((fail+1)); echo "FAIL $1"; fi; }
 check "folder run finished"   'grep -q "^EVENT folder_run_finished written=5 failed=1 skipped=1 cancelled=false" "$LOG"'
 check "five results"          '[ "$(ls "$RESULTS"/star-*.png 2>/dev/null | wc -l)" -eq 5 ]'
 check "contact sheet"         '[ -s "$RESULTS/contact-sheet.png" ]'

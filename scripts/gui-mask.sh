@@ -26,15 +26,9 @@ export MIRROR_STEPS=${MIRROR_STEPS:-20}
 export MIRROR_DECODE_EVERY=1 MIRROR_EVENTS=1 MIRROR_MEMORY_CACHE=1
 export MIRROR_CONFIG_DIR=$WORK/config MIRROR_EXPORT_DIR=$WORK/exports
 export BIN SHOT OUT LOG=$OUT/gui-mask.log
-export RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-1}
-unset WAYLAND_DISPLAY
-export XDG_RUNTIME_DIR=/tmp/xdg-$UID; mkdir -p -m 700 "$XDG_RUNTIME_DIR"
+. "$ROOT/scripts/xvfb-lib.sh"
 
-xvfb-run -a -s "-screen 0 1280x800x24 -nolisten tcp" bash -c '
-  for i in $(seq 150); do xdpyinfo >/dev/null 2>&1 && break; sleep 0.2; done
-  "$BIN" >"$LOG" 2>&1 & APP=$!
-  W=""; for i in $(seq 120); do W=$(xdotool search --onlyvisible --name "^Mirror" 2>/dev/null | head -1); [ -n "$W" ] && break; sleep 0.5; done
-  [ -n "$W" ] || { echo "no window"; kill $APP; exit 1; }
+in_xvfb '
   for i in $(seq 120); do grep -q "^EVENT model_loaded" "$LOG" && grep -q "^EVENT image_loaded" "$LOG" && break; sleep 0.5; done
   sleep 1
   # The Mask tab; the photo fills x 392..1005, y 150..763 at 1280x800.
@@ -59,8 +53,6 @@ xvfb-run -a -s "-screen 0 1280x800x24 -nolisten tcp" bash -c '
   import -window root "$SHOT"
   kill $APP; wait $APP 2>/dev/null; true
 '
-pass=0; fail=0
-check() { if eval "$2"; then pass=$((pass+1)); echo "ok   $1"; else fail=$((fail+1)); echo "FAIL $1"; fi; }
 check "model loaded"        'grep -q "^EVENT model_loaded" "$LOG"'
 check "strokes painted"     '[ "$(grep -c "^EVENT mask_stroke_ended" "$LOG")" -ge 6 ]'
 check "run finished"        'grep -q "^EVENT finished cancelled=false" "$LOG"'

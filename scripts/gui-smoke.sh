@@ -21,16 +21,9 @@ export MIRROR_SOURCE="a photo of a cat" MIRROR_TARGET="a photo of a dog" MIRROR_
 export MIRROR_DECODE_EVERY=1 MIRROR_AUTORUN=1 MIRROR_EVENTS=1 MIRROR_MEMORY_CACHE=1
 export MIRROR_CONFIG_DIR=$WORK/config MIRROR_EXPORT_DIR=$WORK/exports
 export BIN SHOT LOG=$OUT/gui-smoke.log
-# One engine thread: on a busy 2-core machine rayon's spinning workers make a run ~3x slower.
-export RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-1}
-unset WAYLAND_DISPLAY
-export XDG_RUNTIME_DIR=/tmp/xdg-$UID; mkdir -p -m 700 "$XDG_RUNTIME_DIR"
+. "$ROOT/scripts/xvfb-lib.sh"
 
-xvfb-run -a -s "-screen 0 1280x800x24 -nolisten tcp" bash -c '
-  for i in $(seq 150); do xdpyinfo >/dev/null 2>&1 && break; sleep 0.2; done
-  "$BIN" >"$LOG" 2>&1 & APP=$!
-  W=""; for i in $(seq 120); do W=$(xdotool search --onlyvisible --name "^Mirror" 2>/dev/null | head -1); [ -n "$W" ] && break; sleep 0.5; done
-  [ -n "$W" ] || { echo "no window"; kill $APP; exit 1; }
+in_xvfb '
   for i in $(seq 600); do grep -q "^EVENT finished" "$LOG" && break; kill -0 $APP 2>/dev/null || break; sleep 0.5; done
   sleep 1.5
   import -window root "$SHOT"
@@ -38,8 +31,6 @@ xvfb-run -a -s "-screen 0 1280x800x24 -nolisten tcp" bash -c '
   xdotool key --window "$W" ctrl+s; sleep 1.5
   kill $APP; wait $APP 2>/dev/null; true
 '
-pass=0; fail=0
-check() { if eval "$2"; then pass=$((pass+1)); echo "ok   $1"; else fail=$((fail+1)); echo "FAIL $1"; fi; }
 check "model loaded"        'grep -q "^EVENT model_loaded" "$LOG"'
 check "image loaded"        'grep -q "^EVENT image_loaded" "$LOG"'
 check "run finished"        'grep -q "^EVENT finished cancelled=false" "$LOG"'
