@@ -103,12 +103,13 @@ fn edit_runs(kind: EditKind) -> Vec<EditRun> {
         .collect()
 }
 
-/// How many of the `SOURCES_PER_KIND` runs of one kind must pass each check. The issue's
-/// bars are 75 % (target word), 90 % (other words kept, centroid kept within 6 % of the width,
-/// reconstruction closer to the source than plain DDIM's, shape-word attention inside the
-/// object). Where MirrorDiffusion on the demo model measured lower (model card, "What Mirror
-/// does with it"), the level asserted is the measured count less one run, so that a change
-/// that makes the edits worse fails; a bar reached is asserted as the bar.
+/// How many of the `SOURCES_PER_KIND` runs of one kind must pass each check. The bars (issue
+/// 15 item 4) are 90 % target word hit, 95 % other words kept and centroid kept within 6 % of
+/// the width, and, as before, 90 % reconstruction closer to the source than plain DDIM's and
+/// shape-word attention inside the object: with 8 runs, all 8 for every check. Where
+/// MirrorDiffusion on the demo model measured lower (model card, "What Mirror does with it"),
+/// the level asserted is the measured count less one run, so that a change that makes the
+/// edits worse fails; a bar reached is asserted as the bar.
 struct Levels {
     target: usize,
     kept: usize,
@@ -163,13 +164,13 @@ fn check_edits(kind: EditKind, levels: Levels) {
 
 #[test]
 fn mirror_diffusion_changes_the_shape_word() {
-    // Measured 8, 6, 8, 6, 6 of 8.
+    // Measured 7, 7, 7, 6, 6 of 8.
     check_edits(
         EditKind::Shape,
         Levels {
             target: 6,
-            kept: 5,
-            centroid: 8,
+            kept: 6,
+            centroid: 6,
             mirror: 5,
             attention: 5,
         },
@@ -178,13 +179,13 @@ fn mirror_diffusion_changes_the_shape_word() {
 
 #[test]
 fn mirror_diffusion_changes_the_shape_colour() {
-    // Measured 4, 8, 7, 8, 4 of 8.
+    // Measured 8, 7, 6, 8, 4 of 8.
     check_edits(
         EditKind::Colour,
         Levels {
-            target: 3,
-            kept: 8,
-            centroid: 6,
+            target: 8,
+            kept: 6,
+            centroid: 5,
             mirror: 8,
             attention: 3,
         },
@@ -193,13 +194,13 @@ fn mirror_diffusion_changes_the_shape_colour() {
 
 #[test]
 fn mirror_diffusion_changes_the_background() {
-    // Measured 5, 1, 6, 7, 6 of 8: the background word also recolours the shape (see the
-    // model card). "Kept" is asserted at the one run measured: one less could not fail.
+    // Measured 8, 4, 6, 7, 6 of 8: the background word still recolours the shape in half
+    // of the runs (see the model card).
     check_edits(
         EditKind::Background,
         Levels {
-            target: 4,
-            kept: 1,
+            target: 8,
+            kept: 3,
             centroid: 5,
             mirror: 6,
             attention: 5,

@@ -14,7 +14,8 @@
 //! 20), seed 77, `--grid` cases per kind in the grid (default 2), `--out` default
 //! `$CARGO_TARGET_DIR/quality` (else the workspace's `target/quality`). `--set` keys (applied to
 //! every method before what makes the method): steps, guidance_scale, xa_guidance,
-//! xa_guidance_until (share of the steps with attention guidance),
+//! xa_guidance_until (share of the steps with attention guidance), ddim_guidance (plain DDIM
+//! only, default 2),
 //! edit_scale, ramp_total, edit_strength, exact_mirror (0 | 1), redescribe_iterations,
 //! direction (prompt | templates). Without `--set`, the model's recommended settings.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // test code: a panic is the report
