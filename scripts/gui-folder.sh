@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The real Mirror window under Xvfb with the built-in demo model: a folder of five demo renders
-# of its first image's caption, a damaged PNG and a text file; types the folder into "Photo
+# of its first image's caption, a damaged PNG and a text file; File -> Apply to a folder...
+# (no dialog can appear: the app names the field instead), types the folder into "Photo
 # folder" (xdotool), applies the edit to it, waits for the end and saves a screenshot; checks
 # the events the app printed and the files it wrote.
 # Needs (apt): xvfb xauth mesa-vulkan-drivers libvulkan1 xdotool imagemagick x11-utils
@@ -32,7 +33,12 @@ export BIN SHOT OUT PHOTOS LOG=$OUT/gui-folder.log
 in_xvfb '
   for i in $(seq 120); do grep -q "^EVENT image_loaded" "$LOG" && break; sleep 0.5; done
   sleep 1.5
-  # "Photo folder" and its button, pinned at the bottom of the controls at 1280x800.
+  # File -> Apply to a folder...: no dialog can appear here, so the app says to type the
+  # folder into the Photo folder row it now shows under Export (at 1280x800: y 758).
+  xdotool mousemove --window "$W" 20 12 click 1; sleep 1
+  xdotool mousemove --window "$W" 70 257 click 1
+  for i in $(seq 60); do grep -q "^EVENT dialog_closed_without_choice" "$LOG" && break; sleep 0.5; done
+  sleep 1
   xdotool mousemove --window "$W" 160 758 click 1; sleep 0.5
   xdotool windowfocus --sync "$W"; sleep 0.3
   xdotool type --delay 20 "$PHOTOS"; sleep 0.5
@@ -43,6 +49,7 @@ in_xvfb '
   kill $APP; wait $APP 2>/dev/null; true
 '
 RESULTS="$WORK/exports/photos edited"
+check "the no-dialog note"    'grep -q "^EVENT note No folder was chosen" "$LOG"'
 check "folder run finished"   'grep -q "^EVENT folder_run_finished written=5 failed=1 skipped=1 cancelled=false" "$LOG"'
 check "five results"          '[ "$(ls "$RESULTS"/star-*.png 2>/dev/null | wc -l)" -eq 5 ]'
 check "contact sheet"         '[ -s "$RESULTS/contact-sheet.png" ]'

@@ -87,8 +87,14 @@ impl MirrorApp {
             }
             Action::CancelJob(id) => self.jobs.cancel(id),
             Action::Export => self.export_all(),
-            Action::ApplyToFolderDialog => self.pick(Pick::PhotoFolder),
-            Action::ApplyToFolder(dir) => self.apply_to_folder(dir),
+            Action::ApplyToFolderDialog => {
+                self.state.show_folder_row = true;
+                self.pick(Pick::PhotoFolder);
+            }
+            Action::ApplyToFolder(dir) => {
+                self.state.show_folder_row = true;
+                self.apply_to_folder(dir);
+            }
             Action::SaveTranslationAs => self.pick(Pick::SaveTranslation),
             Action::ChooseExportDir => self.pick(Pick::ExportFolder),
             Action::Tokenize => self.worker.send(Command::Tokenize {

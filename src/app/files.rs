@@ -228,7 +228,8 @@ impl MirrorApp {
                     if purpose == Pick::PhotoFolder {
                         return self.state.note(
                             "No folder was chosen. If no dialog appeared, type or paste the \
-                             folder's path into the Photo folder field under Export.",
+                             folder's path into the Photo folder field under Export, then \
+                             press Apply to the folder.",
                         );
                     }
                     self.state.dialog_hint = true;

@@ -1,4 +1,5 @@
-//! "Apply to a folder…": the edit as set up for the open photo, run over every photo of a
+//! "Apply to a folder…" (File menu, then the Photo folder row under Export): the edit as set
+//! up for the open photo, run over every photo of a
 //! folder on the worker (`crate::folder_run`, the loop the CLI's folder runs use). Results go
 //! into a new folder under the export folder; the progress, the failures and the closing
 //! summary are kept here for the UI.

@@ -240,6 +240,8 @@ pub struct AppState {
     pub lora_field: String,
     /// The photo folder typed (or last chosen) for "Apply to a folder".
     pub folder_field: String,
+    /// Show the photo-folder row under Export (a folder run was asked for).
+    pub show_folder_row: bool,
     /// "Fill from the edit" is waiting for the worker's mask.
     pub finding_mask: bool,
     /// The folder run in progress, or the last one.

@@ -2,24 +2,16 @@
 //! `crate::folder_run`, shared with the app). Progress and failures go to stderr, each file
 //! written to stdout; Ctrl-C keeps what is done.
 
-use std::path::Path;
-
 use anyhow::{Context, Result, bail};
 
 use super::Cancelled;
 use super::interrupt;
 use super::progress::Progress;
-use super::translate::{RequestPlan, TranslateArgs, open_session};
+use super::translate::{TranslateArgs, open_session, prepare};
 use crate::folder_run::{FolderEvent, FolderReport, PhotoEvent, folder_files, run_folder};
-use mirror_engine::loader::ModelNotes;
 use mirror_engine::pipeline::CancelToken;
 
-pub fn run(
-    args: &TranslateArgs,
-    model_path: &Path,
-    notes: &ModelNotes,
-    plan: &RequestPlan,
-) -> Result<()> {
+pub fn run(args: &TranslateArgs) -> Result<()> {
     refuse_single_outputs(args)?;
     let out_dir = &args.out;
     if out_dir.is_file() {
@@ -30,7 +22,8 @@ pub fn run(
     }
     std::fs::create_dir_all(out_dir).with_context(|| out_dir.display().to_string())?;
     let (files, _) = folder_files(&args.image)?;
-    let mut session = open_session(args, model_path, notes, plan)?;
+    let (model_path, notes, plan) = prepare(args)?;
+    let mut session = open_session(args, &model_path, &notes, &plan)?;
     let cancel = CancelToken::new();
     interrupt::install(&cancel);
     let mut progress: Option<Progress> = None;

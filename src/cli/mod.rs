@@ -99,6 +99,7 @@ where
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(&args),
         Command::Convert(args) => convert::run(&args),
+        Command::Translate(args) if args.image.is_dir() => folder::run(&args),
         Command::Translate(args) => translate::run(&args),
         Command::Generate(args) => generate::run(&args),
         Command::Shapes(args) => shapes::run(&args),

@@ -461,22 +461,26 @@ impl OutputPaths {
     }
 }
 
-pub fn run(args: &TranslateArgs) -> Result<()> {
+/// What every translate run starts from: the model (`--model`, else the demo), its notes, and
+/// the merged settings (defaults, the model's recommendations, a recipe, the flags).
+pub(super) fn prepare(args: &TranslateArgs) -> Result<(PathBuf, ModelNotes, RequestPlan)> {
     let model_path = match &args.model {
         Some(path) => path.clone(),
         None => default_model_path()?,
     };
     let notes = ModelNotes::for_model(&model_path)?;
-    let plan = plan(args, &notes.recommended)?;
-    if args.image.is_dir() {
-        return super::folder::run(args, &model_path, &notes, &plan.request_plan());
-    }
+    let plan = plan(args, &notes.recommended)?.request_plan();
+    Ok((model_path, notes, plan))
+}
+
+/// One photo (`--image FILE`); a folder is `folder::run`.
+pub fn run(args: &TranslateArgs) -> Result<()> {
+    let (model_path, notes, plan) = prepare(args)?;
     let outputs = OutputPaths::from_args(args);
     for path in outputs.all() {
         check_writable(path)?;
     }
     let loaded = load_image(&args.image, &ImageLimits::default())?;
-    let plan = plan.request_plan();
     let mut session = open_session(args, &model_path, &notes, &plan)?;
     if let Some(r) = &plan.recipe
         && !r.image_hash.is_empty()

@@ -8,6 +8,11 @@ use crate::app::action::Action;
 use crate::app::state::AppState;
 
 pub fn folder_section(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>) {
+    // Shown once a folder run is asked for (File → Apply to a folder…), so that the panel
+    // keeps its room for Run until then.
+    if !state.show_folder_row {
+        return;
+    }
     let running = state.folder_running();
     let can_start = !running && !state.progress.running && state.model_ready().is_some();
     ui.horizontal_wrapped(|ui| {

@@ -107,6 +107,10 @@ fn menu_bar(ui: &mut Ui, state: &AppState, busy: &[BusyJob], actions: &mut Vec<A
             if ui.button("Save translation as…").clicked() {
                 actions.push(Action::SaveTranslationAs);
             }
+            ui.separator();
+            if ui.button("Apply to a folder…").clicked() {
+                actions.push(Action::ApplyToFolderDialog);
+            }
         });
         ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
             busy_line(ui, busy, actions);
