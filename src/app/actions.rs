@@ -2,16 +2,18 @@
 //! paste, export, dialogs) are in `files`. Anything that can fail reports a readable error
 //! and leaves the app as it was.
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use image::{GrayImage, RgbImage};
 
 use crate::folder_run::PhotoEdit;
-use crate::worker::{Command, MaskJob, RunJob, RunPart};
+use crate::worker::{Command, FolderJob, MaskJob, RunJob, RunPart};
 use mirror_engine::direction::find_edit_phrase;
 use mirror_engine::imageio::{
     MAX_ASPECT, ResizePolicy, beyond_aspect_limit, processing_size, resize, resize_mask,
 };
+use mirror_engine::methods::mask::EditMask;
 use mirror_engine::recipe::{Recipe, RecipeLora, RecipeOrigin};
 use mirror_engine::session::Method;
 
@@ -439,5 +441,60 @@ impl MirrorApp {
                 .collect(),
         };
         Recipe::from_request(req, &origin)
+    }
+}
+
+impl MirrorApp {
+    /// Starts the edit on every photo of `dir`: checks what a single run checks (a model, the
+    /// prompts), then hands the job to the worker.
+    pub(crate) fn apply_to_folder(&mut self, dir: PathBuf) {
+        if self.state.progress.running || self.state.folder_running() {
+            return self
+                .state
+                .note("Wait for the run in progress to finish (or stop it).");
+        }
+        if self.state.model_ready().is_none() {
+            return self.state.error("Load a model first.");
+        }
+        if !dir.is_dir() {
+            return self
+                .state
+                .error(format!("{}: not a folder of photos.", dir.display()));
+        }
+        let (source, targets) = match self.check_prompts(super::RunKind::Single) {
+            Ok(p) => p,
+            Err(e) => return self.state.error(e),
+        };
+        let run = &self.state.settings.run;
+        let blank = image::RgbImage::new(1, 1);
+        let mut request = run.request(blank, &source, &targets[0]);
+        if run.edit_region == EditRegion::Painted {
+            // A painted mask belongs to the photo it was painted on.
+            request.mask = EditMask::Whole;
+            self.state.note(
+                "The painted mask belongs to the open photo: each photo of the folder is edited \
+                 as a whole.",
+            );
+        }
+        let out_dir =
+            super::folder::results_folder(Path::new(self.state.settings.export_dir.trim()), &dir);
+        let edit = PhotoEdit {
+            request,
+            resize: self.state.settings.resize,
+            size: None,
+        };
+        self.state
+            .emit(&format!("folder_run_requested {}", dir.display()));
+        self.state.folder = Some(super::folder::FolderRun {
+            dir: dir.clone(),
+            out_dir: out_dir.clone(),
+            running: true,
+            ..Default::default()
+        });
+        self.worker.send(Command::RunFolder(Box::new(FolderJob {
+            edit,
+            dir,
+            out_dir,
+        })));
     }
 }

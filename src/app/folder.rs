@@ -1,16 +1,12 @@
-//! "Apply to a folder…" (File menu, then the Photo folder row under Export): the edit as set
-//! up for the open photo, run over every photo of a
+//! "Apply to a folder…" (File menu, then the Photo folder row under Export), as data: the
+//! edit as set up for the open photo runs (`actions.rs`) over every photo of a
 //! folder on the worker (`crate::folder_run`, the loop the CLI's folder runs use). Results go
 //! into a new folder under the export folder; the progress, the failures and the closing
 //! summary are kept here for the UI.
 
 use std::path::{Path, PathBuf};
 
-use super::MirrorApp;
-use super::run_settings::EditRegion;
-use crate::folder_run::{FolderReport, PhotoEdit, PhotoEvent};
-use crate::worker::{Command, FolderJob};
-use mirror_engine::methods::mask::EditMask;
+use crate::folder_run::{FolderReport, PhotoEvent};
 
 /// A folder run in progress or finished.
 #[derive(Debug, Clone, Default)]
@@ -92,63 +88,9 @@ impl FolderRun {
     }
 }
 
-impl MirrorApp {
-    /// Starts the edit on every photo of `dir`: checks what a single run checks (a model, the
-    /// prompts), then hands the job to the worker.
-    pub(crate) fn apply_to_folder(&mut self, dir: PathBuf) {
-        if self.state.progress.running || self.state.folder_running() {
-            return self
-                .state
-                .note("Wait for the run in progress to finish (or stop it).");
-        }
-        if self.state.model_ready().is_none() {
-            return self.state.error("Load a model first.");
-        }
-        if !dir.is_dir() {
-            return self
-                .state
-                .error(format!("{}: not a folder of photos.", dir.display()));
-        }
-        let (source, targets) = match self.check_prompts(super::RunKind::Single) {
-            Ok(p) => p,
-            Err(e) => return self.state.error(e),
-        };
-        let run = &self.state.settings.run;
-        let blank = image::RgbImage::new(1, 1);
-        let mut request = run.request(blank, &source, &targets[0]);
-        if run.edit_region == EditRegion::Painted {
-            // A painted mask belongs to the photo it was painted on.
-            request.mask = EditMask::Whole;
-            self.state.note(
-                "The painted mask belongs to the open photo: each photo of the folder is edited \
-                 as a whole.",
-            );
-        }
-        let out_dir = results_folder(Path::new(self.state.settings.export_dir.trim()), &dir);
-        let edit = PhotoEdit {
-            request,
-            resize: self.state.settings.resize,
-            size: None,
-        };
-        self.state
-            .emit(&format!("folder_run_requested {}", dir.display()));
-        self.state.folder = Some(FolderRun {
-            dir: dir.clone(),
-            out_dir: out_dir.clone(),
-            running: true,
-            ..Default::default()
-        });
-        self.worker.send(Command::RunFolder(Box::new(FolderJob {
-            edit,
-            dir,
-            out_dir,
-        })));
-    }
-}
-
 /// `<export folder>/<photo folder's name> edited`, numbered when that exists already (an
 /// earlier run's results are never overwritten).
-fn results_folder(export_dir: &Path, photos: &Path) -> PathBuf {
+pub fn results_folder(export_dir: &Path, photos: &Path) -> PathBuf {
     let name = photos
         .file_name()
         .map_or_else(|| "photos".into(), |n| n.to_string_lossy().into_owned());
