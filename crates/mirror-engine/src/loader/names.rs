@@ -104,10 +104,11 @@ impl NameMap {
 
 impl NameMap {
     /// The requested name a stored name answers, when a rule leads to it: the rule whose
-    /// target is the longest prefix of `stored` (on `.` boundaries), checked by resolving the
-    /// result forward. `None` for a name no rule produces.
+    /// target is the longest prefix of `stored` (on `.` boundaries), of those the one with the
+    /// longest module prefix (two rules may store under one target: `""` and `text_model`),
+    /// checked by resolving the result forward. `None` for a name no rule produces.
     pub fn requested_name(&self, stored: &str) -> Option<String> {
-        let mut best: Option<(usize, String)> = None;
+        let mut best: Option<((usize, usize), String)> = None;
         for (from, rule) in &self.rules {
             for target in &rule.targets {
                 let rest = if target.is_empty() {
@@ -120,8 +121,9 @@ impl NameMap {
                         .and_then(|r| r.strip_prefix('.'))
                 };
                 let Some(rest) = rest else { continue };
-                if best.as_ref().is_none_or(|(len, _)| target.len() > *len) {
-                    best = Some((target.len(), join(from, rest)));
+                let rank = (target.len(), from.len());
+                if best.as_ref().is_none_or(|(r, _)| rank > *r) {
+                    best = Some((rank, join(from, rest)));
                 }
             }
         }
@@ -174,6 +176,17 @@ mod tests {
                     "{stored}"
                 );
             }
+        }
+        // Two rules storing under one target: the more specific module wins, whatever order
+        // the hash map keeps the rules in.
+        let stored = "cond_stage_model.transformer.text_model.encoder.layers.0.mlp.fc1.weight";
+        for _ in 0..20 {
+            // A new map each time: a new hash seed, another order of the rules.
+            let text = crate::loader::ldm_names::text_encoder_map();
+            assert_eq!(
+                text.requested_name(stored).as_deref(),
+                Some("text_model.encoder.layers.0.mlp.fc1.weight")
+            );
         }
         // A stored name no rule produces.
         let mut only = NameMap::identity();
