@@ -157,9 +157,9 @@ impl FolderReport {
     }
 }
 
-/// The folder's files (not its subfolders), sorted by name, and how many are photos; an
-/// error naming the folder when it cannot be read or holds no photo.
-pub fn folder_files(dir: &Path) -> Result<(Vec<PathBuf>, usize)> {
+/// The folder's files (not its subfolders), sorted by name; an error naming the folder when
+/// it cannot be read or holds no photo.
+pub fn folder_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let entries = std::fs::read_dir(dir).with_context(|| dir.display().to_string())?;
     let mut files = Vec::new();
     for entry in entries {
@@ -169,14 +169,13 @@ pub fn folder_files(dir: &Path) -> Result<(Vec<PathBuf>, usize)> {
         }
     }
     files.sort();
-    let photos = files.iter().filter(|p| is_photo(p)).count();
-    if photos == 0 {
+    if !files.iter().any(|p| is_photo(p)) {
         anyhow::bail!(
             "{}: no photos in the folder (PNG, JPEG, WebP)",
             dir.display()
         );
     }
-    Ok((files, photos))
+    Ok(files)
 }
 
 /// Translates every photo of `files` into `out_dir` (created when missing).

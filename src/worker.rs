@@ -520,7 +520,7 @@ fn run_folder_job(
     cancel: &CancelToken,
     send: &dyn Fn(WorkerEvent),
 ) -> Result<Box<FolderReport>, String> {
-    let (files, _) = folder_files(&job.dir).map_err(|e| format!("{e:#}"))?;
+    let files = folder_files(&job.dir).map_err(|e| format!("{e:#}"))?;
     let mut on_event = |e: FolderEvent| match e {
         FolderEvent::Photo(p) => send(WorkerEvent::Folder(p)),
         FolderEvent::Engine(Event::Step(r)) => send(WorkerEvent::FolderStep {

@@ -640,14 +640,8 @@ fn a_lora_is_merged_recorded_and_restored_from_the_png() {
 fn a_folder_run_goes_on_past_bad_files_and_stops_on_request() {
     let fx = Fixture::new("folder");
     let photos = fx.dir.join("holiday");
-    std::fs::create_dir_all(&photos).unwrap();
     let image = image::open(&fx.image).unwrap().to_rgb8();
-    image.save(photos.join("a-cat.png")).unwrap();
-    image::imageops::flip_horizontal(&image)
-        .save(photos.join("b-cat.jpg"))
-        .unwrap();
-    std::fs::write(photos.join("c-broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
-    std::fs::write(photos.join("notes.txt"), "shot on a sunny day").unwrap();
+    common::write_photo_folder(&photos, &image);
     let mut h = harness(fx.options(&fx.image));
     ready(&mut h);
 

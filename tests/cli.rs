@@ -115,6 +115,24 @@ impl Env {
         args.extend_from_slice(extra);
         self.run(&args)
     }
+
+    /// `translate` on the fixture model and image from `recipe` alone, plus `extra`.
+    fn replay(&self, recipe: &Path, out: &Path, extra: &[&str]) -> Output {
+        let (model, image) = (self.model(), self.image());
+        let mut args = vec![
+            "translate",
+            "--model",
+            model.to_str().unwrap(),
+            "--image",
+            image.to_str().unwrap(),
+            "--recipe",
+            recipe.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        self.run(&args)
+    }
 }
 
 impl Drop for Env {
@@ -242,19 +260,7 @@ fn translate_writes_outputs_with_recipe_and_replays_identically() {
 
     // Replay from the PNG alone (prompts, steps, ... come from the recipe): same bytes.
     let replay = env.path("replay.png");
-    let (model, image) = (env.model(), env.image());
-    let o = env.run(&[
-        "translate",
-        "--model",
-        s(&model),
-        "--image",
-        s(&image),
-        "--recipe",
-        s(&out),
-        "--out",
-        s(&replay),
-        "--no-cache",
-    ]);
+    let o = env.replay(&out, &replay, &["--no-cache"]);
     assert_ok(&o);
     assert!(
         std::fs::read(&out).unwrap() == std::fs::read(&replay).unwrap(),
@@ -507,19 +513,7 @@ fn translate_with_a_mask_records_it_and_replays() {
     let Some(RecipeMask::Png(_)) = &recipe.mask else {
         panic!("the mask is recorded: {:?}", recipe.mask)
     };
-    let o = env.run(&[
-        "translate",
-        "--model",
-        s(&env.model()),
-        "--image",
-        s(&env.image()),
-        "--recipe",
-        s(&out),
-        "--out",
-        s(&again),
-        "--threads",
-        "1",
-    ]);
+    let o = env.replay(&out, &again, &["--threads", "1"]);
     assert_ok(&o);
     assert!(
         pixels(&out) == pixels(&again),
@@ -550,14 +544,8 @@ fn translate_with_a_mask_records_it_and_replays() {
 fn translate_a_folder_goes_on_past_bad_files() {
     let env = Env::new("folder");
     let photos = env.path("photos");
-    std::fs::create_dir_all(&photos).unwrap();
     let image = pixels(&env.image());
-    image.save(photos.join("a-cat.png")).unwrap();
-    image::imageops::flip_horizontal(&image)
-        .save(photos.join("b-cat.jpg"))
-        .unwrap();
-    std::fs::write(photos.join("c-broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
-    std::fs::write(photos.join("notes.txt"), "shot on a sunny day").unwrap();
+    common::write_photo_folder(&photos, &image);
     let out = env.path("results");
     let o = env.run(&[
         "translate",
@@ -676,19 +664,7 @@ fn translate_with_a_lora_records_it() {
     assert_eq!(recipe.loras[0].strength, 0.7);
     assert_eq!(recipe.loras[0].fingerprint.len(), 16);
 
-    let o = env.run(&[
-        "translate",
-        "--model",
-        s(&env.model()),
-        "--image",
-        s(&env.image()),
-        "--recipe",
-        s(&with),
-        "--out",
-        s(&env.path("again.png")),
-        "--threads",
-        "1",
-    ]);
+    let o = env.replay(&with, &env.path("again.png"), &["--threads", "1"]);
     assert_ok(&o);
     assert!(
         stderr(&o).contains("give the same with --lora"),

@@ -181,6 +181,18 @@ impl MirrorApp {
         self.state.emit(&format!("{event} coverage={coverage:.3}"));
     }
 
+    /// The edit as set up now, for any photo (checked prompts; the photo is put in per photo
+    /// at the processing size the resize choice gives).
+    fn photo_edit(&self) -> Result<PhotoEdit, String> {
+        let (source, targets) = self.check_prompts(RunKind::Single)?;
+        let blank = image::RgbImage::new(1, 1);
+        Ok(PhotoEdit {
+            request: self.state.settings.run.request(blank, &source, &targets[0]),
+            resize: self.state.settings.resize,
+            size: None,
+        })
+    }
+
     /// Asks the worker for the mask of the edit as set up now (the last run's is not the one,
     /// or there was none): the answer fills the painted mask.
     fn find_mask(&mut self) {
@@ -192,16 +204,10 @@ impl MirrorApp {
         let Some(img) = self.state.image.as_ref() else {
             return;
         };
-        let (source, targets) = match self.check_prompts(RunKind::Single) {
-            Ok(p) => p,
-            Err(e) => return self.state.error(e),
-        };
         let photo = img.loaded.clone();
-        let blank = image::RgbImage::new(1, 1);
-        let edit = PhotoEdit {
-            request: self.state.settings.run.request(blank, &source, &targets[0]),
-            resize: self.state.settings.resize,
-            size: None,
+        let edit = match self.photo_edit() {
+            Ok(e) => e,
+            Err(e) => return self.state.error(e),
         };
         self.state.finding_mask = true;
         self.state.emit("mask_find_requested");
@@ -461,16 +467,13 @@ impl MirrorApp {
                 .state
                 .error(format!("{}: not a folder of photos.", dir.display()));
         }
-        let (source, targets) = match self.check_prompts(super::RunKind::Single) {
-            Ok(p) => p,
+        let mut edit = match self.photo_edit() {
+            Ok(e) => e,
             Err(e) => return self.state.error(e),
         };
-        let run = &self.state.settings.run;
-        let blank = image::RgbImage::new(1, 1);
-        let mut request = run.request(blank, &source, &targets[0]);
-        if run.edit_region == EditRegion::Painted {
+        if self.state.settings.run.edit_region == EditRegion::Painted {
             // A painted mask belongs to the photo it was painted on.
-            request.mask = EditMask::Whole;
+            edit.request.mask = EditMask::Whole;
             self.state.note(
                 "The painted mask belongs to the open photo: each photo of the folder is edited \
                  as a whole.",
@@ -478,11 +481,6 @@ impl MirrorApp {
         }
         let out_dir =
             super::folder::results_folder(Path::new(self.state.settings.export_dir.trim()), &dir);
-        let edit = PhotoEdit {
-            request,
-            resize: self.state.settings.resize,
-            size: None,
-        };
         self.state
             .emit(&format!("folder_run_requested {}", dir.display()));
         self.state.folder = Some(super::folder::FolderRun {

@@ -21,7 +21,7 @@ pub fn run(args: &TranslateArgs) -> Result<()> {
         );
     }
     std::fs::create_dir_all(out_dir).with_context(|| out_dir.display().to_string())?;
-    let (files, _) = folder_files(&args.image)?;
+    let files = folder_files(&args.image)?;
     let (model_path, notes, plan) = prepare(args)?;
     let mut session = open_session(args, &model_path, &notes, &plan)?;
     let cancel = CancelToken::new();

@@ -353,3 +353,15 @@ pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         .to_scalar::<f32>()
         .unwrap()
 }
+
+/// A folder for the folder-run tests: `image` as `a-cat.png`, mirrored as `b-cat.jpg`, a
+/// damaged PNG (`c-broken.png`) and a text file (`notes.txt`).
+pub fn write_photo_folder(dir: &Path, image: &image::RgbImage) {
+    std::fs::create_dir_all(dir).expect("the photo folder");
+    image.save(dir.join("a-cat.png")).expect("a-cat.png");
+    image::imageops::flip_horizontal(image)
+        .save(dir.join("b-cat.jpg"))
+        .expect("b-cat.jpg");
+    std::fs::write(dir.join("c-broken.png"), b"\x89PNG\r\n\x1a\nnot really").expect("c-broken");
+    std::fs::write(dir.join("notes.txt"), "shot on a sunny day").expect("notes.txt");
+}
