@@ -267,7 +267,13 @@ pub struct Worker {
 impl Worker {
     /// Starts the thread. `wake` is called after each event is sent (the UI asks for a
     /// repaint there). `cache_dir`: where inversions are cached (None: memory only).
-    pub fn spawn(wake: Arc<dyn Fn() + Send + Sync>, cache_dir: Option<PathBuf>) -> Self {
+    /// `join_pool`: the thread joins the compute pool (once per process, see
+    /// [`mirror_engine::threads::adopt_current_thread`]).
+    pub fn spawn(
+        wake: Arc<dyn Fn() + Send + Sync>,
+        cache_dir: Option<PathBuf>,
+        join_pool: bool,
+    ) -> Self {
         let (commands, command_rx) = unbounded::<Command>();
         let (event_sender, events) = unbounded::<WorkerEvent>();
         let cancel = Arc::new(Mutex::new(CancelToken::new()));
@@ -276,6 +282,9 @@ impl Worker {
         let thread = std::thread::Builder::new()
             .name("mirror-engine".into())
             .spawn(move || {
+                if join_pool {
+                    mirror_engine::threads::adopt_current_thread();
+                }
                 let send = |e: WorkerEvent| {
                     let _ = tx.send(e);
                     wake();

@@ -66,7 +66,11 @@ impl MirrorApp {
         ui::style::apply(&cc.egui_ctx);
         let ctx = cc.egui_ctx.clone();
         let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || ctx.request_repaint());
-        let worker = Worker::spawn(wake.clone(), options.inversion_cache_dir());
+        let worker = Worker::spawn(
+            wake.clone(),
+            options.inversion_cache_dir(),
+            options.engine_joins_pool,
+        );
         let jobs = jobs::Jobs::new(wake);
         let settings_dir = options.settings_dir.clone().or_else(Settings::default_dir);
         let mut state = AppState {

@@ -30,6 +30,10 @@ pub struct AppOptions {
     /// With no model given and none used before, open the demo model with a demo image
     /// (how `cargo run` starts; tests opt in).
     pub demo_at_start: bool,
+    /// The engine thread becomes the first thread of the process's compute pool (the app
+    /// process: one engine thread for its whole life). Tests leave it off: their apps come
+    /// and go within one process, and the pool must not lose a thread with them.
+    pub engine_joins_pool: bool,
 }
 
 impl AppOptions {
@@ -50,6 +54,7 @@ impl AppOptions {
             autorun: flag("MIRROR_AUTORUN"),
             print_events: flag("MIRROR_EVENTS"),
             demo_at_start: true,
+            engine_joins_pool: true,
         }
     }
 

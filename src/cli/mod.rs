@@ -96,6 +96,7 @@ where
         // SAFETY: no other thread exists yet.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.max(1).to_string()) };
     }
+    mirror_engine::threads::adopt_current_thread();
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(&args),
         Command::Convert(args) => convert::run(&args),

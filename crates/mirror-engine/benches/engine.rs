@@ -415,6 +415,7 @@ fn main() {
         // SAFETY: set before any thread pool exists (single-threaded start of main).
         unsafe { std::env::set_var("RAYON_NUM_THREADS", "2") };
     }
+    mirror_engine::threads::adopt_current_thread();
     if let Some(case) = flag("--case") {
         println!("{}", run_case(&case, quick));
         return;

@@ -1,7 +1,8 @@
 //! One MirrorDiffusion edit of the demo model at its recommended settings, for profiling and
-//! timing the whole edit: `cargo run --release --example demo_edit -- [--edits N] [--variant recommended|exact|exact-fast] [--warm]`.
+//! timing the whole edit: `cargo run --release --example demo_edit -- [--edits N] [--variant recommended|exact|exact-fast] [--warm] [--ddim]`.
 //! The source is the first shape edit case (seed 2026). `--warm` runs one edit first (inversion
-//! and edit direction are then cached) and times only the later ones. Threads: `RAYON_NUM_THREADS`.
+//! and edit direction are then cached) and times only the later ones. `--ddim` also runs plain
+//! DDIM beside it, as the app does by default. Threads: `RAYON_NUM_THREADS`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // example code: a panic is the report
 
 use std::time::Instant;
@@ -18,22 +19,25 @@ fn main() {
     let mut edits = 1usize;
     let mut variant = String::from("recommended");
     let mut warm = false;
+    let mut ddim = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--edits" => edits = args.next().expect("--edits N").parse().expect("a count"),
             "--variant" => variant = args.next().expect("--variant NAME"),
             "--warm" => warm = true,
+            "--ddim" => ddim = true,
             other => panic!("unknown argument {other}"),
         }
     }
+    mirror_engine::threads::adopt_current_thread();
     let sd = StableDiffusion::load(&demo::model_dir().expect("demo model"), &Device::Cpu)
         .expect("load the demo model");
     let case = edit_cases(EditKind::Shape, 1, 2026)[0];
     let image = render(&case.source, demo::IMAGE_SIDE);
     let mut req = TranslateRequest::new(image, &case.source_prompt(), &case.target_prompt());
     req.use_cache = true;
-    req.compare_ddim = false;
+    req.compare_ddim = ddim;
     req.apply_recommended(sd.recommended());
     match variant.as_str() {
         "recommended" => {}

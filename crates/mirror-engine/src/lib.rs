@@ -24,6 +24,7 @@ pub mod rng;
 pub mod scheduler;
 pub mod session;
 pub mod shapes;
+pub mod threads;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae;

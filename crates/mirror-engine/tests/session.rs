@@ -14,6 +14,7 @@ use mirror_engine::pipeline::{Branch, CancelToken, Event, StepWork};
 use mirror_engine::session::{
     DirectionChoice, InversionChoice, Method, Session, TranslateOutcome, TranslateRequest,
 };
+use mirror_engine::threads;
 
 fn session() -> (Fixtures, Session) {
     let fx = Fixtures::load();
@@ -507,4 +508,52 @@ fn attention_guidance_stops_after_its_share_of_the_steps() {
         ),
         0.0
     );
+}
+
+/// With a second thread, small latents compute the next step's reconstruction beside the
+/// current step's translation. The results, and the progress reported inside every step,
+/// are those of one thread: for a fresh edit, with the exact mirror, and for a re-edit that
+/// replays the cached reconstruction.
+#[test]
+fn overlapped_branches_give_the_one_thread_result() {
+    let (fx, mut s) = session();
+    let (h, w) = latent_hw(&fx);
+    let pool = |threads| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+    };
+    let (one, two) = (pool(1), pool(2));
+    assert!(!one.install(|| threads::overlap_branches(h, w)));
+    if !two.install(|| threads::overlap_branches(h, w)) {
+        eprintln!("a {h}×{w} latent is not small: the branches do not overlap, nothing to compare");
+        return;
+    }
+    for (exact, cached) in [(false, false), (true, false), (false, true)] {
+        let mut req = request(&fx, &target(&fx, None), 4);
+        req.mirror.exact_mirror = exact;
+        req.use_cache = cached;
+        if cached {
+            one.install(|| step_work(&mut s, &req));
+        }
+        let (a, work_a) = one.install(|| step_work(&mut s, &req));
+        let (b, work_b) = two.install(|| step_work(&mut s, &req));
+        let case = format!("exact mirror {exact}, re-edit {cached}");
+        assert_eq!(b.reused_reconstruction, cached, "{case}");
+        assert_eq!(a.latents.len(), b.latents.len(), "{case}");
+        for ((branch, x), (other, y)) in a.latents.iter().zip(&b.latents) {
+            assert_eq!(branch, other, "{case}");
+            let diff = (x - y).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{case}: {branch:?}");
+        }
+        let losses = |o: &TranslateOutcome| -> Vec<Vec<f64>> {
+            o.reports
+                .iter()
+                .map(|r| r.redescription.as_ref().unwrap().losses.clone())
+                .collect()
+        };
+        assert_eq!(losses(&a), losses(&b), "{case}");
+        assert_eq!(work_a, work_b, "{case}: the progress inside the steps");
+    }
 }

@@ -100,6 +100,7 @@ fn options() -> Options {
 }
 
 fn main() {
+    mirror_engine::threads::adopt_current_thread();
     let o = options();
     let dir = demo::model_dir().expect("demo model");
     let sd = StableDiffusion::load(&dir, &Device::Cpu).expect("demo model loads");

@@ -290,9 +290,10 @@ pub fn unet_calls(settings: &MirrorSettings, n: usize, i: usize, replayed: bool)
 }
 
 /// The reconstruction half of step i: redescription, then the reconstruction pass whose
-/// attention maps become the guidance reference.
+/// attention maps become the guidance reference. It depends on the reconstruction of step
+/// i − 1 only, never on the translation, so it can be computed ahead ([`reconstruction`]).
 #[derive(Debug, Clone)]
-struct ReconstructionStep {
+pub struct ReconstructionStep {
     timestep: usize,
     target_index: usize,
     /// C*_i.
@@ -333,10 +334,68 @@ pub fn step(
     i: usize,
     recorded: Option<RecordedReconstruction>,
 ) -> Result<(MirrorState, MethodStep)> {
-    let rec = match recorded {
-        Some(r) => replay(ctx, inputs, &r, i)?,
-        None => reconstruct(ctx, inputs, state, i)?,
-    };
+    let start = ReconstructionStart::of(state);
+    let rec = reconstruction(ctx, inputs, &start, i, recorded)?;
+    finish_step(ctx, inputs, state, i, rec)
+}
+
+/// Where the reconstruction of a step starts: the reconstruction latent and C* of the step
+/// before (the caption before step 0).
+#[derive(Debug, Clone)]
+pub struct ReconstructionStart {
+    /// The reconstruction latent before the step [1, 4, h, w].
+    pub latent: Tensor,
+    /// The embedding redescription starts from [1, 77, D].
+    pub embedding: Tensor,
+}
+
+impl ReconstructionStart {
+    /// The start a state carries.
+    pub fn of(state: &MirrorState) -> Self {
+        Self {
+            latent: state.rec_latent.clone(),
+            embedding: state.embedding.clone(),
+        }
+    }
+
+    /// The start of the step after `rec` (the exact mirror puts the reconstruction on the
+    /// inversion latent it aimed at), the same as the state [`step`] returns carries.
+    pub fn after(rec: &ReconstructionStep, inputs: &MirrorInputs) -> Self {
+        let latent = if inputs.settings.exact_mirror {
+            inputs.trajectory.latents[rec.target_index].clone()
+        } else {
+            rec.rec_latent.clone()
+        };
+        Self {
+            latent,
+            embedding: rec.embedding.clone(),
+        }
+    }
+}
+
+/// The reconstruction half of step i from `start`: redescribed, or replayed from `recorded`.
+pub fn reconstruction(
+    ctx: &StageContext,
+    inputs: &MirrorInputs,
+    start: &ReconstructionStart,
+    i: usize,
+    recorded: Option<RecordedReconstruction>,
+) -> Result<ReconstructionStep> {
+    match recorded {
+        Some(r) => replay(ctx, inputs, &r, i),
+        None => reconstruct(ctx, inputs, start, i),
+    }
+}
+
+/// The rest of step i once its reconstruction half `rec` is known: the translation, the
+/// exact mirror's correction, and the step's report.
+pub fn finish_step(
+    ctx: &StageContext,
+    inputs: &MirrorInputs,
+    state: &MirrorState,
+    i: usize,
+    rec: ReconstructionStep,
+) -> Result<(MirrorState, MethodStep)> {
     let mut edit = translate(ctx, inputs, &rec, state, i)?;
     let rec = if inputs.settings.exact_mirror {
         mirror_exactly(inputs.trajectory, rec, &mut edit)?
@@ -409,12 +468,12 @@ fn mirror_exactly(
     Ok(rec)
 }
 
-/// Redescription at step i (from the state's reconstruction latent and embedding), then the
+/// Redescription at step i (from the start's reconstruction latent and embedding), then the
 /// reconstruction pass.
 fn reconstruct(
     ctx: &StageContext,
     inputs: &MirrorInputs,
-    state: &MirrorState,
+    start: &ReconstructionStart,
     i: usize,
 ) -> Result<ReconstructionStep> {
     let (sd, trajectory) = (ctx.sd, inputs.trajectory);
@@ -423,21 +482,21 @@ fn reconstruct(
     // One DDIM step from the reconstruction latent should land on the stored inversion latent.
     let target_index = trajectory.target_index(i);
     let task = RedescribeTarget {
-        latent: &state.rec_latent,
+        latent: &start.latent,
         t,
         steps: n,
         step_index: i,
         target: &trajectory.latents[target_index],
-        init: &state.embedding,
+        init: &start.embedding,
     };
     let redescription = redescribe(ctx, &task, &inputs.settings.redescribe)?;
     let emb = redescription.embedding;
-    let embedding_change = (&emb - &state.embedding)?
+    let embedding_change = (&emb - &start.embedding)?
         .sqr()?
         .sum_all()?
         .to_scalar::<f32>()?
         .sqrt() as f64;
-    reconstruction_pass(ctx, inputs, &state.rec_latent, &emb, i).map(|(pred_x0, latent, maps)| {
+    reconstruction_pass(ctx, inputs, &start.latent, &emb, i).map(|(pred_x0, latent, maps)| {
         ReconstructionStep {
             timestep: t,
             target_index,

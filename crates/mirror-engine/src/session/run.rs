@@ -21,6 +21,7 @@ use crate::imageio::image_to_tensor;
 use crate::model::{StableDiffusion, VAE_TILES_FALLBACK_NOTE};
 use crate::pipeline::stages::{self, Trajectory, encode_image};
 use crate::pipeline::{CancelToken, Event, Phase, StageContext, StepReport};
+use crate::threads;
 use crate::{EngineError, Result};
 
 /// What every stage of one run reads: the model, the request, cancellation and the events.
@@ -253,14 +254,40 @@ fn run_steps(
     let on_unet_call = |call| run.events.unet_call_done(call);
     let ctx = StageContext::with_progress(sd, run.cancel, &on_unet_call);
     let preview = Preview::new(sd, req)?;
+    let (_, _, h, w) = z0.dims4()?;
+    let overlap = threads::overlap_branches(h, w);
+    // UNet calls of the reconstruction computed ahead, reported with the step they belong to.
+    let mut calls_ahead = Vec::new();
     for i in 0..n {
         run.cancel.check()?;
         let expected = steppers.iter().map(|s| s.unet_calls(i)).sum();
         run.events.begin_step(i, n, expected);
+        for call in calls_ahead.drain(..) {
+            on_unet_call(call);
+        }
         let timestep = sd.scheduler.timesteps(n)[i];
         let mut report = StepReport::new(req.method.name(), i, n, timestep);
-        for stepper in &mut steppers {
-            let step = stepper.step(&ctx, i, progress.mask.as_ref())?;
+        let job = match steppers.first_mut() {
+            Some(first) if overlap => first.job_ahead(&ctx, i),
+            _ => None,
+        };
+        let mut ahead = None;
+        let steps = rayon::in_place_scope(|scope| {
+            if let Some(job) = job {
+                let (ahead, cancel) = (&mut ahead, run.cancel);
+                scope.spawn(move |_| *ahead = Some(job.run(sd, cancel)));
+            }
+            let mask = progress.mask.as_ref();
+            steppers
+                .iter_mut()
+                .map(|stepper| stepper.step(&ctx, i, mask))
+                .collect::<Result<Vec<_>>>()
+        })?;
+        if let (Some((rec, calls)), Some(first)) = (ahead, steppers.first_mut()) {
+            first.receive_ahead(rec);
+            calls_ahead = calls;
+        }
+        for step in steps {
             progress.record_step(&step, req.record_dump, start);
             report
                 .branches

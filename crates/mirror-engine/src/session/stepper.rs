@@ -9,11 +9,14 @@ use crate::Result;
 use crate::branch::{Branch, Method};
 use crate::methods::ddim::{self, DdimContexts, DdimInputs};
 use crate::methods::mask::{DiffEditSettings, EditMask, diffedit_mask, latent_mask, local_blend};
-use crate::methods::mirror::{self, MirrorInputs, MirrorState};
+use crate::methods::mirror::{
+    self, MirrorInputs, MirrorState, ReconstructionStart, ReconstructionStep,
+    RecordedReconstruction,
+};
 use crate::methods::pix2pix_zero::{self, Pix2PixZeroInputs, Pix2PixZeroSettings};
 use crate::model::StableDiffusion;
 use crate::pipeline::stages::Trajectory;
-use crate::pipeline::{LatentPair, MethodStep, StageContext};
+use crate::pipeline::{CancelToken, LatentPair, MethodStep, StageContext, UnetCall};
 
 /// What the steppers of one run borrow, built once.
 pub(super) struct StepInputs {
@@ -68,6 +71,7 @@ impl StepInputs {
                 },
                 state: MirrorState::start(trajectory, caption),
                 recorded,
+                ahead: None,
             }),
             Method::Pix2PixZero => steppers.push(Stepper::Pix2PixZero {
                 inputs: Pix2PixZeroInputs {
@@ -102,6 +106,8 @@ pub(super) enum Stepper<'a> {
         inputs: MirrorInputs<'a>,
         state: MirrorState,
         recorded: Option<&'a CachedReconstruction>,
+        /// The reconstruction of the coming step, when it was computed ahead.
+        ahead: Option<Result<ReconstructionStep>>,
     },
     Pix2PixZero {
         inputs: Pix2PixZeroInputs<'a>,
@@ -113,7 +119,7 @@ pub(super) enum Stepper<'a> {
     },
 }
 
-impl Stepper<'_> {
+impl<'a> Stepper<'a> {
     /// Step `i`; with a `mask`, the translation outside it is put back on the reconstruction.
     pub fn step(
         &mut self,
@@ -126,14 +132,17 @@ impl Stepper<'_> {
                 inputs,
                 state,
                 recorded,
+                ahead,
             } => {
-                let replay = recorded.map(|r| mirror::RecordedReconstruction {
-                    latent: &r.latents[i],
-                    embedding: &r.embeddings[i],
-                    losses: &r.losses[i],
-                    embedding_change: r.embedding_changes[i],
-                });
-                let (next, out) = mirror::step(ctx, inputs, state, i, replay)?;
+                let rec = match ahead.take() {
+                    Some(rec) => rec?,
+                    None => {
+                        let start = ReconstructionStart::of(state);
+                        let replay = recorded_at(*recorded, i);
+                        mirror::reconstruction(ctx, inputs, &start, i, replay)?
+                    }
+                };
+                let (next, out) = mirror::finish_step(ctx, inputs, state, i, rec)?;
                 *state = next;
                 out
             }
@@ -152,6 +161,43 @@ impl Stepper<'_> {
             self.blend(mask, &mut out)?;
         }
         Ok(out)
+    }
+
+    /// The reconstruction of step `i + 1`, to compute while step `i` runs (Mirror only; its
+    /// reconstruction never depends on the translation). Makes sure step `i`'s own
+    /// reconstruction is known first (computed here at step 0). Hand the job's result back
+    /// with [`Stepper::receive_ahead`] after step `i`.
+    pub fn job_ahead(&mut self, ctx: &StageContext, i: usize) -> Option<ReconstructionJob<'a>> {
+        let Stepper::Mirror {
+            inputs,
+            state,
+            recorded,
+            ahead,
+        } = self
+        else {
+            return None;
+        };
+        if i + 1 >= inputs.trajectory.steps {
+            return None;
+        }
+        let rec = ahead.get_or_insert_with(|| {
+            let start = ReconstructionStart::of(state);
+            mirror::reconstruction(ctx, inputs, &start, i, recorded_at(*recorded, i))
+        });
+        let start = ReconstructionStart::after(rec.as_ref().ok()?, inputs);
+        Some(ReconstructionJob {
+            inputs: *inputs,
+            start,
+            step: i + 1,
+            recorded: recorded_at(*recorded, i + 1),
+        })
+    }
+
+    /// Takes the result of the job [`Stepper::job_ahead`] gave, for the next step.
+    pub fn receive_ahead(&mut self, rec: Result<ReconstructionStep>) {
+        if let Stepper::Mirror { ahead, .. } = self {
+            *ahead = Some(rec);
+        }
     }
 
     /// The local blend of this step's translation (its carried latent and what the step
@@ -202,6 +248,43 @@ impl Stepper<'_> {
 
     pub fn branches(&self) -> [Branch; 2] {
         self.method().branches()
+    }
+}
+
+/// Step `i` of a recorded reconstruction.
+fn recorded_at(
+    recorded: Option<&CachedReconstruction>,
+    i: usize,
+) -> Option<RecordedReconstruction<'_>> {
+    recorded.map(|r| RecordedReconstruction {
+        latent: &r.latents[i],
+        embedding: &r.embeddings[i],
+        losses: &r.losses[i],
+        embedding_change: r.embedding_changes[i],
+    })
+}
+
+/// A Mirror reconstruction computed ahead of its step, on another thread: what it needs,
+/// owned or shared, so that it can run beside the current step.
+pub(super) struct ReconstructionJob<'a> {
+    inputs: MirrorInputs<'a>,
+    start: ReconstructionStart,
+    step: usize,
+    recorded: Option<RecordedReconstruction<'a>>,
+}
+
+impl ReconstructionJob<'_> {
+    /// Runs the reconstruction; also returns its UNet calls, for the progress of its step.
+    pub fn run(
+        self,
+        sd: &StableDiffusion,
+        cancel: &CancelToken,
+    ) -> (Result<ReconstructionStep>, Vec<UnetCall>) {
+        let calls = std::cell::RefCell::new(Vec::new());
+        let record = |call| calls.borrow_mut().push(call);
+        let ctx = StageContext::with_progress(sd, cancel, &record);
+        let rec = mirror::reconstruction(&ctx, &self.inputs, &self.start, self.step, self.recorded);
+        (rec, calls.into_inner())
     }
 }
 
