@@ -12,7 +12,7 @@ use candle_core::Tensor;
 use candle_core::{CpuStorage, CudaStorage, CustomOp3, D, Layout, MetalStorage, Result, Shape};
 
 use super::precomputed::PrecomputedOutput;
-use super::softmax_last_dim;
+use super::softmax_last_dim_of_owned;
 
 /// Bytes one block's probability matrix may take (all rows of the batch together).
 const CHUNK_BYTES: usize = 64 << 20;
@@ -52,7 +52,7 @@ fn forward_chunks(q: &Tensor, k: &Tensor, v: &Tensor, chunk: usize) -> Result<Te
     let mut blocks = Vec::with_capacity(queries.div_ceil(chunk));
     for start in (0..queries).step_by(chunk) {
         let len = chunk.min(queries - start);
-        let probs = softmax_last_dim(&q.narrow(1, start, len)?.matmul(&kt)?)?;
+        let probs = softmax_last_dim_of_owned(q.narrow(1, start, len)?.matmul(&kt)?)?;
         blocks.push(probs.matmul(v)?);
     }
     Tensor::cat(&blocks, 1)?.contiguous()
@@ -88,7 +88,7 @@ fn backward_chunks(saved: &Saved, chunk: usize) -> Result<(Tensor, Tensor, Tenso
         let len = chunk.min(queries - start);
         let q_block = q.narrow(1, start, len)?;
         let grad_block = grad_out.narrow(1, start, len)?;
-        let probs = softmax_last_dim(&q_block.matmul(&kt)?)?;
+        let probs = softmax_last_dim_of_owned(q_block.matmul(&kt)?)?;
         grad_v = (grad_v + probs.t()?.matmul(&grad_block)?)?;
         let grad_probs = grad_block.matmul(&vt)?;
         let grad_scores =
@@ -172,6 +172,7 @@ impl CustomOp3 for ChunkedAttention {
 
 #[cfg(test)]
 mod tests {
+    use super::super::softmax_last_dim;
     use super::*;
     use candle_core::{DType, Device, Var};
 

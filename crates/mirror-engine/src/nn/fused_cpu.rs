@@ -270,9 +270,9 @@ impl CustomOp1 for QuickGeluOp {
     }
 }
 
-/// Softmax over the last dimension of an f32 tensor: candle-nn's CPU kernel, row by row
-/// with the same operations in the same order (so the same values), but kept on the calling
-/// thread when [`run_serially`] says so.
+/// Softmax over the last dimension of an f32 tensor: candle-nn's CPU kernel, row by row, with
+/// a vectorised exponential ([`super::fast_exp`], within 2 ulp) in place of libm's scalar
+/// one, kept on the calling thread when [`run_serially`] says so.
 #[derive(Debug, Clone, Copy)]
 pub struct SoftmaxLastDimOp;
 
@@ -295,9 +295,7 @@ impl CustomOp1 for SoftmaxLastDimOp {
                 let mut max = f32::NEG_INFINITY;
                 // SAFETY: `src` holds `row` values.
                 unsafe { f32::vec_reduce_max(src.as_ptr(), &mut max, row) };
-                for (s, d) in src.iter().zip(dst.iter_mut()) {
-                    *d = (*s - max).exp();
-                }
+                super::fast_exp::exp_shifted(dst, src, max);
                 let mut sum = 0f32;
                 // SAFETY: `dst` holds `row` values.
                 unsafe { f32::vec_reduce_sum(dst.as_ptr(), &mut sum, row) };
@@ -307,5 +305,46 @@ impl CustomOp1 for SoftmaxLastDimOp {
             }
         });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+/// The same softmax written over its input (a fresh score block nobody else holds), so that
+/// no second buffer of the block's size is zeroed and faulted in.
+impl candle_core::InplaceOp1 for SoftmaxLastDimOp {
+    fn name(&self) -> &'static str {
+        "fused-softmax-last-dim-in-place"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
+        use candle_core::cpu::kernels::VecOps;
+        let CpuStorage::F32(values) = storage else {
+            candle_core::bail!("softmax kernel: f32 only, got {:?}", storage.dtype());
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("in-place softmax: the scores are not contiguous");
+        };
+        let xs = &mut values[start..end];
+        let row = layout.dims().last().copied().unwrap_or(1).max(1);
+        let softmax_rows = |rows: &mut [f32]| {
+            for xs in rows.chunks_mut(row) {
+                let mut max = f32::NEG_INFINITY;
+                // SAFETY: `xs` holds `row` values.
+                unsafe { f32::vec_reduce_max(xs.as_ptr(), &mut max, row) };
+                super::fast_exp::exp_shifted_in_place(xs, max);
+                let mut sum = 0f32;
+                // SAFETY: `xs` holds `row` values.
+                unsafe { f32::vec_reduce_sum(xs.as_ptr(), &mut sum, row) };
+                for x in xs.iter_mut() {
+                    *x /= sum;
+                }
+            }
+        };
+        let chunk = (4096 / row).max(1) * row;
+        if run_serially(xs.len()) {
+            xs.chunks_mut(chunk).for_each(softmax_rows);
+        } else {
+            xs.par_chunks_mut(chunk).for_each(softmax_rows);
+        }
+        Ok(())
     }
 }

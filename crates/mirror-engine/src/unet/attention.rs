@@ -1,12 +1,13 @@
 //! Multi-head attention (`attn1` self, `attn2` cross) and the GEGLU feed-forward.
 //! Ports: https://github.com/huggingface/diffusers/blob/v0.30.0/src/diffusers/models/attention_processor.py (pinned).
 
-use candle_core::{D, Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::nn::{Linear, linear, linear_no_bias};
 
 use super::capture::{CaptureSink, CapturedAttention};
+use crate::nn::geglu::geglu;
 use crate::nn::{chunked_attention, softmax_last_dim};
 
 /// diffusers `Attention` with the classic softmax((q·scale) kᵀ) v path.
@@ -110,7 +111,6 @@ impl Attention {
 pub struct FeedForward {
     proj: Linear,
     out: Linear,
-    inner: usize,
 }
 
 impl FeedForward {
@@ -119,7 +119,6 @@ impl FeedForward {
         Ok(Self {
             proj: linear(dim, inner * 2, vb.pp("net").pp("0").pp("proj"))?,
             out: linear(inner, dim, vb.pp("net").pp("2"))?,
-            inner,
         })
     }
 }
@@ -127,8 +126,6 @@ impl FeedForward {
 impl Module for FeedForward {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.proj.forward(x)?;
-        let value = h.narrow(D::Minus1, 0, self.inner)?;
-        let gate = h.narrow(D::Minus1, self.inner, self.inner)?;
-        self.out.forward(&(value * gate.gelu_erf()?)?)
+        self.out.forward(&geglu(&h)?)
     }
 }
