@@ -3,7 +3,7 @@
 //! made here, the tiny fixture UNet), plus whole translation runs and one MirrorDiffusion
 //! step at 512² (`mirror_step:64`, its peak memory against `benches/torch_translate.py step 64`).
 //!
-//!     cargo bench --bench engine -- [--quick] [--only unet_full,unet_tiny,vae_full,clip_full,translate,translate_full,mirror_step] [--skip CASE,..] [--out FILE]
+//!     cargo bench --bench engine -- [--quick] [--only unet_full,unet_tiny,vae_full,clip_full,translate,translate_full,mirror_step,peak_gemm] [--skip CASE,..] [--out FILE]
 //!
 //! Each case runs in its own process (`--case NAME`) so that its peak RSS is its own. Threads:
 //! `RAYON_NUM_THREADS` if set, else 2 (as the PyTorch side's `torch.set_num_threads(2)`).
@@ -234,6 +234,21 @@ fn run_case(case: &str, quick: bool) -> serde_json::Value {
             let hw: usize = rest.parse().unwrap();
             vec![mirror_step(hw, &mut extra)]
         }
+        "peak_gemm" => {
+            // The machine's f32 matrix-product rate on these threads: the yardstick of the
+            // UNet cases' share of the peak (`benches/torch_flops.py` times PyTorch's).
+            let n: usize = rest.parse().unwrap();
+            let dev = bench_device();
+            let a = Tensor::randn(0f32, 1., (n, n), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1., (n, n), &dev).unwrap();
+            let times = time_it(reps, || {
+                a.matmul(&b).unwrap();
+            });
+            let best = times.iter().copied().fold(f64::INFINITY, f64::min);
+            let gflops = 2.0 * (n as f64).powi(3) / best / 1e9;
+            extra.insert("gflops".into(), ((gflops * 10.0).round() / 10.0).into());
+            times
+        }
         other => panic!("unknown case {other}"),
     };
     let m = median(&mut times);
@@ -390,6 +405,7 @@ fn all_cases(only: &Option<Vec<String>>) -> Vec<String> {
             "translate:20",
             "translate_full:20,1",
             "mirror_step:64",
+            "peak_gemm:4096",
         ]
         .map(String::from),
     );
