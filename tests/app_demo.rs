@@ -8,6 +8,7 @@ mod app_support;
 use app_support::{App, Wait, harness, ready, step_until};
 use egui_kittest::kittest::Queryable;
 use mirror_diffusion::app::AppOptions;
+use mirror_diffusion::app::jobs::JobKind;
 use mirror_diffusion::app::state::ModelStatus;
 use mirror_engine::pipeline::Branch;
 use mirror_engine::session::Method;
@@ -98,6 +99,58 @@ fn one_click_on_run_shows_the_mirror_effect() {
         "mirror error {mirror} not below plain DDIM's {ddim}"
     );
     assert!(state.result.is_some(), "the result is shown");
+    drop(h);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A script's run (`MIRROR_AUTORUN`) on the demo model waits for the model's notes, so that
+/// it runs with the model's recommended settings as a click on Run does. The jobs are held
+/// while the model loads and the photo arrives, so the notes are still being read when
+/// everything else is ready.
+#[test]
+fn a_scripted_run_waits_for_the_models_recommended_settings() {
+    let dir = std::env::temp_dir().join(format!("mirror-app-demo-autorun-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut h = harness(AppOptions {
+        model: Some(mirror_engine::demo::model_dir().expect("the demo model")),
+        settings_dir: Some(dir.join("config")),
+        memory_only_cache: true,
+        autorun: true,
+        ..Default::default()
+    });
+    h.state().jobs.hold(true);
+    step_until(&mut h, "the demo model to load", RUN, |a| {
+        a.state.model_ready().is_some()
+    });
+    h.get_by_label("New demo image").click();
+    for _ in 0..5 {
+        h.step();
+    }
+    let jobs = &h.state().jobs;
+    assert!(jobs.is_running(JobKind::ReadingWords), "the notes are still being read");
+    assert!(
+        !jobs.is_running(JobKind::PreparingRun),
+        "the run started before the model's notes were read"
+    );
+    h.state().jobs.hold(false);
+    step_until(&mut h, "the scripted run to finish", RUN, |a| {
+        a.state.result_recipe.is_some() && !a.state.progress.running
+    });
+    let state = &h.state().state;
+    let words = state.model_words.as_ref().expect("the demo model's notes");
+    let recommended = &words.notes.recommended;
+    let recipe = state.result_recipe.as_ref().unwrap();
+    assert_eq!(Some(recipe.steps), recommended.steps, "steps");
+    assert_eq!(
+        Some(recipe.guidance_scale),
+        recommended.guidance_scale,
+        "guidance"
+    );
+    assert_eq!(
+        Some(recipe.xa_guidance),
+        recommended.xa_guidance,
+        "structure guidance"
+    );
     drop(h);
     let _ = std::fs::remove_dir_all(dir);
 }

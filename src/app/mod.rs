@@ -256,7 +256,13 @@ impl eframe::App for MirrorApp {
         for action in actions {
             self.perform(action);
         }
-        if self.autorun && self.state.model_ready().is_some() && self.state.image.is_some() {
+        // A script's run waits for the model's notes too: they carry its recommended settings.
+        let words_pending = self.jobs.is_running(JobKind::ReadingWords);
+        if self.autorun
+            && self.state.model_ready().is_some()
+            && self.state.image.is_some()
+            && !words_pending
+        {
             self.autorun = false;
             self.perform(Action::Run(RunKind::Single));
         }
