@@ -127,7 +127,10 @@ fn a_scripted_run_waits_for_the_models_recommended_settings() {
         h.step();
     }
     let jobs = &h.state().jobs;
-    assert!(jobs.is_running(JobKind::ReadingWords), "the notes are still being read");
+    assert!(
+        jobs.is_running(JobKind::ReadingWords),
+        "the notes are still being read"
+    );
     assert!(
         !jobs.is_running(JobKind::PreparingRun),
         "the run started before the model's notes were read"
