@@ -116,9 +116,9 @@ fn a_scripted_run_waits_for_the_models_recommended_settings() {
         settings_dir: Some(dir.join("config")),
         memory_only_cache: true,
         autorun: true,
+        hold_jobs: true,
         ..Default::default()
     });
-    h.state().jobs.hold(true);
     step_until(&mut h, "the demo model to load", RUN, |a| {
         a.state.model_ready().is_some()
     });

@@ -72,6 +72,7 @@ impl MirrorApp {
             options.engine_joins_pool,
         );
         let jobs = jobs::Jobs::new(wake);
+        jobs.hold(options.hold_jobs);
         let settings_dir = options.settings_dir.clone().or_else(Settings::default_dir);
         let mut state = AppState {
             print_events: options.print_events,

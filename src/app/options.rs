@@ -34,6 +34,8 @@ pub struct AppOptions {
     /// process: one engine thread for its whole life). Tests leave it off: their apps come
     /// and go within one process, and the pool must not lose a thread with them.
     pub engine_joins_pool: bool,
+    /// Jobs wait at their start until `jobs.hold(false)` (tests that need a certain order).
+    pub hold_jobs: bool,
 }
 
 impl AppOptions {
@@ -55,6 +57,7 @@ impl AppOptions {
             print_events: flag("MIRROR_EVENTS"),
             demo_at_start: true,
             engine_joins_pool: true,
+            hold_jobs: false,
         }
     }
 
