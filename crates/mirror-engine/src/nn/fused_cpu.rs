@@ -282,28 +282,11 @@ impl CustomOp1 for SoftmaxLastDimOp {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        use candle_core::cpu::kernels::VecOps;
         let CpuStorage::F32(_) = storage else {
             candle_core::bail!("softmax kernel: f32 only, got {:?}", storage.dtype());
         };
-        let xs = contiguous::<f32>(storage, layout)?;
-        let row = layout.dims().last().copied().unwrap_or(1).max(1);
-        let mut out = vec![0f32; xs.len()];
-        let rows_per_chunk = (4096 / row).max(1);
-        for_each_chunk(&mut out, xs, rows_per_chunk * row, |_, out, xs| {
-            for (dst, src) in out.chunks_mut(row).zip(xs.chunks(row)) {
-                let mut max = f32::NEG_INFINITY;
-                // SAFETY: `src` holds `row` values.
-                unsafe { f32::vec_reduce_max(src.as_ptr(), &mut max, row) };
-                super::fast_exp::exp_shifted(dst, src, max);
-                let mut sum = 0f32;
-                // SAFETY: `dst` holds `row` values.
-                unsafe { f32::vec_reduce_sum(dst.as_ptr(), &mut sum, row) };
-                for d in dst.iter_mut() {
-                    *d /= sum;
-                }
-            }
-        });
+        let mut out = contiguous::<f32>(storage, layout)?.to_vec();
+        softmax_rows_in_place(&mut out, layout);
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 }
@@ -316,35 +299,41 @@ impl candle_core::InplaceOp1 for SoftmaxLastDimOp {
     }
 
     fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
-        use candle_core::cpu::kernels::VecOps;
         let CpuStorage::F32(values) = storage else {
             candle_core::bail!("softmax kernel: f32 only, got {:?}", storage.dtype());
         };
         let Some((start, end)) = layout.contiguous_offsets() else {
             candle_core::bail!("in-place softmax: the scores are not contiguous");
         };
-        let xs = &mut values[start..end];
-        let row = layout.dims().last().copied().unwrap_or(1).max(1);
-        let softmax_rows = |rows: &mut [f32]| {
-            for xs in rows.chunks_mut(row) {
-                let mut max = f32::NEG_INFINITY;
-                // SAFETY: `xs` holds `row` values.
-                unsafe { f32::vec_reduce_max(xs.as_ptr(), &mut max, row) };
-                super::fast_exp::exp_shifted_in_place(xs, max);
-                let mut sum = 0f32;
-                // SAFETY: `xs` holds `row` values.
-                unsafe { f32::vec_reduce_sum(xs.as_ptr(), &mut sum, row) };
-                for x in xs.iter_mut() {
-                    *x /= sum;
-                }
-            }
-        };
-        let chunk = (4096 / row).max(1) * row;
-        if run_serially(xs.len()) {
-            xs.chunks_mut(chunk).for_each(softmax_rows);
-        } else {
-            xs.par_chunks_mut(chunk).for_each(softmax_rows);
-        }
+        softmax_rows_in_place(&mut values[start..end], layout);
         Ok(())
+    }
+}
+
+/// The softmax of every row (the last dimension of `layout`) of `xs`, written over it: the
+/// row's max, the shifted exponentials, their sum, the division. Row blocks of about 4096
+/// values go to the pool unless [`run_serially`] says otherwise.
+fn softmax_rows_in_place(xs: &mut [f32], layout: &Layout) {
+    use candle_core::cpu::kernels::VecOps;
+    let row = layout.dims().last().copied().unwrap_or(1).max(1);
+    let softmax_rows = |rows: &mut [f32]| {
+        for xs in rows.chunks_mut(row) {
+            let mut max = f32::NEG_INFINITY;
+            // SAFETY: `xs` holds `row` values.
+            unsafe { f32::vec_reduce_max(xs.as_ptr(), &mut max, row) };
+            super::fast_exp::exp_shifted_in_place(xs, max);
+            let mut sum = 0f32;
+            // SAFETY: `xs` holds `row` values.
+            unsafe { f32::vec_reduce_sum(xs.as_ptr(), &mut sum, row) };
+            for x in xs.iter_mut() {
+                *x /= sum;
+            }
+        }
+    };
+    let chunk = (4096 / row).max(1) * row;
+    if run_serially(xs.len()) {
+        xs.chunks_mut(chunk).for_each(softmax_rows);
+    } else {
+        xs.par_chunks_mut(chunk).for_each(softmax_rows);
     }
 }

@@ -134,15 +134,10 @@ impl<'a> Stepper<'a> {
                 recorded,
                 ahead,
             } => {
-                let rec = match ahead.take() {
-                    Some(rec) => rec?,
-                    None => {
-                        let start = ReconstructionStart::of(state);
-                        let replay = recorded_at(*recorded, i);
-                        mirror::reconstruction(ctx, inputs, &start, i, replay)?
-                    }
+                let (next, out) = match ahead.take() {
+                    Some(rec) => mirror::finish_step(ctx, inputs, state, i, rec?)?,
+                    None => mirror::step(ctx, inputs, state, i, recorded_at(*recorded, i))?,
                 };
-                let (next, out) = mirror::finish_step(ctx, inputs, state, i, rec)?;
                 *state = next;
                 out
             }
