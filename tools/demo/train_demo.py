@@ -37,6 +37,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import grounding  # noqa: E402
+
 WORDS = ["a", "on", "background",
          "red", "orange", "yellow", "green", "blue", "purple", "white", "black",
          "circle", "square", "triangle", "star"]
@@ -122,18 +125,34 @@ def tokenize(tok, captions):
 
 
 # ---------------------------------------------------------------- data
+# The renderer's palette (crates/mirror-engine/src/shapes/mod.rs, `Colour::rgb`).
+PALETTE = {"red": (220, 30, 30), "orange": (245, 140, 20), "yellow": (245, 220, 30), "green": (30, 160, 50),
+           "blue": (30, 80, 220), "purple": (140, 40, 180), "white": (245, 245, 245), "black": (15, 15, 15)}
+
+
+def object_coverage(img, caption):
+    """The shape's coverage of each pixel, 0-1: the renderer blends the shape's colour over the
+    background by coverage, so projecting a pixel onto the line between the two colours
+    recovers it exactly (up to rounding)."""
+    words = caption.split()
+    fg, bg = np.array(PALETTE[words[1]], np.float32), np.array(PALETTE[words[5]], np.float32)
+    d = fg - bg
+    return np.clip(((img.astype(np.float32) - bg) @ d) / float(d @ d), 0.0, 1.0)
+
+
 def load_dataset(data_dir, limit=None):
-    images, captions = [], []
+    images, captions, masks = [], [], []
     with open(os.path.join(data_dir, "metadata.jsonl")) as f:
         for line in f:
             row = json.loads(line)
             img = np.asarray(Image.open(os.path.join(data_dir, row["file_name"])).convert("RGB"))
             images.append(img)
             captions.append(row["text"])
+            masks.append(object_coverage(img, row["text"]))
             if limit and len(images) >= limit:
                 break
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    return x, captions
+    return x, captions, torch.from_numpy(np.stack(masks))[:, None]
 
 
 # ---------------------------------------------------------------- 2. vae
@@ -147,9 +166,24 @@ def make_vae(args):
                          norm_num_groups=args.vae_groups, sample_size=args.size)
 
 
+def adopt_vae(args):
+    """--vae-from MODEL: the autoencoder (and its latent scaling) of an earlier demo model,
+    in float32, as the finished VAE and decoder stages, so a retrained UNet reads the same
+    latents the shipped decoder decodes."""
+    from diffusers import AutoencoderKL
+    vae = AutoencoderKL.from_pretrained(os.path.join(args.vae_from, "vae"), torch_dtype=torch.float32)
+    for stage in ["vae"] + ["vae_sharp" + (str(r) if r > 1 else "") for r in range(1, args.decoder_rounds + 1)]:
+        path = os.path.join(args.work, stage)
+        if not os.path.exists(os.path.join(path, "config.json")):
+            vae.save_pretrained(path)
+    return vae
+
+
 def train_vae(args, images):
     path = os.path.join(args.work, "vae")
     from diffusers import AutoencoderKL
+    if args.vae_from:
+        return adopt_vae(args)
     if os.path.exists(os.path.join(path, "config.json")):
         return AutoencoderKL.from_pretrained(path)
     vae = make_vae(args).train()
@@ -183,7 +217,8 @@ def encode_all(args, vae, images):
     if os.path.exists(path):
         return torch.load(path)
     means = torch.cat([vae.encode(images[i:i + 256]).latent_dist.mean for i in range(0, len(images), 256)])
-    scaling = 1.0 / float(means.std())
+    # An adopted autoencoder keeps the scaling its model was shipped with.
+    scaling = float(vae.config.scaling_factor) if args.vae_from else 1.0 / float(means.std())
     torch.save({"means": means, "scaling": scaling}, path)
     return {"means": means, "scaling": scaling}
 
@@ -250,12 +285,14 @@ def make_unet(args, latent_side):
                                 norm_num_groups=args.unet_groups)
 
 
-def train_unet(args, tok, latents, captions):
+def train_unet(args, tok, latents, captions, coverage):
     from diffusers import DDPMScheduler
     path = os.path.join(args.work, "unet_ckpt.pt")
     vocab = tok.get_vocab()
     text = make_text_encoder(args, len(vocab), vocab[BOS], vocab[EOS])
     unet = make_unet(args, latents["means"].shape[-1])
+    # Grounded cross-attention (tools/demo/grounding.py): each cell reads its own phrase.
+    store = grounding.record_cross_attention(unet) if args.ground > 0 else None
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=args.unet_lr, weight_decay=1e-2)
     ema = [p.detach().clone() for p in params]
@@ -289,7 +326,11 @@ def train_unet(args, tok, latents, captions):
         # Min-SNR-gamma weighting (Hang et al. 2023): the same model in fewer steps.
         snr = sched.alphas_cumprod[t] / (1 - sched.alphas_cumprod[t])
         weight = torch.clamp(snr, max=args.min_snr) / snr
-        loss = (F.mse_loss(eps, noise, reduction="none").mean(dim=(1, 2, 3)) * weight).mean()
+        denoise = (F.mse_loss(eps, noise, reduction="none").mean(dim=(1, 2, 3)) * weight).mean()
+        loss = denoise
+        if store is not None:
+            bind, leak = grounding.grounding_losses(store, coverage[idx], ~drop)
+            loss = loss + args.ground * bind + args.leak * leak
         warm = min(1.0, step / 500)
         lr = args.unet_lr * warm * (0.5 * (1 + math.cos(math.pi * step / args.unet_steps)) * 0.9 + 0.1)
         for g in opt.param_groups:
@@ -303,8 +344,13 @@ def train_unet(args, tok, latents, captions):
             for e, p in zip(ema, params):
                 e.mul_(decay).add_(p.detach(), alpha=1 - decay)
         if step % 50 == 0 or step == start_step:
-            log_line(args.work, "unet", step, loss=loss.item(), lr=lr, seconds=time.time() - start)
-            print(f"unet {step}/{args.unet_steps} loss {loss.item():.4f} ({time.time() - start:.0f} s)", flush=True)
+            extra = {}
+            if store is not None:
+                extra = dict(denoise=denoise.item(), bind=float(bind), leak=float(leak))
+            log_line(args.work, "unet", step, loss=loss.item(), lr=lr, seconds=time.time() - start, **extra)
+            shown = " ".join(f"{k} {v:.4f}" for k, v in extra.items())
+            print(f"unet {step}/{args.unet_steps} loss {loss.item():.4f} {shown} ({time.time() - start:.0f} s)",
+                  flush=True)
         if step % args.checkpoint_every == 0 or step == args.unet_steps:
             torch.save({"unet": unet.state_dict(), "text": text.state_dict(), "opt": opt.state_dict(),
                         "ema": ema, "step": step}, path + ".tmp")
@@ -312,6 +358,9 @@ def train_unet(args, tok, latents, captions):
     with torch.no_grad():
         for e, p in zip(ema, params):
             p.copy_(e)
+    if store is not None:
+        from diffusers.models.attention_processor import AttnProcessor2_0
+        unet.set_attn_processor(AttnProcessor2_0())
     return unet.eval(), text.eval()
 
 
@@ -390,6 +439,12 @@ def main():
     ap.add_argument("--unet-heads", type=int, default=4)
     ap.add_argument("--unet-groups", type=int, default=32)
     ap.add_argument("--unet-steps", type=int, default=4200)
+    ap.add_argument("--ground", type=float, default=0.0,
+                    help="weight of the cross-attention grounding loss (tools/demo/grounding.py; 0 = off)")
+    ap.add_argument("--leak", type=float, default=0.0,
+                    help="weight of the penalty on attention to tokens that carry both phrases")
+    ap.add_argument("--vae-from", default=None,
+                    help="a trained demo model folder whose VAE (and scaling) to keep instead of training one")
     ap.add_argument("--unet-batch", type=int, default=64)
     ap.add_argument("--unet-lr", type=float, default=8e-4)
     ap.add_argument("--ema", type=float, default=0.999)
@@ -410,7 +465,7 @@ def main():
     begin = time.time()
     tok_dir = os.path.join(args.work, "tokenizer")
     tok = build_tokenizer(tok_dir)
-    images, captions = load_dataset(args.data, args.limit)
+    images, captions, coverage = load_dataset(args.data, args.limit)
     print(f"{len(images)} images, {len(tok.get_vocab())} tokens", flush=True)
     vae = train_vae(args, images).eval()
     latents = encode_all(args, vae, images)
@@ -421,7 +476,7 @@ def main():
             return
     if args.export_checkpoint:
         args.unet_steps = 0  # load the checkpoint, train nothing, keep its EMA weights
-    unet, text = train_unet(args, tok, latents, captions)
+    unet, text = train_unet(args, tok, latents, captions, coverage)
     if args.decoder_beside_unet:
         vae = finetune_decoder(args, vae, images, latents).eval()
     export(args, tok_dir, vae, unet, text, latents["scaling"])
