@@ -523,7 +523,14 @@ fn translate_with_a_mask_records_it_and_replays() {
 
     assert_ok(&env.translate(&out, &["--mask", "auto", "--no-ddim"]));
     let recipe = read_recipe(&out).unwrap().unwrap();
-    assert_eq!(recipe.mask, Some(RecipeMask::Automatic));
+    assert_eq!(recipe.mask, Some(RecipeMask::Attention));
+    assert_ok(&env.translate(&out, &["--mask", "diffedit", "--no-ddim"]));
+    let recipe = read_recipe(&out).unwrap().unwrap();
+    assert_eq!(
+        recipe.mask,
+        Some(RecipeMask::Automatic),
+        "DiffEdit, as recipes named it before"
+    );
 
     let not_an_image = env.path("mask.txt");
     std::fs::write(&not_an_image, "white = may change").unwrap();

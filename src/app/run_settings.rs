@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use mirror_engine::loader::Recommended;
-use mirror_engine::methods::mask::EditMask;
+use mirror_engine::methods::mask::{EditMask, MaskFinder};
 use mirror_engine::methods::mirror::{MirrorPreset, MirrorSettings};
 use mirror_engine::recipe::Recipe;
 use mirror_engine::session::{DirectionChoice, Method, TranslateRequest};
@@ -87,7 +87,7 @@ impl EditRegion {
     pub fn of(mask: &EditMask) -> Self {
         match mask {
             EditMask::Whole => EditRegion::Whole,
-            EditMask::Automatic => EditRegion::Found,
+            EditMask::Found(_) => EditRegion::Found,
             EditMask::Given(_) => EditRegion::Painted,
         }
     }
@@ -141,7 +141,7 @@ impl RunSettings {
         req.direction = self.direction();
         req.vae_tiles = self.vae_tiles;
         req.mask = match (self.edit_region, painted) {
-            (EditRegion::Found, _) => EditMask::Automatic,
+            (EditRegion::Found, _) => EditMask::Found(MaskFinder::default()),
             (EditRegion::Painted, Some(mask)) => EditMask::Given(mask.clone()),
             _ => EditMask::Whole,
         };

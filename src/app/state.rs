@@ -384,7 +384,8 @@ impl AppState {
     /// fill the painted one without asking the engine again).
     pub fn found_mask(&self) -> Option<&image::GrayImage> {
         let found = self.result_recipe.as_ref().is_some_and(|r| {
-            matches!(r.mask, Some(mirror_engine::recipe::RecipeMask::Automatic))
+            use mirror_engine::recipe::RecipeMask;
+            matches!(r.mask, Some(RecipeMask::Automatic | RecipeMask::Attention))
                 && r.source_prompt == self.settings.source_prompt.trim()
                 && r.target_prompt == self.settings.target_prompt.trim()
         });

@@ -16,7 +16,7 @@ use crate::folder_run::PhotoEdit;
 use image::RgbImage;
 use mirror_engine::imageio::{ImageLimits, ResizePolicy, describe_resize, load_image};
 use mirror_engine::loader::{LoraSpec, ModelNotes, Recommended};
-use mirror_engine::methods::mask::EditMask;
+use mirror_engine::methods::mask::{EditMask, MaskFinder};
 use mirror_engine::methods::mirror::{MirrorPreset, MirrorSettings};
 use mirror_engine::pipeline::CancelToken;
 use mirror_engine::recipe::{Recipe, RecipeLora, read_recipe};
@@ -195,10 +195,12 @@ pub struct TranslateArgs {
     /// area at the image's shape with `--resize keep`, else the model's square].
     #[arg(long, value_name = "WxH", value_parser = parse_size)]
     pub size: Option<Size>,
-    /// Where the edit may change the picture: `auto` (found from the edit), or a mask image
-    /// painted on the photo (white = may change, grey = partly; any size) [default: the
-    /// recipe's, else the whole picture].
-    #[arg(long, value_name = "auto|MASK.png")]
+    /// Where the edit may change the picture: `auto` (found from the edit: where the words
+    /// that change attend; `attention` says the same, `diffedit` finds it where the noise
+    /// predictions under the two prompts differ), or a mask image painted on the photo
+    /// (white = may change, grey = partly; any size) [default: the recipe's, else the whole
+    /// picture].
+    #[arg(long, value_name = "auto|attention|diffedit|MASK.png")]
     pub mask: Option<String>,
     /// A LoRA to merge into the model (kohya/A1111 or diffusers/PEFT .safetensors), with its
     /// strength [default: 1]; repeat for several.
@@ -389,7 +391,10 @@ fn apply_flags(args: &TranslateArgs, req: &mut TranslateRequest) -> Result<()> {
     }
     match args.mask.as_deref() {
         None => {}
-        Some("auto") => req.mask = EditMask::Automatic,
+        Some("auto") => req.mask = EditMask::Found(MaskFinder::default()),
+        Some(finder @ ("attention" | "diffedit")) => {
+            req.mask = EditMask::Found(finder.parse().map_err(anyhow::Error::msg)?)
+        }
         Some(path) => {
             let mask = load_image(Path::new(path), &ImageLimits::default())?;
             req.mask = EditMask::Given(image::DynamicImage::ImageRgb8(mask.rgb).to_luma8());

@@ -294,7 +294,7 @@ fn error_outside(a: &RgbImage, b: &RgbImage, region: &image::GrayImage) -> f64 {
 /// (DiffEdit) mask finds the region the edit changes.
 #[test]
 fn masked_edits_change_only_the_masked_region() {
-    use mirror_engine::methods::mask::{EditMask, mask_image, mask_iou};
+    use mirror_engine::methods::mask::{EditMask, MaskFinder, mask_image, mask_iou};
     use mirror_engine::pipeline::CancelToken;
     let sd = demo_model();
     let blank = RgbImage::new(demo::IMAGE_SIDE, demo::IMAGE_SIDE);
@@ -322,7 +322,7 @@ fn masked_edits_change_only_the_masked_region() {
             };
             let whole = run(EditMask::Whole);
             let given = run(EditMask::Given(region.clone()));
-            let automatic = run(EditMask::Automatic);
+            let automatic = run(EditMask::Found(MaskFinder::default()));
             assert!(whole.mask.is_none());
 
             // Where the given mask is 0 the translation latent is the reconstruction's.

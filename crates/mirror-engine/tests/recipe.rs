@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use image::{GrayImage, RgbImage};
 use mirror_engine::imageio::ResizePolicy;
-use mirror_engine::methods::mask::EditMask;
+use mirror_engine::methods::mask::{EditMask, MaskFinder};
 use mirror_engine::methods::mirror::{MirrorPreset, MirrorSettings};
 use mirror_engine::recipe::{RECIPE_VERSION, Recipe, RecipeOrigin};
 use mirror_engine::session::{DirectionChoice, Method, TranslateRequest};
@@ -64,9 +64,10 @@ fn requests() -> Vec<TranslateRequest> {
                 exact_mirror: j == 1,
                 ..MirrorSettings::with_preset(preset)
             };
-            req.mask = match (i + j) % 3 {
+            req.mask = match (i + j) % 4 {
                 0 => EditMask::Whole,
-                1 => EditMask::Automatic,
+                1 => EditMask::Found(MaskFinder::DiffEdit),
+                2 => EditMask::Found(MaskFinder::Attention),
                 _ => EditMask::Given(GrayImage::from_fn(40, 30, |x, y| {
                     image::Luma([((x * 6 + y * 2) % 256) as u8])
                 })),

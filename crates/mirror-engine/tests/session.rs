@@ -452,10 +452,10 @@ fn a_step_that_overflows_names_the_step_and_branch() {
 /// another one only through its noise draws (same seed, same mask).
 #[test]
 fn the_mask_found_before_a_run_is_the_one_the_run_uses() {
-    use mirror_engine::methods::mask::{EditMask, mask_image};
+    use mirror_engine::methods::mask::{EditMask, MaskFinder, mask_image};
     let (fx, mut s) = session();
     let mut req = request(&fx, &target(&fx, None), 2);
-    req.mask = EditMask::Automatic;
+    req.mask = EditMask::Found(MaskFinder::default());
     req.compare_ddim = false;
     let cancel = CancelToken::new();
     let found = s.find_edit_mask(&req, &cancel).unwrap();

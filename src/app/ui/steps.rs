@@ -100,7 +100,9 @@ fn previews(ui: &mut Ui, state: &AppState, tex: &mut Textures) {
 fn mask_caption(state: &AppState) -> String {
     use mirror_engine::recipe::RecipeMask;
     match state.result_recipe.as_ref().and_then(|r| r.mask.as_ref()) {
-        Some(RecipeMask::Automatic) => "Edit mask (found from the edit)".into(),
+        Some(RecipeMask::Automatic | RecipeMask::Attention) => {
+            "Edit mask (found from the edit)".into()
+        }
         Some(RecipeMask::Png(_)) => "Edit mask (painted)".into(),
         None => "Edit mask".into(),
     }

@@ -1,7 +1,7 @@
 //! Every method and variant Mirror offers, as the requests the benchmark sends.
 
 use mirror_engine::demo;
-use mirror_engine::methods::mask::EditMask;
+use mirror_engine::methods::mask::{EditMask, MaskFinder};
 use mirror_engine::methods::mirror::{MirrorPreset, MirrorSettings};
 use mirror_engine::model::StableDiffusion;
 use mirror_engine::session::{
@@ -19,10 +19,12 @@ pub enum Variant {
     Exact,
     /// Exact mirror without redescription (0 iterations).
     ExactFast,
-    /// Exact mirror, no redescription, confined to the mask found from the edit (DiffEdit).
+    /// Exact mirror, no redescription, confined to the mask found from the words' attention.
     FastMasked,
-    /// Exact mirror with redescription, confined to the mask found from the edit.
+    /// Exact mirror with redescription, confined to the mask found from the words' attention.
     ExactMasked,
+    /// Exact mirror, no redescription, confined to DiffEdit's mask.
+    FastDiffEdit,
     /// Plain DDIM: word-swap sampling from the shared (regularised) inversion.
     Ddim,
     /// pix2pix-zero.
@@ -30,12 +32,13 @@ pub enum Variant {
 }
 
 impl Variant {
-    pub const ALL: [Variant; 8] = [
+    pub const ALL: [Variant; 9] = [
         Variant::Recommended,
         Variant::Exact,
         Variant::ExactFast,
         Variant::ExactMasked,
         Variant::FastMasked,
+        Variant::FastDiffEdit,
         Variant::Ddim,
         Variant::Pix2PixZero,
         Variant::Authors,
@@ -50,6 +53,7 @@ impl Variant {
             Variant::ExactFast => "exact-fast",
             Variant::ExactMasked => "exact-masked",
             Variant::FastMasked => "fast-masked",
+            Variant::FastDiffEdit => "fast-diffedit",
             Variant::Ddim => "ddim",
             Variant::Pix2PixZero => "pix2pix-zero",
         }
@@ -62,8 +66,9 @@ impl Variant {
             Variant::Authors => "MirrorDiffusion authors' preset",
             Variant::Exact => "MirrorDiffusion + exact mirror",
             Variant::ExactFast => "exact mirror, no redescription",
-            Variant::ExactMasked => "exact mirror + mask found from the edit",
-            Variant::FastMasked => "exact mirror, no redescription + found mask",
+            Variant::ExactMasked => "exact mirror + mask from the words' attention",
+            Variant::FastMasked => "exact mirror, no redescription + attention mask",
+            Variant::FastDiffEdit => "exact mirror, no redescription + DiffEdit mask",
             Variant::Ddim => "plain DDIM (word swap)",
             Variant::Pix2PixZero => "pix2pix-zero",
         }
@@ -113,12 +118,17 @@ impl Variant {
             }
             Variant::ExactMasked => {
                 req.mirror.exact_mirror = true;
-                req.mask = EditMask::Automatic;
+                req.mask = EditMask::Found(MaskFinder::Attention);
             }
             Variant::FastMasked => {
                 req.mirror.exact_mirror = true;
                 req.mirror.redescribe.iterations = 0;
-                req.mask = EditMask::Automatic;
+                req.mask = EditMask::Found(MaskFinder::Attention);
+            }
+            Variant::FastDiffEdit => {
+                req.mirror.exact_mirror = true;
+                req.mirror.redescribe.iterations = 0;
+                req.mask = EditMask::Found(MaskFinder::DiffEdit);
             }
             Variant::Ddim => {
                 req.method = Method::Ddim;
@@ -162,6 +172,9 @@ fn apply_sets(req: &mut TranslateRequest, sets: &[(String, String)]) {
             "edit_strength" => req.edit_strength = f(),
             "exact_mirror" => req.mirror.exact_mirror = f() != 0.0,
             "redescribe_iterations" => req.mirror.redescribe.iterations = f() as usize,
+            "mask_threshold" => req.attention_mask.threshold = f(),
+            "mask_strength" => req.attention_mask.strength = f(),
+            "mask_draws" => req.attention_mask.draws = f() as usize,
             "direction" if v == "prompt" => req.direction = DirectionChoice::PromptDifference,
             // The model's own captions (its `sentence_templates`) when it has them.
             "direction" if v == "templates" => req.direction = DirectionChoice::default(),

@@ -23,10 +23,34 @@ pub enum EditMask {
     /// Everywhere (no mask).
     #[default]
     Whole,
-    /// Found from the edit (DiffEdit).
-    Automatic,
+    /// Found from the edit.
+    Found(MaskFinder),
     /// Given by the user at any size; white = may change, grey = partly.
     Given(GrayImage),
+}
+
+/// How a mask is found from the edit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MaskFinder {
+    /// Where the words the edit changes attend ([`super::attention_mask`]).
+    #[default]
+    Attention,
+    /// Where the noise predictions under the two descriptions differ (DiffEdit).
+    DiffEdit,
+}
+
+impl std::str::FromStr for MaskFinder {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "attention" => Ok(MaskFinder::Attention),
+            "diffedit" => Ok(MaskFinder::DiffEdit),
+            other => Err(format!(
+                "unknown mask finder `{other}` (expected attention or diffedit)"
+            )),
+        }
+    }
 }
 
 impl EditMask {

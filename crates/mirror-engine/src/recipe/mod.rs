@@ -125,8 +125,11 @@ impl From<&LoraInfo> for RecipeLora {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "kebab-case")]
 pub enum RecipeMask {
-    /// Found from the edit when the recipe is replayed (the same seed finds the same mask).
+    /// Found from the edit with DiffEdit when the recipe is replayed (the same seed finds the
+    /// same mask). Recipes written before the finder could be chosen say this too.
     Automatic,
+    /// Found from the cross-attention of the words the edit changes, when replayed.
+    Attention,
     /// The mask itself: a greyscale PNG (white = may change), base64.
     Png(String),
 }

@@ -7,7 +7,7 @@ use image::{GrayImage, ImageEncoder};
 
 use super::{RECIPE_VERSION, Recipe, RecipeLora, RecipeMask};
 use crate::imageio::ResizePolicy;
-use crate::methods::mask::EditMask;
+use crate::methods::mask::{EditMask, MaskFinder};
 use crate::methods::mirror::{MirrorPreset, MirrorSettings};
 use crate::session::{Method, TranslateRequest};
 use crate::{EngineError, Result};
@@ -59,7 +59,8 @@ impl Recipe {
             loras: origin.loras.clone(),
             mask: match &req.mask {
                 EditMask::Whole => None,
-                EditMask::Automatic => Some(RecipeMask::Automatic),
+                EditMask::Found(MaskFinder::DiffEdit) => Some(RecipeMask::Automatic),
+                EditMask::Found(MaskFinder::Attention) => Some(RecipeMask::Attention),
                 EditMask::Given(image) => Some(RecipeMask::Png(encode_mask(image))),
             },
             extra: serde_json::Map::new(),
@@ -93,7 +94,8 @@ impl Recipe {
         mirror.redescribe.lr = self.redescribe_lr;
         let mask = match &self.mask {
             None => EditMask::Whole,
-            Some(RecipeMask::Automatic) => EditMask::Automatic,
+            Some(RecipeMask::Automatic) => EditMask::Found(MaskFinder::DiffEdit),
+            Some(RecipeMask::Attention) => EditMask::Found(MaskFinder::Attention),
             Some(RecipeMask::Png(text)) => EditMask::Given(decode_mask(text).map_err(bad)?),
         };
 

@@ -23,7 +23,7 @@ pub use request::{
 };
 
 use crate::imageio::image_to_tensor;
-use crate::methods::mask::{EditMask, mask_image};
+use crate::methods::mask::{EditMask, MaskFinder, mask_image};
 use crate::model::StableDiffusion;
 use crate::pipeline::StageContext;
 use crate::pipeline::stages::encode_image;
@@ -87,9 +87,10 @@ impl Session {
             .map_err(|e| e.classified(&self.sd.device))
     }
 
-    /// The mask a run of `req` with [`EditMask::Automatic`] would find (DiffEdit on the
-    /// photo's latent, source caption against target prompt, `req`'s seed), without the
-    /// run: at `req.image`'s size, white = may change. The app's "Fill from the edit".
+    /// The mask a run of `req` with a found mask would find (on the photo's latent, source
+    /// caption against target prompt, `req`'s seed; `req`'s finder when it names one, else
+    /// the default), without the run: at `req.image`'s size, white = may change. The app's
+    /// "Fill from the edit".
     pub fn find_edit_mask(
         &self,
         req: &TranslateRequest,
@@ -101,7 +102,10 @@ impl Session {
         let z0 = encode_image(sd, &source, posterior)?;
         let caption = sd.encode_prompt(&req.source_prompt)?;
         let automatic = TranslateRequest {
-            mask: EditMask::Automatic,
+            mask: match req.mask {
+                EditMask::Found(finder) => EditMask::Found(finder),
+                _ => EditMask::Found(MaskFinder::default()),
+            },
             ..req.clone()
         };
         let ctx = StageContext::new(sd, cancel);

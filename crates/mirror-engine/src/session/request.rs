@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::branch::{Branch, Method};
 use crate::loader::{Recommended, RecommendedDirection};
+use crate::methods::attention_mask::AttentionMaskSettings;
 use crate::methods::mask::EditMask;
 use crate::methods::mirror::{MirrorPreset, MirrorSettings};
 use crate::model::{StableDiffusion, VaeTilesReport};
@@ -130,6 +131,9 @@ pub struct TranslateRequest {
     /// Where the edit may change the picture (every method's translation is blended back to
     /// its reconstruction outside it).
     pub mask: EditMask,
+    /// How a mask found from the words' attention is found (the app and the command line
+    /// use the defaults; the quality benchmark tunes them).
+    pub attention_mask: AttentionMaskSettings,
 }
 
 impl TranslateRequest {
@@ -154,6 +158,7 @@ impl TranslateRequest {
             record_dump: false,
             vae_tiles: VaeTiles::default(),
             mask: EditMask::Whole,
+            attention_mask: AttentionMaskSettings::default(),
         }
     }
 

@@ -7,8 +7,11 @@ use super::cache::CachedReconstruction;
 use super::request::{DdimTranslation, TranslateRequest};
 use crate::Result;
 use crate::branch::{Branch, Method};
+use crate::methods::attention_mask::{ChangedTokens, attention_mask};
 use crate::methods::ddim::{self, DdimContexts, DdimInputs};
-use crate::methods::mask::{DiffEditSettings, EditMask, diffedit_mask, latent_mask, local_blend};
+use crate::methods::mask::{
+    DiffEditSettings, EditMask, MaskFinder, diffedit_mask, latent_mask, local_blend,
+};
 use crate::methods::mirror::{
     self, MirrorInputs, MirrorState, ReconstructionStart, ReconstructionStep,
     RecordedReconstruction,
@@ -283,8 +286,8 @@ impl ReconstructionJob<'_> {
     }
 }
 
-/// The request's edit mask on the latent grid, found (DiffEdit on the photo's latent, source
-/// caption against the target prompt) or given; `None` for the whole picture.
+/// The request's edit mask on the latent grid, found (on the photo's latent, source caption
+/// against the target prompt) or given; `None` for the whole picture.
 pub(super) fn edit_mask(
     ctx: &StageContext,
     req: &TranslateRequest,
@@ -294,7 +297,15 @@ pub(super) fn edit_mask(
     let (_, _, h, w) = z0.dims4()?;
     let mask = match &req.mask {
         EditMask::Whole => return Ok(None),
-        EditMask::Automatic => {
+        EditMask::Found(MaskFinder::Attention) => {
+            let target = ctx.sd.encode_prompt(&req.target_prompt)?;
+            let ids = ctx.sd.tokenize(&[&req.source_prompt, &req.target_prompt])?;
+            let ids = ids.to_vec2::<u32>()?;
+            let changed = ChangedTokens::between(&ids[0], &ids[1], ctx.sd.tokenizer.eos_id());
+            let settings = &req.attention_mask;
+            attention_mask(ctx, z0, (caption, &target), &changed, settings, req.seed)?
+        }
+        EditMask::Found(MaskFinder::DiffEdit) => {
             let target = ctx.sd.encode_prompt(&req.target_prompt)?;
             let settings = DiffEditSettings::default();
             diffedit_mask(ctx, z0, caption, &target, &settings, req.seed)?
