@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use mirror_engine::loader::Recommended;
-use mirror_engine::methods::mask::{EditMask, MaskFinder};
+use mirror_engine::methods::mask::{EditMask, MaskFinder, MaskSettings};
 use mirror_engine::methods::mirror::{MirrorPreset, MirrorSettings};
 use mirror_engine::recipe::Recipe;
 use mirror_engine::session::{DirectionChoice, Method, TranslateRequest};
@@ -42,6 +42,8 @@ pub struct RunSettings {
     pub vae_tiles: VaeTiles,
     /// Where the edit may change the picture.
     pub edit_region: EditRegion,
+    /// How a mask is found and applied (from recipes and the model's recommendations).
+    pub mask_settings: MaskSettings,
 }
 
 /// Where the edit may change the picture: the choice the app keeps. The painted mask itself
@@ -51,7 +53,7 @@ pub struct RunSettings {
 pub enum EditRegion {
     #[default]
     Whole,
-    /// Found from the edit by the engine (DiffEdit).
+    /// Found from the edit by the engine (where the changed words attend).
     Found,
     /// Painted on the photo.
     Painted,
@@ -73,8 +75,8 @@ impl EditRegion {
         match self {
             EditRegion::Whole => "The edit may change every part of the picture.",
             EditRegion::Found => {
-                "Before the edit, the model compares how it sees the photo under the source \
-                 and the target prompt; only where they differ may change."
+                "Before the edit, the model looks where in the photo it reads the words that \
+                 change (the old ones and the new ones); only there may the picture change."
             }
             EditRegion::Painted => {
                 "Only where you paint on the photo (Mask tab) may change; the rest stays as \
@@ -109,6 +111,7 @@ impl Default for RunSettings {
             direction_file: String::new(),
             vae_tiles: VaeTiles::default(),
             edit_region: EditRegion::default(),
+            mask_settings: MaskSettings::default(),
         }
     }
 }
@@ -145,6 +148,7 @@ impl RunSettings {
             (EditRegion::Painted, Some(mask)) => EditMask::Given(mask.clone()),
             _ => EditMask::Whole,
         };
+        req.mask_settings = self.mask_settings;
         req
     }
 
@@ -160,6 +164,7 @@ impl RunSettings {
         self.set_direction(&req.direction);
         self.vae_tiles = req.vae_tiles;
         self.edit_region = EditRegion::of(&req.mask);
+        self.mask_settings = req.mask_settings;
     }
 
     /// The edit direction the text fields describe: a file wins, then "from the prompts",
@@ -255,6 +260,7 @@ struct StoredRunSettings {
     direction_file: String,
     vae_tiles: VaeTiles,
     edit_region: EditRegion,
+    mask_settings: MaskSettings,
     guidance: Option<f64>,
     xa_guidance: Option<f64>,
     redescription_iterations: Option<usize>,
@@ -279,6 +285,7 @@ impl Default for StoredRunSettings {
             direction_file: d.direction_file,
             vae_tiles: d.vae_tiles,
             edit_region: d.edit_region,
+            mask_settings: d.mask_settings,
             guidance: None,
             xa_guidance: None,
             redescription_iterations: None,
@@ -319,6 +326,7 @@ impl From<StoredRunSettings> for RunSettings {
             direction_file: s.direction_file,
             vae_tiles: s.vae_tiles,
             edit_region: s.edit_region,
+            mask_settings: s.mask_settings,
         }
     }
 }

@@ -17,7 +17,7 @@ use image::RgbImage;
 use mirror_engine::imageio::{ImageLimits, ResizePolicy, describe_resize, load_image};
 use mirror_engine::loader::{LoraSpec, ModelNotes, Recommended};
 use mirror_engine::methods::mask::{EditMask, MaskFinder};
-use mirror_engine::methods::mirror::{MirrorPreset, MirrorSettings};
+use mirror_engine::methods::mirror::{GuidanceBase, MirrorPreset, MirrorSettings};
 use mirror_engine::pipeline::CancelToken;
 use mirror_engine::recipe::{Recipe, RecipeLora, read_recipe};
 use mirror_engine::session::{
@@ -115,6 +115,10 @@ pub(super) fn parse_lora(s: &str) -> std::result::Result<LoraSpec, String> {
     })
 }
 
+fn parse_guidance_base(s: &str) -> std::result::Result<GuidanceBase, String> {
+    s.parse()
+}
+
 /// `WxH` in pixels.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Size(pub u32, pub u32);
@@ -188,6 +192,22 @@ pub struct TranslateArgs {
     /// mirrors the photo exactly (with `--redescribe-iterations 0` about twice as fast).
     #[arg(long)]
     pub exact_mirror: bool,
+    /// MirrorDiffusion: what the guidance pushes the translation away from: `description`
+    /// (the photo's refined description, the paper's) or `empty` (the empty prompt, as plain
+    /// DDIM: every word of the target is followed, the unchanged ones too) [default: the
+    /// model's recommended, else description].
+    #[arg(long, value_name = "description|empty", value_parser = parse_guidance_base)]
+    pub guidance_base: Option<GuidanceBase>,
+    /// MirrorDiffusion: the share of the steps, from the first, on which the translation reads
+    /// its words with the reconstruction's attention maps, so the photo's layout is kept while
+    /// it forms (0–1) [default: the model's recommended, else 0].
+    #[arg(long, value_name = "SHARE")]
+    pub inject_until: Option<f64>,
+    /// With `--mask`: the share of the steps, from the first, on which the edit is held to the
+    /// photo outside the mask while it forms (0–1; the result shows the photo outside the mask
+    /// in any case) [default: the model's recommended, else 1].
+    #[arg(long, value_name = "SHARE")]
+    pub latent_blend_until: Option<f64>,
     /// How the image is brought to the model's size [default: keep].
     #[arg(long, value_enum)]
     pub resize: Option<ResizeArg>,
@@ -359,6 +379,15 @@ fn apply_flags(args: &TranslateArgs, req: &mut TranslateRequest) -> Result<()> {
     }
     if args.exact_mirror {
         req.mirror.exact_mirror = true;
+    }
+    if let Some(base) = args.guidance_base {
+        req.mirror.guidance_base = base;
+    }
+    if let Some(v) = args.inject_until {
+        req.mirror.inject_until = v;
+    }
+    if let Some(v) = args.latent_blend_until {
+        req.mask_settings.latent_blend_until = v;
     }
     match (&args.direction, &args.sentences) {
         (_, Some(files)) => {

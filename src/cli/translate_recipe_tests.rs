@@ -10,7 +10,7 @@ use image::RgbImage;
 
 use super::{TranslateArgs, plan};
 use crate::app::settings::RunSettings;
-use mirror_engine::loader::{Recommended, RecommendedDirection};
+use mirror_engine::loader::{GuidanceBase, Recommended, RecommendedDirection};
 use mirror_engine::methods::mirror::MirrorPreset;
 use mirror_engine::recipe::{Recipe, RecipeOrigin};
 use mirror_engine::session::{DirectionChoice, Method, TranslateRequest};
@@ -53,6 +53,9 @@ fn recommends_everything() -> Recommended {
         direction: Some(RecommendedDirection::Prompt),
         redescribe_iterations: Some(1),
         redescribe_lr: Some(0.5),
+        guidance_base: Some(GuidanceBase::EmptyPrompt),
+        inject_until: Some(0.7),
+        latent_blend_until: Some(0.2),
     }
 }
 

@@ -331,6 +331,7 @@ fn translate_full(
         trajectory: &traj,
         direction: &dir,
         want_edit_maps: false,
+        empty_prompt: None,
     };
     let t1 = Instant::now();
     for i in 0..k {
@@ -376,6 +377,7 @@ fn mirror_step(hw: usize, extra: &mut serde_json::Map<String, serde_json::Value>
         trajectory: &trajectory,
         direction: &dir,
         want_edit_maps: false,
+        empty_prompt: None,
     };
     let state = MirrorState::start(&trajectory, &caption);
     extra.insert("rss_before_step_mib".into(), status_mib("VmRSS:").into());

@@ -1,8 +1,10 @@
 //! One MirrorDiffusion edit of the demo model at its recommended settings, for profiling and
-//! timing the whole edit: `cargo run --release --example demo_edit -- [--edits N] [--variant recommended|exact|exact-fast] [--warm] [--ddim]`.
+//! timing the whole edit: `cargo run --release --example demo_edit -- [--edits N] [--variant recommended|exact|exact-fast] [--warm] [--ddim] [--app]`.
 //! The source is the first shape edit case (seed 2026). `--warm` runs one edit first (inversion
 //! and edit direction are then cached) and times only the later ones. `--ddim` also runs plain
-//! DDIM beside it, as the app does by default. Threads: `RAYON_NUM_THREADS`.
+//! DDIM beside it, as the app does by default; `--app` asks for everything the app asks for
+//! (plain DDIM, every step's attention maps, a preview decode every 5 steps) and counts the
+//! events. Threads: `RAYON_NUM_THREADS`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // example code: a panic is the report
 
 use std::time::Instant;
@@ -20,6 +22,7 @@ fn main() {
     let mut variant = String::from("recommended");
     let mut warm = false;
     let mut ddim = false;
+    let mut app = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -27,6 +30,7 @@ fn main() {
             "--variant" => variant = args.next().expect("--variant NAME"),
             "--warm" => warm = true,
             "--ddim" => ddim = true,
+            "--app" => app = true,
             other => panic!("unknown argument {other}"),
         }
     }
@@ -37,7 +41,11 @@ fn main() {
     let image = render(&case.source, demo::IMAGE_SIDE);
     let mut req = TranslateRequest::new(image, &case.source_prompt(), &case.target_prompt());
     req.use_cache = true;
-    req.compare_ddim = ddim;
+    req.compare_ddim = ddim || app;
+    if app {
+        req.attention_maps = true;
+        req.decode_every = Some(5);
+    }
     req.apply_recommended(sd.recommended());
     match variant.as_str() {
         "recommended" => {}
@@ -56,9 +64,10 @@ fn main() {
     }
     let started = Instant::now();
     let mut checksum = 0u64;
+    let mut events = 0usize;
     for _ in 0..edits {
         let out = session
-            .translate(&req, &CancelToken::new(), &mut |_| {})
+            .translate(&req, &CancelToken::new(), &mut |_| events += 1)
             .expect("edit");
         for (_, latent) in &out.latents {
             let values = latent.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -68,7 +77,7 @@ fn main() {
         }
     }
     println!(
-        "{edits} edit(s) ({variant}, {} -> {}): {:.3} s per edit, latents' checksum {checksum:016x}",
+        "{edits} edit(s) ({variant}, {} -> {}): {:.3} s per edit, {events} events, latents' checksum {checksum:016x}",
         case.source_prompt(),
         case.target_prompt(),
         started.elapsed().as_secs_f64() / edits as f64

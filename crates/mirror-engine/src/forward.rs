@@ -6,7 +6,9 @@
 use candle_core::{DType, Result, Tensor};
 
 use crate::clip::ClipTextTransformer;
-use crate::unet::{AttentionMaps, CaptureRequest, CapturedAttention, UNet2DConditionModel};
+use crate::unet::{
+    AttentionMaps, CaptureRequest, CapturedAttention, Injection, UNet2DConditionModel,
+};
 use crate::vae::AutoencoderKL;
 
 /// The networks of forward-only passes, in a half type.
@@ -61,11 +63,24 @@ impl<'a> ForwardUnet<'a> {
         context: &Tensor,
         request: CaptureRequest,
     ) -> Result<(Tensor, AttentionMaps)> {
-        let (eps, maps) = self.unet.forward_with_capture(
+        self.forward_injecting(sample, timestep, context, request, None)
+    }
+
+    /// As [`UNet2DConditionModel::forward_injecting`], everything returned in f32.
+    pub fn forward_injecting(
+        &self,
+        sample: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        request: CaptureRequest,
+        inject: Option<&Injection>,
+    ) -> Result<(Tensor, AttentionMaps)> {
+        let (eps, maps) = self.unet.forward_injecting(
             &sample.to_dtype(self.dtype)?,
             timestep,
             &context.to_dtype(self.dtype)?,
             request,
+            inject,
         )?;
         Ok((eps.to_dtype(DType::F32)?, maps_in_f32(maps)?))
     }

@@ -341,6 +341,7 @@ fn sample_recipe() -> Recipe {
         mirror: Some(MirrorSettings::default()),
         loras: Vec::new(),
         mask: Some(RecipeMask::Automatic),
+        mask_settings: None,
         extra: Default::default(),
     }
 }

@@ -352,6 +352,7 @@ fn sample_recipe() -> Recipe {
         mirror: None,
         loras: Vec::new(),
         mask: None,
+        mask_settings: None,
         extra,
     }
 }

@@ -98,6 +98,7 @@ impl Case {
             trajectory: &self.trajectory,
             direction: &self.direction,
             want_edit_maps: false,
+            empty_prompt: None,
         }
     }
 }

@@ -557,3 +557,46 @@ fn overlapped_branches_give_the_one_thread_result() {
         assert_eq!(work_a, work_b, "{case}: the progress inside the steps");
     }
 }
+
+/// With an edit mask, every translation is the photo itself wherever the mask is 0 (to the
+/// 8-bit level), whatever the latents did there; where it is 1 the translation is the
+/// method's own. Holds for MirrorDiffusion and plain DDIM, at every latent-blend share.
+#[test]
+fn the_photo_is_kept_exactly_outside_the_mask() {
+    use mirror_engine::imageio::tensor_to_image;
+    use mirror_engine::methods::mask::EditMask;
+    let (fx, mut s) = session();
+    let mut req = request(&fx, &target(&fx, None), 2);
+    let (w, h) = req.image.dimensions();
+    // The left quarter may change.
+    req.mask = EditMask::Given(image::GrayImage::from_fn(w, h, |x, _| {
+        image::Luma([if x < w / 4 { 255 } else { 0 }])
+    }));
+    for (method, blend) in [
+        (Method::Mirror, 1.0),
+        (Method::Mirror, 0.0),
+        (Method::Ddim, 0.5),
+    ] {
+        req.method = method;
+        req.mask_settings.latent_blend_until = blend;
+        let out = s.translate(&req, &CancelToken::new(), &mut |_| {}).unwrap();
+        let translated = tensor_to_image(out.images.translation.as_ref().unwrap()).unwrap();
+        let (mut inside_changed, mut outside_changed) = (0, 0);
+        for (x, y, p) in translated.enumerate_pixels() {
+            let same = p == req.image.get_pixel(x, y);
+            if x < w / 4 - 1 {
+                inside_changed += usize::from(!same);
+            } else if x > w / 4 {
+                outside_changed += usize::from(!same);
+            }
+        }
+        assert_eq!(
+            outside_changed, 0,
+            "{method:?}, blend {blend}: pixels changed outside"
+        );
+        assert!(
+            inside_changed > 0,
+            "{method:?}, blend {blend}: nothing changed inside"
+        );
+    }
+}

@@ -481,3 +481,75 @@ fn linear_projection_and_per_block_heads_build_and_run() -> TestResult {
     }
     Ok(())
 }
+
+/// Injected maps replace exactly one sample's cross-attention: its own maps injected change
+/// nothing, another pass's maps change that sample's prediction and leave the other sample's
+/// bit for bit.
+#[test]
+fn injected_maps_replace_one_samples_attention() -> TestResult {
+    use mirror_engine::unet::Injection;
+    let fx = common::Fixtures::load();
+    let unet = load(&fx);
+    let latents = fx.tensor("unet", "batch2_latents");
+    let context = fx.tensor("unet", "batch2_encoder_hidden_states");
+    let t = fx.timesteps("unet")[0];
+    let probs = CaptureRequest {
+        probs: true,
+        keys_values: false,
+    };
+    let (eps, own) = unet.forward_with_capture(&latents, t, &context, probs)?;
+    let max_diff = |a: &Tensor, b: &Tensor| -> f64 {
+        scalar(
+            &(a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap(),
+        )
+    };
+    let same = Injection {
+        maps: own.clone(),
+        sample: 1,
+    };
+    let (eps_same, _) = unet.forward_injecting(&latents, t, &context, probs, Some(&same))?;
+    assert!(
+        max_diff(&eps, &eps_same) < 1e-6,
+        "own maps injected change the prediction"
+    );
+
+    // Maps of sample 0's pass (another latent and text) injected into sample 1.
+    let first = |m: &AttentionMaps| -> AttentionMaps {
+        let mut m = m.clone();
+        for l in &mut m.layers {
+            l.probs = l.probs.as_ref().map(|p| p.narrow(0, 0, l.heads).unwrap());
+        }
+        m
+    };
+    let other = Injection {
+        maps: first(&own),
+        sample: 1,
+    };
+    let (eps_other, maps) = unet.forward_injecting(&latents, t, &context, probs, Some(&other))?;
+    assert_eq!(
+        max_diff(&eps.i(0)?, &eps_other.i(0)?),
+        0.0,
+        "the other sample is untouched"
+    );
+    assert!(
+        max_diff(&eps.i(1)?, &eps_other.i(1)?) > 1e-4,
+        "the injected sample reads other maps"
+    );
+    // What the pass records for sample 1 is what it used.
+    let layer = &maps.layers[0];
+    let recorded = layer
+        .probs
+        .as_ref()
+        .unwrap()
+        .narrow(0, layer.heads, layer.heads)?;
+    let injected = other.maps.layers[0].probs.as_ref().unwrap();
+    assert_eq!(max_diff(&recorded, injected), 0.0);
+    Ok(())
+}

@@ -11,7 +11,7 @@ use crate::app::state::{AppState, View};
 use crate::app::textures::Textures;
 use mirror_engine::direction::find_edit_phrase;
 use mirror_engine::imageio::{ResizePolicy, describe_resize, processing_size};
-use mirror_engine::methods::mirror::{MirrorPreset, MirrorSettings};
+use mirror_engine::methods::mirror::{GuidanceBase, MirrorPreset, MirrorSettings};
 use mirror_engine::session::Method;
 use mirror_engine::vae::VaeTiles;
 
@@ -365,6 +365,31 @@ fn advanced_section(ui: &mut Ui, state: &mut AppState, actions: &mut Vec<Action>
                 "MirrorDiffusion: the first steps lay out the picture; structure guidance after \
                  them mostly holds the new content back.",
             );
+            ui.add(
+                egui::Slider::new(&mut r.mirror.inject_until, 0.0..=1.0)
+                    .text("Layout kept over")
+                    .custom_formatter(|v, _| format!("{:.0} % of the steps", v * 100.0))
+                    .step_by(0.05),
+            )
+            .on_hover_text(
+                "MirrorDiffusion: on these first steps the edit reads its words where the photo's \
+                 own words are, so the picture keeps its layout while it forms.",
+            );
+            let mut against_nothing = r.mirror.guidance_base == GuidanceBase::EmptyPrompt;
+            if ui
+                .checkbox(&mut against_nothing, "Guide every word")
+                .on_hover_text(
+                    "MirrorDiffusion: guidance follows every word of the target, the unchanged \
+                     ones too (as plain DDIM does), instead of only what the edit changes.",
+                )
+                .changed()
+            {
+                r.mirror.guidance_base = if against_nothing {
+                    GuidanceBase::EmptyPrompt
+                } else {
+                    GuidanceBase::Description
+                };
+            }
             ui.add(
                 egui::Slider::new(&mut r.mirror.redescribe.iterations, 0..=30)
                     .text("Redescription iterations"),

@@ -9,15 +9,18 @@
 //! table (also printed), a CSV per run, a summary CSV and an image grid into `--out`.
 //!
 //! `cargo bench --bench quality [-- --only model|edits --captions N --guidance G --edits N
-//! --seed S --methods a,b,… --out DIR --grid N --set key=value …]`; methods: recommended,
-//! exact, exact-fast, ddim, pix2pix-zero, authors (default all); `--edits` per kind (default
+//! --seed S --methods a,b,… --out DIR --grid N --model DIR --set key=value …]`; methods:
+//! recommended, exact, exact-fast, exact-masked, fast-masked, fast-diffedit, ddim,
+//! pix2pix-zero, authors (default all); `--model` another model of the shapes world (default:
+//! the built-in demo model; a candidate before it is built in); `--edits` per kind (default
 //! 20), seed 77, `--grid` cases per kind in the grid (default 2), `--out` default
 //! `$CARGO_TARGET_DIR/quality` (else the workspace's `target/quality`). `--set` keys (applied to
 //! every method before what makes the method): steps, guidance_scale, xa_guidance,
 //! xa_guidance_until (share of the steps with attention guidance), ddim_guidance (plain DDIM
 //! only, default 2),
 //! edit_scale, ramp_total, edit_strength, exact_mirror (0 | 1), redescribe_iterations,
-//! direction (prompt | templates). Without `--set`, the model's recommended settings.
+//! direction (prompt | templates), mask_threshold, mask_strength, mask_draws (the attention
+//! mask of the masked variants). Without `--set`, the model's recommended settings.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // test code: a panic is the report
 
 mod measure;
@@ -50,6 +53,7 @@ struct Options {
     methods: Vec<Variant>,
     out: PathBuf,
     grid: usize,
+    model: Option<PathBuf>,
     sets: Vec<(String, String)>,
 }
 
@@ -70,6 +74,7 @@ fn options() -> Options {
         methods: Variant::ALL.to_vec(),
         out: default_out(),
         grid: 2,
+        model: None,
         sets: Vec::new(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -85,6 +90,7 @@ fn options() -> Options {
             "--methods" => o.methods = Variant::parse_list(&value),
             "--out" => o.out = PathBuf::from(value),
             "--grid" => o.grid = value.parse().expect("--grid N"),
+            "--model" => o.model = Some(PathBuf::from(value)),
             "--set" => {
                 let (k, v) = value.split_once('=').expect("--set key=value");
                 o.sets.push((k.to_string(), v.to_string()));
@@ -102,7 +108,10 @@ fn options() -> Options {
 fn main() {
     mirror_engine::threads::adopt_current_thread();
     let o = options();
-    let dir = demo::model_dir().expect("demo model");
+    let dir = o
+        .model
+        .clone()
+        .unwrap_or_else(|| demo::model_dir().expect("demo model"));
     let sd = StableDiffusion::load(&dir, &Device::Cpu).expect("demo model loads");
     if o.only.as_deref() != Some("edits") {
         model_quality(&sd, &o);

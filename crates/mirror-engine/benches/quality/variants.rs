@@ -2,7 +2,7 @@
 
 use mirror_engine::demo;
 use mirror_engine::methods::mask::{EditMask, MaskFinder};
-use mirror_engine::methods::mirror::{MirrorPreset, MirrorSettings};
+use mirror_engine::methods::mirror::{GuidanceBase, MirrorPreset, MirrorSettings};
 use mirror_engine::model::StableDiffusion;
 use mirror_engine::session::{
     DdimTranslation, DirectionChoice, InversionChoice, Method, TranslateRequest,
@@ -157,7 +157,7 @@ fn ddim_guidance(sets: &[(String, String)]) -> f64 {
 /// `--set key=value` on a request.
 fn apply_sets(req: &mut TranslateRequest, sets: &[(String, String)]) {
     for (k, v) in sets {
-        let f = || {
+        let f = || -> f64 {
             v.parse::<f64>()
                 .unwrap_or_else(|_| panic!("{k}={v}: not a number"))
         };
@@ -172,9 +172,18 @@ fn apply_sets(req: &mut TranslateRequest, sets: &[(String, String)]) {
             "edit_strength" => req.edit_strength = f(),
             "exact_mirror" => req.mirror.exact_mirror = f() != 0.0,
             "redescribe_iterations" => req.mirror.redescribe.iterations = f() as usize,
-            "mask_threshold" => req.attention_mask.threshold = f(),
-            "mask_strength" => req.attention_mask.strength = f(),
-            "mask_draws" => req.attention_mask.draws = f() as usize,
+            "guidance_base" => {
+                req.mirror.guidance_base = match v.as_str() {
+                    "empty" => GuidanceBase::EmptyPrompt,
+                    "description" => GuidanceBase::Description,
+                    _ => panic!("guidance_base=empty|description"),
+                }
+            }
+            "mask_threshold" => req.mask_settings.attention.threshold = f(),
+            "latent_blend_until" => req.mask_settings.latent_blend_until = f(),
+            "inject_until" => req.mirror.inject_until = f(),
+            "mask_strength" => req.mask_settings.attention.strength = f(),
+            "mask_draws" => req.mask_settings.attention.draws = f() as usize,
             "direction" if v == "prompt" => req.direction = DirectionChoice::PromptDifference,
             // The model's own captions (its `sentence_templates`) when it has them.
             "direction" if v == "templates" => req.direction = DirectionChoice::default(),

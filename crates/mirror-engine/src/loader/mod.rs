@@ -19,6 +19,6 @@ pub use hf_cache::{CachedModel, find_cached_models, find_cached_models_in};
 pub use inspect::{ModelReport, inspect};
 pub use lora::{LoraFile, LoraInfo, LoraSpec, LoraTarget, TargetWeights, merge_deltas, read_lora};
 pub use names::NameMap;
-pub use notes::{ModelNotes, Recommended, RecommendedDirection};
+pub use notes::{GuidanceBase, ModelNotes, Recommended, RecommendedDirection};
 pub use source::{Component, DiffusersFolder, ModelSource, open_model_source};
 pub use weights::{WeightFiles, WeightIssue, weight_error};

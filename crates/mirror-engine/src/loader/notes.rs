@@ -47,6 +47,33 @@ pub enum RecommendedDirection {
     Prompt,
 }
 
+/// What MirrorDiffusion's classifier-free guidance pushes the translation away from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GuidanceBase {
+    /// The photo's redescribed description C*ᵢ, as the paper and the released code: only what
+    /// the edit changes is amplified.
+    #[default]
+    Description,
+    /// The empty prompt, as text-to-image sampling and plain DDIM do: every word of the
+    /// target is amplified, the unchanged ones too, which holds them on a model that binds
+    /// each word to its region.
+    EmptyPrompt,
+}
+
+impl std::str::FromStr for GuidanceBase {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "description" => Ok(GuidanceBase::Description),
+            "empty" | "empty-prompt" => Ok(GuidanceBase::EmptyPrompt),
+            other => Err(format!(
+                "unknown guidance base `{other}` (expected description or empty)"
+            )),
+        }
+    }
+}
+
 /// The model's recommended settings; a missing field keeps Mirror's own default. The names
 /// are the request's settings as recipes and the CLI spell them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -74,12 +101,18 @@ pub struct Recommended {
     pub redescribe_iterations: Option<usize>,
     /// Base learning rate of the redescription.
     pub redescribe_lr: Option<f64>,
+    /// What MirrorDiffusion's guidance pushes away from.
+    pub guidance_base: Option<GuidanceBase>,
+    /// Share of the steps on which the translation reads the reconstruction's attention maps.
+    pub inject_until: Option<f64>,
+    /// With an edit mask: share of the steps on which the latents are blended back outside it.
+    pub latent_blend_until: Option<f64>,
 }
 
 const TOP_FIELDS: &str = "name, recommended, vocabulary, sentence_templates";
 const RECOMMENDED_FIELDS: &str = "steps, guidance_scale, xa_guidance, xa_guidance_until, \
      exact_mirror, edit_strength, edit_scale, ramp_total, direction, redescribe_iterations, \
-     redescribe_lr";
+     redescribe_lr, guidance_base, inject_until, latent_blend_until";
 
 impl ModelNotes {
     /// Reads `mirror.json` of a model folder; a checkpoint file or a folder without one gives
@@ -145,6 +178,9 @@ impl Recommended {
                     r.redescribe_iterations = Some(field(file, &name, value)?)
                 }
                 "redescribe_lr" => r.redescribe_lr = Some(finite(file, &name, value)?),
+                "guidance_base" => r.guidance_base = Some(field(file, &name, value)?),
+                "inject_until" => r.inject_until = Some(finite(file, &name, value)?),
+                "latent_blend_until" => r.latent_blend_until = Some(finite(file, &name, value)?),
                 other => {
                     return Err(unknown_field(
                         file,
@@ -176,6 +212,8 @@ impl Recommended {
             ("edit scale", self.edit_scale),
             ("edit ramp", self.ramp_total),
             ("redescription step size", self.redescribe_lr),
+            ("layout held over", self.inject_until),
+            ("latent blend over", self.latent_blend_until),
         ];
         for (name, value) in named {
             if let Some(v) = value {
@@ -187,6 +225,9 @@ impl Recommended {
         }
         if let Some(k) = self.redescribe_iterations {
             parts.push(format!("{k} redescription iterations"));
+        }
+        if self.guidance_base == Some(GuidanceBase::EmptyPrompt) {
+            parts.push("guidance against the empty prompt".into());
         }
         match self.direction {
             Some(RecommendedDirection::Templates) => parts.push("template directions".into()),

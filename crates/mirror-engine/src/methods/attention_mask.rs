@@ -9,11 +9,11 @@
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::Result;
 use crate::pipeline::StageContext;
 use crate::pipeline::heatmap::TokenHeatmaps;
 use crate::unet::CaptureRequest;
 use crate::vae::gaussian::standard_normal;
-use crate::{EngineError, Result};
 
 /// How the attention mask is found.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -23,8 +23,8 @@ pub struct AttentionMaskSettings {
     pub draws: usize,
     /// How far the photo is noised, 0–1 of the training schedule.
     pub strength: f64,
-    /// A cell belongs to the mask where the changed words' map reaches this share of its
-    /// maximum.
+    /// A cell belongs to the mask where the changed words' map, stretched to 0–1 between its
+    /// lowest and highest cell, reaches this.
     pub threshold: f64,
 }
 
@@ -33,7 +33,7 @@ impl Default for AttentionMaskSettings {
         Self {
             draws: 4,
             strength: 0.5,
-            threshold: 0.3,
+            threshold: 0.5,
         }
     }
 }
@@ -107,7 +107,8 @@ fn longest_common_subsequence(a: &[u32], b: &[u32]) -> Vec<(usize, usize)> {
 
 /// The attention mask of the edit from `source` to `target` (text embeddings `[1, L, D]`) on
 /// the photo's clean latent `z0` `[1, C, h, w]`: `[1, 1, h, w]` of 0 and 1. Seeded: the same
-/// seed gives the same mask. Prompts that differ in no word give the whole picture.
+/// seed gives the same mask. Prompts that differ in no word, and words read everywhere alike,
+/// give the whole picture.
 pub fn attention_mask(
     ctx: &StageContext,
     z0: &Tensor,
@@ -149,9 +150,12 @@ pub fn attention_mask(
             ctx.unet_call_done();
             let last = tokens.iter().max().copied().unwrap_or(0);
             let heatmaps = TokenHeatmaps::from_attention(&maps, last + 1)?;
+            let fine = fine_resolutions(&heatmaps, h);
             for &token in tokens {
-                for (acc, v) in sum.iter_mut().zip(heatmaps.token_map(token, None, h, w)) {
-                    *acc += v;
+                for &r in &fine {
+                    for (acc, v) in sum.iter_mut().zip(heatmaps.token_map(token, Some(r), h, w)) {
+                        *acc += v;
+                    }
                 }
             }
         }
@@ -161,18 +165,35 @@ pub fn attention_mask(
         .map(|(x, y)| f32::from(x.max(y) >= settings.threshold as f32))
         .collect();
     if mask.iter().all(|&m| m == 0.0) {
-        return Err(EngineError::InvalidInput(
-            "the changed words attend nowhere in the photo".into(),
-        ));
+        // Both maps are flat: the words are read everywhere alike.
+        return whole();
     }
     Ok(Tensor::from_vec(mask, (1, 1, h, w), z0.device())?)
 }
 
-/// The map divided by its maximum (all zeros stay zeros).
+/// The resolutions whose grid is at least a quarter of the latent's height (prompt-to-prompt
+/// reads SD's 16² maps of a 64² latent): the coarsest layers' maps cover the picture in a few
+/// cells and would spread the mask over all of it.
+fn fine_resolutions(heatmaps: &TokenHeatmaps, latent_height: usize) -> Vec<usize> {
+    let fine: Vec<usize> = (0..heatmaps.resolutions.len())
+        .filter(|&i| 4 * heatmaps.resolutions[i].height >= latent_height)
+        .collect();
+    if fine.is_empty() {
+        // Only coarse layers: the finest of them.
+        return (0..heatmaps.resolutions.len().min(1)).collect();
+    }
+    fine
+}
+
+/// The map stretched to 0–1 between its minimum and maximum (a flat map becomes zeros):
+/// a word's attention never falls to zero anywhere, so a share of the maximum alone would
+/// keep every cell when the map's contrast is low.
 fn normalised(map: &[f32]) -> impl Iterator<Item = f32> + '_ {
-    let max = map.iter().copied().fold(0f32, f32::max);
+    let max = map.iter().copied().fold(f32::MIN, f32::max);
+    let min = map.iter().copied().fold(f32::MAX, f32::min);
+    let range = max - min;
     map.iter()
-        .map(move |&v| if max > 0.0 { v / max } else { 0.0 })
+        .map(move |&v| if range > 0.0 { (v - min) / range } else { 0.0 })
 }
 
 #[cfg(test)]

@@ -13,6 +13,8 @@ use candle_core::{D, DType, Device, Tensor};
 use image::GrayImage;
 use serde::{Deserialize, Serialize};
 
+use super::attention_mask::AttentionMaskSettings;
+use super::mask_upsample::{EdgeAwareSettings, upsample_along_edges};
 use crate::pipeline::StageContext;
 use crate::vae::gaussian::standard_normal;
 use crate::{EngineError, Result};
@@ -27,6 +29,35 @@ pub enum EditMask {
     Found(MaskFinder),
     /// Given by the user at any size; white = may change, grey = partly.
     Given(GrayImage),
+}
+
+/// How an edit mask is found and applied; recipes store it with the mask.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MaskSettings {
+    /// How the mask is found from the words' attention.
+    pub attention: AttentionMaskSettings,
+    /// The share of the steps (from the first) on which the translation latent outside the
+    /// mask is put back on the reconstruction's (prompt-to-prompt's local blend; the layout
+    /// forms in the first steps). The decoded translation shows the photo outside the mask
+    /// whatever this is.
+    pub latent_blend_until: f64,
+}
+
+impl Default for MaskSettings {
+    fn default() -> Self {
+        Self {
+            attention: AttentionMaskSettings::default(),
+            latent_blend_until: 1.0,
+        }
+    }
+}
+
+impl MaskSettings {
+    /// Whether step i of n blends the translation latent back outside the mask.
+    pub fn blends_latents_at(&self, i: usize, n: usize) -> bool {
+        (i as f64) < self.latent_blend_until * n as f64
+    }
 }
 
 /// How a mask is found from the edit.
@@ -166,6 +197,39 @@ pub fn local_blend(edit: &Tensor, rec: &Tensor, mask: &Tensor) -> Result<Tensor>
     let mask = mask.to_dtype(edit.dtype())?;
     let difference = (edit - rec)?;
     Ok((rec + difference.broadcast_mul(&mask)?)?)
+}
+
+/// The mask at the photo's processing size `[1, 1, height, width]` in 0–1, for putting the
+/// decoded translation over the photo: a given mask resized with its soft edges, a found one
+/// (`latent`, on the latent grid) brought to the pixels along the photo's own edges.
+pub fn pixel_mask(mask: &EditMask, latent: &Tensor, photo: &image::RgbImage) -> Result<Tensor> {
+    let device = latent.device();
+    let (width, height) = photo.dimensions();
+    let values: Vec<f32> = match mask {
+        EditMask::Given(image) => {
+            let resized = image::imageops::resize(
+                image,
+                width,
+                height,
+                image::imageops::FilterType::Triangle,
+            );
+            resized.pixels().map(|p| f32::from(p[0]) / 255.0).collect()
+        }
+        _ => {
+            let (h, w) = (latent.dim(D::Minus2)?, latent.dim(D::Minus1)?);
+            let cells = latent
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let settings = EdgeAwareSettings::default();
+            upsample_along_edges(&cells, (h, w), photo, &settings)
+        }
+    };
+    Ok(Tensor::from_vec(
+        values,
+        (1, 1, height as usize, width as usize),
+        device,
+    )?)
 }
 
 /// A latent-grid mask `[1, 1, h, w]` as a grey image of `width`×`height` (each cell a block),

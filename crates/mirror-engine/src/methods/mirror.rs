@@ -8,15 +8,16 @@
 use candle_core::Tensor;
 
 use crate::branch::Method;
+pub use crate::loader::GuidanceBase;
 use crate::loader::Recommended;
 use crate::model::StableDiffusion;
 use crate::pipeline::stages::{
-    RedescribeSettings, RedescribeTarget, Trajectory, classifier_free_guidance, guidance_gradient,
-    guided_pair_step, redescribe,
+    PairPass, RedescribeSettings, RedescribeTarget, Trajectory, classifier_free_guidance,
+    guidance_gradient, guided_pair_step, redescribe,
 };
 use crate::pipeline::{BranchState, GuidanceReport, MethodStep, RedescriptionReport, StageContext};
 use crate::unet::{
-    AttentionMaps, CaptureRequest, attention_map_loss, key_value_losses, repeat_batch,
+    AttentionMaps, CaptureRequest, Injection, attention_map_loss, key_value_losses, repeat_batch,
 };
 use crate::{EngineError, Result};
 
@@ -96,6 +97,14 @@ pub struct MirrorSettings {
     /// gap (low noise). Redescription still keeps the corrections small.
     #[serde(default)]
     pub exact_mirror: bool,
+    /// What the translation's classifier-free guidance pushes away from (the paper: the
+    /// redescribed description).
+    pub guidance_base: GuidanceBase,
+    /// Share of the steps (from the first) on which the translation reads its text with the
+    /// reconstruction's cross-attention maps instead of its own (prompt-to-prompt's attention
+    /// replacement): the layout of the photo is kept exactly while it forms. 0: never (the
+    /// paper).
+    pub inject_until: f64,
 }
 
 impl Default for MirrorSettings {
@@ -116,6 +125,8 @@ impl Default for MirrorSettings {
             kv_weight: 0.5,
             apply_extra_once: false,
             exact_mirror: false,
+            guidance_base: GuidanceBase::Description,
+            inject_until: 0.0,
         }
     }
 }
@@ -163,6 +174,12 @@ impl MirrorSettings {
         if let Some(v) = r.redescribe_lr {
             self.redescribe.lr = v;
         }
+        if let Some(v) = r.guidance_base {
+            self.guidance_base = v;
+        }
+        if let Some(v) = r.inject_until {
+            self.inject_until = v;
+        }
     }
 
     /// These settings moved onto `base` (another preset's values): the knobs a user sets
@@ -174,6 +191,8 @@ impl MirrorSettings {
             xa_guidance: self.xa_guidance,
             redescribe: self.redescribe,
             exact_mirror: self.exact_mirror,
+            guidance_base: self.guidance_base,
+            inject_until: self.inject_until,
             ..base
         }
     }
@@ -181,6 +200,11 @@ impl MirrorSettings {
     /// Whether step i of n gets attention guidance.
     pub fn guides_attention_at(&self, i: usize, n: usize) -> bool {
         self.xa_guidance != 0.0 && (i as f64) < self.xa_guidance_until * n as f64
+    }
+
+    /// Whether step i of n reads the translation's text with the reconstruction's maps.
+    pub fn injects_at(&self, i: usize, n: usize) -> bool {
+        (i as f64) < self.inject_until * n as f64
     }
 
     /// Steps that get an extra ("cycle") guidance step.
@@ -255,6 +279,9 @@ pub struct MirrorInputs<'a> {
     pub direction: &'a Tensor,
     /// Whether the translation branch records its attention maps for the UI.
     pub want_edit_maps: bool,
+    /// E(""), the unconditional context when the guidance is against the empty prompt
+    /// (encoded on each step when not given).
+    pub empty_prompt: Option<&'a Tensor>,
 }
 
 /// Step i of a reconstruction recorded by an earlier run on the same inversion with the same
@@ -613,15 +640,24 @@ fn translate(
 
     // Noise at the guided pair, CFG, DDIM step on the unconditional copy X[0].
     ctx.cancel.check()?;
-    let (edit_step, edit_maps) = guided_pair_step(
-        ctx,
-        &x,
-        t,
-        n,
-        &context,
-        settings.guidance_scale,
-        inputs.want_edit_maps,
-    )?;
+    if settings.guidance_base == GuidanceBase::EmptyPrompt {
+        let empty = match inputs.empty_prompt {
+            Some(e) => e.clone(),
+            None => sd.encode_prompt("")?,
+        };
+        context = Tensor::cat(&[&empty, &context.narrow(0, 1, 1)?], 0)?;
+    }
+    let injection = settings.injects_at(i, n).then(|| Injection {
+        maps: rec.rec_maps.clone(),
+        sample: 1,
+    });
+    let pass = PairPass {
+        context: &context,
+        guidance_scale: settings.guidance_scale,
+        want_maps: inputs.want_edit_maps,
+        inject: injection.as_ref(),
+    };
+    let (edit_step, edit_maps) = guided_pair_step(ctx, &x, t, n, &pass)?;
     Ok(TranslationStep {
         edit_pred_x0: edit_step.pred_original_sample,
         edit_latent: edit_step.prev_sample,

@@ -5,5 +5,6 @@ pub mod attention_mask;
 pub mod ddim;
 pub mod generate;
 pub mod mask;
+mod mask_upsample;
 pub mod mirror;
 pub mod pix2pix_zero;

@@ -8,7 +8,7 @@ use candle_core::Tensor;
 
 use crate::Result;
 use crate::branch::Method;
-use crate::pipeline::stages::{guidance_gradient, guided_pair_step};
+use crate::pipeline::stages::{PairPass, guidance_gradient, guided_pair_step};
 use crate::pipeline::{BranchState, GuidanceReport, LatentPair, MethodStep, StageContext};
 use crate::unet::{CaptureRequest, repeat_batch};
 
@@ -82,15 +82,13 @@ pub fn step(
     let (g, loss) = guidance_gradient(ctx, &x, t, &context, &reference, 1.0)?;
     let x = (&x - (g * inputs.settings.xa_guidance)?)?;
     ctx.cancel.check()?;
-    let (edit, edit_maps) = guided_pair_step(
-        ctx,
-        &x,
-        t,
-        n,
-        &context,
-        inputs.settings.guidance_scale,
-        inputs.want_edit_maps,
-    )?;
+    let pass = PairPass {
+        context: &context,
+        guidance_scale: inputs.settings.guidance_scale,
+        want_maps: inputs.want_edit_maps,
+        inject: None,
+    };
+    let (edit, edit_maps) = guided_pair_step(ctx, &x, t, n, &pass)?;
     let mut out = MethodStep::new(
         t,
         vec![

@@ -10,7 +10,7 @@ use crate::branch::Method;
 use crate::model::StableDiffusion;
 use crate::nn::is_finite;
 use crate::scheduler::{DdimStepOutput, kl_regularize};
-use crate::unet::{AttentionMaps, CaptureRequest, attention_map_loss};
+use crate::unet::{AttentionMaps, CaptureRequest, Injection, attention_map_loss};
 use crate::{EngineError, Result};
 
 /// How the VAE posterior becomes the clean latent z0.
@@ -190,6 +190,20 @@ pub fn predict_noise(
     }
 }
 
+/// How the noise of a latent pair is predicted: contexts `[uncond, cond]`, the guidance
+/// scale, whether the maps are kept, and maps injected into the conditional sample.
+#[derive(Clone, Copy)]
+pub struct PairPass<'a> {
+    /// `[uncond, cond]` text contexts.
+    pub context: &'a Tensor,
+    /// Classifier-free guidance scale.
+    pub guidance_scale: f64,
+    /// Return the pass's detached attention maps.
+    pub want_maps: bool,
+    /// Cross-attention maps the conditional sample reads its text with instead of its own.
+    pub inject: Option<&'a Injection>,
+}
+
 /// The denoising step of an attention-guided latent pair `[z, z]` under contexts
 /// `[uncond, cond]`: classifier-free guidance, then the DDIM step applied to the unconditional
 /// copy `X[0]` (as the released MirrorDiffusion and pix2pix-zero code do). Returns the step
@@ -199,22 +213,20 @@ pub fn guided_pair_step(
     x: &Tensor,
     t: usize,
     n: usize,
-    context: &Tensor,
-    guidance_scale: f64,
-    want_maps: bool,
+    pass: &PairPass,
 ) -> Result<(DdimStepOutput, Option<AttentionMaps>)> {
     let request = CaptureRequest {
-        probs: want_maps,
+        probs: pass.want_maps,
         keys_values: false,
     };
-    let (e, maps) = ctx
-        .sd
-        .forward_unet()
-        .forward_with_capture(x, t as f64, context, request)?;
+    let (e, maps) =
+        ctx.sd
+            .forward_unet()
+            .forward_injecting(x, t as f64, pass.context, request, pass.inject)?;
     ctx.unet_call_done();
-    let eps = classifier_free_guidance(&e, guidance_scale)?;
+    let eps = classifier_free_guidance(&e, pass.guidance_scale)?;
     let step = ctx.sd.scheduler.step(&eps, t, &x.narrow(0, 0, 1)?, n)?;
-    Ok((step, want_maps.then(|| maps.detach())))
+    Ok((step, pass.want_maps.then(|| maps.detach())))
 }
 
 /// `e_u + w (e_c − e_u)` for a batch-2 prediction `[e_u, e_c]`.

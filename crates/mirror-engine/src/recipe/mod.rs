@@ -14,6 +14,7 @@ use crate::imageio::{
     PngText, ResizePolicy, encode_png_with_text, is_png, read_png_text, save_png_with_text,
 };
 use crate::loader::lora::LoraInfo;
+use crate::methods::mask::MaskSettings;
 use crate::methods::mirror::MirrorSettings;
 use crate::session::DirectionChoice;
 use crate::vae::VaeTiles;
@@ -93,6 +94,9 @@ pub struct Recipe {
     /// Where the edit may change the picture (absent: everywhere).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mask: Option<RecipeMask>,
+    /// How the mask was found and applied (absent: the defaults, as before they were kept).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mask_settings: Option<MaskSettings>,
     /// Keys this version does not know, kept as they were.
     #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
     pub extra: serde_json::Map<String, serde_json::Value>,

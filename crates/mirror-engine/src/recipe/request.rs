@@ -63,6 +63,7 @@ impl Recipe {
                 EditMask::Found(MaskFinder::Attention) => Some(RecipeMask::Attention),
                 EditMask::Given(image) => Some(RecipeMask::Png(encode_mask(image))),
             },
+            mask_settings: (!req.mask.is_whole()).then_some(req.mask_settings),
             extra: serde_json::Map::new(),
         }
     }
@@ -119,6 +120,7 @@ impl Recipe {
         req.compare_ddim = self.compare_ddim.unwrap_or(true);
         req.vae_tiles = self.vae_tiles();
         req.mask = mask;
+        req.mask_settings = self.mask_settings.unwrap_or_default();
         Ok(())
     }
 }

@@ -8,8 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::branch::{Branch, Method};
 use crate::loader::{Recommended, RecommendedDirection};
-use crate::methods::attention_mask::AttentionMaskSettings;
-use crate::methods::mask::EditMask;
+use crate::methods::mask::{EditMask, MaskSettings};
 use crate::methods::mirror::{MirrorPreset, MirrorSettings};
 use crate::model::{StableDiffusion, VaeTilesReport};
 use crate::pipeline::StepReport;
@@ -131,9 +130,8 @@ pub struct TranslateRequest {
     /// Where the edit may change the picture (every method's translation is blended back to
     /// its reconstruction outside it).
     pub mask: EditMask,
-    /// How a mask found from the words' attention is found (the app and the command line
-    /// use the defaults; the quality benchmark tunes them).
-    pub attention_mask: AttentionMaskSettings,
+    /// How the mask is found and applied.
+    pub mask_settings: MaskSettings,
 }
 
 impl TranslateRequest {
@@ -158,7 +156,7 @@ impl TranslateRequest {
             record_dump: false,
             vae_tiles: VaeTiles::default(),
             mask: EditMask::Whole,
-            attention_mask: AttentionMaskSettings::default(),
+            mask_settings: MaskSettings::default(),
         }
     }
 
@@ -176,6 +174,9 @@ impl TranslateRequest {
         }
         if let Some(s) = r.edit_strength {
             self.edit_strength = s;
+        }
+        if let Some(v) = r.latent_blend_until {
+            self.mask_settings.latent_blend_until = v;
         }
         match r.direction {
             Some(RecommendedDirection::Prompt) => {

@@ -18,6 +18,7 @@ use super::stepper::{StepInputs, edit_mask};
 use crate::branch::Method;
 use crate::direction;
 use crate::imageio::image_to_tensor;
+use crate::methods::mask::{local_blend, pixel_mask};
 use crate::model::{StableDiffusion, VAE_TILES_FALLBACK_NOTE};
 use crate::pipeline::stages::{self, Trajectory, encode_image};
 use crate::pipeline::{CancelToken, Event, Phase, StageContext, StepReport};
@@ -113,7 +114,8 @@ pub(super) fn translate(
     } else {
         store_reconstruction(&run, cache, &inversion, &prepared, &mut progress);
         // Stage 5: the final latent of every branch as an image.
-        decode_branches(sd, req, &progress.latents, &run.events)?
+        let images = decode_branches(sd, req, &progress.latents, &run.events)?;
+        keep_photo_outside_mask(req, &prepared.source, progress.mask.as_ref(), images)?
     };
     run.note_tiles_fallback(told_tiles);
     let dump = if req.record_dump {
@@ -141,6 +143,33 @@ pub(super) fn translate(
         vae_tiles: sd.vae_tiles_report(),
         mask: progress.mask,
     })
+}
+
+/// Stage 5b: with an edit mask, every translation shows the photo itself outside the mask
+/// (soft edges), so nothing outside changes by a single level, whatever the VAE's latents
+/// carry across cells.
+fn keep_photo_outside_mask(
+    req: &TranslateRequest,
+    source: &Tensor,
+    mask: Option<&Tensor>,
+    mut images: BranchImages,
+) -> Result<BranchImages> {
+    let Some(mask) = mask else {
+        return Ok(images);
+    };
+    let pixels = pixel_mask(&req.mask, mask, &req.image)?;
+    let over_photo = |t: &Option<Tensor>| -> Result<Option<Tensor>> {
+        Ok(t.as_ref()
+            .map(|t| local_blend(t, source, &pixels))
+            .transpose()?)
+    };
+    images.ddim_translation = over_photo(&images.ddim_translation)?;
+    images.translation = if req.method == Method::Ddim {
+        images.ddim_translation.clone()
+    } else {
+        over_photo(&images.translation)?
+    };
+    Ok(images)
 }
 
 /// Stage 2: the image and caption as tensors, and the edit direction.
@@ -277,7 +306,8 @@ fn run_steps(
                 let (ahead, cancel) = (&mut ahead, run.cancel);
                 scope.spawn(move |_| *ahead = Some(job.run(sd, cancel)));
             }
-            let mask = progress.mask.as_ref();
+            let blends = req.mask_settings.blends_latents_at(i, n);
+            let mask = progress.mask.as_ref().filter(|_| blends);
             steppers
                 .iter_mut()
                 .map(|stepper| stepper.step(&ctx, i, mask))

@@ -13,7 +13,7 @@ use crate::methods::mask::{
     DiffEditSettings, EditMask, MaskFinder, diffedit_mask, latent_mask, local_blend,
 };
 use crate::methods::mirror::{
-    self, MirrorInputs, MirrorState, ReconstructionStart, ReconstructionStep,
+    self, GuidanceBase, MirrorInputs, MirrorState, ReconstructionStart, ReconstructionStep,
     RecordedReconstruction,
 };
 use crate::methods::pix2pix_zero::{self, Pix2PixZeroInputs, Pix2PixZeroSettings};
@@ -28,6 +28,8 @@ pub(super) struct StepInputs {
     ddim_reconstruction: DdimContexts,
     ddim_translation: DdimContexts,
     pix2pix_zero: Pix2PixZeroSettings,
+    /// E(""), when MirrorDiffusion's guidance is against the empty prompt.
+    empty_prompt: Option<Tensor>,
 }
 
 impl StepInputs {
@@ -42,6 +44,10 @@ impl StepInputs {
             None => caption.zeros_like()?,
         };
         let (ddim_reconstruction, ddim_translation) = ddim_contexts(sd, req, caption, &direction)?;
+        let empty_prompt = (req.method == Method::Mirror
+            && req.mirror.guidance_base == GuidanceBase::EmptyPrompt)
+            .then(|| sd.encode_prompt(""))
+            .transpose()?;
         Ok(Self {
             direction,
             ddim_reconstruction,
@@ -50,6 +56,7 @@ impl StepInputs {
                 guidance_scale: req.mirror.guidance_scale,
                 xa_guidance: req.mirror.xa_guidance,
             },
+            empty_prompt,
         })
     }
 
@@ -71,6 +78,7 @@ impl StepInputs {
                     trajectory,
                     direction: &self.direction,
                     want_edit_maps: req.attention_maps,
+                    empty_prompt: self.empty_prompt.as_ref(),
                 },
                 state: MirrorState::start(trajectory, caption),
                 recorded,
@@ -302,7 +310,7 @@ pub(super) fn edit_mask(
             let ids = ctx.sd.tokenize(&[&req.source_prompt, &req.target_prompt])?;
             let ids = ids.to_vec2::<u32>()?;
             let changed = ChangedTokens::between(&ids[0], &ids[1], ctx.sd.tokenizer.eos_id());
-            let settings = &req.attention_mask;
+            let settings = &req.mask_settings.attention;
             attention_mask(ctx, z0, (caption, &target), &changed, settings, req.seed)?
         }
         EditMask::Found(MaskFinder::DiffEdit) => {

@@ -56,6 +56,30 @@ impl Attention {
             .reshape((b * self.heads, s, self.head_dim))
     }
 
+    /// `probs` `[batch·heads, q, keys]` with sample `sample`'s rows replaced by `maps`
+    /// `[heads, q, keys]`.
+    fn with_sample_replaced(&self, probs: &Tensor, sample: usize, maps: &Tensor) -> Result<Tensor> {
+        let rows = probs.dim(0)?;
+        let start = sample * self.heads;
+        if start + self.heads > rows || maps.dims()[1..] != probs.dims()[1..] {
+            candle_core::bail!(
+                "injected maps {:?} do not fit sample {sample} of {:?}",
+                maps.dims(),
+                probs.dims()
+            );
+        }
+        let maps = maps.to_dtype(probs.dtype())?;
+        let mut parts = Vec::with_capacity(3);
+        if start > 0 {
+            parts.push(probs.narrow(0, 0, start)?);
+        }
+        parts.push(maps);
+        if start + self.heads < rows {
+            parts.push(probs.narrow(0, start + self.heads, rows - start - self.heads)?);
+        }
+        Tensor::cat(&parts, 0)
+    }
+
     fn merge_heads(&self, x: &Tensor, batch: usize) -> Result<Tensor> {
         let (_, s, d) = x.dims3()?;
         x.reshape((batch, self.heads, s, d))?
@@ -82,11 +106,23 @@ impl Attention {
             (Some(sink), Some(_)) => sink.request,
             _ => Default::default(),
         };
+        let injected = match (&sink, &self.capture_name) {
+            (
+                Some(CaptureSink {
+                    inject: Some(i), ..
+                }),
+                Some(name),
+            ) => i.for_layer(name, self.heads)?.map(|maps| (i.sample, maps)),
+            _ => None,
+        };
         // Recorded probabilities must stay in the autograd graph (the map losses differentiate
         // them); they are `[rows, queries, tokens]`, small next to self-attention's matrix.
-        let (out, probs) = if request.probs {
-            let probs = softmax_last_dim(&q.matmul(&k.t()?)?)?;
-            (probs.matmul(&v)?, Some(probs))
+        let (out, probs) = if request.probs || injected.is_some() {
+            let mut probs = softmax_last_dim(&q.matmul(&k.t()?)?)?;
+            if let Some((sample, maps)) = injected {
+                probs = self.with_sample_replaced(&probs, sample, &maps)?;
+            }
+            (probs.matmul(&v)?, request.probs.then_some(probs))
         } else {
             (chunked_attention(&q, &k, &v)?, None)
         };

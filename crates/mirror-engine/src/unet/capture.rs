@@ -48,10 +48,45 @@ pub struct AttentionMaps {
     pub layers: Vec<CapturedAttention>,
 }
 
-/// Where the attention layers of one call put their records (passed down explicitly).
+/// Where the attention layers of one call put their records (passed down explicitly), and
+/// the maps they use instead of their own, when some are injected.
 pub(crate) struct CaptureSink<'a> {
     pub request: CaptureRequest,
     pub layers: &'a mut Vec<CapturedAttention>,
+    pub inject: Option<&'a Injection>,
+}
+
+/// Cross-attention maps that replace one batch sample's own (prompt-to-prompt's attention
+/// replacement, Hertz et al., 2022): that sample's text is read with the layout of another
+/// pass.
+#[derive(Debug, Clone)]
+pub struct Injection {
+    /// Probabilities of every `attn2` layer, `[heads, queries, keys]` each (the last sample
+    /// of the recorded batch is used).
+    pub maps: AttentionMaps,
+    /// The batch sample whose maps are replaced.
+    pub sample: usize,
+}
+
+impl Injection {
+    /// The maps for the layer `name` (a module path that ends with a recorded layer's name):
+    /// the last sample's `[heads, queries, keys]`.
+    pub(crate) fn for_layer(&self, name: &str, heads: usize) -> Result<Option<Tensor>> {
+        let Some(layer) = self.maps.layers.iter().find(|l| name.ends_with(&l.name)) else {
+            return Ok(None);
+        };
+        let Some(probs) = &layer.probs else {
+            return Ok(None);
+        };
+        let rows = probs.dim(0)?;
+        if rows < heads || rows % heads != 0 {
+            candle_core::bail!(
+                "{}: injected maps of {rows} rows for {heads} heads",
+                layer.name
+            );
+        }
+        Ok(Some(probs.narrow(0, rows - heads, heads)?))
+    }
 }
 
 /// Position of a layer name in `named_modules()` order (down < up < mid); the stable sort

@@ -28,8 +28,8 @@ use config::{DownKind, UpKind};
 use embeddings::{TimestepEmbedding, timestep_sinusoid};
 
 pub use capture::{
-    AttentionMaps, CaptureRequest, CapturedAttention, attention_map_loss, key_value_losses,
-    map_loss, repeat_batch,
+    AttentionMaps, CaptureRequest, CapturedAttention, Injection, attention_map_loss,
+    key_value_losses, map_loss, repeat_batch,
 };
 pub use config::{FlagPerBlock, PerBlock, UNetConfig};
 
@@ -218,7 +218,20 @@ impl UNet2DConditionModel {
         encoder_hidden_states: &Tensor,
         request: CaptureRequest,
     ) -> Result<(Tensor, AttentionMaps)> {
-        if !request.any() {
+        self.forward_injecting(sample, timestep, encoder_hidden_states, request, None)
+    }
+
+    /// As [`Self::forward_with_capture`], one sample of the batch reading its text with the
+    /// `inject`ed cross-attention maps instead of its own.
+    pub fn forward_injecting(
+        &self,
+        sample: &Tensor,
+        timestep: f64,
+        encoder_hidden_states: &Tensor,
+        request: CaptureRequest,
+        inject: Option<&Injection>,
+    ) -> Result<(Tensor, AttentionMaps)> {
+        if !request.any() && inject.is_none() {
             let eps = self.run(sample, timestep, encoder_hidden_states, None)?;
             return Ok((eps, AttentionMaps::default()));
         }
@@ -226,6 +239,7 @@ impl UNet2DConditionModel {
         let mut sink = CaptureSink {
             request,
             layers: &mut layers,
+            inject,
         };
         let eps = self.run(sample, timestep, encoder_hidden_states, Some(&mut sink))?;
         if !self.root_prefix.is_empty() {
