@@ -10,8 +10,8 @@
 //!
 //! `cargo bench --bench quality [-- --only model|edits --captions N --guidance G --edits N
 //! --seed S --methods a,b,… --out DIR --grid N --model DIR --set key=value …]`; methods:
-//! recommended, exact, exact-fast, exact-masked, fast-masked, fast-diffedit, ddim,
-//! pix2pix-zero, authors (default all); `--model` another model of the shapes world (default:
+//! recommended, redescribed, paper, exact-fast, masked, diffedit-masked, ddim, pix2pix-zero,
+//! authors (default all); `--model` another model of the shapes world (default:
 //! the built-in demo model; a candidate before it is built in); `--edits` per kind (default
 //! 20), seed 77, `--grid` cases per kind in the grid (default 2), `--out` default
 //! `$CARGO_TARGET_DIR/quality` (else the workspace's `target/quality`). `--set` keys (applied to

@@ -13,18 +13,20 @@ use mirror_engine::session::{
 pub enum Variant {
     /// MirrorDiffusion, recommended preset with the model's recommended values.
     Recommended,
+    /// Recommended with prompt redescription at Mirror's default iterations and the exact
+    /// mirror.
+    Redescribed,
+    /// Recommended with the paper's reconstruction: prompt redescription alone, no exact
+    /// mirror.
+    Paper,
+    /// Recommended with the exact mirror and no redescription (0 iterations).
+    ExactFast,
+    /// Recommended, confined to the mask found from the words' attention.
+    Masked,
+    /// Recommended, confined to DiffEdit's mask.
+    DiffEditMasked,
     /// MirrorDiffusion, the authors' preset (the released code's values and inversion).
     Authors,
-    /// Recommended + the exact mirror (Direct Inversion).
-    Exact,
-    /// Exact mirror without redescription (0 iterations).
-    ExactFast,
-    /// Exact mirror, no redescription, confined to the mask found from the words' attention.
-    FastMasked,
-    /// Exact mirror with redescription, confined to the mask found from the words' attention.
-    ExactMasked,
-    /// Exact mirror, no redescription, confined to DiffEdit's mask.
-    FastDiffEdit,
     /// Plain DDIM: word-swap sampling from the shared (regularised) inversion.
     Ddim,
     /// pix2pix-zero.
@@ -34,11 +36,11 @@ pub enum Variant {
 impl Variant {
     pub const ALL: [Variant; 9] = [
         Variant::Recommended,
-        Variant::Exact,
+        Variant::Redescribed,
+        Variant::Paper,
         Variant::ExactFast,
-        Variant::ExactMasked,
-        Variant::FastMasked,
-        Variant::FastDiffEdit,
+        Variant::Masked,
+        Variant::DiffEditMasked,
         Variant::Ddim,
         Variant::Pix2PixZero,
         Variant::Authors,
@@ -48,12 +50,12 @@ impl Variant {
     pub fn name(self) -> &'static str {
         match self {
             Variant::Recommended => "recommended",
-            Variant::Authors => "authors",
-            Variant::Exact => "exact",
+            Variant::Redescribed => "redescribed",
+            Variant::Paper => "paper",
             Variant::ExactFast => "exact-fast",
-            Variant::ExactMasked => "exact-masked",
-            Variant::FastMasked => "fast-masked",
-            Variant::FastDiffEdit => "fast-diffedit",
+            Variant::Masked => "masked",
+            Variant::DiffEditMasked => "diffedit-masked",
+            Variant::Authors => "authors",
             Variant::Ddim => "ddim",
             Variant::Pix2PixZero => "pix2pix-zero",
         }
@@ -63,12 +65,12 @@ impl Variant {
     pub fn title(self) -> &'static str {
         match self {
             Variant::Recommended => "MirrorDiffusion recommended",
-            Variant::Authors => "MirrorDiffusion authors' preset",
-            Variant::Exact => "MirrorDiffusion + exact mirror",
+            Variant::Redescribed => "recommended + redescription",
+            Variant::Paper => "recommended, paper's reconstruction",
             Variant::ExactFast => "exact mirror, no redescription",
-            Variant::ExactMasked => "exact mirror + mask from the words' attention",
-            Variant::FastMasked => "exact mirror, no redescription + attention mask",
-            Variant::FastDiffEdit => "exact mirror, no redescription + DiffEdit mask",
+            Variant::Masked => "recommended + mask from the words' attention",
+            Variant::DiffEditMasked => "recommended + DiffEdit mask",
+            Variant::Authors => "MirrorDiffusion authors' preset",
             Variant::Ddim => "plain DDIM (word swap)",
             Variant::Pix2PixZero => "pix2pix-zero",
         }
@@ -109,27 +111,23 @@ impl Variant {
         }
         req.apply_recommended(sd.recommended());
         apply_sets(&mut req, sets);
+        let iterations = MirrorSettings::default().redescribe.iterations;
         match self {
             Variant::Recommended | Variant::Authors => {}
-            Variant::Exact => req.mirror.exact_mirror = true,
+            Variant::Redescribed => {
+                req.mirror.exact_mirror = true;
+                req.mirror.redescribe.iterations = iterations;
+            }
+            Variant::Paper => {
+                req.mirror.exact_mirror = false;
+                req.mirror.redescribe.iterations = iterations;
+            }
             Variant::ExactFast => {
                 req.mirror.exact_mirror = true;
                 req.mirror.redescribe.iterations = 0;
             }
-            Variant::ExactMasked => {
-                req.mirror.exact_mirror = true;
-                req.mask = EditMask::Found(MaskFinder::Attention);
-            }
-            Variant::FastMasked => {
-                req.mirror.exact_mirror = true;
-                req.mirror.redescribe.iterations = 0;
-                req.mask = EditMask::Found(MaskFinder::Attention);
-            }
-            Variant::FastDiffEdit => {
-                req.mirror.exact_mirror = true;
-                req.mirror.redescribe.iterations = 0;
-                req.mask = EditMask::Found(MaskFinder::DiffEdit);
-            }
+            Variant::Masked => req.mask = EditMask::Found(MaskFinder::Attention),
+            Variant::DiffEditMasked => req.mask = EditMask::Found(MaskFinder::DiffEdit),
             Variant::Ddim => {
                 req.method = Method::Ddim;
                 req.inversion = InversionChoice::Regularized;
