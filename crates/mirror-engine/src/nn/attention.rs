@@ -221,6 +221,15 @@ mod tests {
         }
         let tracked = chunked_attention(q.as_tensor(), k.as_tensor(), v.as_tensor())?;
         assert!(max_diff(&whole, &tracked) < 1e-5);
+        // f64 inputs take the tensor-op path (f32 CPU ones the fused kernel), through the
+        // graph node as well.
+        let to64 = |t: &Var| t.as_tensor().to_dtype(DType::F64);
+        let (q64, k64, v64) = (to64(&q)?, to64(&k)?, to64(&v)?);
+        let var = Var::from_tensor(&q64)?;
+        for q64 in [&q64, var.as_tensor()] {
+            let out = chunked_attention(q64, &k64, &v64)?.to_dtype(DType::F32)?;
+            assert!(max_diff(&whole, &out) < 1e-5);
+        }
         Ok(())
     }
 
@@ -308,16 +317,23 @@ mod tests {
         Ok(())
     }
 
+    /// On the tensor-op path (f64) and on the fused kernel (f32).
     #[test]
     fn only_tracked_inputs_get_gradients() -> Result<()> {
         let (q, k, v, weight) = inputs(2, 6, 5)?;
-        let fixed_q = q.as_tensor().detach();
-        let grads = chunked_attention(&fixed_q, k.as_tensor(), v.as_tensor())?
-            .mul(&weight)?
-            .sum_all()?
-            .backward()?;
-        assert!(grads.get(&fixed_q).is_none());
-        assert!(grads.get(k.as_tensor()).is_some() && grads.get(v.as_tensor()).is_some());
+        for dtype in [DType::F64, DType::F32] {
+            let fixed_q = q.as_tensor().to_dtype(dtype)?.detach();
+            let (k, v) = (
+                Var::from_tensor(&k.as_tensor().to_dtype(dtype)?)?,
+                Var::from_tensor(&v.as_tensor().to_dtype(dtype)?)?,
+            );
+            let grads = chunked_attention(&fixed_q, k.as_tensor(), v.as_tensor())?
+                .mul(&weight.to_dtype(dtype)?)?
+                .sum_all()?
+                .backward()?;
+            assert!(grads.get(&fixed_q).is_none(), "{dtype:?}");
+            assert!(grads.get(k.as_tensor()).is_some() && grads.get(v.as_tensor()).is_some());
+        }
         Ok(())
     }
 }
