@@ -6,7 +6,8 @@
 //! Here the forward runs one block of queries at a time, and the backward recomputes each
 //! block's probabilities from `q` and `k` (as FlashAttention does), so memory stays at one
 //! block's `[rows, chunk, keys]` matrix whatever the image size. Only tensor ops are used, so
-//! it runs on every device and dtype the engine supports.
+//! it runs on every device and dtype the engine supports. f32 CPU tensors take the fused
+//! kernel of [`super::attention_cpu`] instead, which holds no block at all.
 
 use candle_core::Tensor;
 use candle_core::{CpuStorage, CudaStorage, CustomOp3, D, Layout, MetalStorage, Result, Shape};
@@ -24,8 +25,12 @@ fn chunk_len(rows: usize, queries: usize, keys: usize, elem_size: usize) -> usiz
 }
 
 /// `softmax(q kᵀ) v` for `q` `[rows, queries, d]` (already scaled), `k` `[rows, keys, d]`,
-/// `v` `[rows, keys, dv]`. Differentiable in all three when they track gradients.
+/// `v` `[rows, keys, dv]`. Differentiable in all three when they track gradients. On the CPU
+/// in f32 it is the fused kernel, elsewhere query blocks of tensor ops.
 pub fn chunked_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    if super::attention_cpu::applies(q, k, v) {
+        return super::attention_cpu::attention(q, k, v);
+    }
     let chunk = chunk_for(q, k)?;
     let out = forward_chunks(&q.detach(), &k.detach(), &v.detach(), chunk)?;
     if !(q.track_op() || k.track_op() || v.track_op()) {
@@ -35,7 +40,7 @@ pub fn chunked_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     q.apply_op3(k, v, ChunkedAttention { output })
 }
 
-fn chunk_for(q: &Tensor, k: &Tensor) -> Result<usize> {
+pub(super) fn chunk_for(q: &Tensor, k: &Tensor) -> Result<usize> {
     let (rows, queries, _) = q.dims3()?;
     Ok(chunk_len(
         rows,
@@ -46,7 +51,7 @@ fn chunk_for(q: &Tensor, k: &Tensor) -> Result<usize> {
 }
 
 /// The forward pass, `chunk` queries at a time (no autograd graph).
-fn forward_chunks(q: &Tensor, k: &Tensor, v: &Tensor, chunk: usize) -> Result<Tensor> {
+pub(super) fn forward_chunks(q: &Tensor, k: &Tensor, v: &Tensor, chunk: usize) -> Result<Tensor> {
     let queries = q.dim(1)?;
     let kt = k.t()?;
     let mut blocks = Vec::with_capacity(queries.div_ceil(chunk));
@@ -216,6 +221,15 @@ mod tests {
         }
         let tracked = chunked_attention(q.as_tensor(), k.as_tensor(), v.as_tensor())?;
         assert!(max_diff(&whole, &tracked) < 1e-5);
+        // f64 inputs take the tensor-op path (f32 CPU ones the fused kernel), through the
+        // graph node as well.
+        let to64 = |t: &Var| t.as_tensor().to_dtype(DType::F64);
+        let (q64, k64, v64) = (to64(&q)?, to64(&k)?, to64(&v)?);
+        let var = Var::from_tensor(&q64)?;
+        for q64 in [&q64, var.as_tensor()] {
+            let out = chunked_attention(q64, &k64, &v64)?.to_dtype(DType::F32)?;
+            assert!(max_diff(&whole, &out) < 1e-5);
+        }
         Ok(())
     }
 
@@ -303,16 +317,23 @@ mod tests {
         Ok(())
     }
 
+    /// On the tensor-op path (f64) and on the fused kernel (f32).
     #[test]
     fn only_tracked_inputs_get_gradients() -> Result<()> {
         let (q, k, v, weight) = inputs(2, 6, 5)?;
-        let fixed_q = q.as_tensor().detach();
-        let grads = chunked_attention(&fixed_q, k.as_tensor(), v.as_tensor())?
-            .mul(&weight)?
-            .sum_all()?
-            .backward()?;
-        assert!(grads.get(&fixed_q).is_none());
-        assert!(grads.get(k.as_tensor()).is_some() && grads.get(v.as_tensor()).is_some());
+        for dtype in [DType::F64, DType::F32] {
+            let fixed_q = q.as_tensor().to_dtype(dtype)?.detach();
+            let (k, v) = (
+                Var::from_tensor(&k.as_tensor().to_dtype(dtype)?)?,
+                Var::from_tensor(&v.as_tensor().to_dtype(dtype)?)?,
+            );
+            let grads = chunked_attention(&fixed_q, k.as_tensor(), v.as_tensor())?
+                .mul(&weight.to_dtype(dtype)?)?
+                .sum_all()?
+                .backward()?;
+            assert!(grads.get(&fixed_q).is_none(), "{dtype:?}");
+            assert!(grads.get(k.as_tensor()).is_some() && grads.get(v.as_tensor()).is_some());
+        }
         Ok(())
     }
 }

@@ -9,6 +9,7 @@ use candle_core::{D, DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 pub mod attention;
+mod attention_cpu;
 pub mod blocks;
 mod col2im;
 pub mod conv_cpu;
