@@ -16,6 +16,7 @@ pub(crate) mod fast_exp;
 pub mod frozen;
 pub(crate) mod fused_cpu;
 pub mod geglu;
+pub(crate) mod matmul_cpu;
 pub mod norm_backward;
 mod precomputed;
 pub use attention::chunked_attention;

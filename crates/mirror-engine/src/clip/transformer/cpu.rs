@@ -22,13 +22,14 @@
 use candle_core::cpu::kernels::VecOps;
 use candle_core::{CpuStorage, DType, Device, Result, Storage, StorageRef, Tensor};
 use candle_nn::Linear;
-use gemm::{Parallelism, gemm};
+use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::{ClipEncoderLayer, ClipTextTransformer};
 use crate::clip::ClipActivation;
 use crate::nn::fast_exp;
 use crate::nn::fused_cpu::{LayerNormOp, run_serially};
+use crate::nn::matmul_cpu::{View, add_transposed, f32_values, parallelism, product, product_into};
 
 /// The encoder's layers and final LayerNorm on `embeddings` `[B, T, D]`, or `None` where
 /// this path does not apply (a gradient can flow, another device or dtype, weights of an
@@ -131,7 +132,7 @@ impl Buffers {
 /// One pre-LayerNorm layer on the residual stream `x` `[rows, D]`, in place.
 fn encoder_layer(w: &LayerWeights, dims: &Dims, x: &mut [f32], buf: &mut Buffers) -> Result<()> {
     let rows = dims.rows();
-    let parallelism = gemm_parallelism();
+    let parallelism = parallelism();
     let stream = View::row_major(rows, dims.width);
     w.norm1.run_into(x, &mut buf.normed);
     w.q.forward_transposed(&buf.normed, stream, &mut buf.q, parallelism)?;
@@ -154,7 +155,7 @@ fn encoder_layer(w: &LayerWeights, dims: &Dims, x: &mut [f32], buf: &mut Buffers
     )?;
     w.out
         .forward_transposed(&buf.attention, stream, &mut buf.projected, parallelism)?;
-    add_transposed(x, &buf.projected, w.out.bias.get(), rows);
+    add_transposed(x, &buf.projected, rows, Some(w.out.bias.get()))?;
     w.norm2.run_into(x, &mut buf.normed);
     w.fc1
         .forward_transposed(&buf.normed, stream, &mut buf.hidden, parallelism)?;
@@ -169,16 +170,8 @@ fn encoder_layer(w: &LayerWeights, dims: &Dims, x: &mut [f32], buf: &mut Buffers
     };
     w.fc2
         .forward_transposed(&buf.hidden, hidden, &mut buf.projected, parallelism)?;
-    add_transposed(x, &buf.projected, w.fc2.bias.get(), rows);
+    add_transposed(x, &buf.projected, rows, Some(w.fc2.bias.get()))?;
     Ok(())
-}
-
-/// The GEMM's threads for the layers' products: all of candle's.
-fn gemm_parallelism() -> Parallelism {
-    match candle_core::utils::get_num_threads() {
-        0 | 1 => Parallelism::None,
-        threads => Parallelism::Rayon(threads),
-    }
 }
 
 /// One layer's weights, borrowed from their tensors.
@@ -243,8 +236,9 @@ impl<'a> Values<'a> {
             return None;
         }
         let (storage, layout) = t.storage_and_layout();
+        f32_values(&storage, layout)?;
         let (start, end) = layout.contiguous_offsets()?;
-        matches!(&*storage, Storage::Cpu(CpuStorage::F32(_))).then_some(Self {
+        Some(Self {
             storage,
             start,
             end,
@@ -316,117 +310,6 @@ impl<'a> Dense<'a> {
             }
         });
     }
-}
-
-/// Where a matrix lies in a slice: element (i, j) at `offset + i·row_stride + j·col_stride`.
-#[derive(Debug, Clone, Copy)]
-struct View {
-    rows: usize,
-    cols: usize,
-    row_stride: usize,
-    col_stride: usize,
-    offset: usize,
-}
-
-impl View {
-    /// A contiguous row-major matrix at the start of its slice.
-    fn row_major(rows: usize, cols: usize) -> Self {
-        Self {
-            rows,
-            cols,
-            row_stride: cols,
-            col_stride: 1,
-            offset: 0,
-        }
-    }
-
-    /// One past the largest index the matrix reaches (its offset when it is empty).
-    fn end(&self) -> usize {
-        if self.rows == 0 || self.cols == 0 {
-            return self.offset;
-        }
-        self.offset + (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride + 1
-    }
-}
-
-/// `dst = scale · a·b` for matrices laid out in slices as their views say.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "a GEMM call: three matrices and how to run it"
-)]
-fn product(
-    dst: &mut [f32],
-    d: View,
-    a: &[f32],
-    av: View,
-    b: &[f32],
-    bv: View,
-    scale: f32,
-    parallelism: Parallelism,
-) -> Result<()> {
-    // SAFETY: `dst` is borrowed mutably for the call, so nothing else reads or writes it.
-    unsafe {
-        product_into(
-            dst.as_mut_ptr(),
-            dst.len(),
-            d,
-            (a, av),
-            (b, bv),
-            scale,
-            parallelism,
-        )
-    }
-}
-
-/// [`product`] into `dst_len` values at `dst`, after checking that the shapes agree and that
-/// every view lies inside its slice.
-///
-/// # Safety
-///
-/// `dst` must point to `dst_len` values that are valid for writes, and nothing else may read
-/// or write the elements that `d` covers during the call.
-unsafe fn product_into(
-    dst: *mut f32,
-    dst_len: usize,
-    d: View,
-    (a, av): (&[f32], View),
-    (b, bv): (&[f32], View),
-    scale: f32,
-    parallelism: Parallelism,
-) -> Result<()> {
-    if d.rows != av.rows || d.cols != bv.cols || av.cols != bv.rows {
-        candle_core::bail!("CLIP product: shapes {d:?} = {av:?} · {bv:?} do not agree");
-    }
-    if d.end() > dst_len || av.end() > a.len() || bv.end() > b.len() {
-        candle_core::bail!("CLIP product: a view lies outside its buffer");
-    }
-    // SAFETY: every element each view reaches, offset + i·row_stride + j·col_stride for
-    // i < rows and j < cols, is below its end(), which is within its buffer (checked above);
-    // the caller guarantees that the elements of dst are ours to write.
-    unsafe {
-        gemm(
-            d.rows,
-            d.cols,
-            av.cols,
-            dst.add(d.offset),
-            d.col_stride as isize,
-            d.row_stride as isize,
-            false,
-            a.as_ptr().add(av.offset),
-            av.col_stride as isize,
-            av.row_stride as isize,
-            b.as_ptr().add(bv.offset),
-            bv.col_stride as isize,
-            bv.row_stride as isize,
-            0.0,
-            scale,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
-    Ok(())
 }
 
 /// The attention's projections, each `[D, rows]`.
@@ -561,29 +444,6 @@ fn activate(
         }
     });
     Ok(())
-}
-
-/// `x[m, n] += yᵀ[n, m] + bias[n]` for the residual stream `x` `[rows, N]` and a layer's
-/// transposed output `yt` `[N, rows]`: 16 rows of x at a time, so that each read of yᵀ is
-/// one cache line of 16 consecutive rows.
-fn add_transposed(x: &mut [f32], yt: &[f32], bias: &[f32], rows: usize) {
-    const BLOCK: usize = 16;
-    let n = bias.len();
-    let add = |(index, xs): (usize, &mut [f32])| {
-        let first = index * BLOCK;
-        let count = xs.len() / n;
-        for (j, b) in bias.iter().enumerate() {
-            let column = &yt[j * rows + first..][..count];
-            for (i, y) in column.iter().enumerate() {
-                xs[i * n + j] += y + b;
-            }
-        }
-    };
-    if run_serially(x.len()) {
-        x.chunks_mut(BLOCK * n).enumerate().for_each(add);
-    } else {
-        x.par_chunks_mut(BLOCK * n).enumerate().for_each(add);
-    }
 }
 
 /// `f(first row, rows)` over blocks of whole rows (of `row_len` values) of `data`, on the
