@@ -8,6 +8,8 @@ use candle_nn::{Embedding, Linear, VarBuilder};
 use super::config::{ClipActivation, ClipTextConfig};
 use crate::nn::{LayerNorm, softmax_last_dim};
 
+mod cpu;
+
 /// Token embedding + learned absolute position embedding.
 #[derive(Debug, Clone)]
 struct ClipTextEmbeddings {
@@ -194,6 +196,16 @@ impl ClipTextTransformer {
 
     /// The transformer layers and final LayerNorm applied to embeddings `[B, T, D]`.
     pub fn forward_embeddings(&self, embeddings: &Tensor) -> Result<Tensor> {
+        // On the CPU in f32 without a gradient: the direct kernels of `cpu`.
+        if let Some(out) = cpu::forward(self, embeddings)? {
+            return Ok(out);
+        }
+        self.forward_embeddings_with_tensor_ops(embeddings)
+    }
+
+    /// [`Self::forward_embeddings`] with candle's tensor operations (any device and dtype,
+    /// differentiable).
+    fn forward_embeddings_with_tensor_ops(&self, embeddings: &Tensor) -> Result<Tensor> {
         let (_, seq_len, _) = embeddings.dims3()?;
         let mask = causal_mask(seq_len, embeddings.device())?;
         let mut x = embeddings.clone();

@@ -12,7 +12,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape};
 use rayon::prelude::*;
 
 /// Storage types the kernels read and write, computed in f32.
-trait Element: Copy + Send + Sync + 'static {
+pub(crate) trait Element: Copy + Send + Sync + 'static {
     fn to_f32(self) -> f32;
     fn from_f32(v: f32) -> Self;
 }
@@ -207,10 +207,17 @@ pub struct LayerNormOp {
 
 impl LayerNormOp {
     fn run<E: Element>(&self, xs: &[E]) -> Vec<E> {
-        let d = self.weight.len();
         let mut out = vec![E::from_f32(0.0); xs.len()];
+        self.run_into(xs, &mut out);
+        out
+    }
+
+    /// The normalised rows of `xs` (rows of the weights' length) written to `out`, of the
+    /// same length.
+    pub(crate) fn run_into<E: Element>(&self, xs: &[E], out: &mut [E]) {
+        let d = self.weight.len();
         // Rows are short: hand rayon a few dozen at a time.
-        for_each_chunk(&mut out, xs, d * 16, |_, out, xs| {
+        for_each_chunk(out, xs, d * 16, |_, out, xs| {
             for (out, xs) in out.chunks_mut(d).zip(xs.chunks(d)) {
                 let (mean, rstd) = moments(xs, self.eps);
                 for ((o, x), (w, b)) in out
@@ -222,7 +229,6 @@ impl LayerNormOp {
                 }
             }
         });
-        out
     }
 }
 

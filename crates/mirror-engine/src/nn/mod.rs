@@ -13,10 +13,11 @@ mod attention_cpu;
 pub mod blocks;
 mod col2im;
 pub mod conv_cpu;
-mod fast_exp;
+pub(crate) mod fast_exp;
 pub mod frozen;
-mod fused_cpu;
+pub(crate) mod fused_cpu;
 pub mod geglu;
+pub(crate) mod matmul_cpu;
 pub mod norm_backward;
 mod precomputed;
 pub use attention::chunked_attention;
@@ -113,6 +114,16 @@ impl LayerNorm {
 }
 
 impl LayerNorm {
+    /// The fused CPU kernel of this layer (its weights as f32), for callers that normalise
+    /// their own buffers.
+    pub(crate) fn fused_op(&self) -> Result<fused_cpu::LayerNormOp> {
+        Ok(fused_cpu::LayerNormOp {
+            eps: self.eps,
+            weight: f32_values(&self.weight)?,
+            bias: f32_values(&self.bias)?,
+        })
+    }
+
     /// The differentiable form.
     fn elementary(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
@@ -145,12 +156,7 @@ impl Module for LayerNorm {
         if !fused_kernel_applies(x) {
             return self.elementary(x);
         }
-        let op = fused_cpu::LayerNormOp {
-            eps: self.eps,
-            weight: f32_values(&self.weight)?,
-            bias: f32_values(&self.bias)?,
-        };
-        x.contiguous()?.apply_op1_no_bwd(&op)
+        x.contiguous()?.apply_op1_no_bwd(&self.fused_op()?)
     }
 }
 
