@@ -22,11 +22,12 @@ use std::cell::RefCell;
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
-use gemm::{Parallelism, gemm};
+use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::fast_exp;
 use super::fused_cpu::run_serially;
+use super::matmul_cpu::{self, Gemm, View};
 
 /// Scores one tile may hold (the backward holds two such buffers): 1 MiB of f32, so that a
 /// thread's buffers stay in its core's L2 cache.
@@ -133,50 +134,32 @@ impl<'a> Mat<'a> {
         }
     }
 
-    /// Whether every element lies inside `data`.
-    fn in_bounds(&self) -> bool {
-        self.rows == 0
-            || self.cols == 0
-            || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
+    /// The slice and its view, as [`matmul_cpu::product`] takes them.
+    fn operand(self) -> (&'a [f32], View) {
+        let view = View {
+            rows: self.rows,
+            cols: self.cols,
+            row_stride: self.rs,
+            col_stride: self.cs,
+            offset: 0,
+        };
+        (self.data, view)
     }
 }
 
 /// `dst` (`rows × cols`, row-major in the slice) `= lhs · rhs`, or `+=` when `accumulate`, on
-/// the calling thread.
+/// the calling thread (the tiles are what runs in parallel).
 fn product(dst: &mut [f32], lhs: Mat, rhs: Mat, accumulate: bool) {
-    let (m, n, k) = (lhs.rows, rhs.cols, lhs.cols);
-    assert!(
-        rhs.rows == k && dst.len() == m * n && lhs.in_bounds() && rhs.in_bounds(),
-        "fused attention: product of {m}×{k} and {}×{n} into {} values",
-        rhs.rows,
-        dst.len()
-    );
-    // SAFETY: dst holds the m × n result row-major (row stride n, column stride 1); lhs and
-    // rhs were checked above to hold every element their strides address; the three do not
-    // overlap (dst is borrowed mutably).
-    unsafe {
-        gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.data.as_ptr(),
-            lhs.cs as isize,
-            lhs.rs as isize,
-            rhs.data.as_ptr(),
-            rhs.cs as isize,
-            rhs.rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        );
-    }
+    let how = Gemm {
+        scale: 1.0,
+        accumulate,
+        parallelism: Parallelism::None,
+    };
+    let d = View::row_major(lhs.rows, rhs.cols);
+    let done = matmul_cpu::product(dst, d, lhs.operand(), rhs.operand(), how);
+    // The tile sizes are computed from the inputs' checked dimensions: a mismatch here is a
+    // bug in this file, not bad input.
+    assert!(done.is_ok(), "fused attention: {done:?}");
 }
 
 thread_local! {

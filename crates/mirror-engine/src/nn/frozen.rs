@@ -133,12 +133,9 @@ impl Linear {
         matmul_cpu::product(
             &mut y_t,
             y_view,
-            x_values,
-            matmul_cpu::View::row_major(rows, inputs),
-            w_values,
-            w_t,
-            1.0,
-            matmul_cpu::parallelism(),
+            (x_values, matmul_cpu::View::row_major(rows, inputs)),
+            (w_values, w_t),
+            matmul_cpu::Gemm::scaled(1.0, matmul_cpu::parallelism()),
         )?;
         let y = matmul_cpu::transpose_adding(&y_t, rows, bias.as_deref())?;
         let mut dims = x.dims().to_vec();

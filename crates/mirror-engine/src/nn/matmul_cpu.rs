@@ -45,33 +45,36 @@ impl View {
     }
 }
 
-/// `dst = scale · a·b` for matrices laid out in slices as their views say.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "a GEMM call: three matrices and how to run it"
-)]
+/// How a product runs: `dst = scale · a·b`, or `dst += scale · a·b` when `accumulate`, on
+/// `parallelism`'s threads.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Gemm {
+    pub(crate) scale: f32,
+    pub(crate) accumulate: bool,
+    pub(crate) parallelism: Parallelism,
+}
+
+impl Gemm {
+    /// `dst = scale · a·b`.
+    pub(crate) fn scaled(scale: f32, parallelism: Parallelism) -> Self {
+        Self {
+            scale,
+            accumulate: false,
+            parallelism,
+        }
+    }
+}
+
+/// The product `how` says for matrices laid out in slices as their views say.
 pub(crate) fn product(
     dst: &mut [f32],
     d: View,
-    a: &[f32],
-    av: View,
-    b: &[f32],
-    bv: View,
-    scale: f32,
-    parallelism: Parallelism,
+    (a, av): (&[f32], View),
+    (b, bv): (&[f32], View),
+    how: Gemm,
 ) -> Result<()> {
     // SAFETY: `dst` is borrowed mutably for the call, so nothing else reads or writes it.
-    unsafe {
-        product_into(
-            dst.as_mut_ptr(),
-            dst.len(),
-            d,
-            (a, av),
-            (b, bv),
-            scale,
-            parallelism,
-        )
-    }
+    unsafe { product_into(dst.as_mut_ptr(), dst.len(), d, (a, av), (b, bv), how) }
 }
 
 /// [`product`] into `dst_len` values at `dst`, after checking that the shapes agree and that
@@ -87,8 +90,7 @@ pub(crate) unsafe fn product_into(
     d: View,
     (a, av): (&[f32], View),
     (b, bv): (&[f32], View),
-    scale: f32,
-    parallelism: Parallelism,
+    how: Gemm,
 ) -> Result<()> {
     if d.rows != av.rows || d.cols != bv.cols || av.cols != bv.rows {
         candle_core::bail!("strided product: shapes {d:?} = {av:?} · {bv:?} do not agree");
@@ -107,19 +109,20 @@ pub(crate) unsafe fn product_into(
             dst.add(d.offset),
             d.col_stride as isize,
             d.row_stride as isize,
-            false,
+            how.accumulate,
             a.as_ptr().add(av.offset),
             av.col_stride as isize,
             av.row_stride as isize,
             b.as_ptr().add(bv.offset),
             bv.col_stride as isize,
             bv.row_stride as isize,
-            0.0,
-            scale,
+            // dst = alpha·dst + beta·a·b, dst read only when accumulating.
+            1.0,
+            how.scale,
             false,
             false,
             false,
-            parallelism,
+            how.parallelism,
         );
     }
     Ok(())
@@ -237,7 +240,13 @@ mod tests {
                     let (av, bv) = (view(m, k, a_rows_major, 5), view(k, n, b_rows_major, 3));
                     let dv = view(m, n, d_rows_major, 0);
                     let mut d = vec![f32::NAN; m * n];
-                    product(&mut d, dv, &a, av, &b, bv, 0.5, Parallelism::None)?;
+                    product(
+                        &mut d,
+                        dv,
+                        (&a, av),
+                        (&b, bv),
+                        Gemm::scaled(0.5, Parallelism::None),
+                    )?;
                     for i in 0..m {
                         for j in 0..n {
                             let want: f32 = 0.5
@@ -257,12 +266,9 @@ mod tests {
         let err = product(
             &mut d,
             View::row_major(m, n),
-            &a,
-            a_short,
-            &b_long,
-            b_view,
-            1.0,
-            Parallelism::None,
+            (&a, a_short),
+            (&b_long, b_view),
+            Gemm::scaled(1.0, Parallelism::None),
         );
         assert!(
             err.is_err(),

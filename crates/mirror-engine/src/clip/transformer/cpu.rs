@@ -29,7 +29,9 @@ use super::{ClipEncoderLayer, ClipTextTransformer};
 use crate::clip::ClipActivation;
 use crate::nn::fast_exp;
 use crate::nn::fused_cpu::{LayerNormOp, run_serially};
-use crate::nn::matmul_cpu::{View, add_transposed, f32_values, parallelism, product, product_into};
+use crate::nn::matmul_cpu::{
+    Gemm, View, add_transposed, f32_values, parallelism, product, product_into,
+};
 
 /// The encoder's layers and final LayerNorm on `embeddings` `[B, T, D]`, or `None` where
 /// this path does not apply (a gradient can flow, another device or dtype, weights of an
@@ -298,7 +300,13 @@ impl<'a> Dense<'a> {
             col_stride: self.inputs,
             offset: 0,
         };
-        product(yt, y, x, xv, self.weight.get(), w_t, 1.0, parallelism)
+        product(
+            yt,
+            y,
+            (x, xv),
+            (self.weight.get(), w_t),
+            Gemm::scaled(1.0, parallelism),
+        )
     }
 
     /// Adds the bias to `yt` `[outputs, rows]` from [`Self::forward_transposed`].
@@ -365,7 +373,13 @@ fn attention(
             col_stride: 1,
             offset: at,
         };
-        product(s, block, p.q, tokens, p.k, keys_t, scale, Parallelism::None)?;
+        product(
+            s,
+            block,
+            (p.q, tokens),
+            (p.k, keys_t),
+            Gemm::scaled(scale, Parallelism::None),
+        )?;
         causal_softmax(s, t);
         let dst = View {
             rows: t,
@@ -384,8 +398,7 @@ fn attention(
                 dst,
                 (s, block),
                 (p.v, tokens),
-                1.0,
-                Parallelism::None,
+                Gemm::scaled(1.0, Parallelism::None),
             )
         }
     };
