@@ -236,6 +236,18 @@ fn plots(ui: &mut Ui, state: &AppState) {
             ui.label(
                 RichText::new("Redescription loss (last Adam iteration of each step)").small(),
             );
+            let redescribed = state.frames.iter().any(|f| !f.redescription.is_empty());
+            if !redescribed && !state.frames.is_empty() {
+                // An empty plot would read as a failure: say why there is nothing to draw.
+                ui.add_space(height / 3.0);
+                ui.label(
+                    "No redescription in this run: the exact mirror puts the reconstruction \
+                     on the photo's own path at every step, so the photo's description needs \
+                     no refining. Choose \"exact mirror\" or \"as described\" under \
+                     Reconstruction to see it refined.",
+                );
+                return;
+            }
             Plot::new("redescription-loss")
                 .legend(Legend::default().position(egui_plot::Corner::LeftTop))
                 .height(height)

@@ -6,7 +6,7 @@ use candle_nn::{Linear, VarBuilder};
 
 use super::blocks::{BlockSettings, VAE_NORM_EPS};
 use crate::nn::ResnetBlock2D;
-use crate::nn::{GroupNorm, softmax_last_dim};
+use crate::nn::{GroupNorm, chunked_attention};
 
 /// Loads a C→C projection stored under today's diffusers name (`to_q`, Linear [C, C]) or the
 /// original one (`query`, possibly a 1×1 conv [C, C, 1, 1]).
@@ -84,8 +84,9 @@ impl Module for VaeAttention {
             ),
             _ => (q, k, v),
         };
-        let scores = (q.matmul(&k.t()?)? * self.scale)?;
-        let attended = softmax_last_dim(&scores)?.matmul(&v)?.to_dtype(dtype)?;
+        // One head over every position: at 512 px a [4096, 4096] score block per image, which
+        // the chunked (on the CPU fused) attention never holds whole.
+        let attended = chunked_attention(&(q * self.scale)?, &k, &v)?.to_dtype(dtype)?;
         let out = self
             .to_out
             .forward(&attended)?
