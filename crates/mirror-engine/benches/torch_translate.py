@@ -15,7 +15,8 @@ Prints one JSON line. torch.set_num_threads(2) as bench_torch.py.
 import json, os, resource, sys, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ORACLE = os.path.join(HERE, "..", "..", "shared", "tools", "oracle")
+# crates/mirror-engine/benches -> the repository root -> ../shared beside it.
+ORACLE = os.path.join(HERE, "..", "..", "..", "..", "shared", "tools", "oracle")
 sys.path.insert(0, ORACLE)
 
 import torch  # noqa: E402
