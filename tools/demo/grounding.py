@@ -56,6 +56,18 @@ def record_cross_attention(unet):
     return store
 
 
+def layer_maps(store, coverage, min_side=4):
+    """Per recorded layer of at least `min_side` cells a side: its head-averaged attention
+    [B, cells, tokens] and the object's coverage of each cell [B, cells]."""
+    for heads, probs in store:
+        rows, cells, tokens = probs.shape
+        side = int(round(cells ** 0.5))
+        if side < min_side:
+            continue
+        a = probs.view(rows // heads, heads, cells, tokens).mean(1)
+        yield a, F.adaptive_avg_pool2d(coverage, side).flatten(1)
+
+
 def grounding_losses(store, coverage, grounded, min_side=4):
     """(binding, leak) averaged over the recorded layers of at least `min_side` cells a side.
 
@@ -65,14 +77,8 @@ def grounding_losses(store, coverage, grounded, min_side=4):
     if not grounded.any():
         store.clear()
         return torch.zeros(()), torch.zeros(())
-    for heads, probs in store:
-        rows, cells, tokens = probs.shape
-        batch = rows // heads
-        side = int(round(cells ** 0.5))
-        if side < min_side:
-            continue
-        a = probs.view(batch, heads, cells, tokens).mean(1)[grounded]
-        m = F.adaptive_avg_pool2d(coverage, side).flatten(1)[grounded]
+    for a, m in layer_maps(store, coverage, min_side):
+        a, m = a[grounded], m[grounded]
         obj = a[..., OBJECT].sum(-1)
         bg = a[..., BACKGROUND].sum(-1)
         free = a[..., SINK].sum(-1)
@@ -89,14 +95,7 @@ def attention_inside(store, coverage, min_side=4):
     """Share of each phrase's attention mass inside the object (object phrase) and outside
     (background phrase), averaged over layers: the probe that found the maps flat."""
     inside_obj, outside_bg, layers = 0.0, 0.0, 0
-    for heads, probs in store:
-        rows, cells, tokens = probs.shape
-        batch = rows // heads
-        side = int(round(cells ** 0.5))
-        if side < min_side:
-            continue
-        a = probs.view(batch, heads, cells, tokens).mean(1)
-        m = F.adaptive_avg_pool2d(coverage, side).flatten(1)
+    for a, m in layer_maps(store, coverage, min_side):
         obj = a[..., OBJECT].sum(-1)
         bg = a[..., BACKGROUND].sum(-1)
         inside_obj += float(((obj * m).sum(1) / obj.sum(1).clamp(min=1e-9)).mean())

@@ -159,9 +159,9 @@ fn keep_photo_outside_mask(
     };
     let pixels = pixel_mask(&req.mask, mask, &req.image)?;
     let over_photo = |t: &Option<Tensor>| -> Result<Option<Tensor>> {
-        Ok(t.as_ref()
+        t.as_ref()
             .map(|t| local_blend(t, source, &pixels))
-            .transpose()?)
+            .transpose()
     };
     images.ddim_translation = over_photo(&images.ddim_translation)?;
     images.translation = if req.method == Method::Ddim {
