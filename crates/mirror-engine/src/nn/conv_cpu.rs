@@ -62,12 +62,56 @@ pub fn conv2d_stride1_cached(
     bias: Option<&Tensor>,
     prep: InputPrep,
 ) -> Result<Tensor> {
+    let kernel = Kernel {
+        taps,
+        channel_last,
+        flipped_transposed: false,
+    };
     match x.dtype() {
-        DType::F32 => run::<f32>(x, taps, channel_last, bias, prep),
-        DType::F16 => run::<half::f16>(x, taps, channel_last, bias, prep),
-        DType::F64 => run::<f64>(x, taps, channel_last, bias, prep),
+        DType::F32 => run::<f32>(x, kernel, bias, prep),
+        DType::F16 => run::<half::f16>(x, kernel, bias, prep),
+        DType::F64 => run::<f64>(x, kernel, bias, prep),
         other => candle_core::bail!("conv2d: no CPU matrix-product path for {other:?}"),
     }
+}
+
+/// The input gradient `[B, C_in, H, W]` of a stride-1 convolution with `taps` (from
+/// [`tap_matrices`], `[C_out, k, k, C_in]`) and `padding`, for the output gradient `grad`
+/// `[B, C_out, Ho, Wo]`: the convolution of `grad`, padded by k − 1 − `padding`, with the
+/// spatially flipped, channel-transposed kernel, whose taps the products read in place from
+/// `taps` (no flipped copy of the kernel, no k²-fold column buffer). CPU, f32.
+pub(crate) fn input_gradient_stride1_f32(
+    grad: &Tensor,
+    taps: &Tensor,
+    padding: usize,
+) -> Result<Tensor> {
+    let (_, kh, kw, _) = taps.dims4()?;
+    if kh != kw || padding >= kh {
+        candle_core::bail!("conv input gradient: kernel {kh}x{kw} with padding {padding}");
+    }
+    let kernel = Kernel {
+        taps,
+        channel_last: None,
+        flipped_transposed: true,
+    };
+    let prep = InputPrep {
+        padding: kh - 1 - padding,
+        upsample_x2: false,
+    };
+    run::<f32>(grad, kernel, None, prep)
+}
+
+/// How [`run`] reads its kernel.
+#[derive(Clone, Copy)]
+struct Kernel<'a> {
+    /// `[C_out, kh, kw, C_in]` of the forward convolution.
+    taps: &'a Tensor,
+    /// Where a small image's channel-last copy of the taps is kept.
+    channel_last: Option<&'a OnceLock<Tensor>>,
+    /// Convolve with the spatially flipped kernel, its channels transposed (the forward's
+    /// input gradient): tap (ky, kx) is the forward's tap (kh − 1 − ky, kw − 1 − kx) read as
+    /// `[C_in, C_out]`.
+    flipped_transposed: bool,
 }
 
 /// The values of a contiguous CPU tensor, borrowed from its storage.
@@ -87,15 +131,26 @@ fn cpu_slice<'a, T: WithDType>(storage: &'a Storage, layout: &Layout) -> Result<
 )]
 fn run<T: WithDType>(
     x: &Tensor,
-    taps: &Tensor,
-    channel_last_cache: Option<&OnceLock<Tensor>>,
+    kernel: Kernel<'_>,
     bias: Option<&Tensor>,
     prep: InputPrep,
 ) -> Result<Tensor> {
+    let Kernel {
+        taps,
+        channel_last: channel_last_cache,
+        flipped_transposed,
+    } = kernel;
     let (b, c_in, h_in, w_in) = x.dims4()?;
     let factor = if prep.upsample_x2 { 2 } else { 1 };
     let (h, w, padding) = (h_in * factor, w_in * factor, prep.padding);
-    let (c_out, kh, kw, tap_in) = taps.dims4()?;
+    let (taps_out, kh, kw, taps_in) = taps.dims4()?;
+    // Row stride of the taps as the `[taps_out, kh·kw·taps_in]` matrix.
+    let row_stride = kh * kw * taps_in;
+    let (c_out, tap_in) = if flipped_transposed {
+        (taps_in, taps_out)
+    } else {
+        (taps_out, taps_in)
+    };
     if tap_in != c_in {
         candle_core::bail!("conv2d: input has {c_in} channels, kernel expects {tap_in}");
     }
@@ -143,7 +198,7 @@ fn run<T: WithDType>(
     // GEMM runs along the output channels (64 and more) and not along the few positions,
     // which would leave most of each vector register empty. A large one's are accumulated
     // as [C_out, n] straight in the output buffer, compacted in place at the end.
-    let channel_major = n < CHANNEL_MAJOR_BELOW;
+    let channel_major = n < CHANNEL_MAJOR_BELOW && !flipped_transposed;
     // The kernel with C_out contiguous: the GEMM reads each tap in place ([C_out, C_in] with
     // unit row stride) instead of packing it on every call.
     let channel_last_owned;
@@ -211,8 +266,12 @@ fn run<T: WithDType>(
         };
         for ky in 0..kh {
             for kx in 0..kw {
-                let row_stride = kh * kw * c_in;
-                let tap = &taps_v[(ky * kw + kx) * c_in..][..(c_out - 1) * row_stride + c_in];
+                let (tap_index, tap_cs, tap_rs) = if flipped_transposed {
+                    ((kh - 1 - ky) * kw + (kw - 1 - kx), row_stride, 1)
+                } else {
+                    (ky * kw + kx, 1, row_stride)
+                };
+                let tap = &taps_v[tap_index * taps_in..][..(taps_out - 1) * row_stride + taps_in];
                 let shifted = &src[ky * wp + kx..];
                 let (dst, dst_cs, dst_rs) = if channel_major {
                     (acc.as_mut_ptr(), c_out as isize, 1)
@@ -226,12 +285,13 @@ fn run<T: WithDType>(
                         c_out,
                         1,
                     ),
-                    None => (tap, 1, row_stride),
+                    None => (tap, tap_cs, tap_rs),
                 };
                 // SAFETY: dst is acc, [n, c_out] (element (o, j) at j·c_out + o), or this
                 // sample's [c_out, ho·wp] of out (row stride ho·wp ≥ n); tap is
                 // [c_out, c_in] with row stride kh·kw·c_in, or with column stride c_out
-                // (channel-last), inside its slice; `shifted` holds
+                // (channel-last), or with column stride kh·kw·c_out (flipped-transposed:
+                // the forward's [taps_out, taps_in] tap read transposed), inside its slice; `shifted` holds
                 // c_in rows of stride `plane`, and the largest index read,
                 // (c_in − 1)·plane + n − 1 + ky·wp + kx, is below c_in·plane by the choice of n.
                 unsafe {

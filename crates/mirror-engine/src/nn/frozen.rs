@@ -341,8 +341,10 @@ impl FrozenLayer for Conv2d {
 impl InputGradient for Conv2d {
     const NAME: &'static str = "frozen-conv2d";
 
-    /// On the CPU in f32: `Kᵀ · G` against the kernel matrix, folded back onto the input
-    /// grid (no kernel copies); elsewhere a transposed convolution.
+    /// On the CPU in f32: for a small output `Kᵀ · G` against the kernel matrix, folded back
+    /// onto the input grid; for a larger one at stride 1 the convolution of `G` with the
+    /// flipped kernel, read in place (as fast as the forward); at larger strides the folded
+    /// columns again. Elsewhere a transposed convolution.
     fn input_gradient(&self, x: &Tensor, grad: &Tensor) -> Result<Tensor> {
         let (_, c_in, h, w) = x.dims4()?;
         let (b, c_out, ho, wo) = grad.dims4()?;
@@ -361,6 +363,9 @@ impl InputGradient for Conv2d {
         };
         if let Some(folded) = conv_cpu::input_gradient_f32(grad, &flat, &geometry)? {
             return Ok(folded);
+        }
+        if self.stride == 1 && kh == kw && self.padding < kh {
+            return conv_cpu::input_gradient_stride1_f32(grad, matrix, self.padding);
         }
         // One 2-D product per sample: a batched product would copy the kernel matrix once
         // per sample (candle concretises a broadcast left operand).
@@ -536,6 +541,8 @@ mod tests {
             (3, 0, 2, 7, 6),
             (1, 0, 1, 4, 4),
             (3, 1, 2, 5, 7),
+            // At least 256 output positions (the flipped kernel read in place).
+            (3, 1, 1, 17, 16),
         ] {
             let weight = Tensor::randn(0f32, 0.5, (3, 2, k, k), &dev)?;
             let bias = Tensor::randn(0f32, 0.5, 3, &dev)?;
@@ -553,8 +560,12 @@ mod tests {
             (3, 1, 2, 9, 8),
             (3, 0, 2, 6, 9),
             (5, 2, 3, 11, 10),
-            // At least 256 output positions: columns through candle's matmul and col2im.
+            // At least 256 output positions: the flipped kernel read in place at stride 1,
+            // columns through candle's matmul and col2im at stride 2.
             (3, 1, 1, 20, 18),
+            (1, 0, 1, 17, 16),
+            (3, 0, 1, 19, 18),
+            (3, 1, 2, 36, 34),
         ] {
             let weight = Tensor::randn(0f32, 0.5, (6, 4, k, k), &dev)?;
             let conv = Conv2d::new(weight, None, pad, stride);
