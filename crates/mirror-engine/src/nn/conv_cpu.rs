@@ -291,8 +291,8 @@ fn run<T: WithDType>(
                 // sample's [c_out, ho·wp] of out (row stride ho·wp ≥ n); tap is
                 // [c_out, c_in] with row stride kh·kw·c_in, or with column stride c_out
                 // (channel-last), or with column stride kh·kw·c_out (flipped-transposed:
-                // the forward's [taps_out, taps_in] tap read transposed), inside its slice; `shifted` holds
-                // c_in rows of stride `plane`, and the largest index read,
+                // the forward's [taps_out, taps_in] tap read transposed), inside its
+                // slice; `shifted` holds c_in rows of stride `plane`, and the largest index read,
                 // (c_in − 1)·plane + n − 1 + ky·wp + kx, is below c_in·plane by the choice of n.
                 unsafe {
                     gemm(
