@@ -76,18 +76,19 @@ pub fn conv2d_stride1_cached(
 }
 
 /// The input gradient `[B, C_in, H, W]` of a stride-1 convolution with `taps` (from
-/// [`tap_matrices`], `[C_out, k, k, C_in]`) and `padding`, for the output gradient `grad`
-/// `[B, C_out, Ho, Wo]`: the convolution of `grad`, padded by k − 1 − `padding`, with the
+/// [`tap_matrices`], `[C_out, k, k, C_in]`), for the output gradient `grad`
+/// `[B, C_out, Ho, Wo]`: the convolution of `grad`, padded by k − 1 − padding, with the
 /// spatially flipped, channel-transposed kernel, whose taps the products read in place from
-/// `taps` (no flipped copy of the kernel, no k²-fold column buffer). CPU, f32.
+/// `taps` (no flipped copy of the kernel, no k²-fold column buffer). CPU, f32. Returns `None`
+/// where that does not apply: a stride above 1, a non-square kernel, padding of k or more.
 pub(crate) fn input_gradient_stride1_f32(
     grad: &Tensor,
     taps: &Tensor,
-    padding: usize,
-) -> Result<Tensor> {
-    let (_, kh, kw, _) = taps.dims4()?;
-    if kh != kw || padding >= kh {
-        candle_core::bail!("conv input gradient: kernel {kh}x{kw} with padding {padding}");
+    geometry: &super::col2im::FoldGeometry,
+) -> Result<Option<Tensor>> {
+    let (kh, kw) = geometry.kernel;
+    if geometry.stride != 1 || kh != kw || geometry.padding >= kh {
+        return Ok(None);
     }
     let kernel = Kernel {
         taps,
@@ -95,10 +96,10 @@ pub(crate) fn input_gradient_stride1_f32(
         flipped_transposed: true,
     };
     let prep = InputPrep {
-        padding: kh - 1 - padding,
+        padding: kh - 1 - geometry.padding,
         upsample_x2: false,
     };
-    run::<f32>(grad, kernel, None, prep)
+    run::<f32>(grad, kernel, None, prep).map(Some)
 }
 
 /// How [`run`] reads its kernel.

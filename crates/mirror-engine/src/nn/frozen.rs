@@ -364,8 +364,8 @@ impl InputGradient for Conv2d {
         if let Some(folded) = conv_cpu::input_gradient_f32(grad, &flat, &geometry)? {
             return Ok(folded);
         }
-        if self.stride == 1 && kh == kw && self.padding < kh {
-            return conv_cpu::input_gradient_stride1_f32(grad, matrix, self.padding);
+        if let Some(gradient) = conv_cpu::input_gradient_stride1_f32(grad, matrix, &geometry)? {
+            return Ok(gradient);
         }
         // One 2-D product per sample: a batched product would copy the kernel matrix once
         // per sample (candle concretises a broadcast left operand).
