@@ -64,7 +64,7 @@ impl CustomOp1 for Fold {
             for ky in 0..kh {
                 for kx in 0..kw {
                     let block = &sample[(ky * kw + kx) * c * cols..][..c * cols];
-                    fold_shift(block, image, &self.0, (ky, kx));
+                    fold_shift(block, cols, image, &self.0, (ky, kx));
                 }
             }
         }
@@ -72,8 +72,15 @@ impl CustomOp1 for Fold {
     }
 }
 
-/// Adds one kernel offset's `[C, Ho·Wo]` block onto `[C, H, W]`.
-fn fold_shift(block: &[f32], image: &mut [f32], g: &FoldGeometry, (ky, kx): (usize, usize)) {
+/// Adds one kernel offset's `[C, Ho·Wo]` block, its rows `plane_stride` apart, onto
+/// `[C, H, W]`.
+fn fold_shift(
+    block: &[f32],
+    plane_stride: usize,
+    image: &mut [f32],
+    g: &FoldGeometry,
+    (ky, kx): (usize, usize),
+) {
     let ((h, w), (ho, wo)) = (g.input, g.output);
     // Output column ox reads input x = ox·stride + kx − padding; keep those inside 0..w.
     let first_ox = g.padding.saturating_sub(kx).div_ceil(g.stride);
@@ -81,7 +88,8 @@ fn fold_shift(block: &[f32], image: &mut [f32], g: &FoldGeometry, (ky, kx): (usi
         .saturating_sub(kx)
         .div_ceil(g.stride)
         .min(wo);
-    for (plane, dst) in block.chunks(ho * wo).zip(image.chunks_mut(h * w)) {
+    for (channel, dst) in image.chunks_mut(h * w).enumerate() {
+        let plane = &block[channel * plane_stride..][..ho * wo];
         for oy in 0..ho {
             let Some(y) = g.source(oy, ky, h) else {
                 continue;
@@ -99,6 +107,19 @@ fn fold_shift(block: &[f32], image: &mut [f32], g: &FoldGeometry, (ky, kx): (usi
                     row[ox * g.stride + kx - g.padding] += src[ox];
                 }
             }
+        }
+    }
+}
+
+/// [`col2im`] of one sample whose columns `[kh·kw·C, Ho·Wo]` are rows of a wider matrix,
+/// row r at `columns[r·row_stride..]`, onto `image` `[C, H, W]` (added to what it holds).
+/// Each input pixel receives its contributions in the same (ky, kx) order as [`col2im`].
+pub fn fold_rows(columns: &[f32], row_stride: usize, image: &mut [f32], g: &FoldGeometry) {
+    let (kh, kw) = g.kernel;
+    for ky in 0..kh {
+        for kx in 0..kw {
+            let block = &columns[(ky * kw + kx) * g.channels * row_stride..];
+            fold_shift(block, row_stride, image, g, (ky, kx));
         }
     }
 }

@@ -21,8 +21,14 @@ pub fn tap_matrices(weight: &Tensor) -> Result<Tensor> {
 }
 
 /// Below this many output positions (at the padded width) per sample, [`conv2d_stride1`]
-/// accumulates channel-contiguous.
-const CHANNEL_MAJOR_BELOW: usize = 256;
+/// runs one product over explicit columns of all samples.
+const SMALL_BELOW: usize = 256;
+
+/// On a small image, kernels of at most this many values (2 MB in f32, cache-sized) are
+/// kept channel-last and multiplied tap by tap with the GEMM's vectors along the output
+/// channels, not along the few positions; larger ones are streamed from memory once, as
+/// row-major taps against explicit columns (im2col), which reads them fastest.
+pub(crate) const SMALL_KERNEL: usize = 1 << 19;
 
 /// Whether [`conv2d_stride1`] handles tensors of this dtype (the GEMM's types).
 pub fn supports(dtype: DType) -> bool {
@@ -52,9 +58,9 @@ pub fn conv2d_stride1(
     conv2d_stride1_cached(x, taps, None, bias, prep)
 }
 
-/// [`conv2d_stride1`], keeping in `channel_last` the kernel as `[kh, kw, C_in, C_out]` once a
-/// small image needed it (see [`CHANNEL_MAJOR_BELOW`]), so that later calls do not re-pack
-/// the kernel. A layer holds one such cache beside its taps.
+/// [`conv2d_stride1`], keeping in `channel_last` the kernel as `[kh, kw, C_in, C_out]` once
+/// a small kernel met a tiny image (see [`SMALL_KERNEL`]), so that later calls do not
+/// transpose it again. A layer holds one such cache beside its taps.
 pub fn conv2d_stride1_cached(
     x: &Tensor,
     taps: &Tensor,
@@ -107,7 +113,7 @@ pub(crate) fn input_gradient_stride1_f32(
 struct Kernel<'a> {
     /// `[C_out, kh, kw, C_in]` of the forward convolution.
     taps: &'a Tensor,
-    /// Where a small image's channel-last copy of the taps is kept.
+    /// Where a small kernel's channel-last copy is kept for tiny images.
     channel_last: Option<&'a OnceLock<Tensor>>,
     /// Convolve with the spatially flipped kernel, its channels transposed (the forward's
     /// input gradient): tap (ky, kx) is the forward's tap (kh − 1 − ky, kw − 1 − kx) read as
@@ -116,7 +122,10 @@ struct Kernel<'a> {
 }
 
 /// The values of a contiguous CPU tensor, borrowed from its storage.
-fn cpu_slice<'a, T: WithDType>(storage: &'a Storage, layout: &Layout) -> Result<&'a [T]> {
+pub(crate) fn cpu_slice<'a, T: WithDType>(
+    storage: &'a Storage,
+    layout: &Layout,
+) -> Result<&'a [T]> {
     let Storage::Cpu(cpu) = storage else {
         candle_core::bail!("conv2d: CPU path called with a GPU tensor");
     };
@@ -138,7 +147,7 @@ fn run<T: WithDType>(
 ) -> Result<Tensor> {
     let Kernel {
         taps,
-        channel_last: channel_last_cache,
+        channel_last,
         flipped_transposed,
     } = kernel;
     let (b, c_in, h_in, w_in) = x.dims4()?;
@@ -162,7 +171,7 @@ fn run<T: WithDType>(
     let (ho, wo) = (hp - kh + 1, wp - kw + 1);
     let x = x.contiguous()?;
     // A cached channel-last kernel is of the layer's dtype: only used when it is this one.
-    let cache_applies = taps.dtype() == T::DTYPE;
+    let channel_last = channel_last.filter(|_| taps.dtype() == T::DTYPE);
     let taps = taps.to_dtype(T::DTYPE)?.contiguous()?;
     let bias = bias
         .map(|b| b.to_dtype(T::DTYPE)?.contiguous())
@@ -189,82 +198,25 @@ fn run<T: WithDType>(
     } else {
         Parallelism::None
     };
-    let copy_input = padding > 0 || prep.upsample_x2;
-    let mut padded = if copy_input {
-        vec![T::zero(); c_in * plane]
-    } else {
-        Vec::new()
+    let padded_geometry = PaddedInput {
+        input: (h_in, w_in),
+        factor,
+        padding,
+        width: wp,
     };
-    // A small image's products are accumulated channel-contiguous, [n, C_out], so that the
-    // GEMM runs along the output channels (64 and more) and not along the few positions,
-    // which would leave most of each vector register empty. A large one's are accumulated
-    // as [C_out, n] straight in the output buffer, compacted in place at the end.
-    let channel_major = n < CHANNEL_MAJOR_BELOW && !flipped_transposed;
-    // The kernel with C_out contiguous: the GEMM reads each tap in place ([C_out, C_in] with
-    // unit row stride) instead of packing it on every call.
-    let channel_last_owned;
-    let channel_last: Option<&Tensor> = if channel_major {
-        match channel_last_cache.filter(|_| cache_applies) {
-            Some(lock) => {
-                if lock.get().is_none() {
-                    let _ = lock.set(taps.permute((1, 2, 3, 0))?.contiguous()?);
-                }
-                lock.get()
-            }
-            None => {
-                channel_last_owned = taps.permute((1, 2, 3, 0))?.contiguous()?;
-                Some(&channel_last_owned)
-            }
-        }
-    } else {
-        None
-    };
-    let channel_last_storage = channel_last.map(Tensor::storage_and_layout);
-    let channel_last_v: Option<&[T]> = match &channel_last_storage {
-        Some((storage, layout)) => Some(cpu_slice::<T>(storage, layout)?),
-        None => None,
-    };
-    let sample_out = c_out * ho * wp;
-    let mut acc = vec![T::zero(); if channel_major { n * c_out } else { 0 }];
-    let mut out = if channel_major {
-        Vec::with_capacity(b * c_out * ho * wo)
-    } else {
-        vec![T::zero(); b * sample_out]
-    };
-    let sample_len = c_in * h_in * w_in;
-    for s in 0..b {
-        let sample = &input[s * sample_len..(s + 1) * sample_len];
-        let src: &[T] = if copy_input {
-            // Only the interior is written: the zero border stays from the allocation.
-            let fill = |(plane, channel): (&mut [T], &[T])| {
-                for y in 0..h {
-                    let row = &channel[(y / factor) * w_in..][..w_in];
-                    let at = (y + padding) * wp + padding;
-                    let dst = &mut plane[at..at + w];
-                    if factor == 1 {
-                        dst.copy_from_slice(row);
-                    } else {
-                        for (pair, v) in dst.chunks_exact_mut(2).zip(row) {
-                            pair.fill(*v);
-                        }
-                    }
-                }
-            };
-            if super::fused_cpu::run_serially(padded.len()) {
-                padded
-                    .chunks_mut(plane)
-                    .zip(sample.chunks(h_in * w_in))
-                    .for_each(fill);
-            } else {
-                padded
-                    .par_chunks_mut(plane)
-                    .zip(sample.par_chunks(h_in * w_in))
-                    .for_each(fill);
-            }
-            &padded
-        } else {
-            sample
-        };
+    // A small image's samples go through the products together, so that the kernel (tens of
+    // MB at SD's lowest levels) is streamed once per call, not once per sample: a large
+    // kernel as one product with explicit columns (`columns_cpu`), a small one tap by tap,
+    // channel-last (see SMALL_KERNEL). A large image's products are accumulated per sample
+    // and tap as [C_out, n] straight in the output buffer, compacted in place at the end.
+    let small = n < SMALL_BELOW && !flipped_transposed;
+    // The k² accumulated products of one padded buffer: `src` holds c_in rows of stride
+    // `src_rows`, and output column j reads column j + ky·wp + kx of each.
+    let products = |src: &[T],
+                    src_rows: usize,
+                    columns: usize,
+                    (dst, dst_cs, dst_rs),
+                    channel_last: Option<&[T]>| {
         for ky in 0..kh {
             for kx in 0..kw {
                 let (tap_index, tap_cs, tap_rs) = if flipped_transposed {
@@ -273,14 +225,7 @@ fn run<T: WithDType>(
                     (ky * kw + kx, 1, row_stride)
                 };
                 let tap = &taps_v[tap_index * taps_in..][..(taps_out - 1) * row_stride + taps_in];
-                let shifted = &src[ky * wp + kx..];
-                let (dst, dst_cs, dst_rs) = if channel_major {
-                    (acc.as_mut_ptr(), c_out as isize, 1)
-                } else {
-                    let dst = &mut out[s * sample_out..(s + 1) * sample_out];
-                    (dst.as_mut_ptr(), 1, (ho * wp) as isize)
-                };
-                let (tap, tap_cs, tap_rs) = match channel_last_v {
+                let (tap, tap_cs, tap_rs) = match channel_last {
                     Some(v) => (
                         &v[(ky * kw + kx) * c_in * c_out..][..c_in * c_out],
                         c_out,
@@ -288,17 +233,21 @@ fn run<T: WithDType>(
                     ),
                     None => (tap, tap_cs, tap_rs),
                 };
-                // SAFETY: dst is acc, [n, c_out] (element (o, j) at j·c_out + o), or this
-                // sample's [c_out, ho·wp] of out (row stride ho·wp ≥ n); tap is
-                // [c_out, c_in] with row stride kh·kw·c_in, or with column stride c_out
-                // (channel-last), or with column stride kh·kw·c_out (flipped-transposed:
-                // the forward's [taps_out, taps_in] tap read transposed), inside its
-                // slice; `shifted` holds c_in rows of stride `plane`, and the largest index read,
-                // (c_in − 1)·plane + n − 1 + ky·wp + kx, is below c_in·plane by the choice of n.
+                let shifted = &src[ky * wp + kx..];
+                if (c_in - 1) * src_rows + columns > shifted.len() {
+                    candle_core::bail!("conv2d: {columns} columns do not fit the padded input");
+                }
+                // SAFETY: dst (the caller's) holds c_out × columns values at strides
+                // (dst_cs, dst_rs); tap is [c_out, c_in] with row stride kh·kw·c_in, or with
+                // column stride c_out (channel-last), or with column stride kh·kw·c_out
+                // (flipped-transposed: the forward's [taps_out, taps_in] tap read
+                // transposed), inside its slice; `shifted` holds c_in rows of stride
+                // `src_rows`, and the largest index read, (c_in − 1)·src_rows + columns − 1
+                // + ky·wp + kx, is inside `src` by the callers' choice of `columns`.
                 unsafe {
                     gemm(
                         c_out,
-                        n,
+                        columns,
                         c_in,
                         dst,
                         dst_cs,
@@ -309,7 +258,7 @@ fn run<T: WithDType>(
                         tap_rs as isize,
                         shifted.as_ptr(),
                         1,
-                        plane as isize,
+                        src_rows as isize,
                         T::one(),
                         T::one(),
                         false,
@@ -320,108 +269,168 @@ fn run<T: WithDType>(
                 }
             }
         }
-        if !channel_major {
-            continue;
-        }
-        // [n, C_out] at the padded width → [C_out, Ho, Wo], adding the bias.
-        for o in 0..c_out {
-            let value = bias_v.as_ref().map(|bias| bias[o]);
-            for y in 0..ho {
-                let row = (y * wp..y * wp + wo).map(|j| acc[j * c_out + o]);
-                match value {
-                    Some(v) => out.extend(row.map(|a| a + v)),
-                    None => out.extend(row),
+        Ok(())
+    };
+    let copy_input = padding > 0 || prep.upsample_x2;
+    let sample_len = c_in * h_in * w_in;
+    if small {
+        // All samples side by side in each channel's row, [C_in, B, Hp, Wp].
+        let padded = padded_geometry.batch(input, sample_len, c_in, b);
+        let plane_out = ho * wo;
+        let (acc, strides): (Vec<T>, [usize; 4]) =
+            match channel_last.filter(|_| c_out * row_stride <= SMALL_KERNEL) {
+                Some(lock) => {
+                    // k² products over the stacked samples: output column s·plane + y·wp + x
+                    // is sample s's (y, x); the columns between two samples' valid
+                    // positions are thrown away like those past each row's end.
+                    if lock.get().is_none() {
+                        let _ = lock.set(taps.permute((1, 2, 3, 0))?.contiguous()?);
+                    }
+                    let Some(kernel) = lock.get() else {
+                        candle_core::bail!("conv2d: channel-last kernel missing");
+                    };
+                    let (storage, layout) = kernel.storage_and_layout();
+                    let kernel = cpu_slice::<T>(&storage, layout)?;
+                    let columns = (b - 1) * plane + n;
+                    let mut acc = vec![T::zero(); columns * c_out];
+                    let dst = (acc.as_mut_ptr(), c_out as isize, 1);
+                    products(&padded, b * plane, columns, dst, Some(kernel))?;
+                    (acc, [plane * c_out, 1, wp * c_out, c_out])
                 }
+                None => {
+                    let acc = super::columns_cpu::im2col_product(
+                        &padded,
+                        (c_in, b, hp),
+                        (kh, kw),
+                        taps_v,
+                        parallelism,
+                    );
+                    let positions = b * plane_out;
+                    (acc, [plane_out, positions, wo, 1])
+                }
+            };
+        // Element (sample, channel, y, x) of the product is at the dot product of those
+        // indices with `strides`. → [B, C_out, Ho·Wo], adding the bias.
+        let at = |s: usize, o: usize, p: usize| {
+            s * strides[0] + o * strides[1] + (p / wo) * strides[2] + (p % wo) * strides[3]
+        };
+        let mut out = Vec::with_capacity(b * c_out * plane_out);
+        for s in 0..b {
+            for o in 0..c_out {
+                let value = bias_v.as_ref().map_or(T::zero(), |bias| bias[o]);
+                out.extend((0..plane_out).map(|p| acc[at(s, o, p)] + value));
             }
         }
+        return Tensor::from_vec(out, (b, c_out, ho, wo), x.device());
     }
-    if !channel_major {
-        // Compact [B·C_out, Ho, Wp] → [B·C_out, Ho, Wo] in place (each row moves towards
-        // the front), adding the bias on the way.
-        let mut write = 0;
-        for row_index in 0..b * c_out * ho {
-            let read = row_index * wp;
-            out.copy_within(read..read + wo, write);
-            if let Some(bias) = &bias_v {
-                let value = bias[(row_index / ho) % c_out];
-                out[write..write + wo].iter_mut().for_each(|v| *v += value);
-            }
-            write += wo;
+    let sample_out = c_out * ho * wp;
+    let mut out = vec![T::zero(); b * sample_out];
+    let mut padded = if copy_input {
+        vec![T::zero(); c_in * plane]
+    } else {
+        Vec::new()
+    };
+    for (s, sample) in input.chunks(sample_len).enumerate() {
+        let src: &[T] = if copy_input {
+            padded_geometry.fill(&mut padded, plane, 0, sample);
+            &padded
+        } else {
+            sample
+        };
+        let dst = &mut out[s * sample_out..(s + 1) * sample_out];
+        products(
+            src,
+            plane,
+            n,
+            (dst.as_mut_ptr(), 1, (ho * wp) as isize),
+            None,
+        )?;
+    }
+    // Compact [B·C_out, Ho, Wp] → [B·C_out, Ho, Wo] in place (each row moves towards the
+    // front), adding the bias on the way.
+    let mut write = 0;
+    for row_index in 0..b * c_out * ho {
+        let read = row_index * wp;
+        out.copy_within(read..read + wo, write);
+        if let Some(bias) = &bias_v {
+            let value = bias[(row_index / ho) % c_out];
+            out[write..write + wo].iter_mut().for_each(|v| *v += value);
         }
-        out.truncate(write);
+        write += wo;
     }
+    out.truncate(write);
     Tensor::from_vec(out, (b, c_out, ho, wo), x.device())
 }
 
-/// Below this many output positions per sample, [`input_gradient_f32`] computes the columns
-/// position-major.
-const POSITION_MAJOR_BELOW: usize = 256;
+/// Where a sample's channels go in a zero-padded buffer of rows `width` wide, optionally
+/// upsampled ×2 (nearest neighbour) on the way.
+struct PaddedInput {
+    /// The sample's (height, width).
+    input: (usize, usize),
+    /// 2 when upsampling, else 1.
+    factor: usize,
+    padding: usize,
+    /// The padded width.
+    width: usize,
+}
 
-/// The input gradient `[B, C_in, H, W]` of a convolution with kernel matrix `matrix`
-/// `[C_out, kh·kw·C_in]` (from [`tap_matrices`]), for the output gradient `grad`
-/// `[B, C_out, Ho, Wo]`: per sample the columns `Kᵀ·G`, folded back onto the input grid.
-/// CPU, f32. For a small output the columns are computed position-major,
-/// `[Ho·Wo, kh·kw·C_in]`: the GEMM then runs along the kernel rows (hundreds), reads the
-/// kernel matrix in place, and does not leave most of each vector register empty as it would
-/// along a few positions. Returns `None` for a large output (the caller's tensor path).
-pub(crate) fn input_gradient_f32(
-    grad: &Tensor,
-    matrix: &Tensor,
-    geometry: &super::col2im::FoldGeometry,
-) -> Result<Option<Tensor>> {
-    let (b, c_out, ho, wo) = grad.dims4()?;
-    let positions = ho * wo;
-    if positions >= POSITION_MAJOR_BELOW || matrix.dtype() != DType::F32 {
-        return Ok(None);
-    }
-    let rows = matrix.dim(1)?;
-    if matrix.dim(0)? != c_out || geometry.output != (ho, wo) {
-        candle_core::bail!(
-            "conv input gradient: gradient {:?} does not fit",
-            grad.dims()
-        );
-    }
-    let grad = grad.contiguous()?;
-    let matrix = matrix.contiguous()?;
-    let (g_storage, g_layout) = grad.storage_and_layout();
-    let g = cpu_slice::<f32>(&g_storage, g_layout)?;
-    let (m_storage, m_layout) = matrix.storage_and_layout();
-    let k = cpu_slice::<f32>(&m_storage, m_layout)?;
-    let (h, w) = geometry.input;
-    let image_len = geometry.channels * h * w;
-    let mut columns = vec![0f32; positions * rows];
-    let mut out = vec![0f32; b * image_len];
-    for (sample, image) in out.chunks_mut(image_len).enumerate() {
-        let g = &g[sample * c_out * positions..][..c_out * positions];
-        // SAFETY: columns is [positions, rows] (element (r, p) at p·rows + r); the kernel
-        // matrix is [c_out, rows] row-major, read as its transpose (element (r, o) at
-        // o·rows + r); g is [c_out, positions] row-major. Every index is inside its slice.
-        unsafe {
-            gemm(
-                rows,
-                positions,
-                c_out,
-                columns.as_mut_ptr(),
-                rows as isize,
-                1,
-                false,
-                k.as_ptr(),
-                rows as isize,
-                1,
-                g.as_ptr(),
-                1,
-                positions as isize,
-                0f32,
-                1f32,
-                false,
-                false,
-                false,
-                Parallelism::None,
-            );
+impl PaddedInput {
+    /// All `batch` samples of `input` padded, side by side in each channel's row:
+    /// `[C_in, B, Hp, Wp]`.
+    fn batch<T: WithDType>(
+        &self,
+        input: &[T],
+        sample_len: usize,
+        c_in: usize,
+        batch: usize,
+    ) -> Vec<T> {
+        let plane = (self.input.0 * self.factor + 2 * self.padding) * self.width;
+        let mut buffer = vec![T::zero(); c_in * batch * plane];
+        for (s, sample) in input.chunks(sample_len).enumerate() {
+            self.fill(&mut buffer, batch * plane, s * plane, sample);
         }
-        super::col2im::fold_position_major(&columns, image, geometry);
+        buffer
     }
-    Tensor::from_vec(out, (b, geometry.channels, h, w), grad.device()).map(Some)
+
+    /// Writes the interior of channel c of `sample` ([C, H, W]) at `c·channel_stride +
+    /// offset` of `buffer`, row after row of the padded width. Only the interior is
+    /// written: the zero border stays from the allocation.
+    fn fill<T: WithDType>(
+        &self,
+        buffer: &mut [T],
+        channel_stride: usize,
+        offset: usize,
+        sample: &[T],
+    ) {
+        let (h_in, w_in) = self.input;
+        let (factor, padding, wp) = (self.factor, self.padding, self.width);
+        let (h, w) = (h_in * factor, w_in * factor);
+        let fill = |(rows, channel): (&mut [T], &[T])| {
+            for y in 0..h {
+                let row = &channel[(y / factor) * w_in..][..w_in];
+                let at = offset + (y + padding) * wp + padding;
+                let dst = &mut rows[at..at + w];
+                if factor == 1 {
+                    dst.copy_from_slice(row);
+                } else {
+                    for (pair, v) in dst.chunks_exact_mut(2).zip(row) {
+                        pair.fill(*v);
+                    }
+                }
+            }
+        };
+        if super::fused_cpu::run_serially(buffer.len()) {
+            buffer
+                .chunks_mut(channel_stride)
+                .zip(sample.chunks(h_in * w_in))
+                .for_each(fill);
+        } else {
+            buffer
+                .par_chunks_mut(channel_stride)
+                .zip(sample.par_chunks(h_in * w_in))
+                .for_each(fill);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -440,8 +449,10 @@ mod tests {
             (1, 6, 4, 1, 0, 4, 5),
             (2, 2, 3, 3, 0, 6, 6),
             (1, 5, 2, 5, 2, 8, 3),
-            // At least CHANNEL_MAJOR_BELOW positions: accumulated in the output buffer.
+            // At least SMALL_BELOW positions: accumulated per tap in the output buffer.
             (2, 3, 4, 3, 1, 20, 18),
+            // A kernel above SMALL_KERNEL values (explicit columns either way here).
+            (2, 256, 240, 3, 1, 4, 3),
         ] {
             let x = Tensor::randn(0f32, 1., (b, c_in, h, w), &dev)?;
             let weight = Tensor::randn(0f32, 0.5, (c_out, c_in, k, k), &dev)?;

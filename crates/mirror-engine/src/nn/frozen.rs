@@ -208,8 +208,8 @@ pub struct Conv2d {
     /// stride-1 shifted products read one `[C_out, C_in]` tap of it, im2col and the input
     /// gradient use it as `[C_out, kh·kw·C_in]`.
     matrix: Option<Tensor>,
-    /// The kernel as `[kh, kw, C_in, C_out]`, made on the first small-image CPU forward
-    /// (shared by the clones the autograd nodes hold).
+    /// A small kernel as `[kh, kw, C_in, C_out]`, made on the first CPU forward of a tiny
+    /// image (shared by the clones the autograd nodes hold).
     channel_last: Arc<OnceLock<Tensor>>,
     bias: Option<Tensor>,
     padding: usize,
@@ -361,7 +361,7 @@ impl InputGradient for Conv2d {
             input: (h, w),
             output: (ho, wo),
         };
-        if let Some(folded) = conv_cpu::input_gradient_f32(grad, &flat, &geometry)? {
+        if let Some(folded) = super::columns_cpu::input_gradient_f32(grad, &flat, &geometry)? {
             return Ok(folded);
         }
         if let Some(gradient) = conv_cpu::input_gradient_stride1_f32(grad, matrix, &geometry)? {
@@ -495,6 +495,16 @@ mod tests {
         layer: &dyn Module,
         shape: (usize, usize, usize, usize),
     ) -> Result<()> {
+        finite_difference_check_with_step(layer, shape, 1e-2)
+    }
+
+    /// Central differences with step `step` (exact for a linear layer up to rounding, so a
+    /// large layer takes a larger step to keep the rounding of its sum small beside it).
+    fn finite_difference_check_with_step(
+        layer: &dyn Module,
+        shape: (usize, usize, usize, usize),
+        step: f32,
+    ) -> Result<()> {
         let dev = Device::Cpu;
         let x0 = Tensor::randn(0f32, 1., shape, &dev)?;
         let weights = Tensor::randn(0f32, 1., layer.forward(&x0)?.shape(), &dev)?;
@@ -520,7 +530,7 @@ mod tests {
                 )?
                 .to_scalar::<f32>()
             };
-            let fd = (bump(1e-2)? - bump(-1e-2)?) / 2e-2;
+            let fd = (bump(step)? - bump(-step)?) / (2.0 * step);
             assert!(
                 (fd - gflat[idx]).abs() <= 2e-2 * (1.0 + fd.abs()),
                 "index {idx}: finite difference {fd}, autograd {}",
@@ -549,32 +559,45 @@ mod tests {
             let conv = Conv2d::new(weight, Some(bias), pad, stride);
             finite_difference_check(&conv, (2, 2, h, w))?;
         }
+        // A kernel above conv_cpu::SMALL_KERNEL values on a small image: the columns of both
+        // samples in one product, row-major, folded from their rows.
+        let weight = Tensor::randn(0f32, 0.02, (240, 256, 3, 3), &dev)?;
+        let conv = Conv2d::new(weight, None, 1, 1);
+        finite_difference_check_with_step(&conv, (2, 256, 4, 3), 0.5)?;
         Ok(())
     }
 
     #[test]
     fn folded_input_gradient_equals_the_transposed_convolution() -> Result<()> {
         let dev = Device::Cpu;
-        for (k, pad, stride, h, w) in [
-            (3, 1, 1, 9, 7),
-            (3, 1, 2, 9, 8),
-            (3, 0, 2, 6, 9),
-            (5, 2, 3, 11, 10),
+        for ((c_out, c_in), k, pad, stride, h, w) in [
+            ((6, 4), 3, 1, 1, 9, 7),
+            ((6, 4), 3, 1, 2, 9, 8),
+            ((6, 4), 3, 0, 2, 6, 9),
+            ((6, 4), 5, 2, 3, 11, 10),
             // At least 256 output positions: the flipped kernel read in place at stride 1,
             // columns through candle's matmul and col2im at stride 2.
-            (3, 1, 1, 20, 18),
-            (1, 0, 1, 17, 16),
-            (3, 0, 1, 19, 18),
-            (3, 1, 2, 36, 34),
+            ((6, 4), 3, 1, 1, 20, 18),
+            ((6, 4), 1, 0, 1, 17, 16),
+            ((6, 4), 3, 0, 1, 19, 18),
+            ((6, 4), 3, 1, 2, 36, 34),
+            // Kernels above conv_cpu::SMALL_KERNEL values on small images: row-major
+            // columns, folded from their rows.
+            ((240, 256), 3, 1, 1, 4, 3),
+            ((160, 320), 3, 1, 2, 7, 8),
         ] {
-            let weight = Tensor::randn(0f32, 0.5, (6, 4, k, k), &dev)?;
+            let weight = Tensor::randn(0f32, 0.5, (c_out, c_in, k, k), &dev)?;
             let conv = Conv2d::new(weight, None, pad, stride);
-            let x = Tensor::randn(0f32, 1., (2, 4, h, w), &dev)?;
+            let x = Tensor::randn(0f32, 1., (2, c_in, h, w), &dev)?;
             let grad = Tensor::randn(0f32, 1., conv.forward(&x)?.shape(), &dev)?;
             let folded = conv.input_gradient(&x, &grad)?;
             let reference = conv.transposed_convolution(&grad, (h, w))?;
+            let scale = reference.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
             let err = (folded - reference)?.abs()?.max_all()?.to_scalar::<f32>()?;
-            assert!(err < 1e-5, "k {k} pad {pad} stride {stride} {h}x{w}: {err}");
+            assert!(
+                err < 1e-5 * scale,
+                "{c_in}->{c_out} k {k} pad {pad} stride {stride} {h}x{w}: {err}"
+            );
         }
         Ok(())
     }
@@ -667,6 +690,38 @@ mod tests {
         for got in [conv.forward(&x)?, conv.forward(tracked.as_tensor())?] {
             let err = (got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
             assert!(err < 1e-6, "{err}");
+        }
+        Ok(())
+    }
+
+    /// Stride-1 layers on small images, batch 2, against candle's convolution: a small
+    /// kernel read channel-last tap by tap over the stacked samples (first call, then from
+    /// the cache), and one above conv_cpu::SMALL_KERNEL values through explicit columns.
+    #[test]
+    fn small_images_match_candle_in_both_kernel_layouts() -> Result<()> {
+        let dev = Device::Cpu;
+        for ((c_out, c_in), k, pad, (h, w)) in [
+            ((5, 3), 3, 1, (4, 6)),
+            ((8, 6), 1, 0, (3, 3)),
+            ((240, 256), 3, 1, (4, 3)),
+            ((256, 240), 1, 0, (5, 5)),
+        ] {
+            let weight = Tensor::randn(0f32, 0.1, (c_out, c_in, k, k), &dev)?;
+            let bias = Tensor::randn(0f32, 0.5, c_out, &dev)?;
+            let conv = Conv2d::new(weight.clone(), Some(bias.clone()), pad, 1);
+            let x = Tensor::randn(0f32, 1., (2, c_in, h, w), &dev)?;
+            let want = x
+                .to_dtype(DType::F64)?
+                .conv2d(&weight.to_dtype(DType::F64)?, pad, 1, 1, 1)?
+                .broadcast_add(&bias.to_dtype(DType::F64)?.reshape((1, c_out, 1, 1))?)?;
+            for call in ["first", "cached"] {
+                let got = conv.forward(&x)?.to_dtype(DType::F64)?;
+                let err = (got - &want)?.abs()?.max_all()?.to_scalar::<f64>()?;
+                assert!(
+                    err < 1e-5,
+                    "{c_in}->{c_out} k{k} {h}x{w} ({call} call): {err}"
+                );
+            }
         }
         Ok(())
     }

@@ -12,6 +12,7 @@ pub mod attention;
 mod attention_cpu;
 pub mod blocks;
 mod col2im;
+mod columns_cpu;
 pub mod conv_cpu;
 pub(crate) mod fast_exp;
 pub mod frozen;
