@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use super::col2im::{FoldGeometry, fold_position_major, fold_rows};
 use super::conv_cpu::{SMALL_KERNEL, cpu_slice};
+use super::matmul_cpu::{Gemm, View, parallelism, product};
 
 /// Multiply-adds below which a product stays on the calling thread.
 const SERIAL_BELOW: usize = 1 << 23;
@@ -69,33 +70,28 @@ pub(crate) fn input_gradient_f32(
     // row-major, [rows, b·positions], the layout in which the kernel streams fastest.
     let position_major = c_out * rows <= SMALL_KERNEL;
     let (column_stride, row_stride) = if position_major { (rows, 1) } else { (1, n) };
-    // SAFETY: columns holds rows·b·positions values, element (r, j) at
-    // r·row_stride + j·column_stride; the kernel matrix is [c_out, rows] row-major, read as
-    // its transpose (element (r, o) at o·rows + r); grouped is [c_out, b·positions]
-    // row-major. Every index is inside its slice.
-    unsafe {
-        gemm(
-            rows,
-            n,
-            c_out,
-            columns.as_mut_ptr(),
-            column_stride as isize,
-            row_stride as isize,
-            false,
-            k.as_ptr(),
-            rows as isize,
-            1,
-            grouped.as_ptr(),
-            1,
-            n as isize,
-            0f32,
-            1f32,
-            false,
-            false,
-            false,
-            super::matmul_cpu::parallelism(),
-        );
-    }
+    let columns_view = View {
+        rows,
+        cols: n,
+        row_stride,
+        col_stride: column_stride,
+        offset: 0,
+    };
+    // The kernel matrix [c_out, rows] row-major, read as its transpose.
+    let kernel_t = View {
+        rows,
+        cols: c_out,
+        row_stride: 1,
+        col_stride: rows,
+        offset: 0,
+    };
+    product(
+        &mut columns,
+        columns_view,
+        (k, kernel_t),
+        (&grouped, View::row_major(c_out, n)),
+        Gemm::scaled(1.0, parallelism()),
+    )?;
     let mut out = vec![0f32; b * image_len];
     for (sample, image) in out.chunks_mut(image_len).enumerate() {
         if position_major {

@@ -9,7 +9,7 @@
 //! and the page faults of those fresh buffers cost as much as the copies.
 
 use candle_core::{DType, Layout, Result, Storage, Tensor, WithDType};
-use gemm::{Parallelism, gemm};
+use gemm::gemm;
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
@@ -192,12 +192,7 @@ fn run<T: WithDType>(
     // The last kw − 1 positions of the last row would read past the padded buffer; they are
     // among the thrown-away columns anyway.
     let n = ho * wp - (kw - 1);
-    let threads = candle_core::utils::get_num_threads();
-    let parallelism = if threads > 1 {
-        Parallelism::Rayon(threads)
-    } else {
-        Parallelism::None
-    };
+    let parallelism = super::matmul_cpu::parallelism();
     let padded_geometry = PaddedInput {
         input: (h_in, w_in),
         factor,
