@@ -111,13 +111,25 @@ fn time_it(repeats: usize, mut f: impl FnMut()) -> Vec<f64> {
     } else {
         repeats
     };
-    (0..repeats)
+    mirror_engine::nn::profile::take(); // the warm-up's stages
+    let times = (0..repeats)
         .map(|_| {
             let t = Instant::now();
             f();
             t.elapsed().as_secs_f64()
         })
-        .collect()
+        .collect();
+    print_profile(repeats);
+    times
+}
+
+/// With `MIRROR_PROFILE` set: the seconds per call of each stage timed since the warm-up.
+fn print_profile(calls: usize) {
+    let stages = mirror_engine::nn::profile::take();
+    for (name, seconds, count) in stages.iter().take(400) {
+        let per_call = seconds / calls.max(1) as f64;
+        eprintln!("{per_call:9.4} s {:6} × {name}", count / calls.max(1));
+    }
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -165,8 +177,12 @@ fn run_case(case: &str, quick: bool) -> serde_json::Value {
             } else {
                 time_it(reps, || {
                     let v = Var::from_tensor(&emb).unwrap();
+                    let forward = mirror_engine::nn::profile::stage(|| "(whole forward)".into());
                     let out = unet.forward(&x, 501.0, v.as_tensor()).unwrap();
-                    let grads = out.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+                    let loss = out.sqr().unwrap().sum_all().unwrap();
+                    drop(forward);
+                    let _backward = mirror_engine::nn::profile::stage(|| "(whole backward)".into());
+                    let grads = loss.backward().unwrap();
                     grads.get(v.as_tensor()).expect("gradient");
                 })
             }

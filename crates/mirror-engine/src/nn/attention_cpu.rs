@@ -85,6 +85,18 @@ struct Dims {
 }
 
 impl Dims {
+    /// `rows × queries × keys × width`, for a profile's stage names.
+    fn describe(&self) -> String {
+        let Self {
+            rows,
+            queries,
+            keys,
+            d,
+            ..
+        } = self;
+        format!("{rows}x{queries}x{keys}x{d}")
+    }
+
     fn of(q: &[usize], k: &[usize], v: &[usize]) -> Result<Self> {
         let [rows, queries, d] = *q else {
             candle_core::bail!("fused attention: q is {q:?}, not [rows, queries, d]");
@@ -200,6 +212,7 @@ fn serial(dims: Dims) -> bool {
 /// scores against the tile's queries are contiguous), so that each loop runs along the
 /// queries in vector registers. Compiled for the baseline and for wider vectors.
 mod elementwise {
+    use super::super::simd::dispatch;
     use super::{MAX_TILE, fast_exp};
 
     /// Keys whose exponentials are summed apart before they are added to the totals: the
@@ -252,56 +265,6 @@ mod elementwise {
                 *g = p * (*g - delta);
             }
         }
-    }
-
-    /// Which vector width the CPU runs the loops at.
-    #[derive(Clone, Copy)]
-    enum Width {
-        Baseline,
-        #[cfg(target_arch = "x86_64")]
-        Avx2,
-        #[cfg(target_arch = "x86_64")]
-        Avx512,
-    }
-
-    fn width() -> Width {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f") {
-                return Width::Avx512;
-            }
-            if is_x86_feature_detected!("avx2") {
-                return Width::Avx2;
-            }
-        }
-        Width::Baseline
-    }
-
-    /// A public function running `$impl` at the CPU's widest vector width.
-    macro_rules! dispatch {
-        ($name:ident, $impl:ident, ($($arg:ident: $ty:ty),*)) => {
-            pub fn $name($($arg: $ty),*) {
-                #[cfg(target_arch = "x86_64")]
-                {
-                    #[target_feature(enable = "avx512f")]
-                    fn avx512($($arg: $ty),*) {
-                        $impl($($arg),*)
-                    }
-                    #[target_feature(enable = "avx2")]
-                    fn avx2($($arg: $ty),*) {
-                        $impl($($arg),*)
-                    }
-                    match width() {
-                        // SAFETY: the CPU has the feature (`width` checked it).
-                        Width::Avx512 => return unsafe { avx512($($arg),*) },
-                        // SAFETY: as above.
-                        Width::Avx2 => return unsafe { avx2($($arg),*) },
-                        Width::Baseline => {}
-                    }
-                }
-                $impl($($arg),*)
-            }
-        };
     }
 
     dispatch!(exp_columns, exp_columns_impl, (scores: &mut [f32], len: usize, max: &mut [f32], sum: &mut [f32]));
@@ -582,6 +545,7 @@ impl CustomOp3 for FusedAttention {
             values(k, k_layout)?,
             values(v, v_layout)?,
         );
+        let _stage = super::profile::stage(|| format!("attention forward {}", dims.describe()));
         let (out, lse) = forward(dims, q, k, v);
         if let Ok(mut saved) = self.lse.lock() {
             *saved = Some(lse);
@@ -627,6 +591,7 @@ impl CustomOp3 for FusedAttention {
             lse,
         };
         let wanted = [q.track_op(), k.track_op(), v.track_op()];
+        let _stage = super::profile::stage(|| format!("attention backward {}", dims.describe()));
         let (grad_q, grad_k, grad_v) = backward(dims, &saved, wanted);
         let tensor = |values: Option<Vec<f32>>, like: &Tensor| {
             values

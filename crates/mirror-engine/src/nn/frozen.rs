@@ -16,6 +16,7 @@ use super::col2im::{FoldGeometry, col2im};
 use super::conv_cpu;
 use super::matmul_cpu;
 use super::precomputed::{InputGradient, attach};
+use super::profile;
 
 /// A layer whose weights never get a gradient: its backward maps ∂L/∂y to ∂L/∂x only.
 trait FrozenLayer: InputGradient + Clone {
@@ -166,6 +167,10 @@ impl FrozenLayer for Linear {
 impl InputGradient for Linear {
     const NAME: &'static str = "frozen-linear";
 
+    fn profile_name(&self, _x: &Tensor) -> String {
+        format!("linear backward {:?}", self.weight.dims())
+    }
+
     fn input_gradient(&self, _x: &Tensor, grad: &Tensor) -> Result<Tensor> {
         match grad.rank() {
             2 => grad.matmul(&self.weight),
@@ -178,6 +183,7 @@ impl InputGradient for Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let _stage = profile::stage(|| format!("linear forward {:?}", self.weight.dims()));
         if x.track_op() {
             self.tracked(x)
         } else {
@@ -345,6 +351,13 @@ impl InputGradient for Conv2d {
     /// onto the input grid; for a larger one at stride 1 the convolution of `G` with the
     /// flipped kernel, read in place (as fast as the forward); at larger strides the folded
     /// columns again. Elsewhere a transposed convolution.
+    fn profile_name(&self, x: &Tensor) -> String {
+        let (c_out, c_in, kh, kw) = self.weight.dims4().unwrap_or_default();
+        let (b, h, w) = x.dims4().map(|d| (d.0, d.2, d.3)).unwrap_or_default();
+        let stride = self.stride;
+        format!("conv backward {kh}x{kw}/{stride} {c_in}->{c_out} at {b}x{h}x{w}")
+    }
+
     fn input_gradient(&self, x: &Tensor, grad: &Tensor) -> Result<Tensor> {
         let (_, c_in, h, w) = x.dims4()?;
         let (b, c_out, ho, wo) = grad.dims4()?;
@@ -381,6 +394,7 @@ impl InputGradient for Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let _stage = profile::stage(|| self.profile_name(x).replace("backward", "forward"));
         if x.track_op() {
             self.tracked(x)
         } else {

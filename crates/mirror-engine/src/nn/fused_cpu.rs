@@ -64,7 +64,7 @@ fn sum_of<E: Element>(xs: &[E], f: impl Fn(f32) -> f32) -> f64 {
 }
 
 /// (mean, 1/√(var + eps)) of a slice, two-pass.
-fn moments<E: Element>(xs: &[E], eps: f64) -> (f32, f32) {
+pub(crate) fn moments<E: Element>(xs: &[E], eps: f64) -> (f32, f32) {
     let n = xs.len() as f64;
     let mean = (sum_of(xs, |v| v) / n) as f32;
     let var = sum_of(xs, |v| (v - mean) * (v - mean)) / n;
@@ -102,8 +102,11 @@ fn for_each_chunk<A: Send, B: Sync>(
     }
 }
 
+/// `y · σ(y)`, with the vectorised exponential so that the normalisation loop stays in
+/// vector registers.
+#[inline(always)]
 fn silu(y: f32) -> f32 {
-    y / (1.0 + (-y).exp())
+    y / (1.0 + super::fast_exp::exp(-y))
 }
 
 /// The contiguous values of a kernel's input.

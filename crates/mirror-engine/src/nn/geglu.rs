@@ -2,14 +2,15 @@
 //! node on a gradient pass. candle's elementary form costs its backward about two dozen
 //! tensor-sized buffers per layer (each half's `narrow` pads its gradient with zeros, GELU's
 //! derivative is eight more operations); this node writes the input gradient in one pass.
-//! The forward is the elementary form either way, so outputs are unchanged.
+//! On f32 CPU tensors the forward is one pass too, with GELU through the vectorised `erf` of
+//! [`super::fast_exp`] (PyTorch's own CPU approximation); elsewhere it is the elementary form.
 
 use std::f32::consts::FRAC_1_SQRT_2;
 
-use candle_core::cpu::erf::erf_f32;
 use candle_core::{D, DType, Result, Storage, Tensor};
 use rayon::prelude::*;
 
+use super::fast_exp;
 use super::fused_cpu::run_serially;
 use super::precomputed::{InputGradient, attach};
 
@@ -19,12 +20,91 @@ const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 /// `h[…, :n] · GELU_erf(h[…, n:])` for an `h` whose last dimension is `2n` (diffusers'
 /// `GEGLU`: `hidden, gate = proj(x).chunk(2, -1)`).
 pub fn geglu(h: &Tensor) -> Result<Tensor> {
+    let _stage = super::profile::stage(|| "geglu forward".into());
     let inner = h.dim(D::Minus1)? / 2;
+    let forward = |h: &Tensor| match cpu_forward(h, inner)? {
+        Some(output) => Ok(output),
+        None => elementary(h, inner),
+    };
     if !h.track_op() {
-        return elementary(h, inner);
+        return forward(h);
     }
-    let output = elementary(&h.detach(), inner)?;
-    attach(h, output, GegluGradient { inner })
+    attach(h, forward(&h.detach())?, GegluGradient { inner })
+}
+
+/// One row's loops, at the CPU's widest vector width.
+mod rows {
+    use super::super::simd::dispatch;
+    use super::{FRAC_1_SQRT_2, INV_SQRT_2PI, fast_exp};
+
+    /// `out = value · x·Φ(x)` with x the gate, Φ through the vectorised `erf`.
+    #[inline(always)]
+    fn forward_impl(out: &mut [f32], value: &[f32], gate: &[f32]) {
+        for ((o, &v), &x) in out.iter_mut().zip(value).zip(gate) {
+            *o = v * (0.5 * x * (1.0 + fast_exp::erf(x * FRAC_1_SQRT_2)));
+        }
+    }
+
+    /// `d_value = g · x·Φ(x)`, `d_gate = g · value · (Φ(x) + x·φ(x))`.
+    #[inline(always)]
+    fn gradient_impl(
+        d_value: &mut [f32],
+        d_gate: &mut [f32],
+        g: &[f32],
+        value: &[f32],
+        gate: &[f32],
+    ) {
+        let outputs = d_value.iter_mut().zip(d_gate.iter_mut());
+        let inputs = g.iter().zip(value).zip(gate);
+        for ((d_value, d_gate), ((&g, &value), &x)) in outputs.zip(inputs) {
+            let cdf = (fast_exp::erf(x * FRAC_1_SQRT_2) + 1.0) * 0.5;
+            let pdf = fast_exp::exp(-0.5 * x * x) * INV_SQRT_2PI as f32;
+            *d_value = g * (x * cdf);
+            *d_gate = g * value * (cdf + x * pdf);
+        }
+    }
+
+    dispatch!(forward, forward_impl, (out: &mut [f32], value: &[f32], gate: &[f32]));
+    dispatch!(gradient, gradient_impl, (d_value: &mut [f32], d_gate: &mut [f32], g: &[f32], value: &[f32], gate: &[f32]));
+}
+
+/// The contiguous f32 values of a CPU tensor, for the one-pass kernels.
+fn cpu_f32<'a>(storage: &'a Storage, layout: &candle_core::Layout) -> Option<Result<&'a [f32]>> {
+    let (Storage::Cpu(cpu), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
+        return None;
+    };
+    Some(cpu.as_slice::<f32>().map(|values| &values[start..end]))
+}
+
+/// The forward of an f32 CPU tensor in one pass, row by row; `None` for other tensors.
+fn cpu_forward(h: &Tensor, inner: usize) -> Result<Option<Tensor>> {
+    if !h.device().is_cpu() || h.dtype() != DType::F32 || inner == 0 {
+        return Ok(None);
+    }
+    let h = h.contiguous()?;
+    let (storage, layout) = h.storage_and_layout();
+    let Some(hs) = cpu_f32(&storage, layout).transpose()? else {
+        return Ok(None);
+    };
+    let mut out = vec![0f32; hs.len() / 2];
+    let row = |(out, h): (&mut [f32], &[f32])| {
+        let (value, gate) = h.split_at(inner);
+        rows::forward(out, value, gate);
+    };
+    if run_serially(hs.len()) {
+        out.chunks_mut(inner)
+            .zip(hs.chunks(2 * inner))
+            .for_each(row);
+    } else {
+        out.par_chunks_mut(inner)
+            .zip(hs.par_chunks(2 * inner))
+            .for_each(row);
+    }
+    let mut dims = h.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = inner;
+    }
+    Tensor::from_vec(out, dims, h.device()).map(Some)
 }
 
 fn elementary(h: &Tensor, inner: usize) -> Result<Tensor> {
@@ -69,18 +149,11 @@ fn cpu_gradient(h: &Tensor, grad: &Tensor, inner: usize) -> Result<Tensor> {
     let (h, grad) = (h.contiguous()?, grad.contiguous()?);
     let (h_storage, h_layout) = h.storage_and_layout();
     let (g_storage, g_layout) = grad.storage_and_layout();
-    let (Storage::Cpu(h_cpu), Storage::Cpu(g_cpu)) = (&*h_storage, &*g_storage) else {
+    let (Some(hs), Some(gs)) = (cpu_f32(&h_storage, h_layout), cpu_f32(&g_storage, g_layout))
+    else {
         candle_core::bail!("geglu: CPU gradient called with a GPU tensor");
     };
-    let (Some((h0, h1)), Some((g0, g1))) =
-        (h_layout.contiguous_offsets(), g_layout.contiguous_offsets())
-    else {
-        candle_core::bail!("geglu: tensors not contiguous");
-    };
-    let (hs, gs) = (
-        &h_cpu.as_slice::<f32>()?[h0..h1],
-        &g_cpu.as_slice::<f32>()?[g0..g1],
-    );
+    let (hs, gs) = (hs?, gs?);
     if inner == 0 || hs.len() != 2 * gs.len() {
         candle_core::bail!("geglu: gradient {:?} for input {:?}", grad.dims(), h.dims());
     }
@@ -88,13 +161,7 @@ fn cpu_gradient(h: &Tensor, grad: &Tensor, inner: usize) -> Result<Tensor> {
     let row = |(out, (h, g)): (&mut [f32], (&[f32], &[f32]))| {
         let (d_value, d_gate) = out.split_at_mut(inner);
         let (value, gate) = h.split_at(inner);
-        for j in 0..inner {
-            let x = gate[j];
-            let cdf = (erf_f32(x * FRAC_1_SQRT_2) + 1.0) * 0.5;
-            let pdf = (-0.5 * x * x).exp() * INV_SQRT_2PI as f32;
-            d_value[j] = g[j] * (x * cdf);
-            d_gate[j] = g[j] * value[j] * (cdf + x * pdf);
-        }
+        rows::gradient(d_value, d_gate, g, value, gate);
     };
     let rows = out
         .chunks_mut(2 * inner)
@@ -146,10 +213,11 @@ mod tests {
         Ok(())
     }
 
-    /// The f32 CPU pass, serial and parallel, agrees with candle's autograd of the
-    /// elementary form, and the node's forward is the elementary output bit for bit.
+    /// The f32 CPU passes, serial and parallel, agree with candle's autograd of the
+    /// elementary form (exact erf). The forward differs from it by the vectorised erf's
+    /// error only: |v| · |x|/2 · 5·10⁻⁷ per element, plus rounding.
     #[test]
-    fn cpu_gradient_agrees_with_autograd() -> Result<()> {
+    fn cpu_passes_agree_with_autograd() -> Result<()> {
         let dev = Device::Cpu;
         for (rows, inner) in [(5, 3), (64, 1024)] {
             let h = Var::from_tensor(&Tensor::randn(0f32, 1.5, (1, rows, 2 * inner), &dev)?)?;
@@ -157,11 +225,16 @@ mod tests {
             let reference = elementary(h.as_tensor(), inner)?;
             let want = reference.mul(&upstream)?.sum_all()?.backward()?;
             let fused = geglu(h.as_tensor())?;
-            let same = (&fused - &reference)?
+            let (value, gate) = (
+                h.narrow(D::Minus1, 0, inner)?,
+                h.narrow(D::Minus1, inner, inner)?,
+            );
+            let bound = (value * gate)?.abs()?.max_all()?.to_scalar::<f32>()? * 3e-7;
+            let diff = (&fused - &reference)?
                 .abs()?
                 .max_all()?
                 .to_scalar::<f32>()?;
-            assert_eq!(same, 0.0, "forward differs");
+            assert!(diff <= bound, "forward differs by {diff} (bound {bound})");
             let got = fused.mul(&upstream)?.sum_all()?.backward()?;
             let (want, got) = (
                 want.get(h.as_tensor()).expect("autograd"),

@@ -20,13 +20,17 @@ pub(crate) mod fused_cpu;
 pub mod geglu;
 pub(crate) mod matmul_cpu;
 pub mod norm_backward;
+mod norm_backward_cpu;
 mod precomputed;
+pub mod profile;
+mod simd;
 pub use attention::chunked_attention;
 pub use blocks::{
     Activation, Downsample2D, DownsampleConfig, ResnetBlock2D, ResnetConfig, Upsample2D,
 };
 pub use frozen::{Conv2d, Linear, conv2d, linear, linear_no_bias};
 use norm_backward::{NormAxes, NormGradient};
+use profile::stage as profile_stage;
 
 /// Whether every value of `t` is finite (NaN and ±∞ make the sum of |t| non-finite): one
 /// reduction instead of reading the tensor back.
@@ -145,12 +149,14 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let _stage = profile_stage(|| "layer norm forward".into());
         if x.track_op() {
             // One graph node instead of the elementary ops' intermediates.
             let gradient = NormGradient {
                 axes: NormAxes::LastDim,
                 weight: self.weight.clone(),
                 eps: self.eps,
+                silu_bias: None,
             };
             return gradient.attach(x, self.forward(&x.detach())?);
         }
@@ -201,17 +207,22 @@ impl GroupNorm {
 
     /// Normalises `x`, then applies `act` (if any).
     pub fn forward_then(&self, x: &Tensor, act: Option<Activation>) -> Result<Tensor> {
+        let _stage = profile_stage(|| "group norm forward".into());
         if x.track_op() {
-            // One graph node for the normalisation instead of its elementary intermediates.
+            // One graph node for the normalisation (and a SiLU after it) instead of their
+            // elementary intermediates.
+            let silu = act == Some(Activation::Silu);
             let gradient = NormGradient {
                 axes: NormAxes::Groups(self.num_groups),
                 weight: self.weight.clone(),
                 eps: self.eps,
+                silu_bias: silu.then(|| self.bias.clone()),
             };
-            let y = gradient.attach(x, self.forward_then(&x.detach(), None)?)?;
+            let folded = if silu { act } else { None };
+            let y = gradient.attach(x, self.forward_then(&x.detach(), folded)?)?;
             return match act {
-                Some(act) => act.apply(&y),
-                None => Ok(y),
+                Some(act) if !silu => act.apply(&y),
+                _ => Ok(y),
             };
         }
         if !fused_kernel_applies(x) {

@@ -5,9 +5,13 @@
 //! backward pass; across a UNet at 512² that is gigabytes. This node keeps only its input and
 //! recomputes the statistics in the backward, as PyTorch's kernels do:
 //! `∂L/∂x = (ĝ − mean(ĝ) − x̂ · mean(ĝ · x̂)) / σ` per normalised group, with `ĝ = γ · ∂L/∂y`.
+//! A SiLU right after the normalisation can be part of the same node (`ĝ` then carries its
+//! derivative), so that the activation adds no node of its own. f32 CPU tensors take the
+//! one-kernel form of [`super::norm_backward_cpu`], everything else the tensor ops below.
 
-use candle_core::{D, DType, Result, Shape, Tensor};
+use candle_core::{D, DType, Result, Shape, Storage, Tensor};
 
+use super::norm_backward_cpu::{self, NormParams, RowAffine};
 use super::precomputed::{InputGradient, attach};
 
 /// Which elements are normalised together.
@@ -28,6 +32,8 @@ pub struct NormGradient {
     pub weight: Tensor,
     /// The epsilon added to the variance.
     pub eps: f64,
+    /// β when a SiLU follows the normalisation in this node (`y = SiLU(γ x̂ + β)`).
+    pub silu_bias: Option<Tensor>,
 }
 
 impl NormGradient {
@@ -49,16 +55,88 @@ impl NormGradient {
         Ok((rows, count / rows))
     }
 
-    /// γ shaped to broadcast against the input.
-    fn weight_for(&self, x: &Tensor) -> Result<Tensor> {
+    /// A per-channel (groups) or per-element (layer norm) parameter shaped to broadcast
+    /// against the input.
+    fn broadcastable(&self, param: &Tensor, x: &Tensor) -> Result<Tensor> {
         match self.axes {
             NormAxes::Groups(_) => {
                 let mut dims = vec![1; x.rank()];
                 dims[1] = x.dim(1)?;
-                self.weight.reshape(dims)
+                param.reshape(dims)
             }
-            NormAxes::LastDim => Ok(self.weight.clone()),
+            NormAxes::LastDim => Ok(param.clone()),
         }
+    }
+
+    /// ∂L/∂y scaled by SiLU′ at the pre-activation `γ x̂ + β`, or `grad` without a SiLU.
+    fn through_silu(&self, x: &Tensor, grad: &Tensor) -> Result<Tensor> {
+        let Some(bias) = &self.silu_bias else {
+            return Ok(grad.clone());
+        };
+        let rows = self.rows(x.shape())?;
+        let xf = x.to_dtype(DType::F32)?.reshape(rows)?;
+        let centred = xf.broadcast_sub(&xf.mean_keepdim(D::Minus1)?)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        let to_f32 = |t: &Tensor| t.to_dtype(DType::F32);
+        let y = normed
+            .reshape(x.shape())?
+            .broadcast_mul(&to_f32(&self.broadcastable(&self.weight, x)?)?)?
+            .broadcast_add(&to_f32(&self.broadcastable(bias, x)?)?)?;
+        let sigmoid = candle_nn::ops::sigmoid(&y)?;
+        let slope = ((y * (1.0 - &sigmoid)?)? + 1.0)?;
+        (to_f32(grad)? * (sigmoid * slope)?)?.to_dtype(grad.dtype())
+    }
+
+    /// The one-kernel gradient of f32 CPU tensors; `None` elsewhere.
+    fn cpu_gradient(&self, x: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+        if !f32_cpu(x) || !f32_cpu(grad) || x.shape() != grad.shape() {
+            return Ok(None);
+        }
+        let (rows, row_len) = self.rows(x.shape())?;
+        let affine = match self.axes {
+            NormAxes::Groups(groups) => {
+                let channels = x.dim(1)?;
+                let channels_per_group = channels / groups;
+                RowAffine::PerChannel {
+                    groups,
+                    channels_per_group,
+                    channel_len: row_len / channels_per_group.max(1),
+                }
+            }
+            NormAxes::LastDim => RowAffine::PerElement,
+        };
+        let weight = self.weight.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let bias = match &self.silu_bias {
+            Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+            None => None,
+        };
+        let (x, grad) = (x.contiguous()?, grad.contiguous()?);
+        let gradient = {
+            let (x_storage, x_layout) = x.storage_and_layout();
+            let (g_storage, g_layout) = grad.storage_and_layout();
+            let (Storage::Cpu(xs), Storage::Cpu(gs)) = (&*x_storage, &*g_storage) else {
+                return Ok(None);
+            };
+            let (Some((x0, x1)), Some((g0, g1))) =
+                (x_layout.contiguous_offsets(), g_layout.contiguous_offsets())
+            else {
+                return Ok(None);
+            };
+            let params = NormParams {
+                affine,
+                weight: &weight,
+                silu_bias: bias.as_deref(),
+                eps: self.eps,
+            };
+            let (xs, gs) = (
+                &xs.as_slice::<f32>()?[x0..x1],
+                &gs.as_slice::<f32>()?[g0..g1],
+            );
+            norm_backward_cpu::input_gradient(xs, gs, rows, &params)
+        };
+        Tensor::from_vec(gradient, x.shape(), x.device()).map(Some)
     }
 }
 
@@ -66,10 +144,21 @@ impl InputGradient for NormGradient {
     const NAME: &'static str = "normalisation";
 
     fn input_gradient(&self, x: &Tensor, grad: &Tensor) -> Result<Tensor> {
+        match self.cpu_gradient(x, grad)? {
+            Some(gradient) => Ok(gradient),
+            None => self.tensor_gradient(x, grad),
+        }
+    }
+}
+
+impl NormGradient {
+    /// The gradient with tensor ops (every device and type).
+    fn tensor_gradient(&self, x: &Tensor, grad: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
         let to_f32 = |t: &Tensor| t.to_dtype(DType::F32);
         let rows = self.rows(x.shape())?;
-        let scaled_grad = grad.broadcast_mul(&self.weight_for(x)?)?;
+        let grad = self.through_silu(x, grad)?;
+        let scaled_grad = grad.broadcast_mul(&self.broadcastable(&self.weight, x)?)?;
         let g = to_f32(&scaled_grad)?.reshape(rows)?;
         let x = to_f32(x)?.reshape(rows)?;
         let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
@@ -126,6 +215,7 @@ mod tests {
             axes: NormAxes::Groups(groups),
             weight: w.clone(),
             eps: 1e-5,
+            silu_bias: None,
         };
         let tracked = spec.attach(x.as_tensor(), reference.detach())?;
         let got = tracked.mul(&upstream)?.sum_all()?.backward()?;
@@ -146,6 +236,7 @@ mod tests {
             axes: NormAxes::LastDim,
             weight: w.clone(),
             eps: 1e-5,
+            silu_bias: None,
         };
         let grad = spec
             .input_gradient(&x0, &upstream)?
@@ -170,6 +261,111 @@ mod tests {
                 "[{i}] fd {fd} vs {g}"
             );
         }
+        Ok(())
+    }
+
+    /// The one-kernel CPU gradient equals the tensor-op form: group norms whose channels
+    /// span several of the kernel's blocks and end in a partial lane group, layer norms of
+    /// odd width, each with and without a SiLU folded in, at batch 2.
+    #[test]
+    fn cpu_kernel_agrees_with_the_tensor_ops() -> Result<()> {
+        let dev = Device::Cpu;
+        let cases = [
+            (NormAxes::Groups(3), vec![2, 6, 41, 29], 6),
+            (NormAxes::Groups(2), vec![2, 4, 3, 5], 4),
+            (NormAxes::LastDim, vec![2, 7, 37], 37),
+        ];
+        for (axes, dims, params) in cases {
+            for silu in [false, true] {
+                let spec = NormGradient {
+                    axes,
+                    weight: Tensor::randn(1f32, 0.5, params, &dev)?,
+                    eps: 1e-5,
+                    silu_bias: silu
+                        .then(|| Tensor::randn(0f32, 0.5, params, &dev))
+                        .transpose()?,
+                };
+                let x = Tensor::randn(0.3f32, 1.7, dims.as_slice(), &dev)?;
+                let grad = Tensor::randn(0f32, 1., dims.as_slice(), &dev)?;
+                let kernel = spec
+                    .cpu_gradient(&x, &grad)?
+                    .expect("the CPU kernel applies");
+                let tensor_ops = spec.tensor_gradient(&x, &grad)?;
+                let err = max_rel_diff(&tensor_ops, &kernel)?;
+                assert!(
+                    err < 2e-6,
+                    "{axes:?} {dims:?} silu {silu}: relative error {err}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// A GroupNorm with its SiLU in the same node: the gradient against finite differences
+    /// of the elementary group norm followed by SiLU (f64, the tensor-op form).
+    #[test]
+    fn group_norm_with_silu_matches_finite_differences() -> Result<()> {
+        let dev = Device::Cpu;
+        let (c, groups, dims) = (4, 2, (1, 4, 3, 2));
+        let w = Tensor::new(&[1.5f64, 0.5, -1.0, 2.0], &dev)?;
+        let b = Tensor::new(&[0.1f64, -0.4, 0.2, 0.3], &dev)?;
+        let x0 = Tensor::randn(0f64, 1.5, dims, &dev)?;
+        let upstream = Tensor::randn(0f64, 1., dims, &dev)?;
+        let spec = NormGradient {
+            axes: NormAxes::Groups(groups),
+            weight: w.clone(),
+            eps: 1e-5,
+            silu_bias: Some(b.clone()),
+        };
+        let grad = spec
+            .input_gradient(&x0, &upstream)?
+            .flatten_all()?
+            .to_vec1::<f64>()?;
+        let loss = |x: &Tensor| -> Result<f64> {
+            let gn = candle_nn::GroupNorm::new(w.clone(), b.clone(), c, groups, 1e-5)?;
+            gn.forward(x)?
+                .silu()?
+                .mul(&upstream)?
+                .sum_all()?
+                .to_scalar::<f64>()
+        };
+        let base = x0.flatten_all()?.to_vec1::<f64>()?;
+        for (i, g) in grad.iter().enumerate() {
+            let bumped = |d: f64| -> Result<f64> {
+                let mut v = base.clone();
+                v[i] += d;
+                loss(&Tensor::from_vec(v, dims, &dev)?)
+            };
+            let fd = (bumped(1e-6)? - bumped(-1e-6)?) / 2e-6;
+            assert!(
+                (fd - g).abs() < 1e-5 * (1.0 + g.abs()),
+                "[{i}] fd {fd} vs {g}"
+            );
+        }
+        Ok(())
+    }
+
+    /// The layer end to end on a tracked f32 CPU input: `GroupNorm::forward_then` with SiLU
+    /// (the fused forward and the kernel's backward) against candle's autograd of the
+    /// elementary group norm and SiLU.
+    #[test]
+    fn tracked_group_norm_with_silu_matches_autograd() -> Result<()> {
+        let dev = Device::Cpu;
+        let (c, groups) = (8, 4);
+        let w = Tensor::randn(1f32, 0.3, c, &dev)?;
+        let b = Tensor::randn(0f32, 0.3, c, &dev)?;
+        let x = Var::from_tensor(&Tensor::randn(0.5f32, 2.0, (2, c, 6, 5), &dev)?)?;
+        let upstream = Tensor::randn(0f32, 1., (2, c, 6, 5), &dev)?;
+        let layer = super::super::GroupNorm::new(w.clone(), b.clone(), groups, 1e-5)?;
+        let silu = Some(super::super::blocks::Activation::Silu);
+        let got = layer.forward_then(x.as_tensor(), silu)?;
+        let want = elementary_group_norm(x.as_tensor(), groups, &w, &b)?.silu()?;
+        assert!(max_rel_diff(&want, &got)? < 1e-5);
+        let got = got.mul(&upstream)?.sum_all()?.backward()?;
+        let want = want.mul(&upstream)?.sum_all()?.backward()?;
+        let (want, got) = (want.get(x.as_tensor()), got.get(x.as_tensor()));
+        let err = max_rel_diff(want.expect("autograd"), got.expect("node"))?;
+        assert!(err < 1e-5, "relative error {err}");
         Ok(())
     }
 }

@@ -28,6 +28,7 @@ impl PrecomputedOutput {
         let Ok(Some(output)) = taken else {
             candle_core::bail!("{}: the output was already handed over", self.op);
         };
+        let _stage = super::profile::stage(|| format!("{} output hand-over copy", self.op));
         let (storage, layout) = output.storage_and_layout();
         let copy = match &*storage {
             Storage::Cpu(s) => Storage::Cpu(s.try_clone(layout)?),
@@ -63,6 +64,11 @@ impl PrecomputedOutput {
 pub(crate) trait InputGradient: Send + Sync + 'static {
     const NAME: &'static str;
     fn input_gradient(&self, x: &Tensor, grad: &Tensor) -> Result<Tensor>;
+
+    /// The stage name of the backward from `x` in a profile (see [`super::profile`]).
+    fn profile_name(&self, x: &Tensor) -> String {
+        format!("{} backward {:?}", Self::NAME, x.dims())
+    }
 }
 
 /// `output`, computed from `x` outside any graph, attached to `x`'s autograd graph with
@@ -106,6 +112,7 @@ impl<G: InputGradient> candle_core::CustomOp1 for Node<G> {
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let _stage = super::profile::stage(|| self.gradient.profile_name(x));
         let grad_x = self.gradient.input_gradient(&x.detach(), &grad.detach())?;
         Ok(Some(grad_x))
     }
