@@ -40,6 +40,49 @@ pub fn chunked_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     q.apply_op3(k, v, ChunkedAttention { output })
 }
 
+/// `softmax((q·scale) kᵀ) v` per head, for `q` `[B, S, heads·d]`, `k` `[B, L, heads·d]` and
+/// `v` `[B, L, heads·dv]` in diffusers' layout (head h is features `h·d..(h+1)·d`); the
+/// result is `[B, S, heads·dv]`, heads merged back the same way. On the CPU in f32 the heads
+/// are split and merged inside one graph node ([`super::heads_cpu`]); elsewhere with tensor
+/// ops around [`chunked_attention`].
+pub fn multi_head_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+) -> Result<Tensor> {
+    if super::heads_cpu::applies(q, k, v, heads) {
+        return super::heads_cpu::attention(q, k, v, heads, scale);
+    }
+    let batch = q.dim(0)?;
+    let out = chunked_attention(
+        &(split_heads(q, heads)? * scale)?,
+        &split_heads(k, heads)?,
+        &split_heads(v, heads)?,
+    )?;
+    merge_heads(&out, batch, heads)
+}
+
+/// `[B, S, heads·d]` → `[B·heads, S, d]` (row b·heads + h), contiguous for the products.
+pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, s, features) = x.dims3()?;
+    let d = features / heads.max(1);
+    x.reshape((b, s, heads, d))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((b * heads, s, d))
+}
+
+/// `[B·heads, S, d]` → `[B, S, heads·d]`, the inverse of [`split_heads`].
+pub fn merge_heads(x: &Tensor, batch: usize, heads: usize) -> Result<Tensor> {
+    let (_, s, d) = x.dims3()?;
+    x.reshape((batch, heads, s, d))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((batch, s, heads * d))
+}
+
 pub(super) fn chunk_for(q: &Tensor, k: &Tensor) -> Result<usize> {
     let (rows, queries, _) = q.dims3()?;
     Ok(chunk_len(

@@ -74,19 +74,19 @@ pub(super) fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
 
 /// The sizes of one attention call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Dims {
-    rows: usize,
-    queries: usize,
-    keys: usize,
+pub(super) struct Dims {
+    pub rows: usize,
+    pub queries: usize,
+    pub keys: usize,
     /// Query and key width.
-    d: usize,
+    pub d: usize,
     /// Value width.
-    dv: usize,
+    pub dv: usize,
 }
 
 impl Dims {
     /// `rows × queries × keys × width`, for a profile's stage names.
-    fn describe(&self) -> String {
+    pub(super) fn describe(&self) -> String {
         let Self {
             rows,
             queries,
@@ -97,7 +97,7 @@ impl Dims {
         format!("{rows}x{queries}x{keys}x{d}")
     }
 
-    fn of(q: &[usize], k: &[usize], v: &[usize]) -> Result<Self> {
+    pub(super) fn of(q: &[usize], k: &[usize], v: &[usize]) -> Result<Self> {
         let [rows, queries, d] = *q else {
             candle_core::bail!("fused attention: q is {q:?}, not [rows, queries, d]");
         };
@@ -274,7 +274,7 @@ mod elementwise {
 
 /// The forward over contiguous values: the output `[rows, queries, dv]` and each query's
 /// log-sum-exp of its scores `[rows, queries]`.
-fn forward(dims: Dims, q: &[f32], k: &[f32], v: &[f32]) -> (Vec<f32>, Vec<f32>) {
+pub(super) fn forward(dims: Dims, q: &[f32], k: &[f32], v: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let Dims {
         rows,
         queries,
@@ -322,17 +322,17 @@ fn forward(dims: Dims, q: &[f32], k: &[f32], v: &[f32]) -> (Vec<f32>, Vec<f32>) 
 
 /// What the backward reads: the inputs, the output, its gradient and the log-sum-exps, all
 /// contiguous.
-struct Saved<'a> {
-    q: &'a [f32],
-    k: &'a [f32],
-    v: &'a [f32],
-    out: &'a [f32],
-    grad_out: &'a [f32],
-    lse: &'a [f32],
+pub(super) struct Saved<'a> {
+    pub q: &'a [f32],
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub out: &'a [f32],
+    pub grad_out: &'a [f32],
+    pub lse: &'a [f32],
 }
 
 /// The gradients w.r.t. q, k and v, each only where `wanted`.
-type Gradients = (Option<Vec<f32>>, Option<Vec<f32>>, Option<Vec<f32>>);
+pub(super) type Gradients = (Option<Vec<f32>>, Option<Vec<f32>>, Option<Vec<f32>>);
 
 /// One share of the backward: queries `start..end` of `row`, with their slice of dQ and the
 /// row's dK and dV (or this share's partial sums of them).
@@ -354,7 +354,7 @@ fn pieces(buffer: Option<&mut Vec<f32>>, size: usize, count: usize) -> Vec<Optio
 }
 
 /// The backward over contiguous values.
-fn backward(dims: Dims, saved: &Saved, wanted: [bool; 3]) -> Gradients {
+pub(super) fn backward(dims: Dims, saved: &Saved, wanted: [bool; 3]) -> Gradients {
     let Dims {
         rows,
         queries,
@@ -511,7 +511,7 @@ fn backward_share(dims: Dims, tile: usize, saved: &Saved, share: Share) {
 }
 
 /// The values of a contiguous f32 CPU storage.
-fn values<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+pub(super) fn values<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&storage.as_slice::<f32>()?[start..end]),
         None => candle_core::bail!("fused attention: input not contiguous"),

@@ -18,13 +18,14 @@ pub(crate) mod fast_exp;
 pub mod frozen;
 pub(crate) mod fused_cpu;
 pub mod geglu;
+mod heads_cpu;
 pub(crate) mod matmul_cpu;
 pub mod norm_backward;
 mod norm_backward_cpu;
 mod precomputed;
 pub mod profile;
 mod simd;
-pub use attention::chunked_attention;
+pub use attention::{chunked_attention, multi_head_attention};
 pub use blocks::{
     Activation, Downsample2D, DownsampleConfig, ResnetBlock2D, ResnetConfig, Upsample2D,
 };

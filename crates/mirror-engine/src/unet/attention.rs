@@ -7,8 +7,9 @@ use candle_nn::VarBuilder;
 use crate::nn::{Linear, linear, linear_no_bias};
 
 use super::capture::{CaptureSink, CapturedAttention};
+use crate::nn::attention::{merge_heads, split_heads};
 use crate::nn::geglu::geglu;
-use crate::nn::{chunked_attention, softmax_last_dim};
+use crate::nn::{multi_head_attention, softmax_last_dim};
 
 /// diffusers `Attention` with the classic softmax((q·scale) kᵀ) v path.
 #[derive(Debug, Clone)]
@@ -18,7 +19,6 @@ pub struct Attention {
     to_v: Linear,
     to_out: Linear,
     heads: usize,
-    head_dim: usize,
     scale: f64,
     /// Module path, for cross-attention layers that may be recorded.
     capture_name: Option<String>,
@@ -41,19 +41,9 @@ impl Attention {
             to_v: linear_no_bias(kv_dim, inner, vb.pp("to_v"))?,
             to_out: linear(inner, query_dim, vb.pp("to_out").pp("0"))?,
             heads,
-            head_dim,
             scale: 1.0 / (head_dim as f64).sqrt(),
             capture_name: context_dim.map(|_| vb.prefix()),
         })
-    }
-
-    /// `[B, S, heads·d]` → `[B·heads, S, d]` (row b·heads + h), contiguous for the matmuls.
-    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, s, _) = x.dims3()?;
-        x.reshape((b, s, self.heads, self.head_dim))?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b * self.heads, s, self.head_dim))
     }
 
     /// `probs` `[batch·heads, q, keys]` with sample `sample`'s rows replaced by `maps`
@@ -80,14 +70,6 @@ impl Attention {
         Tensor::cat(&parts, 0)
     }
 
-    fn merge_heads(&self, x: &Tensor, batch: usize) -> Result<Tensor> {
-        let (_, s, d) = x.dims3()?;
-        x.reshape((batch, self.heads, s, d))?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((batch, s, self.heads * d))
-    }
-
     /// `x` `[B, S, C]`; `context` `[B, L, D]` for cross-attention (self-attention when `None`).
     /// `spatial` is the query grid, only used to label captures.
     pub fn forward(
@@ -99,9 +81,10 @@ impl Attention {
     ) -> Result<Tensor> {
         let batch = x.dim(0)?;
         let context = context.unwrap_or(x);
-        let q = (self.split_heads(&self.to_q.forward(x)?)? * self.scale)?;
-        let k = self.split_heads(&self.to_k.forward(context)?)?;
-        let v = self.split_heads(&self.to_v.forward(context)?)?;
+        let q = self.to_q.forward(x)?;
+        let k = self.to_k.forward(context)?;
+        let v = self.to_v.forward(context)?;
+        let heads = self.heads;
         let request = match (&sink, &self.capture_name) {
             (Some(sink), Some(_)) => sink.request,
             _ => Default::default(),
@@ -118,13 +101,16 @@ impl Attention {
         // Recorded probabilities must stay in the autograd graph (the map losses differentiate
         // them); they are `[rows, queries, tokens]`, small next to self-attention's matrix.
         let (out, probs) = if request.probs || injected.is_some() {
+            let q = (split_heads(&q, heads)? * self.scale)?;
+            let (k, v) = (split_heads(&k, heads)?, split_heads(&v, heads)?);
             let mut probs = softmax_last_dim(&q.matmul(&k.t()?)?)?;
             if let Some((sample, maps)) = injected {
                 probs = self.with_sample_replaced(&probs, sample, &maps)?;
             }
-            (probs.matmul(&v)?, request.probs.then_some(probs))
+            let out = merge_heads(&probs.matmul(&v)?, batch, heads)?;
+            (out, request.probs.then_some(probs))
         } else {
-            (chunked_attention(&q, &k, &v)?, None)
+            (multi_head_attention(&q, &k, &v, heads, self.scale)?, None)
         };
         if let (Some(sink), Some(name)) = (sink, &self.capture_name)
             && request.any()
@@ -134,11 +120,17 @@ impl Attention {
                 heads: self.heads,
                 spatial,
                 probs,
-                keys: request.keys_values.then(|| k.clone()),
-                values: request.keys_values.then(|| v.clone()),
+                keys: request
+                    .keys_values
+                    .then(|| split_heads(&k, heads))
+                    .transpose()?,
+                values: request
+                    .keys_values
+                    .then(|| split_heads(&v, heads))
+                    .transpose()?,
             });
         }
-        self.to_out.forward(&self.merge_heads(&out, batch)?)
+        self.to_out.forward(&out)
     }
 }
 
