@@ -15,7 +15,7 @@ use candle_nn::VarBuilder;
 use super::col2im::{FoldGeometry, col2im};
 use super::conv_cpu;
 use super::matmul_cpu;
-use super::precomputed::{InputGradient, attach};
+use super::precomputed::{CpuKernel, InputGradient, apply_cpu_kernel, attach};
 use super::profile;
 
 /// A layer whose weights never get a gradient: its backward maps ∂L/∂y to ∂L/∂x only.
@@ -147,6 +147,71 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// Whether the forward of `x` is [`Linear`]'s own CPU kernel: f32 on the CPU with at
+    /// least [`TRANSPOSED_BELOW_ROWS`] rows (fewer take the paths above).
+    fn many_rows_kernel_applies(&self, x: &Tensor) -> bool {
+        let inputs = self.weight.dims2().map_or(0, |d| d.1);
+        let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+        f32_cpu(x)
+            && f32_cpu(&self.weight)
+            && self.bias.as_ref().is_none_or(f32_cpu)
+            && inputs > 0
+            && x.dim(candle_core::D::Minus1).is_ok_and(|d| d == inputs)
+            && x.elem_count() / inputs >= TRANSPOSED_BELOW_ROWS
+    }
+}
+
+/// `y = x Wᵀ + b` for many rows: one product, `W` read as loaded (a column-major `Wᵀ`), into
+/// an output that holds the bias already, so that adding it costs no pass of its own.
+impl CpuKernel for Linear {
+    fn cpu_kernel(&self, x: &[f32], dims: &[usize]) -> Result<(Vec<f32>, Vec<usize>)> {
+        let (outputs, inputs) = self.weight.dims2()?;
+        if dims.last() != Some(&inputs) || !x.len().is_multiple_of(inputs) {
+            candle_core::bail!("linear: input {dims:?} for a weight [{outputs}, {inputs}]");
+        }
+        let rows = x.len() / inputs;
+        let (w_storage, w_layout) = self.weight.storage_and_layout();
+        let Some(w) = matmul_cpu::f32_values(&w_storage, w_layout) else {
+            candle_core::bail!("linear: the weight is not contiguous f32 on the CPU");
+        };
+        let mut y = vec![0f32; rows * outputs];
+        let accumulate = match &self.bias {
+            Some(bias) => {
+                let (b_storage, b_layout) = bias.storage_and_layout();
+                let Some(b) = matmul_cpu::f32_values(&b_storage, b_layout) else {
+                    candle_core::bail!("linear: the bias is not contiguous f32 on the CPU");
+                };
+                for row in y.chunks_exact_mut(outputs) {
+                    row.copy_from_slice(b);
+                }
+                true
+            }
+            None => false,
+        };
+        let w_t = matmul_cpu::View {
+            rows: inputs,
+            cols: outputs,
+            row_stride: 1,
+            col_stride: inputs,
+            offset: 0,
+        };
+        let how = matmul_cpu::Gemm {
+            scale: 1.0,
+            accumulate,
+            parallelism: matmul_cpu::parallelism(),
+        };
+        let x_view = matmul_cpu::View::row_major(rows, inputs);
+        let y_view = matmul_cpu::View::row_major(rows, outputs);
+        matmul_cpu::product(&mut y, y_view, (x, x_view), (w, w_t), how)?;
+        let mut dims = dims.to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = outputs;
+        }
+        Ok((y, dims))
+    }
+}
+
 impl FrozenLayer for Linear {
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
         if let Some(y) = self.apply_weight_in_place(x)? {
@@ -184,6 +249,9 @@ impl InputGradient for Linear {
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let _stage = profile::stage(|| format!("linear forward {:?}", self.weight.dims()));
+        if self.many_rows_kernel_applies(x) {
+            return apply_cpu_kernel(x, self);
+        }
         if x.track_op() {
             self.tracked(x)
         } else {
@@ -655,7 +723,7 @@ mod tests {
             let err = (got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
             assert!(err < 1e-4, "{x_shape:?} → {outputs}: {err}");
         }
-        // 256 rows or more, or as many rows as inputs: the product with the view, as before.
+        // 256 rows or more (the many-rows kernel), or as many rows as inputs: not in place.
         let layer = Linear::new(Tensor::randn(0f32, 0.5, (700, 1000), &dev)?, None);
         for rows in [256, 300] {
             let x = Tensor::randn(0f32, 1., (rows, 1000), &dev)?;
@@ -665,6 +733,49 @@ mod tests {
         let x = Tensor::randn(0f32, 1., (200, 200), &dev)?;
         assert!(layer.apply_weight_in_place(&x)?.is_none());
         Ok(())
+    }
+
+    /// From 256 rows on, the CPU kernel (bias written first, one product added to it) equals
+    /// candle's `x·Wᵀ + b`, with and without a bias, 2-D to 4-D, through the graph node too;
+    /// its input gradient agrees with finite differences.
+    #[test]
+    fn linear_over_many_rows_matches_candle_and_finite_differences() -> Result<()> {
+        let dev = Device::Cpu;
+        for (x_shape, outputs, with_bias) in [
+            (vec![300, 70], 50, true),
+            (vec![2, 150, 33], 17, false),
+            (vec![1, 2, 130, 640], 1280, true),
+        ] {
+            let inputs = *x_shape.last().expect("a last dim");
+            let weight = Tensor::randn(0f32, 0.5, (outputs, inputs), &dev)?;
+            let bias = Tensor::randn(0f32, 0.5, outputs, &dev)?;
+            let layer = Linear::new(weight.clone(), with_bias.then(|| bias.clone()));
+            let x = Tensor::randn(0f32, 1., x_shape.as_slice(), &dev)?;
+            assert!(layer.many_rows_kernel_applies(&x), "{x_shape:?}");
+            let want = x.broadcast_matmul(&weight.t()?)?;
+            let want = if with_bias {
+                want.broadcast_add(&bias)?
+            } else {
+                want
+            };
+            let got = layer.forward(&x)?;
+            assert_eq!(got.dims(), want.dims());
+            let scale = want.abs()?.max_all()?.to_scalar::<f32>()?;
+            let err = (&got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(
+                err <= 1e-6 * scale,
+                "{x_shape:?} → {outputs}: {err} of {scale}"
+            );
+            let tracked = layer.forward(Var::from_tensor(&x)?.as_tensor())?;
+            let same = (tracked - &got)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert_eq!(same, 0.0, "{x_shape:?}: through the graph node");
+        }
+        let layer = Linear::new(
+            Tensor::randn(0f32, 0.5, (5, 12), &dev)?,
+            Some(Tensor::randn(0f32, 0.5, 5, &dev)?),
+        );
+        assert!(layer.many_rows_kernel_applies(&Tensor::zeros((1, 2, 150, 12), DType::F32, &dev)?));
+        finite_difference_check(&layer, (1, 2, 150, 12))
     }
 
     /// The input gradient through a layer whose forward reads the weight in place.

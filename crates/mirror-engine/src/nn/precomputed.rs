@@ -117,3 +117,58 @@ impl<G: InputGradient> candle_core::CustomOp1 for Node<G> {
         Ok(Some(grad_x))
     }
 }
+
+/// A frozen one-input op with a kernel that reads f32 CPU values and writes its output
+/// directly: as a graph node it needs no precomputed output, so nothing is copied.
+pub(crate) trait CpuKernel: InputGradient + Clone {
+    /// The output values and dims for `x`'s contiguous values of shape `dims`.
+    fn cpu_kernel(&self, x: &[f32], dims: &[usize]) -> Result<(Vec<f32>, Vec<usize>)>;
+}
+
+/// `op`'s kernel on an f32 CPU tensor, as a graph node of `x` when it tracks a gradient.
+pub(crate) fn apply_cpu_kernel<K: CpuKernel>(x: &Tensor, op: &K) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    if x.track_op() {
+        return x.apply_op1(KernelNode(op.clone()));
+    }
+    let (values, dims) = {
+        let (storage, layout) = x.storage_and_layout();
+        let Storage::Cpu(storage) = &*storage else {
+            candle_core::bail!("{}: the CPU kernel got a tensor not on the CPU", K::NAME);
+        };
+        op.cpu_kernel(contiguous_f32(storage, layout, K::NAME)?, layout.dims())?
+    };
+    Tensor::from_vec(values, dims, x.device())
+}
+
+fn contiguous_f32<'a>(
+    storage: &'a CpuStorage,
+    layout: &candle_core::Layout,
+    op: &str,
+) -> Result<&'a [f32]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&storage.as_slice::<f32>()?[start..end]),
+        None => candle_core::bail!("{op}: the CPU kernel needs a contiguous input"),
+    }
+}
+
+struct KernelNode<K>(K);
+
+impl<K: CpuKernel> candle_core::CustomOp1 for KernelNode<K> {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, layout: &candle_core::Layout) -> Result<(CpuStorage, Shape)> {
+        let (values, dims) = self
+            .0
+            .cpu_kernel(contiguous_f32(x, layout, K::NAME)?, layout.dims())?;
+        Ok((CpuStorage::F32(values), Shape::from(dims)))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let _stage = super::profile::stage(|| self.0.profile_name(x));
+        let grad_x = self.0.input_gradient(&x.detach(), &grad.detach())?;
+        Ok(Some(grad_x))
+    }
+}
