@@ -603,7 +603,7 @@ impl CustomOp3 for FusedAttention {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::attention::{chunk_for, chunked_attention, forward_chunks};
     use super::super::softmax_last_dim;
     use super::*;
@@ -650,7 +650,7 @@ mod tests {
 
     /// `f` on the global pool and on a private pool of 3 threads, so that the tiles and the
     /// backward's shares run in parallel whatever `RAYON_NUM_THREADS` says.
-    fn on_both_pools(f: impl Fn() -> Result<()> + Send + Sync) -> Result<()> {
+    pub(in crate::nn) fn on_both_pools(f: impl Fn() -> Result<()> + Send + Sync) -> Result<()> {
         f()?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(3)

@@ -254,6 +254,7 @@ impl CustomOp3 for PackedAttention {
 #[cfg(test)]
 mod tests {
     use super::super::attention::{chunked_attention, merge_heads, split_heads};
+    use super::super::attention_cpu::tests::on_both_pools;
     use super::*;
     use candle_core::{Device, Var};
 
@@ -318,12 +319,7 @@ mod tests {
             }
             Ok(())
         };
-        check()?;
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(3)
-            .build()
-            .map_err(candle_core::Error::wrap)?;
-        pool.install(check)
+        on_both_pools(check)
     }
 
     /// The f64 form (tensor ops) against central finite differences, and the f32 node
