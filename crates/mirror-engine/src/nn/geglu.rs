@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use super::fast_exp;
 use super::fused_cpu::run_serially;
-use super::precomputed::{InputGradient, attach};
+use super::precomputed::{CpuKernel, InputGradient, apply_cpu_kernel, attach};
 
 /// 1/√(2π), the standard normal density at 0.
 const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
@@ -22,14 +22,14 @@ const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 pub fn geglu(h: &Tensor) -> Result<Tensor> {
     let _stage = super::profile::stage(|| "geglu forward".into());
     let inner = h.dim(D::Minus1)? / 2;
-    let forward = |h: &Tensor| match cpu_forward(h, inner)? {
-        Some(output) => Ok(output),
-        None => elementary(h, inner),
-    };
-    if !h.track_op() {
-        return forward(h);
+    let gradient = GegluGradient { inner };
+    if h.device().is_cpu() && h.dtype() == DType::F32 && inner > 0 {
+        return apply_cpu_kernel(h, &gradient);
     }
-    attach(h, forward(&h.detach())?, GegluGradient { inner })
+    if !h.track_op() {
+        return elementary(h, inner);
+    }
+    attach(h, elementary(&h.detach(), inner)?, gradient)
 }
 
 /// One row's loops, at the CPU's widest vector width.
@@ -76,35 +76,34 @@ fn cpu_f32<'a>(storage: &'a Storage, layout: &candle_core::Layout) -> Option<Res
     Some(cpu.as_slice::<f32>().map(|values| &values[start..end]))
 }
 
-/// The forward of an f32 CPU tensor in one pass, row by row; `None` for other tensors.
-fn cpu_forward(h: &Tensor, inner: usize) -> Result<Option<Tensor>> {
-    if !h.device().is_cpu() || h.dtype() != DType::F32 || inner == 0 {
-        return Ok(None);
+/// The forward of f32 CPU values in one pass, row by row (as a graph node, straight into
+/// its output).
+impl CpuKernel for GegluGradient {
+    fn cpu_kernel(&self, hs: &[f32], dims: &[usize]) -> Result<(Vec<f32>, Vec<usize>)> {
+        let inner = self.inner;
+        if inner == 0 || dims.last() != Some(&(2 * inner)) {
+            candle_core::bail!("geglu: input {dims:?} for halves of {inner}");
+        }
+        let mut out = vec![0f32; hs.len() / 2];
+        let row = |(out, h): (&mut [f32], &[f32])| {
+            let (value, gate) = h.split_at(inner);
+            rows::forward(out, value, gate);
+        };
+        if run_serially(hs.len()) {
+            out.chunks_mut(inner)
+                .zip(hs.chunks(2 * inner))
+                .for_each(row);
+        } else {
+            out.par_chunks_mut(inner)
+                .zip(hs.par_chunks(2 * inner))
+                .for_each(row);
+        }
+        let mut dims = dims.to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = inner;
+        }
+        Ok((out, dims))
     }
-    let h = h.contiguous()?;
-    let (storage, layout) = h.storage_and_layout();
-    let Some(hs) = cpu_f32(&storage, layout).transpose()? else {
-        return Ok(None);
-    };
-    let mut out = vec![0f32; hs.len() / 2];
-    let row = |(out, h): (&mut [f32], &[f32])| {
-        let (value, gate) = h.split_at(inner);
-        rows::forward(out, value, gate);
-    };
-    if run_serially(hs.len()) {
-        out.chunks_mut(inner)
-            .zip(hs.chunks(2 * inner))
-            .for_each(row);
-    } else {
-        out.par_chunks_mut(inner)
-            .zip(hs.par_chunks(2 * inner))
-            .for_each(row);
-    }
-    let mut dims = h.dims().to_vec();
-    if let Some(last) = dims.last_mut() {
-        *last = inner;
-    }
-    Tensor::from_vec(out, dims, h.device()).map(Some)
 }
 
 fn elementary(h: &Tensor, inner: usize) -> Result<Tensor> {
@@ -115,6 +114,7 @@ fn elementary(h: &Tensor, inner: usize) -> Result<Tensor> {
 
 /// ∂/∂h of GEGLU: `[g · GELU(gate), g · value · GELU′(gate)]` with
 /// `GELU′(x) = Φ(x) + x · φ(x)`.
+#[derive(Clone)]
 struct GegluGradient {
     inner: usize,
 }
