@@ -3,13 +3,32 @@
 //! large kernel, and the input gradient folded back from `Kᵀ·G`. All samples go through one
 //! product, so that the kernel is streamed from memory once per call.
 
-use candle_core::{DType, Result, Tensor, WithDType};
+use candle_core::{DType, Layout, Result, Storage, Tensor, WithDType};
 use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
 use super::col2im::{FoldGeometry, fold_position_major, fold_rows};
-use super::conv_cpu::{SMALL_KERNEL, cpu_slice};
 use super::matmul_cpu::{Gemm, View, parallelism, product};
+
+/// On a small image, kernels of at most this many values (2 MB in f32, cache-sized) are
+/// kept channel-last and multiplied tap by tap with the GEMM's vectors along the output
+/// channels, not along the few positions; larger ones are streamed from memory once, as
+/// row-major taps against explicit columns (im2col), which reads them fastest.
+pub(crate) const SMALL_KERNEL: usize = 1 << 19;
+
+/// The values of a contiguous CPU tensor, borrowed from its storage.
+pub(crate) fn cpu_slice<'a, T: WithDType>(
+    storage: &'a Storage,
+    layout: &Layout,
+) -> Result<&'a [T]> {
+    let Storage::Cpu(cpu) = storage else {
+        candle_core::bail!("conv2d: CPU path called with a GPU tensor");
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("conv2d: tensor not contiguous");
+    };
+    Ok(&cpu.as_slice::<T>()?[start..end])
+}
 
 /// Multiply-adds below which a product stays on the calling thread.
 const SERIAL_BELOW: usize = 1 << 23;
@@ -19,7 +38,7 @@ const SERIAL_BELOW: usize = 1 << 23;
 const FOLDED_BELOW: usize = 256;
 
 /// The input gradient `[B, C_in, H, W]` of a convolution with kernel matrix `matrix`
-/// `[C_out, kh·kw·C_in]` (from [`super::conv_cpu::tap_matrices`]), for the output gradient
+/// `[C_out, kh·kw·C_in]` (the convolution's tap matrices, flattened), for the output gradient
 /// `grad` `[B, C_out, Ho, Wo]` of a small output: the columns `Kᵀ·G` of all samples in one product
 /// (the GEMM runs along the kernel rows, thousands, and streams the kernel matrix, tens of
 /// MB at the lowest levels, once), each sample's folded back onto its input grid. CPU, f32.

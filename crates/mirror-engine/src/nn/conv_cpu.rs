@@ -8,10 +8,12 @@
 //! where the bias is added. im2col instead copies the input k² times (over 1 GB at 512 px),
 //! and the page faults of those fresh buffers cost as much as the copies.
 
-use candle_core::{DType, Layout, Result, Storage, Tensor, WithDType};
+use candle_core::{DType, Result, Tensor, WithDType};
 use gemm::gemm;
 use rayon::prelude::*;
 use std::sync::OnceLock;
+
+use super::columns_cpu::{SMALL_KERNEL, cpu_slice};
 
 /// The kernel as [`conv2d_stride1`] wants it: `[C_out, kh, kw, C_in]`, contiguous. Tap
 /// (ky, kx) is the `[C_out, C_in]` block at column `(ky·kw + kx)·C_in` of the
@@ -23,12 +25,6 @@ pub fn tap_matrices(weight: &Tensor) -> Result<Tensor> {
 /// Below this many output positions (at the padded width) per sample, [`conv2d_stride1`]
 /// runs one product over explicit columns of all samples.
 const SMALL_BELOW: usize = 256;
-
-/// On a small image, kernels of at most this many values (2 MB in f32, cache-sized) are
-/// kept channel-last and multiplied tap by tap with the GEMM's vectors along the output
-/// channels, not along the few positions; larger ones are streamed from memory once, as
-/// row-major taps against explicit columns (im2col), which reads them fastest.
-pub(crate) const SMALL_KERNEL: usize = 1 << 19;
 
 /// Whether [`conv2d_stride1`] handles tensors of this dtype (the GEMM's types).
 pub fn supports(dtype: DType) -> bool {
@@ -119,20 +115,6 @@ struct Kernel<'a> {
     /// input gradient): tap (ky, kx) is the forward's tap (kh − 1 − ky, kw − 1 − kx) read as
     /// `[C_in, C_out]`.
     flipped_transposed: bool,
-}
-
-/// The values of a contiguous CPU tensor, borrowed from its storage.
-pub(crate) fn cpu_slice<'a, T: WithDType>(
-    storage: &'a Storage,
-    layout: &Layout,
-) -> Result<&'a [T]> {
-    let Storage::Cpu(cpu) = storage else {
-        candle_core::bail!("conv2d: CPU path called with a GPU tensor");
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        candle_core::bail!("conv2d: tensor not contiguous");
-    };
-    Ok(&cpu.as_slice::<T>()?[start..end])
 }
 
 #[expect(

@@ -641,7 +641,7 @@ mod tests {
             let conv = Conv2d::new(weight, Some(bias), pad, stride);
             finite_difference_check(&conv, (2, 2, h, w))?;
         }
-        // A kernel above conv_cpu::SMALL_KERNEL values on a small image: the columns of both
+        // A kernel above columns_cpu::SMALL_KERNEL values on a small image: the columns of both
         // samples in one product, row-major, folded from their rows.
         let weight = Tensor::randn(0f32, 0.02, (240, 256, 3, 3), &dev)?;
         let conv = Conv2d::new(weight, None, 1, 1);
@@ -663,7 +663,7 @@ mod tests {
             ((6, 4), 1, 0, 1, 17, 16),
             ((6, 4), 3, 0, 1, 19, 18),
             ((6, 4), 3, 1, 2, 36, 34),
-            // Kernels above conv_cpu::SMALL_KERNEL values on small images: row-major
+            // Kernels above columns_cpu::SMALL_KERNEL values on small images: row-major
             // columns, folded from their rows.
             ((240, 256), 3, 1, 1, 4, 3),
             ((160, 320), 3, 1, 2, 7, 8),
@@ -821,7 +821,7 @@ mod tests {
 
     /// Stride-1 layers on small images, batch 2, against candle's convolution: a small
     /// kernel read channel-last tap by tap over the stacked samples (first call, then from
-    /// the cache), and one above conv_cpu::SMALL_KERNEL values through explicit columns.
+    /// the cache), and one above columns_cpu::SMALL_KERNEL values through explicit columns.
     #[test]
     fn small_images_match_candle_in_both_kernel_layouts() -> Result<()> {
         let dev = Device::Cpu;
