@@ -334,6 +334,10 @@ impl Conv2d {
         if x.track_op() {
             return Ok(None);
         }
+        let _stage = profile::stage(|| {
+            let name = self.profile_name(x).replace("backward", "forward");
+            format!("{name} upsampled ×2")
+        });
         let prep = conv_cpu::InputPrep {
             padding: self.padding,
             upsample_x2: true,
