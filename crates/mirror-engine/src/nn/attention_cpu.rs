@@ -18,6 +18,7 @@
 //! parallel); the elementwise loops are compiled for AVX-512 and AVX2 besides the baseline and
 //! run at the widest width the CPU has (the results are the same bit for bit).
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::sync::Mutex;
 
@@ -27,7 +28,7 @@ use rayon::prelude::*;
 
 use super::fast_exp;
 use super::fused_cpu::run_serially;
-use super::matmul_cpu::{self, Gemm, View};
+use super::matmul_cpu::{self, Gemm, View, cpu_values as values};
 
 /// Scores one tile may hold (the backward holds two such buffers): 1 MiB of f32, so that a
 /// thread's buffers stay in its core's L2 cache.
@@ -510,12 +511,40 @@ fn backward_share(dims: Dims, tile: usize, saved: &Saved, share: Share) {
     });
 }
 
-/// The values of a contiguous f32 CPU storage.
-pub(super) fn values<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&storage.as_slice::<f32>()?[start..end]),
-        None => candle_core::bail!("fused attention: input not contiguous"),
+/// [`backward`] from the tensors a graph node's `bwd` receives (q, k, v, the output and its
+/// gradient), each read through `prepare(index, values)` (as it is, or with its heads
+/// split), and the log-sum-exps the forward left in `lse`. Only the inputs that track a
+/// gradient get one.
+pub(super) fn backward_of_tensors(
+    dims: Dims,
+    lse: &Mutex<Option<Vec<f32>>>,
+    [q, k, v, out, grad_out]: [&Tensor; 5],
+    prepare: impl for<'a> Fn(usize, &'a [f32]) -> Cow<'a, [f32]>,
+) -> Result<Gradients> {
+    let lse = lse.lock();
+    let Some(lse) = lse.as_ref().ok().and_then(|lse| lse.as_ref()) else {
+        candle_core::bail!("fused attention: backward before forward");
+    };
+    let grad_out = grad_out.to_dtype(DType::F32)?.contiguous()?;
+    let tensors = [q, k, v, out, &grad_out];
+    let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
+    let mut inputs = Vec::with_capacity(tensors.len());
+    for (index, (storage, layout)) in guards.iter().enumerate() {
+        let Storage::Cpu(storage) = &**storage else {
+            candle_core::bail!("fused attention: backward of a tensor not on the CPU");
+        };
+        inputs.push(prepare(index, values(storage, layout)?));
     }
+    let saved = Saved {
+        q: &inputs[0],
+        k: &inputs[1],
+        v: &inputs[2],
+        out: &inputs[3],
+        grad_out: &inputs[4],
+        lse,
+    };
+    let wanted = [q.track_op(), k.track_op(), v.track_op()];
+    Ok(backward(dims, &saved, wanted))
 }
 
 /// The graph node (or, without gradient, just the kernel): its forward runs [`forward`] and
@@ -568,31 +597,10 @@ impl CustomOp3 for FusedAttention {
         if out.dims() != [dims.rows, dims.queries, dims.dv] || grad_out.dims() != out.dims() {
             candle_core::bail!("fused attention: gradient {:?}", grad_out.dims());
         }
-        let lse = self.lse.lock();
-        let Some(lse) = lse.as_ref().ok().and_then(|lse| lse.as_ref()) else {
-            candle_core::bail!("fused attention: backward before forward");
-        };
-        let grad_out = grad_out.to_dtype(DType::F32)?.contiguous()?;
-        let tensors = [q, k, v, out, &grad_out];
-        let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
-        let mut slices = Vec::with_capacity(tensors.len());
-        for (storage, layout) in &guards {
-            let Storage::Cpu(storage) = &**storage else {
-                candle_core::bail!("fused attention: backward of a tensor not on the CPU");
-            };
-            slices.push(values(storage, layout)?);
-        }
-        let saved = Saved {
-            q: slices[0],
-            k: slices[1],
-            v: slices[2],
-            out: slices[3],
-            grad_out: slices[4],
-            lse,
-        };
-        let wanted = [q.track_op(), k.track_op(), v.track_op()];
         let _stage = super::profile::stage(|| format!("attention backward {}", dims.describe()));
-        let (grad_q, grad_k, grad_v) = backward(dims, &saved, wanted);
+        let tensors = [q, k, v, out, grad_out];
+        let (grad_q, grad_k, grad_v) =
+            backward_of_tensors(dims, &self.lse, tensors, |_, values| Cow::Borrowed(values))?;
         let tensor = |values: Option<Vec<f32>>, like: &Tensor| {
             values
                 .map(|values| Tensor::from_vec(values, like.shape(), like.device()))

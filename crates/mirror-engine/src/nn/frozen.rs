@@ -318,6 +318,14 @@ impl Conv2d {
         &self.weight
     }
 
+    /// A profile's name for `stage` of this layer on input `x` (see [`profile`]).
+    fn stage_name(&self, stage: &str, x: &Tensor) -> String {
+        let (c_out, c_in, kh, kw) = self.weight.dims4().unwrap_or_default();
+        let (b, h, w) = x.dims4().map(|d| (d.0, d.2, d.3)).unwrap_or_default();
+        let stride = self.stride;
+        format!("conv {stage} {kh}x{kw}/{stride} {c_in}->{c_out} at {b}x{h}x{w}")
+    }
+
     /// The kernel matrix, when the CPU GEMM paths apply to `x`.
     fn cpu_matrix(&self, x: &Tensor) -> Option<&Tensor> {
         self.matrix
@@ -334,10 +342,7 @@ impl Conv2d {
         if x.track_op() {
             return Ok(None);
         }
-        let _stage = profile::stage(|| {
-            let name = self.profile_name(x).replace("backward", "forward");
-            format!("{name} upsampled ×2")
-        });
+        let _stage = profile::stage(|| self.stage_name("forward upsampled ×2", x));
         let prep = conv_cpu::InputPrep {
             padding: self.padding,
             upsample_x2: true,
@@ -424,10 +429,7 @@ impl InputGradient for Conv2d {
     /// flipped kernel, read in place (as fast as the forward); at larger strides the folded
     /// columns again. Elsewhere a transposed convolution.
     fn profile_name(&self, x: &Tensor) -> String {
-        let (c_out, c_in, kh, kw) = self.weight.dims4().unwrap_or_default();
-        let (b, h, w) = x.dims4().map(|d| (d.0, d.2, d.3)).unwrap_or_default();
-        let stride = self.stride;
-        format!("conv backward {kh}x{kw}/{stride} {c_in}->{c_out} at {b}x{h}x{w}")
+        self.stage_name("backward", x)
     }
 
     fn input_gradient(&self, x: &Tensor, grad: &Tensor) -> Result<Tensor> {
@@ -466,7 +468,7 @@ impl InputGradient for Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let _stage = profile::stage(|| self.profile_name(x).replace("backward", "forward"));
+        let _stage = profile::stage(|| self.stage_name("forward", x));
         if x.track_op() {
             self.tracked(x)
         } else {

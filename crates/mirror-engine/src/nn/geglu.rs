@@ -7,11 +7,12 @@
 
 use std::f32::consts::FRAC_1_SQRT_2;
 
-use candle_core::{D, DType, Result, Storage, Tensor};
+use candle_core::{D, DType, Result, Tensor};
 use rayon::prelude::*;
 
 use super::fast_exp;
 use super::fused_cpu::run_serially;
+use super::matmul_cpu::f32_values;
 use super::precomputed::{CpuKernel, InputGradient, apply_cpu_kernel, attach};
 
 /// 1/√(2π), the standard normal density at 0.
@@ -66,14 +67,6 @@ mod rows {
 
     dispatch!(forward, forward_impl, (out: &mut [f32], value: &[f32], gate: &[f32]));
     dispatch!(gradient, gradient_impl, (d_value: &mut [f32], d_gate: &mut [f32], g: &[f32], value: &[f32], gate: &[f32]));
-}
-
-/// The contiguous f32 values of a CPU tensor, for the one-pass kernels.
-fn cpu_f32<'a>(storage: &'a Storage, layout: &candle_core::Layout) -> Option<Result<&'a [f32]>> {
-    let (Storage::Cpu(cpu), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
-        return None;
-    };
-    Some(cpu.as_slice::<f32>().map(|values| &values[start..end]))
 }
 
 /// The forward of f32 CPU values in one pass, row by row (as a graph node, straight into
@@ -149,11 +142,12 @@ fn cpu_gradient(h: &Tensor, grad: &Tensor, inner: usize) -> Result<Tensor> {
     let (h, grad) = (h.contiguous()?, grad.contiguous()?);
     let (h_storage, h_layout) = h.storage_and_layout();
     let (g_storage, g_layout) = grad.storage_and_layout();
-    let (Some(hs), Some(gs)) = (cpu_f32(&h_storage, h_layout), cpu_f32(&g_storage, g_layout))
-    else {
-        candle_core::bail!("geglu: CPU gradient called with a GPU tensor");
+    let (Some(hs), Some(gs)) = (
+        f32_values(&h_storage, h_layout),
+        f32_values(&g_storage, g_layout),
+    ) else {
+        candle_core::bail!("geglu: CPU gradient called with a tensor not f32 on the CPU");
     };
-    let (hs, gs) = (hs?, gs?);
     if inner == 0 || hs.len() != 2 * gs.len() {
         candle_core::bail!("geglu: gradient {:?} for input {:?}", grad.dims(), h.dims());
     }

@@ -8,13 +8,15 @@
 //! back together; its backward splits what it reads and merges the three gradients the same
 //! way. Values are those of the tensor-op form bit for bit.
 
+use std::borrow::Cow;
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::attention_cpu::{self, Dims, Saved, values};
+use super::attention_cpu::{self, Dims};
 use super::fused_cpu::run_serially;
+use super::matmul_cpu::cpu_values as values;
 
 /// The sizes of one packed tensor: `[batch, seq, heads·width]`.
 #[derive(Debug, Clone, Copy)]
@@ -200,41 +202,27 @@ impl CustomOp3 for PackedAttention {
         if grad_out.dims() != out.dims() {
             candle_core::bail!("multi-head attention: gradient {:?}", grad_out.dims());
         }
-        let lse = self.lse.lock();
-        let Some(lse) = lse.as_ref().ok().and_then(|lse| lse.as_ref()) else {
-            candle_core::bail!("multi-head attention: backward before forward");
-        };
         let pout = Packed {
             width: dims.dv,
             ..pq
         };
-        let grad_out = grad_out.to_dtype(DType::F32)?.contiguous()?;
-        let tensors = [q, k, v, out, &grad_out];
-        let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
-        let mut heads = Vec::with_capacity(tensors.len());
-        for ((storage, layout), (packed, scale)) in guards.iter().zip([
+        // q enters the kernel scaled; the output and its gradient have the output's widths.
+        let layouts = [
             (pq, self.scale),
             (pk, 1.0),
             (pv, 1.0),
             (pout, 1.0),
             (pout, 1.0),
-        ]) {
-            let Storage::Cpu(storage) = &**storage else {
-                candle_core::bail!("multi-head attention: backward of a tensor not on the CPU");
-            };
-            heads.push(split(values(storage, layout)?, packed, scale));
-        }
-        drop(guards);
-        let saved = Saved {
-            q: &heads[0],
-            k: &heads[1],
-            v: &heads[2],
-            out: &heads[3],
-            grad_out: &heads[4],
-            lse,
-        };
-        let wanted = [q.track_op(), k.track_op(), v.track_op()];
-        let (grad_q, grad_k, grad_v) = attention_cpu::backward(dims, &saved, wanted);
+        ];
+        let (grad_q, grad_k, grad_v) = attention_cpu::backward_of_tensors(
+            dims,
+            &self.lse,
+            [q, k, v, out, grad_out],
+            |index, values| {
+                let (packed, scale) = layouts[index];
+                Cow::Owned(split(values, packed, scale))
+            },
+        )?;
         // q entered the kernel scaled: its gradient carries the scale once more.
         let tensor = |values: Option<Vec<f32>>, packed: Packed, scale: f32, like: &Tensor| {
             values

@@ -136,6 +136,14 @@ pub(crate) fn parallelism() -> Parallelism {
     }
 }
 
+/// The values of a contiguous f32 CPU storage, as a custom op's kernel receives it.
+pub(crate) fn cpu_values<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&storage.as_slice::<f32>()?[start..end]),
+        None => candle_core::bail!("CPU kernel: input not contiguous"),
+    }
+}
+
 /// The values of a contiguous CPU f32 tensor's storage, or `None`.
 pub(crate) fn f32_values<'a>(storage: &'a Storage, layout: &Layout) -> Option<&'a [f32]> {
     let (start, end) = layout.contiguous_offsets()?;

@@ -9,8 +9,9 @@
 //! derivative), so that the activation adds no node of its own. f32 CPU tensors take the
 //! one-kernel form of [`super::norm_backward_cpu`], everything else the tensor ops below.
 
-use candle_core::{D, DType, Result, Shape, Storage, Tensor};
+use candle_core::{D, DType, Result, Shape, Tensor};
 
+use super::matmul_cpu;
 use super::norm_backward_cpu::{self, NormParams, RowAffine};
 use super::precomputed::{InputGradient, attach};
 
@@ -116,12 +117,10 @@ impl NormGradient {
         let gradient = {
             let (x_storage, x_layout) = x.storage_and_layout();
             let (g_storage, g_layout) = grad.storage_and_layout();
-            let (Storage::Cpu(xs), Storage::Cpu(gs)) = (&*x_storage, &*g_storage) else {
-                return Ok(None);
-            };
-            let (Some((x0, x1)), Some((g0, g1))) =
-                (x_layout.contiguous_offsets(), g_layout.contiguous_offsets())
-            else {
+            let (Some(xs), Some(gs)) = (
+                matmul_cpu::f32_values(&x_storage, x_layout),
+                matmul_cpu::f32_values(&g_storage, g_layout),
+            ) else {
                 return Ok(None);
             };
             let params = NormParams {
@@ -130,10 +129,6 @@ impl NormGradient {
                 silu_bias: bias.as_deref(),
                 eps: self.eps,
             };
-            let (xs, gs) = (
-                &xs.as_slice::<f32>()?[x0..x1],
-                &gs.as_slice::<f32>()?[g0..g1],
-            );
             norm_backward_cpu::input_gradient(xs, gs, rows, &params)
         };
         Tensor::from_vec(gradient, x.shape(), x.device()).map(Some)

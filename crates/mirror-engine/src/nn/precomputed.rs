@@ -133,23 +133,15 @@ pub(crate) fn apply_cpu_kernel<K: CpuKernel>(x: &Tensor, op: &K) -> Result<Tenso
     }
     let (values, dims) = {
         let (storage, layout) = x.storage_and_layout();
-        let Storage::Cpu(storage) = &*storage else {
-            candle_core::bail!("{}: the CPU kernel got a tensor not on the CPU", K::NAME);
+        let Some(values) = super::matmul_cpu::f32_values(&storage, layout) else {
+            candle_core::bail!(
+                "{}: the CPU kernel got a tensor not f32 on the CPU",
+                K::NAME
+            );
         };
-        op.cpu_kernel(contiguous_f32(storage, layout, K::NAME)?, layout.dims())?
+        op.cpu_kernel(values, layout.dims())?
     };
     Tensor::from_vec(values, dims, x.device())
-}
-
-fn contiguous_f32<'a>(
-    storage: &'a CpuStorage,
-    layout: &candle_core::Layout,
-    op: &str,
-) -> Result<&'a [f32]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&storage.as_slice::<f32>()?[start..end]),
-        None => candle_core::bail!("{op}: the CPU kernel needs a contiguous input"),
-    }
 }
 
 struct KernelNode<K>(K);
@@ -162,7 +154,7 @@ impl<K: CpuKernel> candle_core::CustomOp1 for KernelNode<K> {
     fn cpu_fwd(&self, x: &CpuStorage, layout: &candle_core::Layout) -> Result<(CpuStorage, Shape)> {
         let (values, dims) = self
             .0
-            .cpu_kernel(contiguous_f32(x, layout, K::NAME)?, layout.dims())?;
+            .cpu_kernel(super::matmul_cpu::cpu_values(x, layout)?, layout.dims())?;
         Ok((CpuStorage::F32(values), Shape::from(dims)))
     }
 
