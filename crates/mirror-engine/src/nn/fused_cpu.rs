@@ -15,6 +15,11 @@ use rayon::prelude::*;
 pub(crate) trait Element: Copy + Send + Sync + 'static {
     fn to_f32(self) -> f32;
     fn from_f32(v: f32) -> Self;
+
+    /// `out` and `xs` as f32 slices when the type is f32 (for the wide-vector kernels).
+    fn as_f32<'o, 'x>(_out: &'o mut [Self], _xs: &'x [Self]) -> Option<(&'o mut [f32], &'x [f32])> {
+        None
+    }
 }
 
 impl Element for f32 {
@@ -23,6 +28,9 @@ impl Element for f32 {
     }
     fn from_f32(v: f32) -> Self {
         v
+    }
+    fn as_f32<'o, 'x>(out: &'o mut [f32], xs: &'x [f32]) -> Option<(&'o mut [f32], &'x [f32])> {
+        Some((out, xs))
     }
 }
 
@@ -46,6 +54,7 @@ impl Element for half::bf16 {
 
 /// Σ f(x): f32 lanes over short blocks (vectorised), the blocks summed in f64, so that a
 /// million-element group loses no more precision than a short row.
+#[inline(always)]
 fn sum_of<E: Element>(xs: &[E], f: impl Fn(f32) -> f32) -> f64 {
     const LANES: usize = 16;
     let mut total = 0f64;
@@ -64,6 +73,7 @@ fn sum_of<E: Element>(xs: &[E], f: impl Fn(f32) -> f32) -> f64 {
 }
 
 /// (mean, 1/√(var + eps)) of a slice, two-pass.
+#[inline(always)]
 pub(crate) fn moments<E: Element>(xs: &[E], eps: f64) -> (f32, f32) {
     let n = xs.len() as f64;
     let mean = (sum_of(xs, |v| v) / n) as f32;
@@ -156,27 +166,53 @@ pub struct GroupNormOp {
 }
 
 impl GroupNormOp {
+    /// The output of contiguous f32 values of shape `dims`.
+    pub(crate) fn forward_f32(&self, xs: &[f32], dims: &[usize]) -> Result<Vec<f32>> {
+        self.check(dims)?;
+        Ok(self.run(xs))
+    }
+
+    fn check(&self, dims: &[usize]) -> Result<()> {
+        if dims.len() < 2
+            || dims[1] != self.weight.len()
+            || !self.weight.len().is_multiple_of(self.num_groups)
+            || dims.iter().product::<usize>() != dims[0] * dims[1] * self.channel_len
+        {
+            candle_core::bail!("fused group norm: input {dims:?} does not match the layer");
+        }
+        Ok(())
+    }
+
     fn run<E: Element>(&self, xs: &[E]) -> Vec<E> {
         let channels = self.weight.len();
         let per_group = channels / self.num_groups;
         let group_len = per_group * self.channel_len;
         let mut out = vec![E::from_f32(0.0); xs.len()];
         for_each_chunk(&mut out, xs, group_len, |index, out, xs| {
-            let (mean, rstd) = moments(xs, self.eps);
             let first_channel = (index % self.num_groups) * per_group;
-            let rows = out
-                .chunks_mut(self.channel_len)
-                .zip(xs.chunks(self.channel_len));
-            for (c, (out, xs)) in (first_channel..).zip(rows) {
-                let scale = self.weight[c] * rstd;
-                let shift = self.bias[c] - mean * scale;
-                for (o, x) in out.iter_mut().zip(xs) {
-                    let y = x.to_f32() * scale + shift;
-                    *o = E::from_f32(if self.silu { silu(y) } else { y });
-                }
+            match E::as_f32(out, xs) {
+                Some((out, xs)) => wide::group(self, first_channel, out, xs),
+                None => self.normalise_group(first_channel, out, xs),
             }
         });
         out
+    }
+
+    /// One group (`xs`, its channels from `first_channel` on) normalised into `out`.
+    #[inline(always)]
+    fn normalise_group<E: Element>(&self, first_channel: usize, out: &mut [E], xs: &[E]) {
+        let (mean, rstd) = moments(xs, self.eps);
+        let rows = out
+            .chunks_mut(self.channel_len)
+            .zip(xs.chunks(self.channel_len));
+        for (c, (out, xs)) in (first_channel..).zip(rows) {
+            let scale = self.weight[c] * rstd;
+            let shift = self.bias[c] - mean * scale;
+            for (o, x) in out.iter_mut().zip(xs) {
+                let y = x.to_f32() * scale + shift;
+                *o = E::from_f32(if self.silu { silu(y) } else { y });
+            }
+        }
     }
 }
 
@@ -186,14 +222,7 @@ impl CustomOp1 for GroupNormOp {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let dims = layout.dims();
-        if dims.len() < 2
-            || dims[1] != self.weight.len()
-            || !self.weight.len().is_multiple_of(self.num_groups)
-            || layout.shape().elem_count() != dims[0] * dims[1] * self.channel_len
-        {
-            candle_core::bail!("fused group norm: input {dims:?} does not match the layer");
-        }
+        self.check(layout.dims())?;
         by_dtype!(self, storage, layout, run)
     }
 }
@@ -209,6 +238,22 @@ pub struct LayerNormOp {
 }
 
 impl LayerNormOp {
+    /// The output of contiguous f32 values of shape `dims`.
+    pub(crate) fn forward_f32(&self, xs: &[f32], dims: &[usize]) -> Result<Vec<f32>> {
+        self.check(dims)?;
+        Ok(self.run(xs))
+    }
+
+    fn check(&self, dims: &[usize]) -> Result<()> {
+        if dims.last() != Some(&self.weight.len()) {
+            candle_core::bail!(
+                "fused layer norm: input {dims:?} does not end in {}",
+                self.weight.len()
+            );
+        }
+        Ok(())
+    }
+
     fn run<E: Element>(&self, xs: &[E]) -> Vec<E> {
         let mut out = vec![E::from_f32(0.0); xs.len()];
         self.run_into(xs, &mut out);
@@ -220,19 +265,45 @@ impl LayerNormOp {
     pub(crate) fn run_into<E: Element>(&self, xs: &[E], out: &mut [E]) {
         let d = self.weight.len();
         // Rows are short: hand rayon a few dozen at a time.
-        for_each_chunk(out, xs, d * 16, |_, out, xs| {
-            for (out, xs) in out.chunks_mut(d).zip(xs.chunks(d)) {
-                let (mean, rstd) = moments(xs, self.eps);
-                for ((o, x), (w, b)) in out
-                    .iter_mut()
-                    .zip(xs)
-                    .zip(self.weight.iter().zip(&self.bias))
-                {
-                    *o = E::from_f32((x.to_f32() - mean) * rstd * w + b);
-                }
-            }
+        for_each_chunk(out, xs, d * 16, |_, out, xs| match E::as_f32(out, xs) {
+            Some((out, xs)) => wide::rows(self, out, xs),
+            None => self.normalise_rows(out, xs),
         });
     }
+
+    /// Whole rows of `xs` normalised into `out`.
+    #[inline(always)]
+    fn normalise_rows<E: Element>(&self, out: &mut [E], xs: &[E]) {
+        let d = self.weight.len();
+        for (out, xs) in out.chunks_mut(d).zip(xs.chunks(d)) {
+            let (mean, rstd) = moments(xs, self.eps);
+            for ((o, x), (w, b)) in out
+                .iter_mut()
+                .zip(xs)
+                .zip(self.weight.iter().zip(&self.bias))
+            {
+                *o = E::from_f32((x.to_f32() - mean) * rstd * w + b);
+            }
+        }
+    }
+}
+
+/// The f32 norm kernels at the CPU's widest vectors: the same loops, so the same values at
+/// every width (the sums run in 16 fixed lanes).
+mod wide {
+    use super::super::simd::dispatch;
+    use super::{GroupNormOp, LayerNormOp};
+
+    fn group_impl(op: &GroupNormOp, first_channel: usize, out: &mut [f32], xs: &[f32]) {
+        op.normalise_group(first_channel, out, xs);
+    }
+
+    fn rows_impl(op: &LayerNormOp, out: &mut [f32], xs: &[f32]) {
+        op.normalise_rows(out, xs);
+    }
+
+    dispatch!(group, group_impl, (op: &GroupNormOp, first_channel: usize, out: &mut [f32], xs: &[f32]));
+    dispatch!(rows, rows_impl, (op: &LayerNormOp, out: &mut [f32], xs: &[f32]));
 }
 
 impl CustomOp1 for LayerNormOp {
@@ -241,13 +312,7 @@ impl CustomOp1 for LayerNormOp {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        if layout.dims().last() != Some(&self.weight.len()) {
-            candle_core::bail!(
-                "fused layer norm: input {:?} does not end in {}",
-                layout.dims(),
-                self.weight.len()
-            );
-        }
+        self.check(layout.dims())?;
         by_dtype!(self, storage, layout, run)
     }
 }

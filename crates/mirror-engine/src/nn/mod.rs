@@ -30,7 +30,7 @@ pub use blocks::{
     Activation, Downsample2D, DownsampleConfig, ResnetBlock2D, ResnetConfig, Upsample2D,
 };
 pub use frozen::{Conv2d, Linear, conv2d, linear, linear_no_bias};
-use norm_backward::{NormAxes, NormGradient};
+use norm_backward::{NormAxes, NormForward, NormGradient, NormKernel};
 use profile::stage as profile_stage;
 
 /// Whether every value of `t` is finite (NaN and ±∞ make the sum of |t| non-finite): one
@@ -82,6 +82,11 @@ fn fused_kernel_applies(x: &Tensor) -> bool {
     !x.track_op()
         && x.device().is_cpu()
         && matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16)
+}
+
+/// Whether `x` is f32 on the CPU, where the kernels of [`precomputed::CpuKernel`] run.
+fn f32_on_cpu(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
 }
 
 /// The values of a per-channel parameter as the fused kernels take them.
@@ -159,6 +164,10 @@ impl Module for LayerNorm {
                 eps: self.eps,
                 silu_bias: None,
             };
+            if f32_on_cpu(x) {
+                let forward = NormForward::LastDim(self.fused_op()?);
+                return precomputed::apply_cpu_kernel(x, &NormKernel { gradient, forward });
+            }
             return gradient.attach(x, self.forward(&x.detach())?);
         }
         if !fused_kernel_applies(x) {
@@ -219,8 +228,13 @@ impl GroupNorm {
                 eps: self.eps,
                 silu_bias: silu.then(|| self.bias.clone()),
             };
-            let folded = if silu { act } else { None };
-            let y = gradient.attach(x, self.forward_then(&x.detach(), folded)?)?;
+            let y = if f32_on_cpu(x) {
+                let forward = NormForward::Groups(self.fused_op(x, silu)?);
+                precomputed::apply_cpu_kernel(x, &NormKernel { gradient, forward })?
+            } else {
+                let folded = if silu { act } else { None };
+                gradient.attach(x, self.forward_then(&x.detach(), folded)?)?
+            };
             return match act {
                 Some(act) if !silu => act.apply(&y),
                 _ => Ok(y),
@@ -233,21 +247,25 @@ impl GroupNorm {
                 None => Ok(y),
             };
         }
-        let (b, c) = (x.dim(0)?, x.dim(1)?);
         let silu = act == Some(Activation::Silu);
-        let op = fused_cpu::GroupNormOp {
+        let y = x.contiguous()?.apply_op1_no_bwd(&self.fused_op(x, silu)?)?;
+        match act {
+            Some(act) if !silu => act.apply(&y),
+            _ => Ok(y),
+        }
+    }
+
+    /// The fused CPU kernel of this layer for `x`, with a SiLU after it if `silu`.
+    fn fused_op(&self, x: &Tensor, silu: bool) -> Result<fused_cpu::GroupNormOp> {
+        let (b, c) = (x.dim(0)?, x.dim(1)?);
+        Ok(fused_cpu::GroupNormOp {
             num_groups: self.num_groups,
             eps: self.eps,
             weight: f32_values(&self.weight)?,
             bias: f32_values(&self.bias)?,
             silu,
             channel_len: x.elem_count() / (b * c).max(1),
-        };
-        let y = x.contiguous()?.apply_op1_no_bwd(&op)?;
-        match act {
-            Some(act) if !silu => act.apply(&y),
-            _ => Ok(y),
-        }
+        })
     }
 
     /// The differentiable form (candle-nn's GroupNorm).

@@ -11,9 +11,10 @@
 
 use candle_core::{D, DType, Result, Shape, Tensor};
 
+use super::fused_cpu::{GroupNormOp, LayerNormOp};
 use super::matmul_cpu;
 use super::norm_backward_cpu::{self, NormParams, RowAffine};
-use super::precomputed::{InputGradient, attach};
+use super::precomputed::{CpuKernel, InputGradient, attach};
 
 /// Which elements are normalised together.
 #[derive(Debug, Clone, Copy)]
@@ -143,6 +144,39 @@ impl InputGradient for NormGradient {
             Some(gradient) => Ok(gradient),
             None => self.tensor_gradient(x, grad),
         }
+    }
+}
+
+/// A normalisation's CPU forward kernel with its gradient: as a graph node it computes
+/// straight into its own output, so nothing is handed over by a copy.
+#[derive(Debug, Clone)]
+pub(crate) struct NormKernel {
+    pub gradient: NormGradient,
+    pub forward: NormForward,
+}
+
+/// The forward kernel of a [`NormKernel`].
+#[derive(Debug, Clone)]
+pub(crate) enum NormForward {
+    Groups(GroupNormOp),
+    LastDim(LayerNormOp),
+}
+
+impl InputGradient for NormKernel {
+    const NAME: &'static str = NormGradient::NAME;
+
+    fn input_gradient(&self, x: &Tensor, grad: &Tensor) -> Result<Tensor> {
+        self.gradient.input_gradient(x, grad)
+    }
+}
+
+impl CpuKernel for NormKernel {
+    fn cpu_kernel(&self, x: &[f32], dims: &[usize]) -> Result<(Vec<f32>, Vec<usize>)> {
+        let out = match &self.forward {
+            NormForward::Groups(op) => op.forward_f32(x, dims)?,
+            NormForward::LastDim(op) => op.forward_f32(x, dims)?,
+        };
+        Ok((out, dims.to_vec()))
     }
 }
 
