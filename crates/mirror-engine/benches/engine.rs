@@ -265,6 +265,35 @@ fn run_case(case: &str, quick: bool) -> serde_json::Value {
             extra.insert("gflops".into(), ((gflops * 10.0).round() / 10.0).into());
             times
         }
+        "linear" => {
+            // One frozen linear layer `[M, K] · [N, K]ᵀ + b`: the UNet's products one shape
+            // at a time (GFLOP/s beside the peak's).
+            let dims: Vec<usize> = rest.split(',').map(|d| d.parse().unwrap()).collect();
+            let [m, k, n] = dims[..] else {
+                panic!("linear:M,K,N")
+            };
+            let dev = bench_device();
+            let x = Tensor::randn(0f32, 1., (m, k), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1., (n, k), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1., n, &dev).unwrap();
+            let layer = mirror_engine::nn::frozen::Linear::new(w, Some(b));
+            // Enough products per timed repeat for about 20 GFLOP (a small one alone is
+            // timer noise); the times are per product.
+            let flop = 2.0 * (m * k * n) as f64;
+            let calls = (2e10 / flop).ceil() as usize;
+            let times: Vec<f64> = time_it(reps, || {
+                for _ in 0..calls {
+                    candle_core::Module::forward(&layer, &x).unwrap();
+                }
+            })
+            .into_iter()
+            .map(|t| t / calls as f64)
+            .collect();
+            let best = times.iter().copied().fold(f64::INFINITY, f64::min);
+            let gflops = flop / best / 1e9;
+            extra.insert("gflops".into(), ((gflops * 10.0).round() / 10.0).into());
+            times
+        }
         other => panic!("unknown case {other}"),
     };
     let m = median(&mut times);
