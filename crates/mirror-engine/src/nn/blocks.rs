@@ -109,20 +109,26 @@ impl ResnetBlock2D {
     /// `temb` is the time embedding `[B, temb_channels]`; blocks built without one ignore it.
     pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
         let act = Some(self.act);
-        let mut h = self.conv1.forward(&self.norm1.forward_then(x, act)?)?;
-        if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
-            let t = proj
-                .forward(&self.act.apply(temb)?)?
-                .unsqueeze(2)?
-                .unsqueeze(3)?;
-            h = h.broadcast_add(&t)?;
-        }
-        let h = self.conv2.forward(&self.norm2.forward_then(&h, act)?)?;
+        // The time embedding and the skip are added inside the convolutions' nodes, so that a
+        // gradient pass keeps no separate tensor for either convolution's output.
+        let normed = self.norm1.forward_then(x, act)?;
+        let h = match (&self.time_emb_proj, temb) {
+            (Some(proj), Some(temb)) => {
+                let t = proj
+                    .forward(&self.act.apply(temb)?)?
+                    .unsqueeze(2)?
+                    .unsqueeze(3)?;
+                self.conv1.forward_adding(&normed, &t)?
+            }
+            _ => self.conv1.forward(&normed)?,
+        };
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(x)?,
             None => x.clone(),
         };
-        let out = (shortcut + h)?;
+        let out = self
+            .conv2
+            .forward_adding(&self.norm2.forward_then(&h, act)?, &shortcut)?;
         if self.output_scale_factor == 1.0 {
             Ok(out)
         } else {

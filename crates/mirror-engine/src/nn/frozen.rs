@@ -15,7 +15,9 @@ use candle_nn::VarBuilder;
 use super::col2im::{FoldGeometry, col2im};
 use super::conv_cpu;
 use super::matmul_cpu;
-use super::precomputed::{CpuKernel, InputGradient, apply_cpu_kernel, attach};
+use super::precomputed::{
+    CpuKernel, InputGradient, apply_cpu_kernel, apply_cpu_kernel_adding, attach, attach_adding,
+};
 use super::profile;
 
 /// A layer whose weights never get a gradient: its backward maps ∂L/∂y to ∂L/∂x only.
@@ -246,6 +248,21 @@ impl InputGradient for Linear {
     }
 }
 
+impl Linear {
+    /// `forward(x) + residual`, the residual of the output's shape. Where the layer's own CPU
+    /// kernel runs, the residual is added in its output buffer, and on a gradient pass the
+    /// graph holds no separate tensor for the layer's output.
+    pub fn forward_adding(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let _stage = profile::stage(|| format!("linear forward {:?}", self.weight.dims()));
+        let f32_cpu = residual.device().is_cpu() && residual.dtype() == DType::F32;
+        if self.many_rows_kernel_applies(x) && f32_cpu {
+            return apply_cpu_kernel_adding(x, residual, self);
+        }
+        drop(_stage);
+        Module::forward(self, x)? + residual
+    }
+}
+
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let _stage = profile::stage(|| format!("linear forward {:?}", self.weight.dims()));
@@ -463,6 +480,20 @@ impl InputGradient for Conv2d {
             })
             .collect::<Result<Vec<_>>>()?;
         Tensor::cat(&samples, 0)
+    }
+}
+
+impl Conv2d {
+    /// `forward(x) + residual`, the residual broadcast to the output (a skip connection, or a
+    /// per-channel time embedding `[B, C, 1, 1]`). On a gradient pass one graph node holds
+    /// `x` and the residual, and no separate tensor for the convolution's output.
+    pub fn forward_adding(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let _stage = profile::stage(|| self.stage_name("forward", x));
+        if !(x.track_op() || residual.track_op()) {
+            return self.apply(x)?.broadcast_add(residual);
+        }
+        let output = self.apply(&x.detach())?.broadcast_add(&residual.detach())?;
+        attach_adding(x, residual, output, self.clone())
     }
 }
 
@@ -859,3 +890,7 @@ mod tests {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[path = "frozen_adding_tests.rs"]
+mod adding_tests;

@@ -10,10 +10,12 @@ use candle_nn::VarBuilder;
 
 pub mod attention;
 mod attention_cpu;
+mod attention_probs;
 pub mod blocks;
 mod col2im;
 mod columns_cpu;
 pub mod conv_cpu;
+mod distance;
 pub(crate) mod fast_exp;
 pub mod frozen;
 pub(crate) mod fused_cpu;
@@ -26,9 +28,11 @@ mod precomputed;
 pub mod profile;
 mod simd;
 pub use attention::{chunked_attention, multi_head_attention};
+pub use attention_probs::attention_probabilities;
 pub use blocks::{
     Activation, Downsample2D, DownsampleConfig, ResnetBlock2D, ResnetConfig, Upsample2D,
 };
+pub use distance::squared_distance_rows;
 pub use frozen::{Conv2d, Linear, conv2d, linear, linear_no_bias};
 use norm_backward::{NormAxes, NormForward, NormGradient, NormKernel};
 use profile::stage as profile_stage;

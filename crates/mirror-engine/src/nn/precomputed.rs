@@ -164,3 +164,193 @@ impl<K: CpuKernel> candle_core::CustomOp1 for KernelNode<K> {
         Ok(Some(grad_x))
     }
 }
+
+/// `output`, computed outside any graph as `f(x) + residual` (the residual broadcast to it),
+/// attached to the graphs of `x` and `residual`: `gradient` gives `x`'s gradient, and the
+/// residual's is the output's own. The node holds `x` and the residual, which the graph keeps
+/// anyway, instead of `f(x)` and a sum node.
+pub(crate) fn attach_adding<G: InputGradient>(
+    x: &Tensor,
+    residual: &Tensor,
+    output: Tensor,
+    gradient: G,
+) -> Result<Tensor> {
+    let output = if output.is_contiguous() && output.layout().start_offset() == 0 {
+        output
+    } else {
+        output.copy()?
+    };
+    x.apply_op2(
+        residual,
+        AddingNode {
+            output: PrecomputedOutput::new(output, G::NAME),
+            gradient,
+        },
+    )
+}
+
+struct AddingNode<G> {
+    output: PrecomputedOutput,
+    gradient: G,
+}
+
+impl<G: InputGradient> candle_core::CustomOp2 for AddingNode<G> {
+    fn name(&self) -> &'static str {
+        G::NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &candle_core::Layout,
+        _: &CpuStorage,
+        _: &candle_core::Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.output.cpu()
+    }
+
+    fn cuda_fwd(
+        &self,
+        _: &CudaStorage,
+        _: &candle_core::Layout,
+        _: &CudaStorage,
+        _: &candle_core::Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        self.output.cuda()
+    }
+
+    fn metal_fwd(
+        &self,
+        _: &MetalStorage,
+        _: &candle_core::Layout,
+        _: &MetalStorage,
+        _: &candle_core::Layout,
+    ) -> Result<(MetalStorage, Shape)> {
+        self.output.metal()
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        adding_gradients(&self.gradient, x, residual, grad)
+    }
+}
+
+/// The gradients of `f(x) + residual`: `f`'s input gradient for `x`, the output gradient
+/// (summed over the broadcast dimensions) for the residual; only for inputs that track one.
+fn adding_gradients<G: InputGradient>(
+    gradient: &G,
+    x: &Tensor,
+    residual: &Tensor,
+    grad: &Tensor,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let grad_x = if x.track_op() {
+        let _stage = super::profile::stage(|| gradient.profile_name(x));
+        Some(gradient.input_gradient(&x.detach(), &grad.detach())?)
+    } else {
+        None
+    };
+    let grad_residual = if residual.track_op() {
+        let broadcast: Vec<usize> = (0..grad.rank())
+            .filter(|&d| residual.dims()[d] == 1 && grad.dims()[d] != 1)
+            .collect();
+        let summed = if broadcast.is_empty() {
+            grad.detach()
+        } else {
+            grad.detach().sum_keepdim(broadcast)?
+        };
+        Some(summed.reshape(residual.shape())?)
+    } else {
+        None
+    };
+    Ok((grad_x, grad_residual))
+}
+
+/// [`apply_cpu_kernel`] plus `residual` (of the output's shape, f32 on the CPU), added in the
+/// kernel's output buffer: as a graph node of `x` and `residual`, the layer's own output never
+/// exists as a tensor of its own.
+pub(crate) fn apply_cpu_kernel_adding<K: CpuKernel>(
+    x: &Tensor,
+    residual: &Tensor,
+    op: &K,
+) -> Result<Tensor> {
+    let (x, residual) = (x.contiguous()?, residual.contiguous()?);
+    if x.track_op() || residual.track_op() {
+        return x.apply_op2(&residual, KernelAddingNode(op.clone()));
+    }
+    let (values, dims) = {
+        let (storage, layout) = x.storage_and_layout();
+        let (r_storage, r_layout) = residual.storage_and_layout();
+        let (Some(values), Some(r)) = (
+            super::matmul_cpu::f32_values(&storage, layout),
+            super::matmul_cpu::f32_values(&r_storage, r_layout),
+        ) else {
+            candle_core::bail!(
+                "{}: the CPU kernel got a tensor not f32 on the CPU",
+                K::NAME
+            );
+        };
+        kernel_adding(op, values, layout.dims(), r, r_layout.dims())?
+    };
+    Tensor::from_vec(values, dims, x.device())
+}
+
+/// The kernel's output with `residual` added, after checking that the shapes agree.
+fn kernel_adding<K: CpuKernel>(
+    op: &K,
+    x: &[f32],
+    dims: &[usize],
+    residual: &[f32],
+    residual_dims: &[usize],
+) -> Result<(Vec<f32>, Vec<usize>)> {
+    let (mut values, out_dims) = op.cpu_kernel(x, dims)?;
+    if out_dims != residual_dims {
+        candle_core::bail!(
+            "{}: a residual of shape {residual_dims:?} for an output of {out_dims:?}",
+            K::NAME
+        );
+    }
+    for (y, r) in values.iter_mut().zip(residual) {
+        *y += *r;
+    }
+    Ok((values, out_dims))
+}
+
+struct KernelAddingNode<K>(K);
+
+impl<K: CpuKernel> candle_core::CustomOp2 for KernelAddingNode<K> {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        layout: &candle_core::Layout,
+        residual: &CpuStorage,
+        r_layout: &candle_core::Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (values, dims) = kernel_adding(
+            &self.0,
+            super::matmul_cpu::cpu_values(x, layout)?,
+            layout.dims(),
+            super::matmul_cpu::cpu_values(residual, r_layout)?,
+            r_layout.dims(),
+        )?;
+        Ok((CpuStorage::F32(values), Shape::from(dims)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        adding_gradients(&self.0, x, residual, grad)
+    }
+}

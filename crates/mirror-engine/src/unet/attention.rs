@@ -9,7 +9,7 @@ use crate::nn::{Linear, linear, linear_no_bias};
 use super::capture::{CaptureSink, CapturedAttention};
 use crate::nn::attention::{merge_heads, split_heads};
 use crate::nn::geglu::geglu;
-use crate::nn::{multi_head_attention, softmax_last_dim};
+use crate::nn::{attention_probabilities, multi_head_attention};
 
 /// diffusers `Attention` with the classic softmax((q·scale) kᵀ) v path.
 #[derive(Debug, Clone)]
@@ -70,9 +70,23 @@ impl Attention {
         Tensor::cat(&parts, 0)
     }
 
-    /// `x` `[B, S, C]`; `context` `[B, L, D]` for cross-attention (self-attention when `None`).
-    /// `spatial` is the query grid, only used to label captures.
-    pub fn forward(
+    /// The attention of `x` `[B, S, C]` plus `residual` `[B, S, C]` (the block's skip), added
+    /// inside the output projection. `context` `[B, L, D]` for cross-attention
+    /// (self-attention when `None`); `spatial` is the query grid, only used to label captures.
+    pub fn forward_adding(
+        &self,
+        x: &Tensor,
+        context: Option<&Tensor>,
+        spatial: (usize, usize),
+        sink: Option<&mut CaptureSink<'_>>,
+        residual: &Tensor,
+    ) -> Result<Tensor> {
+        let attended = self.attend(x, context, spatial, sink)?;
+        self.to_out.forward_adding(&attended, residual)
+    }
+
+    /// The heads' attention, merged, before the output projection.
+    fn attend(
         &self,
         x: &Tensor,
         context: Option<&Tensor>,
@@ -103,7 +117,7 @@ impl Attention {
         let (out, probs) = if request.probs || injected.is_some() {
             let q = (split_heads(&q, heads)? * self.scale)?;
             let (k, v) = (split_heads(&k, heads)?, split_heads(&v, heads)?);
-            let mut probs = softmax_last_dim(&q.matmul(&k.t()?)?)?;
+            let mut probs = attention_probabilities(&q, &k)?;
             if let Some((sample, maps)) = injected {
                 probs = self.with_sample_replaced(&probs, sample, &maps)?;
             }
@@ -130,7 +144,7 @@ impl Attention {
                     .transpose()?,
             });
         }
-        self.to_out.forward(&out)
+        Ok(out)
     }
 }
 
@@ -155,5 +169,13 @@ impl Module for FeedForward {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.proj.forward(x)?;
         self.out.forward(&geglu(&h)?)
+    }
+}
+
+impl FeedForward {
+    /// `forward(x) + residual`, the residual added inside the output layer.
+    pub fn forward_adding(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let h = self.proj.forward(x)?;
+        self.out.forward_adding(&geglu(&h)?, residual)
     }
 }

@@ -113,7 +113,7 @@ pub fn map_loss(cur: &[&Tensor], reference: &[&Tensor], weight: f64) -> Result<T
     }
     let mut total: Option<Tensor> = None;
     for (c, r) in cur.iter().zip(reference) {
-        let term = (c.sub(r)?.sqr()?.sum((1, 2))?.mean(0)? * weight)?;
+        let term = (crate::nn::squared_distance_rows(c, r)?.mean(0)? * weight)?;
         total = Some(match total {
             None => term,
             Some(t) => (t + term)?,

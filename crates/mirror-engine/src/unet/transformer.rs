@@ -50,15 +50,19 @@ impl BasicTransformerBlock {
         spatial: (usize, usize),
         sink: Option<&mut CaptureSink<'_>>,
     ) -> Result<Tensor> {
-        let x = (self
+        // Each residual is added inside the sublayer's last linear layer (see
+        // `Linear::forward_adding`).
+        let x = self
             .attn1
-            .forward(&self.norm1.forward(x)?, None, spatial, None)?
-            + x)?;
-        let x = (self
-            .attn2
-            .forward(&self.norm2.forward(&x)?, Some(context), spatial, sink)?
-            + &x)?;
-        self.ff.forward(&self.norm3.forward(&x)?)? + x
+            .forward_adding(&self.norm1.forward(x)?, None, spatial, None, x)?;
+        let x = self.attn2.forward_adding(
+            &self.norm2.forward(&x)?,
+            Some(context),
+            spatial,
+            sink,
+            &x,
+        )?;
+        self.ff.forward_adding(&self.norm3.forward(&x)?, &x)
     }
 }
 
@@ -139,10 +143,9 @@ impl Transformer2DModel {
             let c = t.dim(2)?;
             t.transpose(1, 2)?.contiguous()?.reshape((b, c, h, w))
         };
-        let out = match &self.proj_out {
-            Projection::Conv(conv) => conv.forward(&to_image(&tokens)?)?,
-            Projection::Linear(lin) => to_image(&lin.forward(&tokens)?)?,
-        };
-        out + x
+        match &self.proj_out {
+            Projection::Conv(conv) => conv.forward_adding(&to_image(&tokens)?, x),
+            Projection::Linear(lin) => to_image(&lin.forward(&tokens)?)? + x,
+        }
     }
 }

@@ -1,0 +1,182 @@
+//! Attention probabilities `softmax(q kᵀ)` as one autograd node, for the layers whose maps
+//! are recorded and differentiated (MirrorDiffusion's guidance).
+//!
+//! Written with tensor ops, candle's graph keeps the scores, the centred scores, their
+//! exponentials and the probabilities of every such layer until the backward pass; this node
+//! keeps only `q`, `k` and the probabilities, and its backward is PyTorch's softmax and
+//! matmul backward: `dS = P ⊙ (dP − Σⱼ dP ⊙ P)`, `dq = dS k`, `dk = dSᵀ q`. The forward is
+//! the same ops as [`super::softmax_last_dim`]'s gradient form, so the values are unchanged.
+
+use candle_core::Tensor;
+use candle_core::{CpuStorage, CudaStorage, CustomOp2, D, Layout, MetalStorage, Result, Shape};
+
+use super::precomputed::PrecomputedOutput;
+
+/// `softmax(q kᵀ)` over the keys for `q` `[rows, queries, d]` (already scaled) and `k`
+/// `[rows, keys, d]`: `[rows, queries, keys]`, differentiable in both.
+pub fn attention_probabilities(q: &Tensor, k: &Tensor) -> Result<Tensor> {
+    let probs = softmax_of_scores(&q.detach().matmul(&k.detach().t()?)?)?;
+    if !(q.track_op() || k.track_op()) {
+        return Ok(probs);
+    }
+    let output = PrecomputedOutput::new(probs, "attention probabilities");
+    q.apply_op2(k, Probabilities { output })
+}
+
+/// The gradient form's softmax, on values outside any graph.
+fn softmax_of_scores(scores: &Tensor) -> Result<Tensor> {
+    let max = scores.max_keepdim(D::Minus1)?;
+    let e = scores.broadcast_sub(&max)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+struct Probabilities {
+    output: PrecomputedOutput,
+}
+
+impl CustomOp2 for Probabilities {
+    fn name(&self) -> &'static str {
+        "attention-probabilities"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.output.cpu()
+    }
+
+    fn cuda_fwd(
+        &self,
+        _: &CudaStorage,
+        _: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        self.output.cuda()
+    }
+
+    fn metal_fwd(
+        &self,
+        _: &MetalStorage,
+        _: &Layout,
+        _: &MetalStorage,
+        _: &Layout,
+    ) -> Result<(MetalStorage, Shape)> {
+        self.output.metal()
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        probs: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let _stage = super::profile::stage(|| {
+            format!("attention probabilities backward {:?}", probs.dims())
+        });
+        let (p, dp) = (probs.detach(), grad.detach());
+        let row_dot = (&dp * &p)?.sum_keepdim(D::Minus1)?;
+        let ds = (dp.broadcast_sub(&row_dot)? * &p)?;
+        // Only for inputs that track one (the guidance's keys come from the prompt).
+        let dq = q.track_op().then(|| ds.matmul(&k.detach())).transpose()?;
+        let dk = k
+            .track_op()
+            .then(|| ds.t()?.matmul(&q.detach()))
+            .transpose()?;
+        Ok((dq, dk))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Var};
+
+    /// A scalar of the probabilities that weighs every entry differently.
+    fn weighted_sum(p: &Tensor) -> Result<Tensor> {
+        let weights = Tensor::arange(0f64, p.elem_count() as f64, p.device())?
+            .reshape(p.shape())?
+            .sin()?;
+        (p * weights)?.sum_all()
+    }
+
+    fn inputs(device: &Device) -> Result<(Var, Var)> {
+        let values = |n: usize, seed: f64| -> Vec<f64> {
+            (0..n)
+                .map(|i| (i as f64 * 0.7 + seed).sin() * 1.3)
+                .collect()
+        };
+        let q = Var::from_vec(values(2 * 5 * 3, 0.1), (2, 5, 3), device)?;
+        let k = Var::from_vec(values(2 * 4 * 3, 2.0), (2, 4, 3), device)?;
+        Ok((q, k))
+    }
+
+    #[test]
+    fn forward_is_the_gradient_forms_softmax_bit_for_bit() -> Result<()> {
+        let device = Device::Cpu;
+        let q = Tensor::randn(0f32, 1.0, (3, 7, 5), &device)?;
+        let k = Tensor::randn(0f32, 1.0, (3, 6, 5), &device)?;
+        let (qv, kv) = (Var::from_tensor(&q)?, Var::from_tensor(&k)?);
+        let node = attention_probabilities(qv.as_tensor(), kv.as_tensor())?;
+        let tensor_ops =
+            super::super::softmax_last_dim(&qv.as_tensor().matmul(&kv.as_tensor().t()?)?)?;
+        let (a, b) = (
+            node.flatten_all()?.to_vec1::<f32>()?,
+            tensor_ops.flatten_all()?.to_vec1::<f32>()?,
+        );
+        assert_eq!(a, b);
+        Ok(())
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() -> Result<()> {
+        let device = Device::Cpu;
+        let (q, k) = inputs(&device)?;
+        let grads =
+            weighted_sum(&attention_probabilities(q.as_tensor(), k.as_tensor())?)?.backward()?;
+        let step = 1e-6;
+        for (var, other, is_q) in [(&q, &k, true), (&k, &q, false)] {
+            let analytic: Vec<f64> = grads
+                .get(var.as_tensor())
+                .expect("gradient")
+                .flatten_all()?
+                .to_vec1()?;
+            let start: Vec<f64> = var.as_tensor().flatten_all()?.to_vec1()?;
+            for i in 0..start.len() {
+                let at = |delta: f64| -> Result<f64> {
+                    let mut values = start.clone();
+                    values[i] += delta;
+                    let moved = Tensor::from_vec(values, var.shape(), &device)?;
+                    let other = other.as_tensor().detach();
+                    let (q, k) = if is_q { (moved, other) } else { (other, moved) };
+                    weighted_sum(&attention_probabilities(&q, &k)?)?.to_scalar::<f64>()
+                };
+                let numeric = (at(step)? - at(-step)?) / (2.0 * step);
+                assert!(
+                    (numeric - analytic[i]).abs() < 1e-7 * (1.0 + numeric.abs()),
+                    "{} element {i}: {} against finite differences {numeric}",
+                    if is_q { "q" } else { "k" },
+                    analytic[i]
+                );
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn only_tracked_inputs_get_gradients() -> Result<()> {
+        let device = Device::Cpu;
+        let (q, k) = inputs(&device)?;
+        let k = k.as_tensor().detach();
+        let grads = weighted_sum(&attention_probabilities(q.as_tensor(), &k)?)?.backward()?;
+        assert!(grads.get(q.as_tensor()).is_some());
+        assert!(grads.get(&k).is_none());
+        assert_eq!(q.dtype(), DType::F64);
+        Ok(())
+    }
+}
