@@ -7,10 +7,9 @@
 //! matmul backward: `dS = P ⊙ (dP − Σⱼ dP ⊙ P)`, `dq = dS k`, `dk = dSᵀ q`. The forward is
 //! the same ops as [`super::softmax_last_dim`]'s gradient form, so the values are unchanged.
 
-use candle_core::Tensor;
-use candle_core::{CpuStorage, CudaStorage, CustomOp2, D, Layout, MetalStorage, Result, Shape};
+use candle_core::{D, Result, Tensor};
 
-use super::precomputed::PrecomputedOutput;
+use super::precomputed::{PairGradient, attach_pair};
 
 /// `softmax(q kᵀ)` over the keys for `q` `[rows, queries, d]` (already scaled) and `k`
 /// `[rows, keys, d]`: `[rows, queries, keys]`, differentiable in both.
@@ -19,8 +18,7 @@ pub fn attention_probabilities(q: &Tensor, k: &Tensor) -> Result<Tensor> {
     if !(q.track_op() || k.track_op()) {
         return Ok(probs);
     }
-    let output = PrecomputedOutput::new(probs, "attention probabilities");
-    q.apply_op2(k, Probabilities { output })
+    attach_pair(q, k, probs, ProbabilitiesGradient)
 }
 
 /// The gradient form's softmax, on values outside any graph.
@@ -30,46 +28,13 @@ fn softmax_of_scores(scores: &Tensor) -> Result<Tensor> {
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
 }
 
-struct Probabilities {
-    output: PrecomputedOutput,
-}
+/// softmax's and the product's backward.
+struct ProbabilitiesGradient;
 
-impl CustomOp2 for Probabilities {
-    fn name(&self) -> &'static str {
-        "attention-probabilities"
-    }
+impl PairGradient for ProbabilitiesGradient {
+    const NAME: &'static str = "attention probabilities";
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.output.cpu()
-    }
-
-    fn cuda_fwd(
-        &self,
-        _: &CudaStorage,
-        _: &Layout,
-        _: &CudaStorage,
-        _: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        self.output.cuda()
-    }
-
-    fn metal_fwd(
-        &self,
-        _: &MetalStorage,
-        _: &Layout,
-        _: &MetalStorage,
-        _: &Layout,
-    ) -> Result<(MetalStorage, Shape)> {
-        self.output.metal()
-    }
-
-    fn bwd(
+    fn gradients(
         &self,
         q: &Tensor,
         k: &Tensor,

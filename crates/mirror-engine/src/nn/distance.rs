@@ -3,11 +3,9 @@
 //! tensors of the maps' size per layer) until the backward pass; this node keeps only its
 //! inputs, which the graph holds anyway, and recomputes the difference in the backward.
 
-use candle_core::{
-    CpuStorage, CudaStorage, CustomOp2, Layout, MetalStorage, Result, Shape, Tensor,
-};
+use candle_core::{Result, Tensor};
 
-use super::precomputed::PrecomputedOutput;
+use super::precomputed::{PairGradient, attach_pair};
 
 /// `Σ (a − b)²` over every dimension but the first: `[rows]` for `a`, `b` `[rows, …]` of one
 /// shape, differentiable in both.
@@ -24,57 +22,22 @@ pub fn squared_distance_rows(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if !(a.track_op() || b.track_op()) {
         return Ok(distances);
     }
-    let output = PrecomputedOutput::new(distances, "squared distance");
-    a.apply_op2(b, SquaredDistance { output })
+    attach_pair(a, b, distances, SquaredDistance)
 }
 
-struct SquaredDistance {
-    output: PrecomputedOutput,
-}
+/// `∂/∂a = 2 (a − b) · g` per row, `∂/∂b` its negative.
+struct SquaredDistance;
 
-impl CustomOp2 for SquaredDistance {
-    fn name(&self) -> &'static str {
-        "squared-distance-rows"
-    }
+impl PairGradient for SquaredDistance {
+    const NAME: &'static str = "squared distance";
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.output.cpu()
-    }
-
-    fn cuda_fwd(
-        &self,
-        _: &CudaStorage,
-        _: &Layout,
-        _: &CudaStorage,
-        _: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        self.output.cuda()
-    }
-
-    fn metal_fwd(
-        &self,
-        _: &MetalStorage,
-        _: &Layout,
-        _: &MetalStorage,
-        _: &Layout,
-    ) -> Result<(MetalStorage, Shape)> {
-        self.output.metal()
-    }
-
-    fn bwd(
+    fn gradients(
         &self,
         a: &Tensor,
         b: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        // ∂/∂a = 2 (a − b) · g per row, ∂/∂b its negative.
         let mut per_row = grad.detach().dims().to_vec();
         per_row.resize(a.rank(), 1);
         let scale = (grad.detach().reshape(per_row)? * 2.0)?;

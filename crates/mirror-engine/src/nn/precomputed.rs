@@ -74,15 +74,20 @@ pub(crate) trait InputGradient: Send + Sync + 'static {
 /// `output`, computed from `x` outside any graph, attached to `x`'s autograd graph with
 /// `gradient` as its backward.
 pub(crate) fn attach<G: InputGradient>(x: &Tensor, output: Tensor, gradient: G) -> Result<Tensor> {
-    let output = if output.is_contiguous() && output.layout().start_offset() == 0 {
-        output
-    } else {
-        output.copy()?
-    };
     x.apply_op1(Node {
-        output: PrecomputedOutput::new(output, G::NAME),
+        output: PrecomputedOutput::new(whole(output)?, G::NAME),
         gradient,
     })
+}
+
+/// `output` as a tensor that owns its storage from the start (what is handed over is the
+/// storage itself).
+fn whole(output: Tensor) -> Result<Tensor> {
+    if output.is_contiguous() && output.layout().start_offset() == 0 {
+        Ok(output)
+    } else {
+        output.copy()
+    }
 }
 
 struct Node<G> {
@@ -165,36 +170,44 @@ impl<K: CpuKernel> candle_core::CustomOp1 for KernelNode<K> {
     }
 }
 
-/// `output`, computed outside any graph as `f(x) + residual` (the residual broadcast to it),
-/// attached to the graphs of `x` and `residual`: `gradient` gives `x`'s gradient, and the
-/// residual's is the output's own. The node holds `x` and the residual, which the graph keeps
-/// anyway, instead of `f(x)` and a sum node.
-pub(crate) fn attach_adding<G: InputGradient>(
-    x: &Tensor,
-    residual: &Tensor,
+/// The gradients of a two-input op whose output was computed outside any graph.
+pub(crate) trait PairGradient: Send + Sync + 'static {
+    const NAME: &'static str;
+
+    /// (∂L/∂a, ∂L/∂b) for the output `out` and its gradient `grad`, each `None` where that
+    /// input tracks no gradient.
+    fn gradients(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)>;
+}
+
+/// `output`, computed from `a` and `b` outside any graph, attached to both their graphs with
+/// `gradient` as its backward.
+pub(crate) fn attach_pair<G: PairGradient>(
+    a: &Tensor,
+    b: &Tensor,
     output: Tensor,
     gradient: G,
 ) -> Result<Tensor> {
-    let output = if output.is_contiguous() && output.layout().start_offset() == 0 {
-        output
-    } else {
-        output.copy()?
-    };
-    x.apply_op2(
-        residual,
-        AddingNode {
-            output: PrecomputedOutput::new(output, G::NAME),
+    a.apply_op2(
+        b,
+        PairNode {
+            output: PrecomputedOutput::new(whole(output)?, G::NAME),
             gradient,
         },
     )
 }
 
-struct AddingNode<G> {
+struct PairNode<G> {
     output: PrecomputedOutput,
     gradient: G,
 }
 
-impl<G: InputGradient> candle_core::CustomOp2 for AddingNode<G> {
+impl<G: PairGradient> candle_core::CustomOp2 for PairNode<G> {
     fn name(&self) -> &'static str {
         G::NAME
     }
@@ -231,12 +244,42 @@ impl<G: InputGradient> candle_core::CustomOp2 for AddingNode<G> {
 
     fn bwd(
         &self,
-        x: &Tensor,
-        residual: &Tensor,
-        _res: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        out: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        adding_gradients(&self.gradient, x, residual, grad)
+        self.gradient.gradients(a, b, out, grad)
+    }
+}
+
+/// `output`, computed outside any graph as `f(x) + residual` (the residual broadcast to it),
+/// attached to the graphs of `x` and `residual`: `gradient` gives `x`'s gradient, and the
+/// residual's is the output's own. The node holds `x` and the residual, which the graph keeps
+/// anyway, instead of `f(x)` and a sum node.
+pub(crate) fn attach_adding<G: InputGradient>(
+    x: &Tensor,
+    residual: &Tensor,
+    output: Tensor,
+    gradient: G,
+) -> Result<Tensor> {
+    attach_pair(x, residual, output, Adding(gradient))
+}
+
+/// The backward of `f(x) + residual` for `f`'s input gradient.
+struct Adding<G>(G);
+
+impl<G: InputGradient> PairGradient for Adding<G> {
+    const NAME: &'static str = G::NAME;
+
+    fn gradients(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        adding_gradients(&self.0, x, residual, grad)
     }
 }
 
