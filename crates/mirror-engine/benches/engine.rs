@@ -177,11 +177,15 @@ fn run_case(case: &str, quick: bool) -> serde_json::Value {
             } else {
                 time_it(reps, || {
                     let v = Var::from_tensor(&emb).unwrap();
-                    let forward = mirror_engine::nn::profile::stage(|| "(whole forward)".into());
+                    let forward = mirror_engine::nn::profile::stage(|| {
+                        "(forward outside the other stages)".into()
+                    });
                     let out = unet.forward(&x, 501.0, v.as_tensor()).unwrap();
                     let loss = out.sqr().unwrap().sum_all().unwrap();
                     drop(forward);
-                    let _backward = mirror_engine::nn::profile::stage(|| "(whole backward)".into());
+                    let _backward = mirror_engine::nn::profile::stage(|| {
+                        "(backward outside the other stages)".into()
+                    });
                     let grads = loss.backward().unwrap();
                     grads.get(v.as_tensor()).expect("gradient");
                 })

@@ -1,7 +1,10 @@
 //! Seconds per named stage of the layers, added up while the environment variable
 //! `MIRROR_PROFILE` is set: the benchmark's view of where a pass goes. Unset, a stage costs
-//! one check of a cached flag and no clock reads.
+//! one check of a cached flag and no clock reads. A stage started inside another on the same
+//! thread counts only under its own name: the outer one gets its own time less the inner
+//! ones', so that the table adds up to the pass.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
@@ -15,13 +18,40 @@ pub fn enabled() -> bool {
 /// Seconds and calls per stage since the last [`take`].
 static TOTALS: Mutex<Option<HashMap<String, (f64, usize)>>> = Mutex::new(None);
 
+thread_local! {
+    /// Seconds spent in the stages nested inside each running stage of this thread, innermost
+    /// last.
+    static NESTED: RefCell<Vec<f64>> = const { RefCell::new(Vec::new()) };
+}
+
 /// A running stage: its time is added under its name when it is dropped.
 #[must_use = "a stage is timed until it is dropped"]
 pub struct Stage(Option<(String, Instant)>);
 
 /// Starts timing a stage; `name` is only called while profiling.
 pub fn stage(name: impl FnOnce() -> String) -> Stage {
-    Stage(enabled().then(|| (name(), Instant::now())))
+    Stage(enabled().then(|| {
+        enter();
+        (name(), Instant::now())
+    }))
+}
+
+/// Opens a stage on this thread's stack of running stages.
+fn enter() {
+    NESTED.with(|n| n.borrow_mut().push(0.0));
+}
+
+/// Closes the innermost running stage after `elapsed` seconds: its own time (less the stages
+/// nested in it), which is added to the stage around it as nested time.
+fn leave(elapsed: f64) -> f64 {
+    NESTED.with(|n| {
+        let mut n = n.borrow_mut();
+        let inner = n.pop().unwrap_or(0.0);
+        if let Some(outer) = n.last_mut() {
+            *outer += elapsed;
+        }
+        (elapsed - inner).max(0.0)
+    })
 }
 
 impl Drop for Stage {
@@ -29,7 +59,7 @@ impl Drop for Stage {
         let Some((name, start)) = self.0.take() else {
             return;
         };
-        let seconds = start.elapsed().as_secs_f64();
+        let seconds = leave(start.elapsed().as_secs_f64());
         if let Ok(mut totals) = TOTALS.lock() {
             let entry = totals.get_or_insert_with(HashMap::new).entry(name);
             let total = entry.or_default();
@@ -72,5 +102,22 @@ mod tests {
         assert_eq!(calls(&stages, "profile test b"), expected(1));
         assert!(stages.windows(2).all(|w| w[0].1 >= w[1].1));
         assert_eq!(calls(&take(), "profile test a"), None);
+    }
+
+    /// A stage's own time leaves out the stages nested in it, at every depth.
+    #[test]
+    fn nested_stages_count_once() {
+        std::thread::spawn(|| {
+            enter(); // outer
+            enter(); // middle
+            enter(); // inner
+            assert_eq!(leave(1.0), 1.0);
+            enter(); // second inner
+            assert_eq!(leave(0.5), 0.5);
+            assert_eq!(leave(4.0), 2.5);
+            assert_eq!(leave(10.0), 6.0);
+        })
+        .join()
+        .expect("the stage stack test runs");
     }
 }
