@@ -60,6 +60,7 @@ impl PairGradient for ProbabilitiesGradient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::finite_differences::central_differences;
     use candle_core::{DType, Device, Var};
 
     /// A scalar of the probabilities that weighs every entry differently.
@@ -111,17 +112,16 @@ mod tests {
                 .expect("gradient")
                 .flatten_all()?
                 .to_vec1()?;
-            let start: Vec<f64> = var.as_tensor().flatten_all()?.to_vec1()?;
-            for i in 0..start.len() {
-                let at = |delta: f64| -> Result<f64> {
-                    let mut values = start.clone();
-                    values[i] += delta;
-                    let moved = Tensor::from_vec(values, var.shape(), &device)?;
-                    let other = other.as_tensor().detach();
-                    let (q, k) = if is_q { (moved, other) } else { (other, moved) };
-                    weighted_sum(&attention_probabilities(&q, &k)?)?.to_scalar::<f64>()
+            let numeric = central_differences(var.as_tensor(), step, |moved| {
+                let other = other.as_tensor().detach();
+                let (q, k) = if is_q {
+                    (moved, &other)
+                } else {
+                    (&other, moved)
                 };
-                let numeric = (at(step)? - at(-step)?) / (2.0 * step);
+                weighted_sum(&attention_probabilities(q, k)?)?.to_scalar::<f64>()
+            })?;
+            for (i, numeric) in numeric.into_iter().enumerate() {
                 assert!(
                     (numeric - analytic[i]).abs() < 1e-7 * (1.0 + numeric.abs()),
                     "{} element {i}: {} against finite differences {numeric}",

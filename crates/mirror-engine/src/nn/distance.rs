@@ -50,6 +50,7 @@ impl PairGradient for SquaredDistance {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::finite_differences::central_differences;
     use candle_core::{Device, Var};
 
     fn values(n: usize, seed: f64) -> Vec<f64> {
@@ -87,20 +88,15 @@ mod tests {
                 .expect("gradient")
                 .flatten_all()?
                 .to_vec1()?;
-            let start: Vec<f64> = var.as_tensor().flatten_all()?.to_vec1()?;
-            for i in 0..start.len() {
-                let at = |delta: f64| -> Result<f64> {
-                    let mut moved = start.clone();
-                    moved[i] += delta;
-                    let moved = Tensor::from_vec(moved, (3, 2, 4), &device)?;
-                    let (x, y) = if is_a {
-                        (moved, b.as_tensor().detach())
-                    } else {
-                        (a.as_tensor().detach(), moved)
-                    };
-                    weighted(&squared_distance_rows(&x, &y)?)?.to_scalar::<f64>()
+            let numeric = central_differences(var.as_tensor(), step, |moved| {
+                let (x, y) = if is_a {
+                    (moved.clone(), b.as_tensor().detach())
+                } else {
+                    (a.as_tensor().detach(), moved.clone())
                 };
-                let numeric = (at(step)? - at(-step)?) / (2.0 * step);
+                weighted(&squared_distance_rows(&x, &y)?)?.to_scalar::<f64>()
+            })?;
+            for (i, numeric) in numeric.into_iter().enumerate() {
                 assert!(
                     (numeric - analytic[i]).abs() < 1e-7 * (1.0 + numeric.abs()),
                     "element {i}: {} against finite differences {numeric}",

@@ -243,6 +243,7 @@ impl CustomOp3 for PackedAttention {
 mod tests {
     use super::super::attention::{chunked_attention, merge_heads, split_heads};
     use super::super::attention_cpu::tests::on_both_pools;
+    use super::super::finite_differences::central_differences;
     use super::*;
     use candle_core::{Device, Var};
 
@@ -330,21 +331,13 @@ mod tests {
         let grads32 = out32.backward()?;
         for (input, (input32, which)) in [qv, kv, vv].iter().zip([(q32, 0), (k32, 1), (v32, 2)]) {
             let analytic = grads64.get(input).expect("gradient");
-            let values = input.flatten_all()?.to_vec1::<f64>()?;
-            let fd_at = |i: usize| -> Result<f64> {
-                let bumped = |delta: f64| -> Result<f64> {
-                    let mut moved = values.clone();
-                    moved[i] += delta;
-                    let moved = Tensor::from_vec(moved, input.shape(), input.device())?;
-                    let mut args = [q.clone(), k.clone(), v.clone()];
-                    args[which] = moved;
-                    loss(&args[0], &args[1], &args[2])?.to_scalar::<f64>()
-                };
-                Ok((bumped(1e-6)? - bumped(-1e-6)?) / 2e-6)
-            };
+            let numeric = central_differences(input, 1e-6, |moved| {
+                let mut args = [q.clone(), k.clone(), v.clone()];
+                args[which] = moved.clone();
+                loss(&args[0], &args[1], &args[2])?.to_scalar::<f64>()
+            })?;
             let analytic_values = analytic.flatten_all()?.to_vec1::<f64>()?;
-            for (i, a) in analytic_values.iter().enumerate() {
-                let fd = fd_at(i)?;
+            for (i, (a, fd)) in analytic_values.iter().zip(numeric).enumerate() {
                 assert!(
                     (fd - a).abs() < 1e-6 * (1.0 + a.abs()),
                     "[{which}][{i}] {fd} vs {a}"

@@ -17,6 +17,8 @@ mod columns_cpu;
 pub mod conv_cpu;
 mod distance;
 pub(crate) mod fast_exp;
+#[cfg(test)]
+mod finite_differences;
 pub mod frozen;
 pub(crate) mod fused_cpu;
 pub mod geglu;

@@ -208,6 +208,7 @@ impl NormGradient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::finite_differences::central_differences;
     use candle_core::{Device, Module, Var};
 
     /// The elementary-op forms, differentiated by candle's autograd.
@@ -277,14 +278,8 @@ mod tests {
                 .sum_all()?
                 .to_scalar::<f64>()
         };
-        let base = x0.flatten_all()?.to_vec1::<f64>()?;
-        for (i, g) in grad.iter().enumerate() {
-            let bumped = |d: f64| -> Result<f64> {
-                let mut v = base.clone();
-                v[i] += d;
-                loss(&Tensor::from_vec(v, (3, 5), &dev)?)
-            };
-            let fd = (bumped(1e-6)? - bumped(-1e-6)?) / 2e-6;
+        let numeric = central_differences(&x0, 1e-6, loss)?;
+        for (i, (g, fd)) in grad.iter().zip(numeric).enumerate() {
             assert!(
                 (fd - g).abs() < 1e-6 * (1.0 + g.abs()),
                 "[{i}] fd {fd} vs {g}"
@@ -358,14 +353,8 @@ mod tests {
                 .sum_all()?
                 .to_scalar::<f64>()
         };
-        let base = x0.flatten_all()?.to_vec1::<f64>()?;
-        for (i, g) in grad.iter().enumerate() {
-            let bumped = |d: f64| -> Result<f64> {
-                let mut v = base.clone();
-                v[i] += d;
-                loss(&Tensor::from_vec(v, dims, &dev)?)
-            };
-            let fd = (bumped(1e-6)? - bumped(-1e-6)?) / 2e-6;
+        let numeric = central_differences(&x0, 1e-6, loss)?;
+        for (i, (g, fd)) in grad.iter().zip(numeric).enumerate() {
             assert!(
                 (fd - g).abs() < 1e-5 * (1.0 + g.abs()),
                 "[{i}] fd {fd} vs {g}"
