@@ -661,6 +661,15 @@ mod tests {
         Ok(())
     }
 
+    /// candle's own `x·Wᵀ (+ b)`, what the layer's paths must give.
+    fn candle_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let y = x.broadcast_matmul(&weight.t()?)?;
+        match bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+
     #[test]
     fn conv_input_gradient_matches_finite_differences() -> Result<()> {
         let dev = Device::Cpu;
@@ -749,12 +758,7 @@ mod tests {
             let layer = Linear::new(weight.clone(), with_bias.then(|| bias.clone()));
             let x = Tensor::randn(0f32, 1., x_shape.as_slice(), &dev)?;
             assert!(layer.apply_weight_in_place(&x)?.is_some(), "{x_shape:?}");
-            let want = x.broadcast_matmul(&weight.t()?)?;
-            let want = if with_bias {
-                want.broadcast_add(&bias)?
-            } else {
-                want
-            };
+            let want = candle_linear(&x, &weight, with_bias.then_some(&bias))?;
             let got = layer.forward(&x)?;
             assert_eq!(got.dims(), want.dims());
             let err = (got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
@@ -789,12 +793,7 @@ mod tests {
             let layer = Linear::new(weight.clone(), with_bias.then(|| bias.clone()));
             let x = Tensor::randn(0f32, 1., x_shape.as_slice(), &dev)?;
             assert!(layer.many_rows_kernel_applies(&x), "{x_shape:?}");
-            let want = x.broadcast_matmul(&weight.t()?)?;
-            let want = if with_bias {
-                want.broadcast_add(&bias)?
-            } else {
-                want
-            };
+            let want = candle_linear(&x, &weight, with_bias.then_some(&bias))?;
             let got = layer.forward(&x)?;
             assert_eq!(got.dims(), want.dims());
             let scale = want.abs()?.max_all()?.to_scalar::<f32>()?;
