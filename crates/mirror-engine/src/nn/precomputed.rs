@@ -130,23 +130,10 @@ pub(crate) trait CpuKernel: InputGradient + Clone {
     fn cpu_kernel(&self, x: &[f32], dims: &[usize]) -> Result<(Vec<f32>, Vec<usize>)>;
 }
 
-/// `op`'s kernel on an f32 CPU tensor, as a graph node of `x` when it tracks a gradient.
+/// `op`'s kernel on an f32 CPU tensor, as a graph node of `x` when it tracks a gradient
+/// (candle adds no node for an input that tracks none).
 pub(crate) fn apply_cpu_kernel<K: CpuKernel>(x: &Tensor, op: &K) -> Result<Tensor> {
-    let x = x.contiguous()?;
-    if x.track_op() {
-        return x.apply_op1(KernelNode(op.clone()));
-    }
-    let (values, dims) = {
-        let (storage, layout) = x.storage_and_layout();
-        let Some(values) = super::matmul_cpu::f32_values(&storage, layout) else {
-            candle_core::bail!(
-                "{}: the CPU kernel got a tensor not f32 on the CPU",
-                K::NAME
-            );
-        };
-        op.cpu_kernel(values, layout.dims())?
-    };
-    Tensor::from_vec(values, dims, x.device())
+    x.contiguous()?.apply_op1(KernelNode(op.clone()))
 }
 
 struct KernelNode<K>(K);
@@ -321,25 +308,8 @@ pub(crate) fn apply_cpu_kernel_adding<K: CpuKernel>(
     residual: &Tensor,
     op: &K,
 ) -> Result<Tensor> {
-    let (x, residual) = (x.contiguous()?, residual.contiguous()?);
-    if x.track_op() || residual.track_op() {
-        return x.apply_op2(&residual, KernelAddingNode(op.clone()));
-    }
-    let (values, dims) = {
-        let (storage, layout) = x.storage_and_layout();
-        let (r_storage, r_layout) = residual.storage_and_layout();
-        let (Some(values), Some(r)) = (
-            super::matmul_cpu::f32_values(&storage, layout),
-            super::matmul_cpu::f32_values(&r_storage, r_layout),
-        ) else {
-            candle_core::bail!(
-                "{}: the CPU kernel got a tensor not f32 on the CPU",
-                K::NAME
-            );
-        };
-        kernel_adding(op, values, layout.dims(), r, r_layout.dims())?
-    };
-    Tensor::from_vec(values, dims, x.device())
+    x.contiguous()?
+        .apply_op2(&residual.contiguous()?, KernelAddingNode(op.clone()))
 }
 
 /// The kernel's output with `residual` added, after checking that the shapes agree.
