@@ -47,11 +47,10 @@ fn tile_len(queries: usize, keys: usize) -> usize {
 /// Whether [`attention`] takes these inputs: f32 CPU tensors `[rows, queries, d]`,
 /// `[rows, keys, d]`, `[rows, keys, dv]`, none of them empty.
 pub(super) fn applies(q: &Tensor, k: &Tensor, v: &Tensor) -> bool {
-    let on_cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
     let (Ok(qd), Ok(kd), Ok(vd)) = (q.dims3(), k.dims3(), v.dims3()) else {
         return false;
     };
-    [q, k, v].into_iter().all(on_cpu_f32)
+    [q, k, v].into_iter().all(super::matmul_cpu::f32_on_cpu)
         && qd.0 == kd.0
         && kd.0 == vd.0
         && qd.2 == kd.2

@@ -14,7 +14,7 @@ use candle_nn::VarBuilder;
 
 use super::col2im::{FoldGeometry, col2im};
 use super::conv_cpu;
-use super::matmul_cpu;
+use super::matmul_cpu::{self, f32_on_cpu};
 use super::precomputed::{
     CpuKernel, InputGradient, apply_cpu_kernel, apply_cpu_kernel_adding, attach, attach_adding,
 };
@@ -154,10 +154,9 @@ impl Linear {
     /// least [`TRANSPOSED_BELOW_ROWS`] rows (fewer take the paths above).
     fn many_rows_kernel_applies(&self, x: &Tensor) -> bool {
         let inputs = self.weight.dims2().map_or(0, |d| d.1);
-        let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-        f32_cpu(x)
-            && f32_cpu(&self.weight)
-            && self.bias.as_ref().is_none_or(f32_cpu)
+        f32_on_cpu(x)
+            && f32_on_cpu(&self.weight)
+            && self.bias.as_ref().is_none_or(f32_on_cpu)
             && inputs > 0
             && x.dim(candle_core::D::Minus1).is_ok_and(|d| d == inputs)
             && x.elem_count() / inputs >= TRANSPOSED_BELOW_ROWS
@@ -254,8 +253,7 @@ impl Linear {
     /// graph holds no separate tensor for the layer's output.
     pub fn forward_adding(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         let _stage = profile::stage(|| format!("linear forward {:?}", self.weight.dims()));
-        let f32_cpu = residual.device().is_cpu() && residual.dtype() == DType::F32;
-        if self.many_rows_kernel_applies(x) && f32_cpu {
+        if self.many_rows_kernel_applies(x) && f32_on_cpu(residual) {
             return apply_cpu_kernel_adding(x, residual, self);
         }
         drop(_stage);

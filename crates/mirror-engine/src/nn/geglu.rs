@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use super::fast_exp;
 use super::fused_cpu::run_serially;
-use super::matmul_cpu::f32_values;
+use super::matmul_cpu::{f32_on_cpu, f32_values};
 use super::precomputed::{CpuKernel, InputGradient, apply_cpu_kernel, attach};
 
 /// 1/√(2π), the standard normal density at 0.
@@ -24,7 +24,7 @@ pub fn geglu(h: &Tensor) -> Result<Tensor> {
     let _stage = super::profile::stage(|| "geglu forward".into());
     let inner = h.dim(D::Minus1)? / 2;
     let gradient = GegluGradient { inner };
-    if h.device().is_cpu() && h.dtype() == DType::F32 && inner > 0 {
+    if f32_on_cpu(h) && inner > 0 {
         return apply_cpu_kernel(h, &gradient);
     }
     if !h.track_op() {
@@ -116,7 +116,7 @@ impl InputGradient for GegluGradient {
     const NAME: &'static str = "geglu";
 
     fn input_gradient(&self, h: &Tensor, grad: &Tensor) -> Result<Tensor> {
-        if h.device().is_cpu() && h.dtype() == DType::F32 && grad.dtype() == DType::F32 {
+        if f32_on_cpu(h) && grad.dtype() == DType::F32 {
             cpu_gradient(h, grad, self.inner)
         } else {
             tensor_gradient(h, grad, self.inner)

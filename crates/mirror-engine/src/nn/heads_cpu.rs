@@ -11,7 +11,7 @@
 use std::borrow::Cow;
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::attention_cpu::{self, Dims};
@@ -95,12 +95,11 @@ fn merge(x: &[f32], p: Packed, scale: f32) -> Vec<f32> {
 /// Whether [`attention`] takes these inputs: f32 CPU tensors `[B, S, heads·d]`,
 /// `[B, L, heads·d]`, `[B, L, heads·dv]`, none of them empty.
 pub(super) fn applies(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> bool {
-    let on_cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
     let (Ok(qd), Ok(kd), Ok(vd)) = (q.dims3(), k.dims3(), v.dims3()) else {
         return false;
     };
     let splits = |features: usize| heads > 0 && features.is_multiple_of(heads);
-    [q, k, v].into_iter().all(on_cpu_f32)
+    [q, k, v].into_iter().all(super::matmul_cpu::f32_on_cpu)
         && qd.0 == kd.0
         && kd.0 == vd.0
         && qd.2 == kd.2
@@ -245,7 +244,7 @@ mod tests {
     use super::super::attention_cpu::tests::on_both_pools;
     use super::super::finite_differences::central_differences;
     use super::*;
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     /// `(batch, queries, keys, heads, d, dv)`: self- and cross-attention, odd widths, one key.
     const SHAPES: [(usize, usize, usize, usize, usize, usize); 4] = [

@@ -8,7 +8,7 @@
 //! and a large weight W `[out, in]` is cheapest with y stored column-major (that is, `yᵀ`
 //! row-major): only x is packed, and the weight, as `Wᵀ` column-major, is read as loaded.
 
-use candle_core::{CpuStorage, Layout, Result, Storage};
+use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
 use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
@@ -142,6 +142,11 @@ pub(crate) fn cpu_values<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result
         Some((start, end)) => Ok(&storage.as_slice::<f32>()?[start..end]),
         None => candle_core::bail!("CPU kernel: input not contiguous"),
     }
+}
+
+/// Whether `x` is f32 on the CPU, where the hand-written CPU kernels run.
+pub(crate) fn f32_on_cpu(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == candle_core::DType::F32
 }
 
 /// The values of a contiguous CPU f32 tensor's storage, or `None`.

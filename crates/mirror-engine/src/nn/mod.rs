@@ -36,6 +36,7 @@ pub use blocks::{
 };
 pub use distance::squared_distance_rows;
 pub use frozen::{Conv2d, Linear, conv2d, linear, linear_no_bias};
+use matmul_cpu::f32_on_cpu;
 use norm_backward::{NormAxes, NormForward, NormGradient, NormKernel};
 use profile::stage as profile_stage;
 
@@ -54,7 +55,7 @@ pub fn is_finite(t: &Tensor) -> Result<bool> {
 /// part of an autograd graph; otherwise the composable form, which has a backward.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     if !x.track_op() {
-        if x.device().is_cpu() && x.dtype() == DType::F32 {
+        if f32_on_cpu(x) {
             return x
                 .contiguous()?
                 .apply_op1_no_bwd(&fused_cpu::SoftmaxLastDimOp);
@@ -88,11 +89,6 @@ fn fused_kernel_applies(x: &Tensor) -> bool {
     !x.track_op()
         && x.device().is_cpu()
         && matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16)
-}
-
-/// Whether `x` is f32 on the CPU, where the kernels of [`precomputed::CpuKernel`] run.
-fn f32_on_cpu(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == DType::F32
 }
 
 /// The values of a per-channel parameter as the fused kernels take them.

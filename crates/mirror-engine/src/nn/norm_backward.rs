@@ -12,7 +12,7 @@
 use candle_core::{D, DType, Result, Shape, Tensor};
 
 use super::fused_cpu::{GroupNormOp, LayerNormOp};
-use super::matmul_cpu;
+use super::matmul_cpu::{self, f32_on_cpu};
 use super::norm_backward_cpu::{self, NormParams, RowAffine};
 use super::precomputed::{CpuKernel, InputGradient, attach};
 
@@ -92,8 +92,7 @@ impl NormGradient {
 
     /// The one-kernel gradient of f32 CPU tensors; `None` elsewhere.
     fn cpu_gradient(&self, x: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-        if !f32_cpu(x) || !f32_cpu(grad) || x.shape() != grad.shape() {
+        if !f32_on_cpu(x) || !f32_on_cpu(grad) || x.shape() != grad.shape() {
             return Ok(None);
         }
         let (rows, row_len) = self.rows(x.shape())?;

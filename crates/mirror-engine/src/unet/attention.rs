@@ -165,13 +165,6 @@ impl FeedForward {
     }
 }
 
-impl Module for FeedForward {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.proj.forward(x)?;
-        self.out.forward(&geglu(&h)?)
-    }
-}
-
 impl FeedForward {
     /// `forward(x) + residual`, the residual added inside the output layer.
     pub fn forward_adding(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
