@@ -21,9 +21,11 @@ pub fn attention_probabilities(q: &Tensor, k: &Tensor) -> Result<Tensor> {
     attach_pair(q, k, probs, ProbabilitiesGradient)
 }
 
-/// The gradient form's softmax, on values outside any graph.
-fn softmax_of_scores(scores: &Tensor) -> Result<Tensor> {
-    let max = scores.max_keepdim(D::Minus1)?;
+/// Softmax over the last dimension with tensor ops, differentiable where `scores` tracks a
+/// gradient ([`super::softmax_last_dim`]'s gradient form). Subtracting the (detached) row
+/// max changes nothing mathematically; it keeps exp finite.
+pub(super) fn softmax_of_scores(scores: &Tensor) -> Result<Tensor> {
+    let max = scores.max_keepdim(D::Minus1)?.detach();
     let e = scores.broadcast_sub(&max)?.exp()?;
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
 }

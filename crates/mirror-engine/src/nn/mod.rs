@@ -62,10 +62,7 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
         }
         return candle_nn::ops::softmax_last_dim(x);
     }
-    // Subtracting the (detached) row max changes nothing mathematically; it keeps exp finite.
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+    attention_probs::softmax_of_scores(x)
 }
 
 /// Softmax over the last dimension of a tensor only the caller holds (a fresh product of
