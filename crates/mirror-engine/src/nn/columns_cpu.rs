@@ -97,13 +97,7 @@ pub(crate) fn input_gradient_f32(
         offset: 0,
     };
     // The kernel matrix [c_out, rows] row-major, read as its transpose.
-    let kernel_t = View {
-        rows,
-        cols: c_out,
-        row_stride: 1,
-        col_stride: rows,
-        offset: 0,
-    };
+    let kernel_t = View::column_major(rows, c_out);
     product(
         &mut columns,
         columns_view,

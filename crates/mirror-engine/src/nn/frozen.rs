@@ -119,20 +119,8 @@ impl Linear {
         };
         let mut y_t = vec![0f32; outputs * rows];
         // y `[rows, out]` stored column-major; Wᵀ `[in, out]` column-major is W as loaded.
-        let y_view = matmul_cpu::View {
-            rows,
-            cols: outputs,
-            row_stride: 1,
-            col_stride: rows,
-            offset: 0,
-        };
-        let w_t = matmul_cpu::View {
-            rows: inputs,
-            cols: outputs,
-            row_stride: 1,
-            col_stride: inputs,
-            offset: 0,
-        };
+        let y_view = matmul_cpu::View::column_major(rows, outputs);
+        let w_t = matmul_cpu::View::column_major(inputs, outputs);
         matmul_cpu::product(
             &mut y_t,
             y_view,
@@ -190,13 +178,7 @@ impl CpuKernel for Linear {
             }
             None => false,
         };
-        let w_t = matmul_cpu::View {
-            rows: inputs,
-            cols: outputs,
-            row_stride: 1,
-            col_stride: inputs,
-            offset: 0,
-        };
+        let w_t = matmul_cpu::View::column_major(inputs, outputs);
         let how = matmul_cpu::Gemm {
             scale: 1.0,
             accumulate,

@@ -36,6 +36,18 @@ impl View {
         }
     }
 
+    /// A contiguous column-major matrix at the start of its slice (a row-major `[cols, rows]`
+    /// read as its transpose).
+    pub(crate) fn column_major(rows: usize, cols: usize) -> Self {
+        Self {
+            rows,
+            cols,
+            row_stride: 1,
+            col_stride: rows,
+            offset: 0,
+        }
+    }
+
     /// One past the largest index the matrix reaches (its offset when it is empty).
     fn end(&self) -> usize {
         if self.rows == 0 || self.cols == 0 {
