@@ -24,6 +24,11 @@ use mirror_engine::session::{DirectionChoice, Session, TranslateRequest};
 use mirror_engine::unet::{UNet2DConditionModel, UNetConfig};
 use mirror_engine::vae::{AutoencoderKL, VaeConfig};
 
+/// The app's allocator (large blocks on huge pages), so that the cases time what users run.
+#[global_allocator]
+static ALLOCATOR: mirror_engine::memory::LargePageAllocator =
+    mirror_engine::memory::LargePageAllocator;
+
 /// The device the cases run on: `MIRROR_DEVICE` (cpu, cuda, metal, auto; default cpu), opened
 /// once (tensors of two openings of one GPU cannot be mixed).
 fn bench_device() -> Device {
@@ -268,6 +273,21 @@ fn run_case(case: &str, quick: bool) -> serde_json::Value {
             let gflops = 2.0 * (n as f64).powi(3) / best / 1e9;
             extra.insert("gflops".into(), ((gflops * 10.0).round() / 10.0).into());
             times
+        }
+        "attention" => {
+            // The fused attention `softmax(q kᵀ) v` alone, `[rows, queries, d]` against
+            // `[rows, keys, d]`: SD's self-attention at 64² is `16,4096,4096,40` at batch 2.
+            let dims: Vec<usize> = rest.split(',').map(|d| d.parse().unwrap()).collect();
+            let [rows, queries, keys, d] = dims[..] else {
+                panic!("attention:ROWS,QUERIES,KEYS,D")
+            };
+            let dev = bench_device();
+            let q = Tensor::randn(0f32, 0.2, (rows, queries, d), &dev).unwrap();
+            let k = Tensor::randn(0f32, 1., (rows, keys, d), &dev).unwrap();
+            let v = Tensor::randn(0f32, 1., (rows, keys, d), &dev).unwrap();
+            time_it(reps, || {
+                mirror_engine::nn::chunked_attention(&q, &k, &v).unwrap();
+            })
         }
         "linear" => {
             // One frozen linear layer `[M, K] · [N, K]ᵀ + b`: the UNet's products one shape

@@ -19,6 +19,11 @@ use mirror_engine::session::{Session, TranslateRequest};
 use mirror_engine::shapes::evaluate::{EditKind, edit_cases};
 use mirror_engine::shapes::render;
 
+/// The app's allocator, so that the times are the app's.
+#[global_allocator]
+static ALLOCATOR: mirror_engine::memory::LargePageAllocator =
+    mirror_engine::memory::LargePageAllocator;
+
 fn main() {
     let mut edits = 1usize;
     let mut variant = String::from("recommended");

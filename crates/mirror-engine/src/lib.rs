@@ -15,6 +15,7 @@ pub mod error;
 pub mod forward;
 pub mod imageio;
 pub mod loader;
+pub mod memory;
 pub mod methods;
 pub mod model;
 pub mod nn;

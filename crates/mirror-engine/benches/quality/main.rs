@@ -44,6 +44,11 @@ use measure::Source;
 use report::SourceRuns;
 use variants::Variant;
 
+/// The app's allocator, so that the timings are the app's.
+#[global_allocator]
+static ALLOCATOR: mirror_engine::memory::LargePageAllocator =
+    mirror_engine::memory::LargePageAllocator;
+
 struct Options {
     only: Option<String>,
     captions: usize,

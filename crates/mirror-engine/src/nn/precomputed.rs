@@ -9,6 +9,7 @@ use std::sync::Mutex;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CudaStorage, MetalStorage, Result, Shape, Storage, Tensor};
+use rayon::prelude::*;
 
 pub(crate) struct PrecomputedOutput {
     output: Mutex<Option<Tensor>>,
@@ -312,6 +313,9 @@ pub(crate) fn apply_cpu_kernel_adding<K: CpuKernel>(
         .apply_op2(&residual.contiguous()?, KernelAddingNode(op.clone()))
 }
 
+/// Values per piece of work when a residual is added on rayon's pool.
+const ADD_CHUNK: usize = 1 << 16;
+
 /// The kernel's output with `residual` added, after checking that the shapes agree.
 fn kernel_adding<K: CpuKernel>(
     op: &K,
@@ -327,8 +331,14 @@ fn kernel_adding<K: CpuKernel>(
             K::NAME
         );
     }
-    for (y, r) in values.iter_mut().zip(residual) {
-        *y += *r;
+    let add = |(y, r): (&mut [f32], &[f32])| y.iter_mut().zip(r).for_each(|(y, r)| *y += *r);
+    if super::fused_cpu::run_serially(values.len()) {
+        add((&mut values, residual));
+    } else {
+        values
+            .par_chunks_mut(ADD_CHUNK)
+            .zip(residual.par_chunks(ADD_CHUNK))
+            .for_each(add);
     }
     Ok((values, out_dims))
 }
