@@ -86,6 +86,11 @@ impl Linear {
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
+
+    /// The bias, `[out]`.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
 }
 
 impl Linear {
@@ -327,6 +332,11 @@ impl Conv2d {
     /// The kernel, `[C_out, C_in, kh, kw]`.
     pub fn weight(&self) -> &Tensor {
         &self.weight
+    }
+
+    /// The bias, `[C_out]`.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
     }
 
     /// A profile's name for `stage` of this layer on input `x` (see [`profile`]).

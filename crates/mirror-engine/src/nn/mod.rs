@@ -12,6 +12,7 @@ pub mod attention;
 mod attention_cpu;
 mod attention_probs;
 pub mod blocks;
+mod channel_linear;
 mod col2im;
 mod columns_cpu;
 pub mod conv_cpu;
@@ -34,6 +35,7 @@ pub use attention_probs::attention_probabilities;
 pub use blocks::{
     Activation, Downsample2D, DownsampleConfig, ResnetBlock2D, ResnetConfig, Upsample2D,
 };
+pub use channel_linear::ChannelLinear;
 pub use distance::squared_distance_rows;
 pub use frozen::{Conv2d, Linear, conv2d, linear, linear_no_bias};
 use matmul_cpu::f32_on_cpu;

@@ -1,10 +1,10 @@
 //! `Transformer2DModel` (continuous input) and its `BasicTransformerBlock`s.
 //! Ports: https://github.com/huggingface/diffusers/blob/v0.30.0/src/diffusers/models/transformers/transformer_2d.py (pinned).
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::nn::{Conv2d, Linear, conv2d, linear};
+use crate::nn::{ChannelLinear, Conv2d, Linear, conv2d, linear};
 
 use super::attention::{Attention, FeedForward};
 use super::capture::CaptureSink;
@@ -73,6 +73,16 @@ enum Projection {
     Linear(Linear),
 }
 
+impl Projection {
+    /// The projection as one product with its layout change, on the CPU in f32.
+    fn channel_linear(&self) -> Result<Option<ChannelLinear>> {
+        match self {
+            Projection::Conv(conv) => ChannelLinear::new(conv.weight(), conv.bias()),
+            Projection::Linear(lin) => ChannelLinear::new(lin.weight(), lin.bias()),
+        }
+    }
+}
+
 /// Sizes of one `Transformer2DModel`.
 #[derive(Debug, Clone, Copy)]
 pub struct Transformer2DConfig {
@@ -90,6 +100,9 @@ pub struct Transformer2DModel {
     proj_in: Projection,
     blocks: Vec<BasicTransformerBlock>,
     proj_out: Projection,
+    /// Both projections with their layout changes in one product each, where the weights
+    /// are f32 on the CPU.
+    in_out: Option<(ChannelLinear, ChannelLinear)>,
 }
 
 impl Transformer2DModel {
@@ -110,11 +123,18 @@ impl Transformer2DModel {
                 BasicTransformerBlock::new(vb, inner, cfg.heads, head_dim, cfg.context_dim)
             })
             .collect::<Result<Vec<_>>>()?;
+        let proj_in = projection(c, inner, vb.pp("proj_in"))?;
+        let proj_out = projection(inner, c, vb.pp("proj_out"))?;
+        let in_out = match (proj_in.channel_linear()?, proj_out.channel_linear()?) {
+            (Some(proj_in), Some(proj_out)) => Some((proj_in, proj_out)),
+            _ => None,
+        };
         Ok(Self {
             norm: GroupNorm::load(cfg.groups, c, TRANSFORMER_GROUP_NORM_EPS, vb.pp("norm"))?,
-            proj_in: projection(c, inner, vb.pp("proj_in"))?,
+            proj_in,
             blocks,
-            proj_out: projection(inner, c, vb.pp("proj_out"))?,
+            proj_out,
+            in_out,
         })
     }
 
@@ -127,6 +147,15 @@ impl Transformer2DModel {
     ) -> Result<Tensor> {
         let (b, _, h, w) = x.dims4()?;
         let normed = self.norm.forward(x)?;
+        if let Some((proj_in, proj_out)) = &self.in_out
+            && normed.dtype() == DType::F32
+        {
+            let mut tokens = proj_in.to_tokens(&normed)?;
+            for block in &self.blocks {
+                tokens = block.forward(&tokens, context, (h, w), sink.as_deref_mut())?;
+            }
+            return proj_out.to_image_adding(&tokens, (h, w), x);
+        }
         // [B, C, H, W] → tokens [B, H·W, C].
         let to_tokens = |t: &Tensor| -> Result<Tensor> {
             let c = t.dim(1)?;
