@@ -1,4 +1,4 @@
-//! Stride-1 convolution on the CPU as k² accumulated matrix products, without im2col.
+//! Convolution on the CPU as k² accumulated matrix products, without im2col.
 //!
 //! Tap (ky, kx) of a k×k kernel multiplies its `[C_out, C_in]` slice with the zero-padded
 //! input shifted by ky rows and kx columns. Stored row after row with the padded width Wp,
@@ -7,6 +7,10 @@
 //! width (the last k − 1 columns of each row are thrown away) and compacted at the end,
 //! where the bias is added. im2col instead copies the input k² times (over 1 GB at 512 px),
 //! and the page faults of those fresh buffers cost as much as the copies.
+//!
+//! At a stride s above 1 the padded input is stored as its s² phases (every s-th row and
+//! column, from each of the s² offsets), each of the output's width: tap (ky, kx) then reads
+//! phase (ky mod s, kx mod s) shifted by (ky div s, kx div s), again one view of one buffer.
 
 use candle_core::{DType, Result, Tensor, WithDType};
 use gemm::gemm;
@@ -68,12 +72,82 @@ pub fn conv2d_stride1_cached(
         taps,
         channel_last,
         flipped_transposed: false,
+        stride: 1,
     };
     match x.dtype() {
         DType::F32 => run::<f32>(x, kernel, bias, prep),
         DType::F16 => run::<half::f16>(x, kernel, bias, prep),
         DType::F64 => run::<f64>(x, kernel, bias, prep),
         other => candle_core::bail!("conv2d: no CPU matrix-product path for {other:?}"),
+    }
+}
+
+/// `x` `[B, C_in, H, W]` convolved with `taps` (from [`tap_matrices`]) at `stride` (above 1)
+/// after zero `padding`, plus `bias` `[C_out]`, through the input's phases (see the module
+/// notes). `None` where the output has fewer than [`SMALL_BELOW`] positions per sample (at
+/// the phases' width), which one product over explicit columns serves better, or for a dtype
+/// that [`supports`] does not take.
+pub fn conv2d_strided(
+    x: &Tensor,
+    taps: &Tensor,
+    bias: Option<&Tensor>,
+    padding: usize,
+    stride: usize,
+) -> Result<Option<Tensor>> {
+    let (_, _, h, w) = x.dims4()?;
+    let (_, kh, kw, _) = taps.dims4()?;
+    let Some(grid) = Grid::new((h + 2 * padding, w + 2 * padding), (kh, kw), stride) else {
+        return Ok(None);
+    };
+    if grid.columns < SMALL_BELOW {
+        return Ok(None);
+    }
+    let kernel = Kernel {
+        taps,
+        channel_last: None,
+        flipped_transposed: false,
+        stride,
+    };
+    let prep = InputPrep {
+        padding,
+        upsample_x2: false,
+    };
+    match x.dtype() {
+        DType::F32 => run::<f32>(x, kernel, bias, prep).map(Some),
+        DType::F16 => run::<half::f16>(x, kernel, bias, prep).map(Some),
+        DType::F64 => run::<f64>(x, kernel, bias, prep).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// Where a convolution's products run: the output grid at the phases' width.
+#[derive(Debug, Clone, Copy)]
+struct Grid {
+    /// Output height and width.
+    out: (usize, usize),
+    /// Height and width of one phase of the padded input (the padded input itself at
+    /// stride 1); outputs are computed at the phase width.
+    phase: (usize, usize),
+    /// Output columns each product computes: every row at the phase width but the last,
+    /// which stops at the output width (its later columns would read past the buffer).
+    columns: usize,
+}
+
+impl Grid {
+    /// The grid of a `kernel` over a `padded` input at `stride`, or `None` when the kernel
+    /// does not fit or the stride is 0.
+    fn new(padded: (usize, usize), kernel: (usize, usize), stride: usize) -> Option<Self> {
+        let ((hp, wp), (kh, kw)) = (padded, kernel);
+        if stride == 0 || hp < kh || wp < kw {
+            return None;
+        }
+        let out = ((hp - kh) / stride + 1, (wp - kw) / stride + 1);
+        let phase = (hp.div_ceil(stride), wp.div_ceil(stride));
+        Some(Self {
+            out,
+            phase,
+            columns: (out.0 - 1) * phase.1 + out.1,
+        })
     }
 }
 
@@ -96,6 +170,7 @@ pub(crate) fn input_gradient_stride1_f32(
         taps,
         channel_last: None,
         flipped_transposed: true,
+        stride: 1,
     };
     let prep = InputPrep {
         padding: kh - 1 - geometry.padding,
@@ -115,6 +190,8 @@ struct Kernel<'a> {
     /// input gradient): tap (ky, kx) is the forward's tap (kh − 1 − ky, kw − 1 − kx) read as
     /// `[C_in, C_out]`.
     flipped_transposed: bool,
+    /// The same on both axes.
+    stride: usize,
 }
 
 #[expect(
@@ -131,6 +208,7 @@ fn run<T: WithDType>(
         taps,
         channel_last,
         flipped_transposed,
+        stride,
     } = kernel;
     let (b, c_in, h_in, w_in) = x.dims4()?;
     let factor = if prep.upsample_x2 { 2 } else { 1 };
@@ -147,10 +225,10 @@ fn run<T: WithDType>(
         candle_core::bail!("conv2d: input has {c_in} channels, kernel expects {tap_in}");
     }
     let (hp, wp) = (h + 2 * padding, w + 2 * padding);
-    if hp < kh || wp < kw {
+    let Some(grid) = Grid::new((hp, wp), (kh, kw), stride) else {
         candle_core::bail!("conv2d: input {h}x{w} smaller than kernel {kh}x{kw}");
-    }
-    let (ho, wo) = (hp - kh + 1, wp - kw + 1);
+    };
+    let ((ho, wo), (hq, wq)) = (grid.out, grid.phase);
     let x = x.contiguous()?;
     // A cached channel-last kernel is of the layer's dtype: only used when it is this one.
     let channel_last = channel_last.filter(|_| taps.dtype() == T::DTYPE);
@@ -170,25 +248,27 @@ fn run<T: WithDType>(
         candle_core::bail!("conv2d: bias does not have {c_out} values");
     }
 
-    let plane = hp * wp;
-    // The last kw − 1 positions of the last row would read past the padded buffer; they are
-    // among the thrown-away columns anyway.
-    let n = ho * wp - (kw - 1);
+    // One channel of the padded input: its stride² phases, one after the other.
+    let phase_len = hq * wq;
+    let plane = stride * stride * phase_len;
+    let n = grid.columns;
     let parallelism = super::matmul_cpu::parallelism();
     let padded_geometry = PaddedInput {
         input: (h_in, w_in),
         factor,
         padding,
-        width: wp,
+        stride,
+        phase: (hq, wq),
     };
     // A small image's samples go through the products together, so that the kernel (tens of
     // MB at SD's lowest levels) is streamed once per call, not once per sample: a large
     // kernel as one product with explicit columns (`columns_cpu`), a small one tap by tap,
     // channel-last (see SMALL_KERNEL). A large image's products are accumulated per sample
     // and tap as [C_out, n] straight in the output buffer, compacted in place at the end.
-    let small = n < SMALL_BELOW && !flipped_transposed;
+    let small = n < SMALL_BELOW && !flipped_transposed && stride == 1;
     // The k² accumulated products of one padded buffer: `src` holds c_in rows of stride
-    // `src_rows`, and output column j reads column j + ky·wp + kx of each.
+    // `src_rows`, and output column j reads column j + (ky div s)·wq + kx div s of phase
+    // (ky mod s, kx mod s) of each (at stride 1: column j + ky·wp + kx).
     let products = |src: &[T],
                     src_rows: usize,
                     columns: usize,
@@ -210,7 +290,8 @@ fn run<T: WithDType>(
                     ),
                     None => (tap, tap_cs, tap_rs),
                 };
-                let shifted = &src[ky * wp + kx..];
+                let phase = (ky % stride) * stride + kx % stride;
+                let shifted = &src[phase * phase_len + (ky / stride) * wq + kx / stride..];
                 if (c_in - 1) * src_rows + columns > shifted.len() {
                     candle_core::bail!("conv2d: {columns} columns do not fit the padded input");
                 }
@@ -220,7 +301,7 @@ fn run<T: WithDType>(
                 // (flipped-transposed: the forward's [taps_out, taps_in] tap read
                 // transposed), inside its slice; `shifted` holds c_in rows of stride
                 // `src_rows`, and the largest index read, (c_in − 1)·src_rows + columns − 1
-                // + ky·wp + kx, is inside `src` by the callers' choice of `columns`.
+                // + the shift above, is inside `src` by the callers' choice of `columns`.
                 unsafe {
                     gemm(
                         c_out,
@@ -248,7 +329,7 @@ fn run<T: WithDType>(
         }
         Ok(())
     };
-    let copy_input = padding > 0 || prep.upsample_x2;
+    let copy_input = padding > 0 || prep.upsample_x2 || stride > 1;
     let sample_len = c_in * h_in * w_in;
     if small {
         // All samples side by side in each channel's row, [C_in, B, Hp, Wp].
@@ -300,7 +381,7 @@ fn run<T: WithDType>(
         }
         return Tensor::from_vec(out, (b, c_out, ho, wo), x.device());
     }
-    let sample_out = c_out * ho * wp;
+    let sample_out = c_out * ho * wq;
     let mut out = vec![T::zero(); b * sample_out];
     let mut padded = if copy_input {
         vec![T::zero(); c_in * plane]
@@ -319,15 +400,15 @@ fn run<T: WithDType>(
             src,
             plane,
             n,
-            (dst.as_mut_ptr(), 1, (ho * wp) as isize),
+            (dst.as_mut_ptr(), 1, (ho * wq) as isize),
             None,
         )?;
     }
-    // Compact [B·C_out, Ho, Wp] → [B·C_out, Ho, Wo] in place (each row moves towards the
+    // Compact [B·C_out, Ho, Wq] → [B·C_out, Ho, Wo] in place (each row moves towards the
     // front), adding the bias on the way.
     let mut write = 0;
     for row_index in 0..b * c_out * ho {
-        let read = row_index * wp;
+        let read = row_index * wq;
         out.copy_within(read..read + wo, write);
         if let Some(bias) = &bias_v {
             let value = bias[(row_index / ho) % c_out];
@@ -339,16 +420,18 @@ fn run<T: WithDType>(
     Tensor::from_vec(out, (b, c_out, ho, wo), x.device())
 }
 
-/// Where a sample's channels go in a zero-padded buffer of rows `width` wide, optionally
-/// upsampled ×2 (nearest neighbour) on the way.
+/// Where a sample's channels go in a zero-padded buffer, optionally upsampled ×2 (nearest
+/// neighbour) on the way: at stride 1 row after row of the padded width, at a larger stride
+/// as the padded input's stride² phases (see the module notes).
 struct PaddedInput {
     /// The sample's (height, width).
     input: (usize, usize),
     /// 2 when upsampling, else 1.
     factor: usize,
     padding: usize,
-    /// The padded width.
-    width: usize,
+    stride: usize,
+    /// (height, width) of one phase: the padded size at stride 1.
+    phase: (usize, usize),
 }
 
 impl PaddedInput {
@@ -361,7 +444,7 @@ impl PaddedInput {
         c_in: usize,
         batch: usize,
     ) -> Vec<T> {
-        let plane = (self.input.0 * self.factor + 2 * self.padding) * self.width;
+        let plane = self.stride * self.stride * self.phase.0 * self.phase.1;
         let mut buffer = vec![T::zero(); c_in * batch * plane];
         for (s, sample) in input.chunks(sample_len).enumerate() {
             self.fill(&mut buffer, batch * plane, s * plane, sample);
@@ -370,8 +453,8 @@ impl PaddedInput {
     }
 
     /// Writes the interior of channel c of `sample` ([C, H, W]) at `c·channel_stride +
-    /// offset` of `buffer`, row after row of the padded width. Only the interior is
-    /// written: the zero border stays from the allocation.
+    /// offset` of `buffer`, row after row of the padded width (or into the phases). Only the
+    /// interior is written: the zero border stays from the allocation.
     fn fill<T: WithDType>(
         &self,
         buffer: &mut [T],
@@ -380,12 +463,22 @@ impl PaddedInput {
         sample: &[T],
     ) {
         let (h_in, w_in) = self.input;
-        let (factor, padding, wp) = (self.factor, self.padding, self.width);
+        let (factor, padding, stride) = (self.factor, self.padding, self.stride);
+        let (hq, wq) = self.phase;
         let (h, w) = (h_in * factor, w_in * factor);
         let fill = |(rows, channel): (&mut [T], &[T])| {
             for y in 0..h {
                 let row = &channel[(y / factor) * w_in..][..w_in];
-                let at = offset + (y + padding) * wp + padding;
+                if stride > 1 {
+                    // Padded (y, x) goes to phase (y mod s, x mod s) at (y div s, x div s).
+                    let (py, ry) = ((y + padding) % stride, (y + padding) / stride);
+                    for x in 0..w {
+                        let (px, rx) = ((x + padding) % stride, (x + padding) / stride);
+                        rows[offset + ((py * stride + px) * hq + ry) * wq + rx] = row[x / factor];
+                    }
+                    continue;
+                }
+                let at = offset + (y + padding) * wq + padding;
                 let dst = &mut rows[at..at + w];
                 if factor == 1 {
                     dst.copy_from_slice(row);
@@ -461,6 +554,52 @@ mod tests {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// Strides 2 and 3 through the input's phases: candle's strided convolution's values, for
+    /// odd and even sizes, several paddings and kernel sizes, batch 1 and 2, every dtype;
+    /// outputs below SMALL_BELOW positions are left to the columns path.
+    #[test]
+    fn strided_matches_candle_convolution() -> Result<()> {
+        let dev = Device::Cpu;
+        for (b, c_in, c_out, k, pad, stride, h, w) in [
+            (1, 3, 5, 3, 1, 2, 40, 38),
+            (2, 4, 3, 3, 1, 2, 37, 41),
+            (1, 2, 4, 3, 0, 2, 36, 36),
+            (1, 3, 2, 4, 2, 2, 39, 34),
+            (2, 2, 3, 1, 0, 2, 35, 40),
+            (1, 3, 4, 3, 1, 3, 52, 55),
+        ] {
+            let x = Tensor::randn(0f32, 1., (b, c_in, h, w), &dev)?;
+            let weight = Tensor::randn(0f32, 0.5, (c_out, c_in, k, k), &dev)?;
+            let bias = Tensor::randn(0f32, 0.5, c_out, &dev)?;
+            let want = x
+                .to_dtype(DType::F64)?
+                .conv2d(&weight.to_dtype(DType::F64)?, pad, stride, 1, 1)?
+                .broadcast_add(&bias.to_dtype(DType::F64)?.reshape((1, c_out, 1, 1))?)?;
+            for (dtype, tol) in [(DType::F32, 1e-5), (DType::F16, 2e-2), (DType::F64, 1e-12)] {
+                let got = conv2d_strided(
+                    &x.to_dtype(dtype)?,
+                    &tap_matrices(&weight.to_dtype(dtype)?)?,
+                    Some(&bias.to_dtype(dtype)?),
+                    pad,
+                    stride,
+                )?
+                .expect("enough output positions for the phases");
+                assert_eq!(got.dims(), want.dims());
+                let err = (got.to_dtype(DType::F64)? - &want)?
+                    .abs()?
+                    .max_all()?
+                    .to_scalar::<f64>()?;
+                let scale = want.abs()?.max_all()?.to_scalar::<f64>()?;
+                let case = format!("b{b} {c_in}->{c_out} k{k} p{pad} s{stride} {h}x{w}");
+                assert!(err <= tol * scale.max(1.0), "{dtype:?} {case}: error {err}");
+            }
+        }
+        let x = Tensor::randn(0f32, 1., (1, 3, 8, 8), &dev)?;
+        let taps = tap_matrices(&Tensor::randn(0f32, 1., (2, 3, 3, 3), &dev)?)?;
+        assert!(conv2d_strided(&x, &taps, None, 1, 2)?.is_none());
         Ok(())
     }
 

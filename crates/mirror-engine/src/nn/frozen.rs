@@ -432,6 +432,11 @@ impl FrozenLayer for Conv2d {
                 prep,
             );
         }
+        let strided =
+            conv_cpu::conv2d_strided(x, matrix, self.bias.as_ref(), self.padding, self.stride)?;
+        if let Some(y) = strided {
+            return Ok(y);
+        }
         let (c_out, kh, kw, c_in) = matrix.dims4()?;
         let flat = matrix.reshape((c_out, kh * kw * c_in))?;
         let y = conv2d_im2col(x, &flat, (kh, kw), self.padding, self.stride)?;
