@@ -146,6 +146,38 @@ fn fill_rows(out: &mut [f32], row_len: usize, fill: impl Fn(usize, &mut [f32]) +
     }
 }
 
+/// One product per sample between a sample's input and the weight, each read through its view.
+struct PerSample {
+    out: View,
+    input: View,
+    weight: View,
+    /// `out = input · weight`, else `out = weight · input`.
+    input_first: bool,
+}
+
+impl PerSample {
+    /// The products of every sample of `inputs` into its piece of `out`.
+    fn run(&self, inputs: &[f32], out: &mut [f32], weight: &[f32], how: Gemm) -> Result<()> {
+        let (in_len, out_len) = (
+            self.input.rows * self.input.cols,
+            self.out.rows * self.out.cols,
+        );
+        for (input, out) in inputs
+            .chunks_exact(in_len)
+            .zip(out.chunks_exact_mut(out_len))
+        {
+            let (input, weight) = ((input, self.input), (weight, self.weight));
+            let (a, b) = if self.input_first {
+                (input, weight)
+            } else {
+                (weight, input)
+            };
+            matmul_cpu::product(out, self.out, a, b, how)?;
+        }
+        Ok(())
+    }
+}
+
 impl CpuKernel for Projection {
     fn cpu_kernel(&self, x: &[f32], dims: &[usize]) -> Result<(Vec<f32>, Vec<usize>)> {
         let (batch, positions) = self.batch_and_positions(dims)?;
@@ -173,32 +205,23 @@ impl CpuKernel for Projection {
             accumulate: bias.is_some(),
             parallelism: matmul_cpu::parallelism(),
         };
-        with_values(&self.layer.weight, |w| {
-            for (x, out) in x
-                .chunks_exact(c_in * positions)
-                .zip(out.chunks_exact_mut(positions * c_out))
-            {
-                match self.direction {
-                    // tokens [P, C_out] = xᵀ [P, C_in] · Wᵀ [C_in, C_out], x read as [C_in, P].
-                    Direction::ToTokens => matmul_cpu::product(
-                        out,
-                        View::row_major(positions, c_out),
-                        (x, View::column_major(positions, c_in)),
-                        (w, View::column_major(c_in, c_out)),
-                        how,
-                    )?,
-                    // image [C_out, P] = W [C_out, C_in] · xᵀ [C_in, P], x read as [P, C_in].
-                    Direction::ToImage { .. } => matmul_cpu::product(
-                        out,
-                        View::row_major(c_out, positions),
-                        (w, View::row_major(c_out, c_in)),
-                        (x, View::column_major(c_in, positions)),
-                        how,
-                    )?,
-                }
-            }
-            Ok(())
-        })?;
+        let products = match self.direction {
+            // tokens [P, C_out] = xᵀ [P, C_in] · Wᵀ [C_in, C_out], x read as [C_in, P].
+            Direction::ToTokens => PerSample {
+                out: View::row_major(positions, c_out),
+                input: View::column_major(positions, c_in),
+                weight: View::column_major(c_in, c_out),
+                input_first: true,
+            },
+            // image [C_out, P] = W [C_out, C_in] · xᵀ [C_in, P], x read as [P, C_in].
+            Direction::ToImage { .. } => PerSample {
+                out: View::row_major(c_out, positions),
+                input: View::column_major(c_in, positions),
+                weight: View::row_major(c_out, c_in),
+                input_first: false,
+            },
+        };
+        with_values(&self.layer.weight, |w| products.run(x, &mut out, w, how))?;
         let out_dims = match self.direction {
             Direction::ToTokens => vec![batch, positions, c_out],
             Direction::ToImage { height, width } => vec![batch, c_out, height, width],
@@ -222,33 +245,24 @@ impl InputGradient for Projection {
         let grad = grad.contiguous()?;
         let mut dx = vec![0f32; batch * positions * c_in];
         let how = Gemm::scaled(1.0, matmul_cpu::parallelism());
+        let products = match self.direction {
+            // dx [C_in, P] = Wᵀ [C_in, C_out] · gᵀ [C_out, P], g read as [P, C_out].
+            Direction::ToTokens => PerSample {
+                out: View::row_major(c_in, positions),
+                input: View::column_major(c_out, positions),
+                weight: View::column_major(c_in, c_out),
+                input_first: false,
+            },
+            // dx [P, C_in] = gᵀ [P, C_out] · W [C_out, C_in], g read as [C_out, P].
+            Direction::ToImage { .. } => PerSample {
+                out: View::row_major(positions, c_in),
+                input: View::column_major(positions, c_out),
+                weight: View::row_major(c_out, c_in),
+                input_first: true,
+            },
+        };
         with_values(&self.layer.weight, |w| {
-            with_values(&grad, |g| {
-                for (g, dx) in g
-                    .chunks_exact(positions * c_out)
-                    .zip(dx.chunks_exact_mut(c_in * positions))
-                {
-                    match self.direction {
-                        // dx [C_in, P] = Wᵀ [C_in, C_out] · gᵀ [C_out, P], g read as [P, C_out].
-                        Direction::ToTokens => matmul_cpu::product(
-                            dx,
-                            View::row_major(c_in, positions),
-                            (w, View::column_major(c_in, c_out)),
-                            (g, View::column_major(c_out, positions)),
-                            how,
-                        )?,
-                        // dx [P, C_in] = gᵀ [P, C_out] · W [C_out, C_in], g read as [C_out, P].
-                        Direction::ToImage { .. } => matmul_cpu::product(
-                            dx,
-                            View::row_major(positions, c_in),
-                            (g, View::column_major(positions, c_out)),
-                            (w, View::row_major(c_out, c_in)),
-                            how,
-                        )?,
-                    }
-                }
-                Ok(())
-            })
+            with_values(&grad, |g| products.run(g, &mut dx, w, how))
         })?;
         Tensor::from_vec(dx, x.shape(), x.device())
     }

@@ -508,6 +508,18 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
+    /// The largest difference of `got` from the f64 `want` (of the same shape), and the
+    /// scale it is judged against: `want`'s largest magnitude, at least 1.
+    fn error_and_scale(got: &Tensor, want: &Tensor) -> Result<(f64, f64)> {
+        assert_eq!(got.dims(), want.dims());
+        let err = (got.to_dtype(DType::F64)? - want)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f64>()?;
+        let scale = want.abs()?.max_all()?.to_scalar::<f64>()?.max(1.0);
+        Ok((err, scale))
+    }
+
     /// Same values as candle's own convolution, for several kernel sizes, paddings, batch
     /// sizes and dtypes.
     #[test]
@@ -542,14 +554,9 @@ mod tests {
                     Some(&bias.to_dtype(dtype)?),
                     prep,
                 )?;
-                assert_eq!(got.dims(), want.dims());
-                let err = (got.to_dtype(DType::F64)? - &want)?
-                    .abs()?
-                    .max_all()?
-                    .to_scalar::<f64>()?;
-                let scale = want.abs()?.max_all()?.to_scalar::<f64>()?;
+                let (err, scale) = error_and_scale(&got, &want)?;
                 assert!(
-                    err <= tol * scale.max(1.0),
+                    err <= tol * scale,
                     "{dtype:?} b{b} {c_in}->{c_out} k{k} p{pad} {h}x{w}: error {err}"
                 );
             }
@@ -587,14 +594,9 @@ mod tests {
                     stride,
                 )?
                 .expect("enough output positions for the phases");
-                assert_eq!(got.dims(), want.dims());
-                let err = (got.to_dtype(DType::F64)? - &want)?
-                    .abs()?
-                    .max_all()?
-                    .to_scalar::<f64>()?;
-                let scale = want.abs()?.max_all()?.to_scalar::<f64>()?;
+                let (err, scale) = error_and_scale(&got, &want)?;
                 let case = format!("b{b} {c_in}->{c_out} k{k} p{pad} s{stride} {h}x{w}");
-                assert!(err <= tol * scale.max(1.0), "{dtype:?} {case}: error {err}");
+                assert!(err <= tol * scale, "{dtype:?} {case}: error {err}");
             }
         }
         let x = Tensor::randn(0f32, 1., (1, 3, 8, 8), &dev)?;
