@@ -17,6 +17,10 @@ use std::alloc::{GlobalAlloc, Layout, System};
 /// and the system call would cost more than the faults it saves.
 pub const ADVISED_FROM: usize = 4 << 20;
 
+/// A transparent huge page on x86-64 and most ARM kernels.
+#[cfg(target_os = "linux")]
+const HUGE_PAGE: usize = 2 << 20;
+
 /// The system allocator, with large blocks marked for transparent huge pages.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LargePageAllocator;
@@ -55,12 +59,11 @@ unsafe impl GlobalAlloc for LargePageAllocator {
 /// Marks the whole 2 MiB pages inside a large block for transparent huge pages.
 #[cfg(target_os = "linux")]
 fn advise(block: *mut u8, size: usize) {
-    const PAGE: usize = 2 << 20;
     if block.is_null() || size < ADVISED_FROM {
         return;
     }
-    let start = (block as usize).next_multiple_of(PAGE);
-    let end = (block as usize + size) / PAGE * PAGE;
+    let start = (block as usize).next_multiple_of(HUGE_PAGE);
+    let end = (block as usize + size) / HUGE_PAGE * HUGE_PAGE;
     if end > start {
         // SAFETY: [start, end) lies inside the block just allocated; madvise with
         // MADV_HUGEPAGE changes no contents, and an error (huge pages unsupported) only
@@ -151,7 +154,7 @@ mod tests {
         // SAFETY: a non-zero size, freed with its layout; only its address is read.
         unsafe {
             let block = allocator.alloc(layout);
-            let page = (block as usize).next_multiple_of(2 << 20);
+            let page = (block as usize).next_multiple_of(HUGE_PAGE);
             let advised = flags_at(page).contains(&"hg".to_owned());
             allocator.dealloc(block, layout);
             assert!(advised, "a {size}-byte block is not advised");

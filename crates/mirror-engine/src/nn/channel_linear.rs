@@ -8,14 +8,10 @@
 //! the same way. CPU, f32; other devices and dtypes keep the separate ops.
 
 use candle_core::{Result, Tensor};
-use rayon::prelude::*;
 
-use super::fused_cpu::run_serially;
+use super::fused_cpu::fill_rows;
 use super::matmul_cpu::{self, Gemm, View, f32_on_cpu};
 use super::precomputed::{CpuKernel, InputGradient, apply_cpu_kernel, apply_cpu_kernel_adding};
-
-/// Values per piece of work when a bias is filled in on rayon's pool.
-const FILL_VALUES: usize = 1 << 16;
 
 /// Which way the layer moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,25 +121,6 @@ fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> 
         candle_core::bail!("channel projection: a tensor is not contiguous f32 on the CPU");
     };
     f(values)
-}
-
-/// Every `row_len`-long row of `out` set to `fill(row index)`, on the pool for large outputs.
-fn fill_rows(out: &mut [f32], row_len: usize, fill: impl Fn(usize, &mut [f32]) + Sync) {
-    let rows_per_piece = FILL_VALUES.div_ceil(row_len).max(1);
-    let piece = |(index, rows): (usize, &mut [f32])| {
-        for (i, row) in rows.chunks_exact_mut(row_len).enumerate() {
-            fill(index * rows_per_piece + i, row);
-        }
-    };
-    if run_serially(out.len()) {
-        out.chunks_mut(row_len * rows_per_piece)
-            .enumerate()
-            .for_each(piece);
-    } else {
-        out.par_chunks_mut(row_len * rows_per_piece)
-            .enumerate()
-            .for_each(piece);
-    }
 }
 
 /// One product per sample between a sample's input and the weight, each read through its view.

@@ -74,12 +74,25 @@ pub fn conv2d_stride1_cached(
         flipped_transposed: false,
         stride: 1,
     };
-    match x.dtype() {
+    match run_at_dtype(x, kernel, bias, prep) {
+        Some(result) => result,
+        None => candle_core::bail!("conv2d: no CPU matrix-product path for {:?}", x.dtype()),
+    }
+}
+
+/// [`run`] at `x`'s dtype, or `None` for a dtype that [`supports`] does not take.
+fn run_at_dtype(
+    x: &Tensor,
+    kernel: Kernel<'_>,
+    bias: Option<&Tensor>,
+    prep: InputPrep,
+) -> Option<Result<Tensor>> {
+    Some(match x.dtype() {
         DType::F32 => run::<f32>(x, kernel, bias, prep),
         DType::F16 => run::<half::f16>(x, kernel, bias, prep),
         DType::F64 => run::<f64>(x, kernel, bias, prep),
-        other => candle_core::bail!("conv2d: no CPU matrix-product path for {other:?}"),
-    }
+        _ => return None,
+    })
 }
 
 /// `x` `[B, C_in, H, W]` convolved with `taps` (from [`tap_matrices`]) at `stride` (above 1)
@@ -112,12 +125,7 @@ pub fn conv2d_strided(
         padding,
         upsample_x2: false,
     };
-    match x.dtype() {
-        DType::F32 => run::<f32>(x, kernel, bias, prep).map(Some),
-        DType::F16 => run::<half::f16>(x, kernel, bias, prep).map(Some),
-        DType::F64 => run::<f64>(x, kernel, bias, prep).map(Some),
-        _ => Ok(None),
-    }
+    run_at_dtype(x, kernel, bias, prep).transpose()
 }
 
 /// Where a convolution's products run: the output grid at the phases' width.

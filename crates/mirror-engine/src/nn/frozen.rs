@@ -11,19 +11,15 @@ use std::sync::{Arc, OnceLock};
 
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use rayon::prelude::*;
 
 use super::col2im::{FoldGeometry, col2im};
 use super::conv_cpu;
-use super::fused_cpu::run_serially;
+use super::fused_cpu::fill_rows;
 use super::matmul_cpu::{self, f32_on_cpu};
 use super::precomputed::{
     CpuKernel, InputGradient, apply_cpu_kernel, apply_cpu_kernel_adding, attach, attach_adding,
 };
 use super::profile;
-
-/// Values per piece of work when an output is filled on rayon's pool.
-const FILL_VALUES: usize = 1 << 16;
 
 /// A layer whose weights never get a gradient: its backward maps ∂L/∂y to ∂L/∂x only.
 trait FrozenLayer: InputGradient + Clone {
@@ -181,18 +177,7 @@ impl CpuKernel for Linear {
                 let Some(b) = matmul_cpu::f32_values(&b_storage, b_layout) else {
                     candle_core::bail!("linear: the bias is not contiguous f32 on the CPU");
                 };
-                // On both threads: the first write to a large output faults its pages in,
-                // which on one thread cost a third of the GEGLU projection's time at 64².
-                let fill = |rows: &mut [f32]| {
-                    rows.chunks_exact_mut(outputs)
-                        .for_each(|row| row.copy_from_slice(b));
-                };
-                if run_serially(y.len()) {
-                    fill(&mut y);
-                } else {
-                    y.par_chunks_mut(outputs * FILL_VALUES.div_ceil(outputs).max(1))
-                        .for_each(fill);
-                }
+                fill_rows(&mut y, outputs, |_, row| row.copy_from_slice(b));
                 true
             }
             None => false,

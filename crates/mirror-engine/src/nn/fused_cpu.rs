@@ -94,7 +94,7 @@ pub(crate) fn run_serially(len: usize) -> bool {
 /// `f(index, out chunk, input chunk)` for the matching `chunk`-sized pieces of `out` and
 /// `xs`, serially or on rayon's pool as [`run_serially`] says. The pieces are independent, so
 /// both ways give the same values.
-fn for_each_chunk<A: Send, B: Sync>(
+pub(crate) fn for_each_chunk<A: Send, B: Sync>(
     out: &mut [A],
     xs: &[B],
     chunk: usize,
@@ -109,6 +109,30 @@ fn for_each_chunk<A: Send, B: Sync>(
             .zip(xs.par_chunks(chunk))
             .enumerate()
             .for_each(|(index, (out, xs))| f(index, out, xs));
+    }
+}
+
+/// Values per piece of work when an output is filled or summed on rayon's pool.
+pub(crate) const PIECE_VALUES: usize = 1 << 16;
+
+/// Every `row_len`-long row of `out` set by `fill(row index, row)`, serially or on rayon's
+/// pool as [`run_serially`] says (on one thread, the first write to a large output, with its
+/// page faults, took a third of a large linear layer's time).
+pub(crate) fn fill_rows(out: &mut [f32], row_len: usize, fill: impl Fn(usize, &mut [f32]) + Sync) {
+    let rows_per_piece = PIECE_VALUES.div_ceil(row_len).max(1);
+    let piece = |(index, rows): (usize, &mut [f32])| {
+        for (i, row) in rows.chunks_exact_mut(row_len).enumerate() {
+            fill(index * rows_per_piece + i, row);
+        }
+    };
+    if run_serially(out.len()) {
+        out.chunks_mut(row_len * rows_per_piece)
+            .enumerate()
+            .for_each(piece);
+    } else {
+        out.par_chunks_mut(row_len * rows_per_piece)
+            .enumerate()
+            .for_each(piece);
     }
 }
 

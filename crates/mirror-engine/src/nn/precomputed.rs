@@ -7,9 +7,9 @@
 
 use std::sync::Mutex;
 
+use super::fused_cpu::PIECE_VALUES;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CudaStorage, MetalStorage, Result, Shape, Storage, Tensor};
-use rayon::prelude::*;
 
 pub(crate) struct PrecomputedOutput {
     output: Mutex<Option<Tensor>>,
@@ -313,9 +313,6 @@ pub(crate) fn apply_cpu_kernel_adding<K: CpuKernel>(
         .apply_op2(&residual.contiguous()?, KernelAddingNode(op.clone()))
 }
 
-/// Values per piece of work when a residual is added on rayon's pool.
-const ADD_CHUNK: usize = 1 << 16;
-
 /// The kernel's output with `residual` added, after checking that the shapes agree.
 fn kernel_adding<K: CpuKernel>(
     op: &K,
@@ -331,15 +328,9 @@ fn kernel_adding<K: CpuKernel>(
             K::NAME
         );
     }
-    let add = |(y, r): (&mut [f32], &[f32])| y.iter_mut().zip(r).for_each(|(y, r)| *y += *r);
-    if super::fused_cpu::run_serially(values.len()) {
-        add((&mut values, residual));
-    } else {
-        values
-            .par_chunks_mut(ADD_CHUNK)
-            .zip(residual.par_chunks(ADD_CHUNK))
-            .for_each(add);
-    }
+    super::fused_cpu::for_each_chunk(&mut values, residual, PIECE_VALUES, |_, y, r| {
+        y.iter_mut().zip(r).for_each(|(y, r)| *y += *r);
+    });
     Ok((values, out_dims))
 }
 
