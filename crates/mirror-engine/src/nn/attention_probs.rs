@@ -62,7 +62,7 @@ impl PairGradient for ProbabilitiesGradient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::finite_differences::central_differences;
+    use crate::nn::finite_differences::assert_pair_gradients;
     use candle_core::{DType, Device, Var};
 
     /// A scalar of the probabilities that weighs every entry differently.
@@ -103,36 +103,10 @@ mod tests {
 
     #[test]
     fn gradients_match_finite_differences() -> Result<()> {
-        let device = Device::Cpu;
-        let (q, k) = inputs(&device)?;
-        let grads =
-            weighted_sum(&attention_probabilities(q.as_tensor(), k.as_tensor())?)?.backward()?;
-        let step = 1e-6;
-        for (var, other, is_q) in [(&q, &k, true), (&k, &q, false)] {
-            let analytic: Vec<f64> = grads
-                .get(var.as_tensor())
-                .expect("gradient")
-                .flatten_all()?
-                .to_vec1()?;
-            let numeric = central_differences(var.as_tensor(), step, |moved| {
-                let other = other.as_tensor().detach();
-                let (q, k) = if is_q {
-                    (moved, &other)
-                } else {
-                    (&other, moved)
-                };
-                weighted_sum(&attention_probabilities(q, k)?)?.to_scalar::<f64>()
-            })?;
-            for (i, numeric) in numeric.into_iter().enumerate() {
-                assert!(
-                    (numeric - analytic[i]).abs() < 1e-7 * (1.0 + numeric.abs()),
-                    "{} element {i}: {} against finite differences {numeric}",
-                    if is_q { "q" } else { "k" },
-                    analytic[i]
-                );
-            }
-        }
-        Ok(())
+        let (q, k) = inputs(&Device::Cpu)?;
+        assert_pair_gradients((&q, &k), ["q", "k"], 1e-6, 1e-7, |q, k| {
+            weighted_sum(&attention_probabilities(q, k)?)
+        })
     }
 
     #[test]

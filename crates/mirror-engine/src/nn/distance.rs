@@ -50,7 +50,7 @@ impl PairGradient for SquaredDistance {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::finite_differences::central_differences;
+    use crate::nn::finite_differences::assert_pair_gradients;
     use candle_core::{Device, Var};
 
     fn values(n: usize, seed: f64) -> Vec<f64> {
@@ -80,31 +80,9 @@ mod tests {
         let device = Device::Cpu;
         let a = Var::from_vec(values(24, 0.3), (3, 2, 4), &device)?;
         let b = Var::from_vec(values(24, 1.9), (3, 2, 4), &device)?;
-        let grads = weighted(&squared_distance_rows(a.as_tensor(), b.as_tensor())?)?.backward()?;
-        let step = 1e-6;
-        for (var, is_a) in [(&a, true), (&b, false)] {
-            let analytic: Vec<f64> = grads
-                .get(var.as_tensor())
-                .expect("gradient")
-                .flatten_all()?
-                .to_vec1()?;
-            let numeric = central_differences(var.as_tensor(), step, |moved| {
-                let (x, y) = if is_a {
-                    (moved.clone(), b.as_tensor().detach())
-                } else {
-                    (a.as_tensor().detach(), moved.clone())
-                };
-                weighted(&squared_distance_rows(&x, &y)?)?.to_scalar::<f64>()
-            })?;
-            for (i, numeric) in numeric.into_iter().enumerate() {
-                assert!(
-                    (numeric - analytic[i]).abs() < 1e-7 * (1.0 + numeric.abs()),
-                    "element {i}: {} against finite differences {numeric}",
-                    analytic[i]
-                );
-            }
-        }
-        Ok(())
+        assert_pair_gradients((&a, &b), ["a", "b"], 1e-6, 1e-7, |a, b| {
+            weighted(&squared_distance_rows(a, b)?)
+        })
     }
 
     #[test]
