@@ -18,6 +18,7 @@ use rayon::prelude::*;
 use std::sync::OnceLock;
 
 use super::columns_cpu::{SMALL_KERNEL, cpu_slice};
+use super::unfilled::{filled, unfilled};
 
 /// The kernel as [`conv2d_stride1`] wants it: `[C_out, kh, kw, C_in]`, contiguous. Tap
 /// (ky, kx) is the `[C_out, C_in]` block at column `(ky·kw + kx)·C_in` of the
@@ -390,7 +391,9 @@ fn run<T: WithDType>(
         return Tensor::from_vec(out, (b, c_out, ho, wo), x.device());
     }
     let sample_out = c_out * ho * wq;
-    let mut out = vec![T::zero(); b * sample_out];
+    // Every value the compaction below reads is written by the first tap's product, which
+    // does not accumulate: no zeroing first.
+    let mut out = unfilled::<T>(b * sample_out);
     let mut padded = if copy_input {
         vec![T::zero(); c_in * plane]
     } else {
@@ -408,23 +411,30 @@ fn run<T: WithDType>(
             src,
             plane,
             n,
-            (dst.as_mut_ptr(), 1, (ho * wq) as isize),
+            (dst.as_mut_ptr().cast::<T>(), 1, (ho * wq) as isize),
             None,
         )?;
     }
     // Compact [B·C_out, Ho, Wq] → [B·C_out, Ho, Wo] in place (each row moves towards the
-    // front), adding the bias on the way.
+    // front), adding the bias on the way. Row y of a channel starts at column y·wq, and its
+    // wo values end at most at column n: all written by the products.
     let mut write = 0;
     for row_index in 0..b * c_out * ho {
         let read = row_index * wq;
         out.copy_within(read..read + wo, write);
         if let Some(bias) = &bias_v {
             let value = bias[(row_index / ho) % c_out];
-            out[write..write + wo].iter_mut().for_each(|v| *v += value);
+            for v in &mut out[write..write + wo] {
+                // SAFETY: copied just above from values the products wrote.
+                let sum = unsafe { v.assume_init() } + value;
+                v.write(sum);
+            }
         }
         write += wo;
     }
     out.truncate(write);
+    // SAFETY: each of the `write` values left was copied from a written one (see above).
+    let out = unsafe { filled(out) };
     Tensor::from_vec(out, (b, c_out, ho, wo), x.device())
 }
 

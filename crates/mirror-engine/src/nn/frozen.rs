@@ -20,6 +20,7 @@ use super::precomputed::{
     CpuKernel, InputGradient, apply_cpu_kernel, apply_cpu_kernel_adding, attach, attach_adding,
 };
 use super::profile;
+use super::unfilled::{filled, unfilled};
 
 /// A layer whose weights never get a gradient: its backward maps ∂L/∂y to ∂L/∂x only.
 trait FrozenLayer: InputGradient + Clone {
@@ -170,14 +171,19 @@ impl CpuKernel for Linear {
         let Some(w) = matmul_cpu::f32_values(&w_storage, w_layout) else {
             candle_core::bail!("linear: the weight is not contiguous f32 on the CPU");
         };
-        let mut y = vec![0f32; rows * outputs];
+        let mut y = unfilled::<f32>(rows * outputs);
         let accumulate = match &self.bias {
             Some(bias) => {
                 let (b_storage, b_layout) = bias.storage_and_layout();
                 let Some(b) = matmul_cpu::f32_values(&b_storage, b_layout) else {
                     candle_core::bail!("linear: the bias is not contiguous f32 on the CPU");
                 };
-                fill_rows(&mut y, outputs, |_, row| row.copy_from_slice(b));
+                if b.len() != outputs {
+                    candle_core::bail!("linear: {} bias values for {outputs} outputs", b.len());
+                }
+                fill_rows(&mut y, outputs, |_, row| {
+                    row.write_copy_of_slice(b);
+                });
                 true
             }
             None => false,
@@ -190,7 +196,20 @@ impl CpuKernel for Linear {
         };
         let x_view = matmul_cpu::View::row_major(rows, inputs);
         let y_view = matmul_cpu::View::row_major(rows, outputs);
-        matmul_cpu::product(&mut y, y_view, (x, x_view), (w, w_t), how)?;
+        // SAFETY: `y` holds rows × outputs values, the extent of `y_view`, and is ours alone.
+        unsafe {
+            matmul_cpu::product_into(
+                y.as_mut_ptr().cast(),
+                y.len(),
+                y_view,
+                (x, x_view),
+                (w, w_t),
+                how,
+            )?;
+        }
+        // SAFETY: the product wrote every value of `y` (the bias rows first where it adds
+        // to them: then every row was filled above).
+        let y = unsafe { filled(y) };
         let mut dims = dims.to_vec();
         if let Some(last) = dims.last_mut() {
             *last = outputs;
@@ -224,6 +243,9 @@ impl InputGradient for Linear {
     }
 
     fn input_gradient(&self, _x: &Tensor, grad: &Tensor) -> Result<Tensor> {
+        if let Some(dx) = self.input_gradient_cpu(grad)? {
+            return Ok(dx);
+        }
         match grad.rank() {
             2 => grad.matmul(&self.weight),
             // Contiguous, the batch folds into one product; otherwise candle would copy the
@@ -234,6 +256,48 @@ impl InputGradient for Linear {
 }
 
 impl Linear {
+    /// `grad · W` for many f32 rows on the CPU, as one product into an output that is not
+    /// zeroed first (candle's product zeroes it on one thread): `None` elsewhere.
+    fn input_gradient_cpu(&self, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (outputs, inputs) = self.weight.dims2()?;
+        let rows = grad.elem_count() / outputs.max(1);
+        if !f32_on_cpu(grad)
+            || grad.dim(candle_core::D::Minus1)? != outputs
+            || rows < TRANSPOSED_BELOW_ROWS
+        {
+            return Ok(None);
+        }
+        let grad = grad.contiguous()?;
+        let (g_storage, g_layout) = grad.storage_and_layout();
+        let (w_storage, w_layout) = self.weight.storage_and_layout();
+        let (Some(g), Some(w)) = (
+            matmul_cpu::f32_values(&g_storage, g_layout),
+            matmul_cpu::f32_values(&w_storage, w_layout),
+        ) else {
+            return Ok(None);
+        };
+        let mut dx = unfilled::<f32>(rows * inputs);
+        let how = matmul_cpu::Gemm::scaled(1.0, matmul_cpu::parallelism());
+        // SAFETY: `dx` holds rows × inputs values, the extent of its view, and is ours alone.
+        unsafe {
+            matmul_cpu::product_into(
+                dx.as_mut_ptr().cast(),
+                dx.len(),
+                matmul_cpu::View::row_major(rows, inputs),
+                (g, matmul_cpu::View::row_major(rows, outputs)),
+                (w, matmul_cpu::View::row_major(outputs, inputs)),
+                how,
+            )?;
+        }
+        // SAFETY: a product that does not accumulate writes every value of its output.
+        let dx = unsafe { filled(dx) };
+        let mut dims = grad.dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = inputs;
+        }
+        Tensor::from_vec(dx, dims, grad.device()).map(Some)
+    }
+
     /// `forward(x) + residual`, the residual of the output's shape. Where the layer's own CPU
     /// kernel runs, the residual is added in its output buffer, and on a gradient pass the
     /// graph holds no separate tensor for the layer's output.
@@ -806,6 +870,45 @@ mod tests {
         );
         assert!(layer.many_rows_kernel_applies(&Tensor::zeros((1, 2, 150, 12), DType::F32, &dev)?));
         finite_difference_check(&layer, (1, 2, 150, 12))
+    }
+
+    /// From 256 rows on, the input gradient is the layer's own product into an output not
+    /// zeroed first: it equals candle's `grad · W` for folded batches, a strided gradient and
+    /// every output column (a column left unwritten would hold stale values).
+    #[test]
+    fn linear_input_gradient_over_many_rows_matches_candle() -> Result<()> {
+        let dev = Device::Cpu;
+        for (grad_shape, inputs, transposed) in [
+            (vec![300, 50], 70, false),
+            (vec![2, 150, 17], 33, false),
+            (vec![1, 2, 130, 1280], 640, false),
+            (vec![40, 300], 24, true),
+        ] {
+            let outputs = *grad_shape.last().expect("a last dim");
+            let weight = Tensor::randn(0f32, 0.5, (outputs, inputs), &dev)?;
+            let layer = Linear::new(weight.clone(), None);
+            let grad = if transposed {
+                // A [300, 40] gradient stored as its transpose: not contiguous.
+                Tensor::randn(0f32, 1., (outputs, grad_shape[1]), &dev)?.t()?
+            } else {
+                Tensor::randn(0f32, 1., grad_shape.as_slice(), &dev)?
+            };
+            let x = Tensor::zeros(grad.dims()[..grad.rank() - 1].to_vec(), DType::F32, &dev)?;
+            let got = layer.input_gradient(&x, &grad)?;
+            let rows = grad.elem_count() / outputs;
+            let want = grad
+                .contiguous()?
+                .reshape((rows, outputs))?
+                .matmul(&weight)?;
+            let mut dims = grad.dims().to_vec();
+            *dims.last_mut().expect("a last dim") = inputs;
+            assert_eq!(got.dims(), dims.as_slice());
+            let want = want.reshape(dims.as_slice())?;
+            let scale = want.abs()?.max_all()?.to_scalar::<f32>()?;
+            let err = (&got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(err <= 1e-6 * scale, "{grad_shape:?}: {err} of {scale}");
+        }
+        Ok(())
     }
 
     /// The input gradient through a layer whose forward reads the weight in place.

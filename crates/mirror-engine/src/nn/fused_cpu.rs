@@ -118,9 +118,13 @@ pub(crate) const PIECE_VALUES: usize = 1 << 16;
 /// Every `row_len`-long row of `out` set by `fill(row index, row)`, serially or on rayon's
 /// pool as [`run_serially`] says (on one thread, the first write to a large output, with its
 /// page faults, took a third of a large linear layer's time).
-pub(crate) fn fill_rows(out: &mut [f32], row_len: usize, fill: impl Fn(usize, &mut [f32]) + Sync) {
+pub(crate) fn fill_rows<E: Send>(
+    out: &mut [E],
+    row_len: usize,
+    fill: impl Fn(usize, &mut [E]) + Sync,
+) {
     let rows_per_piece = PIECE_VALUES.div_ceil(row_len).max(1);
-    let piece = |(index, rows): (usize, &mut [f32])| {
+    let piece = |(index, rows): (usize, &mut [E])| {
         for (i, row) in rows.chunks_exact_mut(row_len).enumerate() {
             fill(index * rows_per_piece + i, row);
         }

@@ -30,6 +30,7 @@ mod norm_backward_cpu;
 mod precomputed;
 pub mod profile;
 mod simd;
+mod unfilled;
 pub use attention::{chunked_attention, multi_head_attention};
 pub use attention_probs::attention_probabilities;
 pub use blocks::{
