@@ -322,10 +322,14 @@ mod wide {
     use super::super::simd::dispatch;
     use super::{GroupNormOp, LayerNormOp};
 
+    // Inlined into each width's copy: called through the dispatch, it would run at the
+    // baseline width whatever the CPU has.
+    #[inline(always)]
     fn group_impl(op: &GroupNormOp, first_channel: usize, out: &mut [f32], xs: &[f32]) {
         op.normalise_group(first_channel, out, xs);
     }
 
+    #[inline(always)]
     fn rows_impl(op: &LayerNormOp, out: &mut [f32], xs: &[f32]) {
         op.normalise_rows(out, xs);
     }

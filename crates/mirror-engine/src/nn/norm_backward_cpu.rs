@@ -51,7 +51,7 @@ pub(super) fn input_gradient(x: &[f32], grad: &[f32], rows: usize, p: &NormParam
             .chunks_mut(row_len)
             .zip(x.chunks(row_len).zip(g.chunks(row_len)));
         for (r, (out, (x, g))) in rows.enumerate() {
-            row_gradient(index * rows_per_task + r, x, g, out, p);
+            wide::row_gradient(index * rows_per_task + r, x, g, out, p);
         }
     };
     if run_serially(x.len()) {
@@ -69,7 +69,8 @@ pub(super) fn input_gradient(x: &[f32], grad: &[f32], rows: usize, p: &NormParam
 }
 
 /// One row's gradient, written to `out`.
-fn row_gradient(row: usize, x: &[f32], g: &[f32], out: &mut [f32], p: &NormParams) {
+#[inline(always)]
+fn row_gradient_impl(row: usize, x: &[f32], g: &[f32], out: &mut [f32], p: &NormParams) {
     let (mean, rstd) = moments(x, p.eps);
     let mut sums = Sums::default();
     match p.affine {
@@ -168,4 +169,13 @@ fn scaled_gradient(
 fn silu_slope(y: f32) -> f32 {
     let sigmoid = 1.0 / (1.0 + fast_exp::exp(-y));
     sigmoid * (1.0 + y * (1.0 - sigmoid))
+}
+
+/// [`row_gradient_impl`] at the CPU's widest vectors: the same loops (sums in fixed lanes, no
+/// fused multiply-adds), so the same values at every width.
+mod wide {
+    use super::super::simd::dispatch;
+    use super::{NormParams, row_gradient_impl};
+
+    dispatch!(row_gradient, row_gradient_impl, (row: usize, x: &[f32], g: &[f32], out: &mut [f32], p: &NormParams));
 }

@@ -26,7 +26,8 @@ pub(crate) fn width() -> Width {
     Width::Baseline
 }
 
-/// A public function running `$impl` at the CPU's widest vector width.
+/// A public function running `$impl` at the CPU's widest vector width. `$impl` must be
+/// `#[inline(always)]`: a call that is not inlined runs the baseline code at every width.
 macro_rules! dispatch {
     ($name:ident, $impl:ident, ($($arg:ident: $ty:ty),*)) => {
         pub fn $name($($arg: $ty),*) {
