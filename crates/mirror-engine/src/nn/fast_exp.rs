@@ -4,6 +4,11 @@
 //! reduction by ln 2 in two parts, a degree-6 polynomial, the power of two built in the
 //! exponent bits); PyTorch's CPU softmax uses a vectorised exponential of the same kind.
 //! The error function built on it serves GELU, as PyTorch's vectorised CPU `erf` does.
+//!
+//! The polynomial runs on fused multiply-adds (`mul_add`), a third fewer operations: the
+//! attention's softmax, its largest user, took 13 % less time. Call it from loops compiled
+//! with FMA, as `simd::dispatch!`'s copies are on x86-64 (and every aarch64 build is): in
+//! baseline x86-64 code `mul_add` is a library call.
 
 const LOG2_E: f32 = std::f32::consts::LOG2_E;
 /// ln 2 in two parts, the first exact in a few bits, so that `x − n·ln 2` loses nothing.
@@ -24,19 +29,19 @@ pub fn exp(x: f32) -> f32 {
     let kept = if x < LOWEST { 0.0 } else { 1.0 };
     // Clamping first keeps the exponent bits below in range (and maps −∞ to the low end).
     let x = x.clamp(LOWEST, 88.722_83);
-    let rounded = x * LOG2_E + ROUNDER;
+    let rounded = x.mul_add(LOG2_E, ROUNDER);
     let n = rounded - ROUNDER;
     // The same integer from the bits (its low mantissa bits), without a float-to-int
     // conversion, which has no vector form on baseline x86-64.
     let n_bits = rounded.to_bits() as i32 - ROUNDER.to_bits() as i32;
-    let r = x - n * LN2_HI - n * LN2_LO;
+    let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x));
     let mut p = 1.987_569_1e-4_f32;
-    p = p * r + 1.398_2e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 0.166_666_65;
-    p = p * r + 0.5;
-    let e = p * r * r + r + 1.0;
+    p = p.mul_add(r, 1.398_2e-3);
+    p = p.mul_add(r, 8.333_452e-3);
+    p = p.mul_add(r, 4.166_579_6e-2);
+    p = p.mul_add(r, 0.166_666_65);
+    p = p.mul_add(r, 0.5);
+    let e = p.mul_add(r * r, r + 1.0);
     // n ∈ [−126, 128]; 2¹²⁸ itself is out of range, so scale by 2^(n−1) twice in halves.
     let half = n_bits - 1;
     let lower = half >> 1;
@@ -68,11 +73,14 @@ pub fn erf(x: f32) -> f32 {
 }
 
 /// `xs[i] = e^(xs[i] − shift)`, in vector registers.
-pub fn exp_shifted_in_place(xs: &mut [f32], shift: f32) {
+#[inline(always)]
+fn exp_shifted_impl(xs: &mut [f32], shift: f32) {
     for x in xs.iter_mut() {
         *x = exp(*x - shift);
     }
 }
+
+super::simd::dispatch!(exp_shifted_in_place, exp_shifted_impl, (xs: &mut [f32], shift: f32));
 
 #[cfg(test)]
 mod tests {
@@ -131,5 +139,21 @@ mod tests {
         for (d, k) in dst.iter().zip([-4.0f64, -3.0, -2.0, -1.0, 0.0]) {
             assert!(ulps(*d, k.exp() as f32) <= 2);
         }
+    }
+
+    /// The widest build (fused multiply-adds in hardware) gives the baseline build's values
+    /// (the same fused operations, in software where the build has no FMA) bit for bit.
+    #[test]
+    fn every_build_gives_the_same_values() {
+        let values: Vec<f32> = (0..4000).map(|i| (i as f32 - 3000.0) * 0.031).collect();
+        let mut wide = values.clone();
+        exp_shifted_in_place(&mut wide, 1.5);
+        let mut baseline = values;
+        exp_shifted_impl(&mut baseline, 1.5);
+        assert!(
+            wide.iter()
+                .zip(&baseline)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+        );
     }
 }

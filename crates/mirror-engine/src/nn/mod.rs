@@ -29,7 +29,7 @@ pub mod norm_backward;
 mod norm_backward_cpu;
 mod precomputed;
 pub mod profile;
-mod simd;
+pub(crate) mod simd;
 mod unfilled;
 pub use attention::{chunked_attention, multi_head_attention};
 pub use attention_probs::attention_probabilities;

@@ -19,7 +19,8 @@ pub(crate) fn width() -> Width {
         if is_x86_feature_detected!("avx512f") {
             return Width::Avx512;
         }
-        if is_x86_feature_detected!("avx2") {
+        // Every AVX2 processor has FMA too; the wide copies need it for `mul_add`.
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             return Width::Avx2;
         }
     }
@@ -37,7 +38,7 @@ macro_rules! dispatch {
                 fn avx512($($arg: $ty),*) {
                     $impl($($arg),*)
                 }
-                #[target_feature(enable = "avx2")]
+                #[target_feature(enable = "avx2,fma")]
                 fn avx2($($arg: $ty),*) {
                     $impl($($arg),*)
                 }

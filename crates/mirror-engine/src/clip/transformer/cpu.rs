@@ -456,34 +456,16 @@ fn activate(
     Ok(())
 }
 
-/// `v ← x·σ(1.702 x)` with `x = v + bias`, for every value of `row`: in AVX-512 registers
-/// where the processor has them (the crate is built for baseline x86-64, whose vectors hold
-/// four values). Each value is computed by the same operations either way, so the results
-/// are the same bit for bit.
-fn quick_gelu_with_bias(row: &mut [f32], bias: f32) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the processor has AVX-512F (checked just above).
-        unsafe { quick_gelu_with_bias_avx512(row, bias) };
-        return;
-    }
-    quick_gelu_with_bias_portable(row, bias);
-}
-
+/// `v ← x·σ(1.702 x)` with `x = v + bias`, for every value of `row`, in vector registers.
 #[inline(always)]
-fn quick_gelu_with_bias_portable(row: &mut [f32], bias: f32) {
+fn quick_gelu_with_bias_impl(row: &mut [f32], bias: f32) {
     for v in row.iter_mut() {
         let x = *v + bias;
         *v = x / (1.0 + fast_exp::exp(-1.702 * x));
     }
 }
 
-/// [`quick_gelu_with_bias_portable`] compiled with AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn quick_gelu_with_bias_avx512(row: &mut [f32], bias: f32) {
-    quick_gelu_with_bias_portable(row, bias);
-}
+crate::nn::simd::dispatch!(quick_gelu_with_bias, quick_gelu_with_bias_impl, (row: &mut [f32], bias: f32));
 
 /// `f(first row, rows)` over blocks of whole rows (of `row_len` values) of `data`, on the
 /// pool unless [`run_serially`] says otherwise. The rows are independent, so both ways give
@@ -592,14 +574,14 @@ mod tests {
         Ok(())
     }
 
-    /// The AVX-512 build of the activation gives the portable one's values bit for bit.
+    /// The widest build of the activation gives the baseline one's values bit for bit.
     #[test]
     fn quick_gelu_is_the_same_in_every_build() {
         let values: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) * 0.037).collect();
         let mut fast = values.clone();
         quick_gelu_with_bias(&mut fast, 0.25);
         let mut portable = values;
-        quick_gelu_with_bias_portable(&mut portable, 0.25);
+        quick_gelu_with_bias_impl(&mut portable, 0.25);
         assert!(
             fast.iter()
                 .zip(&portable)
