@@ -137,9 +137,16 @@ fn print_profile(calls: usize) {
     }
 }
 
+/// The median as Python's `statistics.median` takes it (the PyTorch side's): of an even
+/// count, the mean of the two middle values, not the upper one.
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
+    let n = v.len();
+    if n.is_multiple_of(2) {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    } else {
+        v[n / 2]
+    }
 }
 
 fn run_case(case: &str, quick: bool) -> serde_json::Value {
