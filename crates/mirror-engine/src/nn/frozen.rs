@@ -21,6 +21,7 @@ use super::precomputed::{
 };
 use super::profile;
 use super::unfilled::{filled, unfilled};
+use super::with_last_dim;
 
 /// A layer whose weights never get a gradient: its backward maps ∂L/∂y to ∂L/∂x only.
 trait FrozenLayer: InputGradient + Clone {
@@ -136,10 +137,7 @@ impl Linear {
             matmul_cpu::Gemm::scaled(1.0, matmul_cpu::parallelism()),
         )?;
         let y = matmul_cpu::transpose_adding(&y_t, rows, bias.as_deref())?;
-        let mut dims = x.dims().to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = outputs;
-        }
+        let dims = with_last_dim(x.dims(), outputs);
         Tensor::from_vec(y, dims, x.device()).map(Some)
     }
 }
@@ -210,10 +208,7 @@ impl CpuKernel for Linear {
         // SAFETY: the product wrote every value of `y` (the bias rows first where it adds
         // to them: then every row was filled above).
         let y = unsafe { filled(y) };
-        let mut dims = dims.to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = outputs;
-        }
+        let dims = with_last_dim(dims, outputs);
         Ok((y, dims))
     }
 }
@@ -291,10 +286,7 @@ impl Linear {
         }
         // SAFETY: a product that does not accumulate writes every value of its output.
         let dx = unsafe { filled(dx) };
-        let mut dims = grad.dims().to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = inputs;
-        }
+        let dims = with_last_dim(grad.dims(), inputs);
         Tensor::from_vec(dx, dims, grad.device()).map(Some)
     }
 

@@ -91,11 +91,7 @@ impl CpuKernel for GegluGradient {
                 .zip(hs.par_chunks(2 * inner))
                 .for_each(row);
         }
-        let mut dims = dims.to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = inner;
-        }
-        Ok((out, dims))
+        Ok((out, super::with_last_dim(dims, inner)))
     }
 }
 

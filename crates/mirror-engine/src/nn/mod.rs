@@ -83,6 +83,16 @@ pub(crate) fn softmax_last_dim_of_owned(scores: Tensor) -> Result<Tensor> {
     Ok(scores)
 }
 
+/// `dims` with its last size replaced by `last`: a layer's output shape from its input's,
+/// when only the features change.
+pub(crate) fn with_last_dim(dims: &[usize], last: usize) -> Vec<usize> {
+    let mut dims = dims.to_vec();
+    if let Some(end) = dims.last_mut() {
+        *end = last;
+    }
+    dims
+}
+
 /// Whether the fused CPU kernels may run on `x`: no gradient can flow, and a dtype they
 /// read.
 fn fused_kernel_applies(x: &Tensor) -> bool {

@@ -171,8 +171,9 @@ fn silu_slope(y: f32) -> f32 {
     sigmoid * (1.0 + y * (1.0 - sigmoid))
 }
 
-/// [`row_gradient_impl`] at the CPU's widest vectors: the same loops (sums in fixed lanes, no
-/// fused multiply-adds), so the same values at every width.
+/// [`row_gradient_impl`] at the CPU's widest vectors: the same loops (sums in fixed lanes; the
+/// exponential's fused multiply-adds are exact in every build), so the same values at every
+/// width.
 mod wide {
     use super::super::simd::dispatch;
     use super::{NormParams, row_gradient_impl};

@@ -1,6 +1,7 @@
 //! Elementwise loops compiled for the baseline and for wider vectors, run at the widest the
-//! CPU has. Rust never contracts `a · b + c` into a fused multiply-add, so every width gives
-//! the same values bit for bit.
+//! CPU has. Rust never contracts `a · b + c` into a fused multiply-add, and an explicit one
+//! (`mul_add`) is rounded once in every build (in software where the build has no FMA), so
+//! every width gives the same values bit for bit.
 
 /// Which vector width the CPU runs the loops at.
 #[derive(Clone, Copy)]
